@@ -1,0 +1,147 @@
+"""The engine's mutable state, as plain data, behind a small store interface.
+
+The core (presence + decisions) reads and changes ``UserState`` records and global counters
+through a ``StateStore``. Backends:
+
+* ``MemoryStore`` (here): replay, tests, benchmarks.
+* ``engine.daemon.sqlite_store.SQLiteStore``: the daemon's durable default (a file, no server).
+* a Redis store (scale-out, later).
+
+Durability contract, which makes "no accepted event lost, no push repeated" possible:
+the core processes a micro-batch of events against the store, then calls
+``store.commit(outputs)``. A durable store writes every user record touched since the last commit,
+the counters changed, and the outputs (the outbox) in ONE atomic transaction. Nothing the batch did
+is visible after a crash unless the whole batch is. Outputs are then published from the outbox and
+marked sent with ``store.mark_sent(ids)``; unsent outbox rows are re-published on restart, and
+consumers dedupe by ``push_id`` / ``visit event id`` (deterministic), so a crash between publish
+and mark_sent repeats a message with the same id, never a new decision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+import msgspec
+
+
+class Visit(msgspec.Struct, kw_only=True):
+    """One open stay of one user in one store."""
+
+    visit_id: str
+    store_id: str
+    merchant_id: str
+    enter_ts: float
+    last_seen_ts: float  # last event time anything placed the user in the store
+    signal: str  # strongest signal seen so far: "gps" | "wifi" | "beacon" | "nfc"
+    dwell_fired: list[int] = msgspec.field(default_factory=list)  # dwell_s thresholds fired
+
+
+class UserState(msgspec.Struct, kw_only=True):
+    """Everything the core knows about one user. Owned by the core; stores only persist it."""
+
+    user: str
+    last_ts: float = float("-inf")  # newest event time processed (out-of-order guard)
+    last_fix: tuple[float, float, float] | None = None  # (lon, lat, ts) of last accepted GPS fix
+    visits: dict[str, Visit] = msgspec.field(default_factory=dict)  # store_id -> open visit
+    visit_seq: int = 0
+    tags: list[str] = msgspec.field(default_factory=list)
+    opt_out: bool = False
+    payments: dict[str, int] = msgspec.field(default_factory=dict)  # merchant_id -> count
+    follows: list[str] = msgspec.field(default_factory=list)  # merchant_ids
+    push_times: dict[str, list[float]] = msgspec.field(default_factory=dict)  # campaign -> ts
+    day_pushes: dict[str, int] = msgspec.field(default_factory=dict)  # "YYYY-MM-DD" -> count
+    version: int = 0  # bumped on every commit; lets a shared store detect concurrent writers
+
+
+class Output(msgspec.Struct, kw_only=True, tag_field="kind"):
+    """Base of what the core emits."""
+
+
+_USER_ENCODER = msgspec.msgpack.Encoder()
+_USER_DECODER = msgspec.msgpack.Decoder(UserState)
+
+
+def encode_user(state: UserState) -> bytes:
+    return _USER_ENCODER.encode(state)
+
+
+def decode_user(blob: bytes) -> UserState:
+    return _USER_DECODER.decode(blob)
+
+
+class StateStore(Protocol):
+    """What the core needs from a state backend."""
+
+    def user(self, user: str) -> UserState:
+        """The user's record, created empty if unknown. The core mutates it in place; the store
+        remembers it as touched until the next commit."""
+        ...
+
+    def users(self, users: Iterable[str]) -> None:
+        """Hint: load these users now (one round trip for a micro-batch). May be a no-op."""
+        ...
+
+    def inventory_left(self, campaign_id: str, total: int | None) -> int | None:
+        """Coupons left for a campaign (None = unlimited). ``total`` seeds a new counter."""
+        ...
+
+    def take_coupon(self, campaign_id: str, total: int | None) -> bool:
+        """Atomically take one coupon; False when none are left. Never goes below zero."""
+        ...
+
+    def seen_push(self, push_id: str) -> bool:
+        """True when this push_id was already decided (replayed or redelivered decision)."""
+        ...
+
+    def commit(self, outputs: Sequence[Output]) -> None:
+        """Persist touched users, counters, push ids and the outputs atomically (see module doc)."""
+        ...
+
+
+class MemoryStore:
+    """All state in dicts. ``commit`` only records the outputs' push ids."""
+
+    def __init__(self) -> None:
+        self._users: dict[str, UserState] = {}
+        self._inventory: dict[str, int] = {}
+        self._push_ids: set[str] = set()
+
+    def user(self, user: str) -> UserState:
+        st = self._users.get(user)
+        if st is None:
+            st = self._users[user] = UserState(user=user)
+        return st
+
+    def users(self, users: Iterable[str]) -> None:
+        return None
+
+    def inventory_left(self, campaign_id: str, total: int | None) -> int | None:
+        if total is None:
+            return None
+        return self._inventory.setdefault(campaign_id, total)
+
+    def take_coupon(self, campaign_id: str, total: int | None) -> bool:
+        if total is None:
+            return True
+        left = self._inventory.setdefault(campaign_id, total)
+        if left <= 0:
+            return False
+        self._inventory[campaign_id] = left - 1
+        return True
+
+    def seen_push(self, push_id: str) -> bool:
+        return push_id in self._push_ids
+
+    def commit(self, outputs: Sequence[Output]) -> None:
+        for out in outputs:
+            pid = getattr(out, "push_id", None)
+            if pid is not None:
+                self._push_ids.add(pid)
+
+    # Introspection for tests and summaries.
+    def all_users(self) -> dict[str, UserState]:
+        return self._users
+
+    def inventory(self) -> dict[str, int]:
+        return dict(self._inventory)
