@@ -200,9 +200,7 @@ def _inner_twin(cls: type[msgspec.Struct]) -> type[msgspec.Struct]:
     )
 
 
-_TWINS: Final[dict[type[msgspec.Struct], type[Event]]] = {
-    _inner_twin(c): c for c in EVENT_CLASSES
-}
+_TWINS: Final[dict[type[msgspec.Struct], type[Event]]] = {_inner_twin(c): c for c in EVENT_CLASSES}
 # A Union of the twins, built at import time (mypy cannot follow it; the decoder can).
 _InnerUnion: Any = Union[tuple(_TWINS)]  # noqa: UP007
 Batch: Final[type[msgspec.Struct]] = msgspec.defstruct(
@@ -348,3 +346,170 @@ def encode_batch(user: str, events: list[Event]) -> bytes:
         if ev.user != user:
             raise ValueError(f"event user {ev.user!r} != batch user {user!r}")
     return _ENCODER.encode(Batch(user, events))
+
+
+# --- OwnTracks ----------------------------------------------------------------------------------
+# OwnTracks phones publish to owntracks/{user}/{device}. The topic names the user and the device,
+# so ``tid`` (a display label) is not needed. Quirks handled (fixtures in
+# ../shared/data/formats/owntracks, outcomes in docs/events.md):
+#   * numbers sent as strings ("52.1", "1514455575") are accepted;
+#   * ``tst`` > 1e11 is milliseconds and is divided by 1000; ``tst`` 0 or absent is rejected;
+#   * ``acc`` absent -> OWNTRACKS_DEFAULT_ACC_M (unknown accuracy: at the store's default
+#     max_accuracy_m, so such a fix can place a user only in a permissive fence);
+#   * a location with ``BSSID`` (the AP the phone is connected to) also yields a Wifi scan with
+#     that single AP at OWNTRACKS_CONNECTED_RSSI (no RSSI is sent; being associated means strong);
+#   * a JSON array of messages (HTTP mode) is accepted, all or nothing like a batch.
+
+OWNTRACKS_DEFAULT_ACC_M: Final = 100.0
+OWNTRACKS_CONNECTED_RSSI: Final = -60.0  # above the default -75 dBm WiFi presence threshold
+OWNTRACKS_DEFAULT_BEACON_RSSI: Final = -70.0  # beacon message without rssi (or iOS's 0 = unknown)
+OWNTRACKS_IGNORED: Final = frozenset(
+    {
+        "cmd",
+        "card",
+        "waypoint",
+        "waypoints",
+        "configuration",
+        "lwt",
+        "status",
+        "steps",
+        "request",
+        "dump",
+    }
+)
+OWNTRACKS_REASONS: Final = (*REASONS, "unsupported_encrypted", "ignored_type")
+
+_ANY_EVENT: Final[Any] = Union[EVENT_CLASSES]  # noqa: UP007
+
+
+def decode_owntracks(payload: Payload, *, user: str, device: str) -> list[Event]:
+    """Decode an OwnTracks message from ``owntracks/{user}/{device}`` into events.
+
+    ``location`` -> Gps (+ Wifi when it names a BSSID); ``transition`` -> Gps at its position, or
+    no event when it carries none; ``beacon`` -> Beacon. Raises ``DecodeError``: reasons of
+    ``decode`` plus ``unsupported_encrypted`` (``_type: encrypted``; we hold no keys) and
+    ``ignored_type`` (cmd, card, waypoint(s), configuration, lwt, status, steps, ...: valid
+    OwnTracks traffic that carries no location, rejected so the daemon can count it).
+    """
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise DecodeError("too_large", f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}")
+    try:
+        obj = msgspec.json.decode(payload)
+    except msgspec.DecodeError as exc:
+        raise DecodeError("malformed_json", str(exc)) from exc
+    if isinstance(obj, list):
+        if not obj:
+            raise DecodeError("empty_batch", "an empty array of OwnTracks messages")
+        out: list[Event] = []
+        for i, msg in enumerate(obj):
+            try:
+                out.extend(_owntracks_one(msg, user))
+            except DecodeError as exc:
+                raise DecodeError(exc.reason, f"[{i}] {exc.detail}") from exc
+        return out
+    return _owntracks_one(obj, user)
+
+
+def _owntracks_one(msg: object, user: str) -> list[Event]:
+    if not isinstance(msg, dict):
+        raise DecodeError("malformed_json", "an OwnTracks message is a JSON object")
+    kind = msg.get("_type")
+    if kind is None:
+        raise DecodeError("unknown_type", "no _type: not an OwnTracks message")
+    if kind == "encrypted":
+        raise DecodeError("unsupported_encrypted", "encrypted OwnTracks payloads are not supported")
+    if kind in OWNTRACKS_IGNORED:
+        raise DecodeError("ignored_type", f"OwnTracks _type {kind!r} carries no location")
+    if kind not in ("location", "transition", "beacon"):
+        raise DecodeError("unknown_type", f"OwnTracks _type {kind!r}")
+    topic = msg.get("topic")
+    if isinstance(topic, str):
+        parts = topic.split("/")
+        if len(parts) >= 3 and parts[-2] != user:
+            raise DecodeError("wrong_user", f"topic {topic!r} names another user than {user!r}")
+    ts = _ot_ts(msg)
+    if kind == "beacon":
+        rssi = _ot_num(msg, "rssi", OWNTRACKS_DEFAULT_BEACON_RSSI) or OWNTRACKS_DEFAULT_BEACON_RSSI
+        return [
+            _ot_event(
+                {
+                    "type": "beacon",
+                    "user": user,
+                    "ts": ts,
+                    "uuid": msg.get("uuid"),
+                    "major": _ot_int(msg, "major"),
+                    "minor": _ot_int(msg, "minor"),
+                    "rssi": rssi,
+                }
+            )
+        ]
+    if kind == "transition" and ("lat" not in msg or "lon" not in msg):
+        return []  # a region enter/leave without a position places nobody anywhere
+    gps = _ot_event(
+        {
+            "type": "gps",
+            "user": user,
+            "ts": ts,
+            "lon": _ot_num(msg, "lon"),
+            "lat": _ot_num(msg, "lat"),
+            "acc": _ot_num(msg, "acc", OWNTRACKS_DEFAULT_ACC_M),
+        }
+    )
+    bssid = msg.get("BSSID") if kind == "location" else None
+    if not bssid:
+        return [gps]
+    wifi = _ot_event(
+        {
+            "type": "wifi",
+            "user": user,
+            "ts": ts,
+            "aps": [{"bssid": bssid, "rssi": OWNTRACKS_CONNECTED_RSSI}],
+        }
+    )
+    return [gps, wifi]
+
+
+def _ot_event(fields: dict[str, Any]) -> Event:
+    try:
+        ev: Event = msgspec.convert(fields, _ANY_EVENT)
+    except msgspec.ValidationError as exc:
+        raise _translate(exc) from exc
+    fin = _FINISH.get(type(ev))
+    if fin is not None:
+        fin(ev, "")
+    return ev
+
+
+def _ot_ts(msg: dict[str, Any]) -> float:
+    if "tst" not in msg:
+        raise DecodeError("missing_field", "tst")
+    tst = _ot_num(msg, "tst")
+    if tst == 0:
+        raise DecodeError("out_of_range", "tst: 0 (unset timestamp)")
+    return tst / 1000.0 if tst > 1e11 else tst  # milliseconds, as some apps and waypoints send
+
+
+def _ot_num(msg: dict[str, Any], key: str, default: float | None = None) -> float:
+    """A number that may arrive as a JSON number or a numeric string."""
+    v = msg.get(key)
+    if v is None:
+        if default is None:
+            raise DecodeError("missing_field", key)
+        return default
+    if isinstance(v, bool):
+        raise DecodeError("invalid_field", f"{key}: expected a number, got a boolean")
+    if isinstance(v, int | float):
+        return float(v)
+    if isinstance(v, str):
+        try:
+            return float(v.strip())
+        except ValueError:
+            pass
+    raise DecodeError("invalid_field", f"{key}: expected a number, got {v!r}")
+
+
+def _ot_int(msg: dict[str, Any], key: str) -> int:
+    v = _ot_num(msg, key)
+    if v != v or v in (float("inf"), float("-inf")) or v != int(v):
+        raise DecodeError("invalid_field", f"{key}: expected an integer, got {msg.get(key)!r}")
+    return int(v)
