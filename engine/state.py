@@ -35,6 +35,8 @@ class Visit(msgspec.Struct, kw_only=True):
     last_seen_ts: float  # last event time anything placed the user in the store
     signal: str  # strongest signal seen so far: "gps" | "wifi" | "beacon" | "nfc"
     dwell_fired: list[int] = msgspec.field(default_factory=list)  # dwell_s thresholds fired
+    # Added by the core (issue 3): paid at this merchant before the visit began ("returning").
+    returning: bool = False
 
 
 class UserState(msgspec.Struct, kw_only=True):
@@ -52,6 +54,14 @@ class UserState(msgspec.Struct, kw_only=True):
     push_times: dict[str, list[float]] = msgspec.field(default_factory=dict)  # campaign -> ts
     day_pushes: dict[str, int] = msgspec.field(default_factory=dict)  # "YYYY-MM-DD" -> count
     version: int = 0  # bumped on every commit; lets a shared store detect concurrent writers
+    # Added by the core (issue 3), see engine/presence.py: the WiFi/near-field "claim" that
+    # arbitrates overlapping fences, smoothed beacon RSSI per store, and the newest profile event.
+    claim_store: str = ""
+    claim_ts: float = float("-inf")
+    claim_rank: int = -1
+    claim_rssi: float = float("-inf")
+    near: dict[str, list[float]] = msgspec.field(default_factory=dict)  # store -> [rssi, ts]
+    profile_ts: float = float("-inf")
 
 
 class Output(msgspec.Struct, kw_only=True, tag_field="kind"):
