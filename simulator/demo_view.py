@@ -176,7 +176,7 @@ def render_live(s: Snapshot) -> RenderableType:
     if s.sim_clock:
         head.add_row("city clock", s.sim_clock, "", "")
 
-    camps = Table(title="top campaigns by pushes", title_style="bold", expand=False, box=None)
+    camps = Table(expand=False, box=None, min_width=40)
     camps.add_column("campaign", style="magenta")
     camps.add_column("pushes", justify="right")
     for cid, n in s.top_campaigns:
@@ -193,7 +193,7 @@ def render_live(s: Snapshot) -> RenderableType:
     subtitle = f"engine: {s.engine}   broker: {s.broker}"
     title = "geopush demo" + (f" — {s.stopping}" if s.stopping else "")
     return Panel(
-        Group(bar, Text(""), head, Text(""), camps),
+        Group(bar, Text(""), head, Text(""), Text("top campaigns by pushes", style="bold"), camps),
         title=f"[bold]{title}[/]",
         subtitle=Text(subtitle, style="dim"),
         border_style="blue",
