@@ -1,0 +1,576 @@
+"""FenceIndex: which stores' fences hold a fix, and how far the fix is from each nearby fence.
+
+Design (see docs/benchmarks.md for the figures that chose it):
+
+* **base**: every store known at the last compaction, packed into flat float64/int64 records and
+  a uniform lon/lat grid (CSR lists of entry boxes per cell), searched by the numba kernel in
+  fences.kernel. Records are Morton-ordered so neighbouring stores sit together in memory;
+* **delta**: stores added or changed since then, as records appended to the same packed arrays
+  and found through a live ``rtree.index.Index`` (the index of record for live updates);
+* an alive flag per record: ``update`` and ``remove`` kill the old record (it never matches
+  again) and ``update``/``add`` append a new one to the delta. ``compact()`` folds the delta into
+  a new base; it runs by itself when the delta outgrows ``compact_at``.
+
+Slots are catalog positions (``Catalog.add`` / ``Catalog.replace``): an update keeps its slot.
+
+Matching rule: a store is returned for a fix when its signed distance is <= accuracy + margin.
+Signed distance: circles, haversine(fix, centre) - radius; polygons, the distance to the
+boundary in a local equirectangular projection around the fix, negative inside. Points on a
+polygon's boundary (within 1 µm) are inside; see fences.kernel and fences.geo for precision.
+
+Threads: libspatialindex (behind rtree) is not thread-safe even for reads, and the kernel reuses
+per-index scratch arrays: use one FenceIndex from one thread (give each thread its own).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import shapely
+from numpy.typing import ArrayLike, NDArray
+from rtree import index as rtree_index
+
+from fences import kernel
+from fences.catalog import Catalog
+from fences.errors import CatalogError, FencesError, Problem, UnknownStoreError
+from fences.geo import M_PER_DEG, circle_boxes, pad_deg, split_boxes, wrap_lon
+from fences.store import Store
+
+F64 = NDArray[np.float64]
+I64 = NDArray[np.int64]
+
+
+class QueryError(FencesError, ValueError):
+    """A fix or accuracy that cannot be matched (NaN, latitude beyond ±90, negative accuracy)."""
+
+
+@dataclass
+class _Pack:
+    """Packed records for some stores (layout in fences.kernel), plus their entry boxes."""
+
+    recf: F64  # (n, 4)
+    reci: I64  # (n, 5)
+    ring_len: I64  # vertices per ring, in ring order
+    verts: F64  # (nv, 2)
+    ent_rec: I64  # record (pack-local) of each entry box
+    ent_box: F64  # (ne, 4)
+
+
+def _bad(store: Store, reason: str) -> CatalogError:
+    return CatalogError([Problem(None, store.store_id, reason)])
+
+
+def _pack(stores: list[Store], slots: I64) -> _Pack:
+    """Pack stores in the given order; records are numbered 0..len-1 in that order."""
+    n = len(stores)
+    recf = np.zeros((n, 4))
+    reci = np.zeros((n, 5), dtype=np.int64)
+    reci[:, 3] = slots
+    is_circle = np.array([s.center is not None for s in stores], dtype=bool)
+    for s in stores:
+        if (s.center is None) == (s.polygon is None):
+            raise _bad(
+                s,
+                "a store needs either center + radius_m (a circle) or a polygon, not both or neither",
+            )
+    ci = np.flatnonzero(is_circle)
+    ent_rec: list[I64] = []
+    ent_box: list[F64] = []
+    if len(ci):
+        c = np.array([stores[i].center for i in ci], dtype=np.float64).reshape(-1, 2)
+        rad = np.array(
+            [stores[i].radius_m if stores[i].radius_m is not None else np.nan for i in ci]
+        )
+        ok = (
+            np.isfinite(c).all(axis=1) & (np.abs(c[:, 1]) <= 90.0) & np.isfinite(rad) & (rad >= 0.0)
+        )
+        if not ok.all():
+            s = stores[int(ci[np.flatnonzero(~ok)[0]])]
+            raise _bad(s, "circle needs a finite centre (lon, lat within range) and radius_m >= 0")
+        lon = wrap_lon(c[:, 0])
+        recf[ci, 0] = lon
+        recf[ci, 1] = c[:, 1]
+        recf[ci, 2] = np.cos(np.radians(c[:, 1]))
+        recf[ci, 3] = rad
+        reci[ci, 0] = kernel.CIRCLE
+        owner, boxes = circle_boxes(lon, c[:, 1], rad)
+        reci[ci, 4] = (np.bincount(owner, minlength=len(ci)) > 1).astype(np.int64)
+        ent_rec.append(ci[owner])
+        ent_box.append(boxes)
+    pi = np.flatnonzero(~is_circle)
+    ring_len = np.zeros(0, dtype=np.int64)
+    verts = np.zeros((0, 2))
+    if len(pi):
+        geoms = np.array([stores[i].polygon for i in pi], dtype=object)
+        kinds = shapely.get_type_id(geoms)
+        bad = ~np.isin(kinds, (3, 6)) | shapely.is_empty(geoms)
+        if bad.any():
+            s = stores[int(pi[np.flatnonzero(bad)[0]])]
+            raise _bad(s, "polygon fence must be a non-empty shapely Polygon or MultiPolygon")
+        parts, part_owner = shapely.get_parts(geoms, return_index=True)
+        rings, ring_part = shapely.get_rings(parts, return_index=True)
+        coords, coord_ring = shapely.get_coordinates(rings, return_index=True)
+        if not np.isfinite(coords).all():
+            raise _bad(stores[int(pi[0])], "polygon coordinates must be finite numbers")
+        ring_len = np.bincount(coord_ring, minlength=len(rings)).astype(np.int64)
+        ring_owner = part_owner[ring_part]
+        lo = np.searchsorted(ring_owner, np.arange(len(pi)), side="left")
+        hi = np.searchsorted(ring_owner, np.arange(len(pi)), side="right")
+        reci[pi, 0] = kernel.POLYGON
+        reci[pi, 1] = lo
+        reci[pi, 2] = hi
+        reci[pi, 4] = (np.bincount(part_owner, minlength=len(pi)) > 1).astype(np.int64)
+        verts = np.ascontiguousarray(coords, dtype=np.float64)
+        b = shapely.bounds(parts)
+        ent_rec.append(pi[part_owner])
+        ent_box.append(b.astype(np.float64))
+    return _Pack(
+        recf=recf,
+        reci=reci,
+        ring_len=ring_len,
+        verts=verts,
+        ent_rec=np.concatenate(ent_rec) if ent_rec else np.zeros(0, dtype=np.int64),
+        ent_box=np.concatenate(ent_box) if ent_box else np.zeros((0, 4)),
+    )
+
+
+class _Grow:
+    """An append-only numpy array with amortised O(1) appends (capacity doubles)."""
+
+    def __init__(self, arr: Any) -> None:
+        self.n = len(arr)
+        self.arr: Any = arr
+
+    def extend(self, block: Any) -> int:
+        start = self.n
+        need = start + len(block)
+        if need > len(self.arr):
+            cap = max(need, 2 * len(self.arr), 16)
+            new = np.zeros((cap, *self.arr.shape[1:]), dtype=self.arr.dtype)
+            new[:start] = self.arr[:start]
+            self.arr = new
+        self.arr[start:need] = block
+        self.n = need
+        return start
+
+
+def _morton(x: F64, y: F64) -> NDArray[np.uint64]:
+    """Z-order key of points quantised to 2**16 steps over their extent (for memory locality)."""
+
+    def spread(v: F64) -> NDArray[np.uint64]:
+        lo, hi = float(v.min()), float(v.max())
+        q = ((v - lo) / max(hi - lo, 1e-12) * 65535.0).astype(np.uint64)
+        q = (q | (q << np.uint64(8))) & np.uint64(0x00FF00FF)
+        q = (q | (q << np.uint64(4))) & np.uint64(0x0F0F0F0F)
+        q = (q | (q << np.uint64(2))) & np.uint64(0x33333333)
+        q = (q | (q << np.uint64(1))) & np.uint64(0x55555555)
+        return q
+
+    if len(x) == 0:
+        return np.zeros(0, dtype=np.uint64)
+    return spread(x) | (spread(y) << np.uint64(1))
+
+
+def _store_points(stores: list[Store]) -> tuple[F64, F64]:
+    """A representative (lon, lat) per store for Morton ordering."""
+    x = np.zeros(len(stores))
+    y = np.zeros(len(stores))
+    circ = [i for i, s in enumerate(stores) if s.center is not None]
+    poly = [i for i, s in enumerate(stores) if s.center is None]
+    if circ:
+        c = np.array([stores[i].center for i in circ], dtype=np.float64).reshape(-1, 2)
+        x[circ], y[circ] = c[:, 0], c[:, 1]
+    if poly:
+        b = shapely.bounds(np.array([stores[i].polygon for i in poly], dtype=object))
+        x[poly], y[poly] = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+    ok = np.isfinite(x) & np.isfinite(y)
+    return np.where(ok, x, 0.0), np.where(ok, y, 0.0)
+
+
+def _grid(ent_rec: I64, ent_box: F64, cell_m: float | None) -> tuple[F64, I64, F64]:
+    """Uniform grid over the entry boxes: (gp, cstart, occ) in fences.kernel's layout."""
+    ne = len(ent_rec)
+    if ne == 0:
+        gp = np.array([0.0, 0.0, 1.0, 1.0, 1.0, 1.0, -1.0, -1.0])  # x1 < x0: nothing overlaps
+        return gp, np.zeros(2, dtype=np.int64), np.zeros((0, 5))
+    x0, y0 = float(ent_box[:, 0].min()), float(ent_box[:, 1].min())
+    x1, y1 = float(ent_box[:, 2].max()), float(ent_box[:, 3].max())
+    coslat = math.cos(math.radians(min(abs(y0 + y1) / 2.0, 80.0)))
+    # cell side in metres: no smaller than a typical fence, no more cells than ~2 per entry
+    w_m = (ent_box[:, 2] - ent_box[:, 0]) * M_PER_DEG * coslat
+    h_m = (ent_box[:, 3] - ent_box[:, 1]) * M_PER_DEG
+    area = max((x1 - x0) * M_PER_DEG * coslat * (y1 - y0) * M_PER_DEG, 1.0)
+    if cell_m is None:
+        typical = float(np.median(np.maximum(w_m, h_m)))
+        cell_m = max(typical, math.sqrt(area / ne) * 0.7, 1.0)
+    cell_m = max(cell_m, math.sqrt(area / (4 * ne + 64)))
+    cw = cell_m / (M_PER_DEG * coslat)
+    ch = cell_m / M_PER_DEG
+    nx = max(1, min(int((x1 - x0) / cw) + 1, 1 << 20))
+    ny = max(1, min(int((y1 - y0) / ch) + 1, 1 << 20))
+    cw = max(cw, (x1 - x0) / nx * (1 + 1e-12), 1e-12)
+    ch = max(ch, (y1 - y0) / ny * (1 + 1e-12), 1e-12)
+
+    def cell(v: F64, lo: float, size: float, n: int) -> I64:
+        return np.clip(((v - lo) / size).astype(np.int64), 0, n - 1)
+
+    ix0 = cell(ent_box[:, 0], x0, cw, nx)
+    ix1 = cell(ent_box[:, 2], x0, cw, nx)
+    iy0 = cell(ent_box[:, 1], y0, ch, ny)
+    iy1 = cell(ent_box[:, 3], y0, ch, ny)
+    wx = ix1 - ix0 + 1
+    cnt = wx * (iy1 - iy0 + 1)
+    e = np.repeat(np.arange(ne, dtype=np.int64), cnt)
+    k = np.arange(len(e), dtype=np.int64) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+    cells = (iy0[e] + k // wx[e]) * nx + (ix0[e] + k % wx[e])
+    order = np.argsort(cells, kind="stable")
+    e = e[order]
+    occ = np.empty((len(e), 5))
+    occ[:, :4] = ent_box[e]
+    occ[:, 4] = ent_rec[e]
+    cstart = np.zeros(nx * ny + 1, dtype=np.int64)
+    np.cumsum(np.bincount(cells, minlength=nx * ny), out=cstart[1:])
+    gp = np.array([x0, y0, cw, ch, float(nx), float(ny), x1, y1])
+    return gp, cstart, occ
+
+
+class FenceIndex:
+    """Store fences indexed for matching fixes (see the module docstring for the rules)."""
+
+    def __init__(
+        self,
+        stores: Catalog | Iterable[Store],
+        *,
+        cell_m: float | None = None,
+        compact_at: int | None = None,
+    ) -> None:
+        """Index ``stores`` (a Catalog is shared, not copied: slots are its positions).
+
+        ``cell_m`` fixes the grid's cell side in metres (default: adaptive); ``compact_at`` is the
+        delta size (records) that triggers an automatic compaction (default: 4096 + 5% of base).
+        """
+        self.catalog: Catalog = stores if isinstance(stores, Catalog) else Catalog(stores)
+        self._cell_m = cell_m
+        self._compact_at_fixed = compact_at
+        self._qb = np.empty((2, 4))
+        self._ofix = np.empty(64, dtype=np.int64)
+        self._oslot = np.empty(64, dtype=np.int64)
+        self._od = np.empty(64)
+        self._removed: set[int] = set()
+        self._build()
+
+    # ----------------------------------------------------------------- build and compaction
+    def _build(self) -> None:
+        stores = self.catalog.stores
+        live = [i for i in range(len(stores)) if i not in self._removed]
+        lst = [stores[i] for i in live]
+        x, y = _store_points(lst)
+        order = np.argsort(_morton(x, y), kind="stable")
+        lst = [lst[i] for i in order]
+        slots = np.asarray(live, dtype=np.int64)[order] if live else np.zeros(0, dtype=np.int64)
+        pack = _pack(lst, slots)
+        self._gp, self._cstart, self._occ = _grid(pack.ent_rec, pack.ent_box, self._cell_m)
+        self._recf = _Grow(pack.recf)
+        self._reci = _Grow(pack.reci)
+        self._ringv = _Grow(np.concatenate([[0], np.cumsum(pack.ring_len)]).astype(np.int64))
+        self._verts = _Grow(pack.verts)
+        self._slot_rec = np.full(len(stores), -1, dtype=np.int64)
+        self._slot_rec[slots] = np.arange(len(slots), dtype=np.int64)
+        self._n_base = len(lst)
+        self._delta = rtree_index.Index(interleaved=True)
+        self._n_delta = 0
+        self._compact_at = self._compact_at_fixed or (4096 + self._n_base // 20)
+
+    def compact(self) -> None:
+        """Fold the live delta into a freshly built base (a full rebuild; seconds at 500k)."""
+        self._build()
+
+    # ----------------------------------------------------------------- live updates
+    def add(self, store: Store) -> int:
+        """Index a new store (or replace the one with the same store_id); returns its slot."""
+        try:
+            known: int | None = self.catalog.slot(store.store_id)
+        except UnknownStoreError:
+            known = None
+        if known is not None and known not in self._removed:
+            return self.update(store)
+        slot = self.catalog.add(store)
+        self._removed.discard(slot)
+        self._append(slot, store)
+        return slot
+
+    def update(self, store: Store) -> int:
+        """Replace the fence of an indexed store (same store_id); returns its (unchanged) slot."""
+        slot = self._live_slot(store.store_id)
+        self._kill(slot)
+        self.catalog.replace(store)
+        self._append(slot, store)
+        return slot
+
+    def remove(self, store_id: str) -> None:
+        """Stop matching a store. Its slot never matches again (until the id is added back)."""
+        slot = self._live_slot(store_id)
+        self._kill(slot)
+        self._removed.add(slot)
+        remove = getattr(self.catalog, "remove", None)
+        if callable(remove):
+            remove(store_id)
+
+    def _live_slot(self, store_id: str) -> int:
+        slot = self.catalog.slot(store_id)
+        if slot in self._removed:
+            raise UnknownStoreError(store_id)
+        return slot
+
+    def _kill(self, slot: int) -> None:
+        if slot < len(self._slot_rec) and self._slot_rec[slot] >= 0:
+            self._reci.arr[self._slot_rec[slot], 0] = kernel.DEAD
+            self._slot_rec[slot] = -1
+
+    def _append(self, slot: int, store: Store) -> None:
+        pack = _pack([store], np.array([slot], dtype=np.int64))
+        ring0 = self._ringv.n - 1
+        reci = pack.reci.copy()
+        reci[:, 1:3] += ring0
+        rec = self._recf.extend(pack.recf)
+        self._reci.extend(reci)
+        v0 = self._verts.n
+        self._verts.extend(pack.verts)
+        # ring offsets: drop the old terminal offset and write the new tail
+        self._ringv.n -= 1
+        self._ringv.extend(v0 + np.concatenate([[0], np.cumsum(pack.ring_len)]).astype(np.int64))
+        if slot >= len(self._slot_rec):
+            grown = np.full(max(slot + 1, 2 * len(self._slot_rec)), -1, dtype=np.int64)
+            grown[: len(self._slot_rec)] = self._slot_rec
+            self._slot_rec = grown
+        self._slot_rec[slot] = rec
+        for box in pack.ent_box:
+            self._delta.insert(rec, (float(box[0]), float(box[1]), float(box[2]), float(box[3])))
+        self._n_delta += 1
+        if self._n_delta >= self._compact_at:
+            self.compact()
+
+    # ----------------------------------------------------------------- reads
+    def __len__(self) -> int:
+        return int(np.count_nonzero(self._slot_rec >= 0))
+
+    def store(self, slot: int) -> Store:
+        """The store in ``slot``; UnknownStoreError when the slot is empty or removed."""
+        if not 0 <= slot < len(self._slot_rec) or self._slot_rec[slot] < 0:
+            raise UnknownStoreError(f"slot {slot}")
+        return self.catalog.stores[slot]
+
+    def distance(self, slot: int, lon: float, lat: float) -> float:
+        """Signed distance in metres from (lon, lat) to one store's fence (negative inside)."""
+        self.store(slot)
+        lon, lat = _check_fix(lon, lat)
+        rec = int(self._slot_rec[slot])
+        return float(
+            kernel.record_sd(
+                lon, lat, rec, self._recf.arr, self._reci.arr, self._ringv.arr, self._verts.arr
+            )
+        )
+
+    def query(
+        self, lon: float, lat: float, acc_m: float = 0.0, margin_m: float = 0.0
+    ) -> list[tuple[int, float]]:
+        """Every store whose fence holds the fix or lies within acc_m + margin_m metres of it, as
+        (slot, signed distance in metres, negative inside), nearest first."""
+        r = acc_m + margin_m
+        if not (
+            acc_m >= 0.0
+            and margin_m >= 0.0
+            and r < math.inf
+            and -90.0 <= lat <= 90.0
+            and -180.0 <= lon < 180.0
+        ):
+            lon, lat = _check_fix(lon, lat)
+            _check_r(acc_m, margin_m)
+        n = kernel.query_one(
+            lon,
+            lat,
+            r,
+            self._gp,
+            self._cstart,
+            self._occ,
+            self._recf.arr,
+            self._reci.arr,
+            self._ringv.arr,
+            self._verts.arr,
+            self._qb,
+            self._ofix,
+            self._oslot,
+            self._od,
+        )
+        while n < 0:
+            self._grow_out(2 * len(self._oslot))
+            n = kernel.query_one(
+                lon,
+                lat,
+                r,
+                self._gp,
+                self._cstart,
+                self._occ,
+                self._recf.arr,
+                self._reci.arr,
+                self._ringv.arr,
+                self._verts.arr,
+                self._qb,
+                self._ofix,
+                self._oslot,
+                self._od,
+            )
+        out = list(zip(self._oslot[:n].tolist(), self._od[:n].tolist(), strict=True)) if n else []
+        if self._n_delta:
+            out = self._delta_one(lon, lat, r, out)
+        return out
+
+    def _delta_one(
+        self, lon: float, lat: float, r: float, out: list[tuple[int, float]]
+    ) -> list[tuple[int, float]]:
+        recs: set[int] = set()
+        dlon, dlat = pad_deg(lat, r)
+        _, boxes = split_boxes(
+            np.array([lon - dlon]),
+            np.array([lat - dlat]),
+            np.array([lon + dlon]),
+            np.array([lat + dlat]),
+        )
+        for b in boxes:
+            recs.update(
+                self._delta.intersection((float(b[0]), float(b[1]), float(b[2]), float(b[3])))
+            )
+        if not recs:
+            return out
+        reci = self._reci.arr
+        for rec in recs:
+            if reci[rec, 0] == kernel.DEAD:
+                continue
+            d = float(
+                kernel.record_sd(
+                    lon, lat, rec, self._recf.arr, reci, self._ringv.arr, self._verts.arr
+                )
+            )
+            if d <= r:
+                out.append((int(reci[rec, 3]), d))
+        out.sort(key=lambda t: t[1])
+        return out
+
+    def _grow_out(self, cap: int) -> None:
+        self._ofix = np.empty(cap, dtype=np.int64)
+        self._oslot = np.empty(cap, dtype=np.int64)
+        self._od = np.empty(cap)
+
+    def query_many(
+        self,
+        lons: ArrayLike,
+        lats: ArrayLike,
+        accs: ArrayLike | float | None = None,
+        margin_m: float = 0.0,
+        *,
+        sort_fixes: bool = True,
+    ) -> tuple[I64, I64, F64]:
+        """The batch form of ``query``: parallel arrays (fix index, slot, signed distance),
+        ordered by fix index, then distance. ``accs`` is per fix or one value for all.
+
+        ``sort_fixes`` processes fixes in grid-cell order (same results, fewer cache misses)."""
+        x = np.ascontiguousarray(lons, dtype=np.float64).reshape(-1)
+        y = np.ascontiguousarray(lats, dtype=np.float64).reshape(-1)
+        if x.shape != y.shape:
+            raise QueryError(f"lons and lats differ in length ({len(x)} vs {len(y)})")
+        n = len(x)
+        a = (
+            np.zeros(n)
+            if accs is None
+            else np.broadcast_to(np.asarray(accs, dtype=np.float64), (n,))
+        )
+        rs = np.ascontiguousarray(a + float(margin_m), dtype=np.float64)
+        if not (np.isfinite(rs).all() and (rs >= 0).all()):
+            raise QueryError("accuracies and margin must be finite and >= 0 metres")
+        if not (np.isfinite(x).all() and np.isfinite(y).all() and (np.abs(y) <= 90).all()):
+            raise QueryError("fixes need finite lon and lat, with lat within [-90, 90]")
+        if ((x < -180.0) | (x >= 180.0)).any():
+            x = wrap_lon(x)
+        if sort_fixes and n > 64:
+            order = np.argsort(kernel.fix_cells(x, y, self._gp), kind="stable").astype(np.int64)
+        else:
+            order = np.arange(n, dtype=np.int64)
+        cap = max(64, n // 2)
+        chunks: list[tuple[I64, I64, F64]] = []
+        p = 0
+        while True:
+            of = np.empty(cap, dtype=np.int64)
+            os_ = np.empty(cap, dtype=np.int64)
+            od = np.empty(cap)
+            p, m = kernel.query_batch(
+                x,
+                y,
+                rs,
+                order,
+                p,
+                self._gp,
+                self._cstart,
+                self._occ,
+                self._recf.arr,
+                self._reci.arr,
+                self._ringv.arr,
+                self._verts.arr,
+                of,
+                os_,
+                od,
+            )
+            chunks.append((of[:m], os_[:m], od[:m]))
+            if p >= n:
+                break
+            cap *= 2
+        if self._n_delta:
+            chunks.append(self._delta_many(x, y, rs))
+        fix = np.concatenate([c[0] for c in chunks]) if len(chunks) > 1 else chunks[0][0]
+        slot = np.concatenate([c[1] for c in chunks]) if len(chunks) > 1 else chunks[0][1]
+        dist = np.concatenate([c[2] for c in chunks]) if len(chunks) > 1 else chunks[0][2]
+        if len(chunks) > 1 or sort_fixes:
+            o = np.lexsort((dist, fix)) if len(chunks) > 1 else np.argsort(fix, kind="stable")
+            fix, slot, dist = fix[o], slot[o], dist[o]
+        return fix, slot, dist
+
+    def _delta_many(self, x: F64, y: F64, rs: F64) -> tuple[I64, I64, F64]:
+        dlon, dlat = pad_deg(y, rs)
+        owner, boxes = split_boxes(x - dlon, y - dlat, x + dlon, y + dlat)
+        ids, counts = self._delta.intersection_v(  # type: ignore[no-untyped-call]
+            boxes[:, :2].copy(), boxes[:, 2:].copy()
+        )
+        fix = np.repeat(owner, np.asarray(counts, dtype=np.int64))
+        rec = np.asarray(ids, dtype=np.int64)
+        d = np.empty(len(rec))
+        kernel.eval_pairs(
+            fix, rec, x, y, self._recf.arr, self._reci.arr, self._ringv.arr, self._verts.arr, d
+        )
+        keep = d <= rs[fix]
+        fix, rec, d = fix[keep], rec[keep], d[keep]
+        slot = self._reci.arr[rec, 3]
+        # a record met through two boxes (wrapped query or multipart store) counts once
+        _, first = np.unique(fix * (len(self._slot_rec) + 1) + slot, return_index=True)
+        return fix[first], slot[first], d[first]
+
+
+def _check_fix(lon: float, lat: float) -> tuple[float, float]:
+    lon, lat = float(lon), float(lat)
+    if not (math.isfinite(lon) and math.isfinite(lat) and -90.0 <= lat <= 90.0):
+        raise QueryError(
+            f"fix ({lon}, {lat}) needs finite lon and lat, with lat within [-90, 90] (order is lon, lat)"
+        )
+    if not -180.0 <= lon < 180.0:
+        lon = float(wrap_lon(lon))
+    return lon, lat
+
+
+def _check_r(acc_m: float, margin_m: float) -> None:
+    r = acc_m + margin_m
+    if not (math.isfinite(r) and acc_m >= 0 and margin_m >= 0):
+        raise QueryError(
+            f"accuracy ({acc_m}) and margin ({margin_m}) must be finite and >= 0 metres"
+        )
