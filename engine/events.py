@@ -236,7 +236,7 @@ def decode(payload: Payload, *, topic_user: str | None = None) -> list[Event]:
         obj = _DECODER.decode(payload)
     except msgspec.ValidationError as exc:
         raise _translate(exc) from exc
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise DecodeError("malformed_json", str(exc)) from exc
     cls = type(obj)
     if cls is Batch:
@@ -395,7 +395,7 @@ def decode_owntracks(payload: Payload, *, user: str, device: str) -> list[Event]
         raise DecodeError("too_large", f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}")
     try:
         obj = msgspec.json.decode(payload)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise DecodeError("malformed_json", str(exc)) from exc
     if isinstance(obj, list):
         if not obj:
@@ -414,8 +414,8 @@ def _owntracks_one(msg: object, user: str) -> list[Event]:
     if not isinstance(msg, dict):
         raise DecodeError("malformed_json", "an OwnTracks message is a JSON object")
     kind = msg.get("_type")
-    if kind is None:
-        raise DecodeError("unknown_type", "no _type: not an OwnTracks message")
+    if not isinstance(kind, str):
+        raise DecodeError("unknown_type", "no _type string: not an OwnTracks message")
     if kind == "encrypted":
         raise DecodeError("unsupported_encrypted", "encrypted OwnTracks payloads are not supported")
     if kind in OWNTRACKS_IGNORED:
@@ -429,6 +429,8 @@ def _owntracks_one(msg: object, user: str) -> list[Event]:
             raise DecodeError("wrong_user", f"topic {topic!r} names another user than {user!r}")
     ts = _ot_ts(msg)
     if kind == "beacon":
+        if msg.get("uuid") is None:
+            raise DecodeError("missing_field", "uuid")
         rssi = _ot_num(msg, "rssi", OWNTRACKS_DEFAULT_BEACON_RSSI) or OWNTRACKS_DEFAULT_BEACON_RSSI
         return [
             _ot_event(

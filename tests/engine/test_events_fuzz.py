@@ -1,0 +1,166 @@
+"""Property tests of the decoders: they never raise anything but DecodeError, and every valid event
+round-trips exactly through the canonical wire form."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine.errors import DecodeError
+from engine.events import (
+    EVENT_TYPES,
+    OWNTRACKS_REASONS,
+    REASONS,
+    RSSI_MAX,
+    RSSI_MIN,
+    TS_MAX,
+    Ap,
+    Beacon,
+    Event,
+    Gps,
+    Nfc,
+    Payment,
+    ProfileEvent,
+    Wifi,
+    decode,
+    decode_owntracks,
+    encode_batch,
+    encode_event,
+)
+
+FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _check_decode(payload: bytes, **kw: Any) -> list[Event] | None:
+    try:
+        return decode(payload, **kw)
+    except DecodeError as exc:
+        assert exc.reason in REASONS, exc.reason
+        assert exc.detail
+        return None
+
+
+def _check_owntracks(payload: bytes) -> None:
+    try:
+        decode_owntracks(payload, user="u", device="d")
+    except DecodeError as exc:
+        assert exc.reason in OWNTRACKS_REASONS, exc.reason
+
+
+@FUZZ
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes(payload: bytes) -> None:
+    _check_decode(payload)
+    _check_owntracks(payload)
+
+
+# JSON-ish values biased towards our field names and types, so the fuzzer reaches deep checks.
+KEYS = st.sampled_from(
+    ["type", "user", "ts", "lon", "lat", "acc", "aps", "bssid", "rssi", "uuid", "major", "minor",
+     "tag", "merchant_id", "amount", "tags", "opt_out", "events", "_type", "tst", "BSSID", "topic", "x"]
+)  # fmt: skip
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20)
+    | st.sampled_from(
+        [
+            *EVENT_TYPES,
+            "batch",
+            "location",
+            "beacon",
+            "transition",
+            "cmd",
+            "encrypted",
+            "aa:bb:cc:dd:ee:ff",
+            "u",
+        ]
+    )
+)
+JSONISH = st.recursive(
+    SCALARS,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(KEYS, children, max_size=8),
+    max_leaves=25,
+)
+
+
+@FUZZ
+@given(JSONISH)
+def test_arbitrary_json(value: Any) -> None:
+    payload = json.dumps(value).encode()
+    _check_decode(payload)
+    _check_decode(payload, topic_user="u")
+    _check_owntracks(payload)
+
+
+def _mutations(d: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
+    """An event dict with one field replaced, dropped, or an extra one added."""
+    keys = sorted(d)
+    return st.one_of(
+        st.builds(lambda k, v: {**d, k: v}, st.sampled_from(keys), SCALARS),
+        st.builds(lambda k: {x: y for x, y in d.items() if x != k}, st.sampled_from(keys)),
+        st.builds(lambda k, v: {**d, k: v}, KEYS, JSONISH),
+    )
+
+
+# --- valid events --------------------------------------------------------------------------------
+
+users = st.text(min_size=1, max_size=30)
+ts = st.floats(min_value=1e-3, max_value=TS_MAX)
+rssi = st.floats(min_value=RSSI_MIN, max_value=RSSI_MAX)
+u16 = st.integers(0, 65535)
+names = st.text(min_size=1, max_size=40)
+macs = st.lists(st.integers(0, 255), min_size=6, max_size=6).map(
+    lambda bs: ":".join(f"{b:02x}" for b in bs)
+)
+uuids = st.text(alphabet="0123456789ABCDEF-", min_size=1, max_size=36)
+
+events: st.SearchStrategy[Event] = st.one_of(
+    st.builds(Gps, users, ts, st.floats(-180, 180), st.floats(-90, 90), st.floats(0, 100_000)),
+    st.builds(Wifi, users, ts, st.lists(st.builds(Ap, macs, rssi), max_size=8)),
+    st.builds(Beacon, users, ts, uuids, u16, u16, rssi),
+    st.builds(Nfc, users, ts, names),
+    st.builds(Payment, users, ts, names, st.floats(0, 1e12)),
+    st.builds(
+        ProfileEvent,
+        users,
+        ts,
+        st.lists(st.text(min_size=1, max_size=20), max_size=5),
+        st.booleans(),
+    ),
+)
+
+
+@FUZZ
+@given(events)
+def test_valid_events_round_trip_exactly(ev: Event) -> None:
+    wire = encode_event(ev)
+    assert decode(wire) == [ev]
+    assert decode(wire, topic_user=ev.user) == [ev]
+    assert encode_event(decode(wire)[0]) == wire
+
+
+@FUZZ
+@given(st.lists(events, min_size=1, max_size=10))
+def test_valid_batches_round_trip(evs: list[Event]) -> None:
+    user = evs[0].user
+    evs = [type(e)(user, *[getattr(e, f) for f in e.__struct_fields__[1:]]) for e in evs]
+    assert decode(encode_batch(user, evs), topic_user=user) == evs
+
+
+@FUZZ
+@given(events.flatmap(lambda ev: _mutations(json.loads(encode_event(ev)))))
+def test_mutated_events(d: dict[str, Any]) -> None:
+    out = _check_decode(json.dumps(d).encode())
+    if out is not None:  # whatever is accepted is valid and canonical
+        [ev] = out
+        assert decode(encode_event(ev)) == [ev]
+        for name in ("lon", "lat", "acc", "ts", "rssi", "amount"):
+            v = getattr(ev, name, None)
+            assert v is None or math.isfinite(v)
