@@ -1,0 +1,133 @@
+"""The daemon's configuration: flags > GEOPUSH_* environment > TOML file > defaults.
+
+pydantic-settings does the layering and validation; ``load_settings`` turns any validation error
+into a ``ConfigError`` that names the setting and where it can be set. deploy/geopush.toml is the
+annotated example file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from engine.errors import ConfigError
+
+# (name, help) for every setting: the CLI builds its flags from this, so --help and the file
+# format cannot drift apart.
+HELP: dict[str, str] = {
+    "broker": "broker URL, mqtt://[user[:password]@]host[:port] (default mqtt://localhost:1883)",
+    "username": "MQTT username (overrides one in the URL)",
+    "password": "MQTT password (prefer GEOPUSH_PASSWORD or the config file to a flag)",
+    "fences": "store catalog (GeoJSON FeatureCollection of stores); reloaded on SIGHUP",
+    "campaigns": "campaigns file; reloaded on SIGHUP",
+    "profiles": "user profiles file (tags, opt-outs) loaded at start (optional)",
+    "state": "SQLite state file (created if missing): users, visits, inventory, push log, outbox",
+    "prefix": "topic prefix (default geopush): <prefix>/events/<user>, <prefix>/push/<user>, ...",
+    "client_id": "MQTT client id; fixed, so the broker keeps a persistent session while the engine is down",
+    "metrics_port": "serve Prometheus metrics on this HTTP port (0 = off)",
+    "batch_size": "most messages per micro-batch (one SQLite transaction each)",
+    "max_in_flight": "most outputs awaiting PUBACK at once (publishing is concurrent)",
+    "max_pending": "committed outputs waiting to be published before intake pauses (backpressure)",
+    "sqlite_sync": "SQLite synchronous mode: normal survives kill -9, full also survives power loss",
+    "owntracks": "also consume owntracks/<user>/<device> (true/false)",
+    "status_interval": "seconds between retained status updates",
+    "flush_interval": "seconds between visit time-out checks (exits of users who went silent)",
+    "drain_timeout": "seconds a graceful shutdown waits for the outbox to empty",
+    "pid_file": "write the pid here (default: <state>.pid); `geopush reload` signals it",
+    "log_format": "text or json (JSON lines, one object per record)",
+    "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "input_window": "how many recent input digests are kept to recognise redeliveries",
+}
+
+
+class Settings(BaseSettings):
+    """Every daemon setting (see HELP)."""
+
+    model_config = SettingsConfigDict(env_prefix="GEOPUSH_", extra="forbid")
+
+    broker: str = "mqtt://localhost:1883"
+    username: str | None = None
+    password: str | None = None
+    fences: Path | None = None
+    campaigns: Path | None = None
+    profiles: Path | None = None
+    state: Path = Path("geopush-state.sqlite")
+    prefix: str = "geopush"
+    client_id: str = "geopush-engine"
+    metrics_port: int = Field(0, ge=0, le=65535)
+    batch_size: int = Field(500, ge=1, le=100_000)
+    max_in_flight: int = Field(2000, ge=1, le=65000)
+    max_pending: int = Field(20_000, ge=1)
+    sqlite_sync: Literal["normal", "full"] = "normal"
+    owntracks: bool = True
+    status_interval: float = Field(5.0, gt=0)
+    flush_interval: float = Field(1.0, gt=0)
+    drain_timeout: float = Field(10.0, ge=0)
+    pid_file: Path | None = None
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    input_window: int = Field(100_000, ge=1000)
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix_ok(cls, v: str) -> str:
+        if not v or any(c in v for c in "+#") or v.startswith("/") or v.endswith("/"):
+            raise ValueError("a topic prefix without wildcards or leading/trailing '/'")
+        return v
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v
+
+    @property
+    def pid_path(self) -> Path:
+        return self.pid_file or self.state.with_name(self.state.name + ".pid")
+
+
+def load_settings(flags: dict[str, Any] | None = None, config_file: Path | None = None) -> Settings:
+    """Settings from (highest first) ``flags`` (None values ignored), GEOPUSH_* variables, the
+    TOML ``config_file`` and the defaults."""
+    init = {k: v for k, v in (flags or {}).items() if v is not None}
+    if config_file is not None and not Path(config_file).is_file():
+        raise ConfigError(f"config file {config_file} not found")
+
+    class _Layered(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+            if config_file is not None:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+            return tuple(sources)
+
+    try:
+        return _Layered(**init)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = ".".join(str(p) for p in err["loc"]) or "?"
+            problems.append(
+                f"{name}: {err['msg']} (set by --{name.replace('_', '-')}, "
+                f"GEOPUSH_{name.upper()} or `{name} = ...` in the config file)"
+            )
+        raise ConfigError("invalid settings:\n  " + "\n  ".join(problems)) from exc
+    except ValueError as exc:  # e.g. a TOML syntax error
+        raise ConfigError(f"config file {config_file}: {exc}") from exc
+
+
+__all__ = ["HELP", "Settings", "load_settings"]

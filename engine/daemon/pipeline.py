@@ -1,0 +1,140 @@
+"""Pure pieces of the daemon's hot path: topics, decoding with dead letters, output rendering.
+
+No I/O here: ``service.py`` feeds it received messages and publishes what it returns.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from engine.daemon.sqlite_store import OutRow
+from engine.errors import DecodeError
+from engine.state import Output
+
+_JSON = msgspec.json.Encoder()
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """Every topic the daemon uses, from the prefix (default ``geopush``) and the client id."""
+
+    prefix: str = "geopush"
+    client_id: str = "geopush-engine"
+    owntracks_prefix: str = "owntracks"
+
+    @property
+    def events_sub(self) -> str:
+        return f"{self.prefix}/events/+"
+
+    @property
+    def owntracks_sub(self) -> str:
+        return f"{self.owntracks_prefix}/+/+"
+
+    @property
+    def control(self) -> str:
+        return f"{self.prefix}/control/{self.client_id}"
+
+    @property
+    def status(self) -> str:
+        return f"{self.prefix}/status/{self.client_id}"
+
+    @property
+    def deadletter(self) -> str:
+        return f"{self.prefix}/deadletter"
+
+    def push(self, user: str) -> str:
+        return f"{self.prefix}/push/{user}"
+
+    def visits(self, merchant_id: str) -> str:
+        return f"{self.prefix}/visits/{merchant_id}"
+
+    def events(self, user: str) -> str:
+        return f"{self.prefix}/events/{user}"
+
+
+def digest(topic: str, payload: bytes) -> bytes:
+    """Identity of one input message (topic + bytes), for redelivery detection."""
+    h = hashlib.blake2b(topic.encode(), digest_size=16)
+    h.update(b"\0")
+    h.update(payload)
+    return h.digest()
+
+
+class Decoder:
+    """Topic + payload -> events, or a DecodeError with reason (the caller dead-letters it)."""
+
+    def __init__(self, topics: Topics) -> None:
+        from engine import events as ev
+
+        self._decode = ev.decode
+        self._decode_owntracks: Any = getattr(ev, "decode_owntracks", None)
+        self._max = ev.MAX_PAYLOAD_BYTES
+        self._events_prefix = f"{topics.prefix}/events/"
+        self._ot_prefix = f"{topics.owntracks_prefix}/"
+
+    def __call__(self, topic: str, payload: bytes) -> list[Any]:
+        if len(payload) > self._max:
+            raise DecodeError("too_large", f"{len(payload)} bytes > {self._max}")
+        if topic.startswith(self._events_prefix):
+            user = topic[len(self._events_prefix) :]
+            if not user or "/" in user:
+                raise DecodeError("bad_topic", f"{topic}: expected <prefix>/events/<user>")
+            return list(self._decode(payload, topic_user=user))
+        if topic.startswith(self._ot_prefix):
+            parts = topic[len(self._ot_prefix) :].split("/")
+            if len(parts) != 2 or not all(parts):
+                raise DecodeError("bad_topic", f"{topic}: expected owntracks/<user>/<device>")
+            if self._decode_owntracks is None:
+                raise DecodeError("unsupported", "OwnTracks decoding is not available")
+            return list(self._decode_owntracks(payload, user=parts[0], device=parts[1]))
+        raise DecodeError("bad_topic", f"{topic}: not an events topic")
+
+
+def deadletter_row(
+    topics: Topics, topic: str, payload: bytes, reason: str, detail: str, key: bytes, ts: float
+) -> OutRow:
+    """The dead-letter message for a rejected input: original payload (text when it is UTF-8
+    and not too large, else base64), topic, reason and detail. Its id derives from the input's
+    digest, so a redelivered bad message gives the same dead letter."""
+    body: dict[str, Any] = {
+        "id": f"dl:{key.hex()}",
+        "topic": topic,
+        "reason": reason,
+        "detail": detail[:1000],
+        "received_ts": round(ts, 6),
+        "size": len(payload),
+    }
+    try:
+        body["payload"] = payload.decode("utf-8")
+        body["encoding"] = "text"
+    except UnicodeDecodeError:
+        body["payload"] = base64.b64encode(payload).decode("ascii")
+        body["encoding"] = "base64"
+    return OutRow(body["id"], topics.deadletter, _JSON.encode(body))
+
+
+class Renderer:
+    """Output -> outbox row (topic from the output's kind; payload ``encode_output``)."""
+
+    def __init__(self, topics: Topics) -> None:
+        from engine import outputs
+
+        self._topics = topics
+        self._encode = outputs.encode_output
+        self._Push = outputs.Push
+        self._Visit = outputs.VisitEvent
+
+    def __call__(self, out: Output) -> OutRow:
+        if isinstance(out, self._Push):
+            return OutRow(out.out_id, self._topics.push(out.user), self._encode(out))
+        if isinstance(out, self._Visit):
+            return OutRow(out.out_id, self._topics.visits(out.merchant_id), self._encode(out))
+        raise TypeError(f"cannot publish output of type {type(out).__name__}")
+
+
+__all__ = ["Decoder", "Renderer", "Topics", "deadletter_row", "digest"]

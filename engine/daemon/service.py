@@ -1,0 +1,473 @@
+"""The daemon: MQTT in, micro-batches through the core, one SQLite commit per batch, acks, outbox.
+
+Hot path, per micro-batch (everything between two awaits, so a batch is atomic in this process):
+
+1. take up to ``batch_size`` received messages (never waits to fill a batch: latency first);
+2. recognise redeliveries (``dup`` flag and digest already committed) -> ack, do not re-run;
+3. decode; a bad message becomes a dead letter (an outbox row) with its reason;
+4. ``core.process(events)`` -> outputs (visits, pushes);
+5. ``store.commit(outputs, dead letters, input digests)``: ONE transaction;
+6. PUBACK every message of the batch (only now is a message "accepted": durable);
+7. hand the committed rows to the outbox, which publishes them concurrently.
+
+A kill -9 anywhere before 5 loses nothing (no PUBACK was sent; the broker redelivers from the
+persistent session); between 5 and 6 the redelivered messages are recognised by digest; after 6
+unsent outbox rows are re-published at start with the same ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import signal
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from engine.daemon.config import Settings
+from engine.daemon.metrics import Metrics
+from engine.daemon.mqtt import Inbound, MqttLink, Will, parse_broker_url
+from engine.daemon.outbox import Outbox
+from engine.daemon.pipeline import Decoder, Renderer, Topics, deadletter_row, digest
+from engine.daemon.sqlite_store import OutRow, SQLiteStore
+from engine.errors import DecodeError, GeopushError, TransportError
+from engine.state import Output
+
+log = logging.getLogger("geopush.daemon")
+
+
+class CoreLike(Protocol):
+    """What the daemon needs from ``engine.core.Core``."""
+
+    def process(self, events: Sequence[Any]) -> list[Output]: ...
+
+    def flush(self, now_ts: float) -> list[Output]: ...
+
+
+CoreFactory = Callable[[SQLiteStore], CoreLike]
+# Loads fresh fences/campaigns for a hot reload: returns kwargs for ``core.reload``.
+Reloader = Callable[[], dict[str, Any]]
+
+
+class Service:
+    def __init__(
+        self,
+        settings: Settings,
+        core_factory: CoreFactory,
+        *,
+        reloader: Reloader | None = None,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.topics = Topics(prefix=settings.prefix, client_id=settings.client_id)
+        self.core_factory = core_factory
+        self.reloader = reloader
+        self.metrics = metrics or Metrics()
+        self.totals = self.metrics.totals
+        self.decoder = Decoder(self.topics)
+        # The flush clock decides when silent users' visits time out. Default: the newest event
+        # time seen (event time, like replay), so decisions do not depend on wall-clock timing.
+        self._clock = clock
+        self.event_clock = 0.0
+        self.state = "starting"
+        self._stopping = False
+        self._reload_requested = False
+        self._wake = asyncio.Event()
+        self._main: asyncio.Task[int] | None = None
+        self.store: SQLiteStore | None = None
+        self.core: CoreLike | None = None
+        self.link: MqttLink | None = None
+        self.outbox: Outbox | None = None
+        self.ready = asyncio.Event()  # set once connected and subscribed (tests wait on it)
+
+    # --- control -------------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """First call: drain and checkpoint. Second call: exit now (state is safe at any point)."""
+        if self._stopping:
+            log.warning("second stop request: exiting without draining")
+            if self._main is not None:
+                self._main.cancel()
+            return
+        log.info("stop requested: draining")
+        self._stopping = True
+        self.state = "draining"
+        self._wake.set()
+
+    def request_reload(self) -> None:
+        log.info("reload requested")
+        self._reload_requested = True
+        self._wake.set()
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+        loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        self._main = asyncio.current_task()  # type: ignore[assignment,unused-ignore]
+        s = self.settings
+        self.store = store = SQLiteStore(
+            s.state,
+            render=Renderer(self.topics),
+            synchronous=s.sqlite_sync,
+            input_window=s.input_window,
+        )
+        try:
+            self.core = self.core_factory(store)
+            self._write_pid()
+            if s.metrics_port:
+                self.metrics.serve(s.metrics_port)
+            address = parse_broker_url(s.broker)
+            self.link = link = MqttLink(
+                address,
+                client_id=s.client_id,
+                clean_session=False,
+                manual_ack=True,
+                will=Will(self.topics.status, self._status_payload("offline", "connection lost")),
+                max_inflight_out=min(s.max_in_flight, 65000),
+                username=s.username,
+                password=s.password,
+            )
+            self.outbox = Outbox(link, store, self.metrics, max_in_flight=s.max_in_flight)
+            await self._connection_loop()
+            await self._drain()
+            return 0
+        except asyncio.CancelledError:
+            if self.link is not None:
+                self.link.drop()
+            return 1
+        finally:
+            store.close()
+            self._remove_pid()
+
+    async def _connection_loop(self) -> None:
+        link, outbox = self._require_link(), self._require_outbox()
+        backoff = 0.2
+        while not self._stopping:
+            link.inbox.clear()  # unacked: the broker redelivers them on this new connection
+            try:
+                await link.connect()
+                await link.subscribe(self._subscriptions(), qos=1)
+            except TransportError as exc:
+                await link.disconnect()
+                delay = backoff * (0.5 + random.random())
+                log.warning("broker unavailable (%s); retrying in %.1fs", exc, delay)
+                await self._sleep(delay)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            backoff = 0.2
+            self.metrics.connected.set(1)
+            n = outbox.reset_from_store()
+            log.info(
+                "connected to %s as %s; re-publishing %d unsent outputs",
+                self.settings.broker, self.settings.client_id, n,
+            )  # fmt: skip
+            self.state = "online"
+            tasks = [
+                asyncio.create_task(outbox.run(), name="outbox"),
+                asyncio.create_task(self._status_loop(), name="status"),
+            ]
+            self.ready.set()
+            try:
+                await self._batch_loop()
+            finally:
+                if link.connected and self._stopping:
+                    # drain the outbox while still connected, then stop the helpers
+                    self.state = "draining"
+                    self._publish_status()
+                    await outbox.wait_idle(self.settings.drain_timeout)
+                for t in tasks:
+                    t.cancel()
+                for t in tasks:
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await t
+            if not self._stopping:
+                self.ready.clear()
+                self.metrics.connected.set(0)
+                self.state = "reconnecting"
+                log.warning("connection to the broker lost; reconnecting")
+                await link.disconnect()
+
+    async def _drain(self) -> None:
+        link, outbox, store = self._require_link(), self._require_outbox(), self._require_store()
+        outbox.flush_marks()
+        store.checkpoint()
+        if link.connected:
+            self.state = "offline"
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(
+                    link.publish(
+                        self.topics.status, self._status_payload("offline", "shutdown"), retain=True
+                    ),
+                    2.0,
+                )
+        await link.disconnect()
+        self.metrics.connected.set(0)
+        log.info("stopped: outbox %d unsent (re-published on next start)", outbox.pending)
+
+    # --- the hot path --------------------------------------------------------------------------
+
+    async def _batch_loop(self) -> None:
+        link, outbox = self._require_link(), self._require_outbox()
+        s = self.settings
+        last_flush = time.monotonic()
+        while link.connected:
+            if self._reload_requested:
+                await self._reload()
+            if outbox.pending > s.max_pending:
+                await outbox.wait_below(s.max_pending // 2)
+            if self._stopping:
+                # Drain what the broker already handed us (bounded by its in-flight window).
+                while link.inbox and link.connected:
+                    self.handle(link.take(s.batch_size))
+                return
+            if not link.inbox:
+                waiter = asyncio.ensure_future(link.wait_inbound(s.flush_interval))
+                woke = asyncio.ensure_future(self._wake.wait())
+                disc = asyncio.ensure_future(link.wait_disconnected())
+                await asyncio.wait({waiter, woke, disc}, return_when=asyncio.FIRST_COMPLETED)
+                for f in (waiter, woke, disc):
+                    f.cancel()
+                self._wake.clear()
+            batch = link.take(s.batch_size)
+            if batch:
+                self.handle(batch)
+            self.metrics.inbox.set(len(link.inbox))
+            now = time.monotonic()
+            if now - last_flush >= s.flush_interval:
+                last_flush = now
+                self._flush()
+            if batch:
+                await asyncio.sleep(0)  # let the outbox and PUBACKs run between batches
+
+    def handle(self, batch: list[Inbound]) -> None:
+        """Process one micro-batch: decode, core, commit, ack, hand outputs to the outbox."""
+        store, core, link = self._require_store(), self._require_core(), self._require_link()
+        m, totals = self.metrics, self.totals
+        control = self.topics.control
+        keys = [digest(x.topic, x.payload) for x in batch]
+        dup_keys = [k for x, k in zip(batch, keys, strict=True) if x.dup]
+        seen = store.seen_inputs(dup_keys) if dup_keys else set()
+        events: list[Any] = []
+        dead: list[OutRow] = []
+        inputs: list[bytes] = []
+        per_msg: list[tuple[Inbound, bytes, list[Any]]] = []
+        for x, k in zip(batch, keys, strict=True):
+            if k in seen:
+                m.duplicates.inc()
+                totals["duplicates"] += 1
+                continue
+            if x.topic == control:
+                self._control(x.payload)
+                continue
+            inputs.append(k)
+            try:
+                evs = self.decoder(x.topic, x.payload)
+            except DecodeError as exc:
+                dead.append(
+                    deadletter_row(
+                        self.topics, x.topic, x.payload, exc.reason, exc.detail, k, x.received
+                    )
+                )
+                m.rejects.labels(exc.reason).inc()
+                totals["rejects"] += 1
+                totals[f"reject:{exc.reason}"] += 1
+                continue
+            events.extend(evs)
+            per_msg.append((x, k, evs))
+        m.messages.inc(len(batch))
+        totals["messages"] += len(batch)
+        t0 = time.perf_counter()
+        try:
+            outputs = core.process(events) if events else []
+        except GeopushError:
+            raise
+        except Exception:
+            log.exception(
+                "core failed on a batch of %d events; retrying message by message", len(events)
+            )
+            store.rollback()
+            outputs = self._process_one_by_one(per_msg, dead)
+        t1 = time.perf_counter()
+        rows = store.commit(outputs, extra=dead, inputs=inputs)
+        t2 = time.perf_counter()
+        for x in batch:
+            link.ack(x)
+        self._account(events, outputs)
+        m.match.observe(t1 - t0)
+        m.commit.observe(t2 - t1)
+        m.batches.inc()
+        m.batch_size.observe(len(batch))
+        totals["batches"] += 1
+        if rows:
+            self._require_outbox().push(rows, received=batch[0].received)
+
+    def _process_one_by_one(
+        self, per_msg: list[tuple[Inbound, bytes, list[Any]]], dead: list[OutRow]
+    ) -> list[Output]:
+        """A core bug must not poison the stream: commit message by message, dead-letter the
+        message(s) the core cannot process (reason ``engine_error``)."""
+        store, core = self._require_store(), self._require_core()
+        outputs: list[Output] = []
+        for x, k, evs in per_msg:
+            try:
+                outs = core.process(evs)
+            except Exception as exc:  # noqa: BLE001  (reported in the dead letter and the log)
+                store.rollback()
+                log.error("core failed on a message from %s: %r", x.topic, exc)
+                dead.append(
+                    deadletter_row(
+                        self.topics, x.topic, x.payload, "engine_error", repr(exc), k, x.received
+                    )
+                )
+                self.metrics.rejects.labels("engine_error").inc()
+                continue
+            rows = store.commit(outs)
+            self._require_outbox().push(rows, received=x.received)
+        return outputs
+
+    def _flush(self) -> None:
+        core, store = self._require_core(), self._require_store()
+        now = self._clock() if self._clock is not None else self.event_clock
+        if now <= 0:
+            return
+        outs = core.flush(now)
+        if outs:
+            rows = store.commit(outs)
+            self._account([], outs)
+            self._require_outbox().push(rows)
+
+    def _account(self, events: list[Any], outputs: list[Output]) -> None:
+        m, totals = self.metrics, self.totals
+        newest = self.event_clock
+        for ev in events:
+            name = type(ev).__name__.lower()
+            m.events.labels(name).inc()
+            totals["events"] += 1
+            ts = ev.ts
+            if ts > newest:
+                newest = ts
+        self.event_clock = newest
+        for o in outputs:
+            kind = type(o).__name__
+            if kind == "Push":
+                m.pushes.inc()
+                totals["pushes"] += 1
+            else:
+                ev_kind = str(getattr(o, "event", "visit"))
+                m.visits.labels(ev_kind).inc()
+                totals["visits"] += 1
+
+    # --- control, reload, status ---------------------------------------------------------------
+
+    def _control(self, payload: bytes) -> None:
+        cmd = payload.decode("utf-8", "replace").strip().lower()
+        if cmd == "reload":
+            self.request_reload()
+        else:
+            log.warning("ignored control command %r (known: reload)", cmd[:50])
+
+    async def _reload(self) -> None:
+        self._reload_requested = False
+        if self.reloader is None:
+            log.warning("reload requested but this daemon has no fences/campaigns to reload")
+            return
+        core = self._require_core()
+        try:
+            # Load in a thread: messages keep queueing (unacked) in the broker meanwhile.
+            fresh = await asyncio.to_thread(self.reloader)
+            reload = getattr(core, "reload", None)
+            if reload is None:
+                raise GeopushError("this core does not support reload")
+            reload(**fresh)
+        except Exception as exc:  # noqa: BLE001  (a bad file must not stop the daemon)
+            self.metrics.reloads.labels("error").inc()
+            self.totals["reload_errors"] += 1
+            log.error("reload failed, keeping the previous fences and campaigns: %s", exc)
+            return
+        self.metrics.reloads.labels("ok").inc()
+        self.totals["reloads"] += 1
+        log.info("reloaded fences and campaigns")
+
+    async def _status_loop(self) -> None:
+        while True:
+            self._publish_status()
+            await asyncio.sleep(self.settings.status_interval)
+
+    def _publish_status(self) -> None:
+        link = self.link
+        if link is not None and link.connected:
+            fut = link.publish_nowait(
+                self.topics.status, self._status_payload(self.state), qos=1, retain=True
+            )
+            fut.add_done_callback(lambda f: f.exception())
+
+    def _status_payload(self, state: str, reason: str = "") -> bytes:
+        body: dict[str, Any] = {
+            "state": state,
+            "client_id": self.settings.client_id,
+            "pid": os.getpid(),
+            "ts": round(time.time(), 3),
+            "counters": dict(self.totals),
+        }
+        if self.outbox is not None:
+            body["outbox_pending"] = self.outbox.pending
+        if reason:
+            body["reason"] = reason
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def _subscriptions(self) -> list[str]:
+        subs = [self.topics.events_sub, self.topics.control]
+        if self.settings.owntracks:
+            subs.append(self.topics.owntracks_sub)
+        return subs
+
+    async def _sleep(self, delay: float) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), delay)
+        self._wake.clear()
+
+    def _write_pid(self) -> None:
+        path = self.settings.pid_path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f"{os.getpid()}\n")
+        except OSError as exc:
+            log.warning("cannot write pid file %s: %s", path, exc)
+
+    def _remove_pid(self) -> None:
+        path: Path = self.settings.pid_path
+        with contextlib.suppress(OSError):
+            if path.read_text().strip() == str(os.getpid()):
+                path.unlink()
+
+    def _require_store(self) -> SQLiteStore:
+        assert self.store is not None, "service not started"
+        return self.store
+
+    def _require_core(self) -> CoreLike:
+        assert self.core is not None, "service not started"
+        return self.core
+
+    def _require_link(self) -> MqttLink:
+        assert self.link is not None, "service not started"
+        return self.link
+
+    def _require_outbox(self) -> Outbox:
+        assert self.outbox is not None, "service not started"
+        return self.outbox
+
+
+__all__ = ["CoreFactory", "CoreLike", "Reloader", "Service"]

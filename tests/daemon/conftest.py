@@ -1,0 +1,172 @@
+"""Daemon test fixtures: a REAL broker per test (mosquitto on a free port, or the embedded amqtt
+broker where no mosquitto binary exists), MQTT helper clients, a running in-process daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.daemon.config import load_settings
+from engine.daemon.mqtt import MqttLink, parse_broker_url
+from engine.daemon.service import Service
+from simulator.embedded_broker import EmbeddedBroker, MosquittoBroker, find_mosquitto, start_broker
+
+HAVE_MOSQUITTO = find_mosquitto() is not None
+needs_mosquitto = pytest.mark.skipif(
+    not HAVE_MOSQUITTO, reason="needs the mosquitto binary (ACLs / persistence); amqtt lacks them"
+)
+
+# The daemon acks only after commit, so the broker's in-flight window bounds its intake; the
+# deploy config sets it too (deploy/mosquitto.conf).
+BROKER_EXTRA = "max_inflight_messages 200\n"
+
+
+@pytest.fixture
+def broker() -> Iterator[EmbeddedBroker]:
+    b = (
+        start_broker(extra_config=BROKER_EXTRA, persistence=True)
+        if HAVE_MOSQUITTO
+        else start_broker()
+    )
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+@pytest.fixture
+def mosquitto_factory() -> Iterator[Callable[..., MosquittoBroker]]:
+    started: list[MosquittoBroker] = []
+
+    def make(**kw: Any) -> MosquittoBroker:
+        b = MosquittoBroker(**kw)
+        b.start()
+        started.append(b)
+        return b
+
+    yield make
+    for b in started:
+        b.stop()
+
+
+class Collector:
+    """A subscriber that records every message it gets (topic -> list of payloads)."""
+
+    def __init__(self, url: str, topics: list[str], client_id: str | None = None) -> None:
+        self.link = MqttLink(parse_broker_url(url), client_id=client_id)
+        self.topics = topics
+        self.messages: list[tuple[str, bytes]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Collector:
+        await self.link.connect()
+        await self.link.subscribe(self.topics, qos=1)
+        self._task = asyncio.create_task(self._pump())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.link.disconnect()
+
+    async def _pump(self) -> None:
+        while True:
+            await self.link.wait_inbound()
+            for m in self.link.take(10_000):
+                self.messages.append((m.topic, m.payload))
+
+    def on(self, prefix: str) -> list[tuple[str, bytes]]:
+        return [(t, p) for t, p in self.messages if t.startswith(prefix)]
+
+    def json_on(self, prefix: str) -> list[dict[str, Any]]:
+        return [json.loads(p) for _, p in self.on(prefix)]
+
+    async def wait_for(self, pred: Callable[[Collector], bool], timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not pred(self):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out; got {len(self.messages)} messages")
+            await asyncio.sleep(0.02)
+
+
+async def publish_all(
+    url: str, items: list[tuple[str, bytes]], client_id: str | None = None
+) -> None:
+    """Publish QoS 1, many in flight, and wait for every PUBACK."""
+    link = MqttLink(parse_broker_url(url), client_id=client_id)
+    await link.connect()
+    try:
+        futs = [link.publish_nowait(t, p, qos=1) for t, p in items]
+        await asyncio.gather(*futs)
+    finally:
+        await link.disconnect()
+
+
+class StandInCore:
+    """A tiny deterministic pipeline for transport tests (the real Core is tested elsewhere):
+    every GPS fix with lat > 0 yields one push, id ``{user}:{ts}``, through ``seen_push``."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def process(self, events: list[Any]) -> list[Any]:
+        from engine.outputs import Coupon, Push
+
+        outs = []
+        for ev in events:
+            st = self.store.user(ev.user)
+            st.last_ts = max(st.last_ts, ev.ts)
+            if type(ev).__name__ == "Gps" and ev.lat > 0:
+                pid = f"{ev.user}:{ev.ts}"
+                if self.store.seen_push(pid):
+                    continue
+                outs.append(
+                    Push(
+                        push_id=pid,
+                        user=ev.user,
+                        campaign_id="c",
+                        store_id="s",
+                        merchant_id="m",
+                        visit_id="v",
+                        trigger="enter",
+                        ts=ev.ts,
+                        coupon=Coupon("t", 1.0, "EUR", 60),
+                    )
+                )
+        return outs
+
+    def flush(self, now_ts: float) -> list[Any]:
+        return []
+
+
+def gps(user: str, ts: float, lat: float = 1.0, lon: float = 1.0) -> bytes:
+    return json.dumps(
+        {"type": "gps", "user": user, "ts": ts, "lon": lon, "lat": lat, "acc": 5}
+    ).encode()
+
+
+@contextlib.asynccontextmanager
+async def running_service(
+    url: str, state: Path, core_factory: Callable[[Any], Any] = StandInCore, **flags: Any
+) -> AsyncIterator[Service]:
+    settings = load_settings(
+        {"broker": url, "state": state, "status_interval": 0.5, "flush_interval": 0.2, **flags}
+    )
+    svc = Service(settings, core_factory)
+    task = asyncio.create_task(svc.run())
+    try:
+        await asyncio.wait_for(svc.ready.wait(), 15)
+        yield svc
+    finally:
+        svc.request_stop()
+        rc = await asyncio.wait_for(task, 20)
+        assert rc == 0

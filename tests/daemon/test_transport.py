@@ -1,0 +1,95 @@
+"""Round trip, dead letters and status over a real broker, with a stand-in core."""
+
+from __future__ import annotations
+
+import json
+
+from .conftest import Collector, gps, publish_all, running_service
+
+
+async def test_event_to_push_round_trip(broker, tmp_path):
+    async with Collector(broker.url, ["geopush/push/#", "geopush/status/#"]) as col:
+        async with running_service(broker.url, tmp_path / "s.db") as svc:
+            await publish_all(broker.url, [("geopush/events/alice", gps("alice", 100.0))])
+            await col.wait_for(lambda c: len(c.on("geopush/push/")) == 1)
+            assert svc.totals["pushes"] == 1
+        push = col.json_on("geopush/push/alice")[0]
+        assert push["push_id"] == "alice:100.0" and push["kind"] == "push"
+        states = [s["state"] for s in col.json_on("geopush/status/")]
+        assert "online" in states and states[-1] == "offline"
+
+
+async def test_bad_messages_go_to_deadletter_while_good_traffic_flows(broker, tmp_path):
+    bad = [
+        ("geopush/events/bob", b"{not json", "malformed_json"),
+        (
+            "geopush/events/bob",
+            b'{"type":"gps","user":"bob","ts":1,"lon":1,"lat":1,"acc":1,"x":"'
+            + b"a" * 70_000
+            + b'"}',
+            "too_large",
+        ),
+        (
+            "geopush/events/bob",
+            b'{"type":"gps","user":"bob","ts":5,"lon":1,"lat":NaN,"acc":1}',
+            "malformed_json",
+        ),
+        (
+            "geopush/events/bob",
+            b'{"type":"gps","user":"bob","ts":5,"lon":1,"lat":91,"acc":1}',
+            "out_of_range",
+        ),
+        (
+            "geopush/events/bob",
+            b'{"type":"gps","user":"bob","ts":5,"lon":1,"lat":1e400,"acc":1}',
+            "out_of_range",
+        ),
+        ("geopush/events/bob", gps("mallory", 7.0), "wrong_user"),
+        ("geopush/events/bob", b'{"type":"teleport","user":"bob","ts":5}', "unknown_type"),
+        ("geopush/events/bob", b"\xff\xfe binary", "malformed_json"),
+    ]
+    good = [("geopush/events/carol", gps("carol", float(i))) for i in range(1, 21)]
+    mixed = [
+        x
+        for pair in zip(good, [(t, p) for t, p, _ in bad] + [None] * 20, strict=False)
+        for x in pair
+        if x
+    ]
+    async with Collector(broker.url, ["geopush/push/#", "geopush/deadletter"]) as col:
+        async with running_service(broker.url, tmp_path / "s.db"):
+            await publish_all(broker.url, mixed)
+            await col.wait_for(
+                lambda c: (
+                    len(c.on("geopush/push/")) == 20 and len(c.on("geopush/deadletter")) == len(bad)
+                )
+            )
+        letters = col.json_on("geopush/deadletter")
+    got = sorted((d["topic"], d["reason"]) for d in letters)
+    assert got == sorted((t, r) for t, _, r in bad)
+    by_reason = {d["reason"]: d for d in letters}
+    assert by_reason["unknown_type"]["payload"] == '{"type":"teleport","user":"bob","ts":5}'
+    assert by_reason["unknown_type"]["encoding"] == "text"
+    assert all(d["detail"] for d in letters)
+    binary = [d for d in letters if d["encoding"] == "base64"]
+    assert len(binary) == 1 and binary[0]["size"] == len(b"\xff\xfe binary")
+
+
+async def test_outputs_are_committed_and_marked_sent(broker, tmp_path):
+    from engine.daemon.sqlite_store import SQLiteStore
+
+    state = tmp_path / "s.db"
+    async with Collector(broker.url, ["geopush/push/#"]) as col:
+        async with running_service(broker.url, state):
+            await publish_all(
+                broker.url, [("geopush/events/dave", gps("dave", float(i))) for i in range(1, 51)]
+            )
+            await col.wait_for(lambda c: len(c.messages) == 50)
+    store = SQLiteStore(state)
+    try:
+        rows = store.outbox()
+        assert len(rows) == 50 and all(sent for *_, sent in rows)
+        assert len(store.push_ids()) == 50
+        assert store.count("inputs") == 50
+        assert json.loads(rows[0][2])["user"] == "dave"
+    finally:
+        store.close()
