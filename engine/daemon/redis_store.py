@@ -1,0 +1,564 @@
+"""``engine.state.StateStore`` on Redis: shared state for several engine workers (scale-out).
+
+Every worker keeps nothing between micro-batches: it loads the batch's users in ONE round trip
+(``MGET``), runs the core on them, and commits in ONE round trip: a Lua script that
+compare-and-sets each touched user's version, takes the coupons the batch used (never below
+zero), records push ids and input digests, and appends the batch's outbox rows. If another worker
+moved one of the users, or a campaign ran out of coupons, or a push id was already decided, the
+script applies NOTHING and says why; ``run_batch`` then re-runs the core on the batch from fresh
+state (``CommitConflict``). So a batch is all or nothing, every user's record is changed by one
+worker at a time in a serial order, and with the core's out-of-order guard (``UserState.last_ts``)
+an older event never changes a user after a newer one was applied, whichever worker sees it.
+
+Key layout (``P`` is the prefix, ``gp`` by default; ``{...}`` is a Redis Cluster hash tag):
+
+==============================  =================================================================
+``P:{<user>}:u``                user record: ``b"<version>|" + msgpack(UserState)``
+``P:{<user>}:p:<push_id>``      push decided (value ``1``), expires after ``push_ttl_s``
+``P:inv:{<campaign_id>}``       coupons left (integer); created at ``total`` on first use
+``P:in:{<digest hex>}``         input message committed (redelivery guard), ``input_ttl_s``
+``P:out:{<worker>}``            the worker's outbox stream: entries ``o`` out_id, ``t`` topic,
+                                ``p`` payload; entries are deleted once published (``mark_sent``)
+``P:tok:{<worker>}``            token of the worker's last applied commit (idempotent retries)
+==============================  =================================================================
+
+Round trips: ``users`` 1 (plus known inventory counters in the same ``MGET``), ``seen_inputs`` 1,
+``commit`` 1, ``mark_sent`` 1; a conflict costs one reload and one commit more. ``round_trips``
+counts them.
+
+Durability: an acknowledged commit is as durable as Redis makes it: run Redis with
+``appendonly yes`` and ``appendfsync always`` so a commit is on disk before the script returns
+(``everysec`` may lose the last second on a power cut or a ``kill -9`` of Redis).
+
+The commit script reads and writes keys of many users, so it needs all keys on one Redis primary
+(standalone or Sentinel-replicated). The hash tags make the layout Cluster-ready: a Cluster
+deployment runs one worker group per slot range (see docs/operations.md, "Scaling out").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from engine.errors import ConfigError, StateError
+from engine.state import Output, UserState, decode_user, encode_user
+
+E = TypeVar("E")
+
+DEFAULT_PUSH_TTL_S = 90 * 86400  # push ids outlive any redelivery or replay window
+DEFAULT_INPUT_TTL_S = 7 * 86400  # a broker keeps an offline session's messages for days at most
+
+
+class Row(Protocol):
+    """An outbox row (``engine.daemon.sqlite_store.OutRow`` is one)."""
+
+    @property
+    def out_id(self) -> str: ...
+
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def payload(self) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RedisRow:
+    """An outbox row read back from Redis (same fields as the SQLite store's ``OutRow``)."""
+
+    out_id: str
+    topic: str
+    payload: bytes
+
+
+Renderer = Callable[[Output], Row]
+
+
+def default_render(out: Output) -> Row:
+    """Outbox row for an output without topic routing (tests, tools): JSON payload, no topic."""
+    from engine.outputs import encode_output, out_id
+
+    return RedisRow(out_id(out), "", encode_output(out))
+
+
+class CommitConflict(StateError):
+    """The commit applied nothing: re-run the batch from fresh state (``run_batch`` does)."""
+
+    def __init__(self, users: list[str], short: list[str], push_ids: list[str]) -> None:
+        parts = []
+        if users:
+            parts.append(f"users moved by another worker: {', '.join(users[:5])}")
+        if short:
+            parts.append(f"campaigns out of coupons: {', '.join(short[:5])}")
+        if push_ids:
+            parts.append(f"push ids already decided: {', '.join(push_ids[:5])}")
+        super().__init__("commit conflict (" + "; ".join(parts) + ")")
+        self.users = users
+        self.short = short
+        self.push_ids = push_ids
+
+
+# KEYS: users (nu), inventory counters (nc), push ids (np), input digests (ni), token, outbox.
+# ARGV: nu nc np ni no push_ttl input_ttl token, then per user (expected version, blob or ""),
+# per campaign (total, taken), per outbox row (out_id, topic, payload).
+# Reply: {1, stream ids, counters after} | {0, bad user idx, counters now, bad push idx} | {2}.
+_COMMIT_LUA = """
+local nu, nc, np = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local ni, no = tonumber(ARGV[4]), tonumber(ARGV[5])
+local pttl, ittl, token = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
+local ktok = KEYS[nu + nc + np + ni + 1]
+if redis.call('GET', ktok) == token then return {2} end
+local a = 9
+local b = a + 2 * nu
+local c = b + 2 * nc
+local bad_u, bad_p, inv = {}, {}, {}
+local short = false
+for i = 1, nu do
+  local cur = redis.call('GET', KEYS[i])
+  local v = 0
+  if cur then v = tonumber(string.match(cur, '^(%d+)|')) end
+  if v ~= tonumber(ARGV[a + 2 * i - 2]) then bad_u[#bad_u + 1] = i end
+end
+for j = 1, nc do
+  local cur = redis.call('GET', KEYS[nu + j])
+  local left = tonumber(ARGV[b + 2 * j - 2])
+  if cur then left = tonumber(cur) end
+  inv[j] = left
+  if left < tonumber(ARGV[b + 2 * j - 1]) then short = true end
+end
+local k0 = nu + nc
+for p = 1, np do
+  if redis.call('EXISTS', KEYS[k0 + p]) == 1 then bad_p[#bad_p + 1] = p end
+end
+if #bad_u > 0 or short or #bad_p > 0 then return {0, bad_u, inv, bad_p} end
+for i = 1, nu do
+  local blob = ARGV[a + 2 * i - 1]
+  if blob ~= '' then redis.call('SET', KEYS[i], blob) end
+end
+for j = 1, nc do
+  inv[j] = inv[j] - tonumber(ARGV[b + 2 * j - 1])
+  redis.call('SET', KEYS[nu + j], inv[j])
+end
+for p = 1, np do
+  if pttl > 0 then redis.call('SET', KEYS[k0 + p], 1, 'EX', pttl)
+  else redis.call('SET', KEYS[k0 + p], 1) end
+end
+local k1 = k0 + np
+for q = 1, ni do redis.call('SET', KEYS[k1 + q], 1, 'EX', ittl) end
+redis.call('SET', ktok, token)
+local ids = {}
+if no > 0 then
+  local ob = KEYS[k1 + ni + 2]
+  for r = 1, no do
+    ids[r] = redis.call('XADD', ob, '*', 'o', ARGV[c + 3 * r - 3], 't', ARGV[c + 3 * r - 2],
+                        'p', ARGV[c + 3 * r - 1])
+  end
+end
+return {1, ids, inv}
+"""
+
+
+@dataclass
+class RedisStats:
+    """Counters a benchmark or the metrics endpoint reads."""
+
+    round_trips: int = 0
+    commits: int = 0
+    conflicts: int = 0
+    events: int = 0
+    batches: int = 0
+
+    def per_event(self) -> float:
+        return self.round_trips / self.events if self.events else 0.0
+
+
+def connect(url: str, *, reconnect_s: float = 30.0) -> redis.Redis:
+    """A client for ``redis://HOST:PORT/DB`` (or ``rediss://``, ``unix://``) that reconnects.
+
+    Commands are retried with exponential backoff (10 ms to 0.5 s) for about ``reconnect_s`` when
+    the connection drops or Redis is still loading its AOF after a restart. The first PING fails
+    fast with a ``StateError`` that names the URL.
+    """
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"--state {url!r}: a Redis URL looks like redis://HOST:PORT/DB")
+    retries = max(1, int(reconnect_s / 0.5) + 6)
+    try:
+        client = redis.Redis.from_url(
+            url,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.01), retries),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+            socket_connect_timeout=2.0,
+            socket_timeout=10.0,
+            health_check_interval=30,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"--state {url!r}: {exc}") from exc
+    return client
+
+
+class RedisStore:
+    """StateStore shared by several workers through one Redis primary (see module doc)."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        worker: str = "w0",
+        prefix: str = "gp",
+        render: Renderer | None = None,
+        push_ttl_s: int = DEFAULT_PUSH_TTL_S,
+        input_ttl_s: int = DEFAULT_INPUT_TTL_S,
+        max_attempts: int = 100,
+        seen_cache: int = 100_000,
+    ) -> None:
+        self.r = client
+        self.worker = worker
+        self.prefix = prefix
+        self.render: Renderer = render or default_render
+        self.push_ttl_s = push_ttl_s
+        self.input_ttl_s = input_ttl_s
+        self.max_attempts = max_attempts
+        self.seen_cache = seen_cache
+        self.stats = RedisStats()
+        self._script = client.register_script(_COMMIT_LUA)
+        self._outbox_key = f"{prefix}:out:{{{worker}}}"
+        self._token_key = f"{prefix}:tok:{{{worker}}}"
+        # Per batch: raw records as loaded (None = absent) and their versions; touched records.
+        self._raw: dict[str, bytes | None] = {}
+        self._touched: dict[str, UserState] = {}
+        self._inv_fresh = False
+        # Per attempt: coupons taken, campaigns used (with their totals), push ids decided.
+        self._taken: dict[str, int] = {}
+        self._totals: dict[str, int] = {}
+        self._new_push: dict[str, str] = {}  # push_id -> key
+        # Across batches: last known counters (refreshed with every batch's MGET), push ids known
+        # committed (a bounded cache; the commit script is the authority), outbox stream ids.
+        self._inv_est: dict[str, int] = {}
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._stream_ids: dict[str, bytes] = {}
+
+    @classmethod
+    def from_url(cls, url: str, *, reconnect_s: float = 30.0, **kw: Any) -> RedisStore:
+        store = cls(connect(url, reconnect_s=reconnect_s), **kw)
+        store.ping(url)
+        return store
+
+    def ping(self, url: str = "") -> None:
+        try:
+            self.r.ping()
+        except RedisError as exc:
+            where = url or "Redis"
+            raise StateError(f"cannot reach {where}: {exc} (is redis-server running?)") from exc
+
+    # --- keys ------------------------------------------------------------------------------------
+
+    def user_key(self, user: str) -> str:
+        return f"{self.prefix}:{{{user}}}:u"
+
+    def inv_key(self, campaign_id: str) -> str:
+        return f"{self.prefix}:inv:{{{campaign_id}}}"
+
+    def push_key(self, user: str, push_id: str) -> str:
+        return f"{self.prefix}:{{{user}}}:p:{push_id}"
+
+    def input_key(self, digest: bytes) -> str:
+        return f"{self.prefix}:in:{{{digest.hex()}}}"
+
+    # --- StateStore protocol ---------------------------------------------------------------------
+
+    def user(self, user: str) -> UserState:
+        st = self._touched.get(user)
+        if st is not None:
+            return st
+        if user not in self._raw:
+            self.users([user])
+        st = _decode(user, self._raw[user])
+        self._touched[user] = st
+        return st
+
+    def users(self, users: Iterable[str]) -> None:
+        missing = [u for u in dict.fromkeys(users) if u not in self._raw]
+        camps = [] if self._inv_fresh else list(self._inv_est)
+        if not missing and not camps:
+            return
+        keys = [self.user_key(u) for u in missing] + [self.inv_key(c) for c in camps]
+        vals = self._call("load", lambda: self.r.mget(keys))
+        for u, v in zip(missing, vals, strict=False):
+            self._raw[u] = v
+        for c, v in zip(camps, vals[len(missing) :], strict=True):
+            if v is not None:
+                self._inv_est[c] = int(v)
+        self._inv_fresh = True
+
+    def inventory_left(self, campaign_id: str, total: int | None) -> int | None:
+        if total is None:
+            return None
+        return self._left(campaign_id, total)
+
+    def take_coupon(self, campaign_id: str, total: int | None) -> bool:
+        if total is None:
+            return True
+        if self._left(campaign_id, total) <= 0:
+            return False
+        self._taken[campaign_id] = self._taken.get(campaign_id, 0) + 1
+        return True
+
+    def seen_push(self, push_id: str) -> bool:
+        return push_id in self._new_push or push_id in self._seen
+
+    def commit(
+        self,
+        outputs: Sequence[Output],
+        *,
+        extra: Sequence[Row] = (),
+        inputs: Sequence[bytes] = (),
+    ) -> list[Row]:
+        """One atomic script (see module doc). Raises ``CommitConflict`` having applied nothing
+        and having refreshed what conflicted, so the caller re-runs the batch."""
+        rows: list[Row] = [self.render(o) for o in outputs]
+        rows.extend(extra)
+        for out in outputs:
+            pid = getattr(out, "push_id", None)
+            if isinstance(pid, str):
+                self._new_push[pid] = self.push_key(str(getattr(out, "user", "")), pid)
+        users = list(self._touched)
+        keys, args = self._script_args(users, rows, inputs)
+        reply = self._call("commit", lambda: self._script(keys=keys, args=args))
+        if reply[0] == 0:
+            self._on_conflict(users, reply)
+        if reply[0] == 1:
+            for c, left in zip(self._totals, reply[2], strict=True):
+                self._inv_est[c] = int(left)
+            for row, sid in zip(rows, reply[1], strict=True):
+                self._stream_ids[row.out_id] = sid
+        else:  # 2: a retried call that Redis had already applied: stream ids via unsent()
+            self._inv_fresh = False
+            self.unsent()
+        for pid in self._new_push:
+            self._remember(pid)
+        self.stats.commits += 1
+        self._end_batch()
+        return rows
+
+    # --- beyond the protocol: the retry loop, rollback, inputs, outbox --------------------------
+
+    def run_batch(
+        self,
+        process: Callable[[Sequence[E]], list[Output]],
+        events: Sequence[E],
+        *,
+        users: Iterable[str] | None = None,
+        extra: Sequence[Row] = (),
+        inputs: Sequence[bytes] = (),
+    ) -> tuple[list[Output], list[Row]]:
+        """Load the batch's users, run ``process`` (the core), commit; on a conflict re-run from
+        fresh state. Returns the outputs and outbox rows of the attempt that committed."""
+        names = list(users) if users is not None else [str(getattr(e, "user", "")) for e in events]
+        for _ in range(self.max_attempts):
+            self.users(names)
+            try:
+                outputs = process(events)
+            except BaseException:
+                self.rollback()
+                raise
+            try:
+                rows = self.commit(outputs, extra=extra, inputs=inputs)
+            except CommitConflict:
+                continue
+            self.stats.events += len(events)
+            self.stats.batches += 1
+            return outputs, rows
+        self.rollback()
+        raise StateError(f"batch still conflicting after {self.max_attempts} attempts")
+
+    def rollback(self) -> None:
+        """Forget the batch (the core failed on it): nothing was written."""
+        self._end_batch()
+
+    def seen_inputs(self, digests: Iterable[bytes]) -> set[bytes]:
+        """Which of these input message digests were committed already (redeliveries)."""
+        ds = list(digests)
+        if not ds:
+            return set()
+        vals = self._call("seen_inputs", lambda: self.r.mget([self.input_key(d) for d in ds]))
+        return {d for d, v in zip(ds, vals, strict=True) if v is not None}
+
+    def unsent(self, limit: int | None = None) -> list[Row]:
+        """This worker's committed rows not yet marked sent, oldest first."""
+        entries = self._call(
+            "unsent", lambda: self.r.xrange(self._outbox_key, "-", "+", count=limit)
+        )
+        rows: list[Row] = []
+        for sid, fields in entries:
+            row = RedisRow(fields[b"o"].decode(), fields[b"t"].decode(), bytes(fields[b"p"]))
+            self._stream_ids[row.out_id] = sid
+            rows.append(row)
+        return rows
+
+    def mark_sent(self, out_ids: Iterable[str]) -> None:
+        sids = [s for o in out_ids if (s := self._stream_ids.pop(o, None)) is not None]
+        if sids:
+            self._call("mark_sent", lambda: self.r.xdel(self._outbox_key, *sids))
+
+    def prune_sent(self, keep: int = 100_000) -> int:
+        """Sent rows are deleted by ``mark_sent``; nothing to prune."""
+        return 0
+
+    def checkpoint(self) -> None:
+        """Durability is Redis's (AOF); nothing to fold."""
+
+    def close(self) -> None:
+        with contextlib.suppress(RedisError):
+            self.r.close()
+
+    # Introspection for tests and tools (SCAN: not for the hot path).
+    def all_users(self) -> dict[str, UserState]:
+        out: dict[str, UserState] = {}
+        for key in self._scan(f"{self.prefix}:{{*}}:u"):
+            blob = self.r.get(key)
+            if isinstance(blob, bytes):
+                st = _decode("", blob)
+                out[st.user] = st
+        return out
+
+    def inventory(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for key in self._scan(f"{self.prefix}:inv:{{*}}"):
+            val = self.r.get(key)
+            if val is not None:
+                out[key.decode()[len(self.prefix) + 6 : -1]] = int(val)
+        return out
+
+    def push_ids(self) -> set[str]:
+        return {k.decode().split(":p:", 1)[1] for k in self._scan(f"{self.prefix}:{{*}}:p:*")}
+
+    # --- internals -------------------------------------------------------------------------------
+
+    def _left(self, campaign_id: str, total: int) -> int:
+        est = self._inv_est.get(campaign_id)
+        if est is None:
+            val = self._call("inventory", lambda: self.r.get(self.inv_key(campaign_id)))
+            est = self._inv_est[campaign_id] = total if val is None else int(val)
+        self._totals.setdefault(campaign_id, total)
+        return est - self._taken.get(campaign_id, 0)
+
+    def _script_args(
+        self, users: list[str], rows: list[Row], inputs: Sequence[bytes]
+    ) -> tuple[list[str], list[Any]]:
+        keys: list[str] = [self.user_key(u) for u in users]
+        ver_args: list[Any] = []
+        for u in users:
+            raw, st = self._raw.get(u), self._touched[u]
+            old = _version(raw)
+            st.version = old
+            blob = encode_user(st)
+            if raw is not None and raw[raw.index(b"|") + 1 :] == blob:
+                ver_args += [old, b""]  # unchanged: check the version only
+            else:
+                st.version = old + 1
+                ver_args += [old, f"{old + 1}|".encode() + encode_user(st)]
+        camps = list(self._totals)
+        keys += [self.inv_key(c) for c in camps]
+        keys += list(self._new_push.values())
+        keys += [self.input_key(d) for d in inputs]
+        keys += [self._token_key, self._outbox_key]
+        args: list[Any] = [len(users), len(camps), len(self._new_push), len(inputs), len(rows)]
+        args += [self.push_ttl_s, self.input_ttl_s, uuid.uuid4().hex]
+        args += ver_args
+        for c in camps:
+            args += [self._totals[c], self._taken.get(c, 0)]
+        for row in rows:
+            args += [row.out_id, row.topic, row.payload]
+        return keys, args
+
+    def _on_conflict(self, users: list[str], reply: list[Any]) -> None:
+        bad_users = [users[i - 1] for i in reply[1]]
+        camps = list(self._totals)
+        short = []
+        for c, now in zip(camps, reply[2], strict=True):
+            self._inv_est[c] = int(now)
+            if int(now) < self._taken.get(c, 0):
+                short.append(c)
+        pids = list(self._new_push)
+        bad_pids = [pids[i - 1] for i in reply[3]]
+        for pid in bad_pids:
+            self._remember(pid)
+        for u in bad_users:
+            self._raw.pop(u, None)  # reloaded by the next users() call
+        self._touched.clear()
+        self._reset_attempt()
+        self.stats.conflicts += 1
+        raise CommitConflict(bad_users, short, bad_pids)
+
+    def _remember(self, push_id: str) -> None:
+        self._seen[push_id] = None
+        if len(self._seen) > self.seen_cache:
+            self._seen.popitem(last=False)
+
+    def _reset_attempt(self) -> None:
+        self._taken.clear()
+        self._totals.clear()
+        self._new_push.clear()
+
+    def _end_batch(self) -> None:
+        self._raw.clear()
+        self._touched.clear()
+        self._inv_fresh = False
+        self._reset_attempt()
+
+    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
+        self.stats.round_trips += 1
+        try:
+            return fn()
+        except RedisError as exc:
+            raise StateError(f"redis {what} failed: {exc}") from exc
+
+    def _scan(self, pattern: str) -> Iterator[bytes]:
+        yield from self.r.scan_iter(match=pattern, count=1000)
+
+
+def _version(raw: bytes | None) -> int:
+    return 0 if raw is None else int(raw[: raw.index(b"|")])
+
+
+def _decode(user: str, raw: bytes | None) -> UserState:
+    if raw is None:
+        return UserState(user=user)
+    return decode_user(raw[raw.index(b"|") + 1 :])
+
+
+def wait_for(store: RedisStore, timeout_s: float = 30.0) -> None:
+    """Block until Redis answers PING (after a restart), or raise ``StateError``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            store.r.ping()
+            return
+        except RedisError as exc:
+            if time.monotonic() > deadline:
+                raise StateError(f"redis still unreachable after {timeout_s:.0f} s: {exc}") from exc
+            time.sleep(0.05)
+
+
+__all__ = [
+    "CommitConflict",
+    "RedisRow",
+    "RedisStats",
+    "RedisStore",
+    "Row",
+    "connect",
+    "default_render",
+    "wait_for",
+]

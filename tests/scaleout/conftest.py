@@ -1,0 +1,38 @@
+"""Fixtures for the scale-out tests: a real redis-server (AOF, fsync always) on a free port."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from engine.daemon.redis_server import RedisServer, find_redis_server
+from engine.daemon.redis_store import RedisStore, connect
+
+
+def _need_redis() -> None:
+    if find_redis_server() is None:
+        pytest.skip("redis-server binary not found on PATH: the scale-out tests need a real Redis")
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A fresh redis-server per test (own port and data dir); the test may stop/kill/restart it."""
+    _need_redis()
+    with RedisServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def make_store(redis_server: RedisServer) -> Iterator[object]:
+    """Factory: ``make_store(worker="w1", **kw)`` -> a RedisStore on the test's server."""
+    made: list[RedisStore] = []
+
+    def make(worker: str = "w0", reconnect_s: float = 10.0, **kw: object) -> RedisStore:
+        store = RedisStore(connect(redis_server.url, reconnect_s=reconnect_s), worker=worker, **kw)  # type: ignore[arg-type]
+        made.append(store)
+        return store
+
+    yield make
+    for s in made:
+        s.close()
