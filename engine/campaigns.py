@@ -1,0 +1,337 @@
+"""Campaigns: merchants' rules that turn visits into coupon pushes.
+
+A campaign file (JSON or YAML, schema in docs/campaigns.md) is validated at the edge with pydantic
+v2, every problem reported at once (``CampaignError.problems``), then turned into plain frozen
+dataclasses for the hot path. ``CampaignSet`` indexes them by (merchant, trigger) in decision
+order: highest priority, then highest coupon value, then campaign id (determinism).
+
+Times: ``schedule.start``/``end`` are local wall-clock times in the STORE's time zone (``Store.tz``);
+``valid_from``/``valid_until`` are instants (ISO 8601 with offset, naive = UTC, or epoch seconds).
+Quiet hours are local store time too.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from engine.errors import CampaignError
+
+Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+_ALL_DAYS: tuple[Day, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+DAYS: tuple[str, ...] = _ALL_DAYS
+TRIGGERS = ("enter", "dwell", "exit")
+SEGMENTS = ("all", "new", "returning", "followers")
+
+
+# --- plain data for the hot path -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CouponSpec:
+    title: str
+    value: float
+    currency: str
+    expires_in_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class Campaign:
+    id: str
+    merchant_id: str
+    trigger: str  # "enter" | "dwell" | "exit"
+    coupon: CouponSpec
+    dwell_s: int | None = None
+    stores: frozenset[str] | None = None  # None = every store of the merchant
+    segment: str = "all"
+    tags_any: frozenset[str] = frozenset()
+    exclude_tags: frozenset[str] = frozenset()
+    days: frozenset[int] = frozenset(range(7))  # 0 = Monday
+    start_min: int = 0  # minutes after local midnight, inclusive
+    end_min: int = 24 * 60  # exclusive; end < start = overnight window
+    valid_from: float | None = None
+    valid_until: float | None = None  # exclusive
+    per_user: int | None = None
+    period_s: float | None = None
+    cooldown_s: float = 0.0
+    inventory: int | None = None  # None = unlimited
+    priority: int = 0
+
+    @property
+    def trigger_key(self) -> str:
+        """The trigger as decisions key it: ``enter``, ``exit`` or ``dwell:<seconds>``."""
+        return f"dwell:{self.dwell_s}" if self.trigger == "dwell" else self.trigger
+
+
+@dataclass(frozen=True, slots=True)
+class QuietHours:
+    start_min: int
+    end_min: int  # exclusive; end < start = overnight (e.g. 22:00-08:00)
+
+
+@dataclass(frozen=True)
+class CampaignSet:
+    campaigns: tuple[Campaign, ...] = ()
+    max_pushes_per_user_per_day: int | None = None  # across merchants; UTC day
+    quiet_hours: QuietHours | None = None
+    # (merchant_id, trigger_key) -> campaigns in decision order; built in __post_init__.
+    _by_key: dict[tuple[str, str], tuple[Campaign, ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    _dwells: dict[str, tuple[int, ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        groups: dict[tuple[str, str], list[Campaign]] = {}
+        dwells: dict[str, set[int]] = {}
+        for c in self.campaigns:
+            groups.setdefault((c.merchant_id, c.trigger_key), []).append(c)
+            if c.dwell_s is not None:
+                dwells.setdefault(c.merchant_id, set()).add(c.dwell_s)
+        for key, cs in groups.items():
+            cs.sort(key=lambda c: (-c.priority, -c.coupon.value, c.id))
+            self._by_key[key] = tuple(cs)
+        for m, ds in dwells.items():
+            self._dwells[m] = tuple(sorted(ds))
+
+    def candidates(self, merchant_id: str, trigger_key: str) -> tuple[Campaign, ...]:
+        """Campaigns of this merchant on this trigger, in decision order."""
+        return self._by_key.get((merchant_id, trigger_key), ())
+
+    def dwell_thresholds(self, merchant_id: str) -> tuple[int, ...]:
+        """Distinct ``dwell_s`` of this merchant's dwell campaigns, ascending."""
+        return self._dwells.get(merchant_id, ())
+
+    def get(self, campaign_id: str) -> Campaign | None:
+        for c in self.campaigns:
+            if c.id == campaign_id:
+                return c
+        return None
+
+    def __len__(self) -> int:
+        return len(self.campaigns)
+
+
+# --- pydantic models at the edge -----------------------------------------------------------------
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CouponModel(_Model):
+    title: str = Field(min_length=1)
+    value: float = Field(ge=0)
+    currency: str = Field(min_length=1, max_length=8)
+    expires_in_s: int = Field(gt=0)
+
+
+class AudienceModel(_Model):
+    segment: Literal["all", "new", "returning", "followers"] = "all"
+    tags_any: list[str] = Field(default_factory=list)
+    exclude_tags: list[str] = Field(default_factory=list)
+
+
+def _parse_hhmm(v: str) -> int:
+    try:
+        t = time.fromisoformat(v)
+    except ValueError as exc:
+        raise ValueError(f"{v!r} is not a time of day like '09:30'") from exc
+    return t.hour * 60 + t.minute
+
+
+def _parse_instant(v: Any) -> float:
+    if isinstance(v, bool):
+        raise ValueError("expected an ISO 8601 date-time or epoch seconds, not a boolean")
+    if isinstance(v, int | float):
+        return float(v)
+    if isinstance(v, datetime):
+        dt = v
+    elif isinstance(v, str):
+        try:
+            dt = datetime.fromisoformat(v)
+        except ValueError as exc:
+            raise ValueError(f"{v!r} is not an ISO 8601 date-time like '2026-01-31T00:00:00Z'") from exc
+    else:
+        raise ValueError("expected an ISO 8601 date-time or epoch seconds")
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+class ScheduleModel(_Model):
+    days: list[Day] = Field(default_factory=lambda: list(_ALL_DAYS), min_length=1)
+    start: str = "00:00"
+    end: str = "24:00"
+    valid_from: float | None = None
+    valid_until: float | None = None
+
+    @field_validator("start", "end")
+    @classmethod
+    def _hhmm(cls, v: str) -> str:
+        if v != "24:00":
+            _parse_hhmm(v)
+        return v
+
+    @field_validator("valid_from", "valid_until", mode="before")
+    @classmethod
+    def _instant(cls, v: Any) -> float | None:
+        return None if v is None else _parse_instant(v)
+
+    @model_validator(mode="after")
+    def _order(self) -> ScheduleModel:
+        if (
+            self.valid_from is not None
+            and self.valid_until is not None
+            and self.valid_until <= self.valid_from
+        ):
+            raise ValueError("valid_until must be after valid_from")
+        if self.start == self.end:
+            raise ValueError("start and end are equal: an empty window (omit both for all day)")
+        return self
+
+
+class CapsModel(_Model):
+    per_user: int | None = Field(default=None, ge=1)
+    period_s: float | None = Field(default=None, gt=0)
+    cooldown_s: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _pair(self) -> CapsModel:
+        if (self.per_user is None) != (self.period_s is None):
+            raise ValueError("per_user and period_s go together (N pushes per period_s seconds)")
+        return self
+
+
+class CampaignModel(_Model):
+    id: str = Field(min_length=1)
+    merchant_id: str = Field(min_length=1)
+    stores: list[str] | None = None
+    trigger: Literal["enter", "dwell", "exit"]
+    dwell_s: int | None = Field(default=None, gt=0)
+    audience: AudienceModel = Field(default_factory=AudienceModel)
+    schedule: ScheduleModel = Field(default_factory=ScheduleModel)
+    caps: CapsModel = Field(default_factory=CapsModel)
+    inventory: int | None = Field(default=None, ge=0)
+    priority: int = 0
+    coupon: CouponModel
+
+    @model_validator(mode="after")
+    def _dwell(self) -> CampaignModel:
+        if self.trigger == "dwell" and self.dwell_s is None:
+            raise ValueError("trigger 'dwell' needs dwell_s (seconds the visit must last)")
+        if self.trigger != "dwell" and self.dwell_s is not None:
+            raise ValueError(f"dwell_s is only for trigger 'dwell', not {self.trigger!r}")
+        if self.stores is not None and not self.stores:
+            raise ValueError("stores is empty: omit it for every store of the merchant")
+        return self
+
+
+class QuietHoursModel(_Model):
+    start: str
+    end: str
+
+    @field_validator("start", "end")
+    @classmethod
+    def _hhmm(cls, v: str) -> str:
+        _parse_hhmm(v)
+        return v
+
+
+class CampaignFileModel(_Model):
+    max_pushes_per_user_per_day: int | None = Field(default=None, ge=0)
+    quiet_hours: QuietHoursModel | None = None
+    campaigns: list[dict[str, Any]]
+
+
+def _to_campaign(m: CampaignModel) -> Campaign:
+    s = m.schedule
+    return Campaign(
+        id=m.id,
+        merchant_id=m.merchant_id,
+        trigger=m.trigger,
+        dwell_s=m.dwell_s,
+        coupon=CouponSpec(m.coupon.title, m.coupon.value, m.coupon.currency, m.coupon.expires_in_s),
+        stores=frozenset(m.stores) if m.stores is not None else None,
+        segment=m.audience.segment,
+        tags_any=frozenset(m.audience.tags_any),
+        exclude_tags=frozenset(m.audience.exclude_tags),
+        days=frozenset(DAYS.index(d) for d in s.days),
+        start_min=_parse_hhmm(s.start),
+        end_min=24 * 60 if s.end == "24:00" else _parse_hhmm(s.end),
+        valid_from=s.valid_from,
+        valid_until=s.valid_until,
+        per_user=m.caps.per_user,
+        period_s=m.caps.period_s,
+        cooldown_s=m.caps.cooldown_s,
+        inventory=m.inventory,
+        priority=m.priority,
+    )
+
+
+def _fmt_error(where: str, exc: ValidationError) -> list[str]:
+    out = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        out.append(f"{where}{'.' + loc if loc else ''}: {err['msg']}")
+    return out
+
+
+def parse_campaigns(doc: Any, source: str = "campaigns") -> CampaignSet:
+    """Validate a parsed campaign document (a list of campaigns, or an object with ``campaigns``
+    plus the global settings); raise ``CampaignError`` listing every problem."""
+    if isinstance(doc, list):
+        doc = {"campaigns": doc}
+    if not isinstance(doc, dict):
+        raise CampaignError([f"{source}: expected a list of campaigns or an object with 'campaigns'"])
+    try:
+        top = CampaignFileModel.model_validate(doc)
+    except ValidationError as exc:
+        raise CampaignError(_fmt_error(source, exc)) from exc
+    problems: list[str] = []
+    campaigns: list[Campaign] = []
+    seen: dict[str, int] = {}
+    for i, raw in enumerate(top.campaigns):
+        cid = raw.get("id") if isinstance(raw, dict) else None
+        where = f"{source}: campaigns[{i}]" + (f" (id {cid!r})" if cid else "")
+        try:
+            m = CampaignModel.model_validate(raw)
+        except ValidationError as exc:
+            problems.extend(_fmt_error(where, exc))
+            continue
+        if m.id in seen:
+            problems.append(f"{where}: duplicate id, also campaigns[{seen[m.id]}]")
+            continue
+        seen[m.id] = i
+        campaigns.append(_to_campaign(m))
+    if problems:
+        raise CampaignError(problems)
+    quiet = None
+    if top.quiet_hours is not None:
+        quiet = QuietHours(_parse_hhmm(top.quiet_hours.start), _parse_hhmm(top.quiet_hours.end))
+    return CampaignSet(tuple(campaigns), top.max_pushes_per_user_per_day, quiet)
+
+
+def load_campaigns(path: str | Path) -> CampaignSet:
+    """Read a campaign file: ``.yaml``/``.yml`` as YAML, anything else as JSON."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CampaignError([f"{p}: cannot read campaign file ({exc})"]) from exc
+    try:
+        if p.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            doc = yaml.safe_load(text)
+        else:
+            doc = json.loads(text)
+    except Exception as exc:  # yaml.YAMLError / json.JSONDecodeError: a syntax error
+        raise CampaignError([f"{p}: not valid {'YAML' if p.suffix.lower() in ('.yaml', '.yml') else 'JSON'}: {exc}"]) from exc
+    return parse_campaigns(doc, str(p))

@@ -1,0 +1,485 @@
+"""The core: events in, visit events and pushes out. Deterministic, event time, no I/O.
+
+Both the daemon and ``geopush replay`` drive it the same way::
+
+    outs = core.process(micro_batch)      # mutates user records through the StateStore
+    store.commit(outs)                    # the caller commits, atomically, per micro-batch
+
+``process`` handles the batch's events in order, then sweeps visits whose dwell or presence
+timeout fell due by the watermark (newest event time seen, minus ``sweep_lateness_s``), so users
+who go silent are still exited. ``flush(now_ts)`` sweeps up to ``now_ts`` (end of a replay).
+
+Presence rules live in engine/presence.py, offer rules in engine/decisions.py; this module wires
+them to the fence index, the campaigns, the profiles and the state store, and counts everything.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from engine import presence
+from engine.campaigns import CampaignSet
+from engine.decisions import decide
+from engine.events import Beacon, Event, Gps, Nfc, Payment, ProfileEvent, Wifi
+from engine.outputs import VisitEvent
+from engine.presence import UMBRELLA_TAG, Transition
+from engine.profiles import ProfileBook
+from engine.state import Output, StateStore, UserState
+from fences.catalog import Catalog
+from fences.store import Store
+
+_RANK_WIFI = presence.SIGNAL_RANK["wifi"]
+_RANK_BEACON = presence.SIGNAL_RANK["beacon"]
+_RANK_NFC = presence.SIGNAL_RANK["nfc"]
+_NEG_INF = float("-inf")
+
+
+class FenceIndexLike(Protocol):
+    """What the core needs of ``fences.index.FenceIndex``."""
+
+    @property
+    def catalog(self) -> Catalog: ...
+
+    def query(
+        self, lon: float, lat: float, acc_m: float = 0.0, margin_m: float = 0.0
+    ) -> list[tuple[int, float]]: ...
+
+    def store(self, slot: int) -> Store: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CoreConfig:
+    """Presence tuning. The daemon maps its flags / GEOPUSH_* variables onto these fields."""
+
+    exit_margin_m: float = 20.0  # GPS exit: distance > acc + exit_margin_m
+    presence_timeout_s: float = 900.0  # exit when nothing placed the user for this long
+    wifi_rssi_min: float = -75.0  # dBm: weaker APs are not presence
+    beacon_rssi_min: float = -80.0  # dBm: weaker beacon sightings are not presence
+    max_speed_kmh: float = 250.0  # faster implied movement = rejected fix, suspected spoofing
+    claim_window_s: float = 60.0  # how long a WiFi/near-field claim outranks GPS and weaker signals
+    switch_db: float = 3.0  # same-rank challenger must be this much stronger to take a claim
+    rssi_alpha: float = 0.3  # beacon RSSI smoothing (weight of the newest sighting)
+    sweep_lateness_s: float = 30.0  # watermark = newest event time - this (cross-user disorder)
+
+
+@dataclass
+class CoreStats:
+    """Counters since the core started; ``to_dict`` is JSON-able (sorted keys at dump time)."""
+
+    events_by_type: dict[str, int] = field(default_factory=dict)
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    ignored_by_reason: dict[str, int] = field(default_factory=dict)
+    visits: dict[str, int] = field(default_factory=lambda: {"enter": 0, "dwell": 0, "exit": 0})
+    exits_by_cause: dict[str, int] = field(default_factory=dict)
+    visits_new: int = 0
+    visits_returning: int = 0
+    pushes: int = 0
+    pushes_by_campaign: dict[str, int] = field(default_factory=dict)
+    decisions_skipped: dict[str, int] = field(default_factory=dict)
+    spoofing_suspected: int = 0
+    payments: int = 0
+    new_customer_payments: int = 0  # first payment of this user at this merchant
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        enters = self.visits["enter"]
+        d["new_visit_rate"] = round(self.visits_new / enters, 6) if enters else None
+        d["new_customer_rate"] = (
+            round(self.new_customer_payments / self.payments, 6) if self.payments else None
+        )
+        return d
+
+
+def _bump(d: dict[str, int], key: str) -> None:
+    d[key] = d.get(key, 0) + 1
+
+
+class Core:
+    def __init__(
+        self,
+        index: FenceIndexLike,
+        campaigns: CampaignSet,
+        store: StateStore,
+        config: CoreConfig = CoreConfig(),  # noqa: B008 - frozen, safe to share
+        profiles: ProfileBook | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.profiles = profiles
+        self.stats = CoreStats()
+        self.timing = False  # when True, accumulate seconds spent in match and decisions
+        self.time_match = 0.0
+        self.time_decide = 0.0
+        self._heap: list[tuple[float, str, str, str]] = []  # (due, user, store_id, visit_id)
+        self._watermark = _NEG_INF
+        self._removed: set[str] = set()
+        self._trs: list[Transition] = []
+        self.index = index
+        self.campaigns = campaigns
+        self._set_index(index)
+
+    # --- configuration -------------------------------------------------------------------------
+
+    def _set_index(self, index: FenceIndexLike) -> None:
+        self.index = index
+        self.catalog = index.catalog
+        self._query = index.query
+        self._store_of = index.store
+
+    def reload(self, *, index: FenceIndexLike | None = None, campaigns: CampaignSet | None = None) -> None:
+        """Swap the fence index and/or the campaigns between batches.
+
+        Open visits in stores the new index no longer holds are exited (cause ``removed``) at the
+        user's next event time, or by the sweep at their presence timeout if the user is silent;
+        no dwell fires for them after the reload. A store added back cancels that.
+        """
+        if index is not None:
+            old = self.catalog
+            new = index.catalog
+            gone = {s.store_id for _, s in old.alive() if not _holds(new, s.store_id)}
+            self._removed = {sid for sid in self._removed | gone if not _holds(new, sid)}
+            self._set_index(index)
+        if campaigns is not None:
+            self.campaigns = campaigns
+
+    def stores_removed(self, store_ids: Iterable[str]) -> None:
+        """Tell the core that stores were removed from the live index in place (same catalog):
+        their open visits are exited as after ``reload``."""
+        self._removed.update(store_ids)
+
+    # --- processing ----------------------------------------------------------------------------
+
+    def process(self, events: Sequence[Event]) -> list[Output]:
+        """Apply a micro-batch in order; return visit events and pushes (caller commits)."""
+        outs: list[Output] = []
+        store = self.store
+        store.users({ev.user for ev in events})
+        ebt = self.stats.events_by_type
+        trs = self._trs
+        wm = self._watermark
+        timeout = self.config.presence_timeout_s
+        dwells = self.campaigns.dwell_thresholds
+        for ev in events:
+            t = type(ev)
+            name = _TYPE_NAME[t]
+            ebt[name] = ebt.get(name, 0) + 1
+            st = store.user(ev.user)
+            ts = ev.ts
+            if ts > wm:
+                wm = ts
+            if t is Payment or t is ProfileEvent:
+                self._fact(ev, st)
+                if ts <= st.last_ts:
+                    continue
+            elif ts < st.last_ts:
+                _bump(self.stats.rejected_by_reason, "out_of_order")
+                continue
+            elif t is Gps and not self._gps_ok(ev, st):  # type: ignore[arg-type]
+                continue
+            st.last_ts = ts
+            if st.visits:
+                if self._removed:
+                    self._drop_removed(st, ts, trs)
+                presence.advance(st, ts, timeout, dwells, trs)
+            if t is Gps:
+                self._gps(ev, st, trs)  # type: ignore[arg-type]
+            elif t is Wifi:
+                self._wifi(ev, st, trs)  # type: ignore[arg-type]
+            elif t is Beacon:
+                self._beacon(ev, st, trs)  # type: ignore[arg-type]
+            elif t is Nfc:
+                self._nfc(ev, st, trs)  # type: ignore[arg-type]
+            if trs:
+                self._emit(st, trs, outs)
+        self._watermark = wm
+        self._sweep(wm - self.config.sweep_lateness_s, outs)
+        return outs
+
+    def flush(self, now_ts: float) -> list[Output]:
+        """Fire every dwell and timeout due by event time ``now_ts`` (e.g. at the end of a trace)."""
+        outs: list[Output] = []
+        if now_ts > self._watermark:
+            self._watermark = now_ts
+        self._sweep(now_ts, outs)
+        return outs
+
+    # --- facts: payments and profiles ----------------------------------------------------------
+
+    def _fact(self, ev: Event, st: UserState) -> None:
+        if isinstance(ev, Payment):
+            m = ev.merchant_id
+            n = st.payments.get(m, 0)
+            st.payments[m] = n + 1
+            self.stats.payments += 1
+            if n == 0:
+                self.stats.new_customer_payments += 1
+            if m not in st.follows:
+                st.follows.append(m)  # pay and follow
+        elif isinstance(ev, ProfileEvent) and ev.ts >= st.profile_ts:
+            st.profile_ts = ev.ts
+            st.tags = sorted(set(ev.tags))
+            st.opt_out = ev.opt_out
+
+    def _profile(self, st: UserState) -> tuple[frozenset[str] | list[str], bool]:
+        if st.profile_ts == _NEG_INF and self.profiles is not None:
+            p = self.profiles.get(st.user)
+            if p is not None:
+                return p.tags, p.opt_out
+        return st.tags, st.opt_out
+
+    # --- location signals ----------------------------------------------------------------------
+
+    def _gps_ok(self, ev: Gps, st: UserState) -> bool:
+        lf = st.last_fix
+        if lf is not None and (
+            presence.implied_speed_kmh(lf, ev.lon, ev.lat, ev.ts) > self.config.max_speed_kmh
+        ):
+            _bump(self.stats.rejected_by_reason, "speed")
+            self.stats.spoofing_suspected += 1
+            return False
+        st.last_fix = (ev.lon, ev.lat, ev.ts)
+        return True
+
+    def _gps(self, ev: Gps, st: UserState, trs: list[Transition]) -> None:
+        cfg = self.config
+        acc = ev.acc
+        if self.timing:
+            t0 = time.perf_counter()
+            hits = self._query(ev.lon, ev.lat, acc, cfg.exit_margin_m)
+            self.time_match += time.perf_counter() - t0
+        else:
+            hits = self._query(ev.lon, ev.lat, acc, cfg.exit_margin_m)
+        visits = st.visits
+        if not hits and not visits:
+            return
+        ts = ev.ts
+        fresh = presence.claim_is_fresh(st, ts, cfg.claim_window_s)
+        if visits:
+            near = {slot: d for slot, d in hits}
+            limit = acc + cfg.exit_margin_m
+            for sid in sorted(visits):
+                if fresh and sid == st.claim_store:
+                    continue  # near-field/WiFi beats GPS while the claim is fresh
+                slot = _slot(self.catalog, sid)
+                d = near.get(slot) if slot is not None else None
+                if d is None or d > limit:
+                    tr = presence.close(st, sid, ts, "gps")
+                    if tr is not None:
+                        trs.append(tr)
+        for slot, d in hits:
+            if d > 0.0:
+                continue
+            s = self._store_of(slot)
+            if acc > s.max_accuracy_m:
+                continue
+            if fresh and s.store_id != st.claim_store and UMBRELLA_TAG not in s.tags:
+                _bump(self.stats.ignored_by_reason, "gps_outvoted")
+                continue
+            tr = presence.place(st, s.store_id, s.merchant_id, ts, "gps", _returning(st, s))
+            if tr is not None:
+                trs.append(tr)
+
+    def _wifi(self, ev: Wifi, st: UserState, trs: list[Transition]) -> None:
+        floor = self.config.wifi_rssi_min
+        best_slot: int | None = None
+        best = _NEG_INF
+        by_bssid = self.catalog.by_bssid
+        for ap in ev.aps:
+            r = ap.rssi
+            if r >= floor and r > best:
+                slot = by_bssid(ap.bssid)
+                if slot is not None:
+                    best_slot, best = slot, r
+        if best_slot is None:
+            _bump(self.stats.ignored_by_reason, "wifi_no_store")
+            return
+        self._sighting(st, self._store_of(best_slot), _RANK_WIFI, best, ev.ts, "wifi", trs)
+
+    def _beacon(self, ev: Beacon, st: UserState, trs: list[Transition]) -> None:
+        cfg = self.config
+        if ev.rssi < cfg.beacon_rssi_min:
+            _bump(self.stats.ignored_by_reason, "weak_signal")
+            return
+        slot = self.catalog.by_beacon(ev.uuid, ev.major, ev.minor)
+        if slot is None:
+            _bump(self.stats.ignored_by_reason, "unknown_beacon")
+            return
+        s = self._store_of(slot)
+        strength = presence.smooth_rssi(
+            st, s.store_id, ev.rssi, ev.ts, cfg.claim_window_s, cfg.rssi_alpha
+        )
+        self._sighting(st, s, _RANK_BEACON, strength, ev.ts, "beacon", trs)
+
+    def _nfc(self, ev: Nfc, st: UserState, trs: list[Transition]) -> None:
+        slot = self.catalog.by_nfc(ev.tag)
+        if slot is None:
+            _bump(self.stats.ignored_by_reason, "unknown_nfc")
+            return
+        self._sighting(st, self._store_of(slot), _RANK_NFC, 0.0, ev.ts, "nfc", trs)
+
+    def _sighting(
+        self,
+        st: UserState,
+        s: Store,
+        rank: int,
+        strength: float,
+        ts: float,
+        signal: str,
+        trs: list[Transition],
+    ) -> None:
+        cfg = self.config
+        if not presence.try_claim(st, s.store_id, rank, strength, ts, cfg.claim_window_s, cfg.switch_db):
+            _bump(self.stats.ignored_by_reason, f"{signal}_outvoted")
+            return
+        if UMBRELLA_TAG not in s.tags:
+            presence.supersede(st, s.store_id, ts, self._is_umbrella, trs)
+        tr = presence.place(st, s.store_id, s.merchant_id, ts, signal, _returning(st, s))
+        if tr is not None:
+            trs.append(tr)
+
+    def _is_umbrella(self, store_id: str) -> bool:
+        if not _holds(self.catalog, store_id):
+            return False
+        return UMBRELLA_TAG in self.catalog.get(store_id).tags
+
+    # --- outputs and decisions -----------------------------------------------------------------
+
+    def _emit(self, st: UserState, trs: list[Transition], outs: list[Output]) -> None:
+        stats = self.stats
+        for tr in trs:
+            v = tr.visit
+            kind = tr.kind
+            stats.visits[kind] += 1
+            outs.append(
+                VisitEvent(
+                    visit_id=v.visit_id,
+                    user=st.user,
+                    store_id=v.store_id,
+                    merchant_id=v.merchant_id,
+                    event=kind,  # type: ignore[arg-type]
+                    ts=tr.ts,
+                    signal=v.signal,
+                    dwell_s=tr.dwell_s,
+                )
+            )
+            if kind == "enter":
+                if v.returning:
+                    stats.visits_returning += 1
+                else:
+                    stats.visits_new += 1
+                due = presence.next_due(
+                    v, self.config.presence_timeout_s, self.campaigns.dwell_thresholds(v.merchant_id)
+                )
+                heapq.heappush(self._heap, (due, st.user, v.store_id, v.visit_id))
+            elif kind == "exit":
+                _bump(stats.exits_by_cause, tr.cause)
+            if tr.cause == "removed":
+                continue  # the store is gone: no offer
+            push = self._decide(st, tr)
+            if push is not None:
+                outs.append(push)
+                stats.pushes += 1
+                _bump(stats.pushes_by_campaign, push.campaign_id)
+        trs.clear()
+
+    def _decide(self, st: UserState, tr: Transition) -> Any:
+        v = tr.visit
+        if not self.campaigns.candidates(v.merchant_id, _key(tr)):
+            return None
+        t0 = time.perf_counter() if self.timing else 0.0
+        tags, opt_out = self._profile(st)
+        tz = self.catalog.get(v.store_id).tz if _holds(self.catalog, v.store_id) else "UTC"
+        push = decide(
+            campaigns=self.campaigns,
+            store=self.store,
+            st=st,
+            tags=tags,
+            opt_out=opt_out,
+            visit=v,
+            store_tz=tz,
+            trigger=tr.kind,
+            dwell_s=tr.dwell_s,
+            ts=tr.ts,
+            skipped=self.stats.decisions_skipped,
+        )
+        if self.timing:
+            self.time_decide += time.perf_counter() - t0
+        return push
+
+    # --- sweeping silent users -----------------------------------------------------------------
+
+    def _drop_removed(self, st: UserState, ts: float, trs: list[Transition]) -> None:
+        for sid in sorted(st.visits):
+            if sid in self._removed and not _holds(self.catalog, sid):
+                tr = presence.close(st, sid, ts, "removed")
+                if tr is not None:
+                    trs.append(tr)
+
+    def _sweep(self, up_to: float, outs: list[Output]) -> None:
+        heap = self._heap
+        timeout = self.config.presence_timeout_s
+        dwells = self.campaigns.dwell_thresholds
+        trs = self._trs
+        while heap and heap[0][0] < up_to:
+            _, user, sid, vid = heapq.heappop(heap)
+            st = self.store.user(user)
+            v = st.visits.get(sid)
+            if v is None or v.visit_id != vid:
+                continue  # closed meanwhile
+            if sid in self._removed and not _holds(self.catalog, sid):
+                lapse = v.last_seen_ts + timeout
+                if lapse >= up_to:
+                    heapq.heappush(heap, (lapse, user, sid, vid))
+                    continue
+                tr = presence.close(st, sid, lapse, "removed")
+                if tr is not None:
+                    trs.append(tr)
+            else:
+                due = presence.next_due(v, timeout, dwells(v.merchant_id))
+                if due >= up_to:  # refreshed since it was queued: not due yet
+                    heapq.heappush(heap, (due, user, sid, vid))
+                    continue
+                presence.advance(st, up_to, timeout, dwells, trs)
+            if trs:
+                newest = max(tr.ts for tr in trs)
+                if newest > st.last_ts:
+                    st.last_ts = newest  # the sweep has "processed" this user up to there
+                self._emit(st, trs, outs)
+            v2 = st.visits.get(sid)
+            if v2 is not None and v2.visit_id == vid:
+                heapq.heappush(
+                    heap, (presence.next_due(v2, timeout, dwells(v2.merchant_id)), user, sid, vid)
+                )
+
+
+def _key(tr: Transition) -> str:
+    return f"dwell:{tr.dwell_s}" if tr.kind == "dwell" else tr.kind
+
+
+def _returning(st: UserState, s: Store) -> bool:
+    return st.payments.get(s.merchant_id, 0) > 0
+
+
+def _slot(cat: Catalog, store_id: str) -> int | None:
+    try:
+        return cat.slot(store_id)
+    except KeyError:  # UnknownStoreError: removed from the catalog
+        return None
+
+
+def _holds(cat: Catalog, store_id: str) -> bool:
+    return _slot(cat, store_id) is not None
+
+
+_TYPE_NAME: dict[type, str] = {
+    Gps: "gps",
+    Wifi: "wifi",
+    Beacon: "beacon",
+    Nfc: "nfc",
+    Payment: "payment",
+    ProfileEvent: "profile",
+}

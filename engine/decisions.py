@@ -1,0 +1,178 @@
+"""Offer decisions: which coupon, if any, to push on one visit trigger. Plain functions.
+
+``decide`` walks the merchant's campaigns for the trigger in decision order (priority desc, coupon
+value desc, id asc) and pushes the first one that the audience, schedule, caps and inventory all
+allow. At most one push per (visit, trigger): the push_id is a hash of (user, campaign, visit,
+trigger key), and a push_id the store has already seen means the decision was made before (a
+replayed batch), so nothing more is decided for that trigger.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterable
+from datetime import datetime
+from functools import lru_cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from engine.campaigns import Campaign, CampaignSet, QuietHours
+from engine.outputs import Coupon, Push
+from engine.state import StateStore, UserState, Visit
+
+
+def push_id_for(user: str, campaign_id: str, visit_id: str, trigger_key: str) -> str:
+    raw = f"{user}\x1f{campaign_id}\x1f{visit_id}\x1f{trigger_key}".encode()
+    return hashlib.sha1(raw).hexdigest()[:24]
+
+
+@lru_cache(maxsize=1024)
+def _zone(tz: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")  # the catalog validates tz; a bad one falls back to UTC
+
+
+def local_time(ts: float, tz: str) -> tuple[int, int]:
+    """(weekday 0=Monday, minute of the day) of instant ``ts`` in zone ``tz``."""
+    dt = datetime.fromtimestamp(ts, _zone(tz))
+    return dt.weekday(), dt.hour * 60 + dt.minute
+
+
+def in_window(minute: int, start: int, end: int) -> bool:
+    """Half-open [start, end) in minutes of the day; end < start wraps past midnight."""
+    if start <= end:
+        return start <= minute < end
+    return minute >= start or minute < end
+
+
+def utc_day(ts: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(ts))
+
+
+def audience_ok(c: Campaign, tags: Iterable[str], visit: Visit, st: UserState) -> bool:
+    seg = c.segment
+    if seg == "new" and visit.returning:
+        return False
+    if seg == "returning" and not visit.returning:
+        return False
+    if seg == "followers" and c.merchant_id not in st.follows:
+        return False
+    if c.tags_any or c.exclude_tags:
+        tagset = tags if isinstance(tags, frozenset | set) else frozenset(tags)
+        if c.tags_any and c.tags_any.isdisjoint(tagset):
+            return False
+        if c.exclude_tags and not c.exclude_tags.isdisjoint(tagset):
+            return False
+    return True
+
+
+def schedule_ok(c: Campaign, ts: float, weekday: int, minute: int) -> bool:
+    if c.valid_from is not None and ts < c.valid_from:
+        return False
+    if c.valid_until is not None and ts >= c.valid_until:
+        return False
+    if weekday not in c.days:
+        return False
+    return in_window(minute, c.start_min, c.end_min)
+
+
+def caps_ok(c: Campaign, st: UserState, ts: float) -> bool:
+    times = st.push_times.get(c.id)
+    if not times:
+        return True
+    if c.cooldown_s > 0.0 and ts - max(times) < c.cooldown_s:
+        return False
+    if c.per_user is not None and c.period_s is not None:
+        recent = sum(1 for t in times if t > ts - c.period_s)
+        if recent >= c.per_user:
+            return False
+    return True
+
+
+def quiet(q: QuietHours | None, minute: int) -> bool:
+    return q is not None and in_window(minute, q.start_min, q.end_min)
+
+
+def record_push(c: Campaign, st: UserState, ts: float, day: str) -> None:
+    """Remember the push for caps: per-campaign times (pruned) and the per-day count."""
+    keep = max(c.period_s or 0.0, c.cooldown_s)
+    times = [t for t in st.push_times.get(c.id, ()) if t > ts - keep]
+    times.append(ts)
+    st.push_times[c.id] = times
+    if day not in st.day_pushes:
+        for old in [d for d in st.day_pushes if d < day]:
+            del st.day_pushes[old]
+    st.day_pushes[day] = st.day_pushes.get(day, 0) + 1
+
+
+def decide(
+    *,
+    campaigns: CampaignSet,
+    store: StateStore,
+    st: UserState,
+    tags: Iterable[str],
+    opt_out: bool,
+    visit: Visit,
+    store_tz: str,
+    trigger: str,
+    dwell_s: int | None,
+    ts: float,
+    skipped: dict[str, int] | None = None,
+) -> Push | None:
+    """The push for this (visit, trigger), or None. Takes inventory and records caps on a push."""
+    key = f"dwell:{dwell_s}" if trigger == "dwell" else trigger
+    cands = campaigns.candidates(visit.merchant_id, key)
+    if not cands:
+        return None
+
+    def skip(reason: str) -> None:
+        if skipped is not None:
+            skipped[reason] = skipped.get(reason, 0) + 1
+
+    if opt_out:
+        skip("opt_out")
+        return None
+    weekday, minute = local_time(ts, store_tz)
+    if quiet(campaigns.quiet_hours, minute):
+        skip("quiet_hours")
+        return None
+    day = utc_day(ts)
+    limit = campaigns.max_pushes_per_user_per_day
+    if limit is not None and st.day_pushes.get(day, 0) >= limit:
+        skip("daily_limit")
+        return None
+    for c in cands:
+        if c.stores is not None and visit.store_id not in c.stores:
+            continue
+        if not schedule_ok(c, ts, weekday, minute):
+            skip("schedule")
+            continue
+        if not audience_ok(c, tags, visit, st):
+            skip("audience")
+            continue
+        if not caps_ok(c, st, ts):
+            skip("caps")
+            continue
+        pid = push_id_for(st.user, c.id, visit.visit_id, key)
+        if store.seen_push(pid):
+            skip("already_decided")
+            return None
+        if not store.take_coupon(c.id, c.inventory):
+            skip("inventory")
+            continue
+        record_push(c, st, ts, day)
+        cp = c.coupon
+        return Push(
+            push_id=pid,
+            user=st.user,
+            campaign_id=c.id,
+            store_id=visit.store_id,
+            merchant_id=visit.merchant_id,
+            visit_id=visit.visit_id,
+            trigger=trigger,
+            ts=ts,
+            coupon=Coupon(cp.title, cp.value, cp.currency, cp.expires_in_s),
+        )
+    return None
