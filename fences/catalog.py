@@ -1,20 +1,67 @@
 """The store catalog: a GeoJSON FeatureCollection of stores, validated, with constant-time
 look-ups by store_id, BSSID, beacon id and NFC tag.
 
-(Skeleton: the constructor and look-ups below are the contract other packages use; parsing and
-validation, ``load_catalog`` / ``parse_catalog`` / ``validate``, live in this module too.)
+The file format, the validation rules and the boundary rule are documented in docs/catalog.md.
+In short: one RFC 7946 Feature per store; ``store_id`` and ``merchant_id`` required; a Point with
+``radius_m`` is a circle, a Polygon/MultiPolygon is itself (holes honoured, antimeridian crossings
+split by fences.antimeridian). Validation is strict (an unclosed ring is an error even though
+shapely would close it) and reports every problem of every feature at once, each with the
+feature's index, its store_id and what to do.
+
+Entry points: ``load_catalog(path)``, ``parse_catalog(obj)``, ``validate(obj)``,
+``parse_stores(obj)`` (stores and problems, for reports), ``store_from_feature(feature)``,
+``to_feature(store)``, ``catalog_to_geojson(catalog)``, ``dump_catalog(catalog, path)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+import json
+import math
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
-from fences.errors import UnknownStoreError
+import numpy as np
+import shapely
+
+from fences import antimeridian, geojson
+from fences.errors import CatalogError, Problem, UnknownStoreError
 from fences.store import Store, beacon_key, bssid_key
+
+MIN_RADIUS_M = 1.0
+MAX_RADIUS_M = 50_000.0
+DEFAULT_MAX_ACCURACY_M = 100.0
+DEFAULT_TZ = "UTC"
+
+# Properties with a meaning; anything else is kept verbatim in Store.properties.
+KNOWN_PROPERTIES = (
+    "store_id",
+    "merchant_id",
+    "name",
+    "radius_m",
+    "wifi",
+    "beacons",
+    "nfc",
+    "tz",
+    "max_accuracy_m",
+    "tags",
+)
+
+_BSSID_RE = re.compile(r"^[0-9a-f]{2}(?::[0-9a-f]{2}){5}$")
+_UUID_RE = re.compile(r"^[0-9A-F]{8}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{12}$")
 
 
 class Catalog:
-    """An ordered list of stores plus identifier look-ups. Positions are stable slot numbers."""
+    """An ordered list of stores plus identifier look-ups. Positions are stable slot numbers.
+
+    Removal leaves a tombstone: the slot keeps its last Store in ``stores`` (so slot numbers held
+    by an index stay valid) but is no longer alive: ``is_alive(slot)`` is False, the store_id,
+    BSSIDs, beacons and NFC tags no longer resolve, ``len()`` no longer counts it, and adding the
+    same store_id again takes a new slot. ``alive()`` iterates (slot, store) over live slots.
+    """
 
     def __init__(self, stores: Iterable[Store] = ()) -> None:
         self.stores: list[Store] = []
@@ -22,6 +69,7 @@ class Catalog:
         self._by_bssid: dict[str, int] = {}
         self._by_beacon: dict[str, int] = {}
         self._by_nfc: dict[str, int] = {}
+        self._removed: set[int] = set()
         for store in stores:
             self.add(store)
 
@@ -43,6 +91,23 @@ class Catalog:
         self.stores[slot] = store
         self._link(slot, store)
         return slot
+
+    def remove(self, store_id: str) -> int:
+        """Remove a store; returns the slot it held, which becomes a tombstone (never reused)."""
+        slot = self.slot(store_id)
+        self._unlink(self.stores[slot])
+        del self._by_id[store_id]
+        self._removed.add(slot)
+        return slot
+
+    def is_alive(self, slot: int) -> bool:
+        return 0 <= slot < len(self.stores) and slot not in self._removed
+
+    def alive(self) -> Iterator[tuple[int, Store]]:
+        """(slot, store) for every live slot, in slot order."""
+        for slot, store in enumerate(self.stores):
+            if slot not in self._removed:
+                yield slot, store
 
     def slot(self, store_id: str) -> int:
         try:
@@ -79,3 +144,539 @@ class Catalog:
         ):
             for k in keys:
                 table.pop(k, None)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+
+
+@dataclass
+class _Feature:
+    """Problems found in one feature so far (reasons, without the 'feature i' prefix)."""
+
+    reasons: list[str] = field(default_factory=list)
+
+    def bad(self, reason: str) -> None:
+        self.reasons.append(reason)
+
+
+def _fmt(value: object) -> str:
+    text = json.dumps(value, allow_nan=True, ensure_ascii=False, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+@functools.lru_cache(maxsize=1024)
+def _tz_ok(name: str) -> bool:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+def _string(props: Mapping[str, Any], key: str, fb: _Feature, required: bool) -> str | None:
+    value = props.get(key)
+    if value is None:
+        if required:
+            fb.bad(f"{key} is missing; every store needs a {key} (a non-empty string)")
+        return None
+    if not isinstance(value, str) or not value.strip():
+        fb.bad(f"{key} must be a non-empty string, got {_fmt(value)}; write it in quotes")
+        return None
+    return value.strip()
+
+
+def _string_list(props: Mapping[str, Any], key: str, fb: _Feature) -> list[str]:
+    value = props.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        fb.bad(f"{key} must be an array of strings, got {_fmt(value)}")
+        return []
+    return value
+
+
+def _number(props: Mapping[str, Any], key: str, fb: _Feature) -> float | None:
+    value = props.get(key)
+    if value is None:
+        return None
+    if not geojson.is_number(value) or not math.isfinite(value):
+        fb.bad(f"{key} must be a number, got {_fmt(value)}")
+        return None
+    return float(value)
+
+
+def _bssids(props: Mapping[str, Any], fb: _Feature) -> tuple[str, ...]:
+    out: dict[str, None] = {}
+    for raw in _string_list(props, "wifi", fb):
+        key = bssid_key(raw)
+        if not _BSSID_RE.match(key):
+            fb.bad(
+                f"wifi BSSID {raw!r} is malformed; write six hex pairs separated by ':' "
+                "(or '-'), e.g. 'a4:2b:b0:c1:d2:e3'"
+            )
+        else:
+            out[key] = None
+    return tuple(out)
+
+
+def _beacons(props: Mapping[str, Any], fb: _Feature) -> tuple[str, ...]:
+    out: dict[str, None] = {}
+    for raw in _string_list(props, "beacons", fb):
+        parts = raw.strip().rsplit(":", 2)
+        ok = len(parts) == 3 and bool(_UUID_RE.match(parts[0].strip().upper()))
+        if ok:
+            try:
+                major, minor = int(parts[1]), int(parts[2])
+            except ValueError:
+                ok = False
+            else:
+                ok = 0 <= major <= 65535 and 0 <= minor <= 65535
+        if not ok:
+            fb.bad(
+                f"beacon id {raw!r} is malformed; write 'UUID:major:minor' with a 36-character "
+                "UUID and major, minor in 0..65535, e.g. 'F7826DA6-4FA2-4E98-8024-BC5B71E0893E:1:42'"
+            )
+        else:
+            out[beacon_key(parts[0], parts[1], parts[2])] = None
+    return tuple(out)
+
+
+def _nfc(props: Mapping[str, Any], fb: _Feature) -> tuple[str, ...]:
+    out: dict[str, None] = {}
+    for raw in _string_list(props, "nfc", fb):
+        if not raw.strip():
+            fb.bad("nfc contains an empty tag id; remove it")
+        else:
+            out[raw.strip()] = None
+    return tuple(out)
+
+
+def _positions(coords: list[Any], what: str, fb: _Feature) -> np.ndarray[Any, Any] | None:
+    """A list of positions as an (n, 2) float array, or None after reporting why not."""
+    for j, pos in enumerate(coords):
+        problem = geojson.position_problem(pos)
+        if problem:
+            fb.bad(f"{what}: position {j}: {problem}")
+            return None
+    arr = np.array([(p[0], p[1]) for p in coords], dtype=np.float64).reshape(-1, 2)
+    return _in_range(arr, what, fb)
+
+
+def _in_range(arr: np.ndarray[Any, Any], what: str, fb: _Feature) -> np.ndarray[Any, Any] | None:
+    finite = np.isfinite(arr).all(axis=1)
+    if not finite.all():
+        j = int(np.argmin(finite))
+        fb.bad(f"{what}: position {j} is {_fmt(arr[j].tolist())}: coordinates must be finite numbers, not NaN or infinity")
+        return None
+    bad_lon = np.abs(arr[:, 0]) > 180.0
+    bad_lat = np.abs(arr[:, 1]) > 90.0
+    if bad_lon.any() or bad_lat.any():
+        j = int(np.argmax(bad_lon | bad_lat))
+        fb.bad(
+            f"{what}: position {j} {_fmt(arr[j].tolist())} is out of range: longitude must be in "
+            "[-180, 180] and latitude in [-90, 90], in that order (GeoJSON is [lon, lat]); "
+            "if you wrote [lat, lon], swap them"
+        )
+        return None
+    return arr
+
+
+def _ring(coords: object, what: str, fb: _Feature) -> np.ndarray[Any, Any] | None:
+    if not isinstance(coords, list):
+        fb.bad(f"{what} must be an array of positions, got {_fmt(coords)}")
+        return None
+    arr = _positions(coords, what, fb)
+    if arr is None:
+        return None
+    ok = True
+    if len(coords) < 4:
+        fb.bad(
+            f"{what} has {len(coords)} position(s); a ring needs at least 4 (three corners and "
+            "the first repeated at the end): add corners or remove the ring"
+        )
+        ok = False
+    if coords and coords[0] != coords[-1]:
+        fb.bad(
+            f"{what} is not closed: its last coordinate {_fmt(coords[-1])} differs from its "
+            f"first {_fmt(coords[0])}; repeat the first coordinate at the end"
+        )
+        ok = False
+    return arr if ok else None
+
+
+def _polygon_rings(coords: object, what: str, fb: _Feature) -> list[np.ndarray[Any, Any]] | None:
+    if not isinstance(coords, list) or not coords:
+        fb.bad(f"{what} must be a non-empty array of rings (outer ring first, then holes), got {_fmt(coords)}")
+        return None
+    rings = []
+    ok = True
+    for r, ring in enumerate(coords):
+        arr = _ring(ring, f"ring {r} of {what}", fb)
+        ok = ok and arr is not None
+        if arr is not None:
+            rings.append(arr)
+    return rings if ok else None
+
+
+def _polygon_parts(geom: Mapping[str, Any], fb: _Feature) -> list[shapely.Polygon] | None:
+    kind = geom["type"]
+    coords = geom.get("coordinates")
+    if kind == "Polygon":
+        polys = [("polygon", coords)]
+    elif not isinstance(coords, list) or not coords:
+        fb.bad(f"MultiPolygon coordinates must be a non-empty array of polygons, got {_fmt(coords)}")
+        return None
+    else:
+        polys = [(f"polygon {p}", c) for p, c in enumerate(coords)]
+    parts: list[shapely.Polygon] = []
+    ok = True
+    for what, c in polys:
+        rings = _polygon_rings(c, what, fb)
+        if rings is None:
+            ok = False
+            continue
+        try:
+            parts.extend(antimeridian.split_rings(rings[0], rings[1:], what))
+        except antimeridian.AntimeridianError as exc:
+            fb.bad(str(exc))
+            ok = False
+    return parts if ok else None
+
+
+def _explain_invalid(reason: str) -> str:
+    """Turn GEOS's is_valid_reason ('Self-intersection[x y]') into an instruction."""
+    m = re.match(r"^(.*?)\[([-\d.eE+]+) ([-\d.eE+]+)\]$", reason)
+    what, where = (m.group(1), f" near [{m.group(2)}, {m.group(3)}]") if m else (reason, "")
+    advice = {
+        "Self-intersection": "its edges cross or touch each other; reorder the vertices so the "
+        "outline does not cross itself, remove spikes, or make separate polygons of a MultiPolygon "
+        "that do not overlap",
+        "Ring Self-intersection": "a ring touches itself; split it into separate rings",
+        "Hole lies outside shell": "a hole lies outside its outer ring; move it inside or drop it",
+        "Nested holes": "a hole lies inside another hole; remove the inner one",
+        "Interior is disconnected": "the holes cut the polygon into pieces; make each piece its "
+        "own polygon of a MultiPolygon",
+        "Nested shells": "one polygon of the MultiPolygon lies inside another; merge them or make "
+        "the inner one a hole",
+        "Duplicate Rings": "a ring appears twice; remove the copy",
+        "Too few points in geometry component": "a ring collapses to fewer than 3 distinct "
+        "corners; remove repeated positions or the ring",
+    }.get(what, "fix the outline (shapely.is_valid_reason explains the GEOS rule)")
+    return f"invalid polygon{where} ({what}): {advice}"
+
+
+def _geometry(geom: object, props: Mapping[str, Any], fb: _Feature) -> tuple[Any, ...] | None:
+    """(center, radius_m, polygon) for a valid geometry, else None after reporting."""
+    if geom is None:
+        fb.bad("geometry is null; a store needs a Point with radius_m, a Polygon or a MultiPolygon")
+        return None
+    if not isinstance(geom, dict):
+        fb.bad(f"geometry must be an object, got {_fmt(geom)}")
+        return None
+    kind = geom.get("type")
+    for member in ("geometry", "properties", "features"):
+        if member in geom:
+            fb.bad(f"geometry must not contain a {member!r} member (RFC 7946 §7.1); remove it")
+    bbox = geojson._bbox_problem(geom)
+    if bbox:
+        fb.bad(f"geometry {bbox}")
+    radius = _number(props, "radius_m", fb)
+    if kind == "Point":
+        coords = geom.get("coordinates")
+        problem = geojson.position_problem(coords)
+        if problem:
+            fb.bad(f"Point coordinates: {problem}")
+            return None
+        assert isinstance(coords, list)
+        arr = _in_range(np.array([coords[:2]], dtype=np.float64), "Point", fb)
+        if "radius_m" not in props or props["radius_m"] is None:
+            fb.bad(
+                f"a Point needs radius_m (metres, {MIN_RADIUS_M:g} to {MAX_RADIUS_M:g}) to be a "
+                "circular fence; add e.g. \"radius_m\": 25"
+            )
+            return None
+        if radius is not None and not MIN_RADIUS_M <= radius <= MAX_RADIUS_M:
+            fb.bad(
+                f"radius_m {radius:g} is out of range; use {MIN_RADIUS_M:g} to {MAX_RADIUS_M:g} "
+                "metres (a larger area should be a Polygon)"
+            )
+            return None
+        if radius is None or arr is None:
+            return None
+        return (float(arr[0, 0]), float(arr[0, 1])), radius, None
+    if kind in ("Polygon", "MultiPolygon"):
+        if "radius_m" in props and props["radius_m"] is not None:
+            fb.bad(
+                f"radius_m only applies to a Point (a circle); this is a {kind}: remove radius_m "
+                "or make the geometry a Point at the centre"
+            )
+        parts = _polygon_parts(geom, fb)
+        if parts is None:
+            return None
+        polygon = parts[0] if kind == "Polygon" and len(parts) == 1 else shapely.MultiPolygon(parts)
+        return None, None, polygon
+    if isinstance(kind, str) and kind.lower() in ("point", "polygon", "multipolygon"):
+        fb.bad(f"geometry type {kind!r} has the wrong case; GeoJSON types are case-sensitive: write {kind[0].upper() + kind[1:].replace('polygon', 'Polygon')!r}")
+    else:
+        fb.bad(
+            f"geometry type {_fmt(kind)} is not a fence; use a Point with radius_m, a Polygon or "
+            "a MultiPolygon"
+        )
+    return None
+
+
+_Idents = tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]  # wifi, beacons, nfc
+
+
+def _parse_feature(feature: object) -> tuple[Store | None, str | None, list[str], _Idents]:
+    """(store or None, store_id if readable, reasons, identifiers) for one feature; identifier
+    claims and polygon validity (GEOS) are checked by the caller across all features."""
+    fb = _Feature()
+    if not isinstance(feature, dict):
+        return None, None, [f"a feature must be an object, got {_fmt(feature)}"], ((), (), ())
+    if feature.get("type") != "Feature":
+        fb.bad(f"\"type\" must be \"Feature\", got {_fmt(feature.get('type'))}")
+    for member in ("coordinates", "geometries", "features"):
+        if member in feature:
+            fb.bad(f"a Feature must not contain a {member!r} member (RFC 7946 §7.1); move it into geometry or remove it")
+    props = feature.get("properties")
+    if not isinstance(props, dict):
+        fb.bad(
+            f"properties must be an object holding at least store_id and merchant_id, got {_fmt(props)}"
+        )
+        props = {}
+    store_id = _string(props, "store_id", fb, required=True)
+    merchant_id = _string(props, "merchant_id", fb, required=True)
+    name = props.get("name", "")
+    if not isinstance(name, str):
+        fb.bad(f"name must be a string, got {_fmt(name)}")
+        name = ""
+    shape = _geometry(feature.get("geometry"), props, fb)
+    wifi, beacons, nfc = _bssids(props, fb), _beacons(props, fb), _nfc(props, fb)
+    tz = props.get("tz")
+    if tz is None:
+        tz = DEFAULT_TZ
+    elif not isinstance(tz, str) or not _tz_ok(tz):
+        fb.bad(f"tz {_fmt(tz)} is not an IANA time zone; use a name like 'Europe/Helsinki' or 'UTC'")
+        tz = DEFAULT_TZ
+    max_acc = _number(props, "max_accuracy_m", fb)
+    if max_acc is not None and max_acc <= 0:
+        fb.bad(f"max_accuracy_m must be positive metres, got {max_acc:g}")
+    tags = _string_list(props, "tags", fb)
+    idents = (wifi, beacons, nfc)
+    if fb.reasons or store_id is None or merchant_id is None or shape is None:
+        return None, store_id, fb.reasons, idents
+    center, radius, polygon = shape
+    extra = {k: v for k, v in props.items() if k not in KNOWN_PROPERTIES}
+    store = Store(
+        store_id=store_id,
+        merchant_id=merchant_id,
+        name=name,
+        center=center,
+        radius_m=radius,
+        polygon=polygon,
+        wifi=wifi,
+        beacons=beacons,
+        nfc=nfc,
+        tz=tz,
+        max_accuracy_m=DEFAULT_MAX_ACCURACY_M if max_acc is None else max_acc,
+        tags=tuple(tags),
+        properties=extra,
+    )
+    return store, store_id, [], idents
+
+
+def _collection_problems(obj: object) -> tuple[list[Any], list[Problem]]:
+    if not isinstance(obj, dict):
+        return [], [Problem(None, None, f"a catalog must be a GeoJSON FeatureCollection object, got {geojson.type_name(obj)}")]
+    problems: list[Problem] = []
+    if obj.get("type") != "FeatureCollection":
+        problems.append(
+            Problem(None, None, f"\"type\" must be \"FeatureCollection\" (one Feature per store), got {_fmt(obj.get('type'))}")
+        )
+    for member in ("coordinates", "geometries", "geometry", "properties"):
+        if member in obj:
+            problems.append(Problem(None, None, f"a FeatureCollection must not contain a {member!r} member (RFC 7946 §7.1); remove it"))
+    features = obj.get("features")
+    if not isinstance(features, list):
+        problems.append(Problem(None, None, f"\"features\" must be an array of store Features, got {geojson.type_name(features)}"))
+        return [], problems
+    return features, problems
+
+
+def parse_stores(obj: object) -> tuple[list[Store], list[Problem]]:
+    """Every store that is valid on its own, and every problem of the catalog (all at once).
+
+    A store whose identifiers clash with an earlier feature's, or whose polygon GEOS finds
+    invalid, is reported and left out.
+    """
+    features, problems = _collection_problems(obj)
+    parsed: list[tuple[int, Store]] = []
+    first_index: dict[str, int] = {}
+    claims: dict[tuple[str, str], tuple[int, str | None]] = {}
+    clashed: set[int] = set()
+    for i, feature in enumerate(features):
+        store, sid, reasons, idents = _parse_feature(feature)
+        problems.extend(Problem(i, sid, r) for r in reasons)
+        clash = _claim(i, sid, idents, claims, problems)
+        if sid is not None:
+            if sid in first_index:
+                problems.append(
+                    Problem(i, sid, f"store_id {sid!r} is already used by feature {first_index[sid]}; store_ids must be unique: rename one of them")
+                )
+                continue
+            first_index[sid] = i
+        if store is not None:
+            parsed.append((i, store))
+            if clash:
+                clashed.add(i)
+    parsed = [p for p in _drop_invalid_polygons(parsed, problems) if p[0] not in clashed]
+    problems.sort(key=lambda p: -1 if p.index is None else p.index)  # stable: keeps order within
+    return [s for _, s in parsed], problems
+
+
+def _drop_invalid_polygons(parsed: list[tuple[int, Store]], problems: list[Problem]) -> list[tuple[int, Store]]:
+    """One vectorised GEOS validity pass over all polygons, then reasons for the bad ones."""
+    poly_at = [k for k, (_, s) in enumerate(parsed) if s.polygon is not None]
+    if not poly_at:
+        return parsed
+    geoms = np.array([parsed[k][1].polygon for k in poly_at], dtype=object)
+    valid = shapely.is_valid(geoms)
+    drop: set[int] = set()
+    for k, ok in zip(poly_at, valid, strict=True):
+        if not ok:
+            i, store = parsed[k]
+            problems.append(Problem(i, store.store_id, _explain_invalid(shapely.is_valid_reason(store.polygon))))
+            drop.add(k)
+    return [p for k, p in enumerate(parsed) if k not in drop]
+
+
+def _claim(
+    i: int,
+    sid: str | None,
+    idents: _Idents,
+    claims: dict[tuple[str, str], tuple[int, str | None]],
+    problems: list[Problem],
+) -> bool:
+    """The first feature to claim a BSSID, beacon or NFC tag keeps it; later claimants are
+    errors. Returns True when this feature clashed."""
+    clash = False
+    for kind, keys in zip(("BSSID", "beacon", "NFC tag"), idents, strict=True):
+        for key in keys:
+            owner = claims.setdefault((kind, key), (i, sid))
+            if owner[0] == i:
+                continue
+            clash = True
+            who = f"feature {owner[0]}" + ("" if owner[1] is None else f" (store_id {owner[1]!r})")
+            problems.append(
+                Problem(i, sid, f"{kind} {key} is also claimed by {who}; a {kind} must identify "
+                        "one store: remove it from one of them")
+            )
+    return clash
+
+
+def validate(obj: object) -> list[Problem]:
+    """Every problem of a parsed catalog (a FeatureCollection), empty when it is valid."""
+    return parse_stores(obj)[1]
+
+
+def parse_catalog(obj: Mapping[str, Any]) -> Catalog:
+    """A Catalog from a parsed FeatureCollection; raises CatalogError listing every problem."""
+    stores, problems = parse_stores(obj)
+    if problems:
+        raise CatalogError(problems)
+    return Catalog(stores)
+
+
+def store_from_feature(feature: Mapping[str, Any], index: int | None = None) -> Store:
+    """One Store from one Feature; raises CatalogError with the feature's problems."""
+    store, sid, reasons, _ = _parse_feature(feature)
+    problems = [Problem(index, sid, r) for r in reasons]
+    if store is not None and store.polygon is not None and not shapely.is_valid(store.polygon):
+        problems.append(Problem(index, sid, _explain_invalid(shapely.is_valid_reason(store.polygon))))
+    if problems or store is None:
+        raise CatalogError(problems)
+    return store
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """Parse a JSON file, refusing duplicate members; errors become CatalogError."""
+    try:
+        with open(path, "rb") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise CatalogError([Problem(None, None, f"cannot read {os.fspath(path)!r}: {exc.strerror}; check the path")]) from exc
+    try:
+        return geojson.loads(text)
+    except geojson.DuplicateKeyError as exc:
+        raise CatalogError([Problem(None, None, str(exc))]) from exc
+    except json.JSONDecodeError as exc:
+        raise CatalogError(
+            [Problem(None, None, f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}; fix the syntax there")]
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise CatalogError([Problem(None, None, f"not UTF-8 text ({exc.reason}); save the file as UTF-8")]) from exc
+
+
+def load_catalog(path: str | os.PathLike[str]) -> Catalog:
+    """Read and validate a catalog file; raises CatalogError listing every problem."""
+    return parse_catalog(read_json(path))
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+
+
+def _ring_coords(ring: Any) -> list[list[float]]:
+    return [[float(x), float(y)] for x, y in np.asarray(ring.coords)[:, :2]]
+
+
+def _polygon_coords(poly: shapely.Polygon) -> list[list[list[float]]]:
+    return [_ring_coords(poly.exterior), *(_ring_coords(r) for r in poly.interiors)]
+
+
+def to_feature(store: Store) -> dict[str, Any]:
+    """The GeoJSON Feature that reads back as ``store`` (extra properties kept)."""
+    props: dict[str, Any] = dict(store.properties)
+    props.update(store_id=store.store_id, merchant_id=store.merchant_id)
+    if store.name:
+        props["name"] = store.name
+    geometry: dict[str, Any]
+    if store.center is not None:
+        geometry = {"type": "Point", "coordinates": [store.center[0], store.center[1]]}
+        props["radius_m"] = store.radius_m
+    elif isinstance(store.polygon, shapely.Polygon):
+        geometry = {"type": "Polygon", "coordinates": _polygon_coords(store.polygon)}
+    elif isinstance(store.polygon, shapely.MultiPolygon):
+        geometry = {"type": "MultiPolygon", "coordinates": [_polygon_coords(p) for p in store.polygon.geoms]}
+    else:
+        raise CatalogError([Problem(None, store.store_id, "store has neither a circle nor a polygon; give it one")])
+    for key, value in (("wifi", store.wifi), ("beacons", store.beacons), ("nfc", store.nfc), ("tags", store.tags)):
+        if value:
+            props[key] = list(value)
+    if store.tz != DEFAULT_TZ:
+        props["tz"] = store.tz
+    if store.max_accuracy_m != DEFAULT_MAX_ACCURACY_M:
+        props["max_accuracy_m"] = store.max_accuracy_m
+    return {"type": "Feature", "properties": props, "geometry": geometry}
+
+
+def catalog_to_geojson(catalog: Catalog | Iterable[Store]) -> dict[str, Any]:
+    """A FeatureCollection of the live stores."""
+    stores = (s for _, s in catalog.alive()) if isinstance(catalog, Catalog) else catalog
+    return {"type": "FeatureCollection", "features": [to_feature(s) for s in stores]}
+
+
+def dump_catalog(catalog: Catalog | Iterable[Store], path: str | os.PathLike[str]) -> None:
+    """Write a catalog file (one feature per line, so diffs stay readable), atomically."""
+    doc = catalog_to_geojson(catalog)
+    tmp = f"{os.fspath(path)}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write('{"type": "FeatureCollection", "features": [\n')
+        for k, feature in enumerate(doc["features"]):
+            fh.write(("" if k == 0 else ",\n") + json.dumps(feature, ensure_ascii=False, allow_nan=False))
+        fh.write("\n]}\n")
+    os.replace(tmp, path)
