@@ -39,7 +39,7 @@ HELP: dict[str, str] = {
     "sqlite_sync": "SQLite synchronous mode: normal survives kill -9, full also survives power loss",
     "owntracks": "also consume owntracks/<user>/<device> (true/false)",
     "status_interval": "seconds between retained status updates",
-    "flush_interval": "seconds between visit time-out checks (exits of users who went silent)",
+    "idle_flush": "when no message came for this many seconds, time out visits by the wall clock (live feeds; 0 = off: visits then time out by event time only, exactly as replay decides)",
     "drain_timeout": "seconds a graceful shutdown waits for the outbox to empty",
     "pid_file": "write the pid here (default: <state>.pid); `geopush reload` signals it",
     "log_format": "text or json (JSON lines, one object per record)",
@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     sqlite_sync: Literal["normal", "full"] = "normal"
     owntracks: bool = True
     status_interval: float = Field(5.0, gt=0)
-    flush_interval: float = Field(1.0, gt=0)
+    idle_flush: float = Field(0.0, ge=0)
     drain_timeout: float = Field(10.0, ge=0)
     pid_file: Path | None = None
     log_format: Literal["text", "json"] = "text"

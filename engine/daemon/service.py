@@ -41,6 +41,15 @@ from engine.state import Output
 log = logging.getLogger("geopush.daemon")
 
 
+def _event_type(ev: Any) -> str:
+    from engine.events import event_type
+
+    try:
+        return event_type(ev)
+    except KeyError:
+        return type(ev).__name__.lower()
+
+
 class CoreLike(Protocol):
     """What the daemon needs from ``engine.core.Core``."""
 
@@ -71,8 +80,7 @@ class Service:
         self.metrics = metrics or Metrics()
         self.totals = self.metrics.totals
         self.decoder = Decoder(self.topics)
-        # The flush clock decides when silent users' visits time out. Default: the newest event
-        # time seen (event time, like replay), so decisions do not depend on wall-clock timing.
+        # Wall clock for the idle flush (tests inject one).
         self._clock = clock
         self.event_clock = 0.0
         self.state = "starting"
@@ -220,7 +228,7 @@ class Service:
     async def _batch_loop(self) -> None:
         link, outbox = self._require_link(), self._require_outbox()
         s = self.settings
-        last_flush = time.monotonic()
+        last_msg = time.monotonic()
         while link.connected:
             if self._reload_requested:
                 await self._reload()
@@ -232,7 +240,7 @@ class Service:
                     self.handle(link.take(s.batch_size))
                 return
             if not link.inbox:
-                waiter = asyncio.ensure_future(link.wait_inbound(s.flush_interval))
+                waiter = asyncio.ensure_future(link.wait_inbound(s.idle_flush or 1.0))
                 woke = asyncio.ensure_future(self._wake.wait())
                 disc = asyncio.ensure_future(link.wait_disconnected())
                 await asyncio.wait({waiter, woke, disc}, return_when=asyncio.FIRST_COMPLETED)
@@ -244,9 +252,11 @@ class Service:
                 self.handle(batch)
             self.metrics.inbox.set(len(link.inbox))
             now = time.monotonic()
-            if now - last_flush >= s.flush_interval:
-                last_flush = now
-                self._flush()
+            if batch:
+                last_msg = now
+            elif s.idle_flush and now - last_msg >= s.idle_flush:
+                last_msg = now
+                self._idle_flush()
             if batch:
                 await asyncio.sleep(0)  # let the outbox and PUBACKs run between batches
 
@@ -299,7 +309,9 @@ class Service:
             store.rollback()
             outputs = self._process_one_by_one(per_msg, dead)
         t1 = time.perf_counter()
-        rows = store.commit(outputs, extra=dead, inputs=inputs)
+        wm = core_watermark(core)
+        meta = {WATERMARK_KEY: repr(wm)} if wm is not None else None
+        rows = store.commit(outputs, extra=dead, inputs=inputs, meta=meta)
         t2 = time.perf_counter()
         for x in batch:
             link.ack(x)
@@ -336,14 +348,19 @@ class Service:
             self._require_outbox().push(rows, received=x.received)
         return outputs
 
-    def _flush(self) -> None:
+    def _idle_flush(self) -> None:
+        """The feed went quiet: time out visits up to the wall clock (minus the core's lateness
+        allowance) so silent users still get their dwell and exit on a live feed."""
         core, store = self._require_core(), self._require_store()
-        now = self._clock() if self._clock is not None else self.event_clock
-        if now <= 0:
+        lateness = float(getattr(getattr(core, "config", None), "sweep_lateness_s", 0.0))
+        now = (self._clock or time.time)() - lateness
+        wm = core_watermark(core)
+        if wm is None or now <= wm:
             return
         outs = core.flush(now)
         if outs:
-            rows = store.commit(outs)
+            wm2 = core_watermark(core)
+            rows = store.commit(outs, meta={WATERMARK_KEY: repr(wm2)} if wm2 is not None else None)
             self._account([], outs)
             self._require_outbox().push(rows)
 
@@ -351,8 +368,7 @@ class Service:
         m, totals = self.metrics, self.totals
         newest = self.event_clock
         for ev in events:
-            name = type(ev).__name__.lower()
-            m.events.labels(name).inc()
+            m.events.labels(_event_type(ev)).inc()
             totals["events"] += 1
             ts = ev.ts
             if ts > newest:
@@ -471,3 +487,73 @@ class Service:
 
 
 __all__ = ["CoreFactory", "CoreLike", "Reloader", "Service"]
+
+
+# --- the real engine -------------------------------------------------------------------------------
+
+
+def load_fences_and_campaigns(settings: Settings) -> dict[str, Any]:
+    """Fresh fence index and campaigns from the configured files (also the SIGHUP reloader)."""
+    from engine.campaigns import load_campaigns
+    from fences.catalog import load_catalog
+    from fences.index import FenceIndex
+
+    if settings.fences is None or settings.campaigns is None:
+        raise GeopushError("--fences and --campaigns are required (flags, GEOPUSH_* or config file)")
+    return {
+        "index": FenceIndex(load_catalog(settings.fences)),
+        "campaigns": load_campaigns(settings.campaigns),
+    }
+
+
+def real_core_factory(settings: Settings) -> CoreFactory:
+    """Build ``engine.core.Core`` over the daemon's store from the configured files."""
+    from engine.core import Core
+    from engine.profiles import load_profiles
+
+    loaded = load_fences_and_campaigns(settings)
+    profiles = load_profiles(settings.profiles) if settings.profiles is not None else None
+
+    def factory(store: SQLiteStore) -> CoreLike:
+        core = Core(loaded["index"], loaded["campaigns"], store, profiles=profiles)
+        restore_core(core, store)
+        return core
+
+    return factory
+
+
+WATERMARK_KEY = "core.watermark"
+
+
+def restore_core(core: Any, store: SQLiteStore) -> int:
+    """Re-arm the core's in-memory timers after a restart, so visits carry on: the sweep queue of
+    open visits (silent users still get their dwell and exit) and the event-time watermark.
+    Uses ``core.restore`` when the core offers it; else re-creates the queue the way
+    ``Core._emit`` fills it. Returns the number of open visits re-armed."""
+    import heapq
+
+    from engine import presence
+
+    wm = store.get_meta(WATERMARK_KEY)
+    users = store.users_with_visits()
+    restore = getattr(core, "restore", None)
+    if restore is not None:
+        restore(users, watermark=float(wm) if wm is not None else None)
+        return sum(len(u.visits) for u in users)
+    if wm is not None:
+        core._watermark = float(wm)
+    timeout = core.config.presence_timeout_s
+    n = 0
+    for st in users:
+        for sid, v in st.visits.items():
+            due = presence.next_due(v, timeout, core.campaigns.dwell_thresholds(v.merchant_id))
+            heapq.heappush(core._heap, (due, st.user, sid, v.visit_id))
+            n += 1
+    return n
+
+
+def core_watermark(core: Any) -> float | None:
+    wm = getattr(core, "watermark", None)
+    if wm is None:
+        wm = getattr(core, "_watermark", None)
+    return float(wm) if isinstance(wm, int | float) and wm != float("-inf") else None

@@ -150,9 +150,11 @@ class SQLiteStore:
         *,
         extra: Sequence[OutRow] = (),
         inputs: Sequence[bytes] = (),
+        meta: dict[str, str] | None = None,
     ) -> list[OutRow]:
         """One transaction: touched users, counters, push ids, outbox rows (rendered ``outputs``
-        plus ``extra``, e.g. dead letters) and input digests. Returns the outbox rows written."""
+        plus ``extra``, e.g. dead letters), input digests and ``meta`` values (e.g. the core's
+        watermark). Returns the outbox rows written."""
         rows = [self._render(o) for o in outputs]
         rows.extend(extra)
         for out in outputs:
@@ -189,6 +191,10 @@ class SQLiteStore:
                 db.executemany(
                     "INSERT OR REPLACE INTO inputs (digest, seq) VALUES (?, ?)",
                     [(d, seq0 + i + 1) for i, d in enumerate(inputs)],
+                )
+            if meta:
+                db.executemany(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", list(meta.items())
                 )
             db.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -230,6 +236,19 @@ class SQLiteStore:
                 for r in self._query(f"SELECT digest FROM inputs WHERE digest IN ({marks})", chunk)
             )
         return seen
+
+    def get_meta(self, key: str) -> str | None:
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+        return str(rows[0][0]) if rows else None
+
+    def users_with_visits(self) -> list[UserState]:
+        """Every stored user with an open visit (to re-arm the core's timers at start)."""
+        out = []
+        for _u, blob in self._query("SELECT user, blob FROM users", ()):
+            st = decode_user(blob)
+            if st.visits:
+                out.append(st)
+        return out
 
     def unsent(self, limit: int | None = None) -> list[OutRow]:
         sql = "SELECT out_id, topic, payload FROM outbox WHERE sent = 0 ORDER BY seq"

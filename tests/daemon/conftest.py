@@ -159,7 +159,7 @@ async def running_service(
     url: str, state: Path, core_factory: Callable[[Any], Any] = StandInCore, **flags: Any
 ) -> AsyncIterator[Service]:
     settings = load_settings(
-        {"broker": url, "state": state, "status_interval": 0.5, "flush_interval": 0.2, **flags}
+        {"broker": url, "state": state, "status_interval": 0.5, **flags}
     )
     svc = Service(settings, core_factory)
     task = asyncio.create_task(svc.run())
