@@ -28,7 +28,8 @@ empty_batch         a batch with no events
 ==================  ==========================================================================
 
 Normalisation on decode: BSSIDs to ``fences.store.bssid_key`` form (lower case, ``:``), which
-must then be six hex octets; beacon UUIDs stripped and upper-cased. Unknown extra fields are
+must then be six hex octets; beacon UUIDs stripped and upper-cased, and 32 bare hex digits get
+the canonical dashes (8-4-4-4-12) that store catalogs use. Unknown extra fields are
 ignored (forward compatible). ``ts`` is epoch seconds (a float); millisecond timestamps are out of
 range and the error says so.
 
@@ -220,6 +221,7 @@ _ENCODER: Final = msgspec.json.Encoder()
 _MAC_RE = r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}"
 _MAC: Final = re.compile(_MAC_RE)
 _MACS: Final = re.compile(f"{_MAC_RE}(?: {_MAC_RE})*")
+_HEX32: Final = re.compile(r"[0-9A-F]{32}")
 
 Payload: TypeAlias = bytes | bytearray | memoryview
 
@@ -294,6 +296,9 @@ def _finish_beacon(ev: Any, where: str) -> None:
     u = ev.uuid.strip().upper()
     if not u:
         raise DecodeError("invalid_field", f"{where}uuid: empty")
+    if len(u) == 32 and _HEX32.fullmatch(u) is not None:
+        # Some scanners print the UUID without dashes; catalogs hold the canonical 8-4-4-4-12.
+        u = f"{u[:8]}-{u[8:12]}-{u[12:16]}-{u[16:20]}-{u[20:]}"
     ev.uuid = u
 
 
@@ -433,7 +438,7 @@ def _owntracks_one(msg: object, user: str) -> list[Event]:
             raise DecodeError("missing_field", "uuid")
         rssi = _ot_num(msg, "rssi", OWNTRACKS_DEFAULT_BEACON_RSSI) or OWNTRACKS_DEFAULT_BEACON_RSSI
         return [
-            _ot_event(
+            event_from_dict(
                 {
                     "type": "beacon",
                     "user": user,
@@ -447,7 +452,7 @@ def _owntracks_one(msg: object, user: str) -> list[Event]:
         ]
     if kind == "transition" and ("lat" not in msg or "lon" not in msg):
         return []  # a region enter/leave without a position places nobody anywhere
-    gps = _ot_event(
+    gps = event_from_dict(
         {
             "type": "gps",
             "user": user,
@@ -460,7 +465,7 @@ def _owntracks_one(msg: object, user: str) -> list[Event]:
     bssid = msg.get("BSSID") if kind == "location" else None
     if not bssid:
         return [gps]
-    wifi = _ot_event(
+    wifi = event_from_dict(
         {
             "type": "wifi",
             "user": user,
@@ -471,7 +476,9 @@ def _owntracks_one(msg: object, user: str) -> list[Event]:
     return [gps, wifi]
 
 
-def _ot_event(fields: dict[str, Any]) -> Event:
+def event_from_dict(fields: dict[str, Any]) -> Event:
+    """Validate and normalise an event given as a dict with ``type`` (as the wire JSON would be
+    decoded): same ranges, reasons and normalisation as ``decode``. For importers and tools."""
     try:
         ev: Event = msgspec.convert(fields, _ANY_EVENT)
     except msgspec.ValidationError as exc:

@@ -100,6 +100,8 @@ def test_normalises_bssid_and_uuid() -> None:
     [b] = decode(dumps(dict(BEACON, uuid=" f7826da6-4fa2-4e98-8024-bc5b71e0893e ")))
     assert isinstance(b, Beacon)
     assert b.uuid == "F7826DA6-4FA2-4E98-8024-BC5B71E0893E"
+    [b] = decode(dumps(dict(BEACON, uuid="daf246ce836311e4b116123b93f75cba")))
+    assert b.uuid == "DAF246CE-8363-11E4-B116-123B93F75CBA"  # type: ignore[union-attr]
 
 
 def test_ints_are_accepted_for_floats_and_extra_fields_ignored() -> None:

@@ -119,7 +119,10 @@ names = st.text(min_size=1, max_size=40)
 macs = st.lists(st.integers(0, 255), min_size=6, max_size=6).map(
     lambda bs: ":".join(f"{b:02x}" for b in bs)
 )
-uuids = st.text(alphabet="0123456789ABCDEF-", min_size=1, max_size=36)
+# Canonical UUIDs, or other non-blank ids that normalisation leaves alone (not 32 bare hex digits).
+uuids = st.uuids().map(lambda u: str(u).upper()) | st.text(
+    alphabet="0123456789ABCDEF-", min_size=1, max_size=31
+)
 
 events: st.SearchStrategy[Event] = st.one_of(
     st.builds(Gps, users, ts, st.floats(-180, 180), st.floats(-90, 90), st.floats(0, 100_000)),
