@@ -1,10 +1,72 @@
-"""Command registration (stub: the owner of this module replaces it)."""
+"""`geopush demo`: the first minute with geopush (see simulator/demo.py)."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 
+def _positive(kind: type[float] | type[int]) -> Any:
+    def parse(text: str) -> float | int:
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if v <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return v
+
+    return parse
+
+
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    """Add this module's subcommand(s) to ``sub``."""
+    """Add ``geopush demo``."""
+    p = sub.add_parser(
+        "demo",
+        help="a simulated city end to end: broker, engine, publisher, live view, PNG map",
+        description=(
+            "Generate a small city (stores with fences, WiFi APs and beacons; people with routines "
+            "and phones), start an MQTT broker (mosquitto if installed, else an embedded one) "
+            "unless --broker names one, run the geopush engine and replay the city's day through "
+            "the broker, accelerated to fit --duration. A live view shows events/s, visits, "
+            "pushes, event-to-push latency and the top campaigns. At the end (time up, trace "
+            "finished, or Ctrl-C) it prints a summary and writes visits, pushes and a PNG map of "
+            "the city to --out."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--duration", type=_positive(float), default=60.0, metavar="SECONDS",
+                   help="wall-clock seconds to run; the city's day is accelerated to fit")  # fmt: skip
+    p.add_argument("--broker", metavar="URL", default=None,
+                   help="use this broker (mqtt://host:port) instead of starting an embedded one")  # fmt: skip
+    p.add_argument("--stores", type=_positive(int), default=300, metavar="N",
+                   help="stores in the city")  # fmt: skip
+    p.add_argument("--users", type=_positive(int), default=300, metavar="M",
+                   help="people (phones) in the city")  # fmt: skip
+    p.add_argument("--hours", type=_positive(float), default=1.0, metavar="H",
+                   help="hours of city time to simulate")  # fmt: skip
+    p.add_argument("--seed", type=int, default=7, metavar="S",
+                   help="random seed: the same seed gives the same city")  # fmt: skip
+    p.add_argument("--out", type=Path, default=Path("geopush-demo"), metavar="DIR",
+                   help="where the city, visits.jsonl, pushes.jsonl, summary.json and map.png go")  # fmt: skip
+    p.add_argument("--no-live", dest="live", action="store_false", default=None,
+                   help="print a progress line every few seconds instead of the live view "
+                        "(automatic when stdout is not a terminal)")  # fmt: skip
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from simulator.demo import DemoOptions, run_demo
+
+    opts = DemoOptions(
+        duration=args.duration,
+        broker=args.broker,
+        stores=args.stores,
+        users=args.users,
+        hours=args.hours,
+        seed=args.seed,
+        out=args.out,
+        live=args.live,
+    )
+    return run_demo(opts).exit_code

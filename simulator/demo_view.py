@@ -217,7 +217,7 @@ def summary_text(s: Snapshot, outputs: dict[str, str]) -> str:
         f"geopush demo: {s.stopping or 'done'} after {s.elapsed_s:.1f}s",
         f"  engine      {s.engine}",
         f"  broker      {s.broker}",
-        f"  events      {s.events_published:,} published"
+        f"  events      {s.events_published:,} accepted by the engine"
         + (f" of {s.events_total:,} in the trace" if s.events_total else ""),
         f"  visits      {s.visits_entered:,} entered, {s.visits_exited:,} exited, "
         f"{s.visits_open:,} still open, {s.dwells:,} dwell events",
