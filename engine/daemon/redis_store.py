@@ -38,6 +38,7 @@ deployment runs one worker group per slot range (see docs/operations.md, "Scalin
 from __future__ import annotations
 
 import contextlib
+import heapq
 import time
 import uuid
 from collections import OrderedDict
@@ -108,21 +109,24 @@ class CommitConflict(StateError):
         self.users = users
         self.short = short
         self.push_ids = push_ids
+        self.touched: list[str] = []  # every user the failed attempt touched
 
 
-# KEYS: users (nu), inventory counters (nc), push ids (np), input digests (ni), token, outbox.
-# ARGV: nu nc np ni no push_ttl input_ttl token, then per user (expected version, blob or ""),
-# per campaign (total, taken), per outbox row (out_id, topic, payload).
+# KEYS: users (nu), inventory counters (nc), push ids (np), input digests (ni), token, outbox,
+# meta. ARGV: nu nc np ni no push_ttl input_ttl token nm, then per user (expected version, blob
+# or ""), per campaign (total, taken), per outbox row (out_id, topic, payload), per meta entry
+# (field, value).
 # Reply: {1, stream ids, counters after} | {0, bad user idx, counters now, bad push idx} | {2}.
 _COMMIT_LUA = """
 local nu, nc, np = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local ni, no = tonumber(ARGV[4]), tonumber(ARGV[5])
-local pttl, ittl, token = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
+local pttl, ittl, token, nm = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9])
 local ktok = KEYS[nu + nc + np + ni + 1]
 if redis.call('GET', ktok) == token then return {2} end
-local a = 9
+local a = 10
 local b = a + 2 * nu
 local c = b + 2 * nc
+local d = c + 3 * no
 local bad_u, bad_p, inv = {}, {}, {}
 local short = false
 for i = 1, nu do
@@ -165,6 +169,9 @@ if no > 0 then
     ids[r] = redis.call('XADD', ob, '*', 'o', ARGV[c + 3 * r - 3], 't', ARGV[c + 3 * r - 2],
                         'p', ARGV[c + 3 * r - 1])
   end
+end
+for m = 1, nm do
+  redis.call('HSET', KEYS[k1 + ni + 3], ARGV[d + 2 * m - 2], ARGV[d + 2 * m - 1])
 end
 return {1, ids, inv}
 """
@@ -235,6 +242,7 @@ class RedisStore:
         self._script = client.register_script(_COMMIT_LUA)
         self._outbox_key = f"{prefix}:out:{{{worker}}}"
         self._token_key = f"{prefix}:tok:{{{worker}}}"
+        self._meta_key = f"{prefix}:meta:{{{worker}}}"
         # Per batch: raw records as loaded (None = absent) and their versions; touched records.
         self._raw: dict[str, bytes | None] = {}
         self._touched: dict[str, UserState] = {}
@@ -318,15 +326,23 @@ class RedisStore:
     def seen_push(self, push_id: str) -> bool:
         return push_id in self._new_push or push_id in self._seen
 
+    def peek(self, user: str) -> UserState:
+        """The user's record as loaded for this batch, NOT marked touched (a fresh copy)."""
+        if user not in self._raw:
+            self.users([user])
+        return _decode(user, self._raw[user])
+
     def commit(
         self,
         outputs: Sequence[Output],
         *,
         extra: Sequence[Row] = (),
         inputs: Sequence[bytes] = (),
+        meta: dict[str, str] | None = None,
     ) -> list[Row]:
-        """One atomic script (see module doc). Raises ``CommitConflict`` having applied nothing
-        and having refreshed what conflicted, so the caller re-runs the batch."""
+        """One atomic script (see module doc); ``meta`` values are this worker's (e.g. the core's
+        watermark). Raises ``CommitConflict`` having applied nothing and having refreshed what
+        conflicted, so the caller re-runs the batch (``rerun`` below, or ``run_batch``)."""
         rows: list[Row] = [self.render(o) for o in outputs]
         rows.extend(extra)
         for out in outputs:
@@ -334,7 +350,7 @@ class RedisStore:
             if isinstance(pid, str):
                 self._new_push[pid] = self.push_key(str(getattr(out, "user", "")), pid)
         users = list(self._touched)
-        keys, args = self._script_args(users, rows, inputs)
+        keys, args = self._script_args(users, rows, inputs, meta or {})
         reply = self._call("commit", lambda: self._script(keys=keys, args=args))
         if reply[0] == 0:
             self._on_conflict(users, reply)
@@ -382,6 +398,16 @@ class RedisStore:
             return outputs, rows
         self.rollback()
         raise StateError(f"batch still conflicting after {self.max_attempts} attempts")
+
+    def get_meta(self, key: str) -> str | None:
+        """A value this worker committed with ``meta`` (e.g. its core's watermark)."""
+        val = self._call("meta", lambda: self.r.hget(self._meta_key, key))
+        return None if val is None else bytes(val).decode()
+
+    def users_with_visits(self) -> list[UserState]:
+        """Every user with an open visit, whichever worker opened it (SCAN: at start only), so a
+        (re)started worker re-arms the visit timers of all users, a dead worker's included."""
+        return [st for st in self.all_users().values() if st.visits]
 
     def rollback(self) -> None:
         """Forget the batch (the core failed on it): nothing was written."""
@@ -455,7 +481,7 @@ class RedisStore:
         return est - self._taken.get(campaign_id, 0)
 
     def _script_args(
-        self, users: list[str], rows: list[Row], inputs: Sequence[bytes]
+        self, users: list[str], rows: list[Row], inputs: Sequence[bytes], meta: dict[str, str]
     ) -> tuple[list[str], list[Any]]:
         keys: list[str] = [self.user_key(u) for u in users]
         ver_args: list[Any] = []
@@ -473,14 +499,16 @@ class RedisStore:
         keys += [self.inv_key(c) for c in camps]
         keys += list(self._new_push.values())
         keys += [self.input_key(d) for d in inputs]
-        keys += [self._token_key, self._outbox_key]
+        keys += [self._token_key, self._outbox_key, self._meta_key]
         args: list[Any] = [len(users), len(camps), len(self._new_push), len(inputs), len(rows)]
-        args += [self.push_ttl_s, self.input_ttl_s, uuid.uuid4().hex]
+        args += [self.push_ttl_s, self.input_ttl_s, uuid.uuid4().hex, len(meta)]
         args += ver_args
         for c in camps:
             args += [self._totals[c], self._taken.get(c, 0)]
         for row in rows:
             args += [row.out_id, row.topic, row.payload]
+        for k, v in meta.items():
+            args += [k, v]
         return keys, args
 
     def _on_conflict(self, users: list[str], reply: list[Any]) -> None:
@@ -497,10 +525,13 @@ class RedisStore:
             self._remember(pid)
         for u in bad_users:
             self._raw.pop(u, None)  # reloaded by the next users() call
+        touched = list(self._touched)
         self._touched.clear()
         self._reset_attempt()
         self.stats.conflicts += 1
-        raise CommitConflict(bad_users, short, bad_pids)
+        exc = CommitConflict(bad_users, short, bad_pids)
+        exc.touched = touched
+        raise exc
 
     def _remember(self, push_id: str) -> None:
         self._seen[push_id] = None
@@ -527,6 +558,50 @@ class RedisStore:
 
     def _scan(self, pattern: str) -> Iterator[bytes]:
         yield from self.r.scan_iter(match=pattern, count=1000)
+
+
+def rearm(core: Any, states: Iterable[UserState]) -> int:
+    """Put the open visits of ``states`` back on the core's sweep queue (dwell and time-out
+    timers), the way ``Core._emit`` queues them. A failed attempt's sweep may have consumed
+    them; duplicates are harmless (the sweep checks every entry against the user's record)."""
+    from engine import presence
+
+    heap = core._heap
+    timeout = core.config.presence_timeout_s
+    dwells = core.campaigns.dwell_thresholds
+    n = 0
+    for st in states:
+        for sid, v in st.visits.items():
+            due = presence.next_due(v, timeout, dwells(v.merchant_id))
+            heapq.heappush(heap, (due, st.user, sid, v.visit_id))
+            n += 1
+    return n
+
+
+def commit_batch(
+    core: Any,
+    store: Any,
+    events: Sequence[Any],
+    outputs: list[Output],
+    *,
+    extra: Sequence[Any] = (),
+    inputs: Sequence[bytes] = (),
+    meta: Callable[[], dict[str, str] | None] = lambda: None,
+) -> tuple[list[Output], list[Any]]:
+    """``store.commit`` for the daemon's hot path, any store: when a shared store reports a
+    conflict (another worker moved a user, coupons ran out, a push was decided elsewhere), re-arm
+    the touched users' timers and re-run the core on the batch from fresh state, until a commit
+    applies. Returns the outputs and rows that were committed."""
+    attempts = int(getattr(store, "max_attempts", 1))
+    for _ in range(attempts):
+        try:
+            return outputs, list(store.commit(outputs, extra=extra, inputs=inputs, meta=meta()))
+        except CommitConflict as exc:
+            store.users(exc.touched)
+            rearm(core, [store.peek(u) for u in exc.touched])
+            outputs = core.process(events) if events else []
+    store.rollback()
+    raise StateError(f"batch still conflicting after {attempts} attempts")
 
 
 def _version(raw: bytes | None) -> int:
@@ -558,7 +633,9 @@ __all__ = [
     "RedisStats",
     "RedisStore",
     "Row",
+    "commit_batch",
     "connect",
+    "rearm",
     "default_render",
     "wait_for",
 ]

@@ -219,7 +219,7 @@ def test_outbox_inputs_and_round_trips(make_store: MakeStore) -> None:
 def test_a_retried_commit_is_applied_once(make_store: MakeStore) -> None:
     s = make_store()
     s.user("u1").visit_seq = 1
-    keys, args = s._script_args(["u1"], [s.render(_push("u1", "p1"))], [])
+    keys, args = s._script_args(["u1"], [s.render(_push("u1", "p1"))], [], {})
     assert s._script(keys=keys, args=args)[0] == 1
     # The same call again, as redis-py's retry sends it when the reply was lost: a no-op.
     assert s._script(keys=keys, args=args) == [2]
