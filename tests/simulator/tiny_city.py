@@ -17,15 +17,32 @@ def write_tiny_city(d: Path, walkers: int = 6, minutes: int = 30) -> dict[str, P
     stores = []
     for i in range(4):
         lon = LON0 + i * 0.004  # ~220 m apart along a street
-        stores.append({
-            "type": "Feature",
-            "geometry": {"type": "Point", "coordinates": [lon, LAT0]},
-            "properties": {"store_id": f"s{i}", "merchant_id": f"m{i}", "name": f"Shop {i}", "radius_m": 40.0},
-        })
+        stores.append(
+            {
+                "type": "Feature",
+                "geometry": {"type": "Point", "coordinates": [lon, LAT0]},
+                "properties": {
+                    "store_id": f"s{i}",
+                    "merchant_id": f"m{i}",
+                    "name": f"Shop {i}",
+                    "radius_m": 40.0,
+                },
+            }
+        )
     (d / "stores.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": stores}))
     campaigns = [
-        {"id": f"c-m{i}-welcome", "merchant_id": f"m{i}", "trigger": "enter", "priority": 1,
-         "coupon": {"title": f"10% off at Shop {i}", "value": 10, "currency": "EUR", "expires_in_s": 3600}}
+        {
+            "id": f"c-m{i}-welcome",
+            "merchant_id": f"m{i}",
+            "trigger": "enter",
+            "priority": 1,
+            "coupon": {
+                "title": f"10% off at Shop {i}",
+                "value": 10,
+                "currency": "EUR",
+                "expires_in_s": 3600,
+            },
+        }
         for i in range(4)
     ]
     (d / "campaigns.json").write_text(json.dumps({"campaigns": campaigns}))
@@ -37,13 +54,26 @@ def write_tiny_city(d: Path, walkers: int = 6, minutes: int = 30) -> dict[str, P
             # walk along the street and back, slowly (~1.2 m/s), each walker offset in time
             frac = ((k + u * 7) % steps) / steps
             pos = 2 * frac if frac < 0.5 else 2 * (1 - frac)
-            lines.append((T0 + 10.0 * k, {
-                "type": "gps", "user": f"u{u}", "ts": T0 + 10.0 * k,
-                "lon": LON0 + pos * span_lon, "lat": LAT0 + 0.00003 * (u - 3), "acc": 8.0,
-            }))
+            lines.append(
+                (
+                    T0 + 10.0 * k,
+                    {
+                        "type": "gps",
+                        "user": f"u{u}",
+                        "ts": T0 + 10.0 * k,
+                        "lon": LON0 + pos * span_lon,
+                        "lat": LAT0 + 0.00003 * (u - 3),
+                        "acc": 8.0,
+                    },
+                )
+            )
     lines.sort(key=lambda t: (t[0], t[1]["user"]))
     with open(d / "trace.jsonl", "w") as fh:
         for _, ev in lines:
             fh.write(json.dumps(ev) + "\n")
         fh.write('{"type": "gps", "user": "u0", "ts": "not a time"}\n')  # one dead letter
-    return {"stores": d / "stores.geojson", "campaigns": d / "campaigns.json", "trace": d / "trace.jsonl"}
+    return {
+        "stores": d / "stores.geojson",
+        "campaigns": d / "campaigns.json",
+        "trace": d / "trace.jsonl",
+    }
