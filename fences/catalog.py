@@ -22,7 +22,7 @@ import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import shapely
@@ -254,34 +254,42 @@ def _nfc(props: Mapping[str, Any], fb: _Feature) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _position_ok(pos: object) -> bool:
+    """The fast test: a list of >= 2 numbers, lon in [-180, 180], lat in [-90, 90] (not NaN)."""
+    if type(pos) is not list or len(pos) < 2:
+        return False
+    x, y = pos[0], pos[1]
+    if not ((type(x) is float or type(x) is int) and (type(y) is float or type(y) is int)):
+        return False
+    if not (-180.0 <= x <= 180.0 and -90.0 <= y <= 90.0):  # NaN fails both comparisons
+        return False
+    return len(pos) == 2 or all(geojson.is_number(c) for c in pos[2:])
+
+
+def _report_position(j: int, pos: object, what: str, fb: _Feature) -> None:
+    """Say precisely why position j failed _position_ok."""
+    problem = geojson.position_problem(pos)
+    if problem:
+        fb.bad(f"{what}: position {j}: {problem}")
+        return
+    assert isinstance(pos, list)
+    if not all(math.isfinite(c) for c in pos):
+        fb.bad(f"{what}: position {j} is {_fmt(pos)}: coordinates must be finite numbers, not NaN or infinity")
+        return
+    fb.bad(
+        f"{what}: position {j} {_fmt(pos)} is out of range: longitude must be in [-180, 180] and "
+        "latitude in [-90, 90], in that order (GeoJSON is [lon, lat]); if you wrote [lat, lon], "
+        "swap them"
+    )
+
+
 def _positions(coords: list[Any], what: str, fb: _Feature) -> np.ndarray[Any, Any] | None:
     """A list of positions as an (n, 2) float array, or None after reporting why not."""
     for j, pos in enumerate(coords):
-        problem = geojson.position_problem(pos)
-        if problem:
-            fb.bad(f"{what}: position {j}: {problem}")
+        if not _position_ok(pos):
+            _report_position(j, pos, what, fb)
             return None
-    arr = np.array([(p[0], p[1]) for p in coords], dtype=np.float64).reshape(-1, 2)
-    return _in_range(arr, what, fb)
-
-
-def _in_range(arr: np.ndarray[Any, Any], what: str, fb: _Feature) -> np.ndarray[Any, Any] | None:
-    finite = np.isfinite(arr).all(axis=1)
-    if not finite.all():
-        j = int(np.argmin(finite))
-        fb.bad(f"{what}: position {j} is {_fmt(arr[j].tolist())}: coordinates must be finite numbers, not NaN or infinity")
-        return None
-    bad_lon = np.abs(arr[:, 0]) > 180.0
-    bad_lat = np.abs(arr[:, 1]) > 90.0
-    if bad_lon.any() or bad_lat.any():
-        j = int(np.argmax(bad_lon | bad_lat))
-        fb.bad(
-            f"{what}: position {j} {_fmt(arr[j].tolist())} is out of range: longitude must be in "
-            "[-180, 180] and latitude in [-90, 90], in that order (GeoJSON is [lon, lat]); "
-            "if you wrote [lat, lon], swap them"
-        )
-        return None
-    return arr
+    return np.array([(p[0], p[1]) for p in coords], dtype=np.float64).reshape(-1, 2)
 
 
 def _ring(coords: object, what: str, fb: _Feature) -> np.ndarray[Any, Any] | None:
@@ -391,7 +399,9 @@ def _geometry(geom: object, props: Mapping[str, Any], fb: _Feature) -> tuple[Any
             fb.bad(f"Point coordinates: {problem}")
             return None
         assert isinstance(coords, list)
-        arr = _in_range(np.array([coords[:2]], dtype=np.float64), "Point", fb)
+        point_ok = _position_ok(coords)
+        if not point_ok:
+            _report_position(0, coords, "Point", fb)
         if "radius_m" not in props or props["radius_m"] is None:
             fb.bad(
                 f"a Point needs radius_m (metres, {MIN_RADIUS_M:g} to {MAX_RADIUS_M:g}) to be a "
@@ -404,9 +414,9 @@ def _geometry(geom: object, props: Mapping[str, Any], fb: _Feature) -> tuple[Any
                 "metres (a larger area should be a Polygon)"
             )
             return None
-        if radius is None or arr is None:
+        if radius is None or not point_ok:
             return None
-        return (float(arr[0, 0]), float(arr[0, 1])), radius, None
+        return (float(coords[0]), float(coords[1])), radius, None
     if kind in ("Polygon", "MultiPolygon"):
         if "radius_m" in props and props["radius_m"] is not None:
             fb.bad(
@@ -602,28 +612,48 @@ def store_from_feature(feature: Mapping[str, Any], index: int | None = None) -> 
     return store
 
 
-def read_json(path: str | os.PathLike[str]) -> Any:
-    """Parse a JSON file, refusing duplicate members; errors become CatalogError."""
+def read_json(path: str | os.PathLike[str], strict: bool = False) -> Any:
+    """Parse a JSON file; errors become CatalogError with the line and column.
+
+    ``strict`` also refuses objects that repeat a member name (readers disagree on which value
+    wins); it costs about twice the time, so ``geopush fences check`` uses it and loading for
+    matching does not (the last value wins there, as in most JSON readers).
+    """
+    import msgspec
+
     try:
         with open(path, "rb") as fh:
             text = fh.read()
     except OSError as exc:
         raise CatalogError([Problem(None, None, f"cannot read {os.fspath(path)!r}: {exc.strerror}; check the path")]) from exc
     try:
-        return geojson.loads(text)
+        if strict:
+            return geojson.loads(text)
+        return msgspec.json.decode(text)
     except geojson.DuplicateKeyError as exc:
         raise CatalogError([Problem(None, None, str(exc))]) from exc
     except json.JSONDecodeError as exc:
-        raise CatalogError(
-            [Problem(None, None, f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}; fix the syntax there")]
-        ) from exc
+        raise CatalogError([Problem(None, None, _syntax(exc.msg, text, exc.pos))]) from exc
+    except msgspec.DecodeError as exc:
+        m = re.search(r"\(byte (\d+)\)", str(exc))
+        raise CatalogError([Problem(None, None, _syntax(str(exc), text, int(m.group(1)) if m else None))]) from exc
     except UnicodeDecodeError as exc:
         raise CatalogError([Problem(None, None, f"not UTF-8 text ({exc.reason}); save the file as UTF-8")]) from exc
 
 
-def load_catalog(path: str | os.PathLike[str]) -> Catalog:
+def _syntax(msg: str, text: bytes, pos: int | None) -> str:
+    where = ""
+    if pos is not None:
+        line = text.count(b"\n", 0, pos) + 1
+        col = pos - (text.rfind(b"\n", 0, pos) + 1) + 1
+        where = f" at line {line} column {col}"
+    hint = " (NaN and Infinity are not JSON numbers)" if b"NaN" in text or b"Infinity" in text else ""
+    return f"not valid JSON{where}: {msg}{hint}; fix the syntax there"
+
+
+def load_catalog(path: str | os.PathLike[str], strict: bool = False) -> Catalog:
     """Read and validate a catalog file; raises CatalogError listing every problem."""
-    return parse_catalog(read_json(path))
+    return parse_catalog(read_json(path, strict=strict))
 
 
 # --------------------------------------------------------------------------------------------
@@ -670,13 +700,21 @@ def catalog_to_geojson(catalog: Catalog | Iterable[Store]) -> dict[str, Any]:
     return {"type": "FeatureCollection", "features": [to_feature(s) for s in stores]}
 
 
-def dump_catalog(catalog: Catalog | Iterable[Store], path: str | os.PathLike[str]) -> None:
-    """Write a catalog file (one feature per line, so diffs stay readable), atomically."""
+def write_catalog(catalog: Catalog | Iterable[Store], fh: TextIO) -> int:
+    """Write a catalog as GeoJSON text, one feature per line (diffs stay readable); returns the
+    number of features written."""
     doc = catalog_to_geojson(catalog)
+    fh.write('{"type": "FeatureCollection", "features": [\n')
+    for k, feature in enumerate(doc["features"]):
+        fh.write(("" if k == 0 else ",\n") + json.dumps(feature, ensure_ascii=False, allow_nan=False))
+    fh.write("\n]}\n")
+    return len(doc["features"])
+
+
+def dump_catalog(catalog: Catalog | Iterable[Store], path: str | os.PathLike[str]) -> int:
+    """Write a catalog file atomically (a temporary file renamed into place); returns the count."""
     tmp = f"{os.fspath(path)}.tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write('{"type": "FeatureCollection", "features": [\n')
-        for k, feature in enumerate(doc["features"]):
-            fh.write(("" if k == 0 else ",\n") + json.dumps(feature, ensure_ascii=False, allow_nan=False))
-        fh.write("\n]}\n")
+        n = write_catalog(catalog, fh)
     os.replace(tmp, path)
+    return n
