@@ -156,12 +156,20 @@ def gps(user: str, ts: float, lat: float = 1.0, lon: float = 1.0) -> bytes:
 
 @contextlib.asynccontextmanager
 async def running_service(
-    url: str, state: Path, core_factory: Callable[[Any], Any] = StandInCore, **flags: Any
+    url: str, state: Path, core_factory: Callable[[Any], Any] | None = None,
+    world: World | None = None, **flags: Any,
 ) -> AsyncIterator[Service]:
-    settings = load_settings(
-        {"broker": url, "state": state, "status_interval": 0.5, **flags}
-    )
-    svc = Service(settings, core_factory)
+    """The daemon as a task in this loop: the stand-in core, or the real one over ``world``."""
+    from engine.daemon.service import load_fences_and_campaigns, real_core_factory
+
+    if world is not None:
+        flags.update(fences=world.fences, campaigns=world.campaigns)
+    settings = load_settings({"broker": url, "state": state, "status_interval": 0.5, **flags})
+    reloader = None
+    if world is not None:
+        core_factory = real_core_factory(settings)
+        reloader = lambda: load_fences_and_campaigns(settings)  # noqa: E731
+    svc = Service(settings, core_factory or StandInCore, reloader=reloader)
     task = asyncio.create_task(svc.run())
     try:
         await asyncio.wait_for(svc.ready.wait(), 15)
@@ -170,3 +178,75 @@ async def running_service(
         svc.request_stop()
         rc = await asyncio.wait_for(task, 20)
         assert rc == 0
+
+
+# --- the real engine: a small city, an oracle, the daemon as a subprocess ------------------------
+
+
+class World:
+    """A small synthetic city written to files, its trace, and what replay decides on it."""
+
+    def __init__(self, folder: Path, side: int = 4, users: int = 20, per_user: int = 20,
+                 inventory: dict[int, int] | None = None) -> None:
+        from engine.daemon.workload import City, trace
+
+        self.city = City(side)
+        self.fences, self.campaigns = self.city.write(folder, inventory=inventory or {0: 2})
+        self.events = list(trace(self.city, users, per_user))
+        self.messages = [
+            (f"geopush/events/{e['user']}", json.dumps(e, separators=(",", ":")).encode())
+            for e in self.events
+        ]
+
+    def oracle(self, batch: int = 1000) -> dict[str, set[str]]:
+        """The decisions `geopush replay` makes on the trace: the core over a MemoryStore,
+        micro-batches committed in order (no final flush: the daemon never reaches "the end")."""
+        from engine.campaigns import load_campaigns
+        from engine.core import Core
+        from engine.events import decode
+        from engine.outputs import Push
+        from engine.state import MemoryStore
+        from fences.catalog import load_catalog
+        from fences.index import FenceIndex
+
+        store = MemoryStore()
+        core = Core(FenceIndex(load_catalog(self.fences)), load_campaigns(self.campaigns), store)
+        evs = [ev for t, p in self.messages for ev in decode(p, topic_user=t.rsplit("/", 1)[1])]
+        outs: list[Any] = []
+        for i in range(0, len(evs), batch):
+            o = core.process(evs[i : i + batch])
+            store.commit(o)
+            outs.extend(o)
+        return split_outputs([(o.push_id if isinstance(o, Push) else o.out_id, isinstance(o, Push)) for o in outs])
+
+
+def split_outputs(pairs: list[tuple[str, bool]]) -> dict[str, set[str]]:
+    return {"pushes": {i for i, p in pairs if p}, "visits": {i for i, p in pairs if not p}}
+
+
+def received_outputs(col: Collector) -> dict[str, set[str]]:
+    pushes = {d["push_id"] for d in col.json_on("geopush/push/")}
+    visits = set()
+    for d in col.json_on("geopush/visits/"):
+        suffix = f":dwell:{d['dwell_s']}" if d["event"] == "dwell" else f":{d['event']}"
+        visits.add(d["visit_id"] + suffix)
+    return {"pushes": pushes, "visits": visits}
+
+
+def spawn_daemon(url: str, state: Path, world: World, *extra: str) -> Any:
+    import subprocess
+    import sys
+
+    cmd = [
+        sys.executable, "-m", "engine", "run", "--broker", url, "--state", str(state),
+        "--fences", str(world.fences), "--campaigns", str(world.campaigns),
+        "--status-interval", "0.3", "--log-level", "WARNING", *extra,
+    ]  # fmt: skip
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+async def wait_online(col: Collector, pid: int, timeout: float = 30.0) -> None:
+    def ok(c: Collector) -> bool:
+        return any(s.get("pid") == pid and s["state"] == "online" for s in c.json_on("geopush/status/"))
+
+    await col.wait_for(ok, timeout)

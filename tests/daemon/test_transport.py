@@ -78,12 +78,10 @@ async def test_outputs_are_committed_and_marked_sent(broker, tmp_path):
     from engine.daemon.sqlite_store import SQLiteStore
 
     state = tmp_path / "s.db"
-    async with Collector(broker.url, ["geopush/push/#"]) as col:
-        async with running_service(broker.url, state):
-            await publish_all(
-                broker.url, [("geopush/events/dave", gps("dave", float(i))) for i in range(1, 51)]
-            )
-            await col.wait_for(lambda c: len(c.messages) == 50)
+    msgs = [("geopush/events/dave", gps("dave", float(i))) for i in range(1, 51)]
+    async with Collector(broker.url, ["geopush/push/#"]) as col, running_service(broker.url, state):
+        await publish_all(broker.url, msgs)
+        await col.wait_for(lambda c: len(c.messages) == 50)
     store = SQLiteStore(state)
     try:
         rows = store.outbox()
