@@ -13,8 +13,9 @@ Quiet hours are local store time too.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -138,12 +139,23 @@ class AudienceModel(_Model):
     exclude_tags: list[str] = Field(default_factory=list)
 
 
+def _hhmm_before(v: Any) -> Any:
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        raise ValueError(
+            "write times of day as quoted strings like '07:00' "
+            "(YAML reads an unquoted 07:00 as the number 420)"
+        )
+    return v
+
+
+_HHMM = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
+
+
 def _parse_hhmm(v: str) -> int:
-    try:
-        t = time.fromisoformat(v)
-    except ValueError as exc:
-        raise ValueError(f"{v!r} is not a time of day like '09:30'") from exc
-    return t.hour * 60 + t.minute
+    m = _HHMM.match(v) if isinstance(v, str) else None
+    if m is None:
+        raise ValueError(f"{v!r} is not a time of day like '09:30' (00:00 to 23:59; end may be 24:00)")
+    return int(m.group(1)) * 60 + int(m.group(2))
 
 
 def _parse_instant(v: Any) -> float:
@@ -171,6 +183,8 @@ class ScheduleModel(_Model):
     end: str = "24:00"
     valid_from: float | None = None
     valid_until: float | None = None
+
+    _hhmm_type = field_validator("start", "end", mode="before")(_hhmm_before)
 
     @field_validator("start", "end")
     @classmethod
@@ -236,6 +250,8 @@ class CampaignModel(_Model):
 class QuietHoursModel(_Model):
     start: str
     end: str
+
+    _hhmm_type = field_validator("start", "end", mode="before")(_hhmm_before)
 
     @field_validator("start", "end")
     @classmethod
