@@ -328,7 +328,9 @@ def render_map(
             label=f"pushes ({stats.pushes}, at the user's position)",
         ),
     ]
-    ax.legend(handles=legend, loc="upper right", fontsize=8, framealpha=0.9)
+    # Below the axes: a legend inside would hide part of the city.
+    ax.legend(handles=legend, loc="upper center", bbox_to_anchor=(0.5, -0.07), ncol=3, fontsize=8,
+              frameon=False)  # fmt: skip
     heading = f"{title}: {stats.stores} stores, {stats.visits} visits, {stats.pushes} pushes"
     ax.set_title(heading + (f"\n{subtitle}" if subtitle else ""), fontsize=11)
     fig.tight_layout()
@@ -336,7 +338,7 @@ def render_map(
     out_path = Path(out)
     try:
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out_path, dpi=dpi, format="png")
+        fig.savefig(out_path, dpi=dpi, format="png", bbox_inches="tight", pad_inches=0.15)
     except OSError as exc:
         raise MapError(f"cannot write the map to {out_path}: {exc}") from exc
     finally:
