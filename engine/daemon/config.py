@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -29,7 +29,8 @@ HELP: dict[str, str] = {
     "fences": "store catalog (GeoJSON FeatureCollection of stores); reloaded on SIGHUP",
     "campaigns": "campaigns file; reloaded on SIGHUP",
     "profiles": "user profiles file (tags, opt-outs) loaded at start (optional)",
-    "state": "SQLite state file (created if missing): users, visits, inventory, push log, outbox",
+    "state": "SQLite state file (created if missing): users, visits, inventory, push log, outbox; or redis://HOST:PORT/DB to share state with the other workers of a --group",
+    "group": "run as one worker of a group sharing the stream: subscribe via $share/<group>/... (needs --state redis://...; give each worker its own --client-id)",
     "prefix": "topic prefix (default geopush): <prefix>/events/<user>, <prefix>/push/<user>, ...",
     "client_id": "MQTT client id; fixed, so the broker keeps a persistent session while the engine is down",
     "metrics_port": "serve Prometheus metrics on this HTTP port (0 = off)",
@@ -59,7 +60,8 @@ class Settings(BaseSettings):
     fences: Path | None = None
     campaigns: Path | None = None
     profiles: Path | None = None
-    state: Path = Path("geopush-state.sqlite")
+    state: str = "geopush-state.sqlite"  # a path, or a redis:// URL (kept a str: Path eats "//")
+    group: str | None = None
     prefix: str = "geopush"
     client_id: str = "geopush-engine"
     metrics_port: int = Field(0, ge=0, le=65535)
@@ -83,6 +85,32 @@ class Settings(BaseSettings):
             raise ValueError("a topic prefix without wildcards or leading/trailing '/'")
         return v
 
+    @field_validator("state", mode="before")
+    @classmethod
+    def _state_str(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, Path) else v
+
+    @field_validator("group")
+    @classmethod
+    def _group_ok(cls, v: str | None) -> str | None:
+        if v is not None and (not v or any(c in v for c in "/+#")):
+            raise ValueError("a shared-subscription group name without '/', '+' or '#'")
+        return v
+
+    @model_validator(mode="after")
+    def _group_needs_redis(self) -> Settings:
+        if self.group is not None and self.redis_url is None:
+            raise ValueError(
+                "--group needs shared state: --state redis://HOST:PORT/DB (a SQLite file "
+                "belongs to one process)"
+            )
+        return self
+
+    @property
+    def redis_url(self) -> str | None:
+        """The Redis URL when ``state`` is one (shared state for a worker group), else None."""
+        return self.state if self.state.startswith(("redis://", "rediss://", "unix://")) else None
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, v: Any) -> Any:
@@ -90,7 +118,12 @@ class Settings(BaseSettings):
 
     @property
     def pid_path(self) -> Path:
-        return self.pid_file or self.state.with_name(self.state.name + ".pid")
+        if self.pid_file is not None:
+            return self.pid_file
+        if self.redis_url is not None:
+            return Path(f"geopush-{self.client_id}.pid")
+        state = Path(self.state)
+        return state.with_name(state.name + ".pid")
 
 
 def load_settings(flags: dict[str, Any] | None = None, config_file: Path | None = None) -> Settings:

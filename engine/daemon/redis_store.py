@@ -44,7 +44,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -53,8 +53,12 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from engine.daemon.sqlite_store import SQLiteStore
 from engine.errors import ConfigError, StateError
 from engine.state import Output, UserState, decode_user, encode_user
+
+if TYPE_CHECKING:
+    from engine.daemon.config import Settings
 
 E = TypeVar("E")
 
@@ -604,6 +608,25 @@ def commit_batch(
     raise StateError(f"batch still conflicting after {attempts} attempts")
 
 
+def open_store(settings: Settings, render: Any) -> SQLiteStore:
+    """The daemon's store from ``--state``: a SQLite file, or Redis (``redis://``) for a worker
+    group, where this worker's outbox and meta are keyed by its MQTT client id.
+
+    ``RedisStore`` offers everything the daemon calls on ``SQLiteStore`` (commit with extra,
+    inputs and meta; rollback; seen_inputs; unsent; mark_sent; get_meta; users_with_visits;
+    checkpoint; close): the cast tells mypy so without a shared base class."""
+    url = settings.redis_url
+    if url is None:
+        return SQLiteStore(
+            settings.state,
+            render=render,
+            synchronous=settings.sqlite_sync,
+            input_window=settings.input_window,
+        )
+    store = RedisStore.from_url(url, worker=settings.client_id, render=render)
+    return cast(SQLiteStore, store)
+
+
 def _version(raw: bytes | None) -> int:
     return 0 if raw is None else int(raw[: raw.index(b"|")])
 
@@ -637,5 +660,6 @@ __all__ = [
     "connect",
     "rearm",
     "default_render",
+    "open_store",
     "wait_for",
 ]

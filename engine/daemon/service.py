@@ -34,6 +34,7 @@ from engine.daemon.metrics import Metrics
 from engine.daemon.mqtt import Inbound, MqttLink, Will, parse_broker_url
 from engine.daemon.outbox import Outbox
 from engine.daemon.pipeline import Decoder, Renderer, Topics, deadletter_row, digest
+from engine.daemon.redis_store import commit_batch, open_store
 from engine.daemon.sqlite_store import OutRow, SQLiteStore
 from engine.errors import DecodeError, GeopushError, TransportError
 from engine.state import Output
@@ -124,12 +125,7 @@ class Service:
     async def run(self) -> int:
         self._main = asyncio.current_task()  # type: ignore[assignment,unused-ignore]
         s = self.settings
-        self.store = store = SQLiteStore(
-            s.state,
-            render=Renderer(self.topics),
-            synchronous=s.sqlite_sync,
-            input_window=s.input_window,
-        )
+        self.store = store = open_store(s, Renderer(self.topics))  # SQLite, or Redis (--group)
         try:
             self.core = self.core_factory(store)
             self._write_pid()
@@ -309,9 +305,11 @@ class Service:
             store.rollback()
             outputs = self._process_one_by_one(per_msg, dead)
         t1 = time.perf_counter()
-        wm = core_watermark(core)
-        meta = {WATERMARK_KEY: repr(wm)} if wm is not None else None
-        rows = store.commit(outputs, extra=dead, inputs=inputs, meta=meta)
+        # commit_batch: a shared (Redis) store may report a conflict; the batch is then re-run.
+        outputs, rows = commit_batch(
+            core, store, events, outputs, extra=dead, inputs=inputs,
+            meta=lambda: {WATERMARK_KEY: repr(w)} if (w := core_watermark(core)) is not None else None,
+        )  # fmt: skip
         t2 = time.perf_counter()
         for x in batch:
             link.ack(x)
@@ -445,10 +443,12 @@ class Service:
     # --- helpers -------------------------------------------------------------------------------
 
     def _subscriptions(self) -> list[str]:
-        subs = [self.topics.events_sub, self.topics.control]
+        subs = [self.topics.events_sub]
         if self.settings.owntracks:
             subs.append(self.topics.owntracks_sub)
-        return subs
+        if self.settings.group:  # a worker group: the broker hands each message to one worker
+            subs = [f"$share/{self.settings.group}/{t}" for t in subs]
+        return [*subs, self.topics.control]
 
     async def _sleep(self, delay: float) -> None:
         with contextlib.suppress(asyncio.TimeoutError):
