@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -26,6 +27,9 @@ needs_mosquitto = pytest.mark.skipif(
 # The daemon acks only after commit, so the broker's in-flight window bounds its intake; the
 # deploy config sets it too (deploy/mosquitto.conf).
 BROKER_EXTRA = "max_inflight_messages 200\n"
+# Started as root, mosquitto drops to the `mosquitto` user, which cannot write its persistence
+# file or read password/ACL files in our private temp dirs: stay root in tests.
+AS_ROOT = "user root\n" if os.geteuid() == 0 else ""
 
 
 @pytest.fixture
@@ -46,6 +50,7 @@ def mosquitto_factory() -> Iterator[Callable[..., MosquittoBroker]]:
     started: list[MosquittoBroker] = []
 
     def make(**kw: Any) -> MosquittoBroker:
+        kw["extra_config"] = AS_ROOT + kw.get("extra_config", "")
         b = MosquittoBroker(**kw)
         b.start()
         started.append(b)

@@ -1,0 +1,66 @@
+"""deploy/acl on a real mosquitto: a device publishes only under its own user."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from engine.daemon.mqtt import MqttLink, parse_broker_url
+
+from .conftest import Collector, gps, needs_mosquitto, running_service
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+USERS = {"geopush-engine": "engine-pw", "alice": "alice-pw", "bob": "bob-pw"}
+
+
+def _passwd(folder: Path) -> Path:
+    tool = shutil.which("mosquitto_passwd")
+    if tool is None:
+        pytest.skip("mosquitto_passwd not installed")
+    path = folder / "passwd"
+    path.touch()
+    for user, pw in USERS.items():
+        subprocess.run([tool, "-b", str(path), user, pw], check=True, capture_output=True)
+    return path
+
+
+@needs_mosquitto
+async def test_deploy_acl_lets_a_device_publish_only_as_itself(mosquitto_factory, tmp_path):
+    passwd = _passwd(tmp_path)
+    broker = mosquitto_factory(
+        extra_config=(
+            "allow_anonymous false\n"
+            f"password_file {passwd}\n"
+            f"acl_file {DEPLOY / 'acl'}\n"
+            "max_inflight_messages 200\n"
+        )
+    )
+    url = broker.url
+    engine_url = url.replace("mqtt://", "mqtt://geopush-engine:engine-pw@")
+    async with running_service(engine_url, tmp_path / "s.db") as svc:
+        alice_url = url.replace("mqtt://", "mqtt://alice:alice-pw@")
+        async with Collector(alice_url, ["geopush/push/#"], client_id="alice-phone") as alice_inbox:
+            alice = MqttLink(parse_broker_url(alice_url), client_id="alice-pub")
+            await alice.connect()
+            await alice.publish("geopush/events/alice", gps("alice", 10.0))  # her own topic
+            await alice.publish("geopush/events/bob", gps("bob", 11.0))  # denied by the ACL
+            await alice.publish("geopush/events/alice", gps("bob", 12.0))  # wrong_user
+            await alice.publish("geopush/events/alice", gps("alice", 13.0))
+            await alice.disconnect()
+            await alice_inbox.wait_for(lambda c: len(c.messages) == 2)
+            await asyncio.sleep(0.3)
+        # mosquitto acknowledges a denied QoS 1 publish and drops it: the engine never sees it
+        assert svc.totals["messages"] == 3
+        assert svc.totals["reject:wrong_user"] == 1
+        assert sorted(m[0] for m in alice_inbox.messages) == ["geopush/push/alice"] * 2
+        # alice may read only her own pushes: a push to bob never reaches her subscription
+        assert svc.totals["pushes"] == 2
+
+    # and an anonymous client is refused outright
+    anon = MqttLink(parse_broker_url(url))
+    with pytest.raises(Exception, match="(?i)not authori[sz]ed|refused|connect"):
+        await anon.connect(timeout=5)
