@@ -352,6 +352,8 @@ class _Run:
         self.speed = choose_speed(self.info, opts.duration)
         self.stop = asyncio.Event()
         self._interrupts = 0
+        self._messages = 0
+        self._last_intake = time.monotonic()
 
     def _on_sigint(self) -> None:
         self._interrupts += 1
@@ -419,6 +421,9 @@ class _Run:
 
     def _sample(self, svc: Any) -> None:
         s = self.stats
+        messages = int(svc.totals.get("messages", 0))
+        if messages != self._messages:
+            self._messages, self._last_intake = messages, time.monotonic()
         s.on_published(int(svc.totals.get("events", 0)))
         s.sim_clock = _fmt_clock(svc.event_clock)
         hist = svc.metrics.event_to_push
@@ -466,8 +471,9 @@ class _Run:
         if publisher.done.is_set():
             if publisher.error is not None:
                 raise DemoError(f"the publisher failed: {publisher.error}")
-            engine_idle = not svc.link.inbox if svc.link is not None else True
-            if engine_idle and now - watcher.last_message > 1.5:
+            # Played and drained: the engine took no message and published nothing for a while
+            # (the broker may still hold messages after the publisher's last PUBACK).
+            if now - self._last_intake > 1.5 and now - watcher.last_message > 1.0:
                 return "the whole trace was played"
         return ""
 
