@@ -20,7 +20,8 @@ import math
 import os
 import shutil
 import signal
-import threading
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -230,7 +231,7 @@ def make_city(opts: DemoOptions, city_dir: Path) -> City:
     from simulator import city as city_mod
 
     city_dir.mkdir(parents=True, exist_ok=True)
-    city_mod.generate_city(  # type: ignore[attr-defined]
+    city_mod.generate_city(
         stores=opts.stores, users=opts.users, hours=opts.hours, seed=opts.seed, out=city_dir
     )
     return city_files(city_dir)
@@ -296,28 +297,44 @@ def warm_up_engine(settings: Any) -> None:
 
 
 class Publisher:
-    """Runs ``simulator.publish.publish_trace`` in a daemon thread (it is blocking) and exposes
-    whether it finished and how it ended."""
+    """``geopush simulate publish TRACE --broker URL --speed X`` as a child process: it gets a core
+    of its own (no GIL shared with the engine), and stopping it is a signal. Its output goes to
+    ``log``."""
 
-    def __init__(self, trace: Path, url: str, speed: float) -> None:
-        self.trace, self.url, self.speed = trace, url, speed
-        self.done = threading.Event()
-        self.error: BaseException | None = None
-        self.result: Any = None
-        self._thread = threading.Thread(target=self._run, name="demo-publisher", daemon=True)
+    def __init__(self, trace: Path, url: str, speed: float, log: Path) -> None:
+        self.trace, self.url, self.speed, self.log = trace, url, speed, log
+        self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self._thread.start()
+        cmd = [sys.executable, "-m", "engine", "simulate", "publish", str(self.trace),
+               "--broker", self.url, "--speed", f"{self.speed:.3f}"]  # fmt: skip
+        with open(self.log, "wb") as fh:
+            self._proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT
+            )
 
-    def _run(self) -> None:
+    @property
+    def done(self) -> bool:
+        return self._proc is not None and self._proc.poll() is not None
+
+    @property
+    def error(self) -> str:
+        """Why it failed ('' while running or after a clean exit)."""
+        if self._proc is None or self._proc.returncode in (None, 0):
+            return ""
+        tail = self.log.read_text(errors="replace").strip().splitlines()[-3:]
+        return f"exit code {self._proc.returncode}: " + " / ".join(tail)
+
+    def stop(self) -> None:
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGINT)  # lets it close its connection cleanly
         try:
-            from simulator.publish import publish_trace
-
-            self.result = publish_trace(self.trace, self.url, speed=self.speed, progress=False)
-        except BaseException as exc:  # noqa: BLE001  (reported by the orchestration)
-            self.error = exc
-        finally:
-            self.done.set()
+            proc.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 # --- orchestration ------------------------------------------------------------------------------
@@ -396,10 +413,15 @@ class _Run:
         try:
             await self._wait_ready(svc, svc_task)
             await watcher.start()
-            publisher = Publisher(self.city.trace, self.url, self.speed)
+            publisher = Publisher(
+                self.city.trace, self.url, self.speed, self.opts.out / "publisher.log"
+            )
             self.stats.started = time.monotonic()
             publisher.start()
-            await self._watch(svc, watcher, publisher)
+            try:
+                await self._watch(svc, watcher, publisher)
+            finally:
+                publisher.stop()
         finally:
             svc.request_stop()
             with contextlib.suppress(Exception):
@@ -468,8 +490,8 @@ class _Run:
             return "stopped by Ctrl-C"
         if now >= deadline:
             return f"time is up ({self.opts.duration:g}s)"
-        if publisher.done.is_set():
-            if publisher.error is not None:
+        if publisher.done:
+            if publisher.error:
                 raise DemoError(f"the publisher failed: {publisher.error}")
             # Played and drained: the engine took no message and published nothing for a while
             # (the broker may still hold messages after the publisher's last PUBACK).
