@@ -83,18 +83,19 @@ def _one(
     if who is None:
         topic = msg.get("topic") if isinstance(msg, dict) else None
         parts = topic.split("/") if isinstance(topic, str) else []
-        if len(parts) < 3:
-            raise TraceImportError(
-                f"{p}:{line}: message has no topic naming its user; pass user= (--user)"
-            )
-        who, device = parts[-2], parts[-1]
+        if len(parts) >= 3:
+            who, device = parts[-2], parts[-1]
     try:
-        evs = decode_owntracks(json.dumps(msg).encode(), user=who, device=device)
+        evs = decode_owntracks(json.dumps(msg).encode(), user=who or "?", device=device)
     except DecodeError as exc:
         if exc.reason in SKIPPED_REASONS:
             stats[exc.reason] += 1
             return []
         raise TraceImportError(f"{p}:{line}: {exc.reason}: {exc.detail}") from exc
+    if who is None and evs:
+        raise TraceImportError(
+            f"{p}:{line}: message has no topic naming its user; pass user= (--user)"
+        )
     if not evs:
         stats["no_position"] += 1
     stats["messages"] += 1
