@@ -15,7 +15,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fences.catalog import (
-    Catalog,
     catalog_to_geojson,
     dump_catalog,
     load_catalog,
