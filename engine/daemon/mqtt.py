@@ -175,6 +175,7 @@ class MqttLink:
         if client is not None:
             with contextlib.suppress(aiomqtt.MqttError, asyncio.TimeoutError, OSError):
                 await asyncio.wait_for(client.__aexit__(None, None, None), 5.0)
+            _retrieve(client)
 
     def drop(self) -> None:
         """Forget the connection without a DISCONNECT packet (so the broker publishes the will)."""
@@ -185,6 +186,7 @@ class MqttLink:
             if sock is not None:
                 with contextlib.suppress(OSError):
                     sock.close()
+            _retrieve(client)
 
     @property
     def connected(self) -> bool:
@@ -282,6 +284,13 @@ class MqttLink:
         if self._client is None:
             raise TransportError("not connected to the broker")
         return self._client
+
+
+def _retrieve(client: aiomqtt.Client) -> None:
+    """Mark aiomqtt's connection futures' exceptions as seen (no "never retrieved" noise)."""
+    for fut in (client._connected, client._disconnected):  # noqa: SLF001
+        if fut.done() and not fut.cancelled():
+            fut.exception()
 
 
 __all__ = ["BrokerAddress", "Inbound", "MqttLink", "Will", "parse_broker_url"]

@@ -49,6 +49,7 @@ class Outbox:
         self._idle = asyncio.Event()
         self._idle.set()
         self._push_marker = "/push/"
+        self._running = False
 
     @property
     def pending(self) -> int:
@@ -88,10 +89,16 @@ class Outbox:
         self.flush_marks()
         return self.pending == 0
 
+    def stop(self) -> None:
+        """Make ``run`` return (cancelling a task blocked in wait_for can be lost on 3.11)."""
+        self._running = False
+        self._wake.set()
+
     async def run(self) -> None:
-        """Publish until cancelled (one task per connection)."""
+        """Publish until ``stop`` (one task per connection)."""
         last_mark = time.monotonic()
-        while True:
+        self._running = True
+        while self._running:
             self._wake.clear()
             while self._pending and self._in_flight < self.max_in_flight and self.link.connected:
                 row, t0 = self._pending.popleft()
@@ -104,8 +111,9 @@ class Outbox:
             if self._acked and (now - last_mark >= self.mark_every or len(self._acked) >= 5000):
                 self.flush_marks()
                 last_mark = now
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.mark_every)
+            if not self._wake.is_set() and self._running:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.mark_every)
 
     def flush_marks(self) -> None:
         acked, self._acked = self._acked, []

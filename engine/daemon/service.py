@@ -27,7 +27,7 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from engine.daemon.config import Settings
 from engine.daemon.metrics import Metrics
@@ -37,7 +37,7 @@ from engine.daemon.pipeline import Decoder, Renderer, Topics, deadletter_row, di
 from engine.daemon.redis_store import commit_batch, open_store
 from engine.daemon.sqlite_store import OutRow, SQLiteStore
 from engine.errors import DecodeError, GeopushError, TransportError
-from engine.state import Output
+from engine.state import Output, StateStore
 
 log = logging.getLogger("geopush.daemon")
 
@@ -190,11 +190,14 @@ class Service:
                     self.state = "draining"
                     self._publish_status()
                     await outbox.wait_idle(self.settings.drain_timeout)
-                for t in tasks:
+                outbox.stop()
+                tasks[1].cancel()  # status: a plain sleep loop
+                done, pending = await asyncio.wait(tasks, timeout=2.0)
+                for t in pending:
                     t.cancel()
-                for t in tasks:
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await t
+                for t in done:
+                    if not t.cancelled() and t.exception() is not None:
+                        log.error("%s task failed: %r", t.get_name(), t.exception())
             if not self._stopping:
                 self.ready.clear()
                 self.metrics.connected.set(0)
@@ -515,7 +518,9 @@ def real_core_factory(settings: Settings) -> CoreFactory:
     profiles = load_profiles(settings.profiles) if settings.profiles is not None else None
 
     def factory(store: SQLiteStore) -> CoreLike:
-        core = Core(loaded["index"], loaded["campaigns"], store, profiles=profiles)
+        # SQLiteStore.commit returns the outbox rows it wrote: a compatible extension of the
+        # StateStore protocol (whose commit returns None).
+        core = Core(loaded["index"], loaded["campaigns"], cast("StateStore", store), profiles=profiles)
         restore_core(core, store)
         return core
 
