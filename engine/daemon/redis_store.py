@@ -463,6 +463,12 @@ class RedisStore:
                 out[st.user] = st
         return out
 
+    def snapshot(self, users: Sequence[str]) -> dict[str, UserState]:
+        """These users' committed records (one MGET; absent users are empty records). Read-only:
+        outside any batch (tests, tools)."""
+        vals: list[bytes | None] = self.r.mget([self.user_key(u) for u in users])  # type: ignore[assignment]
+        return {u: _decode(u, v) for u, v in zip(users, vals, strict=True)}
+
     def inventory(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for key in self._scan(f"{self.prefix}:inv:{{*}}"):
