@@ -1,10 +1,248 @@
-"""Command registration (stub: the owner of this module replaces it)."""
+"""`geopush simulate ...`, `geopush import ...` and `geopush score`.
+
+Heavy imports (numpy, numba, the importers, the publisher) happen inside the handlers so that
+``geopush --help`` stays fast.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from typing import Any
+
+from engine.errors import GeopushError
+
+_CITY_EPILOG = """\
+Files written into OUT: stores.geojson (catalog), campaigns.json, profiles.jsonl, trace.jsonl
+(events sorted by ts, the wire JSON), truth.jsonl (which store each person was really in, when,
+and which signals their phone produced there) and city.json (parameters, counts, spoofers).
+Same arguments and seed give byte-identical files. Next:
+  geopush replay OUT/trace.jsonl --fences OUT/stores.geojson --campaigns OUT/campaigns.json \\
+      --profiles OUT/profiles.jsonl --out RUN
+  geopush score --truth OUT/truth.jsonl --visits RUN/visits.jsonl
+"""
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    """Add this module's subcommand(s) to ``sub``."""
+    """Add `simulate`, `import` and `score`."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    sim = sub.add_parser(
+        "simulate",
+        help="generate a city with people and their phones' signals; publish a trace over MQTT",
+        description="Simulation: `simulate city` generates, `simulate publish` replays over MQTT.",
+    )
+    sim_sub = sim.add_subparsers(title="what", metavar="WHAT")
+    sim.set_defaults(func=lambda _a: _help(sim))
+
+    city = sim_sub.add_parser(
+        "city",
+        help="a seeded city: stores, campaigns, profiles, a trace and its ground truth",
+        description="Generate a city of stores (circles, polygons, malls of small overlapping "
+        "fences; WiFi APs, beacons, NFC tags) and people with daily routines whose phones emit "
+        "GPS fixes, WiFi scans, beacon sightings, NFC taps and payments.",
+        epilog=_CITY_EPILOG,
+        formatter_class=fmt,
+    )
+    city.add_argument("--stores", type=_pos_int, default=2000, help="number of stores (default 2000)")
+    city.add_argument("--users", type=_pos_int, default=1000, help="number of people (default 1000)")
+    city.add_argument("--hours", type=_pos_float, default=12.0,
+                      help="simulated hours from 06:00 on day 0 (default 12)")
+    city.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    city.add_argument("--start", type=float, default=None,
+                      help="epoch seconds of the simulation start (default 2026-03-02 06:00 UTC)")
+    city.add_argument("--out", required=True, help="output directory (created if missing)")
+    city.add_argument("--quiet", action="store_true", help="no progress bar")
+    city.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    city.set_defaults(func=_cmd_city)
+
+    pub = sim_sub.add_parser(
+        "publish",
+        help="publish a trace over MQTT in real time, accelerated or flat out",
+        description="Publish TRACE (one event per line) to the broker, each event on its user's "
+        "topic, with a progress bar and the rate achieved.",
+    )
+    pub.add_argument("trace", help="trace .jsonl (e.g. from `geopush simulate city`)")
+    pub.add_argument("--broker", default="mqtt://127.0.0.1:1883",
+                     help="broker URL (default mqtt://127.0.0.1:1883)")
+    speed = pub.add_mutually_exclusive_group()
+    speed.add_argument("--rate", type=_pos_float, default=None,
+                       help="events per second, ignoring the trace's timing")
+    speed.add_argument("--speed", type=_pos_float, default=None,
+                       help="time acceleration: 1 = real time, 60 = a minute per second; "
+                       "without --rate or --speed: as fast as possible")
+    pub.add_argument("--quiet", action="store_true", help="no progress bar")
+    pub.set_defaults(func=_cmd_publish)
+
+    imp = sub.add_parser(
+        "import",
+        help="convert real traces (GeoLife, OwnTracks, CSV, the mall survey, beacon rooms)",
+        description="Importers: real location data to geopush's trace format (and, for the "
+        "mall survey and the beacon rooms, a store catalog and the ground truth).",
+    )
+    imp_sub = imp.add_subparsers(title="format", metavar="FORMAT")
+    imp.set_defaults(func=lambda _a: _help(imp))
+    g = imp_sub.add_parser("geolife", help="GeoLife .plt files or a Data/ tree -> trace")
+    g.add_argument("path", help=".plt file or a directory holding them")
+    g.add_argument("--out", required=True, help="trace .jsonl to write")
+    g.add_argument("--acc", type=_pos_float, default=None,
+                   help="accuracy (m) to give every fix (GeoLife has none)")
+    g.add_argument("--user", default=None, help="user id (default: from the folder name)")
+    g.set_defaults(func=_cmd_geolife)
+    o = imp_sub.add_parser("owntracks", help="OwnTracks JSON messages -> trace")
+    o.add_argument("path", help="file of OwnTracks messages (JSON lines, array or one object)")
+    o.add_argument("--out", required=True, help="trace .jsonl to write")
+    o.add_argument("--user", default=None, help="user id (default: the message's tid)")
+    o.add_argument("--device", default="phone", help="device name (default phone)")
+    o.set_defaults(func=_cmd_owntracks)
+    c = imp_sub.add_parser("csv", help="CSV user,ts,lat,lon[,acc] -> trace")
+    c.add_argument("path", help="CSV file with a header row")
+    c.add_argument("--out", required=True, help="trace .jsonl to write")
+    c.add_argument("--acc", type=_pos_float, default=None,
+                   help="accuracy (m) for rows without one")
+    c.set_defaults(func=_cmd_csv)
+    m = imp_sub.add_parser(
+        "mall",
+        help="the mall WiFi/iBeacon survey -> catalog, trace, truth",
+        description="Derive a store catalog (polygons, APs and beacons registered by survey), a "
+        "trace (each survey walk is a user) and the ground truth from the mall survey folder "
+        "(../shared/data/near_field/mall).",
+    )
+    m.add_argument("path", help="the mall folder (with the .tsv.gz and site1_floormaps/)")
+    m.add_argument("--out", required=True, help="output directory")
+    m.add_argument("--floor", default="F1", help="floor (default F1, the one surveyed)")
+    m.set_defaults(func=_cmd_mall)
+    b = imp_sub.add_parser("beacon-rooms", help="iBeacon scanner logs -> catalog, trace, truth")
+    b.add_argument("path", help="a log file or the beacon_rooms folder")
+    b.add_argument("--out", required=True, help="output directory")
+    b.set_defaults(func=_cmd_beacon_rooms)
+
+    sc = sub.add_parser(
+        "score",
+        help="precision, recall and timing of detected visits against ground truth",
+        description="Match detected visits (visits.jsonl from `geopush replay`) to truth stays "
+        "(same user and store, overlapping in time) and report precision, recall and enter/exit "
+        "delays per signal type (truth: strongest signal the phone produced, near-field > wifi "
+        "> gps; detected: the visit's strongest signal).",
+    )
+    sc.add_argument("--truth", required=True, help="truth.jsonl")
+    sc.add_argument("--visits", required=True, help="visits.jsonl")
+    sc.add_argument("--min-stay", type=float, default=0.0,
+                    help="truth stays shorter than this (s) are optional (default 0)")
+    sc.add_argument("--tolerance", type=float, default=60.0,
+                    help="seconds a visit may start after the stay ended, or end before it "
+                    "began, and still match (default 60)")
+    sc.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    sc.set_defaults(func=_cmd_score)
+
+
+def _help(p: argparse.ArgumentParser) -> int:
+    p.print_help(sys.stderr)
+    return 2
+
+
+def _pos_int(s: str) -> int:
+    v = int(s)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {s}")
+    return v
+
+
+def _pos_float(s: str) -> float:
+    v = float(s)
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {s}")
+    return v
+
+
+def _cmd_city(a: argparse.Namespace) -> int:
+    from simulator.city import T0_DEFAULT, generate_city
+
+    try:
+        rep = generate_city(stores=a.stores, users=a.users, hours=a.hours, seed=a.seed,
+                            out=a.out, t0=a.start or T0_DEFAULT,
+                            progress=not (a.quiet or a.json))
+    except (ValueError, OSError) as exc:
+        raise GeopushError(f"simulate city: {exc}") from exc
+    if a.json:
+        from dataclasses import asdict
+
+        print(json.dumps(asdict(rep)))
+        return 0
+    by = ", ".join(f"{k} {v:,}" for k, v in rep.events_by_type.items())
+    print(f"city: {rep.stores:,} stores, {rep.users:,} people, {rep.hours:g} h -> {rep.out}")
+    print(f"events: {rep.events:,} ({by}); truth stays: {rep.truth_stays:,}; "
+          f"spoofers: {len(rep.spoofers)}")
+    print(f"generated in {rep.seconds:.1f} s: {rep.events_per_s:,.0f} events/s overall, "
+          f"{rep.trace_events_per_s:,.0f} events/s for the trace itself")
+    return 0
+
+
+def _cmd_publish(a: argparse.Namespace) -> int:
+    from simulator.publish import publish_trace  # owned by the daemon helper
+
+    res = publish_trace(a.trace, a.broker, rate=a.rate, speed=a.speed, progress=not a.quiet)
+    if res is not None:
+        print(res)
+    return 0
+
+
+def _write(events: list[Any], out: str) -> int:
+    from simulator.importers.trace_io import write_trace
+
+    n = write_trace(events, out)
+    print(f"wrote {n:,} events to {out}")
+    return 0
+
+
+def _cmd_geolife(a: argparse.Namespace) -> int:
+    from simulator.importers.geolife import load_geolife
+
+    kw: dict[str, Any] = {"user": a.user}
+    if a.acc is not None:
+        kw["acc"] = a.acc
+    return _write(load_geolife(a.path, **kw), a.out)
+
+
+def _cmd_owntracks(a: argparse.Namespace) -> int:
+    from simulator.importers.owntracks import load_owntracks
+
+    return _write(load_owntracks(a.path, user=a.user, device=a.device), a.out)
+
+
+def _cmd_csv(a: argparse.Namespace) -> int:
+    from simulator.importers.csv_trace import load_csv
+
+    kw: dict[str, Any] = {}
+    if a.acc is not None:
+        kw["default_acc"] = a.acc
+    return _write(load_csv(a.path, **kw), a.out)
+
+
+def _cmd_mall(a: argparse.Namespace) -> int:
+    from simulator.mall import write_mall
+
+    counts = write_mall(a.path, a.out, floor=a.floor)
+    print(json.dumps(counts))
+    return 0
+
+
+def _cmd_beacon_rooms(a: argparse.Namespace) -> int:
+    from simulator.importers.beacon_rooms import write_beacon_rooms
+
+    counts = write_beacon_rooms(a.path, a.out)
+    print(json.dumps(counts))
+    return 0
+
+
+def _cmd_score(a: argparse.Namespace) -> int:
+    from simulator.score import render_table, score_files
+
+    rep = score_files(a.truth, a.visits, min_stay=a.min_stay, tolerance=a.tolerance)
+    if a.json:
+        print(json.dumps(rep.to_dict()))
+        return 0
+    from rich.console import Console
+
+    Console().print(render_table(rep))
+    return 0
