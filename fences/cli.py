@@ -139,7 +139,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     if len(problems) > args.max_problems:
         print(f"... and {len(problems) - args.max_problems} more (use --max-problems)")
     bad = len({p.index for p in problems if p.index is not None})
-    status = "OK" if not problems else f"{len(problems)} problem(s) in {bad} feature(s)"
+    status = "OK" if not problems else f"{len(problems)} problem(s)" + (f" in {bad} feature(s)" if bad else "")
     print(f"{args.file}: {n_features} features, {summary(stores)}; {status}")
     return 1 if problems else 0
 
@@ -193,10 +193,10 @@ def read_fixes(fh: IO[str], name: str) -> tuple[list[float], list[float], list[f
                 continue
             errors.append(err)
         if len(errors) >= MAX_ROW_ERRORS:
-            errors.append("... stopped after the first errors")
             break
     if errors:
-        raise FixesCsvError(f"{name}: {len(errors)} bad row(s); fix them and rerun:\n  " + "\n  ".join(errors))
+        count = f"{len(errors)} bad row(s)" if len(errors) < MAX_ROW_ERRORS else f"the first {len(errors)} bad rows"
+        raise FixesCsvError(f"{name}: {count}; fix them and rerun:\n  " + "\n  ".join(errors))
     return lons, lats, accs
 
 
