@@ -423,3 +423,15 @@ def test_owntracks_topic_of_own_user_is_fine() -> None:
         ot(lat=1, lon=1, tst=1514455575, topic="owntracks/u/d"), user="u", device="d"
     )
     assert g.user == "u"
+
+
+def test_bssid_cache_is_consistent_and_never_caches_bad_ones() -> None:
+    msg = dumps(dict(WIFI, aps=[{"bssid": "AA-BB-CC-DD-EE-01", "rssi": -50}]))
+    for _ in range(3):  # first call fills the cache, later ones hit it
+        [ev] = decode(msg)
+        assert ev.aps[0].bssid == "aa:bb:cc:dd:ee:01"  # type: ignore[union-attr]
+    bad = dumps(dict(WIFI, aps=[{"bssid": "aa:bb:cc:dd:ee:01", "rssi": -50}, {"bssid": "xx", "rssi": -50}]))
+    for _ in range(2):
+        with pytest.raises(DecodeError) as info:
+            decode(bad)
+        assert info.value.detail.startswith("aps[1].bssid")
