@@ -4,9 +4,10 @@ Data layout (built by fences.index, read here; all float64 / int64, C-contiguous
 
 * ``gp``      grid parameters ``[x0, y0, cell_w, cell_h, nx, ny, x1, y1]`` (degrees);
 * ``cstart``  CSR offsets, ``ncells + 1``: cell ``c`` owns occurrences ``cstart[c]:cstart[c+1]``;
-* ``occ``     ``(m, 5)`` one row per (cell, entry): the entry's box x0, y0, x1, y1 and its record
-  number (as a float, exact below 2**53). The box is copied into every cell the entry overlaps so
-  the hot loop reads one contiguous row per candidate;
+* ``occ``     ``(m, 9)`` one row per (cell, entry): the entry's box x0, y0, x1, y1; for a circle
+  its centre lon, lat, cos(lat) and radius (radius -1 marks a polygon); the record number (as a
+  float, exact below 2**53). Box and circle are copied into every cell the entry overlaps, so the
+  hot loop reads one contiguous row per candidate and touches the records only on a match;
 * ``recf``    ``(n, 4)`` per record: circle centre lon, lat, cos(lat), radius in metres;
 * ``reci``    ``(n, 5)`` per record: kind (0 dead, 1 circle, 2 polygon), first ring, end ring,
   slot, and 1 when the record has several entries (so a fix may meet it twice);
@@ -47,16 +48,22 @@ def _wrap(x: float) -> float:
     return x - 360.0 * math.floor((x + 180.0) / 360.0)
 
 
-@nb.njit(cache=True)
-def _circle_sd(lon: float, lat: float, coslat: float, rec: int, recf: F64) -> float:
-    s1 = math.sin((recf[rec, 1] - lat) * _DEG * 0.5)
-    s2 = math.sin((recf[rec, 0] - lon) * _DEG * 0.5)
-    h = s1 * s1 + coslat * recf[rec, 2] * s2 * s2
+@nb.njit(cache=True, inline="always")
+def _hav_sd(
+    lon: float, lat: float, coslat: float, clon: float, clat: float, ccos: float, rad: float
+) -> float:
+    """Haversine distance from the fix to a circle's centre, minus its radius (scalars only)."""
+    s1 = math.sin((clat - lat) * _DEG * 0.5)
+    s2 = math.sin((clon - lon) * _DEG * 0.5)
+    h = s1 * s1 + coslat * ccos * s2 * s2
     if h > 1.0:
         h = 1.0
-    return float(2.0 * R_EARTH * math.asin(math.sqrt(h)) - recf[rec, 3])
+    return float(2.0 * R_EARTH * math.asin(math.sqrt(h)) - rad)
 
 
+# The polygon test exists twice: here for single records, and written out inside _core. numba
+# adds atomic reference counting around every array handed to a helper, which cost ~100 ns a
+# candidate in the hot loop; the property tests hold both copies against the same oracle.
 @nb.njit(cache=True)
 def _polygon_sd(
     lon: float, lat: float, coslat: float, rec: int, reci: I64, ringv: I64, verts: F64
@@ -109,8 +116,8 @@ def record_sd(
     """Signed distance in metres from (lon, lat) to record ``rec``'s boundary (negative inside)."""
     coslat = math.cos(lat * _DEG)
     if reci[rec, 0] == CIRCLE:
-        return _circle_sd(lon, lat, coslat, rec, recf)
-    return _polygon_sd(lon, lat, coslat, rec, reci, ringv, verts)
+        return _hav_sd(lon, lat, coslat, recf[rec, 0], recf[rec, 1], recf[rec, 2], recf[rec, 3])
+    return float(_polygon_sd(lon, lat, coslat, rec, reci, ringv, verts))
 
 
 @nb.njit(cache=True, inline="always")
@@ -124,52 +131,16 @@ def _cell(v: float, lo: float, size: float, n: int) -> int:
 
 
 @nb.njit(cache=True)
-def _query_boxes(lon: float, lat: float, r: float, qb: F64) -> int:
-    """Write the one or two lon/lat boxes around the fix into ``qb`` (2, 4); return how many.
-
-    Same padding as fences.geo.pad_deg (kept in step by the property tests)."""
-    dlat = r / M_PER_DEG * BOX_SLACK + 1e-9
-    worst = abs(lat) + dlat
-    dlon = 360.0
-    if worst < POLE_LAT:
-        dlon = dlat / math.cos(worst * _DEG)
-        if not dlon < 180.0:
-            dlon = 360.0
-    y0 = max(lat - dlat, -90.0)
-    y1 = min(lat + dlat, 90.0)
-    x0 = lon - dlon
-    x1 = lon + dlon
-    qb[0, 1] = y0
-    qb[0, 3] = y1
-    qb[1, 1] = y0
-    qb[1, 3] = y1
-    if x1 - x0 >= 360.0:
-        qb[0, 0] = -180.0
-        qb[0, 2] = 180.0
-        return 1
-    if x0 < -180.0:
-        qb[0, 0] = x0 + 360.0
-        qb[0, 2] = 180.0
-        qb[1, 0] = -180.0
-        qb[1, 2] = x1
-        return 2
-    if x1 > 180.0:
-        qb[0, 0] = x0
-        qb[0, 2] = 180.0
-        qb[1, 0] = -180.0
-        qb[1, 2] = x1 - 360.0
-        return 2
-    qb[0, 0] = x0
-    qb[0, 2] = x1
-    return 1
-
-
-@nb.njit(cache=True)
-def _scan(
-    lon: float,
-    lat: float,
-    r: float,
-    fix: int,
+def _core(
+    lon1: float,
+    lat1: float,
+    r1: float,
+    lons: F64,
+    lats: F64,
+    rs: F64,
+    order: I64,
+    start: int,
+    single: bool,
     gp: F64,
     cstart: I64,
     occ: F64,
@@ -177,15 +148,15 @@ def _scan(
     reci: I64,
     ringv: I64,
     verts: F64,
-    qb: F64,
     out_fix: I64,
     out_slot: I64,
     out_d: F64,
-    n_out: int,
-) -> int:
-    """Append the matches of one fix at ``n_out``; return the new count, or -1 if out is full.
+) -> tuple[int, int]:
+    """Match fixes ``order[start:]`` (or the one fix lon1, lat1, r1 when ``single``).
 
-    The fix's own matches are left sorted by distance."""
+    Returns (next position, rows written); stops before a fix whose matches do not fit in the
+    out arrays, so the caller can grow them and resume. Each fix's rows are sorted by distance.
+    The query boxes use the same padding as fences.geo.pad_deg."""
     gx0 = gp[0]
     gy0 = gp[1]
     cw = gp[2]
@@ -194,70 +165,147 @@ def _scan(
     ny = int(gp[5])
     gx1 = gp[6]
     gy1 = gp[7]
-    first = n_out
     cap = out_slot.shape[0]
-    coslat = math.cos(lat * _DEG)
-    nq = _query_boxes(lon, lat, r, qb)
-    for b in range(nq):
-        qx0 = qb[b, 0]
-        qy0 = qb[b, 1]
-        qx1 = qb[b, 2]
-        qy1 = qb[b, 3]
-        if qx1 < gx0 or qx0 > gx1 or qy1 < gy0 or qy0 > gy1:
+    stop = start + 1 if single else order.shape[0]
+    n_out = 0
+    for p in range(start, stop):
+        if single:
+            fix = 0
+            lon = lon1
+            lat = lat1
+            r = r1
+        else:
+            fix = order[p]
+            lon = lons[fix]
+            lat = lats[fix]
+            r = rs[fix]
+        first = n_out
+        coslat = math.cos(lat * _DEG)
+        kx = M_PER_DEG * coslat
+        # the fix's query box(es): two when it reaches across +-180
+        dlat = r / M_PER_DEG * BOX_SLACK + 1e-9
+        worst = abs(lat) + dlat
+        dlon = 360.0
+        if worst < POLE_LAT:
+            dlon = dlat / math.cos(worst * _DEG)
+            if not dlon < 180.0:
+                dlon = 360.0
+        qy0 = max(lat - dlat, -90.0)
+        qy1 = min(lat + dlat, 90.0)
+        ax0 = lon - dlon
+        ax1 = lon + dlon
+        bx0 = 0.0
+        bx1 = 0.0
+        nq = 1
+        if ax1 - ax0 >= 360.0:
+            ax0 = -180.0
+            ax1 = 180.0
+        elif ax0 < -180.0:
+            bx0 = -180.0
+            bx1 = ax1
+            ax0 = ax0 + 360.0
+            ax1 = 180.0
+            nq = 2
+        elif ax1 > 180.0:
+            bx0 = -180.0
+            bx1 = ax1 - 360.0
+            ax1 = 180.0
+            nq = 2
+        if qy1 < gy0 or qy0 > gy1:
             continue
-        ix0 = _cell(max(qx0, gx0), gx0, cw, nx)
-        ix1 = _cell(min(qx1, gx1), gx0, cw, nx)
         iy0 = _cell(max(qy0, gy0), gy0, ch, ny)
         iy1 = _cell(min(qy1, gy1), gy0, ch, ny)
-        one_cell = ix0 == ix1 and iy0 == iy1
-        for iy in range(iy0, iy1 + 1):
-            for ix in range(ix0, ix1 + 1):
-                c = iy * nx + ix
-                for j in range(cstart[c], cstart[c + 1]):
-                    ex0 = occ[j, 0]
-                    ey0 = occ[j, 1]
-                    if ex0 > qx1 or ey0 > qy1 or occ[j, 2] < qx0 or occ[j, 3] < qy0:
-                        continue
-                    if not one_cell:
-                        if _cell(max(qx0, ex0), gx0, cw, nx) != ix:
+        for b in range(nq):
+            qx0 = ax0 if b == 0 else bx0
+            qx1 = ax1 if b == 0 else bx1
+            if qx1 < gx0 or qx0 > gx1:
+                continue
+            ix0 = _cell(max(qx0, gx0), gx0, cw, nx)
+            ix1 = _cell(min(qx1, gx1), gx0, cw, nx)
+            one_cell = ix0 == ix1 and iy0 == iy1
+            for iy in range(iy0, iy1 + 1):
+                for ix in range(ix0, ix1 + 1):
+                    c = iy * nx + ix
+                    for j in range(cstart[c], cstart[c + 1]):
+                        ex0 = occ[j, 0]
+                        ey0 = occ[j, 1]
+                        if ex0 > qx1 or ey0 > qy1 or occ[j, 2] < qx0 or occ[j, 3] < qy0:
                             continue
-                        if _cell(max(qy0, ey0), gy0, ch, ny) != iy:
+                        # test each (query box, entry) pair once: in the cell holding the
+                        # lower-left corner of their intersection
+                        if not one_cell and (
+                            _cell(max(qx0, ex0), gx0, cw, nx) != ix
+                            or _cell(max(qy0, ey0), gy0, ch, ny) != iy
+                        ):
                             continue
-                    rec = int(occ[j, 4])
-                    kind = reci[rec, 0]
-                    if kind == CIRCLE:
-                        d = _circle_sd(lon, lat, coslat, rec, recf)
-                    elif kind == POLYGON:
-                        d = _polygon_sd(lon, lat, coslat, rec, reci, ringv, verts)
-                    else:
-                        continue
-                    if d > r:
-                        continue
-                    slot = reci[rec, 3]
-                    if nq > 1 or reci[rec, 4] != 0:
-                        dup = False
-                        for k in range(first, n_out):
-                            if out_slot[k] == slot:
-                                dup = True
-                                break
-                        if dup:
+                        rad = occ[j, 7]
+                        rec = int(occ[j, 8])
+                        if rad >= 0.0:  # a circle: its parameters sit in the row itself
+                            d = _hav_sd(lon, lat, coslat, occ[j, 4], occ[j, 5], occ[j, 6], rad)
+                        else:
+                            # written-out copy of _polygon_sd (see the note there)
+                            inside = False
+                            best = np.inf
+                            for ring in range(reci[rec, 1], reci[rec, 2]):
+                                v0 = ringv[ring]
+                                v1 = ringv[ring + 1]
+                                raw = verts[v0, 0] - lon
+                                off = _wrap(raw) - raw
+                                px = (verts[v0, 0] - lon + off) * kx
+                                py = (verts[v0, 1] - lat) * M_PER_DEG
+                                for v in range(v0 + 1, v1):
+                                    qx = (verts[v, 0] - lon + off) * kx
+                                    qy = (verts[v, 1] - lat) * M_PER_DEG
+                                    if (py > 0.0) != (qy > 0.0) and px + (0.0 - py) * (qx - px) / (
+                                        qy - py
+                                    ) > 0.0:
+                                        inside = not inside
+                                    dx = qx - px
+                                    dy = qy - py
+                                    ll = dx * dx + dy * dy
+                                    t = 0.0
+                                    if ll > 0.0:
+                                        t = -(px * dx + py * dy) / ll
+                                        if t < 0.0:
+                                            t = 0.0
+                                        elif t > 1.0:
+                                            t = 1.0
+                                    ex = px + t * dx
+                                    ey = py + t * dy
+                                    d2 = ex * ex + ey * ey
+                                    if d2 < best:
+                                        best = d2
+                                    px = qx
+                                    py = qy
+                            d = math.sqrt(best)
+                            if inside or d <= EPS_BOUNDARY:
+                                d = -d
+                        if d > r or reci[rec, 0] == DEAD:
                             continue
-                    if n_out >= cap:
-                        return -1
-                    # insertion keeps this fix's matches sorted by distance
-                    k = n_out
-                    while k > first and out_d[k - 1] > d:
-                        out_slot[k] = out_slot[k - 1]
-                        out_d[k] = out_d[k - 1]
-                        k -= 1
-                    out_slot[k] = slot
-                    out_d[k] = d
-                    out_fix[n_out] = fix
-                    n_out += 1
-    return n_out
+                        slot = reci[rec, 3]
+                        if nq > 1 or reci[rec, 4] != 0:
+                            dup = False
+                            for k in range(first, n_out):
+                                if out_slot[k] == slot:
+                                    dup = True
+                                    break
+                            if dup:
+                                continue
+                        if n_out >= cap:
+                            return p, first
+                        # insertion keeps this fix's matches sorted by distance
+                        k = n_out
+                        while k > first and out_d[k - 1] > d:
+                            out_slot[k] = out_slot[k - 1]
+                            out_d[k] = out_d[k - 1]
+                            k -= 1
+                        out_slot[k] = slot
+                        out_d[k] = d
+                        out_fix[n_out] = fix
+                        n_out += 1
+    return stop, n_out
 
 
-@nb.njit(cache=True)
 def query_one(
     lon: float,
     lat: float,
@@ -269,18 +317,38 @@ def query_one(
     reci: I64,
     ringv: I64,
     verts: F64,
-    qb: F64,
+    empty_f: F64,
+    empty_i: I64,
     out_fix: I64,
     out_slot: I64,
     out_d: F64,
 ) -> int:
-    """Matches of one fix in the grid part; count, or -1 when the out arrays are too small."""
-    return _scan(
-        lon, lat, r, 0, gp, cstart, occ, recf, reci, ringv, verts, qb, out_fix, out_slot, out_d, 0
+    """Matches of one fix in the grid part: count, or -1 when the out arrays are too small.
+    ``empty_f`` / ``empty_i`` are any float64 / int64 arrays (unused; kept to avoid allocating)."""
+    nxt, n = _core(
+        lon,
+        lat,
+        r,
+        empty_f,
+        empty_f,
+        empty_f,
+        empty_i,
+        0,
+        True,
+        gp,
+        cstart,
+        occ,
+        recf,
+        reci,
+        ringv,
+        verts,
+        out_fix,
+        out_slot,
+        out_d,
     )
+    return int(n) if nxt == 1 else -1
 
 
-@nb.njit(cache=True)
 def query_batch(
     lons: F64,
     lats: F64,
@@ -302,32 +370,28 @@ def query_batch(
 
     Stops early (next < len(order)) when the out arrays fill up: the caller grows them and
     resumes from ``next``."""
-    qb = np.empty((2, 4), dtype=np.float64)
-    n_out = 0
-    for p in range(start, order.shape[0]):
-        i = order[p]
-        m = _scan(
-            lons[i],
-            lats[i],
-            rs[i],
-            i,
-            gp,
-            cstart,
-            occ,
-            recf,
-            reci,
-            ringv,
-            verts,
-            qb,
-            out_fix,
-            out_slot,
-            out_d,
-            n_out,
-        )
-        if m < 0:
-            return p, n_out
-        n_out = m
-    return order.shape[0], n_out
+    nxt, n = _core(
+        0.0,
+        0.0,
+        0.0,
+        lons,
+        lats,
+        rs,
+        order,
+        start,
+        False,
+        gp,
+        cstart,
+        occ,
+        recf,
+        reci,
+        ringv,
+        verts,
+        out_fix,
+        out_slot,
+        out_d,
+    )
+    return int(nxt), int(n)
 
 
 @nb.njit(cache=True)
@@ -370,18 +434,17 @@ def warm_up() -> float:
     t0 = time.perf_counter()
     gp = np.array([-1.0, -1.0, 1.0, 1.0, 2.0, 2.0, 1.0, 1.0])
     cstart = np.zeros(5, dtype=np.int64)
-    occ = np.zeros((0, 5))
+    occ = np.zeros((0, 9))
     recf = np.zeros((1, 4))
     reci = np.zeros((1, 5), dtype=np.int64)
     ringv = np.zeros(1, dtype=np.int64)
     verts = np.zeros((0, 2))
-    qb = np.empty((2, 4))
     of = np.empty(4, dtype=np.int64)
     os_ = np.empty(4, dtype=np.int64)
     od = np.empty(4)
-    query_one(0.0, 0.0, 0.0, gp, cstart, occ, recf, reci, ringv, verts, qb, of, os_, od)
     a = np.zeros(1)
     o = np.zeros(1, dtype=np.int64)
+    query_one(0.0, 0.0, 0.0, gp, cstart, occ, recf, reci, ringv, verts, a, o, of, os_, od)
     query_batch(a, a, a, o, 0, gp, cstart, occ, recf, reci, ringv, verts, of, os_, od)
     eval_pairs(o[:0], o[:0], a, a, recf, reci, ringv, verts, od[:0])
     fix_cells(a, a, gp)
@@ -389,4 +452,12 @@ def warm_up() -> float:
     return time.perf_counter() - t0
 
 
-__all__: list[Any] = ["query_one", "query_batch", "eval_pairs", "record_sd", "fix_cells", "warm_up"]
+__all__: list[Any] = [
+    "_core",
+    "query_one",
+    "query_batch",
+    "eval_pairs",
+    "record_sd",
+    "fix_cells",
+    "warm_up",
+]
