@@ -67,7 +67,9 @@ def needs_split(rings: Sequence[Ring]) -> bool:
 def _unwrap(ring: Ring, what: str) -> Ring:
     lon = ring[:, 0]
     step = np.diff(lon)
-    shift = np.concatenate(([0.0], -360.0 * np.cumsum(np.round(step / 360.0) * (np.abs(step) > 180.0))))
+    shift = np.concatenate(
+        ([0.0], -360.0 * np.cumsum(np.round(step / 360.0) * (np.abs(step) > 180.0)))
+    )
     out = ring.copy()
     out[:, 0] = lon + shift
     if abs(out[-1, 0] - out[0, 0]) > 1e-9:

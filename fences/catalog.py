@@ -274,7 +274,9 @@ def _report_position(j: int, pos: object, what: str, fb: _Feature) -> None:
         return
     assert isinstance(pos, list)
     if not all(math.isfinite(c) for c in pos):
-        fb.bad(f"{what}: position {j} is {_fmt(pos)}: coordinates must be finite numbers, not NaN or infinity")
+        fb.bad(
+            f"{what}: position {j} is {_fmt(pos)}: coordinates must be finite numbers, not NaN or infinity"
+        )
         return
     fb.bad(
         f"{what}: position {j} {_fmt(pos)} is out of range: longitude must be in [-180, 180] and "
@@ -317,7 +319,9 @@ def _ring(coords: object, what: str, fb: _Feature) -> np.ndarray[Any, Any] | Non
 
 def _polygon_rings(coords: object, what: str, fb: _Feature) -> list[np.ndarray[Any, Any]] | None:
     if not isinstance(coords, list) or not coords:
-        fb.bad(f"{what} must be a non-empty array of rings (outer ring first, then holes), got {_fmt(coords)}")
+        fb.bad(
+            f"{what} must be a non-empty array of rings (outer ring first, then holes), got {_fmt(coords)}"
+        )
         return None
     rings = []
     ok = True
@@ -335,7 +339,9 @@ def _polygon_parts(geom: Mapping[str, Any], fb: _Feature) -> list[shapely.Polygo
     if kind == "Polygon":
         polys = [("polygon", coords)]
     elif not isinstance(coords, list) or not coords:
-        fb.bad(f"MultiPolygon coordinates must be a non-empty array of polygons, got {_fmt(coords)}")
+        fb.bad(
+            f"MultiPolygon coordinates must be a non-empty array of polygons, got {_fmt(coords)}"
+        )
         return None
     else:
         polys = [(f"polygon {p}", c) for p, c in enumerate(coords)]
@@ -405,7 +411,7 @@ def _geometry(geom: object, props: Mapping[str, Any], fb: _Feature) -> tuple[Any
         if "radius_m" not in props or props["radius_m"] is None:
             fb.bad(
                 f"a Point needs radius_m (metres, {MIN_RADIUS_M:g} to {MAX_RADIUS_M:g}) to be a "
-                "circular fence; add e.g. \"radius_m\": 25"
+                'circular fence; add e.g. "radius_m": 25'
             )
             return None
         if radius is not None and not MIN_RADIUS_M <= radius <= MAX_RADIUS_M:
@@ -429,7 +435,9 @@ def _geometry(geom: object, props: Mapping[str, Any], fb: _Feature) -> tuple[Any
         polygon = parts[0] if kind == "Polygon" and len(parts) == 1 else shapely.MultiPolygon(parts)
         return None, None, polygon
     if isinstance(kind, str) and kind.lower() in ("point", "polygon", "multipolygon"):
-        fb.bad(f"geometry type {kind!r} has the wrong case; GeoJSON types are case-sensitive: write {kind[0].upper() + kind[1:].replace('polygon', 'Polygon')!r}")
+        fb.bad(
+            f"geometry type {kind!r} has the wrong case; GeoJSON types are case-sensitive: write {kind[0].upper() + kind[1:].replace('polygon', 'Polygon')!r}"
+        )
     else:
         fb.bad(
             f"geometry type {_fmt(kind)} is not a fence; use a Point with radius_m, a Polygon or "
@@ -448,10 +456,12 @@ def _parse_feature(feature: object) -> tuple[Store | None, str | None, list[str]
     if not isinstance(feature, dict):
         return None, None, [f"a feature must be an object, got {_fmt(feature)}"], ((), (), ())
     if feature.get("type") != "Feature":
-        fb.bad(f"\"type\" must be \"Feature\", got {_fmt(feature.get('type'))}")
+        fb.bad(f'"type" must be "Feature", got {_fmt(feature.get("type"))}')
     for member in ("coordinates", "geometries", "features"):
         if member in feature:
-            fb.bad(f"a Feature must not contain a {member!r} member (RFC 7946 §7.1); move it into geometry or remove it")
+            fb.bad(
+                f"a Feature must not contain a {member!r} member (RFC 7946 §7.1); move it into geometry or remove it"
+            )
     props = feature.get("properties")
     if not isinstance(props, dict):
         fb.bad(
@@ -470,7 +480,9 @@ def _parse_feature(feature: object) -> tuple[Store | None, str | None, list[str]
     if tz is None:
         tz = DEFAULT_TZ
     elif not isinstance(tz, str) or not _tz_ok(tz):
-        fb.bad(f"tz {_fmt(tz)} is not an IANA time zone; use a name like 'Europe/Helsinki' or 'UTC'")
+        fb.bad(
+            f"tz {_fmt(tz)} is not an IANA time zone; use a name like 'Europe/Helsinki' or 'UTC'"
+        )
         tz = DEFAULT_TZ
     max_acc = _number(props, "max_accuracy_m", fb)
     if max_acc is not None and max_acc <= 0:
@@ -501,18 +513,40 @@ def _parse_feature(feature: object) -> tuple[Store | None, str | None, list[str]
 
 def _collection_problems(obj: object) -> tuple[list[Any], list[Problem]]:
     if not isinstance(obj, dict):
-        return [], [Problem(None, None, f"a catalog must be a GeoJSON FeatureCollection object, got {geojson.type_name(obj)}")]
+        return [], [
+            Problem(
+                None,
+                None,
+                f"a catalog must be a GeoJSON FeatureCollection object, got {geojson.type_name(obj)}",
+            )
+        ]
     problems: list[Problem] = []
     if obj.get("type") != "FeatureCollection":
         problems.append(
-            Problem(None, None, f"\"type\" must be \"FeatureCollection\" (one Feature per store), got {_fmt(obj.get('type'))}")
+            Problem(
+                None,
+                None,
+                f'"type" must be "FeatureCollection" (one Feature per store), got {_fmt(obj.get("type"))}',
+            )
         )
     for member in ("coordinates", "geometries", "geometry", "properties"):
         if member in obj:
-            problems.append(Problem(None, None, f"a FeatureCollection must not contain a {member!r} member (RFC 7946 §7.1); remove it"))
+            problems.append(
+                Problem(
+                    None,
+                    None,
+                    f"a FeatureCollection must not contain a {member!r} member (RFC 7946 §7.1); remove it",
+                )
+            )
     features = obj.get("features")
     if not isinstance(features, list):
-        problems.append(Problem(None, None, f"\"features\" must be an array of store Features, got {geojson.type_name(features)}"))
+        problems.append(
+            Problem(
+                None,
+                None,
+                f'"features" must be an array of store Features, got {geojson.type_name(features)}',
+            )
+        )
         return [], problems
     return features, problems
 
@@ -535,7 +569,11 @@ def parse_stores(obj: object) -> tuple[list[Store], list[Problem]]:
         if sid is not None:
             if sid in first_index:
                 problems.append(
-                    Problem(i, sid, f"store_id {sid!r} is already used by feature {first_index[sid]}; store_ids must be unique: rename one of them")
+                    Problem(
+                        i,
+                        sid,
+                        f"store_id {sid!r} is already used by feature {first_index[sid]}; store_ids must be unique: rename one of them",
+                    )
                 )
                 continue
             first_index[sid] = i
@@ -548,7 +586,9 @@ def parse_stores(obj: object) -> tuple[list[Store], list[Problem]]:
     return [s for _, s in parsed], problems
 
 
-def _drop_invalid_polygons(parsed: list[tuple[int, Store]], problems: list[Problem]) -> list[tuple[int, Store]]:
+def _drop_invalid_polygons(
+    parsed: list[tuple[int, Store]], problems: list[Problem]
+) -> list[tuple[int, Store]]:
     """One vectorised GEOS validity pass over all polygons, then reasons for the bad ones."""
     poly_at = [k for k, (_, s) in enumerate(parsed) if s.polygon is not None]
     if not poly_at:
@@ -559,7 +599,9 @@ def _drop_invalid_polygons(parsed: list[tuple[int, Store]], problems: list[Probl
     for k, ok in zip(poly_at, valid, strict=True):
         if not ok:
             i, store = parsed[k]
-            problems.append(Problem(i, store.store_id, _explain_invalid(shapely.is_valid_reason(store.polygon))))
+            problems.append(
+                Problem(i, store.store_id, _explain_invalid(shapely.is_valid_reason(store.polygon)))
+            )
             drop.add(k)
     return [p for k, p in enumerate(parsed) if k not in drop]
 
@@ -582,8 +624,12 @@ def _claim(
             clash = True
             who = f"feature {owner[0]}" + ("" if owner[1] is None else f" (store_id {owner[1]!r})")
             problems.append(
-                Problem(i, sid, f"{kind} {key} is also claimed by {who}; a {kind} must identify "
-                        "one store: remove it from one of them")
+                Problem(
+                    i,
+                    sid,
+                    f"{kind} {key} is also claimed by {who}; a {kind} must identify "
+                    "one store: remove it from one of them",
+                )
             )
     return clash
 
@@ -606,7 +652,9 @@ def store_from_feature(feature: Mapping[str, Any], index: int | None = None) -> 
     store, sid, reasons, _ = _parse_feature(feature)
     problems = [Problem(index, sid, r) for r in reasons]
     if store is not None and store.polygon is not None and not shapely.is_valid(store.polygon):
-        problems.append(Problem(index, sid, _explain_invalid(shapely.is_valid_reason(store.polygon))))
+        problems.append(
+            Problem(index, sid, _explain_invalid(shapely.is_valid_reason(store.polygon)))
+        )
     if problems or store is None:
         raise CatalogError(problems)
     return store
@@ -625,7 +673,13 @@ def read_json(path: str | os.PathLike[str], strict: bool = False) -> Any:
         with open(path, "rb") as fh:
             text = fh.read()
     except OSError as exc:
-        raise CatalogError([Problem(None, None, f"cannot read {os.fspath(path)!r}: {exc.strerror}; check the path")]) from exc
+        raise CatalogError(
+            [
+                Problem(
+                    None, None, f"cannot read {os.fspath(path)!r}: {exc.strerror}; check the path"
+                )
+            ]
+        ) from exc
     try:
         if strict:
             return geojson.loads(text)
@@ -636,9 +690,13 @@ def read_json(path: str | os.PathLike[str], strict: bool = False) -> Any:
         raise CatalogError([Problem(None, None, _syntax(exc.msg, text, exc.pos))]) from exc
     except msgspec.DecodeError as exc:
         m = re.search(r"\(byte (\d+)\)", str(exc))
-        raise CatalogError([Problem(None, None, _syntax(str(exc), text, int(m.group(1)) if m else None))]) from exc
+        raise CatalogError(
+            [Problem(None, None, _syntax(str(exc), text, int(m.group(1)) if m else None))]
+        ) from exc
     except UnicodeDecodeError as exc:
-        raise CatalogError([Problem(None, None, f"not UTF-8 text ({exc.reason}); save the file as UTF-8")]) from exc
+        raise CatalogError(
+            [Problem(None, None, f"not UTF-8 text ({exc.reason}); save the file as UTF-8")]
+        ) from exc
 
 
 def _syntax(msg: str, text: bytes, pos: int | None) -> str:
@@ -647,7 +705,9 @@ def _syntax(msg: str, text: bytes, pos: int | None) -> str:
         line = text.count(b"\n", 0, pos) + 1
         col = pos - (text.rfind(b"\n", 0, pos) + 1) + 1
         where = f" at line {line} column {col}"
-    hint = " (NaN and Infinity are not JSON numbers)" if b"NaN" in text or b"Infinity" in text else ""
+    hint = (
+        " (NaN and Infinity are not JSON numbers)" if b"NaN" in text or b"Infinity" in text else ""
+    )
     return f"not valid JSON{where}: {msg}{hint}; fix the syntax there"
 
 
@@ -681,10 +741,20 @@ def to_feature(store: Store) -> dict[str, Any]:
     elif isinstance(store.polygon, shapely.Polygon):
         geometry = {"type": "Polygon", "coordinates": _polygon_coords(store.polygon)}
     elif isinstance(store.polygon, shapely.MultiPolygon):
-        geometry = {"type": "MultiPolygon", "coordinates": [_polygon_coords(p) for p in store.polygon.geoms]}
+        geometry = {
+            "type": "MultiPolygon",
+            "coordinates": [_polygon_coords(p) for p in store.polygon.geoms],
+        }
     else:
-        raise CatalogError([Problem(None, store.store_id, "store has neither a circle nor a polygon; give it one")])
-    for key, value in (("wifi", store.wifi), ("beacons", store.beacons), ("nfc", store.nfc), ("tags", store.tags)):
+        raise CatalogError(
+            [Problem(None, store.store_id, "store has neither a circle nor a polygon; give it one")]
+        )
+    for key, value in (
+        ("wifi", store.wifi),
+        ("beacons", store.beacons),
+        ("nfc", store.nfc),
+        ("tags", store.tags),
+    ):
         if value:
             props[key] = list(value)
     if store.tz != DEFAULT_TZ:
@@ -706,7 +776,9 @@ def write_catalog(catalog: Catalog | Iterable[Store], fh: TextIO) -> int:
     doc = catalog_to_geojson(catalog)
     fh.write('{"type": "FeatureCollection", "features": [\n')
     for k, feature in enumerate(doc["features"]):
-        fh.write(("" if k == 0 else ",\n") + json.dumps(feature, ensure_ascii=False, allow_nan=False))
+        fh.write(
+            ("" if k == 0 else ",\n") + json.dumps(feature, ensure_ascii=False, allow_nan=False)
+        )
     fh.write("\n]}\n")
     return len(doc["features"])
 

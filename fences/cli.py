@@ -51,7 +51,10 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     )
     check.add_argument("file", metavar="FILE", help="catalog: a GeoJSON FeatureCollection")
     check.add_argument(
-        "--max-problems", type=int, default=1000, metavar="N",
+        "--max-problems",
+        type=int,
+        default=1000,
+        metavar="N",
         help="print at most N problems (all are counted; default 1000)",
     )
     check.set_defaults(func=cmd_check)
@@ -68,12 +71,16 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     )
     match.add_argument("file", metavar="FILE", help="catalog: a GeoJSON FeatureCollection")
     match.add_argument(
-        "fixes", metavar="FIXES.csv",
+        "fixes",
+        metavar="FIXES.csv",
         help="CSV with header lon,lat or lon,lat,acc (degrees, metres; an empty acc means 0)",
     )
     match.add_argument("-o", "--output", metavar="OUT.csv", help="write here instead of stdout")
     match.add_argument(
-        "--margin", type=float, default=0.0, metavar="M",
+        "--margin",
+        type=float,
+        default=0.0,
+        metavar="M",
         help="extra metres added to each fix's accuracy (default 0)",
     )
     match.set_defaults(func=cmd_match)
@@ -92,11 +99,15 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     osm.add_argument("file", metavar="FILE", help="FILE.geojson or FILE.osm.pbf")
     osm.add_argument("-o", "--output", metavar="OUT", help="catalog to write (default: stdout)")
     osm.add_argument(
-        "--radius", type=float, default=None, metavar="M",
+        "--radius",
+        type=float,
+        default=None,
+        metavar="M",
         help="radius in metres of the circle made for an OSM point (default 25)",
     )
     osm.add_argument(
-        "--all", action="store_true",
+        "--all",
+        action="store_true",
         help="import every point and polygon, not only shops/amenities (for non-OSM files)",
     )
     osm.set_defaults(func=cmd_import_osm)
@@ -139,7 +150,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     if len(problems) > args.max_problems:
         print(f"... and {len(problems) - args.max_problems} more (use --max-problems)")
     bad = len({p.index for p in problems if p.index is not None})
-    status = "OK" if not problems else f"{len(problems)} problem(s)" + (f" in {bad} feature(s)" if bad else "")
+    status = (
+        "OK"
+        if not problems
+        else f"{len(problems)} problem(s)" + (f" in {bad} feature(s)" if bad else "")
+    )
     print(f"{args.file}: {n_features} features, {summary(stores)}; {status}")
     return 1 if problems else 0
 
@@ -176,11 +191,15 @@ def read_fixes(fh: IO[str], name: str) -> tuple[list[float], list[float], list[f
         if not row or (len(row) == 1 and not row[0].strip()):
             continue  # blank line
         if len(row) != width:
-            errors.append(f"line {line}: expected {width} columns ({','.join(header)}), found {len(row)}")
+            errors.append(
+                f"line {line}: expected {width} columns ({','.join(header)}), found {len(row)}"
+            )
         else:
             lon, e1 = _float(row[0], line, "lon")
             lat, e2 = _float(row[1], line, "lat")
-            acc, e3 = (0.0, None) if width == 2 or not row[2].strip() else _float(row[2], line, "acc")
+            acc, e3 = (
+                (0.0, None) if width == 2 or not row[2].strip() else _float(row[2], line, "acc")
+            )
             err = e1 or e2 or e3
             if err is None and not (-180.0 <= lon <= 180.0 and -90.0 <= lat <= 90.0):
                 err = f"line {line}: ({lon}, {lat}) is out of range; lon must be in [-180, 180] and lat in [-90, 90] (columns are lon,lat)"
@@ -195,7 +214,11 @@ def read_fixes(fh: IO[str], name: str) -> tuple[list[float], list[float], list[f
         if len(errors) >= MAX_ROW_ERRORS:
             break
     if errors:
-        count = f"{len(errors)} bad row(s)" if len(errors) < MAX_ROW_ERRORS else f"the first {len(errors)} bad rows"
+        count = (
+            f"{len(errors)} bad row(s)"
+            if len(errors) < MAX_ROW_ERRORS
+            else f"the first {len(errors)} bad rows"
+        )
         raise FixesCsvError(f"{name}: {count}; fix them and rerun:\n  " + "\n  ".join(errors))
     return lons, lats, accs
 
@@ -208,7 +231,11 @@ def _chunks(n: int, show: bool) -> Iterator[tuple[int, int]]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     with Progress(
-        "matching", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True,
+        "matching",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        transient=True,
         console=_stderr_console(),
     ) as bar:
         task = bar.add_task("fixes", total=n)
@@ -275,7 +302,9 @@ def cmd_import_osm(args: argparse.Namespace) -> int:
 
     radius = DEFAULT_POINT_RADIUS_M if args.radius is None else args.radius
     if not MIN_RADIUS_M <= radius <= MAX_RADIUS_M:
-        raise FencesError(f"--radius must be {MIN_RADIUS_M:g} to {MAX_RADIUS_M:g} metres, got {radius:g}")
+        raise FencesError(
+            f"--radius must be {MIN_RADIUS_M:g} to {MAX_RADIUS_M:g} metres, got {radius:g}"
+        )
     result = import_osm(args.file, include_all=args.all, point_radius_m=radius)
     for p in result.skipped[:MAX_ROW_ERRORS]:
         print(f"skipped: {p}", file=sys.stderr)
@@ -283,7 +312,9 @@ def cmd_import_osm(args: argparse.Namespace) -> int:
         print(f"skipped: ... and {len(result.skipped) - MAX_ROW_ERRORS} more", file=sys.stderr)
     if not result.stores:
         hint = "" if args.all else "; use --all to import every point and polygon"
-        raise FencesError(f"{args.file}: no shops, malls or amenities found among {result.read} objects{hint}")
+        raise FencesError(
+            f"{args.file}: no shops, malls or amenities found among {result.read} objects{hint}"
+        )
     if args.output:
         dump_catalog(result.stores, args.output)
     else:

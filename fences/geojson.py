@@ -192,20 +192,24 @@ def geometry_problems(geom: object, where: str = "geometry") -> list[str]:
         return [f"{where}: {_type_problem(geom, GEOMETRY_TYPES)}"]
     for member in _FORBIDDEN["geometry"]:
         if member in geom:
-            out.append(f"{where}: a geometry object must not contain a {member!r} member (RFC 7946 §7.1); remove it")
+            out.append(
+                f"{where}: a geometry object must not contain a {member!r} member (RFC 7946 §7.1); remove it"
+            )
     bbox = _bbox_problem(geom)
     if bbox:
         out.append(f"{where}: {bbox}")
     if kind == "GeometryCollection":
         parts = geom.get("geometries")
         if not isinstance(parts, list):
-            out.append(f"{where}: a GeometryCollection needs a \"geometries\" array, has {type_name(parts)}")
+            out.append(
+                f'{where}: a GeometryCollection needs a "geometries" array, has {type_name(parts)}'
+            )
         else:
             for i, part in enumerate(parts):
                 out.extend(geometry_problems(part, f"{where}.geometries[{i}]"))
         return out
     if "coordinates" not in geom:
-        out.append(f"{where}: \"coordinates\" member required for a {kind}")
+        out.append(f'{where}: "coordinates" member required for a {kind}')
         return out
     out.extend(coordinates_problems(kind, geom["coordinates"], where))
     return out
@@ -213,10 +217,10 @@ def geometry_problems(geom: object, where: str = "geometry") -> list[str]:
 
 def _type_problem(obj: Mapping[str, Any], allowed: tuple[str, ...]) -> str:
     if "type" not in obj:
-        return "\"type\" member required"
+        return '"type" member required'
     kind = obj["type"]
     if not isinstance(kind, str):
-        return f"\"type\" member should be a string, but is {type_name(kind)} instead"
+        return f'"type" member should be a string, but is {type_name(kind)} instead'
     for a in allowed:
         if kind.lower() == a.lower():
             return f"type {kind!r} is not {a!r}: GeoJSON type names are case-sensitive; write {a!r}"
@@ -231,18 +235,22 @@ def feature_problems(feature: object, where: str = "feature") -> list[str]:
     out: list[str] = []
     for member in _FORBIDDEN["Feature"]:
         if member in feature:
-            out.append(f"{where}: a Feature must not contain a {member!r} member (RFC 7946 §7.1); remove it or move it into geometry")
+            out.append(
+                f"{where}: a Feature must not contain a {member!r} member (RFC 7946 §7.1); remove it or move it into geometry"
+            )
     if "id" in feature and not (isinstance(feature["id"], str) or is_number(feature["id"])):
-        out.append(f"{where}: \"id\" must be a string or a number, is {type_name(feature['id'])}")
+        out.append(f'{where}: "id" must be a string or a number, is {type_name(feature["id"])}')
     bbox = _bbox_problem(feature)
     if bbox:
         out.append(f"{where}: {bbox}")
     if "properties" not in feature:
-        out.append(f"{where}: \"properties\" member required (use {{}} or null when empty)")
+        out.append(f'{where}: "properties" member required (use {{}} or null when empty)')
     elif feature["properties"] is not None and not isinstance(feature["properties"], dict):
-        out.append(f"{where}: \"properties\" should be an object, is {type_name(feature['properties'])}")
+        out.append(
+            f'{where}: "properties" should be an object, is {type_name(feature["properties"])}'
+        )
     if "geometry" not in feature:
-        out.append(f"{where}: \"geometry\" member required (null when unlocated)")
+        out.append(f'{where}: "geometry" member required (null when unlocated)')
     elif feature["geometry"] is not None:
         out.extend(geometry_problems(feature["geometry"], f"{where}.geometry"))
     return out
@@ -257,15 +265,17 @@ def lint(obj: object) -> list[str]:
         out: list[str] = []
         for member in _FORBIDDEN["FeatureCollection"]:
             if member in obj:
-                out.append(f"a FeatureCollection must not contain a {member!r} member (RFC 7946 §7.1); remove it")
+                out.append(
+                    f"a FeatureCollection must not contain a {member!r} member (RFC 7946 §7.1); remove it"
+                )
         bbox = _bbox_problem(obj)
         if bbox:
             out.append(bbox)
         features = obj.get("features")
         if "features" not in obj:
-            out.append("\"features\" member required (an array, [] when empty)")
+            out.append('"features" member required (an array, [] when empty)')
         elif not isinstance(features, list):
-            out.append(f"\"features\" should be an array, is {type_name(features)} instead")
+            out.append(f'"features" should be an array, is {type_name(features)} instead')
         else:
             for i, f in enumerate(features):
                 out.extend(feature_problems(f, f"feature {i}"))

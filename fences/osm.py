@@ -34,13 +34,35 @@ from fences.store import Store
 DEFAULT_POINT_RADIUS_M = 25.0
 STORE_BUILDINGS = frozenset({"retail", "commercial", "kiosk", "supermarket"})
 # Amenities that are street furniture or infrastructure, not places that receive visitors.
-SKIPPED_AMENITIES = frozenset({
-    "bench", "waste_basket", "waste_disposal", "recycling", "bicycle_parking",
-    "motorcycle_parking", "parking", "parking_entrance", "parking_space", "post_box",
-    "telephone", "drinking_water", "toilets", "clock", "fountain", "grit_bin", "shelter",
-    "charging_station", "taxi", "bicycle_rental", "vending_machine", "atm", "loading_dock",
-    "bus_station", "ferry_terminal",
-})
+SKIPPED_AMENITIES = frozenset(
+    {
+        "bench",
+        "waste_basket",
+        "waste_disposal",
+        "recycling",
+        "bicycle_parking",
+        "motorcycle_parking",
+        "parking",
+        "parking_entrance",
+        "parking_space",
+        "post_box",
+        "telephone",
+        "drinking_water",
+        "toilets",
+        "clock",
+        "fountain",
+        "grit_bin",
+        "shelter",
+        "charging_station",
+        "taxi",
+        "bicycle_rental",
+        "vending_machine",
+        "atm",
+        "loading_dock",
+        "bus_station",
+        "ferry_terminal",
+    }
+)
 _TAG_KEYS = ("shop", "amenity", "building", "brand", "cuisine")
 
 
@@ -60,9 +82,18 @@ def is_store(tags: Mapping[str, Any]) -> bool:
     return tags.get("building") in STORE_BUILDINGS
 
 
-def _feature(store_id: str, tags: Mapping[str, Any], geometry: Mapping[str, Any], radius_m: float) -> dict[str, Any]:
+def _feature(
+    store_id: str, tags: Mapping[str, Any], geometry: Mapping[str, Any], radius_m: float
+) -> dict[str, Any]:
     name = str(tags.get("name", "")).strip()
-    merchant = next((str(tags[k]).strip() for k in ("brand", "operator", "name") if str(tags.get(k, "")).strip()), store_id)
+    merchant = next(
+        (
+            str(tags[k]).strip()
+            for k in ("brand", "operator", "name")
+            if str(tags.get(k, "")).strip()
+        ),
+        store_id,
+    )
     props: dict[str, Any] = {
         "store_id": store_id,
         "merchant_id": merchant,
@@ -91,14 +122,18 @@ def _geojson_id(i: int, feature: Mapping[str, Any]) -> str:
     return f"feature-{i}"
 
 
-def _from_geojson(path: str, include_all: bool, radius_m: float, out: OsmImport) -> list[dict[str, Any]]:
+def _from_geojson(
+    path: str, include_all: bool, radius_m: float, out: OsmImport
+) -> list[dict[str, Any]]:
     try:
         doc = read_json(path)
     except CatalogError as exc:
         raise ImportOsmError(f"{path}: {exc.problems[0].reason}") from exc
     features = doc.get("features") if isinstance(doc, dict) else None
     if not isinstance(features, list):
-        raise ImportOsmError(f"{path} is not a GeoJSON FeatureCollection; export OSM data as one (or give an .osm.pbf)")
+        raise ImportOsmError(
+            f"{path} is not a GeoJSON FeatureCollection; export OSM data as one (or give an .osm.pbf)"
+        )
     cands: list[dict[str, Any]] = []
     for i, f in enumerate(features):
         out.read += 1
@@ -114,7 +149,9 @@ def _from_geojson(path: str, include_all: bool, radius_m: float, out: OsmImport)
     return cands
 
 
-def _from_pbf(path: str, include_all: bool, radius_m: float, out: OsmImport) -> list[dict[str, Any]]:
+def _from_pbf(
+    path: str, include_all: bool, radius_m: float, out: OsmImport
+) -> list[dict[str, Any]]:
     import osmium
 
     cands: list[dict[str, Any]] = []
@@ -137,14 +174,22 @@ def _from_pbf(path: str, include_all: bool, radius_m: float, out: OsmImport) -> 
             try:
                 geom = json.loads(factory.create_multipolygon(a))
             except RuntimeError as exc:  # osmium could not assemble the outline
-                out.skipped.append(Problem(None, f"{kind}/{a.orig_id()}", f"OSM outline could not be built ({exc}); fix it in OSM"))
+                out.skipped.append(
+                    Problem(
+                        None,
+                        f"{kind}/{a.orig_id()}",
+                        f"OSM outline could not be built ({exc}); fix it in OSM",
+                    )
+                )
                 return
             cands.append(_feature(f"{kind}/{a.orig_id()}", tags, geom, radius_m))
 
     try:
         Handler().apply_file(path, locations=True)
     except (RuntimeError, ValueError, OSError) as exc:
-        raise ImportOsmError(f"cannot read OSM file {path!r}: {exc}; is it a valid .osm.pbf?") from exc
+        raise ImportOsmError(
+            f"cannot read OSM file {path!r}: {exc}; is it a valid .osm.pbf?"
+        ) from exc
     return cands
 
 
@@ -153,7 +198,9 @@ def _unique(cands: list[dict[str, Any]], out: OsmImport) -> Iterator[dict[str, A
     for f in cands:
         sid = f["properties"]["store_id"]
         if sid in seen:
-            out.skipped.append(Problem(None, sid, "the same OSM object appears twice in the input; kept the first"))
+            out.skipped.append(
+                Problem(None, sid, "the same OSM object appears twice in the input; kept the first")
+            )
             continue
         seen.add(sid)
         yield f
