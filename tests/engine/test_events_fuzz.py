@@ -167,3 +167,35 @@ def test_mutated_events(d: dict[str, Any]) -> None:
         for name in ("lon", "lat", "acc", "ts", "rssi", "amount"):
             v = getattr(ev, name, None)
             assert v is None or math.isfinite(v)
+
+
+# --- OwnTracks-shaped input ------------------------------------------------------------------------
+
+OT_BASE = [
+    {"_type": "location", "tst": 1514455575, "lat": 52.3, "lon": 5.04, "acc": 15, "tid": "s5"},
+    {"_type": "location", "tst": 1709037003, "lat": 51.0, "lon": 0.0, "BSSID": "00:13:10:85:fe:01"},
+    {"_type": "transition", "tst": 1603209966, "lat": 52.7, "lon": -1.6, "event": "leave"},
+    {"_type": "beacon", "tst": 1514455575, "uuid": "abc", "major": 1, "minor": 2, "rssi": -60},
+]
+OT_VALUES = (
+    SCALARS | st.floats(allow_nan=True, allow_infinity=True).map(str) | st.integers().map(str)
+)
+
+
+@FUZZ
+@given(
+    st.sampled_from(OT_BASE).flatmap(
+        lambda m: st.builds(
+            lambda k, v: {**m, k: v}, st.sampled_from([*m, "topic", "BSSID"]), OT_VALUES
+        )
+    )
+)
+def test_owntracks_mutations(msg: dict[str, Any]) -> None:
+    try:
+        evs = decode_owntracks(json.dumps(msg).encode(), user="u", device="d")
+    except DecodeError as exc:
+        assert exc.reason in OWNTRACKS_REASONS, exc.reason
+        return
+    for ev in evs:  # whatever is accepted is a valid wire event of the topic's user
+        assert ev.user == "u"
+        assert decode(encode_event(ev)) == [ev]
