@@ -307,7 +307,7 @@ class Publisher:
 
     def start(self) -> None:
         cmd = [sys.executable, "-m", "engine", "simulate", "publish", str(self.trace),
-               "--broker", self.url, "--speed", f"{self.speed:.3f}"]  # fmt: skip
+               "--broker", self.url, "--speed", f"{self.speed:.3f}", "--quiet"]  # fmt: skip
         with open(self.log, "wb") as fh:
             self._proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT
