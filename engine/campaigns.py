@@ -13,6 +13,7 @@ Quiet hours are local store time too.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -334,7 +335,7 @@ def parse_campaigns(doc: Any, source: str = "campaigns") -> CampaignSet:
     return CampaignSet(tuple(campaigns), top.max_pushes_per_user_per_day, quiet)
 
 
-def load_campaigns(path: str | Path) -> CampaignSet:
+def load_campaigns(path: str | os.PathLike[str]) -> CampaignSet:
     """Read a campaign file: ``.yaml``/``.yml`` as YAML, anything else as JSON."""
     p = Path(path)
     try:

@@ -8,6 +8,7 @@ that user from then on (see ``engine.core``).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +48,7 @@ class ProfileBook:
 _DECODER = msgspec.json.Decoder(_ProfileLine)
 
 
-def load_profiles(path: str | Path) -> ProfileBook:
+def load_profiles(path: str | os.PathLike[str]) -> ProfileBook:
     """Read a profiles .jsonl; raise ``ProfileError`` naming every bad line (up to 50)."""
     p = Path(path)
     try:
