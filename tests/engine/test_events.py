@@ -430,8 +430,17 @@ def test_bssid_cache_is_consistent_and_never_caches_bad_ones() -> None:
     for _ in range(3):  # first call fills the cache, later ones hit it
         [ev] = decode(msg)
         assert ev.aps[0].bssid == "aa:bb:cc:dd:ee:01"  # type: ignore[union-attr]
-    bad = dumps(dict(WIFI, aps=[{"bssid": "aa:bb:cc:dd:ee:01", "rssi": -50}, {"bssid": "xx", "rssi": -50}]))
+    bad = dumps(
+        dict(WIFI, aps=[{"bssid": "aa:bb:cc:dd:ee:01", "rssi": -50}, {"bssid": "xx", "rssi": -50}])
+    )
     for _ in range(2):
         with pytest.raises(DecodeError) as info:
             decode(bad)
         assert info.value.detail.startswith("aps[1].bssid")
+
+
+def test_bytes_like_payloads() -> None:
+    raw = dumps(GPS)
+    assert decode(bytearray(raw)) == decode(memoryview(raw)) == decode(raw)
+    assert reason_of(bytes(bytearray(MAX_PAYLOAD_BYTES + 1))) == "too_large"
+    assert reason_of(memoryview(bytes(MAX_PAYLOAD_BYTES + 1))) == "too_large"  # type: ignore[arg-type]
