@@ -131,6 +131,7 @@ def build_people(lay: Layout, n_users: int, hours: float, seed: int, t0: float) 
     recs: list[tuple[np.ndarray, ...]] = []
     t = np.full(m, day0)
     px, py = hx.copy(), hy.copy()
+    prev_store = np.full(m, -1, np.int64)
     users = np.arange(m)
 
     def pick(fav: np.ndarray) -> np.ndarray:
@@ -180,6 +181,9 @@ def build_people(lay: Layout, n_users: int, hours: float, seed: int, t0: float) 
         anchor(np.ones(m, bool), np.full(m, 24.0), hx, hy, home_ap)
 
         for active, st, target, ap, xy in slots:
+            # Never the same store twice in a row: two stays back to back in one store are one
+            # stay (and the truth would split what no engine could).
+            active = active & ~((st >= 0) & (st == prev_store))
             x, y = xy
             dist = path_length(px, py, x, y)
             speed = np.where(dist < 1500.0, walk_v, ride_v)
@@ -193,6 +197,7 @@ def build_people(lay: Layout, n_users: int, hours: float, seed: int, t0: float) 
             t = np.where(active, end, t)
             px = np.where(active, x, px)
             py = np.where(active, y, py)
+            prev_store = np.where(active, st, prev_store)
 
     cat = [np.concatenate(c) for c in zip(*recs, strict=True)]
     st_user, st_start, st_end, st_x, st_y, st_store, st_ap, st_buy = cat

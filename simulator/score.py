@@ -11,8 +11,10 @@ their intervals overlap once the truth stay is widened by ``tolerance`` seconds 
 Pairs are matched one to one, largest overlap first. An unmatched truth stay is a miss; an
 unmatched detected visit (including a second detection of one stay) is spurious.
 
-``min_stay``: truth stays shorter than this are optional: missing them costs no recall, and a
-visit matched to one costs no precision (it is simply not counted).
+``min_stay`` ("visits of 5 minutes or more"): truth stays shorter than this are optional
+(missing one costs no recall, and a visit matched to one is not counted), and detected visits
+shorter than this are not counted for precision (they still match, so a long stay found by a
+visit that was cut short counts as recalled). With the default 0 everything counts.
 
 Groups: truth stays by the strongest signal the phone produced during the stay,
 near-field (beacon or nfc) > wifi > gps (GPS only) > none; detected visits by the strongest
@@ -115,7 +117,7 @@ class ScoreReport:
     groups: dict[str, GroupScore]
     overall: GroupScore
     optional_truth: int = 0
-    ignored_detected: int = 0
+    ignored_detected: int = 0  # detected visits not counted (short, or matched to a short stay)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -281,7 +283,8 @@ def score(truth: Sequence[TruthStay], detected: Sequence[Detected], *, min_stay:
                 gs.exit_delays.append(d.end - t.end)
     for j, d in enumerate(detected):
         i = d2t.get(j)
-        if i is not None and truth[i].end - truth[i].start < min_stay:
+        d_len = (horizon if d.end is None else d.end) - d.start
+        if d_len < min_stay or (i is not None and truth[i].end - truth[i].start < min_stay):
             rep.ignored_detected += 1
             continue
         for gs in (groups[d.group], overall):
@@ -319,8 +322,8 @@ def render_table(rep: ScoreReport) -> Any:
             end_section=name == "none",
         )
     tab.caption = (f"recall by the truth stay's strongest signal, precision by the detected "
-                   f"visit's; {rep.optional_truth} stays shorter than the minimum are optional "
-                   f"({rep.ignored_detected} visits matched to them not counted)")
+                   f"visit's; shorter than the minimum: {rep.optional_truth} truth stays "
+                   f"(optional), {rep.ignored_detected} detected visits (not counted)")
     return tab
 
 
