@@ -50,10 +50,16 @@ def load_geolife(
     path: str | os.PathLike[str], *, acc: float = GEOLIFE_DEFAULT_ACC_M, user: str | None = None
 ) -> list[Event]:
     """Gps events from a .plt file or a GeoLife directory tree, in file order."""
-    out: list[Event] = []
+    return list(iter_geolife(path, acc=acc, user=user))
+
+
+def iter_geolife(
+    path: str | os.PathLike[str], *, acc: float = GEOLIFE_DEFAULT_ACC_M, user: str | None = None
+) -> Iterator[Event]:
+    """Like ``load_geolife`` but lazy, one file at a time: the whole dataset (24.9M points) is
+    several GB as objects, so stream it into ``write_trace``, whose memory is bounded."""
     for plt in plt_files(path):
-        out.extend(iter_plt(plt, user=user or user_of(plt), acc=acc))
-    return out
+        yield from iter_plt(plt, user=user or user_of(plt), acc=acc)
 
 
 def iter_plt(plt: Path, *, user: str, acc: float = GEOLIFE_DEFAULT_ACC_M) -> Iterator[Event]:

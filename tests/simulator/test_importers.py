@@ -358,3 +358,17 @@ def test_write_beacon_rooms(shared_data: Path, tmp_path: Path) -> None:
     assert set(rows[0]) == {"user", "store_id", "start", "end", "run"}
     parse_catalog(json.loads((tmp_path / "stores.geojson").read_text()))
     assert read_events(tmp_path / "trace.jsonl")[0].uuid == SCANNER_UUID
+
+
+def test_write_trace_spills_and_merges_stably(tmp_path: Path) -> None:
+    """Chunked external sort equals the in-memory stable sort (ties keep input order)."""
+    import random
+
+    rnd = random.Random(7)
+    evs = [Gps(f"u{i}", float(rnd.randint(1, 40)), 1.0, 2.0, 3.0) for i in range(1000)]
+    small, big = tmp_path / "small.jsonl", tmp_path / "big.jsonl"
+    assert write_trace(iter(evs), small, chunk=37) == 1000
+    assert write_trace(evs, big) == 1000
+    assert small.read_bytes() == big.read_bytes()
+    assert read_events(small) == sorted(evs, key=lambda e: e.ts)
+    assert {p.name for p in tmp_path.iterdir()} == {"small.jsonl", "big.jsonl"}  # spills removed
