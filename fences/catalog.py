@@ -294,6 +294,18 @@ def _positions(coords: list[Any], what: str, fb: _Feature) -> np.ndarray[Any, An
     return np.array([(p[0], p[1]) for p in coords], dtype=np.float64).reshape(-1, 2)
 
 
+def _jumps(coords: list[Any]) -> bool:
+    """Consecutive longitudes more than 180° apart: the ring may cross the antimeridian
+    (plain Python: cheaper than numpy for the few vertices a store has)."""
+    prev = coords[0][0]
+    for pos in coords:
+        x = pos[0]
+        if x - prev > 180.0 or prev - x > 180.0:
+            return True
+        prev = x
+    return False
+
+
 def _ring(coords: object, what: str, fb: _Feature) -> np.ndarray[Any, Any] | None:
     if not isinstance(coords, list):
         fb.bad(f"{what} must be an array of positions, got {_fmt(coords)}")
@@ -352,6 +364,9 @@ def _polygon_parts(geom: Mapping[str, Any], fb: _Feature) -> list[shapely.Polygo
         if rings is None:
             ok = False
             continue
+        if not any(_jumps(r) for r in c or ()):  # validated: in range, so no split needed
+            parts.append(shapely.Polygon(rings[0], rings[1:]))
+            continue
         try:
             parts.extend(antimeridian.split_rings(rings[0], rings[1:], what))
         except antimeridian.AntimeridianError as exc:
@@ -400,14 +415,14 @@ def _geometry(geom: object, props: Mapping[str, Any], fb: _Feature) -> tuple[Any
     radius = _number(props, "radius_m", fb)
     if kind == "Point":
         coords = geom.get("coordinates")
-        problem = geojson.position_problem(coords)
-        if problem:
-            fb.bad(f"Point coordinates: {problem}")
-            return None
-        assert isinstance(coords, list)
         point_ok = _position_ok(coords)
         if not point_ok:
+            problem = geojson.position_problem(coords)
+            if problem:
+                fb.bad(f"Point coordinates: {problem}")
+                return None
             _report_position(0, coords, "Point", fb)
+        assert isinstance(coords, list)
         if "radius_m" not in props or props["radius_m"] is None:
             fb.bad(
                 f"a Point needs radius_m (metres, {MIN_RADIUS_M:g} to {MAX_RADIUS_M:g}) to be a "
