@@ -18,7 +18,9 @@ Each (query box, entry box) pair is tested in exactly one cell: the one holding 
 corner of their intersection, so entries spanning several cells are not tested twice.
 
 Boundary rule: a fix on a polygon's edge or vertex (or within ``EPS_BOUNDARY`` metres of it) is
-inside, distance 0; a fix exactly ``radius_m`` from a circle's centre is inside. A store matches
+inside, distance 0; a fix exactly ``radius_m`` from a circle's centre is inside. Edges lying on
+the ±180° meridian are the seam of a polygon split at the antimeridian: they decide containment
+but are not boundary, so a fix near the seam gets its distance to the real outline. A store matches
 when its signed distance is <= accuracy + margin.
 """
 
@@ -71,7 +73,8 @@ def _polygon_sd(
     kx = M_PER_DEG * coslat
     ky = M_PER_DEG
     inside = False
-    best = np.inf
+    best = np.inf  # squared distance to real boundary edges
+    touch = np.inf  # squared distance to any edge, seams included (decides "on the boundary")
     for ring in range(reci[rec, 1], reci[rec, 2]):
         v0 = ringv[ring]
         v1 = ringv[ring + 1]
@@ -99,12 +102,14 @@ def _polygon_sd(
             ex = px + t * dx
             ey = py + t * dy
             d2 = ex * ex + ey * ey
-            if d2 < best:
+            if d2 < touch:
+                touch = d2
+            if d2 < best and not (abs(verts[v - 1, 0]) == 180.0 and abs(verts[v, 0]) == 180.0):
                 best = d2
             px = qx
             py = qy
-    d = math.sqrt(best)
-    if inside or d <= EPS_BOUNDARY:
+    d = math.sqrt(best if best < np.inf else touch)
+    if inside or touch <= EPS_BOUNDARY * EPS_BOUNDARY:
         return -d
     return d
 
@@ -246,6 +251,7 @@ def _core(
                             # written-out copy of _polygon_sd (see the note there)
                             inside = False
                             best = np.inf
+                            touch = np.inf
                             for ring in range(reci[rec, 1], reci[rec, 2]):
                                 v0 = ringv[ring]
                                 v1 = ringv[ring + 1]
@@ -273,12 +279,16 @@ def _core(
                                     ex = px + t * dx
                                     ey = py + t * dy
                                     d2 = ex * ex + ey * ey
-                                    if d2 < best:
+                                    if d2 < touch:
+                                        touch = d2
+                                    if d2 < best and not (
+                                        abs(verts[v - 1, 0]) == 180.0 and abs(verts[v, 0]) == 180.0
+                                    ):
                                         best = d2
                                     px = qx
                                     py = qy
-                            d = math.sqrt(best)
-                            if inside or d <= EPS_BOUNDARY:
+                            d = math.sqrt(best if best < np.inf else touch)
+                            if inside or touch <= EPS_BOUNDARY * EPS_BOUNDARY:
                                 d = -d
                         if d > r or reci[rec, 0] == DEAD:
                             continue

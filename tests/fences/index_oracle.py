@@ -37,18 +37,22 @@ def signed_distance(store: Store, lon: float, lat: float) -> float:
     k = math.cos(math.radians(lat)) * M
     parts = []
     for part in shapely.get_parts(geom):
-        # move the whole part by the multiple of 360° that brings it nearest the fix
+        # move the whole part by the multiple of 360° that brings it nearest the fix (exact in
+        # binary: ±180 maps onto ∓180), so parts split at ±180 join again next to the fix
         cx = part.centroid.x
         shift = ((cx - lon + 180.0) % 360.0 - 180.0) - (cx - lon)
+        parts.append(
+            shapely.transform(part, lambda xy, s=round(shift / 360.0) * 360.0: xy + [s, 0.0])
+        )
+    joined = shapely.union_all(parts)  # the seam between joined parts is not boundary
 
-        def project(xy, shift=shift):  # type: ignore[no-untyped-def]
-            out = xy.copy()
-            out[:, 0] = (xy[:, 0] - lon + shift) * k
-            out[:, 1] = (xy[:, 1] - lat) * M
-            return out
+    def project(xy):  # type: ignore[no-untyped-def]
+        out = xy.copy()
+        out[:, 0] = (xy[:, 0] - lon) * k
+        out[:, 1] = (xy[:, 1] - lat) * M
+        return out
 
-        parts.append(shapely.transform(part, project).boundary)
-    d = min(float(shapely.distance(b, Point(0.0, 0.0))) for b in parts)
+    d = float(shapely.distance(shapely.transform(joined, project).boundary, Point(0.0, 0.0)))
     return -d if inside else d
 
 
