@@ -41,9 +41,8 @@ def signed_distance(store: Store, lon: float, lat: float) -> float:
         # binary: ±180 maps onto ∓180), so parts split at ±180 join again next to the fix
         cx = part.centroid.x
         shift = ((cx - lon + 180.0) % 360.0 - 180.0) - (cx - lon)
-        parts.append(
-            shapely.transform(part, lambda xy, s=round(shift / 360.0) * 360.0: xy + [s, 0.0])
-        )
+        whole = round(shift / 360.0) * 360.0
+        parts.append(shapely.transform(part, lambda xy, s=whole: xy + [s, 0.0]))
     joined = shapely.union_all(parts)  # the seam between joined parts is not boundary
 
     def project(xy):  # type: ignore[no-untyped-def]
