@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -48,7 +48,8 @@ class DemoOptions:
     broker: str | None = None
     stores: int = 300
     users: int = 300
-    hours: float = 1.0
+    start_hour: float = 11.0  # local hour of the city's day where the played window starts
+    hours: float = 2.0  # hours of city time played (the default window holds the lunch rush)
     seed: int = 7
     out: Path = Path("geopush-demo")
     live: bool | None = None  # None: a live view when stdout is a terminal, plain lines otherwise
@@ -227,14 +228,44 @@ class City:
 
 
 def make_city(opts: DemoOptions, city_dir: Path) -> City:
-    """Generate the demo city with the simulator (``geopush simulate city``)."""
+    """Generate the demo city with the simulator (``geopush simulate city``) and cut the played
+    window out of its trace. The simulator's day starts at 06:00 and people are home until about
+    7, so the city is simulated from 06:00 (routines need the morning) and only the window from
+    ``start_hour`` on is published: the engine sees the city at its liveliest."""
     from simulator import city as city_mod
 
+    if not 6.0 <= opts.start_hour < 24.0:
+        raise DemoError(f"--start {opts.start_hour:g}: the city's day runs from 06 to 24 h")
+    lead_h = opts.start_hour - 6.0
     city_dir.mkdir(parents=True, exist_ok=True)
-    city_mod.generate_city(
-        stores=opts.stores, users=opts.users, hours=opts.hours, seed=opts.seed, out=city_dir
-    )
-    return city_files(city_dir)
+    rep = city_mod.generate_city(
+        stores=opts.stores, users=opts.users, hours=lead_h + opts.hours, seed=opts.seed,
+        out=city_dir,
+    )  # fmt: skip
+    city = city_files(city_dir)
+    if lead_h <= 0:
+        return city
+    played = city_dir / "played-trace.jsonl"
+    n = cut_trace(city.trace, played, since_ts=float(rep.t0) + lead_h * 3600.0)
+    if n == 0:
+        raise DemoError(f"the city's trace has no events after {opts.start_hour:g} h")
+    return replace(city, trace=played)
+
+
+def cut_trace(src: Path, dst: Path, since_ts: float) -> int:
+    """Copy the lines of ``src`` whose ``ts`` is at or after ``since_ts`` (lines without a
+    readable ts are kept: the engine should see them and say what is wrong)."""
+    n = 0
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        for line in fin:
+            try:
+                ts = orjson.loads(line).get("ts")
+            except (orjson.JSONDecodeError, AttributeError):
+                ts = None
+            if not isinstance(ts, int | float) or ts >= since_ts:
+                fout.write(line)
+                n += 1
+    return n
 
 
 def city_files(city_dir: Path) -> City:

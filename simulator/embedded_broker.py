@@ -138,7 +138,9 @@ class MosquittoBroker(EmbeddedBroker):
             # mosquitto's default of 1000 queued messages per client acks then DROPS QoS 1
             # messages for a slow subscriber; a demo/test broker must not lose anything.
             f"max_queued_messages {max_queued_messages}",
-            "max_inflight_messages 0",
+            # A client that acks late (the engine acks after its commit) gets at most this many
+            # unacked messages: its intake buffer, as in deploy/mosquitto.conf.
+            "max_inflight_messages 2000",
             f"persistence {'true' if persistence else 'false'}",
             f"persistence_location {self._dir}/",
             f"log_dest file {self.log_path}",

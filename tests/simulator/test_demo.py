@@ -63,3 +63,14 @@ def test_scan_trace_and_speed(tmp_path: Path) -> None:
         '{"type":"batch","user":"u","events":[{"type":"gps","ts":5},{"type":"gps","ts":9}]}\n'
     )
     assert scan_trace(batch) == TraceInfo(2, 5.0, 9.0)
+
+
+def test_cut_trace_keeps_the_window_and_unreadable_lines(tmp_path: Path) -> None:
+    from simulator.demo import cut_trace
+
+    src, dst = tmp_path / "t.jsonl", tmp_path / "w.jsonl"
+    src.write_text(
+        '{"type":"gps","ts":10}\n{"type":"gps","ts":20}\nbroken\n{"type":"gps","ts":30.5}\n'
+    )
+    assert cut_trace(src, dst, since_ts=20) == 3
+    assert dst.read_text() == '{"type":"gps","ts":20}\nbroken\n{"type":"gps","ts":30.5}\n'
