@@ -400,6 +400,8 @@ def decode_owntracks(payload: Payload, *, user: str, device: str) -> list[Event]
     ``decode`` plus ``unsupported_encrypted`` (``_type: encrypted``; we hold no keys) and
     ``ignored_type`` (cmd, card, waypoint(s), configuration, lwt, status, steps, ...: valid
     OwnTracks traffic that carries no location, rejected so the daemon can count it).
+    ``device`` is part of the signature for the daemon's logs and future per-device rules; the
+    events do not carry it (presence is per user).
     """
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise DecodeError("too_large", f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}")
