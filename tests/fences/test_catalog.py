@@ -9,12 +9,16 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import shapely
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fences import antimeridian, geojson
 from fences.catalog import (
+    _jumps,
+    _position_ok,
     catalog_to_geojson,
     dump_catalog,
     load_catalog,
@@ -315,3 +319,35 @@ def test_turf_polygon_fixtures_are_all_covered(shared_data: Path) -> None:
         if p.parent.name in ("Polygon", "MultiPolygon")
     }
     assert on_disk <= set(TURF_VALID)
+
+
+# ---- fast paths held against the obvious, slow checks
+
+scalar = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(-400, 400),
+    st.booleans(),
+    st.text(max_size=3),
+    st.none(),
+)
+position = st.one_of(st.lists(scalar, max_size=4), scalar, st.lists(st.lists(scalar, max_size=2), max_size=2))
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(position)
+def test_fast_position_check_agrees_with_the_slow_one(pos: Any) -> None:
+    slow = (
+        geojson.position_problem(pos) is None
+        and all(math.isfinite(c) for c in pos)
+        and -180 <= pos[0] <= 180
+        and -90 <= pos[1] <= 90
+    )
+    assert _position_ok(pos) is slow
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.lists(st.tuples(st.floats(-180, 180), st.floats(-90, 90)), min_size=2, max_size=8))
+def test_jump_shortcut_never_skips_a_crossing(ring: list[tuple[float, float]]) -> None:
+    arr = np.array(ring, dtype=np.float64)
+    if not _jumps([list(p) for p in ring]):
+        assert not antimeridian.needs_split([arr])
