@@ -103,7 +103,13 @@ def test_pole_cases_become_catalog_problems(shared_data: Path) -> None:
         geom = json.loads((_root(shared_data) / "input" / f"{name}.json").read_text())
         doc = {
             "type": "FeatureCollection",
-            "features": [{"type": "Feature", "properties": {"store_id": name, "merchant_id": "m"}, "geometry": geom}],
+            "features": [
+                {
+                    "type": "Feature",
+                    "properties": {"store_id": name, "merchant_id": "m"},
+                    "geometry": geom,
+                }
+            ],
         }
         problems = validate(doc)
         assert problems and problems[0].store_id == name
@@ -118,7 +124,9 @@ def test_pole_cases_become_catalog_problems(shared_data: Path) -> None:
     height=st.floats(0.01, 10),
     probe=st.tuples(st.floats(0.01, 0.99), st.floats(0.01, 0.99)),
 )
-def test_split_preserves_area_and_membership(west: float, east: float, south: float, height: float, probe: tuple[float, float]) -> None:
+def test_split_preserves_area_and_membership(
+    west: float, east: float, south: float, height: float, probe: tuple[float, float]
+) -> None:
     """A box from `west` to `east` across the antimeridian: the split keeps its area, and a point
     inside the unwrapped box, wrapped back to [-180, 180], is inside the split fence."""
     north = south + height
@@ -140,6 +148,8 @@ def test_hole_crossing_the_antimeridian_stays_a_hole() -> None:
     shell = [[170, 40], [-170, 40], [-170, 60], [170, 60], [170, 40]]
     hole = [[-175, 45], [175, 45], [175, 55], [-175, 55], [-175, 45]]  # starts on the far side
     out = split(shapely.Polygon(shell, [hole]))
-    assert not out.intersects(shapely.Point(179, 50)) and not out.intersects(shapely.Point(-179, 50))
+    assert not out.intersects(shapely.Point(179, 50)) and not out.intersects(
+        shapely.Point(-179, 50)
+    )
     assert out.intersects(shapely.Point(172, 50)) and out.intersects(shapely.Point(-172, 50))
     assert out.area == pytest.approx(20 * 20 - 10 * 10)

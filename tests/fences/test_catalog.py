@@ -32,15 +32,27 @@ from fences.errors import CatalogError, Problem, UnknownStoreError
 
 UUID = "f7826da6-4fa2-4e98-8024-bc5b71e0893e"
 SQUARE = [[[24.0, 60.0], [24.001, 60.0], [24.001, 60.001], [24.0, 60.001], [24.0, 60.0]]]
-HOLE = [[24.0004, 60.0004], [24.0006, 60.0004], [24.0006, 60.0006], [24.0004, 60.0006], [24.0004, 60.0004]]
+HOLE = [
+    [24.0004, 60.0004],
+    [24.0006, 60.0004],
+    [24.0006, 60.0006],
+    [24.0004, 60.0006],
+    [24.0004, 60.0004],
+]
 
 
 def circle(sid: str = "c-1", lon: float = 24.9, lat: float = 60.1, **props: Any) -> dict[str, Any]:
     p = {"store_id": sid, "merchant_id": "m-1", "radius_m": 30, **props}
-    return {"type": "Feature", "properties": p, "geometry": {"type": "Point", "coordinates": [lon, lat]}}
+    return {
+        "type": "Feature",
+        "properties": p,
+        "geometry": {"type": "Point", "coordinates": [lon, lat]},
+    }
 
 
-def polygon(sid: str = "p-1", coords: Any = None, kind: str = "Polygon", **props: Any) -> dict[str, Any]:
+def polygon(
+    sid: str = "p-1", coords: Any = None, kind: str = "Polygon", **props: Any
+) -> dict[str, Any]:
     p = {"store_id": sid, "merchant_id": "m-2", **props}
     geom = {"type": kind, "coordinates": copy.deepcopy(SQUARE if coords is None else coords)}
     return {"type": "Feature", "properties": p, "geometry": geom}
@@ -85,39 +97,109 @@ def test_valid_catalog_parses_with_normalised_identifiers() -> None:
 # (what is wrong, how to break a valid catalog, words the reason must contain)
 BROKEN: list[tuple[str, Any, str]] = [
     ("unclosed ring", lambda f: f[1]["geometry"]["coordinates"][0].pop(), "is not closed"),
-    ("short ring", lambda f: f[1]["geometry"].update(coordinates=[[[0, 0], [1, 0], [0, 0]]]), "at least 4"),
+    (
+        "short ring",
+        lambda f: f[1]["geometry"].update(coordinates=[[[0, 0], [1, 0], [0, 0]]]),
+        "at least 4",
+    ),
     (
         "self-intersection",
         lambda f: f[1]["geometry"].update(coordinates=[[[0, 0], [2, 2], [2, 0], [0, 2], [0, 0]]]),
         "Self-intersection",
     ),
-    ("hole outside", lambda f: f[1]["geometry"]["coordinates"].append([[30, 0], [31, 0], [31, 1], [30, 0]]), "hole lies outside"),
+    (
+        "hole outside",
+        lambda f: f[1]["geometry"]["coordinates"].append([[30, 0], [31, 0], [31, 1], [30, 0]]),
+        "hole lies outside",
+    ),
     ("lon out of range", lambda f: f[0]["geometry"].update(coordinates=[181, 0]), "out of range"),
-    ("lat out of range", lambda f: f[1]["geometry"]["coordinates"][0][2].__setitem__(1, 91.0), "out of range"),
+    (
+        "lat out of range",
+        lambda f: f[1]["geometry"]["coordinates"][0][2].__setitem__(1, 91.0),
+        "out of range",
+    ),
     ("lat lon swapped", lambda f: f[0]["geometry"].update(coordinates=[60.1, 124.9]), "swap them"),
     ("NaN", lambda f: f[0]["geometry"].update(coordinates=[math.nan, 60.0]), "not NaN"),
-    ("string coordinate", lambda f: f[0]["geometry"].update(coordinates=[24.9, "60.1"]), "must be a number"),
-    ("duplicate store_id", lambda f: f[1]["properties"].update(store_id="c-1"), "already used by feature 0"),
-    ("radius too small", lambda f: f[0]["properties"].update(radius_m=0.5), "radius_m 0.5 is out of range"),
+    (
+        "string coordinate",
+        lambda f: f[0]["geometry"].update(coordinates=[24.9, "60.1"]),
+        "must be a number",
+    ),
+    (
+        "duplicate store_id",
+        lambda f: f[1]["properties"].update(store_id="c-1"),
+        "already used by feature 0",
+    ),
+    (
+        "radius too small",
+        lambda f: f[0]["properties"].update(radius_m=0.5),
+        "radius_m 0.5 is out of range",
+    ),
     ("radius too big", lambda f: f[0]["properties"].update(radius_m=50_001), "out of range"),
-    ("radius as text", lambda f: f[0]["properties"].update(radius_m="30"), "radius_m must be a number"),
+    (
+        "radius as text",
+        lambda f: f[0]["properties"].update(radius_m="30"),
+        "radius_m must be a number",
+    ),
     ("Point without radius", lambda f: f[0]["properties"].pop("radius_m"), "needs radius_m"),
-    ("radius on polygon", lambda f: f[1]["properties"].update(radius_m=10), "only applies to a Point"),
-    ("malformed BSSID", lambda f: f[0]["properties"].update(wifi=["aa:bb:cc:dd:ee"]), "BSSID 'aa:bb:cc:dd:ee' is malformed"),
-    ("malformed beacon", lambda f: f[0]["properties"].update(beacons=["abc:1:2"]), "beacon id 'abc:1:2' is malformed"),
-    ("beacon minor too big", lambda f: f[0]["properties"].update(beacons=[f"{UUID}:1:70000"]), "is malformed"),
-    ("BSSID claimed twice", lambda f: f[1]["properties"].update(wifi=["00:11:22:33:44:55"]), "also claimed by feature 0"),
-    ("beacon claimed twice", lambda f: f[1]["properties"].update(beacons=[f"{UUID.upper()}:7:8"]), "also claimed by feature 0"),
-    ("NFC claimed twice", lambda f: f[1]["properties"].update(nfc=["n-1"]), "NFC tag n-1 is also claimed"),
+    (
+        "radius on polygon",
+        lambda f: f[1]["properties"].update(radius_m=10),
+        "only applies to a Point",
+    ),
+    (
+        "malformed BSSID",
+        lambda f: f[0]["properties"].update(wifi=["aa:bb:cc:dd:ee"]),
+        "BSSID 'aa:bb:cc:dd:ee' is malformed",
+    ),
+    (
+        "malformed beacon",
+        lambda f: f[0]["properties"].update(beacons=["abc:1:2"]),
+        "beacon id 'abc:1:2' is malformed",
+    ),
+    (
+        "beacon minor too big",
+        lambda f: f[0]["properties"].update(beacons=[f"{UUID}:1:70000"]),
+        "is malformed",
+    ),
+    (
+        "BSSID claimed twice",
+        lambda f: f[1]["properties"].update(wifi=["00:11:22:33:44:55"]),
+        "also claimed by feature 0",
+    ),
+    (
+        "beacon claimed twice",
+        lambda f: f[1]["properties"].update(beacons=[f"{UUID.upper()}:7:8"]),
+        "also claimed by feature 0",
+    ),
+    (
+        "NFC claimed twice",
+        lambda f: f[1]["properties"].update(nfc=["n-1"]),
+        "NFC tag n-1 is also claimed",
+    ),
     ("missing store_id", lambda f: f[1]["properties"].pop("store_id"), "store_id is missing"),
-    ("missing merchant_id", lambda f: f[1]["properties"].pop("merchant_id"), "merchant_id is missing"),
+    (
+        "missing merchant_id",
+        lambda f: f[1]["properties"].pop("merchant_id"),
+        "merchant_id is missing",
+    ),
     ("numeric store_id", lambda f: f[1]["properties"].update(store_id=17), "non-empty string"),
     ("wrong geometry type", lambda f: f[1]["geometry"].update(type="LineString"), "is not a fence"),
     ("geometry type case", lambda f: f[1]["geometry"].update(type="polygon"), "case-sensitive"),
     ("null geometry", lambda f: f[1].update(geometry=None), "geometry is null"),
     ("bad tz", lambda f: f[0]["properties"].update(tz="Europe/Atlantis"), "not an IANA time zone"),
-    ("bad max_accuracy", lambda f: f[0]["properties"].update(max_accuracy_m=-1), "must be positive"),
-    ("pole", lambda f: f[1]["geometry"].update(coordinates=[[[-160, 80], [0, 80], [160, 80], [-160, 80]]]), "winds around a pole"),
+    (
+        "bad max_accuracy",
+        lambda f: f[0]["properties"].update(max_accuracy_m=-1),
+        "must be positive",
+    ),
+    (
+        "pole",
+        lambda f: f[1]["geometry"].update(
+            coordinates=[[[-160, 80], [0, 80], [160, 80], [-160, 80]]]
+        ),
+        "winds around a pole",
+    ),
     ("not a Feature", lambda f: f[1].update(type="Featur"), '"type" must be "Feature"'),
 ]
 
@@ -134,7 +216,9 @@ def test_good_base_is_clean() -> None:
 
 
 @pytest.mark.parametrize(("what", "breaker", "words"), BROKEN, ids=[b[0] for b in BROKEN])
-def test_each_problem_is_reported_with_an_actionable_reason(what: str, breaker: Any, words: str) -> None:
+def test_each_problem_is_reported_with_an_actionable_reason(
+    what: str, breaker: Any, words: str
+) -> None:
     feats = _good()
     breaker(feats)
     problems = validate(fc(*feats))
@@ -182,7 +266,10 @@ def test_collection_level_problems() -> None:
     assert validate([]) == [Problem(None, None, validate([])[0].reason)]
     assert "FeatureCollection" in validate({"type": "Feature"})[0].reason
     assert "features" in validate({"type": "FeatureCollection"})[-1].reason
-    assert any("properties" in p.reason for p in validate({"type": "FeatureCollection", "properties": {}, "features": []}))
+    assert any(
+        "properties" in p.reason
+        for p in validate({"type": "FeatureCollection", "properties": {}, "features": []})
+    )
 
 
 def test_antimeridian_polygon_is_split_into_parts_in_range() -> None:
@@ -191,15 +278,23 @@ def test_antimeridian_polygon_is_split_into_parts_in_range() -> None:
     assert isinstance(store.polygon, shapely.MultiPolygon) and len(store.polygon.geoms) == 2
     minx, _, maxx, _ = store.polygon.bounds
     assert minx == -180 and maxx == 180
-    assert store.polygon.contains(shapely.Point(179, 45)) and store.polygon.contains(shapely.Point(-179, 45))
+    assert store.polygon.contains(shapely.Point(179, 45)) and store.polygon.contains(
+        shapely.Point(-179, 45)
+    )
     assert not store.polygon.contains(shapely.Point(0, 45))
 
 
 def test_store_from_feature_and_round_trip(tmp_path: Path) -> None:
     feats = [
-        circle("c-1", wifi=["00:11:22:33:44:55"], tz="Asia/Tokyo", max_accuracy_m=50, extra={"a": 1}),
+        circle(
+            "c-1", wifi=["00:11:22:33:44:55"], tz="Asia/Tokyo", max_accuracy_m=50, extra={"a": 1}
+        ),
         polygon("p-1", [SQUARE[0], HOLE], name="Shop", tags=["x"]),
-        polygon("m-1", [[SQUARE[0]], [[[25, 60], [25.001, 60], [25.001, 60.001], [25, 60]]]], kind="MultiPolygon"),
+        polygon(
+            "m-1",
+            [[SQUARE[0]], [[[25, 60], [25.001, 60], [25.001, 60.001], [25, 60]]]],
+            kind="MultiPolygon",
+        ),
         polygon("am", [[[170, 40], [-170, 40], [-170, 50], [170, 50], [170, 40]]]),
     ]
     cat = parse_catalog(fc(*feats))
@@ -330,7 +425,9 @@ scalar = st.one_of(
     st.text(max_size=3),
     st.none(),
 )
-position = st.one_of(st.lists(scalar, max_size=4), scalar, st.lists(st.lists(scalar, max_size=2), max_size=2))
+position = st.one_of(
+    st.lists(scalar, max_size=4), scalar, st.lists(st.lists(scalar, max_size=2), max_size=2)
+)
 
 
 @settings(max_examples=400, deadline=None, derandomize=True)

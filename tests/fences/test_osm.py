@@ -31,7 +31,9 @@ def _valid(result) -> None:  # type: ignore[no-untyped-def]
 def test_points_become_circles(stores_dir: Path) -> None:
     result = import_osm(stores_dir / "helsinki_center_poi_points.geojson")
     raw = json.loads((stores_dir / "helsinki_center_poi_points.geojson").read_text())
-    expected = {f"node/{f['properties']['osm_id']}" for f in raw["features"] if is_store(f["properties"])}
+    expected = {
+        f"node/{f['properties']['osm_id']}" for f in raw["features"] if is_store(f["properties"])
+    }
     assert {s.store_id for s in result.stores} == expected
     assert len(expected) > 900
     assert all(s.is_circle and s.radius_m == DEFAULT_POINT_RADIUS_M for s in result.stores)
@@ -45,15 +47,27 @@ def test_points_become_circles(stores_dir: Path) -> None:
 
 def test_street_furniture_is_not_a_store() -> None:
     assert not is_store({"amenity": "bench"}) and not is_store({"building": "yes"})
-    assert is_store({"shop": "mall"}) and is_store({"amenity": "cafe"}) and is_store({"building": "retail"})
+    assert (
+        is_store({"shop": "mall"})
+        and is_store({"amenity": "cafe"})
+        and is_store({"building": "retail"})
+    )
 
 
 def test_merchant_prefers_brand_then_operator() -> None:
     from fences.osm import _feature
 
     geom = {"type": "Point", "coordinates": [1, 2]}
-    assert _feature("node/1", {"brand": "Alepa", "operator": "HOK", "name": "Alepa X"}, geom, 25)["properties"]["merchant_id"] == "Alepa"
-    assert _feature("node/1", {"operator": "HOK", "name": "X"}, geom, 25)["properties"]["merchant_id"] == "HOK"
+    assert (
+        _feature("node/1", {"brand": "Alepa", "operator": "HOK", "name": "Alepa X"}, geom, 25)[
+            "properties"
+        ]["merchant_id"]
+        == "Alepa"
+    )
+    assert (
+        _feature("node/1", {"operator": "HOK", "name": "X"}, geom, 25)["properties"]["merchant_id"]
+        == "HOK"
+    )
     assert _feature("node/1", {"shop": "kiosk"}, geom, 25)["properties"]["merchant_id"] == "node/1"
 
 
@@ -93,12 +107,27 @@ def test_invalid_outline_is_skipped_with_a_reason(tmp_path: Path) -> None:
     doc = {
         "type": "FeatureCollection",
         "features": [
-            {"type": "Feature", "id": "way/1", "properties": {"shop": "bakery"},
-             "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [2, 2], [2, 0], [0, 2], [0, 0]]]}},
-            {"type": "Feature", "id": "node/2", "properties": {"shop": "bakery"},
-             "geometry": {"type": "Point", "coordinates": [0, 0]}},
-            {"type": "Feature", "id": "node/2", "properties": {"shop": "bakery"},
-             "geometry": {"type": "Point", "coordinates": [0, 0]}},
+            {
+                "type": "Feature",
+                "id": "way/1",
+                "properties": {"shop": "bakery"},
+                "geometry": {
+                    "type": "Polygon",
+                    "coordinates": [[[0, 0], [2, 2], [2, 0], [0, 2], [0, 0]]],
+                },
+            },
+            {
+                "type": "Feature",
+                "id": "node/2",
+                "properties": {"shop": "bakery"},
+                "geometry": {"type": "Point", "coordinates": [0, 0]},
+            },
+            {
+                "type": "Feature",
+                "id": "node/2",
+                "properties": {"shop": "bakery"},
+                "geometry": {"type": "Point", "coordinates": [0, 0]},
+            },
         ],
     }
     path = tmp_path / "x.geojson"
