@@ -129,8 +129,7 @@ def test_match_agrees_with_brute_force(tmp_path: Path, capsys: pytest.CaptureFix
             if (i, sid) in got:
                 assert sd <= limit + tol, (i, sid, sd, limit)
                 assert got[(i, sid)] == pytest.approx(sd, abs=tol)
-            elif sd > limit + tol:
-                pass
+    assert sum(1 for d in got.values() if d < 0) > 10  # the sample does hit fences from inside
     assert "400 fixes" in capsys.readouterr().err
 
 
