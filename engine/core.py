@@ -16,10 +16,14 @@ them to the fence index, the campaigns, the profiles and the state store, and co
 from __future__ import annotations
 
 import heapq
+import math
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
+
+import numpy as np
 
 from engine import presence
 from engine.campaigns import CampaignSet
@@ -47,6 +51,10 @@ class FenceIndexLike(Protocol):
     def query(
         self, lon: float, lat: float, acc_m: float = 0.0, margin_m: float = 0.0
     ) -> list[tuple[int, float]]: ...
+
+    def query_many(
+        self, lons: Any, lats: Any, accs: Any = None, margin_m: float = 0.0
+    ) -> tuple[Any, Any, Any]: ...
 
     def store(self, slot: int) -> Store: ...
 
@@ -127,7 +135,7 @@ class Core:
     def _set_index(self, index: FenceIndexLike) -> None:
         self.index = index
         self.catalog = index.catalog
-        self._query = index.query
+        self._query_many = index.query_many
         self._store_of = index.store
 
     def reload(self, *, index: FenceIndexLike | None = None, campaigns: CampaignSet | None = None) -> None:
@@ -156,29 +164,47 @@ class Core:
     def process(self, events: Sequence[Event]) -> list[Output]:
         """Apply a micro-batch in order; return visit events and pushes (caller commits)."""
         outs: list[Output] = []
+        if not events:
+            self._sweep(self._watermark - self.config.sweep_lateness_s, outs)
+            return outs
         store = self.store
         store.users({ev.user for ev in events})
         ebt = self.stats.events_by_type
+        for typ, n in Counter(map(type, events)).items():
+            name = _TYPE_NAME[typ]
+            ebt[name] = ebt.get(name, 0) + n
+        hitmap = self._match(events)
+        get_user = store.user
         trs = self._trs
         wm = self._watermark
-        timeout = self.config.presence_timeout_s
+        cfg = self.config
+        timeout = cfg.presence_timeout_s
         dwells = self.campaigns.dwell_thresholds
+        vmax = cfg.max_speed_kmh / 3.6  # m/s
+        k = -1  # position among the batch's GPS fixes (keys of hitmap)
         for ev in events:
             t = type(ev)
-            name = _TYPE_NAME[t]
-            ebt[name] = ebt.get(name, 0) + 1
-            st = store.user(ev.user)
+            st = get_user(ev.user)
             ts = ev.ts
             if ts > wm:
                 wm = ts
-            if t is Payment or t is ProfileEvent:
+            if t is Gps:
+                k += 1
+                if ts < st.last_ts:
+                    _bump(self.stats.rejected_by_reason, "out_of_order")
+                    continue
+                lf = st.last_fix
+                if lf is not None and _too_fast(lf, ev.lon, ev.lat, ts, vmax):  # type: ignore[union-attr]
+                    _bump(self.stats.rejected_by_reason, "speed")
+                    self.stats.spoofing_suspected += 1
+                    continue
+                st.last_fix = (ev.lon, ev.lat, ts)  # type: ignore[union-attr]
+            elif t is Payment or t is ProfileEvent:
                 self._fact(ev, st)
                 if ts <= st.last_ts:
                     continue
             elif ts < st.last_ts:
                 _bump(self.stats.rejected_by_reason, "out_of_order")
-                continue
-            elif t is Gps and not self._gps_ok(ev, st):  # type: ignore[arg-type]
                 continue
             st.last_ts = ts
             if st.visits:
@@ -186,7 +212,9 @@ class Core:
                     self._drop_removed(st, ts, trs)
                 presence.advance(st, ts, timeout, dwells, trs)
             if t is Gps:
-                self._gps(ev, st, trs)  # type: ignore[arg-type]
+                hits = hitmap.get(k)
+                if hits is not None or st.visits:
+                    self._gps(ev, st, hits or _NO_HITS, trs)  # type: ignore[arg-type]
             elif t is Wifi:
                 self._wifi(ev, st, trs)  # type: ignore[arg-type]
             elif t is Beacon:
@@ -196,8 +224,33 @@ class Core:
             if trs:
                 self._emit(st, trs, outs)
         self._watermark = wm
-        self._sweep(wm - self.config.sweep_lateness_s, outs)
+        self._sweep(wm - cfg.sweep_lateness_s, outs)
         return outs
+
+    def _match(self, events: Sequence[Event]) -> dict[int, list[tuple[int, float]]]:
+        """Match the batch's GPS fixes in one vectorised FenceIndex.query_many call.
+
+        Returns {k: [(slot, signed distance), ...]} for the k-th fix of the batch, nearest first,
+        only for fixes near some fence (most have none). Every fix is matched, including ones
+        the speed check will reject: matching is pure and batching it is ~5x cheaper per fix."""
+        fixes = [ev for ev in events if type(ev) is Gps]
+        if not fixes:
+            return {}
+        t0 = time.perf_counter() if self.timing else 0.0
+        lons = np.fromiter([f.lon for f in fixes], np.float64, len(fixes))
+        lats = np.fromiter([f.lat for f in fixes], np.float64, len(fixes))
+        accs = np.fromiter([f.acc for f in fixes], np.float64, len(fixes))
+        fix_i, slot, dist = self._query_many(lons, lats, accs, self.config.exit_margin_m)
+        hitmap: dict[int, list[tuple[int, float]]] = {}
+        for i, sl, d in zip(fix_i.tolist(), slot.tolist(), dist.tolist(), strict=True):
+            lst = hitmap.get(i)
+            if lst is None:
+                hitmap[i] = [(sl, d)]
+            else:
+                lst.append((sl, d))
+        if self.timing:
+            self.time_match += time.perf_counter() - t0
+        return hitmap
 
     def flush(self, now_ts: float) -> list[Output]:
         """Fire every dwell and timeout due by event time ``now_ts`` (e.g. at the end of a trace)."""
@@ -233,29 +286,12 @@ class Core:
 
     # --- location signals ----------------------------------------------------------------------
 
-    def _gps_ok(self, ev: Gps, st: UserState) -> bool:
-        lf = st.last_fix
-        if lf is not None and (
-            presence.implied_speed_kmh(lf, ev.lon, ev.lat, ev.ts) > self.config.max_speed_kmh
-        ):
-            _bump(self.stats.rejected_by_reason, "speed")
-            self.stats.spoofing_suspected += 1
-            return False
-        st.last_fix = (ev.lon, ev.lat, ev.ts)
-        return True
-
-    def _gps(self, ev: Gps, st: UserState, trs: list[Transition]) -> None:
+    def _gps(
+        self, ev: Gps, st: UserState, hits: Sequence[tuple[int, float]], trs: list[Transition]
+    ) -> None:
         cfg = self.config
         acc = ev.acc
-        if self.timing:
-            t0 = time.perf_counter()
-            hits = self._query(ev.lon, ev.lat, acc, cfg.exit_margin_m)
-            self.time_match += time.perf_counter() - t0
-        else:
-            hits = self._query(ev.lon, ev.lat, acc, cfg.exit_margin_m)
         visits = st.visits
-        if not hits and not visits:
-            return
         ts = ev.ts
         fresh = presence.claim_is_fresh(st, ts, cfg.claim_window_s)
         if visits:
@@ -454,6 +490,35 @@ class Core:
                 heapq.heappush(
                     heap, (presence.next_due(v2, timeout, dwells(v2.merchant_id)), user, sid, vid)
                 )
+
+
+_NO_HITS: tuple[tuple[int, float], ...] = ()
+_M_PER_DEG = 111_195.0
+
+
+def _too_fast(last: tuple[float, float, float], lon: float, lat: float, ts: float, vmax: float) -> bool:
+    """Would moving from the last accepted fix to this one exceed ``vmax`` m/s?
+
+    A flat-earth estimate settles the clear cases without trigonometry per fix; within 10% of
+    the limit (or across the antimeridian, or near a pole) the haversine distance decides."""
+    lon0, lat0, ts0 = last
+    dt = ts - ts0
+    dlat = (lat - lat0) * _M_PER_DEG
+    dlon = lon - lon0
+    if -180.0 < dlon < 180.0 and -80.0 < lat < 80.0:
+        dx = dlon * _M_PER_DEG * _cos_deg(0.5 * (lat + lat0))
+        d2 = dx * dx + dlat * dlat
+        lim = vmax * dt if dt > 0.0 else 1.0  # same-instant fixes may differ by a metre
+        lim2 = lim * lim
+        if d2 < 0.81 * lim2:
+            return False
+        if d2 > 1.21 * lim2:
+            return True
+    return presence.implied_speed_kmh(last, lon, lat, ts) > vmax * 3.6
+
+
+def _cos_deg(x: float) -> float:
+    return math.cos(x * 0.017453292519943295)
 
 
 def _key(tr: Transition) -> str:
