@@ -20,7 +20,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -192,10 +192,10 @@ def _string_list(props: Mapping[str, Any], key: str, fb: _Feature) -> list[str]:
     value = props.get(key)
     if value is None:
         return []
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
         fb.bad(f"{key} must be an array of strings, got {_fmt(value)}")
         return []
-    return value
+    return list(value)
 
 
 def _number(props: Mapping[str, Any], key: str, fb: _Feature) -> float | None:
@@ -256,10 +256,11 @@ def _nfc(props: Mapping[str, Any], fb: _Feature) -> tuple[str, ...]:
 
 def _position_ok(pos: object) -> bool:
     """The fast test: a list of >= 2 numbers, lon in [-180, 180], lat in [-90, 90] (not NaN)."""
-    if type(pos) is not list or len(pos) < 2:
+    if (type(pos) is not list and type(pos) is not tuple) or len(pos) < 2:
         return False
     x, y = pos[0], pos[1]
-    if not ((type(x) is float or type(x) is int) and (type(y) is float or type(y) is int)):
+    fast = (type(x) is float or type(x) is int) and (type(y) is float or type(y) is int)
+    if not fast and not (geojson.is_number(x) and geojson.is_number(y)):  # numpy: slow path
         return False
     if not (-180.0 <= x <= 180.0 and -90.0 <= y <= 90.0):  # NaN fails both comparisons
         return False
@@ -285,7 +286,7 @@ def _report_position(j: int, pos: object, what: str, fb: _Feature) -> None:
     )
 
 
-def _positions(coords: list[Any], what: str, fb: _Feature) -> np.ndarray[Any, Any] | None:
+def _positions(coords: Sequence[Any], what: str, fb: _Feature) -> np.ndarray[Any, Any] | None:
     """A list of positions as an (n, 2) float array, or None after reporting why not."""
     for j, pos in enumerate(coords):
         if not _position_ok(pos):
@@ -294,7 +295,7 @@ def _positions(coords: list[Any], what: str, fb: _Feature) -> np.ndarray[Any, An
     return np.array([(p[0], p[1]) for p in coords], dtype=np.float64).reshape(-1, 2)
 
 
-def _jumps(coords: list[Any]) -> bool:
+def _jumps(coords: Sequence[Any]) -> bool:
     """Consecutive longitudes more than 180° apart: the ring may cross the antimeridian
     (plain Python: cheaper than numpy for the few vertices a store has)."""
     prev = coords[0][0]
@@ -307,7 +308,7 @@ def _jumps(coords: list[Any]) -> bool:
 
 
 def _ring(coords: object, what: str, fb: _Feature) -> np.ndarray[Any, Any] | None:
-    if not isinstance(coords, list):
+    if not isinstance(coords, list | tuple):
         fb.bad(f"{what} must be an array of positions, got {_fmt(coords)}")
         return None
     arr = _positions(coords, what, fb)
@@ -320,7 +321,7 @@ def _ring(coords: object, what: str, fb: _Feature) -> np.ndarray[Any, Any] | Non
             "the first repeated at the end): add corners or remove the ring"
         )
         ok = False
-    if coords and coords[0] != coords[-1]:
+    if coords and tuple(coords[0]) != tuple(coords[-1]):
         fb.bad(
             f"{what} is not closed: its last coordinate {_fmt(coords[-1])} differs from its "
             f"first {_fmt(coords[0])}; repeat the first coordinate at the end"
@@ -330,7 +331,7 @@ def _ring(coords: object, what: str, fb: _Feature) -> np.ndarray[Any, Any] | Non
 
 
 def _polygon_rings(coords: object, what: str, fb: _Feature) -> list[np.ndarray[Any, Any]] | None:
-    if not isinstance(coords, list) or not coords:
+    if not isinstance(coords, list | tuple) or not coords:
         fb.bad(
             f"{what} must be a non-empty array of rings (outer ring first, then holes), got {_fmt(coords)}"
         )
@@ -350,7 +351,7 @@ def _polygon_parts(geom: Mapping[str, Any], fb: _Feature) -> list[shapely.Polygo
     coords = geom.get("coordinates")
     if kind == "Polygon":
         polys = [("polygon", coords)]
-    elif not isinstance(coords, list) or not coords:
+    elif not isinstance(coords, list | tuple) or not coords:
         fb.bad(
             f"MultiPolygon coordinates must be a non-empty array of polygons, got {_fmt(coords)}"
         )
@@ -422,7 +423,7 @@ def _geometry(geom: object, props: Mapping[str, Any], fb: _Feature) -> tuple[Any
                 fb.bad(f"Point coordinates: {problem}")
                 return None
             _report_position(0, coords, "Point", fb)
-        assert isinstance(coords, list)
+        assert isinstance(coords, list | tuple)
         if "radius_m" not in props or props["radius_m"] is None:
             fb.bad(
                 f"a Point needs radius_m (metres, {MIN_RADIUS_M:g} to {MAX_RADIUS_M:g}) to be a "

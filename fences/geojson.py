@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+import numbers
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+import numpy as np
 
 GEOMETRY_TYPES = (
     "Point",
@@ -81,7 +84,7 @@ def type_name(value: object) -> str:
         return "a number"
     if isinstance(value, str):
         return "a string"
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return "an array"
     if isinstance(value, dict):
         return "an object"
@@ -89,12 +92,15 @@ def type_name(value: object) -> str:
 
 
 def is_number(value: object) -> bool:
-    return type(value) is float or type(value) is int
+    """A JSON number: int or float (numpy scalars too, for catalogs built in Python), not bool."""
+    if type(value) is float or type(value) is int:
+        return True
+    return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
 
 
 def position_problem(pos: object) -> str | None:
     """Why ``pos`` is not a GeoJSON position, or None."""
-    if not isinstance(pos, list):
+    if not isinstance(pos, list | tuple):
         return f"position should be an array [lon, lat], is {type_name(pos)} instead"
     if len(pos) < 2:
         return f"position {_short(pos)} has {len(pos)} element(s); write it as [lon, lat]"
@@ -108,7 +114,7 @@ def position_problem(pos: object) -> str | None:
 
 
 def _short(value: object) -> str:
-    text = json.dumps(value, allow_nan=True)
+    text = json.dumps(value, allow_nan=True, default=str)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -145,7 +151,7 @@ def _walk(kind: str, value: object, depth: int, path: list[int], out: list[str])
                 )
             out.append(f"{here}: {problem}")
         return
-    if not isinstance(value, list):
+    if not isinstance(value, list | tuple):
         if is_number(value):
             out.append(
                 f"a number was found at {here} where {kind} needs arrays nested "
@@ -166,7 +172,7 @@ def _walk(kind: str, value: object, depth: int, path: list[int], out: list[str])
         out.extend(f"{here}: {p}" for p in ring_problems(value))
 
 
-def ring_problems(ring: list[Any]) -> list[str]:
+def ring_problems(ring: Sequence[Any]) -> list[str]:
     """A linear ring must have >= 4 positions and end where it starts (RFC 7946 §3.1.6)."""
     out: list[str] = []
     if len(ring) < 4:
@@ -174,7 +180,7 @@ def ring_problems(ring: list[Any]) -> list[str]:
             f"a linear ring needs four or more positions (three corners plus the first repeated "
             f"at the end), has {len(ring)}"
         )
-    if ring and ring[0] != ring[-1]:
+    if ring and tuple(ring[0]) != tuple(ring[-1]):
         out.append(
             f"ring is not closed: its last position {_short(ring[-1])} differs from its first "
             f"{_short(ring[0])}; repeat the first position at the end"

@@ -448,3 +448,43 @@ def test_jump_shortcut_never_skips_a_crossing(ring: list[tuple[float, float]]) -
     arr = np.array(ring, dtype=np.float64)
     if not _jumps([list(p) for p in ring]):
         assert not antimeridian.needs_split([arr])
+
+
+json_value = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-300, 300)
+    | st.floats(allow_nan=True)
+    | st.text(max_size=4),
+    lambda kids: (
+        st.lists(kids, max_size=5) | st.dictionaries(st.text(max_size=4), kids, max_size=4)
+    ),
+    max_leaves=25,
+)
+keys = st.sampled_from(
+    ["type", "coordinates", "radius_m", "wifi", "beacons", "nfc", "tz", "store_id"]
+)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    json_value, st.sampled_from(["geometry", "coordinates", "properties", "feature", "prop"]), keys
+)
+def test_validator_never_crashes_on_arbitrary_json(junk: Any, where: str, key: str) -> None:
+    """Whatever the JSON, validation returns problems (with reasons) instead of raising."""
+    feats = _good()
+    target = feats[1]
+    if where == "geometry":
+        target["geometry"] = junk
+    elif where == "coordinates":
+        target["geometry"]["coordinates"] = junk
+    elif where == "properties":
+        target["properties"] = junk
+    elif where == "feature":
+        feats[1] = junk
+    else:
+        target["properties"][key] = junk
+    problems = validate(fc(*feats))
+    assert all(isinstance(p, Problem) and p.reason for p in problems)
+    assert validate(junk) or isinstance(junk, dict)
+    assert isinstance(geojson.lint(fc(*feats)), list) and isinstance(geojson.lint(junk), list)
