@@ -88,6 +88,32 @@ def _put_int(buf: np.ndarray, pos: int, v: int) -> int:
 
 
 @nb.njit(cache=True)
+def _put_sci(buf: np.ndarray, pos: int, v: int, decimals: int) -> int:
+    """0 < v / 10**decimals < 1e-5 the way msgspec writes it (like JavaScript): '1e-7', '1.23e-5'."""
+    z = 0
+    while v % 10 == 0:
+        v //= 10
+        z += 1
+    n = 1
+    t = v
+    while t >= 10:
+        t //= 10
+        n += 1
+    p10 = 1
+    for _ in range(n - 1):
+        p10 *= 10
+    buf[pos] = 48 + v // p10
+    pos += 1
+    if n > 1:
+        buf[pos] = 46
+        pos += 1
+        pos = _put_uint(buf, pos, v % p10, n - 1)
+    buf[pos] = 101  # 'e'
+    buf[pos + 1] = 45  # '-'
+    return _put_uint(buf, pos + 2, decimals - z - (n - 1), 1)
+
+
+@nb.njit(cache=True)
 def _put_fixed(buf: np.ndarray, pos: int, v: int, decimals: int) -> int:
     """v / 10**decimals as the shortest float repr: '12.5', '-60.0', '24.9384123'."""
     if v < 0:
@@ -97,6 +123,8 @@ def _put_fixed(buf: np.ndarray, pos: int, v: int, decimals: int) -> int:
     scale = 1
     for _ in range(decimals):
         scale *= 10
+    if v != 0 and v * 100_000 < scale:
+        return _put_sci(buf, pos, v, decimals)
     pos = _put_uint(buf, pos, v // scale, 1)
     buf[pos] = 46  # '.'
     pos += 1
