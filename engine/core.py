@@ -428,7 +428,8 @@ class Core:
             return None
         t0 = time.perf_counter() if self.timing else 0.0
         tags, opt_out = self._profile(st)
-        tz = self.catalog.get(v.store_id).tz if _holds(self.catalog, v.store_id) else "UTC"
+        slot = _slot(self.catalog, v.store_id)
+        tz = self.catalog.stores[slot].tz if slot is not None else "UTC"
         push = decide(
             campaigns=self.campaigns,
             store=self.store,

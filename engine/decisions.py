@@ -34,10 +34,23 @@ def _zone(tz: str) -> ZoneInfo:
         return ZoneInfo("UTC")  # the catalog validates tz; a bad one falls back to UTC
 
 
+_LOCAL: dict[tuple[str, int], tuple[int, int]] = {}
+
+
 def local_time(ts: float, tz: str) -> tuple[int, int]:
-    """(weekday 0=Monday, minute of the day) of instant ``ts`` in zone ``tz``."""
-    dt = datetime.fromtimestamp(ts, _zone(tz))
-    return dt.weekday(), dt.hour * 60 + dt.minute
+    """(weekday 0=Monday, minute of the day) of instant ``ts`` in zone ``tz``.
+
+    Cached per (zone, UTC minute): every zone's offset is a whole number of minutes, and
+    decisions arrive roughly in time order, so most look-ups hit."""
+    key = (tz, int(ts // 60.0))
+    hit = _LOCAL.get(key)
+    if hit is None:
+        dt = datetime.fromtimestamp(ts, _zone(tz))
+        hit = (dt.weekday(), dt.hour * 60 + dt.minute)
+        if len(_LOCAL) >= 8192:
+            _LOCAL.clear()
+        _LOCAL[key] = hit
+    return hit
 
 
 def in_window(minute: int, start: int, end: int) -> bool:
@@ -47,8 +60,16 @@ def in_window(minute: int, start: int, end: int) -> bool:
     return minute >= start or minute < end
 
 
+_DAYS: dict[int, str] = {}
+
+
 def utc_day(ts: float) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(ts))
+    """``YYYY-MM-DD`` of ``ts`` in UTC (cached per day number)."""
+    n = int(ts // 86400.0)
+    day = _DAYS.get(n)
+    if day is None:
+        day = _DAYS[n] = time.strftime("%Y-%m-%d", time.gmtime(n * 86400.0))
+    return day
 
 
 def audience_ok(c: Campaign, tags: Iterable[str], visit: Visit, st: UserState) -> bool:
@@ -127,9 +148,11 @@ def decide(
     if not cands:
         return None
 
+    if skipped is None:
+        skipped = {}
+
     def skip(reason: str) -> None:
-        if skipped is not None:
-            skipped[reason] = skipped.get(reason, 0) + 1
+        skipped[reason] = skipped.get(reason, 0) + 1
 
     if opt_out:
         skip("opt_out")
