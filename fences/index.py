@@ -471,22 +471,23 @@ class FenceIndex:
         if x.shape != y.shape:
             raise QueryError(f"lons and lats differ in length ({len(x)} vs {len(y)})")
         n = len(x)
-        a = (
-            np.zeros(n)
-            if accs is None
-            else np.broadcast_to(np.asarray(accs, dtype=np.float64), (n,))
-        )
-        rs = np.ascontiguousarray(a + float(margin_m), dtype=np.float64)
-        if not (np.isfinite(rs).all() and (rs >= 0).all()):
-            raise QueryError("accuracies and margin must be finite and >= 0 metres")
-        if not (np.isfinite(x).all() and np.isfinite(y).all() and (np.abs(y) <= 90).all()):
-            raise QueryError("fixes need finite lon and lat, with lat within [-90, 90]")
-        if ((x < -180.0) | (x >= 180.0)).any():
-            x = wrap_lon(x)
-        if sort_fixes and n > 64:
-            order = np.argsort(kernel.fix_cells(x, y, self._gp), kind="stable").astype(np.int64)
+        if accs is None or np.ndim(accs) == 0:
+            rs = np.full(n, (0.0 if accs is None else float(accs)) + float(margin_m))  # type: ignore[arg-type]
         else:
-            order = np.arange(n, dtype=np.int64)
+            rs = np.asarray(accs, dtype=np.float64).reshape(-1) + float(margin_m)
+            if rs.shape != x.shape:
+                raise QueryError(
+                    f"accs has {len(rs)} values for {n} fixes: give one per fix or one for all"
+                )
+        bad = kernel.check_fixes(x, y, rs)
+        if bad == 1:
+            raise QueryError("fixes need finite lon and lat, with lat within [-90, 90] (lon first)")
+        if bad == 2:
+            raise QueryError("accuracies and margin must be finite and >= 0 metres")
+        if bad == 3:
+            x = wrap_lon(x)
+        sorted_ = sort_fixes and n >= 4096  # smaller batches rarely share a cell
+        order = kernel.cell_order(x, y, self._gp) if sorted_ else np.arange(n, dtype=np.int64)
         cap = max(64, n // 2)
         chunks: list[tuple[I64, I64, F64]] = []
         p = 0
@@ -520,7 +521,7 @@ class FenceIndex:
         fix = np.concatenate([c[0] for c in chunks]) if len(chunks) > 1 else chunks[0][0]
         slot = np.concatenate([c[1] for c in chunks]) if len(chunks) > 1 else chunks[0][1]
         dist = np.concatenate([c[2] for c in chunks]) if len(chunks) > 1 else chunks[0][2]
-        if len(chunks) > 1 or sort_fixes:
+        if len(chunks) > 1 or sorted_:
             o = np.lexsort((dist, fix)) if len(chunks) > 1 else np.argsort(fix, kind="stable")
             fix, slot, dist = fix[o], slot[o], dist[o]
         return fix, slot, dist
