@@ -325,9 +325,15 @@ def load_mall(path: str | os.PathLike[str], floor: str = "F1", gps_acc: float | 
 def write_mall(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], floor: str = "F1",
                gps_acc: float | None = None) -> dict[str, int]:
     """Write OUT/stores.geojson, OUT/trace.jsonl, OUT/truth.jsonl; returns counts."""
+    cat, evs, truth, counts = load_mall(path, floor, gps_acc)
+    write_outputs(out_dir, cat, evs, truth)
+    return counts
+
+
+def write_outputs(out_dir: str | os.PathLike[str], cat: dict[str, Any], evs: list[Any],
+                  truth: list[dict[str, Any]]) -> None:
     from simulator.importers.trace_io import write_trace
 
-    cat, evs, truth, counts = load_mall(path, floor, gps_acc)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "stores.geojson").write_text(json.dumps(cat, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -335,4 +341,3 @@ def write_mall(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], fl
     with open(out / "truth.jsonl", "w", encoding="utf-8") as fh:
         for row in truth:
             fh.write(json.dumps(row, separators=(",", ":")) + "\n")
-    return counts
