@@ -15,7 +15,9 @@ Entry points: ``load_catalog(path)``, ``parse_catalog(obj)``, ``validate(obj)``,
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import json
 import math
 import os
@@ -567,12 +569,34 @@ def _collection_problems(obj: object) -> tuple[list[Any], list[Problem]]:
     return features, problems
 
 
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while building millions of small containers.
+
+    Decoding and validating a catalog allocates lists and dicts by the million; each allocation
+    burst triggers a collection that walks every live container, which made decoding a 500k-store
+    file ten times slower (8.7 s vs 0.9 s measured). Nothing we build has reference cycles.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def parse_stores(obj: object) -> tuple[list[Store], list[Problem]]:
     """Every store that is valid on its own, and every problem of the catalog (all at once).
 
     A store whose identifiers clash with an earlier feature's, or whose polygon GEOS finds
     invalid, is reported and left out.
     """
+    with _gc_paused():
+        return _parse_stores(obj)
+
+
+def _parse_stores(obj: object) -> tuple[list[Store], list[Problem]]:
     features, problems = _collection_problems(obj)
     parsed: list[tuple[int, Store]] = []
     first_index: dict[str, int] = {}
@@ -657,10 +681,11 @@ def validate(obj: object) -> list[Problem]:
 
 def parse_catalog(obj: Mapping[str, Any]) -> Catalog:
     """A Catalog from a parsed FeatureCollection; raises CatalogError listing every problem."""
-    stores, problems = parse_stores(obj)
-    if problems:
-        raise CatalogError(problems)
-    return Catalog(stores)
+    with _gc_paused():
+        stores, problems = _parse_stores(obj)
+        if problems:
+            raise CatalogError(problems)
+        return Catalog(stores)
 
 
 def store_from_feature(feature: Mapping[str, Any], index: int | None = None) -> Store:
@@ -697,9 +722,10 @@ def read_json(path: str | os.PathLike[str], strict: bool = False) -> Any:
             ]
         ) from exc
     try:
-        if strict:
-            return geojson.loads(text)
-        return msgspec.json.decode(text)
+        with _gc_paused():
+            if strict:
+                return geojson.loads(text)
+            return msgspec.json.decode(text)
     except geojson.DuplicateKeyError as exc:
         raise CatalogError([Problem(None, None, str(exc))]) from exc
     except json.JSONDecodeError as exc:
