@@ -293,10 +293,15 @@ def _to_campaign(m: CampaignModel) -> Campaign:
 
 
 def _fmt_error(where: str, exc: ValidationError) -> list[str]:
+    """One line per pydantic error: ``where`` then the field path (``where`` ending in ": "
+    starts a path; otherwise the path is joined with a dot, e.g. ``campaigns[0].coupon``)."""
     out = []
     for err in exc.errors():
+        if where.endswith(": ") and len(err["loc"]) > 1 and err["loc"][0] == "campaigns":
+            continue  # the campaigns are checked one by one below
         loc = ".".join(str(p) for p in err["loc"])
-        out.append(f"{where}{'.' + loc if loc else ''}: {err['msg']}")
+        sep = "" if where.endswith(": ") or not loc else "."
+        out.append(f"{where}{sep}{loc}: {err['msg']}" if loc else f"{where.rstrip(': ')}: {err['msg']}")
     return out
 
 
@@ -307,14 +312,18 @@ def parse_campaigns(doc: Any, source: str = "campaigns") -> CampaignSet:
         doc = {"campaigns": doc}
     if not isinstance(doc, dict):
         raise CampaignError([f"{source}: expected a list of campaigns or an object with 'campaigns'"])
+    problems: list[str] = []
+    top: CampaignFileModel | None = None
     try:
         top = CampaignFileModel.model_validate(doc)
     except ValidationError as exc:
-        raise CampaignError(_fmt_error(source, exc)) from exc
-    problems: list[str] = []
+        problems.extend(_fmt_error(f"{source}: ", exc))
+    raw_campaigns = doc.get("campaigns")
+    if not isinstance(raw_campaigns, list):
+        raise CampaignError(problems)
     campaigns: list[Campaign] = []
     seen: dict[str, int] = {}
-    for i, raw in enumerate(top.campaigns):
+    for i, raw in enumerate(raw_campaigns):
         cid = raw.get("id") if isinstance(raw, dict) else None
         where = f"{source}: campaigns[{i}]" + (f" (id {cid!r})" if cid else "")
         try:
@@ -327,7 +336,7 @@ def parse_campaigns(doc: Any, source: str = "campaigns") -> CampaignSet:
             continue
         seen[m.id] = i
         campaigns.append(_to_campaign(m))
-    if problems:
+    if problems or top is None:
         raise CampaignError(problems)
     quiet = None
     if top.quiet_hours is not None:

@@ -131,3 +131,21 @@ def test_profiles_file(tmp_path: Path) -> None:
     assert "line 2" in str(ei.value) and "line 3" in str(ei.value) and "line 1:" not in str(ei.value)
     with pytest.raises(ProfileError, match="cannot read"):
         load_profiles(tmp_path / "nope.jsonl")
+
+
+def test_file_level_and_campaign_problems_together(tmp_path: Path) -> None:
+    p = tmp_path / "bad.yaml"
+    p.write_text(
+        "quiet_hours: {start: 22:00, end: '08:00'}\nmax_pushes_per_user_per_day: -1\n"
+        "campaigns:\n  - {id: s, merchant_id: m, trigger: dwell, coupon: "
+        "{title: t, value: 1, currency: EUR, expires_in_s: 60}}\n"
+    )
+    with pytest.raises(CampaignError) as ei:
+        load_campaigns(p)
+    probs = ei.value.problems
+    assert len(probs) == 3
+    assert any("quiet_hours.start" in x for x in probs)
+    assert any("max_pushes_per_user_per_day" in x for x in probs)
+    assert any("(id 's')" in x and "needs dwell_s" in x for x in probs)
+    with pytest.raises(CampaignError, match="campaigns: Field required"):
+        parse_campaigns({})
