@@ -23,7 +23,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -371,6 +371,23 @@ class Publisher:
 # --- orchestration ------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def busy(console: Console, message: str) -> Iterator[None]:
+    """A spinner while something slow runs (a plain line when not on a terminal). Unlike
+    ``console.status`` it leaves sys.stdout alone: numba wraps sys.stdout (colorama) the first
+    time it compiles, and must not keep a proxy that dies with the spinner."""
+    if not console.is_terminal:
+        console.print(message, highlight=False, soft_wrap=True)
+        yield
+        return
+    from rich.live import Live
+    from rich.spinner import Spinner
+
+    with Live(Spinner("dots", text=message), console=console, transient=True,
+              redirect_stdout=False, redirect_stderr=False):  # fmt: skip
+        yield
+
+
 def _fmt_clock(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%H:%M UTC") if ts > 0 else ""
 
@@ -437,7 +454,7 @@ class _Run:
         # Only settings this daemon version knows (the daemon's settings may grow or shrink).
         known = set(Settings.model_fields)
         settings = load_settings({k: v for k, v in wanted.items() if k in known})
-        with self.console.status("warming up the engine (compiling the match kernel)…"):
+        with busy(self.console, "warming up the engine (compiling the match kernel)…"):
             await asyncio.to_thread(warm_up_engine, settings)
         svc = Service(settings, core_factory_for(settings))
         svc_task = asyncio.create_task(svc.run(), name="engine")
@@ -502,7 +519,10 @@ class _Run:
             from rich.live import Live
 
             live_cm = Live(render_live(self.stats.snapshot()), console=self.console,
-                           refresh_per_second=4, transient=False)  # fmt: skip
+                           refresh_per_second=4, transient=False,
+                           # no stdout/stderr proxies: libraries that wrap sys.stdout while the
+                           # view runs (numba's colorama) would keep a dead proxy. Logs go to a file.
+                           redirect_stdout=False, redirect_stderr=False)  # fmt: skip
         with live_cm as live:
             while True:
                 self._sample(svc)
@@ -552,7 +572,7 @@ def run_demo(
     handler = _engine_logging(out / "engine.log")
     try:
         if city is None:
-            with console.status(f"generating a city: {opts.stores} stores, {opts.users} people…"):
+            with busy(console, f"generating a city: {opts.stores} stores, {opts.users} people…"):
                 city = make_city(opts, out / "city")
         files["city"] = city.stores.parent
         broker = None

@@ -274,10 +274,19 @@ def render_map(
         raise MapError(f"nothing to draw: {stores} has no stores and there are no paths")
     allp = np.vstack(pts)
     (x0, y0), (x1, y1) = allp.min(axis=0), allp.max(axis=0)
+    coslat = max(math.cos(math.radians((y0 + y1) / 2)), 1e-6)
+    # Never thinner than 1:2 on paper: a city along one street would become a sliver.
+    w_m, h_m = (x1 - x0) * coslat, y1 - y0
+    if h_m < w_m / 2:
+        grow = (w_m / 2 - h_m) / 2
+        y0, y1 = y0 - grow, y1 + grow
+    elif w_m < h_m / 2:
+        grow = (h_m / 2 - w_m) / 2 / coslat
+        x0, x1 = x0 - grow, x1 + grow
     padx, pady = max((x1 - x0) * 0.03, 1e-4), max((y1 - y0) * 0.03, 1e-4)
     ax.set_xlim(x0 - padx, x1 + padx)
     ax.set_ylim(y0 - pady, y1 + pady)
-    ax.set_aspect(1.0 / max(math.cos(math.radians((y0 + y1) / 2)), 1e-6))
+    ax.set_aspect(1.0 / coslat)
     ax.set_xlabel("longitude")
     ax.set_ylabel("latitude")
     ax.ticklabel_format(useOffset=False)
