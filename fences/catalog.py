@@ -39,17 +39,19 @@ DEFAULT_MAX_ACCURACY_M = 100.0
 DEFAULT_TZ = "UTC"
 
 # Properties with a meaning; anything else is kept verbatim in Store.properties.
-KNOWN_PROPERTIES = (
-    "store_id",
-    "merchant_id",
-    "name",
-    "radius_m",
-    "wifi",
-    "beacons",
-    "nfc",
-    "tz",
-    "max_accuracy_m",
-    "tags",
+KNOWN_PROPERTIES = frozenset(
+    {
+        "store_id",
+        "merchant_id",
+        "name",
+        "radius_m",
+        "wifi",
+        "beacons",
+        "nfc",
+        "tz",
+        "max_accuracy_m",
+        "tags",
+    }
 )
 
 _BSSID_RE = re.compile(r"^[0-9a-f]{2}(?::[0-9a-f]{2}){5}$")
@@ -480,6 +482,15 @@ def _parse_feature(feature: object) -> tuple[Store | None, str | None, list[str]
             fb.bad(
                 f"a Feature must not contain a {member!r} member (RFC 7946 §7.1); move it into geometry or remove it"
             )
+    if (
+        "id" in feature
+        and not isinstance(feature["id"], str)
+        and not geojson.is_number(feature["id"])
+    ):
+        fb.bad(f'the Feature "id" must be a string or a number, got {_fmt(feature["id"])}')
+    bbox = geojson._bbox_problem(feature)
+    if bbox:
+        fb.bad(f"feature {bbox}")
     props = feature.get("properties")
     if not isinstance(props, dict):
         fb.bad(
@@ -488,7 +499,7 @@ def _parse_feature(feature: object) -> tuple[Store | None, str | None, list[str]
         props = {}
     store_id = _string(props, "store_id", fb, required=True)
     merchant_id = _string(props, "merchant_id", fb, required=True)
-    name = props.get("name", "")
+    name = props.get("name") or ""
     if not isinstance(name, str):
         fb.bad(f"name must be a string, got {_fmt(name)}")
         name = ""

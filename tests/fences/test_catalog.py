@@ -201,6 +201,9 @@ BROKEN: list[tuple[str, Any, str]] = [
         "winds around a pole",
     ),
     ("not a Feature", lambda f: f[1].update(type="Featur"), '"type" must be "Feature"'),
+    ("feature id object", lambda f: f[1].update(id={}), '"id" must be a string or a number'),
+    ("bad bbox", lambda f: f[1].update(bbox=[1, 2, 3]), "bbox has 3 elements"),
+    ("name not text", lambda f: f[1]["properties"].update(name=5), "name must be a string"),
 ]
 
 
