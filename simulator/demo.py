@@ -340,9 +340,12 @@ class Publisher:
         cmd = [sys.executable, "-m", "engine", "simulate", "publish", str(self.trace),
                "--broker", self.url, "--speed", f"{self.speed:.3f}", "--quiet"]  # fmt: skip
         with open(self.log, "wb") as fh:
+            # Its own session: a Ctrl-C in the terminal reaches only the demo, which then stops
+            # the publisher itself (rather than seeing it die and calling that a failure).
             self._proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT
-            )
+                cmd, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
 
     @property
     def done(self) -> bool:
