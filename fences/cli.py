@@ -10,6 +10,7 @@ import argparse
 import csv
 import math
 import sys
+import warnings
 from collections.abc import Iterator
 from typing import IO, TYPE_CHECKING, Any
 
@@ -223,6 +224,49 @@ def read_fixes(fh: IO[str], name: str) -> tuple[list[float], list[float], list[f
     return lons, lats, accs
 
 
+def load_fixes(path: str) -> tuple[Any, Any, Any]:
+    """lon, lat, acc as float64 arrays from a fixes CSV.
+
+    Fast path: numpy's C parser for plain numeric files. Anything it cannot take (quotes, empty
+    acc, bad values, out-of-range rows) goes through ``read_fixes``, which names the bad lines.
+    """
+    import numpy as np
+
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            header = [h.strip().lower() for h in fh.readline().split(",")]
+            if header in (["lon", "lat"], ["lon", "lat", "acc"]):
+                try:
+                    with warnings.catch_warnings():  # "input contained no data" on header-only
+                        warnings.simplefilter("ignore", UserWarning)
+                        arr = np.loadtxt(
+                            fh, delimiter=",", ndmin=2, dtype=np.float64, comments=None
+                        )
+                except ValueError:
+                    arr = None
+                if arr is not None and arr.size == 0:
+                    arr = arr.reshape(0, len(header))
+                if arr is not None and _plausible(arr, len(header)):
+                    acc = arr[:, 2] if len(header) == 3 else np.zeros(len(arr))
+                    return arr[:, 0].copy(), arr[:, 1].copy(), np.ascontiguousarray(acc)
+            fh.seek(0)
+            lons, lats, accs = read_fixes(fh, path)
+    except OSError as exc:
+        raise FixesCsvError(f"cannot read {path!r}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise FixesCsvError(f"{path} is not UTF-8 text ({exc.reason})") from exc
+    return np.asarray(lons), np.asarray(lats), np.asarray(accs)
+
+
+def _plausible(arr: Any, width: int) -> bool:
+    import numpy as np
+
+    if arr.shape[1] != width or not np.isfinite(arr).all():
+        return False
+    ok = (np.abs(arr[:, 0]) <= 180.0).all() and (np.abs(arr[:, 1]) <= 90.0).all()
+    return bool(ok and (width == 2 or (arr[:, 2] >= 0).all()))
+
+
 def _chunks(n: int, show: bool) -> Iterator[tuple[int, int]]:
     if not show:
         for lo in range(0, n, CHUNK):
@@ -252,7 +296,6 @@ def _stderr_console() -> Any:
 
 
 def cmd_match(args: argparse.Namespace) -> int:
-    import numpy as np
 
     from fences.catalog import load_catalog
     from fences.index import FenceIndex
@@ -260,13 +303,8 @@ def cmd_match(args: argparse.Namespace) -> int:
     if not (math.isfinite(args.margin) and args.margin >= 0):
         raise FixesCsvError(f"--margin must be >= 0 metres, got {args.margin}")
     catalog = load_catalog(args.file)
-    try:
-        with open(args.fixes, newline="", encoding="utf-8") as fh:
-            lons, lats, accs = read_fixes(fh, args.fixes)
-    except OSError as exc:
-        raise FixesCsvError(f"cannot read {args.fixes!r}: {exc.strerror}") from exc
+    x, y, a = load_fixes(args.fixes)
     index = FenceIndex(catalog)
-    x, y, a = np.asarray(lons), np.asarray(lats), np.asarray(accs)
     ids = [s.store_id for s in catalog.stores]
     out = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
     matched = 0

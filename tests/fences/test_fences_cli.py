@@ -146,6 +146,32 @@ def test_match_to_stdout_without_acc_column(
     assert float(rows[1][2]) == pytest.approx(-40.0, abs=1e-3)
 
 
+def test_fast_and_slow_csv_paths_agree(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Plain numeric CSV takes numpy's parser; quoted values take the csv module: same output."""
+    from fences.cli import load_fixes
+
+    rng = np.random.default_rng(3)
+    pts = np.column_stack(
+        [rng.uniform(24.938, 24.947, 50), rng.uniform(60.1685, 60.1715, 50), rng.uniform(0, 30, 50)]
+    )
+    plain, quoted = tmp_path / "plain.csv", tmp_path / "quoted.csv"
+    plain.write_text("lon,lat,acc\n" + "".join(f"{x!r},{y!r},{a!r}\n" for x, y, a in pts.tolist()))
+    quoted.write_text(
+        "lon,lat,acc\n" + "".join(f'"{x!r}",{y!r},"{a!r}"\n' for x, y, a in pts.tolist())
+    )
+    for got in (load_fixes(str(plain)), load_fixes(str(quoted))):
+        assert np.array_equal(np.column_stack(got), pts)
+    header_only = tmp_path / "empty.csv"
+    header_only.write_text("lon,lat\n")
+    assert all(len(v) == 0 for v in load_fixes(str(header_only)))
+    cat = _write(tmp_path, "cat.geojson", CATALOG)
+    outs = []
+    for f in (plain, quoted):
+        assert main(["fences", "match", str(cat), str(f)]) == 0
+        outs.append(capsys.readouterr().out)
+    assert outs[0] == outs[1] and outs[0].count("\n") > 1
+
+
 @pytest.mark.parametrize(
     ("text", "words"),
     [
