@@ -193,12 +193,12 @@ def _store_points(stores: list[Store]) -> tuple[F64, F64]:
 
 def _grid(
     ent_rec: I64, ent_box: F64, recf: F64, reci: I64, cell_m: float | None
-) -> tuple[F64, I64, F64]:
+) -> tuple[F64, NDArray[np.int32], F64]:
     """Uniform grid over the entry boxes: (gp, cstart, occ) in fences.kernel's layout."""
     ne = len(ent_rec)
     if ne == 0:
         gp = np.array([0.0, 0.0, 1.0, 1.0, 1.0, 1.0, -1.0, -1.0])  # x1 < x0: nothing overlaps
-        return gp, np.zeros(2, dtype=np.int64), np.zeros((0, 9))
+        return gp, np.zeros(2, dtype=np.int32), np.zeros((0, 9))
     x0, y0 = float(ent_box[:, 0].min()), float(ent_box[:, 1].min())
     x1, y1 = float(ent_box[:, 2].max()), float(ent_box[:, 3].max())
     coslat = math.cos(math.radians(min(abs(y0 + y1) / 2.0, 80.0)))
@@ -238,7 +238,10 @@ def _grid(
     occ[:, 4:8] = recf[rec]
     occ[:, 7] = np.where(reci[rec, 0] == kernel.CIRCLE, recf[rec, 3], -1.0)
     occ[:, 8] = rec
-    cstart = np.zeros(nx * ny + 1, dtype=np.int64)
+    if len(e) >= 2**31:
+        raise FencesError("the fence grid outgrew 2**31 rows: use a larger cell_m")
+    # int32 offsets: half the memory of int64 and measurably fewer cache misses per fix
+    cstart = np.zeros(nx * ny + 1, dtype=np.int32)
     np.cumsum(np.bincount(cells, minlength=nx * ny), out=cstart[1:])
     gp = np.array([x0, y0, cw, ch, float(nx), float(ny), x1, y1])
     return gp, cstart, occ

@@ -3,7 +3,7 @@
 Data layout (built by fences.index, read here; all float64 / int64, C-contiguous):
 
 * ``gp``      grid parameters ``[x0, y0, cell_w, cell_h, nx, ny, x1, y1]`` (degrees);
-* ``cstart``  CSR offsets, ``ncells + 1``: cell ``c`` owns occurrences ``cstart[c]:cstart[c+1]``;
+* ``cstart``  int32 CSR offsets, ``ncells + 1``: cell ``c`` owns occurrences ``cstart[c]:cstart[c+1]``;
 * ``occ``     ``(m, 9)`` one row per (cell, entry): the entry's box x0, y0, x1, y1; for a circle
   its centre lon, lat, cos(lat) and radius (radius -1 marks a polygon); the record number (as a
   float, exact below 2**53). Box and circle are copied into every cell the entry overlaps, so the
@@ -43,6 +43,7 @@ _DEG = math.pi / 180.0
 
 F64 = NDArray[np.float64]
 I64 = NDArray[np.int64]
+I32 = NDArray[np.int32]
 
 
 @nb.njit(cache=True, inline="always")
@@ -147,7 +148,7 @@ def _core(
     start: int,
     single: bool,
     gp: F64,
-    cstart: I64,
+    cstart: I32,
     occ: F64,
     recf: F64,
     reci: I64,
@@ -192,7 +193,9 @@ def _core(
         worst = abs(lat) + dlat
         dlon = 360.0
         if worst < POLE_LAT:
-            dlon = dlat / math.cos(worst * _DEG)
+            # r == 0 (pure containment, the common case): cos(lat) already covers the 1e-9°
+            # box within BOX_SLACK, saving a cosine per fix
+            dlon = dlat / (coslat if r == 0.0 else math.cos(worst * _DEG))
             if not dlon < 180.0:
                 dlon = 360.0
         qy0 = max(lat - dlat, -90.0)
@@ -321,7 +324,7 @@ def query_one(
     lat: float,
     r: float,
     gp: F64,
-    cstart: I64,
+    cstart: I32,
     occ: F64,
     recf: F64,
     reci: I64,
@@ -366,7 +369,7 @@ def query_batch(
     order: I64,
     start: int,
     gp: F64,
-    cstart: I64,
+    cstart: I32,
     occ: F64,
     recf: F64,
     reci: I64,
@@ -471,7 +474,7 @@ def warm_up() -> float:
 
     t0 = time.perf_counter()
     gp = np.array([-1.0, -1.0, 1.0, 1.0, 2.0, 2.0, 1.0, 1.0])
-    cstart = np.zeros(5, dtype=np.int64)
+    cstart = np.zeros(5, dtype=np.int32)
     occ = np.zeros((0, 9))
     recf = np.zeros((1, 4))
     reci = np.zeros((1, 5), dtype=np.int64)
