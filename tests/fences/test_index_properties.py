@@ -23,6 +23,7 @@ PROFILE = settings(
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow],
 )
+LIVE_PROFILE = settings(PROFILE, max_examples=80)
 DIST_TOL = 1e-5
 
 
@@ -85,7 +86,7 @@ def test_query_matches_oracle(seed: int, locale: int, n_stores: int) -> None:
         assert abs(index.distance(slot, lon, lat) - signed_distance(s, lon, lat)) <= DIST_TOL
 
 
-@PROFILE
+@LIVE_PROFILE
 @given(
     seed=st.integers(0, 2**31),
     locale=st.integers(0, len(LOCALES) - 1),
