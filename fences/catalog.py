@@ -22,7 +22,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -607,13 +607,18 @@ def parse_stores(obj: object) -> tuple[list[Store], list[Problem]]:
         return _parse_stores(obj)
 
 
-def _parse_stores(obj: object) -> tuple[list[Store], list[Problem]]:
+def _parse_stores(
+    obj: object, decode: Callable[[Any], Any] | None = None
+) -> tuple[list[Store], list[Problem]]:
+    """``decode``: features are still encoded (msgspec.Raw) and are decoded one at a time, so
+    the decoded form of a 500k-store file never exists all at once."""
     features, problems = _collection_problems(obj)
     parsed: list[tuple[int, Store]] = []
     first_index: dict[str, int] = {}
     claims: dict[tuple[str, str], tuple[int, str | None]] = {}
     clashed: set[int] = set()
-    for i, feature in enumerate(features):
+    for i, raw in enumerate(features):
+        feature = raw if decode is None else decode(raw)
         store, sid, reasons, idents = _parse_feature(feature)
         problems.extend(Problem(i, sid, r) for r in reasons)
         clash = _claim(i, sid, idents, claims, problems)
@@ -721,17 +726,7 @@ def read_json(path: str | os.PathLike[str], strict: bool = False) -> Any:
     """
     import msgspec
 
-    try:
-        with open(path, "rb") as fh:
-            text = fh.read()
-    except OSError as exc:
-        raise CatalogError(
-            [
-                Problem(
-                    None, None, f"cannot read {os.fspath(path)!r}: {exc.strerror}; check the path"
-                )
-            ]
-        ) from exc
+    text = _read_bytes(path)
     try:
         with _gc_paused():
             if strict:
@@ -752,6 +747,15 @@ def read_json(path: str | os.PathLike[str], strict: bool = False) -> Any:
         ) from exc
 
 
+def _read_bytes(path: str | os.PathLike[str]) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        reason = f"cannot read {os.fspath(path)!r}: {exc.strerror}; check the path"
+        raise CatalogError([Problem(None, None, reason)]) from exc
+
+
 def _syntax(msg: str, text: bytes, pos: int | None) -> str:
     where = ""
     if pos is not None:
@@ -765,8 +769,42 @@ def _syntax(msg: str, text: bytes, pos: int | None) -> str:
 
 
 def load_catalog(path: str | os.PathLike[str], strict: bool = False) -> Catalog:
-    """Read and validate a catalog file; raises CatalogError listing every problem."""
-    return parse_catalog(read_json(path, strict=strict))
+    """Read and validate a catalog file; raises CatalogError listing every problem.
+
+    The default path decodes the FeatureCollection shallowly and each feature only when it is
+    validated, which keeps peak memory near the size of the file plus the stores. ``strict``
+    (refuse duplicate member names) decodes everything with the standard library first.
+    """
+    if strict:
+        return parse_catalog(read_json(path, strict=True))
+    import msgspec
+
+    text = _read_bytes(path)
+    try:
+        with _gc_paused():
+            top = msgspec.json.decode(text, type=dict[str, msgspec.Raw])
+            shallow: dict[str, Any] = {
+                k: msgspec.json.decode(v) for k, v in top.items() if k != "features"
+            }
+            if "features" in top:
+                try:
+                    shallow["features"] = msgspec.json.decode(
+                        top["features"], type=list[msgspec.Raw]
+                    )
+                except msgspec.ValidationError:  # not an array: let the validator say what
+                    shallow["features"] = msgspec.json.decode(top["features"])
+            del top
+            stores, problems = _parse_stores(shallow, decode=msgspec.json.decode)
+            if problems:
+                raise CatalogError(problems)
+            return Catalog(stores)
+    except msgspec.ValidationError:  # the root is not an object: the generic path explains
+        return parse_catalog(read_json(path))
+    except msgspec.DecodeError as exc:
+        m = re.search(r"\(byte (\d+)\)", str(exc))
+        raise CatalogError(
+            [Problem(None, None, _syntax(str(exc), text, int(m.group(1)) if m else None))]
+        ) from exc
 
 
 # --------------------------------------------------------------------------------------------

@@ -342,6 +342,32 @@ def test_load_catalog_file_errors(tmp_path: Path) -> None:
     dup.write_text('{"type": "FeatureCollection", "type": "Feature", "features": []}')
     with pytest.raises(CatalogError, match="twice"):
         load_catalog(dup, strict=True)
+    for text, words in (
+        ("[1, 2]", "got an array"),
+        ('{"type": "FeatureCollection", "features": {}}', '"features" must be an array'),
+        ('{"type": "FeatureCollection", "features": [NaN]}', "NaN and Infinity are not JSON"),
+    ):
+        other = tmp_path / "other.geojson"
+        other.write_text(text)
+        with pytest.raises(CatalogError, match=words):
+            load_catalog(other)
+
+
+def test_lazy_and_strict_loading_agree(tmp_path: Path) -> None:
+    feats = _good() + [circle(f"x{i}", lon=24 + i / 100) for i in range(20)]
+    path = tmp_path / "c.geojson"
+    path.write_text(json.dumps(fc(*feats)))
+    lazy, strict = load_catalog(path), load_catalog(path, strict=True)
+    assert lazy.stores == strict.stores
+    feats[3]["properties"]["radius_m"] = -1
+    feats[7]["geometry"] = None
+    path.write_text(json.dumps(fc(*feats)))
+    errors = []
+    for s in (False, True):
+        with pytest.raises(CatalogError) as info:
+            load_catalog(path, strict=s)
+        errors.append(info.value.problems)
+    assert errors[0] == errors[1] and [p.index for p in errors[0]] == [3, 7]
 
 
 # ---- property: any valid store survives writing and reading back unchanged
