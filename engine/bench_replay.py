@@ -4,7 +4,7 @@ Workload (seeded, built with numpy): ``fences.synth`` city of --stores fences (a
 inside one), 20% of the stores given a WiFi AP, a beacon and an NFC tag, one campaign set over
 every merchant (enter for all; dwell 300 s and exit for a third; caps, inventory, audiences);
 --users users with a home near which all their signals fall. Events, sorted by time: 85% GPS
-(home + 40 m jitter, accuracy 5-150 m), 7% WiFi scans (3 APs, one the user's local store's when
+(home + --jitter-m, default 40 m, accuracy 5-150 m), 7% WiFi scans (3 APs, one the user's local store's when
 there is one), 5% beacon sightings, 1% NFC taps, 2% payments. They are encoded as wire JSON lines
 first (not timed), then replayed exactly like ``geopush replay``: decode each line, Core.process
 per micro-batch of 1024, MemoryStore.commit.
@@ -50,6 +50,13 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     )
     p.add_argument("--batch-size", type=int, default=1024, help="events per micro-batch (1024)")
     p.add_argument("--seed", type=int, default=0, help="workload seed (default 0)")
+    p.add_argument(
+        "--jitter-m",
+        type=float,
+        default=40.0,
+        help="spread (m) of a user's fixes around their home; larger = more visit events per "
+        "event (default 40)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=_run)
 
@@ -59,7 +66,10 @@ def _run(args: argparse.Namespace) -> int:
 
     if min(args.stores, args.users, args.events, args.batch_size) < 1:
         raise ConfigError("--stores, --users, --events and --batch-size must be at least 1")
-    res = measure(args.stores, args.users, args.events, args.batch_size, args.seed, progress=not args.json)
+    res = measure(
+        args.stores, args.users, args.events, args.batch_size, args.seed, args.jitter_m,
+        progress=not args.json,
+    )
     if args.json:
         print(json.dumps(res, indent=2, sort_keys=True))
     else:
@@ -67,7 +77,9 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_workload(n_stores: int, n_users: int, n_events: int, seed: int) -> tuple[Any, Any, list[bytes]]:
+def build_workload(
+    n_stores: int, n_users: int, n_events: int, seed: int, jitter_m: float = 40.0
+) -> tuple[Any, Any, list[bytes]]:
     """(FenceIndex, CampaignSet, wire lines) for the benchmark; deterministic in ``seed``."""
     import numpy as np
 
@@ -118,8 +130,8 @@ def build_workload(n_stores: int, n_users: int, n_events: int, seed: int) -> tup
     ts = T0 + np.arange(n_events) * (3600.0 / max(n_events, 1))  # one hour of traffic
     m_per_deg = 111_195.0
     cos0 = np.cos(np.radians(city.lat0))
-    lon = hx[users] + rng.normal(0, 40, n_events) / (m_per_deg * cos0)
-    lat = hy[users] + rng.normal(0, 40, n_events) / m_per_deg
+    lon = hx[users] + rng.normal(0, jitter_m, n_events) / (m_per_deg * cos0)
+    lat = hy[users] + rng.normal(0, jitter_m, n_events) / m_per_deg
     acc = rng.choice(np.array([5.0, 10.0, 20.0, 50.0, 150.0]), n_events)
     rssi = rng.integers(-90, -45, n_events)
     lines: list[bytes] = []
@@ -179,6 +191,7 @@ def _pass(index: Any, campaigns: Any, lines: list[bytes], batch: int, timed: boo
         outs = core.process(evs)
         store.commit(outs)
         n_out += len(outs)
+        gc.freeze()  # as replay does: long-lived user records leave the collector's young gens
         if timed:
             t_process += pc() - t1
     end = core.flush(T0 + 7200.0)
@@ -201,7 +214,13 @@ def _pass(index: Any, campaigns: Any, lines: list[bytes], batch: int, timed: boo
 
 
 def measure(
-    n_stores: int, n_users: int, n_events: int, batch: int = 1024, seed: int = 0, progress: bool = True
+    n_stores: int,
+    n_users: int,
+    n_events: int,
+    batch: int = 1024,
+    seed: int = 0,
+    jitter_m: float = 40.0,
+    progress: bool = True,
 ) -> dict[str, Any]:
     from engine.events import decode
 
@@ -213,7 +232,7 @@ def measure(
 
     t = time.perf_counter()
     say(f"building workload: {n_stores:,} stores, {n_users:,} users, {n_events:,} events ...")
-    index, campaigns, lines = build_workload(n_stores, n_users, n_events, seed)
+    index, campaigns, lines = build_workload(n_stores, n_users, n_events, seed, jitter_m)
     build_s = time.perf_counter() - t
 
     say("baseline: decode alone ...")
@@ -235,6 +254,7 @@ def measure(
         "events": n_events,
         "batch_size": batch,
         "seed": seed,
+        "jitter_m": jitter_m,
         "workload_build_s": round(build_s, 2),
         "events_per_s": round(n_events / p1["wall_s"]),
         "events_per_cpu_s": round(n_events / p1["cpu_s"]),

@@ -14,6 +14,7 @@ The same inputs give the same files, byte for byte: nothing depends on wall time
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 from collections.abc import Iterator
@@ -122,6 +123,10 @@ def replay(
             outs = core.process(events)
             store.commit(outs)
             _write(outs, f_visits, f_pushes)
+            # User records live until the end: move them out of the collector's generations so
+            # full collections do not rescan millions of them (~25% of replay time otherwise).
+            # The core makes no reference cycles, so nothing is leaked by freezing.
+            gc.freeze()
 
         update = stack.enter_context(_progress(progress, total, tpath.name))
         done = 0
@@ -161,6 +166,7 @@ def replay(
         if update is not None:
             update(total if total is not None else done)
 
+    gc.unfreeze()
     summary = _summary(core, store, tpath, lines, dead)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary
