@@ -246,7 +246,7 @@ def campaign_doc(lay: Layout, ids: _Ids, seed: int) -> dict[str, Any]:
     # Prefer merchants with mall units (busy) and chains: weight by store count.
     weight = np.bincount(lay.merchant, minlength=lay.n_merchants).astype(float)
     weight[np.unique(lay.merchant[lay.mall >= 0])] *= 3
-    n = int(min(max(3, lay.n_merchants // 10), 300, np.count_nonzero(weight)))
+    n = min(max(3, lay.n_merchants // 10), 300, int(np.count_nonzero(weight)))
     chosen = rng.choice(lay.n_merchants, n, replace=False, p=weight / weight.sum())
     campaigns: list[dict[str, Any]] = []
     for m in sorted(int(x) for x in chosen):

@@ -60,7 +60,7 @@ _HEX = _lit("0123456789abcdef")
 def _put(buf: np.ndarray, pos: int, lit: np.ndarray) -> int:
     for i in range(lit.shape[0]):
         buf[pos + i] = lit[i]
-    return pos + lit.shape[0]
+    return int(pos + lit.shape[0])
 
 
 @nb.njit(cache=True)

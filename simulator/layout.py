@@ -207,9 +207,10 @@ def store_bssids(store: int, n_ap: int) -> list[int]:
     return [STORE_AP_PREFIX | (store << 2) | a for a in range(n_ap)]
 
 
-def beacon_ids(store: np.ndarray | int) -> tuple[np.ndarray | int, np.ndarray | int]:
-    """(major, minor) of a store's beacon: the store index split in two 16-bit halves."""
-    return np.right_shift(store, 16), np.bitwise_and(store, 0xFFFF)
+def beacon_ids(store: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(major, minor) of each store's beacon: the store index split in two 16-bit halves."""
+    s = np.asarray(store, dtype=np.int64)
+    return np.right_shift(s, 16), np.bitwise_and(s, 0xFFFF)
 
 
 def path_length(px: np.ndarray, py: np.ndarray, qx: np.ndarray, qy: np.ndarray) -> np.ndarray:
@@ -218,7 +219,8 @@ def path_length(px: np.ndarray, py: np.ndarray, qx: np.ndarray, qy: np.ndarray) 
     sy = np.round(py / BLOCK_M) * BLOCK_M
     sx = np.round(qx / BLOCK_M) * BLOCK_M
     street = np.abs(py - sy) + np.abs(px - sx) + np.abs(sy - qy) + np.abs(sx - qx)
-    return np.where(same, np.hypot(qx - px, qy - py), street)
+    out: np.ndarray = np.where(same, np.hypot(qx - px, qy - py), street)
+    return out
 
 
 def path_point(
@@ -238,7 +240,8 @@ def path_point(
     c3 = c2 + legs[2]
 
     def frac(a: np.ndarray, length: np.ndarray) -> np.ndarray:
-        return np.clip(np.divide(a, length, out=np.zeros_like(a), where=length > 0), 0.0, 1.0)
+        out: np.ndarray = np.clip(np.divide(a, length, out=np.zeros_like(a), where=length > 0), 0.0, 1.0)
+        return out
 
     x = np.where(
         s < c1,

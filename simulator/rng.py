@@ -43,4 +43,5 @@ def normal(h: np.ndarray, salt: int = 0) -> np.ndarray:
     """Standard normal floats from hashes (Box-Muller)."""
     u1 = uniform(h, salt * 2 + 101)
     u2 = uniform(h, salt * 2 + 102)
-    return np.sqrt(-2.0 * np.log1p(-u1)) * np.cos(2.0 * np.pi * u2)
+    out: np.ndarray = np.sqrt(-2.0 * np.log1p(-u1)) * np.cos(2.0 * np.pi * u2)
+    return out

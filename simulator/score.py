@@ -282,14 +282,14 @@ def score(truth: Sequence[TruthStay], detected: Sequence[Detected], *, min_stay:
             if d.end is not None and t.end < horizon:
                 gs.exit_delays.append(d.end - t.end)
     for j, d in enumerate(detected):
-        i = d2t.get(j)
+        ti = d2t.get(j)
         d_len = (horizon if d.end is None else d.end) - d.start
-        if d_len < min_stay or (i is not None and truth[i].end - truth[i].start < min_stay):
+        if d_len < min_stay or (ti is not None and truth[ti].end - truth[ti].start < min_stay):
             rep.ignored_detected += 1
             continue
         for gs in (groups[d.group], overall):
             gs.detected += 1
-            if i is not None:
+            if ti is not None:
                 gs.true_positive += 1
     return rep
 

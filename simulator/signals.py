@@ -253,12 +253,15 @@ def _gauss(h: np.uint64) -> float:
     b = _mix(h ^ np.uint64(0x52))
     u1 = float(a >> np.uint64(11)) * (1.0 / 9007199254740992.0)
     u2 = float(b >> np.uint64(11)) * (1.0 / 9007199254740992.0)
-    return np.sqrt(-2.0 * np.log1p(-u1)) * np.cos(2.0 * np.pi * u2)
+    return float(np.sqrt(-2.0 * np.log1p(-u1)) * np.cos(2.0 * np.pi * u2))
 
 
 @nb.njit(cache=True)
-def _hear(x, y, store_in, keys, cell_ptr, cell_idx, cx, cy, n_ap, ap_dx, ap_dy, nx, ny, block,
-          prefix, out_b, out_r, out_n, own):  # type: ignore[no-untyped-def]
+def _hear(x: np.ndarray, y: np.ndarray, store_in: np.ndarray, keys: np.ndarray,
+          cell_ptr: np.ndarray, cell_idx: np.ndarray, cx: np.ndarray, cy: np.ndarray,
+          n_ap: np.ndarray, ap_dx: np.ndarray, ap_dy: np.ndarray, nx: int, ny: int, block: float,
+          prefix: int, out_b: np.ndarray, out_r: np.ndarray, out_n: np.ndarray,
+          own: np.ndarray) -> None:
     """For each scan, the (at most MAX_APS strongest) store APs heard in its block."""
     max_aps = out_b.shape[1]
     for i in range(x.shape[0]):
