@@ -863,21 +863,40 @@ def catalog_to_geojson(catalog: Catalog | Iterable[Store]) -> dict[str, Any]:
 
 def write_catalog(catalog: Catalog | Iterable[Store], fh: TextIO) -> int:
     """Write a catalog as GeoJSON text, one feature per line (diffs stay readable); returns the
-    number of features written."""
-    doc = catalog_to_geojson(catalog)
+    number of features written. Raises CatalogError for a store that cannot be written."""
+    stores = (s for _, s in catalog.alive()) if isinstance(catalog, Catalog) else catalog
     fh.write('{"type": "FeatureCollection", "features": [\n')
-    for k, feature in enumerate(doc["features"]):
-        fh.write(
-            ("" if k == 0 else ",\n") + json.dumps(feature, ensure_ascii=False, allow_nan=False)
-        )
+    n = 0
+    for store in stores:
+        try:
+            text = json.dumps(to_feature(store), ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise CatalogError(
+                [
+                    Problem(
+                        n,
+                        store.store_id,
+                        f"cannot be written as JSON ({exc}); give its properties plain numbers, strings, lists and dicts",
+                    )
+                ]
+            ) from exc
+        fh.write(("" if n == 0 else ",\n") + text)
+        n += 1
     fh.write("\n]}\n")
-    return len(doc["features"])
+    return n
 
 
 def dump_catalog(catalog: Catalog | Iterable[Store], path: str | os.PathLike[str]) -> int:
     """Write a catalog file atomically (a temporary file renamed into place); returns the count."""
     tmp = f"{os.fspath(path)}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        n = write_catalog(catalog, fh)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            n = write_catalog(catalog, fh)
+        os.replace(tmp, path)
+    except OSError as exc:
+        reason = f"cannot write {os.fspath(path)!r}: {exc.strerror}; check the directory"
+        raise CatalogError([Problem(None, None, reason)]) from exc
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return n

@@ -315,6 +315,19 @@ def test_store_from_feature_and_round_trip(tmp_path: Path) -> None:
     assert to_feature(cat.get("c-1"))["properties"]["extra"] == {"a": 1}
 
 
+def test_unwritable_store_is_a_clear_error_and_leaves_no_file(tmp_path: Path) -> None:
+    import dataclasses
+
+    store = store_from_feature(circle("c-1"))
+    bad = dataclasses.replace(store, properties={"when": object()})
+    path = tmp_path / "out.geojson"
+    with pytest.raises(CatalogError, match="cannot be written as JSON"):
+        dump_catalog([store, bad], path)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(CatalogError, match="cannot write"):
+        dump_catalog([store], tmp_path / "missing-dir" / "x.geojson")
+
+
 def test_catalog_remove_leaves_a_tombstone() -> None:
     cat = parse_catalog(fc(*_good()))
     assert cat.remove("c-1") == 0
