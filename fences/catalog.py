@@ -452,11 +452,16 @@ def _geometry(geom: object, props: Mapping[str, Any], fb: _Feature) -> tuple[Any
         parts = _polygon_parts(geom, fb)
         if parts is None:
             return None
+        if not parts:
+            fb.bad(f"the {kind} has no area; give it at least three distinct corners")
+            return None
         polygon = parts[0] if kind == "Polygon" and len(parts) == 1 else shapely.MultiPolygon(parts)
         return None, None, polygon
-    if isinstance(kind, str) and kind.lower() in ("point", "polygon", "multipolygon"):
+    proper = {"point": "Point", "polygon": "Polygon", "multipolygon": "MultiPolygon"}
+    if isinstance(kind, str) and kind.lower() in proper:
         fb.bad(
-            f"geometry type {kind!r} has the wrong case; GeoJSON types are case-sensitive: write {kind[0].upper() + kind[1:].replace('polygon', 'Polygon')!r}"
+            f"geometry type {kind!r} has the wrong case; GeoJSON types are case-sensitive: "
+            f"write {proper[kind.lower()]!r}"
         )
     else:
         fb.bad(
