@@ -107,13 +107,22 @@ def circle_boxes(
 
 
 def query_boxes(lon: float, lat: float, dist_m: float) -> list[tuple[float, float, float, float]]:
-    """One or two lon/lat boxes holding every point within ``dist_m`` metres of (lon, lat)."""
-    dlon_a, dlat_a = pad_deg(lat, dist_m)
-    dlon, dlat = float(dlon_a), float(dlat_a)
-    _, boxes = split_boxes(
-        np.array([lon - dlon]),
-        np.array([lat - dlat]),
-        np.array([lon + dlon]),
-        np.array([lat + dlat]),
-    )
-    return [(float(b[0]), float(b[1]), float(b[2]), float(b[3])) for b in boxes]
+    """One or two lon/lat boxes holding every point within ``dist_m`` metres of (lon, lat).
+
+    Plain Python (a few hundred ns): the same padding as ``pad_deg`` and the numba kernel."""
+    dlat = dist_m / M_PER_DEG * BOX_SLACK + 1e-9
+    worst = abs(lat) + dlat
+    dlon = 360.0
+    if worst < POLE_LAT:
+        dlon = dlat / math.cos(math.radians(worst))
+        if not dlon < 180.0:
+            dlon = 360.0
+    y0, y1 = max(lat - dlat, -90.0), min(lat + dlat, 90.0)
+    x0, x1 = lon - dlon, lon + dlon
+    if x1 - x0 >= 360.0:
+        return [(-180.0, y0, 180.0, y1)]
+    if x0 < -180.0:
+        return [(x0 + 360.0, y0, 180.0, y1), (-180.0, y0, x1, y1)]
+    if x1 > 180.0:
+        return [(x0, y0, 180.0, y1), (-180.0, y0, x1 - 360.0, y1)]
+    return [(x0, y0, x1, y1)]

@@ -37,11 +37,13 @@ from rtree import index as rtree_index
 from fences import kernel
 from fences.catalog import Catalog
 from fences.errors import CatalogError, FencesError, Problem, UnknownStoreError
-from fences.geo import M_PER_DEG, circle_boxes, pad_deg, split_boxes, wrap_lon
+from fences.geo import M_PER_DEG, circle_boxes, query_boxes, wrap_lon
 from fences.store import Store
 
 F64 = NDArray[np.float64]
 I64 = NDArray[np.int64]
+_STALE_SINGLE = 16
+"""Single queries served by the rtree after a change before the delta's grid is rebuilt."""
 
 
 class QueryError(FencesError, ValueError):
@@ -295,6 +297,11 @@ class FenceIndex:
         self._n_base = len(lst)
         self._delta = rtree_index.Index(interleaved=True)
         self._n_delta = 0
+        # the delta's entry boxes (x0, y0, x1, y1, record) and a small grid over them, rebuilt
+        # lazily: batches always use it; single fixes use the rtree until it has been rebuilt
+        self._dent = _Grow(np.zeros((0, 5)))
+        self._dgrid: tuple[F64, NDArray[np.int32], F64] | None = None
+        self._stale_queries = 0
         self._compact_at = self._compact_at_fixed or (4096 + self._n_base // 20)
 
     def compact(self) -> None:
@@ -362,6 +369,9 @@ class FenceIndex:
         self._slot_rec[slot] = rec
         for box in pack.ent_box:
             self._delta.insert(rec, (float(box[0]), float(box[1]), float(box[2]), float(box[3])))
+        self._dent.extend(np.column_stack([pack.ent_box, np.full(len(pack.ent_box), float(rec))]))
+        self._dgrid = None
+        self._stale_queries = 0
         self._n_delta += 1
         if self._n_delta >= self._compact_at:
             self.compact()
@@ -402,41 +412,52 @@ class FenceIndex:
         ):
             lon, lat = _check_fix(lon, lat)
             _check_r(acc_m, margin_m)
+        out = self._single(lon, lat, r, self._gp, self._cstart, self._occ)
+        if self._n_delta:
+            if self._dgrid is None and self._stale_queries < _STALE_SINGLE:
+                self._stale_queries += 1
+                out += self._delta_rtree(lon, lat, r)
+            else:
+                out += self._single(lon, lat, r, *self._delta_grid())
+            out.sort(key=lambda t: t[1])
+        return out
+
+    def _single(
+        self, lon: float, lat: float, r: float, gp: F64, cstart: NDArray[np.int32], occ: F64
+    ) -> list[tuple[int, float]]:
         # the jitted core is called directly: one dispatch, no allocation
         nxt, n = kernel._core(
-            lon, lat, r, self._ef, self._ef, self._ef, self._ei, 0, True, self._gp,
-            self._cstart, self._occ, self._recf.arr, self._reci.arr, self._ringv.arr,
-            self._verts.arr, self._ofix, self._oslot, self._od,
+            lon, lat, r, self._ef, self._ef, self._ef, self._ei, 0, True, gp, cstart, occ,
+            self._recf.arr, self._reci.arr, self._ringv.arr, self._verts.arr,
+            self._ofix, self._oslot, self._od,
         )  # fmt: skip
         while nxt == 0:
             self._grow_out(2 * len(self._oslot))
             nxt, n = kernel._core(
-                lon, lat, r, self._ef, self._ef, self._ef, self._ei, 0, True, self._gp,
-                self._cstart, self._occ, self._recf.arr, self._reci.arr, self._ringv.arr,
-                self._verts.arr, self._ofix, self._oslot, self._od,
+                lon, lat, r, self._ef, self._ef, self._ef, self._ei, 0, True, gp, cstart, occ,
+                self._recf.arr, self._reci.arr, self._ringv.arr, self._verts.arr,
+                self._ofix, self._oslot, self._od,
             )  # fmt: skip
-        out = list(zip(self._oslot[:n].tolist(), self._od[:n].tolist(), strict=True)) if n else []
-        if self._n_delta:
-            out = self._delta_one(lon, lat, r, out)
-        return out
+        return list(zip(self._oslot[:n].tolist(), self._od[:n].tolist(), strict=True)) if n else []
 
-    def _delta_one(
-        self, lon: float, lat: float, r: float, out: list[tuple[int, float]]
-    ) -> list[tuple[int, float]]:
-        recs: set[int] = set()
-        dlon, dlat = pad_deg(lat, r)
-        _, boxes = split_boxes(
-            np.array([lon - dlon]),
-            np.array([lat - dlat]),
-            np.array([lon + dlon]),
-            np.array([lat + dlat]),
-        )
-        for b in boxes:
-            recs.update(
-                self._delta.intersection((float(b[0]), float(b[1]), float(b[2]), float(b[3])))
+    def _delta_grid(self) -> tuple[F64, NDArray[np.int32], F64]:
+        if self._dgrid is None:
+            ent = self._dent.arr[: self._dent.n]
+            self._dgrid = _grid(
+                ent[:, 4].astype(np.int64),
+                np.ascontiguousarray(ent[:, :4]),
+                self._recf.arr,
+                self._reci.arr,
+                None,
             )
-        if not recs:
-            return out
+        return self._dgrid
+
+    def _delta_rtree(self, lon: float, lat: float, r: float) -> list[tuple[int, float]]:
+        """The live delta through the rtree (while its grid is stale after a change)."""
+        recs: set[int] = set()
+        for box in query_boxes(lon, lat, r):
+            recs.update(self._delta.intersection(box))
+        out: list[tuple[int, float]] = []
         reci = self._reci.arr
         for rec in recs:
             if reci[rec, 0] == kernel.DEAD:
@@ -448,7 +469,6 @@ class FenceIndex:
             )
             if d <= r:
                 out.append((int(reci[rec, 3]), d))
-        out.sort(key=lambda t: t[1])
         return out
 
     def _grow_out(self, cap: int) -> None:
@@ -491,36 +511,9 @@ class FenceIndex:
             x = wrap_lon(x)
         sorted_ = sort_fixes and n >= 4096  # smaller batches rarely share a cell
         order = kernel.cell_order(x, y, self._gp) if sorted_ else np.arange(n, dtype=np.int64)
-        cap = max(64, n // 2)
-        chunks: list[tuple[I64, I64, F64]] = []
-        p = 0
-        while True:
-            of = np.empty(cap, dtype=np.int64)
-            os_ = np.empty(cap, dtype=np.int64)
-            od = np.empty(cap)
-            p, m = kernel.query_batch(
-                x,
-                y,
-                rs,
-                order,
-                p,
-                self._gp,
-                self._cstart,
-                self._occ,
-                self._recf.arr,
-                self._reci.arr,
-                self._ringv.arr,
-                self._verts.arr,
-                of,
-                os_,
-                od,
-            )
-            chunks.append((of[:m], os_[:m], od[:m]))
-            if p >= n:
-                break
-            cap *= 2
+        chunks = self._batch(x, y, rs, order, self._gp, self._cstart, self._occ)
         if self._n_delta:
-            chunks.append(self._delta_many(x, y, rs))
+            chunks += self._batch(x, y, rs, order, *self._delta_grid())
         fix = np.concatenate([c[0] for c in chunks]) if len(chunks) > 1 else chunks[0][0]
         slot = np.concatenate([c[1] for c in chunks]) if len(chunks) > 1 else chunks[0][1]
         dist = np.concatenate([c[2] for c in chunks]) if len(chunks) > 1 else chunks[0][2]
@@ -529,24 +522,33 @@ class FenceIndex:
             fix, slot, dist = fix[o], slot[o], dist[o]
         return fix, slot, dist
 
-    def _delta_many(self, x: F64, y: F64, rs: F64) -> tuple[I64, I64, F64]:
-        dlon, dlat = pad_deg(y, rs)
-        owner, boxes = split_boxes(x - dlon, y - dlat, x + dlon, y + dlat)
-        ids, counts = self._delta.intersection_v(  # type: ignore[no-untyped-call]
-            boxes[:, :2].copy(), boxes[:, 2:].copy()
-        )
-        fix = np.repeat(owner, np.asarray(counts, dtype=np.int64))
-        rec = np.asarray(ids, dtype=np.int64)
-        d = np.empty(len(rec))
-        kernel.eval_pairs(
-            fix, rec, x, y, self._recf.arr, self._reci.arr, self._ringv.arr, self._verts.arr, d
-        )
-        keep = d <= rs[fix]
-        fix, rec, d = fix[keep], rec[keep], d[keep]
-        slot = self._reci.arr[rec, 3]
-        # a record met through two boxes (wrapped query or multipart store) counts once
-        _, first = np.unique(fix * (len(self._slot_rec) + 1) + slot, return_index=True)
-        return fix[first], slot[first], d[first]
+    def _batch(
+        self,
+        x: F64,
+        y: F64,
+        rs: F64,
+        order: I64,
+        gp: F64,
+        cstart: NDArray[np.int32],
+        occ: F64,
+    ) -> list[tuple[I64, I64, F64]]:
+        """Run the kernel over one grid, growing the output until every fix fits."""
+        n = len(x)
+        cap = max(64, n // 2)
+        chunks: list[tuple[I64, I64, F64]] = []
+        p = 0
+        while True:
+            of = np.empty(cap, dtype=np.int64)
+            os_ = np.empty(cap, dtype=np.int64)
+            od = np.empty(cap)
+            p, m = kernel.query_batch(
+                x, y, rs, order, p, gp, cstart, occ, self._recf.arr, self._reci.arr,
+                self._ringv.arr, self._verts.arr, of, os_, od,
+            )  # fmt: skip
+            chunks.append((of[:m], os_[:m], od[:m]))
+            if p >= n:
+                return chunks
+            cap *= 2
 
 
 def _check_fix(lon: float, lat: float) -> tuple[float, float]:

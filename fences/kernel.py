@@ -408,27 +408,6 @@ def query_batch(
 
 
 @nb.njit(cache=True)
-def eval_pairs(
-    fix: I64,
-    rec: I64,
-    lons: F64,
-    lats: F64,
-    recf: F64,
-    reci: I64,
-    ringv: I64,
-    verts: F64,
-    out_d: F64,
-) -> None:
-    """Signed distances of (fix, record) pairs (the live delta's candidates); dead records get inf."""
-    for k in range(fix.shape[0]):
-        r = rec[k]
-        if reci[r, 0] == DEAD:
-            out_d[k] = np.inf
-        else:
-            out_d[k] = record_sd(lons[fix[k]], lats[fix[k]], r, recf, reci, ringv, verts)
-
-
-@nb.njit(cache=True)
 def cell_order(lons: F64, lats: F64, gp: F64) -> I64:
     """A processing order that visits fixes grouped by grid cell (a counting sort on the cell,
     coarsened to about one bucket per fix), so neighbouring fixes reuse cached grid rows."""
@@ -487,7 +466,6 @@ def warm_up() -> float:
     o = np.zeros(1, dtype=np.int64)
     query_one(0.0, 0.0, 0.0, gp, cstart, occ, recf, reci, ringv, verts, a, o, of, os_, od)
     query_batch(a, a, a, o, 0, gp, cstart, occ, recf, reci, ringv, verts, of, os_, od)
-    eval_pairs(o[:0], o[:0], a, a, recf, reci, ringv, verts, od[:0])
     cell_order(a, a, gp)
     check_fixes(a, a, a)
     record_sd(0.0, 0.0, 0, recf, reci, ringv, verts)
@@ -498,7 +476,6 @@ __all__: list[Any] = [
     "_core",
     "query_one",
     "query_batch",
-    "eval_pairs",
     "record_sd",
     "cell_order",
     "warm_up",

@@ -129,3 +129,6 @@ def test_live_updates_match_oracle(seed: int, locale: int, compact_at: int) -> N
         for got in singles:
             assert not {s for s, _ in got} & removed, "a removed slot matched"
         check_batch(index, fixes, singles)
+        # the batch rebuilt the delta's grid: single fixes now go through it instead of the rtree
+        for f, before in zip(fixes, singles, strict=True):
+            assert check_fix(index, live, *f) == before
