@@ -1,10 +1,415 @@
-"""Command registration (stub: the owner of this module replaces it)."""
+"""`geopush bench e2e`: the daemon end to end over a real mosquitto, against the transport ceiling.
+
+What it runs (all on this machine, each in its own process so nobody shares a core by accident):
+
+* mosquitto on a free port (unless ``--broker``), in-flight window 2000, unbounded queues;
+* the transport ceiling: a bare aiomqtt subscriber (QoS 1, auto-ack) that only counts;
+* the engine: ``geopush run`` as a subprocess over a synthetic city (engine.daemon.workload:
+  20 x 20 stores, one enter campaign each, users walking; 1 fix in 10 inside a store);
+* publishers: several processes publishing QoS 1 with many messages in flight.
+
+Maximum rates (ceiling and engine) are measured by draining a backlog: the consumer's persistent
+session is created, the consumer stops, the publishers preload N messages into the broker, the
+consumer starts again and we time 10% -> 90% of the drain. That isolates the consumer from the
+publishers' CPU. Latency is then measured live at 25/50/90% of the engine's maximum: publishers
+pace their sends, a collector subscribes to the pushes, and event-to-push latency is the time from
+the publisher handing a message to its client to the collector receiving the push it caused.
+All of it for single-event messages and for batch messages of 50 events.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import json
+import math
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 from typing import Any
+
+BATCH = 50
+INSIDE_EVERY = 10
+CITY_SIDE = 20
+LOADS = (0.25, 0.5, 0.9)
+ENGINE_ID = "bench-engine"
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    """Add this module's subcommand(s) to ``sub``."""
+    p = sub.add_parser(
+        "e2e",
+        help="end to end over MQTT: events/s and event-to-push latency vs the transport ceiling",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--broker", metavar="URL", help="use this broker instead of starting mosquitto")
+    p.add_argument("--duration", type=float, default=4.0, metavar="S",
+                   help="seconds per measurement (each of ~10 phases; default 4)")
+    p.add_argument("--publishers", type=int, default=2, metavar="N", help="publisher processes (default 2)")
+    p.add_argument("--batch-size", type=int, default=1000, metavar="N", help="the engine's --batch-size")
+    p.add_argument("--uvloop", action="store_true", help="run the engine and the ceiling on uvloop")
+    p.add_argument("--only", choices=["single", "batch"], help="measure one message kind only")
+    p.add_argument("--engine-arg", action="append", default=[], metavar="ARG",
+                   help="extra argument for `geopush run` (repeatable), e.g. --engine-arg=--state=redis://...")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(func=_main)  # fmt: skip
+
+
+# --- message generation (in the publisher processes) -----------------------------------------------
+
+
+def _messages(kind: str, prefix: str, users: int, count: int, topic_prefix: str) -> tuple[list[tuple[str, bytes]], list[list[tuple[str, float]]]]:
+    """``count`` messages for ``users`` fresh users, and per message the (user, ts) of the fixes
+    inside a store (each causes an enter and, by the campaigns, a push)."""
+    from engine.daemon.workload import City, user_events
+
+    city = City(CITY_SIDE)
+    per_msg = 1 if kind == "single" else BATCH
+    rounds = max(1, math.ceil(count / users))
+    evs = [user_events(city, f"{prefix}{u}", rounds * per_msg, seed=7, inside_every=INSIDE_EVERY) for u in range(users)]
+    msgs: list[tuple[str, bytes]] = []
+    keys: list[list[tuple[str, float]]] = []
+    dumps = json.dumps
+    for r in range(rounds):
+        for u in range(users):
+            if len(msgs) >= count:
+                break
+            user = f"{prefix}{u}"
+            chunk = evs[u][r * per_msg : (r + 1) * per_msg]
+            if kind == "single":
+                payload = dumps(chunk[0], separators=(",", ":")).encode()
+            else:
+                inner = [{k: v for k, v in e.items() if k != "user"} for e in chunk]
+                payload = dumps({"type": "batch", "user": user, "events": inner}, separators=(",", ":")).encode()
+            msgs.append((f"{topic_prefix}/{user}", payload))
+            keys.append([(user, e["ts"]) for i, e in enumerate(chunk) if (r * per_msg + i) % INSIDE_EVERY == INSIDE_EVERY - 1])
+    return msgs, keys
+
+
+def _publisher(url: str, kind: str, prefix: str, users: int, count: int, rate: float | None,
+               topic_prefix: str, out: Any) -> None:  # fmt: skip
+    """Child process: publish ``count`` messages (paced at ``rate`` msg/s, or flat out)."""
+    from engine.daemon.mqtt import MqttLink, parse_broker_url, publish_paced
+
+    msgs, keys = _messages(kind, prefix, users, count, topic_prefix)
+    sent: dict[tuple[str, float], float] = {}
+
+    def on_sent(i: int, t: float) -> None:
+        for k in keys[i]:
+            sent[k] = t
+
+    async def run() -> tuple[int, float]:
+        link = MqttLink(parse_broker_url(url), max_inflight_out=1000)
+        await link.connect()
+        t0 = time.monotonic()
+        n = await publish_paced(link, msgs, rate=rate, max_in_flight=1000, on_sent=on_sent)
+        dt = time.monotonic() - t0
+        await link.disconnect()
+        return n, dt
+
+    n, dt = asyncio.run(run())
+    out.put({"n": n, "seconds": dt, "sent": sent})
+
+
+def _publish(url: str, kind: str, tag: str, count: int, rate: float | None, procs: int,
+             topic_prefix: str = "geopush/events") -> dict[str, Any]:  # fmt: skip
+    """Run ``procs`` publisher processes sharing ``count`` messages and ``rate``; wait for all."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    ps = []
+    # Enough messages per user that walks reach stores (1 fix in 10 is inside one), and enough
+    # users that the engine's batches span many of them.
+    each = max(1, count // procs)
+    users = max(5, min(500, each // 40)) if kind == "single" else max(5, min(200, each // 4))
+    for i in range(procs):
+        p = ctx.Process(
+            target=_publisher,
+            args=(url, kind, f"{tag}p{i}u", users, count // procs, rate / procs if rate else None, topic_prefix, q),
+        )
+        p.start()
+        ps.append(p)
+    results = [q.get() for _ in ps]
+    for p in ps:
+        p.join()
+    sent: dict[tuple[str, float], float] = {}
+    for r in results:
+        sent.update(r["sent"])
+    return {"n": sum(r["n"] for r in results), "seconds": max(r["seconds"] for r in results), "sent": sent}
+
+
+# --- the ceiling: a bare aiomqtt subscriber that only counts -----------------------------------
+
+
+def _ceiling(url: str, topic: str, n: int, subscribe_only: bool, use_uvloop: bool, out: Any) -> None:
+    """Child process. The one aiomqtt use outside mqtt.py: the bare client IS what we measure."""
+    import aiomqtt
+
+    from engine.daemon.mqtt import parse_broker_url
+
+    addr = parse_broker_url(url)
+
+    async def run() -> dict[str, float]:
+        async with aiomqtt.Client(addr.host, addr.port, identifier="bench-ceiling", clean_session=False,
+                                  protocol=aiomqtt.ProtocolVersion.V311) as client:  # fmt: skip
+            await client.subscribe(topic, qos=1)
+            if subscribe_only:
+                return {}
+            count = 0
+            lo, hi = int(n * 0.1), int(n * 0.9)
+            t_lo = t_hi = 0.0
+            async for _m in client.messages:
+                count += 1
+                if count == lo:
+                    t_lo = time.perf_counter()
+                elif count == hi:
+                    t_hi = time.perf_counter()
+                if count >= n:
+                    break
+            return {"msgs_per_s": (hi - lo) / (t_hi - t_lo)}
+
+    if use_uvloop:
+        with contextlib.suppress(ImportError):
+            import uvloop
+
+            out.put(uvloop.run(run()))
+            return
+    out.put(asyncio.run(run()))
+
+
+def _run_ceiling(url: str, kind: str, n: int, procs: int, use_uvloop: bool) -> float:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    topic = f"bench/{kind}/+"
+    p = ctx.Process(target=_ceiling, args=(url, topic, n, True, use_uvloop, q))
+    p.start()
+    q.get()
+    p.join()
+    _publish(url, kind, f"ceil-{kind}-", n, None, procs, topic_prefix=f"bench/{kind}")
+    p = ctx.Process(target=_ceiling, args=(url, topic, n, False, use_uvloop, q))
+    p.start()
+    res = q.get()
+    p.join()
+    return float(res["msgs_per_s"])
+
+
+# --- the engine, its status and the push collector -----------------------------------------------
+
+
+class Watch:
+    """Orchestrator-side subscriber: the engine's retained status and (optionally) pushes."""
+
+    def __init__(self, url: str) -> None:
+        from engine.daemon.mqtt import MqttLink, parse_broker_url
+
+        self.link = MqttLink(parse_broker_url(url), client_id=f"bench-watch-{os.getpid()}")
+        self.status: list[dict[str, Any]] = []
+        self.pushes: list[tuple[str, float, float]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.link.connect()
+        await self.link.subscribe([f"geopush/status/{ENGINE_ID}", "geopush/push/#"], qos=1)
+        self._task = asyncio.create_task(self._pump())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.link.disconnect()
+
+    async def _pump(self) -> None:
+        loads = json.loads
+        while True:
+            await self.link.wait_inbound()
+            for m in self.link.take(100_000):
+                if m.topic.startswith("geopush/push/"):
+                    d = loads(m.payload)
+                    self.pushes.append((d["user"], d["ts"], m.received))
+                else:
+                    self.status.append(loads(m.payload))
+
+    def messages(self, pid: int) -> int:
+        for s in reversed(self.status):
+            if s.get("pid") == pid:
+                return int(s.get("counters", {}).get("messages", 0))
+        return 0
+
+    async def wait(self, pred: Any, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not pred():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"bench: timed out waiting for {what}")
+            await asyncio.sleep(0.02)
+
+
+class Engine:
+    def __init__(self, url: str, folder: Path, args: argparse.Namespace) -> None:
+        self.cmd = [
+            sys.executable, "-m", "engine", "run", "--broker", url, "--client-id", ENGINE_ID,
+            "--state", str(folder / "state.sqlite"), "--fences", str(folder / "fences.geojson"),
+            "--campaigns", str(folder / "campaigns.json"), "--status-interval", "0.1",
+            "--batch-size", str(args.batch_size), "--log-level", "WARNING", "--no-owntracks",
+            *(["--uvloop"] if args.uvloop else []), *args.engine_arg,
+        ]  # fmt: skip
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    async def start(self, watch: Watch) -> int:
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL)
+        pid = self.proc.pid
+        await watch.wait(
+            lambda: any(s.get("pid") == pid and s["state"] == "online" for s in watch.status)
+            or self.proc.poll() is not None,  # type: ignore[union-attr,unused-ignore]
+            60, "the engine to come online",
+        )  # fmt: skip
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"engine exited with {self.proc.returncode}: {' '.join(self.cmd)}")
+        return pid
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _drain_rate(status: list[dict[str, Any]], pid: int, n: int) -> float:
+    """msgs/s between 10% and 90% of a drain of ``n`` messages, from the engine's status ts."""
+    pts = [(s["ts"], s["counters"].get("messages", 0)) for s in status if s.get("pid") == pid and "counters" in s]
+    lo = next((p for p in pts if p[1] >= 0.1 * n), None)
+    hi = next((p for p in pts if p[1] >= 0.9 * n), None)
+    if lo is None or hi is None or hi[0] <= lo[0]:
+        return float("nan")
+    return float(hi[1] - lo[1]) / float(hi[0] - lo[0])
+
+
+def _pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+async def _measure_kind(url: str, kind: str, args: argparse.Namespace, engine: Engine, watch: Watch,
+                        ceiling: float, say: Any) -> dict[str, Any]:  # fmt: skip
+    per = 1 if kind == "single" else BATCH
+    # 1) maximum: drain a preloaded backlog (engine stopped while the broker queues it)
+    n = int(max(2000, ceiling * args.duration * (1.0 if kind == "single" else 0.5)))
+    engine.stop()
+    say(f"[{kind}] preloading {n} messages for the engine")
+    await asyncio.to_thread(_publish, url, kind, f"max-{kind}-", n, None, args.publishers)
+    pid = await engine.start(watch)
+    await watch.wait(lambda: watch.messages(pid) >= n, 600, f"the engine to drain {n} messages")
+    max_msgs = _drain_rate(watch.status, pid, n)
+    res: dict[str, Any] = {
+        "events_per_message": per,
+        "max_msgs_per_s": round(max_msgs),
+        "max_events_per_s": round(max_msgs * per),
+        "ceiling_msgs_per_s": round(ceiling),
+        "ratio_to_ceiling": round(max_msgs / ceiling, 3),
+        "loads": [],
+    }
+    say(f"[{kind}] engine max {max_msgs:,.0f} msg/s = {max_msgs * per:,.0f} events/s ({max_msgs / ceiling:.0%} of ceiling {ceiling:,.0f} msg/s)")
+    # 2) latency at fractions of the maximum, live
+    for frac in LOADS:
+        rate = max_msgs * frac
+        count = int(rate * args.duration)
+        watch.pushes.clear()
+        base = watch.messages(pid)
+        pub = await asyncio.to_thread(_publish, url, kind, f"l{int(frac * 100)}-{kind}-", count, rate, args.publishers)
+        await watch.wait(lambda: watch.messages(pid) >= base + pub["n"], 120, "the engine to catch up")  # noqa: B023
+        await asyncio.sleep(0.5)  # last pushes in flight
+        lat = [(t - pub["sent"][(u, ts)]) * 1000 for u, ts, t in watch.pushes if (u, ts) in pub["sent"]]
+        row = {
+            "load": frac,
+            "offered_msgs_per_s": round(rate),
+            "achieved_msgs_per_s": round(pub["n"] / pub["seconds"]),
+            "achieved_events_per_s": round(pub["n"] * per / pub["seconds"]),
+            "pushes": len(lat),
+            "p50_ms": round(_pct(lat, 0.5), 2),
+            "p99_ms": round(_pct(lat, 0.99), 2),
+        }
+        res["loads"].append(row)
+        say(f"[{kind}] {frac:.0%} load: {row['achieved_events_per_s']:,} events/s, p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms ({len(lat)} pushes)")
+    return res
+
+
+async def _bench(url: str, args: argparse.Namespace, folder: Path, say: Any) -> dict[str, Any]:
+    from engine.daemon.workload import City
+
+    City(CITY_SIDE).write(folder)
+    kinds = [args.only] if args.only else ["single", "batch"]
+    ceilings: dict[str, float] = {}
+    for kind in kinds:
+        n = int(20_000 * args.duration) if kind == "single" else int(1_500 * args.duration)
+        say(f"[ceiling] bare aiomqtt subscriber, {kind}-event messages: draining {n}")
+        ceilings[kind] = await asyncio.to_thread(_run_ceiling, url, kind, n, args.publishers, args.uvloop)
+        say(f"[ceiling] {kind}: {ceilings[kind]:,.0f} msg/s")
+    watch = Watch(url)
+    await watch.start()
+    engine = Engine(url, folder, args)
+    results: dict[str, Any] = {"duration_s": args.duration, "publishers": args.publishers,
+                               "uvloop": args.uvloop, "city_stores": CITY_SIDE**2,
+                               "fixes_inside_fraction": 1 / INSIDE_EVERY}  # fmt: skip
+    try:
+        await engine.start(watch)
+        for kind in kinds:
+            results[kind] = await _measure_kind(url, kind, args, engine, watch, ceilings[kind], say)
+    finally:
+        engine.stop()
+        await watch.stop()
+    return results
+
+
+def _main(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    say = console.print if not args.json else (lambda *a, **k: console.print(*a, **k))
+    with tempfile.TemporaryDirectory(prefix="geopush-e2e-") as tmp:
+        folder = Path(tmp)
+        broker = None
+        url = args.broker
+        if url is None:
+            from simulator.embedded_broker import MosquittoBroker
+
+            extra = "max_inflight_messages 2000\n" + ("user root\n" if os.geteuid() == 0 else "")
+            broker = MosquittoBroker(extra_config=extra, max_queued_messages=0)
+            broker.start()
+            url = broker.url
+        try:
+            results = asyncio.run(_bench(url, args, folder, say))
+        finally:
+            if broker is not None:
+                broker.stop()
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        _table(results, console)
+    return 0
+
+
+def _table(r: dict[str, Any], console: Any) -> None:
+    from rich.table import Table
+
+    t = Table(title="geopush bench e2e (events/s; event-to-push latency)")
+    for col in ("messages", "load", "events/s", "msgs/s", "p50 ms", "p99 ms", "vs ceiling"):
+        t.add_column(col, justify="right")
+    for kind in ("single", "batch"):
+        if kind not in r:
+            continue
+        k = r[kind]
+        t.add_row(kind, "max", f"{k['max_events_per_s']:,}", f"{k['max_msgs_per_s']:,}", "", "",
+                  f"{k['ratio_to_ceiling']:.0%} of {k['ceiling_msgs_per_s']:,}")  # fmt: skip
+        for row in k["loads"]:
+            t.add_row("", f"{row['load']:.0%}", f"{row['achieved_events_per_s']:,}",
+                      f"{row['achieved_msgs_per_s']:,}", f"{row['p50_ms']}", f"{row['p99_ms']}", "")  # fmt: skip
+    console.print(t)

@@ -81,27 +81,37 @@ class City:
         return f, c
 
 
-def user_events(city: City, user: str, n: int, seed: int, t0: float = T0) -> list[dict[str, Any]]:
-    """``n`` GPS fixes of one user, alternating outside / inside a random store."""
+def user_events(
+    city: City, user: str, n: int, seed: int, t0: float = T0, inside_every: int = 2
+) -> list[dict[str, Any]]:
+    """``n`` GPS fixes of one user, 10 s apart: every ``inside_every``-th fix at a store's centre
+    (an enter), the others outside between stores (the first outside fix after it: an exit).
+    The user moves to a neighbouring store after each visit (<= 200 m per 10 s: a walk, never a
+    spoofing-speed jump)."""
     rng = random.Random(f"{seed}:{user}")
-    n_stores = city.side * city.side
+    side = city.side
+    store = rng.randrange(side * side)
     out = []
-    store = rng.randrange(n_stores)
     for k in range(n):
-        if k % 2 == 0:
-            store = rng.randrange(n_stores)
-            lon, lat = city.outside(store)
-        else:
+        if k % inside_every == inside_every - 1:
             lon, lat = city.center(store)
+            x, y = store % side, store // side
+            x = min(max(x + rng.choice((-1, 0, 1)), 0), side - 2)
+            y = min(max(y + rng.choice((-1, 0, 1)), 0), side - 2)
+            store = y * side + x
+        else:
+            lon, lat = city.outside(store)
         out.append(
             {"type": "gps", "user": user, "ts": t0 + 10.0 * k, "lon": round(lon, 7), "lat": round(lat, 7), "acc": 8.0}
         )
     return out
 
 
-def trace(city: City, users: int, per_user: int, seed: int = 1) -> Iterator[dict[str, Any]]:
+def trace(
+    city: City, users: int, per_user: int, seed: int = 1, inside_every: int = 2, prefix: str = "u"
+) -> Iterator[dict[str, Any]]:
     """Events of ``users`` users interleaved round-robin (time order per user, roughly global)."""
-    per = [user_events(city, f"u{u}", per_user, seed) for u in range(users)]
+    per = [user_events(city, f"{prefix}{u}", per_user, seed, inside_every=inside_every) for u in range(users)]
     for k in range(per_user):
         for evs in per:
             yield evs[k]
