@@ -278,7 +278,10 @@ class FenceIndex:
     # ----------------------------------------------------------------- build and compaction
     def _build(self) -> None:
         stores = self.catalog.stores
-        live = [i for i in range(len(stores)) if i not in self._removed]
+        alive = getattr(self.catalog, "is_alive", None)  # catalogs keep tombstones of removals
+        live = [
+            i for i in range(len(stores)) if i not in self._removed and (alive is None or alive(i))
+        ]
         lst = [stores[i] for i in live]
         x, y = _store_points(lst)
         order = np.argsort(_morton(x, y), kind="stable")
@@ -317,17 +320,19 @@ class FenceIndex:
             known = None
         if known is not None and known not in self._removed:
             return self.update(store)
+        pack = _pack([store], np.zeros(1, dtype=np.int64))  # validate before changing anything
         slot = self.catalog.add(store)
         self._removed.discard(slot)
-        self._append(slot, store)
+        self._append(slot, pack)
         return slot
 
     def update(self, store: Store) -> int:
         """Replace the fence of an indexed store (same store_id); returns its (unchanged) slot."""
         slot = self._live_slot(store.store_id)
-        self._kill(slot)
+        pack = _pack([store], np.zeros(1, dtype=np.int64))  # validate before changing anything
         self.catalog.replace(store)
-        self._append(slot, store)
+        self._kill(slot)
+        self._append(slot, pack)
         return slot
 
     def remove(self, store_id: str) -> None:
@@ -350,11 +355,11 @@ class FenceIndex:
             self._reci.arr[self._slot_rec[slot], 0] = kernel.DEAD
             self._slot_rec[slot] = -1
 
-    def _append(self, slot: int, store: Store) -> None:
-        pack = _pack([store], np.array([slot], dtype=np.int64))
+    def _append(self, slot: int, pack: _Pack) -> None:
         ring0 = self._ringv.n - 1
         reci = pack.reci.copy()
         reci[:, 1:3] += ring0
+        reci[:, 3] = slot
         rec = self._recf.extend(pack.recf)
         self._reci.extend(reci)
         v0 = self._verts.n

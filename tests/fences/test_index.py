@@ -15,7 +15,7 @@ from index_oracle import haversine, matches, signed_distance
 from shapely.geometry import Polygon, box
 
 from fences.catalog import Catalog
-from fences.errors import UnknownStoreError
+from fences.errors import FencesError, UnknownStoreError
 from fences.index import FenceIndex, QueryError
 from fences.store import Store
 from fences.synth import synth_city
@@ -184,6 +184,28 @@ def test_batch_equals_single_on_a_synthetic_city() -> None:
             assert d == pytest.approx(
                 signed_distance(near[s], float(lons[i]), float(lats[i])), abs=1e-5
             )
+
+
+def test_bad_store_changes_nothing() -> None:
+    idx = FenceIndex([circle("a", 0.0, 0.0, 10.0)])
+    with pytest.raises(FencesError):
+        idx.add(circle("b", 0.0, 95.0, 10.0))
+    with pytest.raises(FencesError):
+        idx.update(Store("a", "m"))
+    assert len(idx) == 1 and [s for s, _ in idx.query(0.0, 0.0)] == [0]
+    with pytest.raises(UnknownStoreError):
+        idx.catalog.slot("b")
+
+
+def test_removed_catalog_slots_are_not_indexed_and_ids_come_back_fresh() -> None:
+    cat = Catalog([circle("a", 0.0, 0.0, 10.0), circle("b", 0.0, 0.0, 20.0)])
+    cat.remove("a")
+    idx = FenceIndex(cat)
+    assert [s for s, _ in idx.query(0.0, 0.0)] == [1] and len(idx) == 1
+    idx.remove("b")
+    new = idx.add(circle("b", 0.0, 0.0, 30.0))
+    assert new not in (0, 1)
+    assert [s for s, _ in idx.query(0.0, 0.0)] == [new]
 
 
 def test_empty_index_and_empty_batch() -> None:
