@@ -279,3 +279,25 @@ def test_check_exit_code_in_a_real_process(tmp_path: Path) -> None:
         text=True,
     )
     assert run.returncode == 1 and "feature 0" in run.stdout
+
+
+def test_match_across_the_antimeridian(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A polygon drawn across the antimeridian is split on load; fixes on both sides match it."""
+    ring = [[179.99, -16.0], [-179.99, -16.0], [-179.99, -15.99], [179.99, -15.99], [179.99, -16.0]]
+    doc = {
+        "type": "FeatureCollection",
+        "features": [
+            {
+                "type": "Feature",
+                "properties": {"store_id": "fiji", "merchant_id": "m"},
+                "geometry": {"type": "Polygon", "coordinates": [ring]},
+            }
+        ],
+    }
+    cat = _write(tmp_path, "am.geojson", doc)
+    fixes = tmp_path / "f.csv"
+    fixes.write_text("lon,lat\n179.995,-15.995\n-179.995,-15.995\n0,-15.995\n179.98,-15.995\n")
+    assert main(["fences", "match", str(cat), str(fixes)]) == 0
+    rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))[1:]
+    assert [r[0] for r in rows if float(r[2]) < 0] == ["0", "1"]
+    assert "2" not in {r[0] for r in rows}
