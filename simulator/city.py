@@ -42,7 +42,8 @@ from simulator.layout import (
 from simulator.people import People, build_people
 from simulator.signals import S_BEACON, S_GPS, S_NFC, S_WIFI, Emitter
 
-T0_DEFAULT = 1772431200.0  # Monday 2026-03-02 06:00:00 UTC
+DAY0 = 1772409600.0  # Monday 2026-03-02 00:00:00 UTC
+T0_DEFAULT = DAY0 + 6 * 3600.0  # the default start: 06:00 that day
 EVENTS_PER_WINDOW = 3_000_000
 _TYPES = ("gps", "wifi", "beacon", "nfc", "payment")
 
@@ -94,16 +95,22 @@ def generate_city(
     hours: float,
     seed: int,
     out: str | Path,
-    t0: float = T0_DEFAULT,
+    t0: float | None = None,
+    start_hour: float = 6.0,
     progress: bool = False,
     on_window: Callable[[int, int], None] | None = None,
 ) -> CityReport:
-    """Generate the city into ``out`` (created if needed). Returns counts and the rate."""
+    """Generate the city into ``out`` (created if needed). Returns counts and the rate.
+
+    The run starts at ``t0`` (epoch s; default Monday 2026-03-02 at ``start_hour`` UTC), which is
+    ``start_hour`` o'clock in the people's day, and lasts ``hours``."""
     start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     lay = build_layout(stores, seed)
-    ppl = build_people(lay, users, hours, seed, t0)
+    if t0 is None:
+        t0 = DAY0 + start_hour * 3600.0
+    ppl = build_people(lay, users, hours, seed, t0, start_hour)
     ids = _Ids(users, stores, lay.n_merchants)
     rep = CityReport(str(out), stores, users, hours, seed, t0, ppl.t_end)
     rep.spoofers = [ids.user(int(i)) for i in np.flatnonzero(ppl.spoofer)]

@@ -47,10 +47,12 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     city.add_argument("--stores", type=_pos_int, default=2000, help="number of stores (default 2000)")
     city.add_argument("--users", type=_pos_int, default=1000, help="number of people (default 1000)")
     city.add_argument("--hours", type=_pos_float, default=12.0,
-                      help="simulated hours from 06:00 on day 0 (default 12)")
+                      help="simulated hours from the start (default 12)")
     city.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    city.add_argument("--start-hour", type=float, default=6.0,
+                      help="time of day (UTC hours, 0-24) the simulation starts at (default 6)")
     city.add_argument("--start", type=float, default=None,
-                      help="epoch seconds of the simulation start (default 2026-03-02 06:00 UTC)")
+                      help="epoch seconds of the start (default Monday 2026-03-02 at --start-hour)")
     city.add_argument("--out", required=True, help="output directory (created if missing)")
     city.add_argument("--quiet", action="store_true", help="no progress bar")
     city.add_argument("--json", action="store_true", help="print the report as one JSON object")
@@ -156,11 +158,11 @@ def _pos_float(s: str) -> float:
 
 
 def _cmd_city(a: argparse.Namespace) -> int:
-    from simulator.city import T0_DEFAULT, generate_city
+    from simulator.city import generate_city
 
     try:
         rep = generate_city(stores=a.stores, users=a.users, hours=a.hours, seed=a.seed,
-                            out=a.out, t0=a.start or T0_DEFAULT,
+                            out=a.out, t0=a.start, start_hour=a.start_hour,
                             progress=not (a.quiet or a.json))
     except (ValueError, OSError) as exc:
         raise GeopushError(f"simulate city: {exc}") from exc

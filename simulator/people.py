@@ -102,7 +102,9 @@ def _store_point(lay: Layout, store: np.ndarray, rng: np.random.Generator) -> tu
 _TAGS = ("student", "family", "commuter", "foodie", "fashion", "tech", "sports", "senior", "vip")
 
 
-def build_people(lay: Layout, n_users: int, hours: float, seed: int, t0: float) -> People:
+def build_people(lay: Layout, n_users: int, hours: float, seed: int, t0: float,
+                 start_hour: float = 6.0) -> People:
+    """People and their stays from ``t0`` (which is ``start_hour`` o'clock on day 0) for ``hours``."""
     if n_users < 1:
         raise ValueError("a city needs at least one person (--users >= 1)")
     if hours <= 0:
@@ -125,7 +127,9 @@ def build_people(lay: Layout, n_users: int, hours: float, seed: int, t0: float) 
     walk_v = rng.uniform(1.1, 1.5, m)
     ride_v = rng.uniform(7.0, 11.0, m)
 
-    day0 = t0 - 6 * 3600.0  # the simulation starts at 06:00 of day 0
+    if not 0 <= start_hour < 24:
+        raise ValueError(f"start hour must be in [0, 24), got {start_hour}")
+    day0 = t0 - start_hour * 3600.0  # midnight of day 0
     t_end = t0 + hours * 3600.0
     n_days = int(np.ceil((t_end - day0) / DAY_S))
     recs: list[tuple[np.ndarray, ...]] = []
