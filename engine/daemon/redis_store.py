@@ -13,12 +13,14 @@ an older event never changes a user after a newer one was applied, whichever wor
 Key layout (``P`` is the prefix, ``gp`` by default; ``{...}`` is a Redis Cluster hash tag):
 
 ==============================  =================================================================
-``P:{<user>}:u``                user record: ``b"<version>|" + msgpack(UserState)``
+``P:{<user>}:u``                user record: ``b"<version>|" + msgpack(UserState)`` (the body
+                                is encoded with version 0: the prefix is the version)
 ``P:{<user>}:p:<push_id>``      push decided (value ``1``), expires after ``push_ttl_s``
 ``P:inv:{<campaign_id>}``       coupons left (integer); created at ``total`` on first use
 ``P:in:{<digest hex>}``         input message committed (redelivery guard), ``input_ttl_s``
-``P:out:{<worker>}``            the worker's outbox stream: entries ``o`` out_id, ``t`` topic,
-                                ``p`` payload; entries are deleted once published (``mark_sent``)
+``P:out:{<worker>}``            the worker's outbox stream: one entry per commit, field ``r`` =
+                                msgpack [[out_id, topic, payload], ...]; deleted once every row
+                                of it is published (``mark_sent``)
 ``P:tok:{<worker>}``            token of the worker's last applied commit (idempotent retries)
 ==============================  =================================================================
 
@@ -46,6 +48,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
+import msgspec
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -56,6 +59,9 @@ from redis.retry import Retry
 from engine.daemon.sqlite_store import SQLiteStore
 from engine.errors import ConfigError, StateError
 from engine.state import Output, UserState, decode_user, encode_user
+
+_MSGPACK = msgspec.msgpack.Encoder()
+_ROWS = msgspec.msgpack.Decoder(list[tuple[str, str, bytes]])
 
 if TYPE_CHECKING:
     from engine.daemon.config import Settings
@@ -117,34 +123,35 @@ class CommitConflict(StateError):
 
 
 # KEYS: users (nu), inventory counters (nc), push ids (np), input digests (ni), token, outbox,
-# meta. ARGV: nu nc np ni no push_ttl input_ttl token nm, then per user (expected version, blob
-# or ""), per campaign (total, taken), per outbox row (out_id, topic, payload), per meta entry
-# (field, value).
-# Reply: {1, stream ids, counters after} | {0, bad user idx, counters now, bad push idx} | {2}.
+# meta. ARGV[1]: msgpack array {nu, nc, np, ni, push_ttl, input_ttl, token, nm, then per user
+# expected version and blob ("" = unchanged, check only), per campaign total and taken, per meta
+# entry field and value}; ARGV[2]: the batch's outbox rows, one opaque msgpack blob ("" = none).
+# One msgpack argument instead of thousands: redis-py packs it in C, Lua unpacks it in C.
+# Reply: {1, outbox entry id or false, counters after} | {0, bad user idx, counters now, bad push
+# idx} | {2} (this token was applied already: a retried call).
 _COMMIT_LUA = """
-local nu, nc, np = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local ni, no = tonumber(ARGV[4]), tonumber(ARGV[5])
-local pttl, ittl, token, nm = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9])
+local A = cmsgpack.unpack(ARGV[1])
+local nu, nc, np, ni = A[1], A[2], A[3], A[4]
+local pttl, ittl, token, nm = A[5], A[6], A[7], A[8]
 local ktok = KEYS[nu + nc + np + ni + 1]
 if redis.call('GET', ktok) == token then return {2} end
-local a = 10
+local a = 9
 local b = a + 2 * nu
-local c = b + 2 * nc
-local d = c + 3 * no
+local d = b + 2 * nc
 local bad_u, bad_p, inv = {}, {}, {}
 local short = false
 for i = 1, nu do
   local cur = redis.call('GET', KEYS[i])
   local v = 0
   if cur then v = tonumber(string.match(cur, '^(%d+)|')) end
-  if v ~= tonumber(ARGV[a + 2 * i - 2]) then bad_u[#bad_u + 1] = i end
+  if v ~= A[a + 2 * i - 2] then bad_u[#bad_u + 1] = i end
 end
 for j = 1, nc do
   local cur = redis.call('GET', KEYS[nu + j])
-  local left = tonumber(ARGV[b + 2 * j - 2])
+  local left = A[b + 2 * j - 2]
   if cur then left = tonumber(cur) end
   inv[j] = left
-  if left < tonumber(ARGV[b + 2 * j - 1]) then short = true end
+  if left < A[b + 2 * j - 1] then short = true end
 end
 local k0 = nu + nc
 for p = 1, np do
@@ -152,11 +159,11 @@ for p = 1, np do
 end
 if #bad_u > 0 or short or #bad_p > 0 then return {0, bad_u, inv, bad_p} end
 for i = 1, nu do
-  local blob = ARGV[a + 2 * i - 1]
+  local blob = A[a + 2 * i - 1]
   if blob ~= '' then redis.call('SET', KEYS[i], blob) end
 end
 for j = 1, nc do
-  inv[j] = inv[j] - tonumber(ARGV[b + 2 * j - 1])
+  inv[j] = inv[j] - A[b + 2 * j - 1]
   redis.call('SET', KEYS[nu + j], inv[j])
 end
 for p = 1, np do
@@ -166,18 +173,12 @@ end
 local k1 = k0 + np
 for q = 1, ni do redis.call('SET', KEYS[k1 + q], 1, 'EX', ittl) end
 redis.call('SET', ktok, token)
-local ids = {}
-if no > 0 then
-  local ob = KEYS[k1 + ni + 2]
-  for r = 1, no do
-    ids[r] = redis.call('XADD', ob, '*', 'o', ARGV[c + 3 * r - 3], 't', ARGV[c + 3 * r - 2],
-                        'p', ARGV[c + 3 * r - 1])
-  end
-end
+local id = false
+if ARGV[2] ~= '' then id = redis.call('XADD', KEYS[k1 + ni + 2], '*', 'r', ARGV[2]) end
 for m = 1, nm do
-  redis.call('HSET', KEYS[k1 + ni + 3], ARGV[d + 2 * m - 2], ARGV[d + 2 * m - 1])
+  redis.call('HSET', KEYS[k1 + ni + 3], A[d + 2 * m - 2], A[d + 2 * m - 1])
 end
-return {1, ids, inv}
+return {1, id, inv}
 """
 
 
@@ -259,7 +260,8 @@ class RedisStore:
         # committed (a bounded cache; the commit script is the authority), outbox stream ids.
         self._inv_est: dict[str, int] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()
-        self._stream_ids: dict[str, bytes] = {}
+        self._stream_ids: dict[str, bytes] = {}  # out_id -> outbox entry
+        self._entry_rows: dict[bytes, set[str]] = {}  # outbox entry -> out_ids not yet sent
 
     @classmethod
     def from_url(cls, url: str, *, reconnect_s: float = 30.0, **kw: Any) -> RedisStore:
@@ -361,8 +363,8 @@ class RedisStore:
         if reply[0] == 1:
             for c, left in zip(self._totals, reply[2], strict=True):
                 self._inv_est[c] = int(left)
-            for row, sid in zip(rows, reply[1], strict=True):
-                self._stream_ids[row.out_id] = sid
+            if rows and reply[1]:
+                self._track(bytes(reply[1]), [r.out_id for r in rows])
         else:  # 2: a retried call that Redis had already applied: stream ids via unsent()
             self._inv_fresh = False
             self.unsent()
@@ -426,21 +428,43 @@ class RedisStore:
         return {d for d, v in zip(ds, vals, strict=True) if v is not None}
 
     def unsent(self, limit: int | None = None) -> list[Row]:
-        """This worker's committed rows not yet marked sent, oldest first."""
-        entries = self._call(
-            "unsent", lambda: self.r.xrange(self._outbox_key, "-", "+", count=limit)
-        )
+        """This worker's committed rows not yet marked sent, oldest first. The outbox holds one
+        stream entry per commit; an entry is deleted once all its rows are marked sent. Rows this
+        process already marked are left out; after a restart a partly sent entry comes back
+        whole (the contract allows a repeat with the same id)."""
+        entries = self._call("unsent", lambda: self.r.xrange(self._outbox_key, "-", "+"))
         rows: list[Row] = []
-        for sid, fields in entries:
-            row = RedisRow(fields[b"o"].decode(), fields[b"t"].decode(), bytes(fields[b"p"]))
-            self._stream_ids[row.out_id] = sid
-            rows.append(row)
+        for sid_raw, fields in entries:
+            sid = bytes(sid_raw)
+            decoded = [RedisRow(o, t, bytes(p)) for o, t, p in _ROWS.decode(fields[b"r"])]
+            pending = self._entry_rows.get(sid)
+            if pending is None:
+                self._track(sid, [r.out_id for r in decoded])
+                pending = self._entry_rows[sid]
+            rows.extend(r for r in decoded if r.out_id in pending)
+            if limit is not None and len(rows) >= limit:
+                return rows[:limit]
         return rows
 
     def mark_sent(self, out_ids: Iterable[str]) -> None:
-        sids = [s for o in out_ids if (s := self._stream_ids.pop(o, None)) is not None]
-        if sids:
-            self._call("mark_sent", lambda: self.r.xdel(self._outbox_key, *sids))
+        done: list[bytes] = []
+        for o in out_ids:
+            sid = self._stream_ids.pop(o, None)
+            if sid is None:
+                continue
+            pending = self._entry_rows.get(sid)
+            if pending is not None:
+                pending.discard(o)
+                if not pending:
+                    del self._entry_rows[sid]
+                    done.append(sid)
+        if done:
+            self._call("mark_sent", lambda: self.r.xdel(self._outbox_key, *done))
+
+    def _track(self, sid: bytes, out_ids: list[str]) -> None:
+        self._entry_rows[sid] = set(out_ids)
+        for o in out_ids:
+            self._stream_ids[o] = sid
 
     def prune_sent(self, keep: int = 100_000) -> int:
         """Sent rows are deleted by ``mark_sent``; nothing to prune."""
@@ -485,7 +509,9 @@ class RedisStore:
     def _left(self, campaign_id: str, total: int) -> int:
         est = self._inv_est.get(campaign_id)
         if est is None:
-            val = self._call("inventory", lambda: self.r.get(self.inv_key(campaign_id)))
+            # MGET, not GET: GET/SET/EXISTS/XADD/HSET then only ever run inside the commit
+            # script, so Redis's per-command counters tell round trips apart (bench e2e).
+            val = self._call("inventory", lambda: self.r.mget([self.inv_key(campaign_id)]))[0]
             est = self._inv_est[campaign_id] = total if val is None else int(val)
         self._totals.setdefault(campaign_id, total)
         return est - self._taken.get(campaign_id, 0)
@@ -498,28 +524,30 @@ class RedisStore:
         for u in users:
             raw, st = self._raw.get(u), self._touched[u]
             old = _version(raw)
-            st.version = old
+            # The version lives in the key's prefix only (the body is encoded with version 0),
+            # so one encode tells an unchanged record apart and gives the new body.
+            st.version = 0
             blob = encode_user(st)
             if raw is not None and raw[raw.index(b"|") + 1 :] == blob:
-                ver_args += [old, b""]  # unchanged: check the version only
+                st.version = old
+                ver_args += [old, ""]  # unchanged: check the version only
             else:
                 st.version = old + 1
-                ver_args += [old, f"{old + 1}|".encode() + encode_user(st)]
+                ver_args += [old, _lua_str(f"{old + 1}|".encode() + blob)]
         camps = list(self._totals)
         keys += [self.inv_key(c) for c in camps]
         keys += list(self._new_push.values())
         keys += [self.input_key(d) for d in inputs]
         keys += [self._token_key, self._outbox_key, self._meta_key]
-        args: list[Any] = [len(users), len(camps), len(self._new_push), len(inputs), len(rows)]
-        args += [self.push_ttl_s, self.input_ttl_s, uuid.uuid4().hex, len(meta)]
-        args += ver_args
+        head: list[Any] = [len(users), len(camps), len(self._new_push), len(inputs)]
+        head += [self.push_ttl_s, self.input_ttl_s, uuid.uuid4().hex, len(meta)]
+        head += ver_args
         for c in camps:
-            args += [self._totals[c], self._taken.get(c, 0)]
-        for row in rows:
-            args += [row.out_id, row.topic, row.payload]
+            head += [self._totals[c], self._taken.get(c, 0)]
         for k, v in meta.items():
-            args += [k, v]
-        return keys, args
+            head += [k, v]
+        rows_blob = _MSGPACK.encode([(r.out_id, r.topic, r.payload) for r in rows]) if rows else b""
+        return keys, [_MSGPACK.encode(head), rows_blob]
 
     def _on_conflict(self, users: list[str], reply: list[Any]) -> None:
         bad_users = [users[i - 1] for i in reply[1]]
@@ -633,6 +661,21 @@ def open_store(settings: Settings, render: Any) -> SQLiteStore:
     return cast(SQLiteStore, store)
 
 
+def _lua_str(b: bytes) -> msgspec.Raw:
+    """``b`` as a msgpack *str* (Redis's Lua cmsgpack cannot read the bin type msgspec writes
+    for bytes; a Lua string holds any bytes)."""
+    n = len(b)
+    if n < 32:
+        head = bytes([0xA0 | n])
+    elif n < 0x100:
+        head = bytes([0xD9, n])
+    elif n < 0x10000:
+        head = b"\xda" + n.to_bytes(2, "big")
+    else:
+        head = b"\xdb" + n.to_bytes(4, "big")
+    return msgspec.Raw(head + b)
+
+
 def _version(raw: bytes | None) -> int:
     return 0 if raw is None else int(raw[: raw.index(b"|")])
 
@@ -640,7 +683,10 @@ def _version(raw: bytes | None) -> int:
 def _decode(user: str, raw: bytes | None) -> UserState:
     if raw is None:
         return UserState(user=user)
-    return decode_user(raw[raw.index(b"|") + 1 :])
+    cut = raw.index(b"|")
+    st = decode_user(raw[cut + 1 :])
+    st.version = int(raw[:cut])
+    return st
 
 
 def wait_for(store: RedisStore, timeout_s: float = 30.0) -> None:

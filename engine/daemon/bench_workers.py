@@ -1,0 +1,330 @@
+"""``geopush bench e2e --workers N``: a worker group's throughput over mosquitto and Redis.
+
+For each worker count 1..N the benchmark starts that many ``geopush run --group NAME --state
+redis://...`` processes on one broker (shared subscription) and one Redis, publishes a synthetic
+city's trace (``engine.daemon.workload``) as fast as the broker takes it, and times until the
+workers' status counters show every event handled. In the same run, one ``geopush run`` on a
+SQLite file is the baseline. Redis round trips are counted by Redis itself (``INFO
+commandstats``): every command a client sent, not the ones the commit script runs inside Redis.
+
+Each run starts from empty state (the Redis DB is flushed between runs, so a ``--state`` given
+here must name an empty DB: the benchmark refuses one with keys).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.errors import ConfigError, GeopushError
+
+# Commands the RedisStore only runs inside its commit script (see redis_store._left): whatever
+# Redis counts for them did not cross the network.
+_INSIDE_SCRIPT = {"get", "set", "exists", "xadd", "hset"}
+_BENCH_OWN = {"config|resetstat", "info", "flushdb", "dbsize", "ping"}
+
+
+@dataclass
+class GroupRun:
+    label: str
+    workers: int
+    events: int
+    messages: int
+    seconds: float
+    events_per_s: float
+    round_trips: int | None = None
+    round_trips_per_event: float | None = None
+    commit_scripts: int | None = None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The worker-group options of ``geopush bench e2e``."""
+    g = p.add_argument_group("worker group (scale-out over Redis)")
+    g.add_argument(
+        "--workers", type=int, default=0, metavar="N",
+        help="measure a group of 1..N `geopush run --group` workers sharing Redis state "
+        "(0 = skip; the issue's figures use 2)",
+    )  # fmt: skip
+    g.add_argument(
+        "--state", metavar="URL", default=None,
+        help="redis://HOST:PORT/DB of an EMPTY Redis DB for the group (default: start a "
+        "redis-server with appendfsync always on a free port)",
+    )  # fmt: skip
+    g.add_argument("--group-users", type=int, default=2000, metavar="N", help="users in the trace")
+    g.add_argument("--group-per-user", type=int, default=20, metavar="N", help="GPS fixes per user")
+    g.add_argument(
+        "--group-message-events", type=int, default=10, metavar="K",
+        help="events per MQTT message (1 = single-event messages; K > 1 = a user's K "
+        "consecutive fixes as one batch message)",
+    )  # fmt: skip
+    g.add_argument(
+        "--group-batch-size", type=int, default=100, metavar="N",
+        help="the workers' --batch-size (messages per micro-batch, i.e. per Redis commit)",
+    )  # fmt: skip
+    g.add_argument(
+        "--no-sqlite-baseline", action="store_true",
+        help="skip the single-process SQLite run measured as the baseline",
+    )  # fmt: skip
+
+
+def run_group_bench(args: argparse.Namespace) -> list[GroupRun]:
+    """Run the worker-group benchmark described by ``args``; print and return the figures."""
+    return asyncio.run(_main(args))
+
+
+async def _main(args: argparse.Namespace) -> list[GroupRun]:
+    from engine.daemon.redis_server import RedisServer
+    from engine.daemon.workload import City, trace
+    from simulator.embedded_broker import MosquittoBroker
+
+    if args.workers < 1:
+        raise ConfigError("--workers N needs N >= 1")
+    tmp = Path(tempfile.mkdtemp(prefix="geopush-bench-workers-"))
+    city = City(8)
+    fences, campaigns = city.write(tmp, inventory={0: 10**9})
+    events = list(trace(city, args.group_users, args.group_per_user))
+    messages = _messages(events, args.group_users, args.group_message_events)
+    broker_url = getattr(args, "broker", None)
+    broker = None
+    server = None
+    try:
+        if not broker_url:
+            broker = MosquittoBroker()
+            broker.start()
+            broker_url = broker.url
+        redis_url = args.state
+        if redis_url is None:
+            server = RedisServer()
+            server.start()
+            redis_url = server.url
+        client = _redis(redis_url)
+        if client.dbsize():
+            raise ConfigError(
+                f"--state {redis_url}: the DB has keys; give the benchmark an empty DB"
+            )
+        files = (str(fences), str(campaigns))
+        results: list[GroupRun] = []
+        _say(f"trace: {len(events)} events in {len(messages)} messages, {args.group_users} users")
+        if not args.no_sqlite_baseline:
+            res = await _one_run(
+                "sqlite, 1 process", 1, broker_url, str(tmp / "base.sqlite"), None,
+                files, messages, len(events), args,
+            )  # fmt: skip
+            results.append(res)
+        for n in range(1, args.workers + 1):
+            client.flushdb()
+            res = await _one_run(
+                f"redis, {n} worker{'s' if n > 1 else ''}", n, broker_url, redis_url, client,
+                files, messages, len(events), args,
+            )  # fmt: skip
+            results.append(res)
+        client.flushdb()
+        _report(results)
+        return results
+    finally:
+        if server is not None:
+            server.close()
+        if broker is not None:
+            broker.stop()
+
+
+def _redis(url: str) -> Any:
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url)
+        client.ping()
+    except (redis.RedisError, ValueError) as exc:
+        raise ConfigError(f"--state {url}: cannot reach Redis: {exc}") from exc
+    return client
+
+
+def _messages(events: list[dict[str, Any]], users: int, k: int) -> list[tuple[str, bytes]]:
+    """The trace as MQTT messages: single events, or each user's next ``k`` fixes as one batch
+    message (per-user order kept; users interleaved round by round as in the trace)."""
+    if k <= 1:
+        return [(f"geopush/events/{e['user']}", _dumps(e)) for e in events]
+    per_user: dict[str, list[dict[str, Any]]] = {}
+    for e in events:
+        per_user.setdefault(e["user"], []).append(e)
+    out = []
+    longest = max(len(v) for v in per_user.values())
+    for start in range(0, longest, k):
+        for user, evs in per_user.items():
+            chunk = [{x: v for x, v in e.items() if x != "user"} for e in evs[start : start + k]]
+            if chunk:
+                body = {"type": "batch", "user": user, "events": chunk}
+                out.append((f"geopush/events/{user}", _dumps(body)))
+    return out
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+async def _one_run(
+    label: str,
+    n: int,
+    broker_url: str,
+    state: str,
+    redis_client: Any,
+    files: tuple[str, str],
+    messages: list[tuple[str, bytes]],
+    total_events: int,
+    args: argparse.Namespace,
+) -> GroupRun:
+    from engine.daemon.mqtt import MqttLink, parse_broker_url
+
+    tag = f"b{int(time.time() * 1000) % 10**8}"
+    names = [f"{tag}-w{i}" for i in range(1, n + 1)]
+    mon = MqttLink(parse_broker_url(broker_url))
+    await mon.connect()
+    await mon.subscribe(["geopush/status/+"])
+    procs = [_spawn(broker_url, state, files, name, n > 1 or redis_client is not None, args)
+             for name in names]  # fmt: skip
+    last: dict[str, dict[str, Any]] = {}
+    try:
+        await _until(
+            mon,
+            last,
+            lambda: all(last.get(w, {}).get("state") == "online" for w in names),
+            procs,
+            120,
+        )
+        if redis_client is not None:
+            redis_client.config_resetstat()
+        pub = MqttLink(parse_broker_url(broker_url), max_inflight_out=5000)
+        await pub.connect()
+        t0 = time.perf_counter()
+        futs = [pub.publish_nowait(t, p, qos=1) for t, p in messages]
+        await asyncio.gather(*futs)
+        await pub.disconnect()
+
+        def done() -> bool:
+            return sum(_events(last.get(w)) for w in names) >= total_events
+
+        t1 = await _until(mon, last, done, procs, 600)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        await mon.disconnect()
+    secs = t1 - t0
+    res = GroupRun(
+        label, n, total_events, len(messages), round(secs, 3), round(total_events / secs, 1)
+    )
+    if redis_client is not None:
+        stats = redis_client.info("commandstats")
+        calls = {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
+        rt = sum(c for k, c in calls.items() if k not in _INSIDE_SCRIPT | _BENCH_OWN)
+        res.round_trips = rt
+        res.round_trips_per_event = round(rt / total_events, 4)
+        res.commit_scripts = calls.get("evalsha", 0) + calls.get("eval", 0)
+    _say(f"{label}: {res.events_per_s:,.0f} events/s ({secs:.2f} s)")
+    return res
+
+
+def _spawn(
+    broker: str,
+    state: str,
+    files: tuple[str, str],
+    name: str,
+    group: bool,
+    args: argparse.Namespace,
+) -> subprocess.Popen[bytes]:
+    cmd = [
+        sys.executable, "-m", "engine", "run", "--broker", broker, "--state", state,
+        "--fences", files[0], "--campaigns", files[1], "--client-id", name,
+        "--batch-size", str(args.group_batch_size), "--status-interval", "0.1",
+        "--log-level", "WARNING", "--no-owntracks",
+        "--pid-file", str(Path(tempfile.gettempdir()) / f"geopush-{name}.pid"),
+    ]  # fmt: skip
+    if group:
+        # One group per run: mosquitto keeps an offline worker's persistent session in its
+        # shared group and queues that session's share of the messages for it (docs/operations.md),
+        # so a previous run's stopped workers would strand part of this run's trace.
+        cmd += ["--group", name.rsplit("-", 1)[0]]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _events(status: dict[str, Any] | None) -> int:
+    if not status:
+        return 0
+    return int(status.get("counters", {}).get("events", 0))
+
+
+async def _until(
+    mon: Any, last: dict[str, dict[str, Any]], cond: Any, procs: list[Any], timeout: float
+) -> float:
+    """Read status messages into ``last`` until ``cond()``; return the time it first held."""
+    deadline = time.perf_counter() + timeout
+    while not cond():
+        for p in procs:
+            if p.poll() is not None:
+                err = p.stderr.read().decode(errors="replace") if p.stderr else ""
+                raise GeopushError(f"a worker exited with {p.returncode}:\n{err[-2000:]}")
+        if time.perf_counter() > deadline:
+            raise GeopushError(f"workers did not finish within {timeout:.0f} s")
+        await mon.wait_inbound(0.05)
+        for m in mon.take(10_000):
+            try:
+                body = json.loads(m.payload)
+            except ValueError:
+                continue
+            if isinstance(body, dict) and "client_id" in body:
+                last[body["client_id"]] = body
+    return time.perf_counter()
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _report(results: list[GroupRun]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    base = results[0].events_per_s if results else 1.0
+    table = Table(title="geopush bench e2e --workers (events handled per second, end to end)")
+    for col in ("run", "events/s", "vs first row", "Redis round trips / event", "commits"):
+        table.add_column(col, justify="right" if col != "run" else "left")
+    for r in results:
+        table.add_row(
+            r.label,
+            f"{r.events_per_s:,.0f}",
+            f"{r.events_per_s / base:.2f}x",
+            "-" if r.round_trips_per_event is None else f"{r.round_trips_per_event:.3f}",
+            "-" if r.commit_scripts is None else str(r.commit_scripts),
+        )
+    Console(stderr=True).print(table)
+    print(json.dumps([asdict(r) for r in results]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m engine.daemon.bench_workers`` (the same options as under bench e2e)."""
+    p = argparse.ArgumentParser(prog="geopush bench e2e --workers", description=__doc__)
+    p.add_argument("--broker", default=None, help="mqtt://HOST:PORT (default: start mosquitto)")
+    add_arguments(p)
+    args = p.parse_args(argv)
+    if not args.workers:
+        args.workers = 2
+    run_group_bench(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
