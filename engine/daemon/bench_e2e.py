@@ -58,6 +58,10 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                    help="extra argument for `geopush run` (repeatable), e.g. --engine-arg=--state=redis://...")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=_main)  # fmt: skip
+    # --workers N [--state redis://...]: the worker-group benchmark (engine/daemon/bench_workers.py)
+    from engine.daemon.bench_workers import add_arguments
+
+    add_arguments(p)
 
 
 # --- message generation (in the publisher processes) -----------------------------------------------
@@ -370,6 +374,11 @@ async def _bench(url: str, args: argparse.Namespace, folder: Path, say: Any) -> 
 
 
 def _main(args: argparse.Namespace) -> int:
+    if args.workers:  # the worker group over Redis instead (scale-out)
+        from engine.daemon.bench_workers import run_group_bench
+
+        run_group_bench(args)
+        return 0
     from rich.console import Console
 
     console = Console(stderr=True)

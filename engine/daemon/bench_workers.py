@@ -58,16 +58,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="redis://HOST:PORT/DB of an EMPTY Redis DB for the group (default: start a "
         "redis-server with appendfsync always on a free port)",
     )  # fmt: skip
-    g.add_argument("--group-users", type=int, default=2000, metavar="N", help="users in the trace")
-    g.add_argument("--group-per-user", type=int, default=20, metavar="N", help="GPS fixes per user")
+    g.add_argument(
+        "--group-users",
+        type=int,
+        default=2000,
+        metavar="N",
+        help="users in the trace (default %(default)s)",
+    )
+    g.add_argument(
+        "--group-per-user",
+        type=int,
+        default=20,
+        metavar="N",
+        help="GPS fixes per user (default %(default)s)",
+    )
     g.add_argument(
         "--group-message-events", type=int, default=10, metavar="K",
         help="events per MQTT message (1 = single-event messages; K > 1 = a user's K "
-        "consecutive fixes as one batch message)",
+        "consecutive fixes as one batch message; default %(default)s)",
     )  # fmt: skip
     g.add_argument(
         "--group-batch-size", type=int, default=100, metavar="N",
-        help="the workers' --batch-size (messages per micro-batch, i.e. per Redis commit)",
+        help="the workers' --batch-size: messages per micro-batch, i.e. per Redis commit "
+        "(default %(default)s)",
     )  # fmt: skip
     g.add_argument(
         "--no-sqlite-baseline", action="store_true",
