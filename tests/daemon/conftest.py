@@ -203,30 +203,24 @@ class World:
             for e in self.events
         ]
 
-    def oracle(self, batch: int = 1000) -> dict[str, set[str]]:
-        """The decisions `geopush replay` makes on the trace: the core over a MemoryStore,
-        micro-batches committed in order (no final flush: the daemon never reaches "the end")."""
-        from engine.campaigns import load_campaigns
-        from engine.core import Core
-        from engine.events import decode
-        from engine.outputs import Push
-        from engine.state import MemoryStore
-        from fences.catalog import load_catalog
-        from fences.index import FenceIndex
+    def oracle(self) -> dict[str, set[str]]:
+        """What `geopush replay` decides on the same trace (engine.replay.replay, its outputs
+        read back from pushes.jsonl / visits.jsonl)."""
+        import tempfile
 
-        store = MemoryStore()
-        core = Core(FenceIndex(load_catalog(self.fences)), load_campaigns(self.campaigns), store)
-        evs = [ev for t, p in self.messages for ev in decode(p, topic_user=t.rsplit("/", 1)[1])]
-        outs: list[Any] = []
-        for i in range(0, len(evs), batch):
-            o = core.process(evs[i : i + batch])
-            store.commit(o)
-            outs.extend(o)
-        return split_outputs([(o.push_id if isinstance(o, Push) else o.out_id, isinstance(o, Push)) for o in outs])
+        from engine.outputs import decode_output
+        from engine.replay import replay
 
-
-def split_outputs(pairs: list[tuple[str, bool]]) -> dict[str, set[str]]:
-    return {"pushes": {i for i, p in pairs if p}, "visits": {i for i, p in pairs if not p}}
+        with tempfile.TemporaryDirectory() as tmp:
+            trace = Path(tmp) / "trace.jsonl"
+            trace.write_bytes(b"".join(p + b"\n" for _, p in self.messages))
+            replay(trace, self.fences, self.campaigns, out_dir=Path(tmp) / "out", progress=False)
+            pushes = (Path(tmp) / "out" / "pushes.jsonl").read_bytes().splitlines()
+            visits = (Path(tmp) / "out" / "visits.jsonl").read_bytes().splitlines()
+        return {
+            "pushes": {decode_output(x).out_id for x in pushes},
+            "visits": {decode_output(x).out_id for x in visits},
+        }
 
 
 def received_outputs(col: Collector) -> dict[str, set[str]]:

@@ -94,7 +94,7 @@ _payloads = st.one_of(
 )  # fmt: skip
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(topic=_topics, payload=_payloads)
 def test_decoder_fuzz_only_ever_raises_decode_errors(topic, payload):
     """Whatever arrives, the daemon's decoder returns events or a DecodeError with a reason
