@@ -48,8 +48,8 @@ class DemoOptions:
     broker: str | None = None
     stores: int = 300
     users: int = 300
-    start_hour: float = 11.0  # local hour of the city's day where the played window starts
-    hours: float = 2.0  # hours of city time played (the default window holds the lunch rush)
+    start_hour: float = 12.0  # local hour of the city's day where the played window starts
+    hours: float = 1.0  # hours of city time played (the default window is the lunch rush)
     seed: int = 7
     out: Path = Path("geopush-demo")
     live: bool | None = None  # None: a live view when stdout is a terminal, plain lines otherwise

@@ -44,9 +44,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                    help="stores in the city")  # fmt: skip
     p.add_argument("--users", type=_positive(int), default=300, metavar="M",
                    help="people (phones) in the city")  # fmt: skip
-    p.add_argument("--start", type=float, default=11.0, metavar="HOUR",
+    p.add_argument("--start", type=float, default=12.0, metavar="HOUR",
                    help="hour of the city's day (06-24) where the played window starts")  # fmt: skip
-    p.add_argument("--hours", type=_positive(float), default=2.0, metavar="H",
+    p.add_argument("--hours", type=_positive(float), default=1.0, metavar="H",
                    help="hours of city time played, accelerated to fit --duration")  # fmt: skip
     p.add_argument("--seed", type=int, default=7, metavar="S",
                    help="random seed: the same seed gives the same city")  # fmt: skip
