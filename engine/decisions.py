@@ -148,42 +148,37 @@ def decide(
     if not cands:
         return None
 
-    if skipped is None:
-        skipped = {}
-
-    def skip(reason: str) -> None:
-        skipped[reason] = skipped.get(reason, 0) + 1
-
+    sk: dict[str, int] = {} if skipped is None else skipped
     if opt_out:
-        skip("opt_out")
+        sk["opt_out"] = sk.get("opt_out", 0) + 1
         return None
     weekday, minute = local_time(ts, store_tz)
     if quiet(campaigns.quiet_hours, minute):
-        skip("quiet_hours")
+        sk["quiet_hours"] = sk.get("quiet_hours", 0) + 1
         return None
     day = utc_day(ts)
     limit = campaigns.max_pushes_per_user_per_day
     if limit is not None and st.day_pushes.get(day, 0) >= limit:
-        skip("daily_limit")
+        sk["daily_limit"] = sk.get("daily_limit", 0) + 1
         return None
     for c in cands:
         if c.stores is not None and visit.store_id not in c.stores:
             continue
         if not schedule_ok(c, ts, weekday, minute):
-            skip("schedule")
+            sk["schedule"] = sk.get("schedule", 0) + 1
             continue
         if not audience_ok(c, tags, visit, st):
-            skip("audience")
+            sk["audience"] = sk.get("audience", 0) + 1
             continue
         if not caps_ok(c, st, ts):
-            skip("caps")
+            sk["caps"] = sk.get("caps", 0) + 1
             continue
         pid = push_id_for(st.user, c.id, visit.visit_id, key)
         if store.seen_push(pid):
-            skip("already_decided")
+            sk["already_decided"] = sk.get("already_decided", 0) + 1
             return None
         if not store.take_coupon(c.id, c.inventory):
-            skip("inventory")
+            sk["inventory"] = sk.get("inventory", 0) + 1
             continue
         record_push(c, st, ts, day)
         cp = c.coupon

@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from engine.state import UserState, Visit
 
@@ -37,9 +37,8 @@ UMBRELLA_TAG = "umbrella"  # a store fence meant to contain others (a mall): nev
 _EARTH_R = 6_371_008.8
 
 
-@dataclass(frozen=True, slots=True)
-class Transition:
-    """One visit event decided by the state machine."""
+class Transition(NamedTuple):
+    """One visit event decided by the state machine (a NamedTuple: cheap to create)."""
 
     kind: str  # "enter" | "dwell" | "exit"
     visit: Visit  # the visit (for exit: the closed one, no longer in UserState.visits)
