@@ -176,7 +176,8 @@ def _cmd_city(a: argparse.Namespace) -> int:
     print(f"events: {rep.events:,} ({by}); truth stays: {rep.truth_stays:,}; "
           f"spoofers: {len(rep.spoofers)}")
     print(f"generated in {rep.seconds:.1f} s: {rep.events_per_s:,.0f} events/s overall, "
-          f"{rep.trace_events_per_s:,.0f} events/s for the trace itself")
+          f"{rep.trace_events_per_s:,.0f} events/s for the trace itself; "
+          f"{rep.cpu_seconds:.1f} s of CPU: {rep.events_per_cpu_s:,.0f} events per CPU-second")
     return 0
 
 
