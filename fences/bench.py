@@ -23,10 +23,12 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "match",
         help="fixes/s and µs per fix of the fence index vs a shapely STRtree baseline",
         description=(
-            "Build a seeded synthetic city (70%% circles of 30-150 m, 30%% polygons of 4-20 "
-            "vertices, clustered, ~10%% of fixes inside a fence), index it, and time matching "
+            "Build a seeded synthetic city (70% circles of 30-150 m, 30% polygons of 4-20 "
+            "vertices, clustered, ~10% of fixes inside a fence), index it, and time matching "
             "one fix at a time and in batches of 1,024 and 65,536, against shapely's "
-            "STRtree.query(points, predicate=...) measured in the same run."
+            "STRtree.query(points, predicate=...) measured in the same run. Times are CPU "
+            "seconds of this process (one core), best of --repeat; numba compile time is "
+            "reported apart. Figures and caveats: docs/benchmarks.md."
         ),
     )
     p.add_argument(
