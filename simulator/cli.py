@@ -73,6 +73,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     speed.add_argument("--speed", type=_pos_float, default=None,
                        help="time acceleration: 1 = real time, 60 = a minute per second; "
                        "without --rate or --speed: as fast as possible")
+    pub.add_argument("--prefix", default="geopush",
+                     help="topic prefix: events go to PREFIX/events/USER (default geopush)")
     pub.add_argument("--quiet", action="store_true", help="no progress bar")
     pub.set_defaults(func=_cmd_publish)
 
@@ -184,7 +186,8 @@ def _cmd_city(a: argparse.Namespace) -> int:
 def _cmd_publish(a: argparse.Namespace) -> int:
     from simulator.publish import publish_trace  # owned by the daemon helper
 
-    res = publish_trace(a.trace, a.broker, rate=a.rate, speed=a.speed, progress=not a.quiet)
+    res = publish_trace(a.trace, a.broker, rate=a.rate, speed=a.speed, progress=not a.quiet,
+                        prefix=a.prefix)
     if res is not None:
         print(res)
     return 0

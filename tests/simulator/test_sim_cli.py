@@ -92,3 +92,17 @@ def test_help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
         main(argv)
     assert exc.value.code == 0
     assert "usage: geopush" in capsys.readouterr().out
+
+
+def test_publish_to_a_real_broker(tiny_city: Path, tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """`geopush simulate publish` hands the trace to simulator.publish over a real mosquitto."""
+    from simulator.embedded_broker import find_mosquitto, start_broker
+
+    if find_mosquitto() is None:
+        pytest.skip("mosquitto not installed (apt-get install mosquitto)")
+    trace = tmp_path / "head.jsonl"
+    trace.write_bytes(b"".join((tiny_city / "trace.jsonl").read_bytes().splitlines(True)[:300]))
+    with start_broker("mosquitto") as broker:
+        assert main(["simulate", "publish", str(trace), "--broker", broker.url, "--quiet"]) == 0
+    assert "published 300 messages" in capsys.readouterr().out
