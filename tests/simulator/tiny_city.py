@@ -69,9 +69,9 @@ def write_tiny_city(d: Path, walkers: int = 6, minutes: int = 30) -> dict[str, P
             )
     lines.sort(key=lambda t: (t[0], t[1]["user"]))
     with open(d / "trace.jsonl", "w") as fh:
+        fh.write('{"type": "gps", "user": "u0", "ts": "not a time"}\n')  # one dead letter, early
         for _, ev in lines:
             fh.write(json.dumps(ev) + "\n")
-        fh.write('{"type": "gps", "user": "u0", "ts": "not a time"}\n')  # one dead letter
     return {
         "stores": d / "stores.geojson",
         "campaigns": d / "campaigns.json",
