@@ -4,7 +4,8 @@ Design (see docs/benchmarks.md for the figures that chose it):
 
 * **base**: every store known at the last compaction, packed into flat float64/int64 records and
   a uniform lon/lat grid (CSR lists of entry boxes per cell), searched by the numba kernel in
-  fences.kernel. Records are Morton-ordered so neighbouring stores sit together in memory;
+  fences.kernel. Records are Morton-ordered so neighbouring stores sit together in memory.
+  Fences far larger than the typical one (> 16x and > 1 km) sit in a second, coarse grid;
 * **delta**: stores added or changed since then, as records appended to the same packed arrays
   and found through a live ``rtree.index.Index`` (the index of record for live updates);
 * an alive flag per record: ``update`` and ``remove`` kill the old record (it never matches
@@ -193,6 +194,20 @@ def _store_points(stores: list[Store]) -> tuple[F64, F64]:
     return np.where(ok, x, 0.0), np.where(ok, y, 0.0)
 
 
+def _large(ent_rec: I64, ent_box: F64, n_rec: int, cell_m: float | None) -> NDArray[np.bool_]:
+    """Entries of records much larger than the typical fence (> 16x its size and > 1 km): all
+    entries of such a record, so a store lives in one grid only."""
+    if len(ent_rec) == 0:
+        return np.zeros(0, dtype=bool)
+    mid = np.radians(np.minimum(np.abs(ent_box[:, 1] + ent_box[:, 3]) / 2.0, 80.0))
+    size = np.maximum((ent_box[:, 2] - ent_box[:, 0]) * np.cos(mid), ent_box[:, 3] - ent_box[:, 1])
+    size_m = size * M_PER_DEG
+    limit = max(16.0 * float(np.median(size_m)), 6.0 * (cell_m or 0.0), 1000.0)
+    big_rec = np.zeros(n_rec, dtype=bool)
+    big_rec[ent_rec[size_m > limit]] = True
+    return np.asarray(big_rec[ent_rec], dtype=bool)
+
+
 def _grid(
     ent_rec: I64, ent_box: F64, recf: F64, reci: I64, cell_m: float | None
 ) -> tuple[F64, NDArray[np.int32], F64]:
@@ -288,8 +303,16 @@ class FenceIndex:
         lst = [lst[i] for i in order]
         slots = np.asarray(live, dtype=np.int64)[order] if live else np.zeros(0, dtype=np.int64)
         pack = _pack(lst, slots)
+        big = _large(pack.ent_rec, pack.ent_box, len(lst), self._cell_m)
         self._gp, self._cstart, self._occ = _grid(
-            pack.ent_rec, pack.ent_box, pack.recf, pack.reci, self._cell_m
+            pack.ent_rec[~big], pack.ent_box[~big], pack.recf, pack.reci, self._cell_m
+        )
+        # fences far larger than the typical one get a coarse grid of their own, so a few 50 km
+        # circles in a city of 100 m shops do not copy themselves into millions of fine cells
+        self._coarse = (
+            _grid(pack.ent_rec[big], pack.ent_box[big], pack.recf, pack.reci, None)
+            if big.any()
+            else None
         )
         self._recf = _Grow(pack.recf)
         self._reci = _Grow(pack.reci)
@@ -418,6 +441,9 @@ class FenceIndex:
             lon, lat = _check_fix(lon, lat)
             _check_r(acc_m, margin_m)
         out = self._single(lon, lat, r, self._gp, self._cstart, self._occ)
+        if self._coarse is not None:
+            out += self._single(lon, lat, r, *self._coarse)
+            out.sort(key=lambda t: t[1])
         if self._n_delta:
             if self._dgrid is None and self._stale_queries < _STALE_SINGLE:
                 self._stale_queries += 1
@@ -517,6 +543,8 @@ class FenceIndex:
         sorted_ = sort_fixes and n >= 4096  # smaller batches rarely share a cell
         order = kernel.cell_order(x, y, self._gp) if sorted_ else np.arange(n, dtype=np.int64)
         chunks = self._batch(x, y, rs, order, self._gp, self._cstart, self._occ)
+        if self._coarse is not None:
+            chunks += self._batch(x, y, rs, order, *self._coarse)
         if self._n_delta:
             chunks += self._batch(x, y, rs, order, *self._delta_grid())
         fix = np.concatenate([c[0] for c in chunks]) if len(chunks) > 1 else chunks[0][0]
