@@ -121,3 +121,13 @@ def test_cli_replay_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str
 def test_cli_defaults_match_core_config() -> None:
     defaults = dataclasses.asdict(CoreConfig())
     assert {k: v for k, (v, _) in TUNING.items()} == {k: defaults[k] for k in TUNING}
+
+
+def test_bench_replay_runs_small_and_accounts_every_event() -> None:
+    from engine.bench_replay import measure
+
+    r = measure(300, 2000, 5000, batch=256, seed=3, progress=False)
+    assert sum(r["events_by_type"].values()) == 5000
+    assert r["events_per_s"] > 0 and r["events_per_cpu_s"] > 0
+    assert abs(sum(r["share"].values()) - 1.0) < 0.01
+    assert r["visits"]["enter"] >= r["visits"]["exit"] > 0
