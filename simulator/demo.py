@@ -391,6 +391,23 @@ def busy(console: Console, message: str) -> Iterator[None]:
         yield
 
 
+def check_broker(url: str, timeout: float = 3.0) -> None:
+    """Fail fast, with what to do, when --broker names a broker nobody answers for."""
+    import socket
+
+    from engine.daemon.mqtt import parse_broker_url
+
+    addr = parse_broker_url(url)
+    try:
+        with socket.create_connection((addr.host, addr.port), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise DemoError(
+            f"cannot reach the broker at {url} ({exc}); start it, or leave out --broker and "
+            "the demo starts its own"
+        ) from exc
+
+
 def _fmt_clock(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%H:%M UTC") if ts > 0 else ""
 
@@ -569,7 +586,14 @@ def run_demo(
     these files instead of generating a city (tests, or a city of your own)."""
     console = console or Console()
     out = opts.out
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ".geopush-demo-write-test").touch()
+        (out / ".geopush-demo-write-test").unlink()
+    except OSError as exc:
+        raise DemoError(f"cannot write to --out {out}: {exc}") from exc
+    if opts.broker:
+        check_broker(opts.broker)  # before minutes of work, not after
     clean_out(out, keep_city=city is not None)
     files: dict[str, Path] = {}
     handler = _engine_logging(out / "engine.log")
