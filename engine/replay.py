@@ -61,6 +61,7 @@ def _progress(enabled: bool, total: int | None, label: str) -> Iterator[Any]:
     if not enabled:
         yield None
         return
+    from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -73,7 +74,7 @@ def _progress(enabled: bool, total: int | None, label: str) -> Iterator[Any]:
     cols = [TextColumn("[bold]replay[/] {task.description}"), BarColumn()]
     cols += [TextColumn("{task.percentage:>5.1f}%"), TimeRemainingColumn()] if total else [MofNCompleteColumn()]
     cols.append(TimeElapsedColumn())
-    with Progress(*cols, transient=False) as prog:
+    with Progress(*cols, transient=False, console=Console(stderr=True)) as prog:
         task = prog.add_task(label, total=total)
         yield lambda n: prog.update(task, completed=n)
 
