@@ -412,15 +412,24 @@ def _fmt_clock(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%H:%M UTC") if ts > 0 else ""
 
 
-def _engine_logging(path: Path) -> logging.Handler:
-    """The daemon's log goes to a file: the live view owns the terminal."""
+@contextlib.contextmanager
+def engine_log_to(path: Path) -> Iterator[None]:
+    """The engine's log goes to a file while the demo runs (the live view owns the terminal);
+    the "geopush" logger is left as it was found afterwards."""
     handler = logging.FileHandler(path, mode="w")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("geopush")
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    root.propagate = False
-    return handler
+    logger = logging.getLogger("geopush")
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+        handler.close()
 
 
 class _Run:
@@ -596,8 +605,7 @@ def run_demo(
         check_broker(opts.broker)  # before minutes of work, not after
     clean_out(out, keep_city=city is not None)
     files: dict[str, Path] = {}
-    handler = _engine_logging(out / "engine.log")
-    try:
+    with engine_log_to(out / "engine.log"):
         if city is None:
             with busy(console, f"generating a city: {opts.stores} stores, {opts.users} people…"):
                 city = make_city(opts, out / "city")
@@ -627,13 +635,12 @@ def run_demo(
         files.update({k: p for k, p in (("pushes", out / "pushes.jsonl"),
                                         ("visits", out / "visits.jsonl"),
                                         ("dead letters", out / "deadletter.jsonl"))})  # fmt: skip
-        files["map"] = draw_map(city, out, snap)
+        files["engine log"] = out / "engine.log"
+        with busy(console, "drawing the map…"):
+            files["map"] = draw_map(city, out, snap)
         files["summary"] = write_summary(
             out / "summary.json", snap, run.speed, run.info, run.engine_figures
         )
-    finally:
-        logging.getLogger("geopush").removeHandler(handler)
-        handler.close()
     console.print(
         summary_text(snap, {k: str(v) for k, v in files.items()}), highlight=False, soft_wrap=True
     )

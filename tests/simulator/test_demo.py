@@ -198,3 +198,16 @@ def test_ctrl_c_stops_cleanly_and_still_writes_outputs(tmp_path: Path) -> None:
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stopping"] == "stopped by Ctrl-C" and summary["elapsed_s"] < 60
     _check_png(out / "map.png")
+
+
+def test_engine_log_goes_to_a_file_and_logging_is_restored(tmp_path: Path) -> None:
+    import logging
+
+    from simulator.demo import engine_log_to
+
+    logger = logging.getLogger("geopush")
+    before = (logger.level, logger.propagate, list(logger.handlers))
+    with engine_log_to(tmp_path / "engine.log"):
+        logging.getLogger("geopush.daemon").info("hello from the engine")
+    assert "hello from the engine" in (tmp_path / "engine.log").read_text()
+    assert (logger.level, logger.propagate, list(logger.handlers)) == before
