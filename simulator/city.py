@@ -39,7 +39,7 @@ from simulator.layout import (
     build_layout,
     store_bssids,
 )
-from simulator.people import People, build_people
+from simulator.people import People, build_people, tags_of
 from simulator.signals import S_BEACON, S_GPS, S_NFC, S_WIFI, Emitter
 
 DAY0 = 1772409600.0  # Monday 2026-03-02 00:00:00 UTC
@@ -317,13 +317,15 @@ def write_campaigns(path: Path, lay: Layout, ids: _Ids, seed: int) -> None:
 def write_profiles(path: Path, ppl: People, ids: _Ids) -> None:
     import msgspec
 
-    enc = msgspec.json.Encoder()
-    with path.open("wb") as f:
-        lines = [
-            enc.encode({"user": ids.user(i), "tags": ppl.tags[i], "opt_out": bool(ppl.opt_out[i])})
-            for i in range(ppl.n)
-        ]
-        f.write(b"\n".join(lines) + b"\n")
+    # One JSON fragment per distinct tag set (a few hundred), then plain string joins: the same
+    # bytes as msgspec-encoding {"user", "tags", "opt_out"} per person, ten times faster.
+    frags = {int(m): msgspec.json.encode(tags_of(int(m))).decode() for m in np.unique(ppl.tag_mask)}
+    opt = ("false", "true")
+    with path.open("w") as f:
+        f.writelines(
+            f'{{"user":"{ids.user(i)}","tags":{frags[m]},"opt_out":{opt[o]}}}\n'
+            for i, (m, o) in enumerate(zip(ppl.tag_mask.tolist(), ppl.opt_out.tolist(), strict=True))
+        )
 
 
 def truth_rows(ppl: People, flags: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

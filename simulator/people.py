@@ -33,7 +33,7 @@ class People:
     home_x: np.ndarray
     home_y: np.ndarray
     works: np.ndarray
-    tags: list[list[str]]
+    tag_mask: np.ndarray  # bit j set = TAGS[j]
     opt_out: np.ndarray
     gps_period: np.ndarray  # seconds between fixes
     gps_phase: np.ndarray
@@ -99,7 +99,7 @@ def _store_point(lay: Layout, store: np.ndarray, rng: np.random.Generator) -> tu
     return lay.cx[s] + r * np.cos(a), lay.cy[s] + r * np.sin(a)
 
 
-_TAGS = ("student", "family", "commuter", "foodie", "fashion", "tech", "sports", "senior", "vip")
+TAGS = ("student", "family", "commuter", "foodie", "fashion", "tech", "sports", "senior", "vip")
 
 
 def build_people(lay: Layout, n_users: int, hours: float, seed: int, t0: float,
@@ -220,7 +220,7 @@ def build_people(lay: Layout, n_users: int, hours: float, seed: int, t0: float,
     if n_spoof:
         spoofer[rng.choice(m, n_spoof, replace=False)] = True
     return People(
-        n=m, t0=t0, t_end=t_end, home_x=hx, home_y=hy, works=works, tags=tags, opt_out=opt_out,
+        n=m, t0=t0, t_end=t_end, home_x=hx, home_y=hy, works=works, tag_mask=tags, opt_out=opt_out,
         gps_period=rng.uniform(20, 60, m), gps_phase=rng.uniform(0, 60, m),
         wifi_on=rng.random(m) < 0.85, wifi_period=rng.uniform(30, 90, m),
         wifi_phase=rng.uniform(0, 90, m),
@@ -264,12 +264,19 @@ def _checkouts(lay: Layout, rng: np.random.Generator, user: np.ndarray, start: n
     }
 
 
-def _profiles(m: int, rng: np.random.Generator) -> tuple[list[list[str]], np.ndarray]:
+def _profiles(m: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """0-3 tags each (as a bit mask over TAGS) and a 2% opt-out."""
     n_tags = rng.integers(0, 4, m)
-    draws = rng.integers(0, len(_TAGS), (m, 3))
-    tags = [sorted({_TAGS[j] for j in draws[i, : n_tags[i]]}) for i in range(m)]
+    draws = rng.integers(0, len(TAGS), (m, 3))
+    bits = np.where(np.arange(3)[None, :] < n_tags[:, None], np.left_shift(1, draws), 0)
+    mask = np.bitwise_or.reduce(bits, axis=1).astype(np.int64)
     opt_out = rng.random(m) < 0.02
-    return tags, opt_out
+    return mask, opt_out
+
+
+def tags_of(mask: int) -> list[str]:
+    """The tags in a mask, sorted."""
+    return sorted(t for j, t in enumerate(TAGS) if mask >> j & 1)
 
 
 __all__ = ["ANCHOR", "BLOCK_M", "People", "build_people"]
