@@ -136,6 +136,13 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     sc.add_argument("--tolerance", type=float, default=60.0,
                     help="seconds a visit may start after the stay ended, or end before it "
                     "began, and still match (default 60)")
+    sc.add_argument("--fences", default=None,
+                    help="the store catalog, to score a subset of stores with --tag/--without-tag")
+    sub_tag = sc.add_mutually_exclusive_group()
+    sub_tag.add_argument("--tag", default=None,
+                         help="score only stores with this catalog tag (e.g. mall)")
+    sub_tag.add_argument("--without-tag", default=None,
+                         help="score only stores without this catalog tag")
     sc.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     sc.set_defaults(func=_cmd_score)
 
@@ -242,9 +249,18 @@ def _cmd_beacon_rooms(a: argparse.Namespace) -> int:
 
 
 def _cmd_score(a: argparse.Namespace) -> int:
-    from simulator.score import render_table, score_files
+    from simulator.score import render_table, score_files, stores_with_tag
 
-    rep = score_files(a.truth, a.visits, min_stay=a.min_stay, tolerance=a.tolerance)
+    keep = drop = None
+    if a.tag or a.without_tag:
+        if not a.fences:
+            raise GeopushError("--tag/--without-tag need --fences STORES.geojson (the catalog)")
+        if a.tag:
+            keep = stores_with_tag(a.fences, a.tag)
+        else:
+            drop = stores_with_tag(a.fences, a.without_tag)
+    rep = score_files(a.truth, a.visits, min_stay=a.min_stay, tolerance=a.tolerance,
+                      keep_stores=keep, drop_stores=drop)
     if a.json:
         print(json.dumps(rep.to_dict()))
         return 0

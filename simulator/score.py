@@ -294,9 +294,30 @@ def score(truth: Sequence[TruthStay], detected: Sequence[Detected], *, min_stay:
     return rep
 
 
+def stores_with_tag(catalog: str | Path, tag: str) -> set[str]:
+    """store_ids whose catalog ``tags`` include ``tag`` (to score a subset, e.g. malls)."""
+    p = Path(catalog)
+    try:
+        doc = msgspec.json.decode(p.read_bytes())
+        return {str(f["properties"]["store_id"]) for f in doc["features"]
+                if tag in (f["properties"].get("tags") or [])}
+    except (OSError, msgspec.DecodeError, KeyError, TypeError) as exc:
+        raise ScoreError(f"{p}: cannot read store tags from this catalog ({exc})") from exc
+
+
 def score_files(truth: str | Path, visits: str | Path, *, min_stay: float = 0.0,
-                tolerance: float = 60.0) -> ScoreReport:
-    return score(load_truth(truth), load_visits(visits), min_stay=min_stay, tolerance=tolerance)
+                tolerance: float = 60.0, keep_stores: set[str] | None = None,
+                drop_stores: set[str] | None = None) -> ScoreReport:
+    """Score files; ``keep_stores`` / ``drop_stores`` restrict both sides to a subset of stores."""
+    t, d = load_truth(truth), load_visits(visits)
+
+    def ok(store_id: str) -> bool:
+        return (keep_stores is None or store_id in keep_stores) and not (
+            drop_stores is not None and store_id in drop_stores)
+
+    t = [x for x in t if ok(x.store_id)]
+    d = [x for x in d if ok(x.store_id)]
+    return score(t, d, min_stay=min_stay, tolerance=tolerance)
 
 
 def render_table(rep: ScoreReport) -> Any:

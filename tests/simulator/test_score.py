@@ -159,3 +159,27 @@ def test_bad_lines_name_the_file_and_line(tmp_path: Path) -> None:
         load_truth(p)
     with pytest.raises(ScoreError, match="cannot read"):
         load_visits(tmp_path / "missing.jsonl")
+
+
+def test_subset_by_catalog_tag(tmp_path: Path) -> None:
+    from simulator.score import score_files, stores_with_tag
+
+    cat = tmp_path / "stores.geojson"
+    cat.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": None, "properties": {"store_id": "s1", "tags": ["mall"]}},
+        {"type": "Feature", "geometry": None, "properties": {"store_id": "s2", "tags": []}},
+    ]}))
+    assert stores_with_tag(cat, "mall") == {"s1"}
+    truth = tmp_path / "truth.jsonl"
+    truth.write_text('{"user":"u","store_id":"s1","start":0,"end":600,"signals":["gps"]}\n'
+                     '{"user":"u","store_id":"s2","start":1000,"end":1600,"signals":["gps"]}\n')
+    visits = tmp_path / "visits.jsonl"
+    visits.write_text(json.dumps({"visit_id": "v", "user": "u", "store_id": "s3", "event": "enter",
+                                  "ts": 5.0, "signal": "gps"}) + "\n")
+    assert score_files(truth, visits).overall.truth == 2
+    only_mall = score_files(truth, visits, keep_stores={"s1"})
+    assert only_mall.overall.truth == 1 and only_mall.overall.detected == 0
+    no_mall = score_files(truth, visits, drop_stores={"s1"})
+    assert no_mall.overall.truth == 1 and no_mall.overall.detected == 1
+    with pytest.raises(ScoreError, match="store tags"):
+        stores_with_tag(truth, "mall")
