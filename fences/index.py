@@ -430,6 +430,8 @@ class FenceIndex:
     ) -> list[tuple[int, float]]:
         """Every store whose fence holds the fix or lies within acc_m + margin_m metres of it, as
         (slot, signed distance in metres, negative inside), nearest first."""
+        # plain floats: an int would make numba compile another specialisation of the kernel
+        lon, lat, acc_m, margin_m = float(lon), float(lat), float(acc_m), float(margin_m)
         r = acc_m + margin_m
         if not (
             acc_m >= 0.0

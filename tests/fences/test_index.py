@@ -114,6 +114,14 @@ def test_high_latitude_and_pole_circle() -> None:
         assert must <= got <= may, (lon, lat, sd)
 
 
+def test_integer_and_numpy_inputs() -> None:
+    idx = FenceIndex([circle("c", 0.0, 0.0, 10.0)])
+    assert [s for s, _ in idx.query(0, 0)] == [0]
+    assert [s for s, _ in idx.query(np.float64(0.0), np.float32(0.0), np.int64(1))] == [0]
+    fix, slot, _ = idx.query_many([0, 1], [0, 1], 5)
+    assert fix.tolist() == [0] and slot.tolist() == [0]
+
+
 def test_bad_input_says_what_to_do() -> None:
     idx = FenceIndex([circle("c", 0.0, 0.0, 10.0)])
     with pytest.raises(QueryError, match="lat"):
