@@ -524,7 +524,7 @@ class _Run:
         messages = int(svc.totals.get("messages", 0))
         if messages != self._messages:
             self._messages, self._last_intake = messages, time.monotonic()
-        s.on_published(int(svc.totals.get("events", 0)))
+        s.on_processed(int(svc.totals.get("events", 0)))
         s.sim_clock = _fmt_clock(svc.event_clock)
         hist = svc.metrics.event_to_push
         p50, p99 = histogram_quantile(hist, 0.5), histogram_quantile(hist, 0.99)
@@ -657,7 +657,7 @@ def draw_map(city: City, out: Path, snap: Snapshot) -> Path:
         visits=out / "visits.jsonl",
         pushes=out / "pushes.jsonl",
         title="geopush demo",
-        subtitle=f"{snap.events_published:,} events, engine: {snap.engine}",
+        subtitle=f"{snap.events_processed:,} events, engine: {snap.engine}",
     )
     assert stats.out is not None
     return stats.out

@@ -24,7 +24,7 @@ class Snapshot:
 
     elapsed_s: float = 0.0
     duration_s: float = 60.0
-    events_published: int = 0
+    events_processed: int = 0
     events_total: int = 0  # events in the trace (0 = unknown)
     events_per_s: float = 0.0  # recent rate (last few seconds)
     sim_clock: str = ""  # simulated local time the publisher has reached, e.g. "08:42"
@@ -51,7 +51,7 @@ class DemoStats:
     engine: str = ""
     broker: str = ""
     events_total: int = 0
-    events_published: int = 0
+    events_processed: int = 0
     sim_clock: str = ""
     visits_entered: int = 0
     visits_exited: int = 0
@@ -99,13 +99,13 @@ class DemoStats:
     def on_deadletter(self, _rec: Any = None) -> None:
         self.dead_letters += 1
 
-    def on_published(self, total: int, now: float | None = None) -> None:
-        """The publisher's running total of events sent."""
-        self.events_published = total
+    def on_processed(self, total: int, now: float | None = None) -> None:
+        """The engine's running total of events accepted (decoded and processed)."""
+        self.events_processed = total
         self._rate.append((time.monotonic() if now is None else now, total))
 
     def rate(self, window_s: float = 3.0) -> float:
-        """Events/s over the last ``window_s`` seconds of publisher reports."""
+        """Events/s over the last ``window_s`` seconds of reports."""
         if len(self._rate) < 2:
             return 0.0
         t1, n1 = self._rate[-1]
@@ -123,7 +123,7 @@ class DemoStats:
         return Snapshot(
             elapsed_s=(time.monotonic() if now is None else now) - self.started,
             duration_s=self.duration_s,
-            events_published=self.events_published,
+            events_processed=self.events_processed,
             events_total=self.events_total,
             events_per_s=self.rate(),
             sim_clock=self.sim_clock,
@@ -164,7 +164,7 @@ def render_live(s: Snapshot) -> RenderableType:
     head.add_column(style="bold cyan", justify="right")
     head.add_column()
     total = f" / {s.events_total:,}" if s.events_total else ""
-    head.add_row("events", f"{s.events_published:,}{total}", "events/s", f"{s.events_per_s:,.0f}")
+    head.add_row("events", f"{s.events_processed:,}{total}", "events/s", f"{s.events_per_s:,.0f}")
     head.add_row(
         "visits open", f"{s.visits_open:,}", "entered / exited",
         f"{s.visits_entered:,} / {s.visits_exited:,}",
@@ -204,7 +204,7 @@ def plain_line(s: Snapshot) -> str:
     """One progress line for logs and non-TTY output."""
     top = ", ".join(f"{c}={n}" for c, n in s.top_campaigns[:3]) or "-"
     return (
-        f"[{s.elapsed_s:5.1f}s] events={s.events_published} ({s.events_per_s:.0f}/s) "
+        f"[{s.elapsed_s:5.1f}s] events={s.events_processed} ({s.events_per_s:.0f}/s) "
         f"visits open={s.visits_open} entered={s.visits_entered} exited={s.visits_exited} "
         f"pushes={s.pushes} latency p50={_ms(s.latency_p50_ms)} p99={_ms(s.latency_p99_ms)} "
         f"dead={s.dead_letters} top: {top}"
@@ -217,7 +217,7 @@ def summary_text(s: Snapshot, outputs: dict[str, str]) -> str:
         f"geopush demo: {s.stopping or 'done'} after {s.elapsed_s:.1f}s",
         f"  engine      {s.engine}",
         f"  broker      {s.broker}",
-        f"  events      {s.events_published:,} accepted by the engine"
+        f"  events      {s.events_processed:,} accepted by the engine"
         + (f" of {s.events_total:,} in the trace" if s.events_total else ""),
         f"  visits      {s.visits_entered:,} entered, {s.visits_exited:,} exited, "
         f"{s.visits_open:,} still open, {s.dwells:,} dwell events",

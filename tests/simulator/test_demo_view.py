@@ -35,22 +35,22 @@ def test_collector_counts_visits_pushes_and_dedupes() -> None:
         st_.on_push({"push_id": f"p{i}", "campaign_id": camp}, latency_ms=float(i + 1))
     st_.on_push({"push_id": "p0", "campaign_id": "c-coffee"}, latency_ms=999.0)  # duplicate
     st_.on_deadletter({})
-    st_.on_published(100, now=1.0)
-    st_.on_published(300, now=2.0)
+    st_.on_processed(100, now=1.0)
+    st_.on_processed(300, now=2.0)
     snap = st_.snapshot(now=st_.started + 5)
     assert (snap.visits_entered, snap.visits_exited, snap.visits_open, snap.dwells) == (3, 1, 2, 2)
     assert snap.pushes == 4 and snap.top_campaigns == (("c-coffee", 3), ("c-shoes", 1))
     assert snap.latency_p50_ms == 2.0 and snap.latency_p99_ms == 4.0
-    assert snap.dead_letters == 1 and snap.events_published == 300
+    assert snap.dead_letters == 1 and snap.events_processed == 300
     assert snap.events_per_s == 200.0 and snap.elapsed_s == 5.0
 
 
 def test_rate_uses_only_the_recent_window() -> None:
     s = DemoStats()
-    s.on_published(0, now=0.0)
-    s.on_published(1000, now=1.0)  # a burst long ago
-    s.on_published(1000, now=10.0)
-    s.on_published(1050, now=11.0)
+    s.on_processed(0, now=0.0)
+    s.on_processed(1000, now=1.0)  # a burst long ago
+    s.on_processed(1000, now=10.0)
+    s.on_processed(1050, now=11.0)
     assert s.rate(window_s=3.0) == 50.0
 
 
@@ -75,7 +75,7 @@ def test_live_panel_shows_every_figure() -> None:
     snap = Snapshot(
         elapsed_s=12,
         duration_s=60,
-        events_published=12345,
+        events_processed=12345,
         events_total=50000,
         events_per_s=987,
         visits_entered=40,
@@ -115,7 +115,7 @@ def test_live_panel_shows_every_figure() -> None:
 def test_plain_line_and_summary() -> None:
     snap = Snapshot(
         elapsed_s=8.04,
-        events_published=500,
+        events_processed=500,
         events_per_s=60,
         visits_entered=4,
         pushes=2,
