@@ -27,7 +27,7 @@ class Snapshot:
     events_processed: int = 0
     events_total: int = 0  # events in the trace (0 = unknown)
     events_per_s: float = 0.0  # recent rate (last few seconds)
-    sim_clock: str = ""  # simulated local time the publisher has reached, e.g. "08:42"
+    sim_clock: str = ""  # the newest event time the engine has processed, e.g. "12:42 UTC"
     visits_entered: int = 0
     visits_exited: int = 0
     visits_open: int = 0
