@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 BATCH = 50
-INSIDE_EVERY = 10
+PERIOD = 20  # a user's walk repeats every PERIOD fixes ...
+STAY = 2  # ... the last STAY of them inside a store: 10% of fixes inside, 5% enter, 5% exit
 CITY_SIDE = 20
 LOADS = (0.25, 0.5, 0.9)
 ENGINE_ID = "bench-engine"
@@ -75,7 +76,7 @@ def _messages(kind: str, prefix: str, users: int, count: int, topic_prefix: str)
     city = City(CITY_SIDE)
     per_msg = 1 if kind == "single" else BATCH
     rounds = max(1, math.ceil(count / users))
-    evs = [user_events(city, f"{prefix}{u}", rounds * per_msg, seed=7, inside_every=INSIDE_EVERY) for u in range(users)]
+    evs = [user_events(city, f"{prefix}{u}", rounds * per_msg, seed=7, inside_every=PERIOD, stay=STAY) for u in range(users)]
     msgs: list[tuple[str, bytes]] = []
     keys: list[list[tuple[str, float]]] = []
     dumps = json.dumps
@@ -91,7 +92,7 @@ def _messages(kind: str, prefix: str, users: int, count: int, topic_prefix: str)
                 inner = [{k: v for k, v in e.items() if k != "user"} for e in chunk]
                 payload = dumps({"type": "batch", "user": user, "events": inner}, separators=(",", ":")).encode()
             msgs.append((f"{topic_prefix}/{user}", payload))
-            keys.append([(user, e["ts"]) for i, e in enumerate(chunk) if (r * per_msg + i) % INSIDE_EVERY == INSIDE_EVERY - 1])
+            keys.append([(user, e["ts"]) for i, e in enumerate(chunk) if (r * per_msg + i) % PERIOD == PERIOD - STAY])
     return msgs, keys
 
 
@@ -129,7 +130,7 @@ def _publish(url: str, kind: str, tag: str, count: int, rate: float | None, proc
     # Enough messages per user that walks reach stores (1 fix in 10 is inside one), and enough
     # users that the engine's batches span many of them.
     each = max(1, count // procs)
-    users = max(5, min(500, each // 40)) if kind == "single" else max(5, min(200, each // 4))
+    users = max(5, min(500, each // (2 * PERIOD))) if kind == "single" else max(5, min(200, each // 4))
     for i in range(procs):
         p = ctx.Process(
             target=_publisher,
@@ -244,6 +245,13 @@ class Watch:
                 return int(s.get("counters", {}).get("messages", 0))
         return 0
 
+    def idle(self, pid: int, n: int) -> bool:
+        """The engine has processed ``n`` messages and published every output."""
+        for s in reversed(self.status):
+            if s.get("pid") == pid:
+                return bool(s.get("counters", {}).get("messages", 0) >= n and s.get("outbox_pending", 1) == 0)
+        return False
+
     async def wait(self, pred: Any, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while not pred():
@@ -286,13 +294,23 @@ class Engine:
 
 
 def _drain_rate(status: list[dict[str, Any]], pid: int, n: int) -> float:
-    """msgs/s between 10% and 90% of a drain of ``n`` messages, from the engine's status ts."""
-    pts = [(s["ts"], s["counters"].get("messages", 0)) for s in status if s.get("pid") == pid and "counters" in s]
+    """Sustained msgs/s of a drain of ``n`` messages: from the engine's status when 10% were
+    received to the first status with all ``n`` processed AND every output acknowledged by the
+    broker (the outbox can buffer outputs; they count). Times are the engine's own (``ts``)."""
+    pts = [
+        (s["ts"], s["counters"].get("messages", 0), s.get("outbox_pending", 0))
+        for s in status
+        if s.get("pid") == pid and "counters" in s
+    ]
     lo = next((p for p in pts if p[1] >= 0.1 * n), None)
-    hi = next((p for p in pts if p[1] >= 0.9 * n), None)
+    hi = next((p for p in pts if p[1] >= n and p[2] == 0), None)
     if lo is None or hi is None or hi[0] <= lo[0]:
         return float("nan")
     return float(hi[1] - lo[1]) / float(hi[0] - lo[0])
+
+
+def _backlog(kind: str, duration: float) -> int:
+    return int((10_000 if kind == "single" else 1_000) * duration)
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -306,12 +324,12 @@ async def _measure_kind(url: str, kind: str, args: argparse.Namespace, engine: E
                         ceiling: float, say: Any) -> dict[str, Any]:  # fmt: skip
     per = 1 if kind == "single" else BATCH
     # 1) maximum: drain a preloaded backlog (engine stopped while the broker queues it)
-    n = int(max(2000, ceiling * args.duration * (1.0 if kind == "single" else 0.5)))
+    n = _backlog(kind, args.duration)  # the same backlog the ceiling drained: same broker work
     engine.stop()
     say(f"[{kind}] preloading {n} messages for the engine")
     await asyncio.to_thread(_publish, url, kind, f"max-{kind}-", n, None, args.publishers)
     pid = await engine.start(watch)
-    await watch.wait(lambda: watch.messages(pid) >= n, 600, f"the engine to drain {n} messages")
+    await watch.wait(lambda: watch.idle(pid, n), 600, f"the engine to drain {n} messages")
     max_msgs = _drain_rate(watch.status, pid, n)
     res: dict[str, Any] = {
         "events_per_message": per,
@@ -329,7 +347,7 @@ async def _measure_kind(url: str, kind: str, args: argparse.Namespace, engine: E
         watch.pushes.clear()
         base = watch.messages(pid)
         pub = await asyncio.to_thread(_publish, url, kind, f"l{int(frac * 100)}-{kind}-", count, rate, args.publishers)
-        await watch.wait(lambda: watch.messages(pid) >= base + pub["n"], 120, "the engine to catch up")  # noqa: B023
+        await watch.wait(lambda: watch.idle(pid, base + pub["n"]), 120, "the engine to catch up")  # noqa: B023
         await asyncio.sleep(0.5)  # last pushes in flight
         lat = [(t - pub["sent"][(u, ts)]) * 1000 for u, ts, t in watch.pushes if (u, ts) in pub["sent"]]
         row = {
@@ -353,7 +371,7 @@ async def _bench(url: str, args: argparse.Namespace, folder: Path, say: Any) -> 
     kinds = [args.only] if args.only else ["single", "batch"]
     ceilings: dict[str, float] = {}
     for kind in kinds:
-        n = int(20_000 * args.duration) if kind == "single" else int(1_500 * args.duration)
+        n = _backlog(kind, args.duration)
         say(f"[ceiling] bare aiomqtt subscriber, {kind}-event messages: draining {n}")
         ceilings[kind] = await asyncio.to_thread(_run_ceiling, url, kind, n, args.publishers, args.uvloop)
         say(f"[ceiling] {kind}: {ceilings[kind]:,.0f} msg/s")
@@ -362,7 +380,8 @@ async def _bench(url: str, args: argparse.Namespace, folder: Path, say: Any) -> 
     engine = Engine(url, folder, args)
     results: dict[str, Any] = {"duration_s": args.duration, "publishers": args.publishers,
                                "uvloop": args.uvloop, "city_stores": CITY_SIDE**2,
-                               "fixes_inside_fraction": 1 / INSIDE_EVERY}  # fmt: skip
+                               "fixes_inside_fraction": STAY / PERIOD,
+                               "enters_per_fix": 1 / PERIOD}  # fmt: skip
     try:
         await engine.start(watch)
         for kind in kinds:

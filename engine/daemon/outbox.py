@@ -33,7 +33,7 @@ class Outbox:
         store: SQLiteStore,
         metrics: Metrics,
         *,
-        max_in_flight: int = 2000,
+        max_in_flight: int = 200,
         mark_every: float = 0.05,
     ) -> None:
         self.link = link
@@ -61,7 +61,17 @@ class Outbox:
             self._pending.append((r, received))
         if rows:
             self._idle.clear()
+            # Hand them to paho right away (latency): the run task only mops up what the
+            # in-flight limit held back, and marks rows sent.
+            self._send()
             self._wake.set()
+
+    def _send(self) -> None:
+        while self._pending and self._in_flight < self.max_in_flight and self.link.connected:
+            row, t0 = self._pending.popleft()
+            fut = self.link.publish_nowait(row.topic, row.payload, qos=1)
+            self._in_flight += 1
+            fut.add_done_callback(self._done_cb(row, t0))
 
     def reset_from_store(self) -> int:
         """After (re)connecting: forget the in-memory queue, reload every unsent row."""
@@ -100,11 +110,7 @@ class Outbox:
         self._running = True
         while self._running:
             self._wake.clear()
-            while self._pending and self._in_flight < self.max_in_flight and self.link.connected:
-                row, t0 = self._pending.popleft()
-                fut = self.link.publish_nowait(row.topic, row.payload, qos=1)
-                self._in_flight += 1
-                fut.add_done_callback(self._done_cb(row, t0))
+            self._send()
             self.metrics.outbox.set(len(self._pending))
             self.metrics.in_flight.set(self._in_flight)
             now = time.monotonic()

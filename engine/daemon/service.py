@@ -138,7 +138,7 @@ class Service:
                 clean_session=False,
                 manual_ack=True,
                 will=Will(self.topics.status, self._status_payload("offline", "connection lost")),
-                max_inflight_out=min(s.max_in_flight, 65000),
+                max_inflight_out=min(s.max_in_flight + 64, 65535),  # + room for status
                 username=s.username,
                 password=s.password,
             )

@@ -82,29 +82,34 @@ class City:
 
 
 def user_events(
-    city: City, user: str, n: int, seed: int, t0: float = T0, inside_every: int = 2
+    city: City, user: str, n: int, seed: int, t0: float = T0, inside_every: int = 2, stay: int = 1
 ) -> list[dict[str, Any]]:
-    """``n`` GPS fixes of one user, 10 s apart: every ``inside_every``-th fix at a store's centre
-    (an enter), the others outside between stores (the first outside fix after it: an exit).
-    The user moves to a neighbouring store after each visit (<= 200 m per 10 s: a walk, never a
-    spoofing-speed jump)."""
+    """``n`` GPS fixes of one user, 10 s apart, in periods of ``inside_every`` fixes: the last
+    ``stay`` of each period at a store's centre (the first of them enters), the others outside
+    between stores (the first one after a stay exits). The user moves to a neighbouring store
+    after each visit (<= 200 m per 10 s: a walk, never a spoofing-speed jump)."""
     rng = random.Random(f"{seed}:{user}")
     side = city.side
     store = rng.randrange(side * side)
     out = []
     for k in range(n):
-        if k % inside_every == inside_every - 1:
+        if k % inside_every >= inside_every - stay:
             lon, lat = city.center(store)
+            if k % inside_every != inside_every - 1:
+                out.append(_fix(user, t0 + 10.0 * k, lon, lat))
+                continue
             x, y = store % side, store // side
             x = min(max(x + rng.choice((-1, 0, 1)), 0), side - 2)
             y = min(max(y + rng.choice((-1, 0, 1)), 0), side - 2)
             store = y * side + x
         else:
             lon, lat = city.outside(store)
-        out.append(
-            {"type": "gps", "user": user, "ts": t0 + 10.0 * k, "lon": round(lon, 7), "lat": round(lat, 7), "acc": 8.0}
-        )
+        out.append(_fix(user, t0 + 10.0 * k, lon, lat))
     return out
+
+
+def _fix(user: str, ts: float, lon: float, lat: float) -> dict[str, Any]:
+    return {"type": "gps", "user": user, "ts": ts, "lon": round(lon, 7), "lat": round(lat, 7), "acc": 8.0}
 
 
 def trace(

@@ -68,6 +68,7 @@ class Collector:
         self.link = MqttLink(parse_broker_url(url), client_id=client_id)
         self.topics = topics
         self.messages: list[tuple[str, bytes]] = []
+        self.times: list[float] = []  # receive time of each message (time.time())
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Collector:
@@ -88,6 +89,7 @@ class Collector:
             await self.link.wait_inbound()
             for m in self.link.take(10_000):
                 self.messages.append((m.topic, m.payload))
+                self.times.append(m.received)
 
     def on(self, prefix: str) -> list[tuple[str, bytes]]:
         return [(t, p) for t, p in self.messages if t.startswith(prefix)]
