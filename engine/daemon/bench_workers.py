@@ -40,6 +40,8 @@ class GroupRun:
     messages: int
     seconds: float
     events_per_s: float
+    worker_cpu_us_per_event: float = 0.0  # all workers' CPU (user + sys) / events
+    redis_cpu_us_per_event: float | None = None
     round_trips: int | None = None
     round_trips_per_event: float | None = None
     commit_scripts: int | None = None
@@ -73,6 +75,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="GPS fixes per user (default %(default)s)",
     )
     g.add_argument(
+        "--group-inside-every", type=int, default=10, metavar="N",
+        help="every N-th fix is inside a store (an enter, usually a push; default %(default)s, "
+        "as in the single-engine runs)",
+    )  # fmt: skip
+    g.add_argument(
         "--group-message-events", type=int, default=10, metavar="K",
         help="events per MQTT message (1 = single-event messages; K > 1 = a user's K "
         "consecutive fixes as one batch message; default %(default)s)",
@@ -103,7 +110,9 @@ async def _main(args: argparse.Namespace) -> list[GroupRun]:
     tmp = Path(tempfile.mkdtemp(prefix="geopush-bench-workers-"))
     city = City(8)
     fences, campaigns = city.write(tmp, inventory={0: 10**9})
-    events = list(trace(city, args.group_users, args.group_per_user))
+    events = list(
+        trace(city, args.group_users, args.group_per_user, inside_every=args.group_inside_every)
+    )
     messages = _messages(events, args.group_users, args.group_message_events)
     broker_url = getattr(args, "broker", None)
     broker = None
@@ -212,19 +221,36 @@ async def _one_run(
             procs,
             120,
         )
-        if redis_client is not None:
-            redis_client.config_resetstat()
         pub = MqttLink(parse_broker_url(broker_url), max_inflight_out=5000)
         await pub.connect()
+        # Warm-up outside the timing: each worker's first batch loads the numba-compiled fence
+        # kernel and fills caches. Fixes of separate users, a few messages per worker.
+        warm = [
+            (f"geopush/events/warm{i}", _dumps({"type": "gps", "user": f"warm{i}", "ts": 1.7e9,
+                                                 "lon": 0.0, "lat": 0.0, "acc": 10.0}))
+            for i in range(8 * n)
+        ]  # fmt: skip
+        await asyncio.gather(*[pub.publish_nowait(t, p, qos=1) for t, p in warm])
+
+        def handled() -> int:
+            return sum(_events(last.get(w)) for w in names)
+
+        await _until(mon, last, lambda: handled() >= len(warm), procs, 120)
+        if redis_client is not None:
+            redis_client.config_resetstat()
+        cpu0 = sum(_cpu_s(p.pid) for p in procs)
+        rcpu0 = _redis_cpu_s(redis_client)
         t0 = time.perf_counter()
         futs = [pub.publish_nowait(t, p, qos=1) for t, p in messages]
         await asyncio.gather(*futs)
         await pub.disconnect()
 
         def done() -> bool:
-            return sum(_events(last.get(w)) for w in names) >= total_events
+            return handled() >= total_events + len(warm)
 
         t1 = await _until(mon, last, done, procs, 600)
+        cpu = sum(_cpu_s(p.pid) for p in procs) - cpu0
+        rcpu = _redis_cpu_s(redis_client) - rcpu0
     finally:
         for p in procs:
             if p.poll() is None:
@@ -238,8 +264,11 @@ async def _one_run(
         await mon.disconnect()
     secs = t1 - t0
     res = GroupRun(
-        label, n, total_events, len(messages), round(secs, 3), round(total_events / secs, 1)
-    )
+        label, n, total_events, len(messages), round(secs, 3), round(total_events / secs, 1),
+        worker_cpu_us_per_event=round(cpu / total_events * 1e6, 1),
+    )  # fmt: skip
+    if redis_client is not None:
+        res.redis_cpu_us_per_event = round(rcpu / total_events * 1e6, 2)
     if redis_client is not None:
         stats = redis_client.info("commandstats")
         calls = {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
@@ -274,6 +303,24 @@ def _spawn(
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a live process has used (Linux /proc; 0 elsewhere)."""
+    import os
+
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _redis_cpu_s(client: Any) -> float:
+    if client is None:
+        return 0.0
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def _events(status: dict[str, Any] | None) -> int:
     if not status:
         return 0
@@ -285,7 +332,12 @@ async def _until(
 ) -> float:
     """Read status messages into ``last`` until ``cond()``; return the time it first held."""
     deadline = time.perf_counter() + timeout
+    next_note = time.perf_counter() + 5.0
     while not cond():
+        if time.perf_counter() > next_note:
+            next_note += 5.0
+            done = {w: _events(s) for w, s in sorted(last.items())}
+            _say(f"  ... events handled so far: {done}")
         for p in procs:
             if p.poll() is not None:
                 err = p.stderr.read().decode(errors="replace") if p.stderr else ""
@@ -313,13 +365,17 @@ def _report(results: list[GroupRun]) -> None:
 
     base = results[0].events_per_s if results else 1.0
     table = Table(title="geopush bench e2e --workers (events handled per second, end to end)")
-    for col in ("run", "events/s", "vs first row", "Redis round trips / event", "commits"):
+    cols = ("run", "events/s", "vs first row", "worker CPU µs/event", "Redis CPU µs/event",
+            "Redis round trips / event", "commits")  # fmt: skip
+    for col in cols:
         table.add_column(col, justify="right" if col != "run" else "left")
     for r in results:
         table.add_row(
             r.label,
             f"{r.events_per_s:,.0f}",
             f"{r.events_per_s / base:.2f}x",
+            f"{r.worker_cpu_us_per_event:.0f}",
+            "-" if r.redis_cpu_us_per_event is None else f"{r.redis_cpu_us_per_event:.1f}",
             "-" if r.round_trips_per_event is None else f"{r.round_trips_per_event:.3f}",
             "-" if r.commit_scripts is None else str(r.commit_scripts),
         )
