@@ -625,11 +625,13 @@ def commit_batch(
     extra: Sequence[Any] = (),
     inputs: Sequence[bytes] = (),
     meta: Callable[[], dict[str, str] | None] = lambda: None,
+    rerun: Callable[[], list[Output]] | None = None,
 ) -> tuple[list[Output], list[Any]]:
     """``store.commit`` for the daemon's hot path, any store: when a shared store reports a
     conflict (another worker moved a user, coupons ran out, a push was decided elsewhere), re-arm
     the touched users' timers and re-run the core on the batch from fresh state, until a commit
-    applies. Returns the outputs and rows that were committed."""
+    applies (``rerun`` instead of ``core.process(events)``, e.g. a timer flush). Returns the
+    outputs and rows that were committed."""
     attempts = int(getattr(store, "max_attempts", 1))
     for _ in range(attempts):
         try:
@@ -637,7 +639,7 @@ def commit_batch(
         except CommitConflict as exc:
             store.users(exc.touched)
             rearm(core, [store.peek(u) for u in exc.touched])
-            outputs = core.process(events) if events else []
+            outputs = rerun() if rerun is not None else _process(core, events)
     store.rollback()
     raise StateError(f"batch still conflicting after {attempts} attempts")
 
@@ -674,6 +676,10 @@ def _lua_str(b: bytes) -> msgspec.Raw:
     else:
         head = b"\xdb" + n.to_bytes(4, "big")
     return msgspec.Raw(head + b)
+
+
+def _process(core: Any, events: Sequence[Any]) -> list[Output]:
+    return list(core.process(events)) if events else []
 
 
 def _version(raw: bytes | None) -> int:

@@ -345,7 +345,7 @@ class Service:
                 )
                 self.metrics.rejects.labels("engine_error").inc()
                 continue
-            rows = store.commit(outs)
+            outs, rows = commit_batch(core, store, evs, outs)  # re-runs on a group conflict
             self._require_outbox().push(rows, received=x.received)
         return outputs
 
@@ -360,8 +360,10 @@ class Service:
             return
         outs = core.flush(now)
         if outs:
-            wm2 = core_watermark(core)
-            rows = store.commit(outs, meta={WATERMARK_KEY: repr(wm2)} if wm2 is not None else None)
+            outs, rows = commit_batch(  # a group's workers may flush the same timers: re-run
+                core, store, [], outs, rerun=lambda: core.flush(now),
+                meta=lambda: {WATERMARK_KEY: repr(w)} if (w := core_watermark(core)) is not None else None,
+            )  # fmt: skip
             self._account([], outs)
             self._require_outbox().push(rows)
 
