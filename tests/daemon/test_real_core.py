@@ -11,6 +11,7 @@ from .conftest import (
     World,
     publish_all,
     received_outputs,
+    needs_mosquitto,
     running_service,
     spawn_daemon,
     wait_online,
@@ -44,6 +45,7 @@ async def test_daemon_decisions_equal_replay(broker, tmp_path):
     assert len({d["push_id"] for d in c0}) == 2  # inventory 2: never oversold
 
 
+@needs_mosquitto
 async def test_broker_restart_mid_stream(mosquitto_factory, tmp_path):
     broker = mosquitto_factory(persistence=True, extra_config="max_inflight_messages 200\n")
     world = World(tmp_path, users=30, per_user=20)
