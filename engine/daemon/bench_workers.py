@@ -1,11 +1,13 @@
 """``geopush bench e2e --workers N``: a worker group's throughput over mosquitto and Redis.
 
 For each worker count 1..N the benchmark starts that many ``geopush run --group NAME --state
-redis://...`` processes on one broker (shared subscription) and one Redis, publishes a synthetic
-city's trace (``engine.daemon.workload``) as fast as the broker takes it, and times until the
-workers' status counters show every event handled. In the same run, one ``geopush run`` on a
-SQLite file is the baseline. Redis round trips are counted by Redis itself (``INFO
-commandstats``): every command a client sent, not the ones the commit script runs inside Redis.
+redis://...`` processes on one broker (shared subscription) and one Redis, and measures how fast
+they drain a synthetic city's trace (``engine.daemon.workload``): the workers are frozen
+(SIGSTOP) while the broker takes the whole trace, then timed from the moment they resume until
+their status counters show every event handled, so the publisher's own speed is not in the
+figure. In the same run, one ``geopush run`` on a SQLite file is the baseline. Redis round trips
+are counted by Redis itself (``INFO commandstats``): every command a client sent, not the ones
+the commit script runs inside Redis. CPU per event is the processes' user + system time.
 
 Each run starts from empty state (the Redis DB is flushed between runs, so a ``--state`` given
 here must name an empty DB: the benchmark refuses one with keys).
@@ -16,6 +18,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -238,12 +242,20 @@ async def _one_run(
         await _until(mon, last, lambda: handled() >= len(warm), procs, 120)
         if redis_client is not None:
             redis_client.config_resetstat()
-        cpu0 = sum(_cpu_s(p.pid) for p in procs)
-        rcpu0 = _redis_cpu_s(redis_client)
-        t0 = time.perf_counter()
-        futs = [pub.publish_nowait(t, p, qos=1) for t, p in messages]
-        await asyncio.gather(*futs)
-        await pub.disconnect()
+        # Drain a backlog: freeze the workers, let the broker take the whole trace, then time
+        # from the moment they resume. The publisher's own speed is then out of the figure.
+        for p in procs:
+            os.kill(p.pid, signal.SIGSTOP)
+        try:
+            futs = [pub.publish_nowait(t, p, qos=1) for t, p in messages]
+            await asyncio.gather(*futs)
+            await pub.disconnect()
+        finally:
+            cpu0 = sum(_cpu_s(p.pid) for p in procs)
+            rcpu0 = _redis_cpu_s(redis_client)
+            t0 = time.perf_counter()
+            for p in procs:
+                os.kill(p.pid, signal.SIGCONT)
 
         def done() -> bool:
             return handled() >= total_events + len(warm)
@@ -305,8 +317,6 @@ def _spawn(
 
 def _cpu_s(pid: int) -> float:
     """CPU seconds (user + system) a live process has used (Linux /proc; 0 elsewhere)."""
-    import os
-
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
