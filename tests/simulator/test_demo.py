@@ -176,7 +176,7 @@ def test_ctrl_c_stops_cleanly_and_still_writes_outputs(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     proc = subprocess.Popen(
         [sys.executable, "-m", "engine", "demo", "--duration", "120", "--no-live",
-         "--stores", "20", "--users", "60", "--hours", "1", "--seed", "5", "--out", str(out)],
+         "--stores", "20", "--users", "60", "--start", "6", "--hours", "1", "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
