@@ -18,7 +18,6 @@ import contextlib
 import logging
 import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -603,7 +602,7 @@ def run_demo(
         raise DemoError(f"cannot write to --out {out}: {exc}") from exc
     if opts.broker:
         check_broker(opts.broker)  # before minutes of work, not after
-    clean_out(out, keep_city=city is not None)
+    clean_out(out)
     files: dict[str, Path] = {}
     with engine_log_to(out / "engine.log"):
         if city is None:
@@ -676,10 +675,9 @@ def write_summary(
     return path
 
 
-def clean_out(out: Path, keep_city: bool = False) -> None:
-    """Remove a previous demo's files (only the ones the demo writes)."""
+def clean_out(out: Path) -> None:
+    """Remove a previous demo's result files, so a stale one is never taken for this run's.
+    Only the names the demo writes; the city's files are overwritten by the generator."""
     for name in ("pushes.jsonl", "visits.jsonl", "deadletter.jsonl", "map.png", "summary.json"):
         with contextlib.suppress(FileNotFoundError):
             (out / name).unlink()
-    if not keep_city:
-        shutil.rmtree(out / "city", ignore_errors=True)
