@@ -51,7 +51,7 @@ _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    from engine.daemon.config import HELP
+    from engine.daemon.settings_help import HELP
 
     run = sub.add_parser(
         "run",

@@ -18,35 +18,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from engine.daemon.settings_help import HELP  # noqa: E402  (no pydantic: fast --help)
 from engine.errors import ConfigError
-
-# (name, help) for every setting: the CLI builds its flags from this, so --help and the file
-# format cannot drift apart.
-HELP: dict[str, str] = {
-    "broker": "broker URL, mqtt://[user[:password]@]host[:port] (default mqtt://localhost:1883)",
-    "username": "MQTT username (overrides one in the URL)",
-    "password": "MQTT password (prefer GEOPUSH_PASSWORD or the config file to a flag)",
-    "fences": "store catalog (GeoJSON FeatureCollection of stores); reloaded on SIGHUP",
-    "campaigns": "campaigns file; reloaded on SIGHUP",
-    "profiles": "user profiles file (tags, opt-outs) loaded at start (optional)",
-    "state": "SQLite state file (created if missing): users, visits, inventory, push log, outbox; or redis://HOST:PORT/DB to share state with the other workers of a --group",
-    "group": "run as one worker of a group sharing the stream: subscribe via $share/<group>/... (needs --state redis://...; give each worker its own --client-id)",
-    "prefix": "topic prefix (default geopush): <prefix>/events/<user>, <prefix>/push/<user>, ...",
-    "client_id": "MQTT client id; fixed, so the broker keeps a persistent session while the engine is down",
-    "metrics_port": "serve Prometheus metrics on this HTTP port (0 = off)",
-    "batch_size": "most messages per micro-batch (one SQLite transaction each)",
-    "max_in_flight": "most outputs awaiting PUBACK at once (publishing is concurrent)",
-    "max_pending": "committed outputs waiting to be published before intake pauses (backpressure)",
-    "sqlite_sync": "SQLite synchronous mode: normal survives kill -9, full also survives power loss",
-    "owntracks": "also consume owntracks/<user>/<device> (true/false)",
-    "status_interval": "seconds between retained status updates",
-    "idle_flush": "when no message came for this many seconds, time out visits by the wall clock (live feeds; 0 = off: visits then time out by event time only, exactly as replay decides)",
-    "drain_timeout": "seconds a graceful shutdown waits for the outbox to empty",
-    "pid_file": "write the pid here (default: <state>.pid); `geopush reload` signals it",
-    "log_format": "text or json (JSON lines, one object per record)",
-    "log_level": "DEBUG, INFO, WARNING or ERROR",
-    "input_window": "how many recent input digests are kept to recognise redeliveries",
-}
 
 
 class Settings(BaseSettings):
