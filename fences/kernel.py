@@ -4,10 +4,11 @@ Data layout (built by fences.index, read here; all float64 / int64, C-contiguous
 
 * ``gp``      grid parameters ``[x0, y0, cell_w, cell_h, nx, ny, x1, y1]`` (degrees);
 * ``cstart``  int32 CSR offsets, ``ncells + 1``: cell ``c`` owns occurrences ``cstart[c]:cstart[c+1]``;
-* ``occ``     ``(m, 9)`` one row per (cell, entry): the entry's box x0, y0, x1, y1; for a circle
-  its centre lon, lat, cos(lat) and radius (radius -1 marks a polygon); the record number (as a
-  float, exact below 2**53). Box and circle are copied into every cell the entry overlaps, so the
-  hot loop reads one contiguous row per candidate and touches the records only on a match;
+* ``occ``     ``(m, 8)`` one 64-byte row (one cache line, rows aligned) per (cell, entry): the
+  entry's box x0, y0, x1, y1; for a circle its centre lon, lat and radius (radius -1 marks a
+  polygon); the record number (as a float, exact below 2**53). Box and circle are copied into
+  every cell the entry overlaps, so the hot loop reads one cache line per candidate and touches
+  the records only on a match (or for a polygon's vertices);
 * ``recf``    ``(n, 4)`` per record: circle centre lon, lat, cos(lat), radius in metres;
 * ``reci``    ``(n, 5)`` per record: kind (0 dead, 1 circle, 2 polygon), first ring, end ring,
   slot, and 1 when the record has several entries (so a fix may meet it twice);
@@ -246,10 +247,18 @@ def _core(
                             or _cell(max(qy0, ey0), gy0, ch, ny) != iy
                         ):
                             continue
-                        rad = occ[j, 7]
-                        rec = int(occ[j, 8])
+                        rad = occ[j, 6]
+                        rec = int(occ[j, 7])
                         if rad >= 0.0:  # a circle: its parameters sit in the row itself
-                            d = _hav_sd(lon, lat, coslat, occ[j, 4], occ[j, 5], occ[j, 6], rad)
+                            d = _hav_sd(
+                                lon,
+                                lat,
+                                coslat,
+                                occ[j, 4],
+                                occ[j, 5],
+                                math.cos(occ[j, 5] * _DEG),
+                                rad,
+                            )
                         else:
                             # written-out copy of _polygon_sd (see the note there)
                             inside = False
@@ -454,7 +463,7 @@ def warm_up() -> float:
     t0 = time.perf_counter()
     gp = np.array([-1.0, -1.0, 1.0, 1.0, 2.0, 2.0, 1.0, 1.0])
     cstart = np.zeros(5, dtype=np.int32)
-    occ = np.zeros((0, 9))
+    occ = np.zeros((0, 8))
     recf = np.zeros((1, 4))
     reci = np.zeros((1, 5), dtype=np.int64)
     ringv = np.zeros(1, dtype=np.int64)
