@@ -291,3 +291,55 @@ def _metres(a: tuple[float, float] | None, b: tuple[float, float] | None) -> flo
         + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2
     )
     return 2 * 6_371_008.8 * math.asin(math.sqrt(h))
+
+
+def test_wifi_hearing_kernel_against_a_plain_python_oracle() -> None:
+    """simulator.signals._hear (numba) against the path-loss model written out per AP."""
+    from simulator import signals
+    from simulator.layout import BLOCK_M, STORE_AP_PREFIX, build_layout
+
+    lay = build_layout(200, seed=3)
+    rng = np.random.default_rng(0)
+    m = int(lay.mall_cell[0])
+    cx, cy = lay.cell_centre(np.array([m]))
+    n = 300
+    x = cx[0] + rng.uniform(-50, 50, n)
+    y = cy[0] + rng.uniform(-50, 50, n)
+    first = int(lay.mall_start[0])
+    store_in = np.where(rng.random(n) < 0.7, first + rng.integers(0, lay.mall_count[0], n), -1)
+    keys = rng.integers(0, 2**62, n)
+    out_b = np.zeros((n, signals.MAX_APS), np.int64)
+    out_r = np.zeros((n, signals.MAX_APS), np.int64)
+    out_n = np.zeros(n, np.int64)
+    own = np.zeros(n, np.bool_)
+    signals._hear(x, y, store_in, keys, lay.cell_ptr, lay.cell_idx, lay.cx, lay.cy,
+                  lay.n_ap.astype(np.int64), lay.ap_dx, lay.ap_dy, lay.nx, lay.ny, BLOCK_M,
+                  STORE_AP_PREFIX, out_b, out_r, out_n, own)
+    assert out_n.sum() > 2 * n and own.any() and (out_n == signals.MAX_APS).any()
+    for i in range(n):
+        heard = []
+        cell = int(y[i] // BLOCK_M) * lay.nx + int(x[i] // BLOCK_M)
+        for s in lay.cell_idx[lay.cell_ptr[cell]:lay.cell_ptr[cell + 1]]:
+            for a in range(int(lay.n_ap[s])):
+                d = max(math.hypot(x[i] - lay.cx[s] - lay.ap_dx[s, a], y[i] - lay.cy[s] - lay.ap_dy[s, a]), 1.0)
+                wall = 0.0 if s == store_in[i] else 12.0
+                noise = _gauss_oracle(int(keys[i]), int(s) * 4 + a + 1)
+                r = -40.0 - 30.0 * math.log10(d) - wall + 2.5 * noise
+                if r >= -92.0:
+                    heard.append((int(np.round(r)), STORE_AP_PREFIX | (int(s) << 2) | a, int(s)))
+        heard.sort(key=lambda h: -h[0])
+        k = int(out_n[i])
+        assert k == min(len(heard), signals.MAX_APS)
+        assert sorted(out_r[i, :k].tolist(), reverse=True) == [h[0] for h in heard[:k]]
+        assert set(out_b[i, :k].tolist()) <= {h[1] for h in heard}
+        assert bool(own[i]) == any(h[2] == store_in[i] for h in heard)
+
+
+def _gauss_oracle(key: int, salt: int) -> float:
+    """The kernel's noise, from simulator.rng's numpy splitmix64 (an independent implementation)."""
+    from simulator import rng as srng
+
+    h = srng.mix(np.array([key], np.uint64) ^ np.uint64(salt))
+    ua = float((srng.mix(h ^ np.uint64(0x51)) >> np.uint64(11))[0]) / 2.0**53
+    ub = float((srng.mix(h ^ np.uint64(0x52)) >> np.uint64(11))[0]) / 2.0**53
+    return math.sqrt(-2.0 * math.log1p(-ua)) * math.cos(2.0 * math.pi * ub)
