@@ -63,6 +63,10 @@ class Campaign:
     cooldown_s: float = 0.0
     inventory: int | None = None  # None = unlimited
     priority: int = 0
+    # Fast-path flags (set by the loader; False = "check it", always correct):
+    any_time: bool = False  # every day, all day, no validity bounds
+    anyone: bool = False  # segment all, no tags
+    uncapped: bool = False  # no per-user cap, no cooldown
 
     @property
     def trigger_key(self) -> str:
@@ -269,7 +273,17 @@ class CampaignFileModel(_Model):
 
 def _to_campaign(m: CampaignModel) -> Campaign:
     s = m.schedule
+    a = m.audience
     return Campaign(
+        any_time=(
+            len(set(s.days)) == 7
+            and s.start == "00:00"
+            and s.end == "24:00"
+            and s.valid_from is None
+            and s.valid_until is None
+        ),
+        anyone=a.segment == "all" and not a.tags_any and not a.exclude_tags,
+        uncapped=m.caps.per_user is None and m.caps.cooldown_s == 0.0,
         id=m.id,
         merchant_id=m.merchant_id,
         trigger=m.trigger,

@@ -32,7 +32,7 @@ from engine.events import Beacon, Event, Gps, Nfc, Payment, ProfileEvent, Wifi
 from engine.outputs import VisitEvent
 from engine.presence import UMBRELLA_TAG, Transition
 from engine.profiles import ProfileBook
-from engine.state import Output, StateStore, UserState
+from engine.state import MemoryStore, Output, StateStore, UserState
 from fences.catalog import Catalog
 from fences.store import Store
 
@@ -126,6 +126,8 @@ class Core:
         self._watermark = _NEG_INF
         self._removed: set[str] = set()
         self._trs: list[Transition] = []
+        # The batch's user set is a loading hint for remote stores; MemoryStore ignores it.
+        self._hint_users = type(store).users is not MemoryStore.users
         self.index = index
         self.campaigns = campaigns
         self._set_index(index)
@@ -168,7 +170,8 @@ class Core:
             self._sweep(self._watermark - self.config.sweep_lateness_s, outs)
             return outs
         store = self.store
-        store.users({ev.user for ev in events})
+        if self._hint_users:
+            store.users({ev.user for ev in events})
         ebt = self.stats.events_by_type
         for typ, n in Counter(map(type, events)).items():
             name = _TYPE_NAME[typ]

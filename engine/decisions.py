@@ -117,11 +117,13 @@ def quiet(q: QuietHours | None, minute: int) -> bool:
 
 
 def record_push(c: Campaign, st: UserState, ts: float, day: str) -> None:
-    """Remember the push for caps: per-campaign times (pruned) and the per-day count."""
-    keep = max(c.period_s or 0.0, c.cooldown_s)
-    times = [t for t in st.push_times.get(c.id, ()) if t > ts - keep]
-    times.append(ts)
-    st.push_times[c.id] = times
+    """Remember the push for caps: per-campaign times (pruned) and the per-day count.
+    Uncapped campaigns keep no times (nothing would ever read them)."""
+    if not c.uncapped:
+        keep = max(c.period_s or 0.0, c.cooldown_s)
+        times = [t for t in st.push_times.get(c.id, ()) if t > ts - keep]
+        times.append(ts)
+        st.push_times[c.id] = times
     if day not in st.day_pushes:
         for old in [d for d in st.day_pushes if d < day]:
             del st.day_pushes[old]
@@ -152,10 +154,12 @@ def decide(
     if opt_out:
         sk["opt_out"] = sk.get("opt_out", 0) + 1
         return None
-    weekday, minute = local_time(ts, store_tz)
-    if quiet(campaigns.quiet_hours, minute):
-        sk["quiet_hours"] = sk.get("quiet_hours", 0) + 1
-        return None
+    weekday = minute = -1
+    if campaigns.quiet_hours is not None:
+        weekday, minute = local_time(ts, store_tz)
+        if quiet(campaigns.quiet_hours, minute):
+            sk["quiet_hours"] = sk.get("quiet_hours", 0) + 1
+            return None
     day = utc_day(ts)
     limit = campaigns.max_pushes_per_user_per_day
     if limit is not None and st.day_pushes.get(day, 0) >= limit:
@@ -164,13 +168,16 @@ def decide(
     for c in cands:
         if c.stores is not None and visit.store_id not in c.stores:
             continue
-        if not schedule_ok(c, ts, weekday, minute):
-            sk["schedule"] = sk.get("schedule", 0) + 1
-            continue
-        if not audience_ok(c, tags, visit, st):
+        if not c.any_time:
+            if minute < 0:
+                weekday, minute = local_time(ts, store_tz)
+            if not schedule_ok(c, ts, weekday, minute):
+                sk["schedule"] = sk.get("schedule", 0) + 1
+                continue
+        if not c.anyone and not audience_ok(c, tags, visit, st):
             sk["audience"] = sk.get("audience", 0) + 1
             continue
-        if not caps_ok(c, st, ts):
+        if not c.uncapped and not caps_ok(c, st, ts):
             sk["caps"] = sk.get("caps", 0) + 1
             continue
         pid = push_id_for(st.user, c.id, visit.visit_id, key)
