@@ -232,6 +232,7 @@ class Watch:
         loads = json.loads
         while True:
             await self.link.wait_inbound()
+            self.link.pump(10_000)
             for m in self.link.take(100_000):
                 if m.topic.startswith("geopush/push/"):
                     d = loads(m.payload)

@@ -225,6 +225,29 @@ class MqttLink:
                 return bool(self.inbox)
         return True
 
+    def pump(self, limit: int) -> int:
+        """Read whatever the socket already holds, up to ``limit`` more messages, now.
+
+        paho reads ONE packet per readable-socket callback when it has little outgoing traffic
+        (``loop_read`` sizes its loop by the number of outgoing messages), so left alone a busy
+        subscriber gets its messages one event-loop turn at a time and every micro-batch holds
+        one message. Pumping before taking a batch lets batches grow with the load.
+        Returns the number of messages added to the inbox."""
+        pc = self._paho
+        if pc is None:
+            return 0
+        inbox = self.inbox
+        start = len(inbox)
+        for _ in range(limit):
+            before = len(inbox)
+            try:
+                pc.loop_read()
+            except Exception:  # noqa: BLE001  (aiomqtt's own reader sees and reports it next turn)
+                break
+            if len(inbox) == before:  # nothing (more) buffered, or a non-PUBLISH packet
+                break
+        return len(inbox) - start
+
     def take(self, limit: int) -> list[Inbound]:
         """Up to ``limit`` messages from the inbox, oldest first, without waiting."""
         inbox = self.inbox

@@ -246,6 +246,8 @@ class Service:
                 for f in (waiter, woke, disc):
                     f.cancel()
                 self._wake.clear()
+            if len(link.inbox) < s.batch_size:
+                link.pump(s.batch_size - len(link.inbox))
             batch = link.take(s.batch_size)
             if batch:
                 self.handle(batch)

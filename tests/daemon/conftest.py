@@ -88,6 +88,7 @@ class Collector:
     async def _pump(self) -> None:
         while True:
             await self.link.wait_inbound()
+            self.link.pump(10_000)
             for m in self.link.take(10_000):
                 self.messages.append((m.topic, m.payload))
                 self.times.append(m.received)

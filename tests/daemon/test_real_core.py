@@ -9,9 +9,9 @@ import signal
 from .conftest import (
     Collector,
     World,
+    needs_mosquitto,
     publish_all,
     received_outputs,
-    needs_mosquitto,
     running_service,
     spawn_daemon,
     wait_online,
