@@ -197,7 +197,13 @@ class Core:
                     _bump(self.stats.rejected_by_reason, "out_of_order")
                     continue
                 lf = st.last_fix
-                if lf is not None and _too_fast(lf, ev.lon, ev.lat, ts, vmax):  # type: ignore[union-attr]
+                # (|dlat| + |dlon|) degrees bounds the distance from above: most fixes stop here
+                if (
+                    lf is not None
+                    and (abs(ev.lat - lf[1]) + abs(ev.lon - lf[0])) * _M_PER_DEG  # type: ignore[union-attr]
+                    >= 0.9 * vmax * (ts - lf[2])
+                    and _too_fast(lf, ev.lon, ev.lat, ts, vmax)  # type: ignore[union-attr]
+                ):
                     _bump(self.stats.rejected_by_reason, "speed")
                     self.stats.spoofing_suspected += 1
                     continue
