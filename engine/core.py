@@ -123,6 +123,7 @@ class Core:
         self.time_match = 0.0
         self.time_decide = 0.0
         self._heap: list[tuple[float, str, str, str]] = []  # (due, user, store_id, visit_id)
+        self._open: set[str] = set()  # visit ids in the heap still open (skip stale entries)
         self._watermark = _NEG_INF
         self._removed: set[str] = set()
         self._trs: list[Transition] = []
@@ -420,7 +421,9 @@ class Core:
                     v, self.config.presence_timeout_s, self.campaigns.dwell_thresholds(v.merchant_id)
                 )
                 heapq.heappush(self._heap, (due, st.user, v.store_id, v.visit_id))
+                self._open.add(v.visit_id)
             elif kind == "exit":
+                self._open.discard(v.visit_id)
                 _bump(stats.exits_by_cause, tr.cause)
             if tr.cause == "removed":
                 continue  # the store is gone: no offer
@@ -472,6 +475,8 @@ class Core:
         trs = self._trs
         while heap and heap[0][0] < up_to:
             _, user, sid, vid = heapq.heappop(heap)
+            if vid not in self._open:
+                continue  # exited meanwhile: no need to load the user
             st = self.store.user(user)
             v = st.visits.get(sid)
             if v is None or v.visit_id != vid:
