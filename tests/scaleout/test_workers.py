@@ -258,7 +258,7 @@ async def test_redis_restart_mid_stream(
     async def bounce(k: int) -> None:
         if k == PER_USER // 2:
             await asyncio.sleep(0.02)
-            redis_server.stop()  # the workers' commits now block, retrying
+            redis_server.kill()  # kill -9 mid-commit: the workers' commits block, retrying
             await asyncio.sleep(1.0)
             redis_server.start()  # AOF (fsync always): every acknowledged commit is back
 
