@@ -139,7 +139,9 @@ class Core:
         self.index = index
         self.catalog = index.catalog
         self._query_many = index.query_many
-        self._store_of = index.store
+        # Slots come from the index's matches or the catalog's identifier maps, which hold live
+        # stores only: a plain list index is enough (FenceIndex.store re-checks liveness).
+        self._stores = index.catalog.stores
 
     def reload(self, *, index: FenceIndexLike | None = None, campaigns: CampaignSet | None = None) -> None:
         """Swap the fence index and/or the campaigns between batches.
@@ -319,7 +321,7 @@ class Core:
         for slot, d in hits:
             if d > 0.0:
                 continue
-            s = self._store_of(slot)
+            s = self._stores[slot]
             if acc > s.max_accuracy_m:
                 continue
             if fresh and s.store_id != st.claim_store and UMBRELLA_TAG not in s.tags:
@@ -343,7 +345,7 @@ class Core:
         if best_slot is None:
             _bump(self.stats.ignored_by_reason, "wifi_no_store")
             return
-        self._sighting(st, self._store_of(best_slot), _RANK_WIFI, best, ev.ts, "wifi", trs)
+        self._sighting(st, self._stores[best_slot], _RANK_WIFI, best, ev.ts, "wifi", trs)
 
     def _beacon(self, ev: Beacon, st: UserState, trs: list[Transition]) -> None:
         cfg = self.config
@@ -354,7 +356,7 @@ class Core:
         if slot is None:
             _bump(self.stats.ignored_by_reason, "unknown_beacon")
             return
-        s = self._store_of(slot)
+        s = self._stores[slot]
         strength = presence.smooth_rssi(
             st, s.store_id, ev.rssi, ev.ts, cfg.claim_window_s, cfg.rssi_alpha
         )
@@ -365,7 +367,7 @@ class Core:
         if slot is None:
             _bump(self.stats.ignored_by_reason, "unknown_nfc")
             return
-        self._sighting(st, self._store_of(slot), _RANK_NFC, 0.0, ev.ts, "nfc", trs)
+        self._sighting(st, self._stores[slot], _RANK_NFC, 0.0, ev.ts, "nfc", trs)
 
     def _sighting(
         self,
