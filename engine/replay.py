@@ -95,6 +95,8 @@ def replay(
     from simulator.importers import TraceImportError
     from simulator.importers.trace_io import read_trace
 
+    if not Path(trace).is_file():
+        raise ReplayError(f"cannot open trace {trace}: no such file; check the path")
     index = _index(fences)
     camps = _campaigns(campaigns)
     book = _profiles(profiles)
