@@ -605,6 +605,7 @@ def rearm(core: Any, states: Iterable[UserState]) -> int:
     from engine import presence
 
     heap = core._heap
+    live: set[str] | None = getattr(core, "_open", None)  # the sweep skips ids not in it
     timeout = core.config.presence_timeout_s
     dwells = core.campaigns.dwell_thresholds
     n = 0
@@ -612,6 +613,8 @@ def rearm(core: Any, states: Iterable[UserState]) -> int:
         for sid, v in st.visits.items():
             due = presence.next_due(v, timeout, dwells(v.merchant_id))
             heapq.heappush(heap, (due, st.user, sid, v.visit_id))
+            if live is not None:
+                live.add(v.visit_id)
             n += 1
     return n
 

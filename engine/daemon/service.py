@@ -557,6 +557,8 @@ def restore_core(core: Any, store: SQLiteStore) -> int:
         for sid, v in st.visits.items():
             due = presence.next_due(v, timeout, core.campaigns.dwell_thresholds(v.merchant_id))
             heapq.heappush(core._heap, (due, st.user, sid, v.visit_id))
+            if hasattr(core, "_open"):  # the core's sweep skips visit ids not in this set
+                core._open.add(v.visit_id)
             n += 1
     return n
 
