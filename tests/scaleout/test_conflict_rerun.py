@@ -67,3 +67,29 @@ def test_commit_batch_reruns_until_it_applies(make_store: MakeStore, tmp_path: P
     assert [o.event for o in committed if isinstance(o, VisitEvent)] == ["enter"]
     assert len(rows) == len(committed)
     assert make_store(worker="c").snapshot(["u"])["u"].last_ts == T0
+
+
+def test_another_worker_takes_over_the_timers_of_a_dead_one(
+    make_store: MakeStore, tmp_path: Path
+) -> None:
+    from engine.daemon.service import WATERMARK_KEY, core_watermark, restore_core
+
+    city = City(3)
+    fences, campaigns = city.write(tmp_path)
+    index, camps = FenceIndex(load_catalog(fences)), load_campaigns(campaigns)
+    a = make_store(worker="a")
+    core_a = Core(index, camps, a)
+    first = [_gps("x", T0, city.center(0))]  # x enters store 0, then goes silent
+    commit_batch(
+        core_a, a, first, core_a.process(first),
+        meta=lambda: {WATERMARK_KEY: repr(core_watermark(core_a))},
+    )  # fmt: skip
+    # Worker a dies with x's timer. Worker b starts: it re-arms every open visit in Redis.
+    b = make_store(worker="b")
+    core_b = Core(index, camps, b)
+    assert restore_core(core_b, b) == 1
+    late = T0 + core_b.config.presence_timeout_s + core_b.config.sweep_lateness_s + 60
+    batch = [_gps("y", late, city.outside(4))]
+    outs, _ = commit_batch(core_b, b, batch, core_b.process(batch))
+    assert [(o.user, o.event) for o in outs if isinstance(o, VisitEvent)] == [("x", "exit")]
+    assert make_store(worker="c").snapshot(["x"])["x"].visits == {}
