@@ -24,9 +24,9 @@ Key layout (``P`` is the prefix, ``gp`` by default; ``{...}`` is a Redis Cluster
 ``P:tok:{<worker>}``            token of the worker's last applied commit (idempotent retries)
 ==============================  =================================================================
 
-Round trips: ``users`` 1 (plus known inventory counters in the same ``MGET``), ``seen_inputs`` 1,
-``commit`` 1, ``mark_sent`` 1; a conflict costs one reload and one commit more. ``round_trips``
-counts them.
+Round trips: ``users`` 1 (plus coupon counters near exhaustion in the same ``MGET``),
+``seen_inputs`` 1, ``commit`` 1, ``mark_sent`` 1; a conflict costs one reload and one commit
+more. ``stats.round_trips`` counts them.
 
 Durability: an acknowledged commit is as durable as Redis makes it: run Redis with
 ``appendonly yes`` and ``appendfsync always`` so a commit is on disk before the script returns
@@ -68,6 +68,7 @@ if TYPE_CHECKING:
 
 E = TypeVar("E")
 
+_LOW = 100  # coupons left below which a counter is re-read with every batch
 DEFAULT_PUSH_TTL_S = 90 * 86400  # push ids outlive any redelivery or replay window
 DEFAULT_INPUT_TTL_S = 7 * 86400  # a broker keeps an offline session's messages for days at most
 
@@ -304,7 +305,10 @@ class RedisStore:
 
     def users(self, users: Iterable[str]) -> None:
         missing = [u for u in dict.fromkeys(users) if u not in self._raw]
-        camps = [] if self._inv_fresh else list(self._inv_est)
+        # Counters near exhaustion are refreshed with the batch's users (fewer conflicts when
+        # another worker took the last coupons; an operator's refill of an empty one is seen).
+        # Others need no refresh: the commit script checks every coupon taken against Redis.
+        camps = [] if self._inv_fresh else [c for c, n in self._inv_est.items() if n <= _LOW]
         if not missing and not camps:
             return
         keys = [self.user_key(u) for u in missing] + [self.inv_key(c) for c in camps]
