@@ -443,6 +443,9 @@ class Service:
         }
         if self.outbox is not None:
             body["outbox_pending"] = self.outbox.pending
+        redis_stats = getattr(self.store, "stats", None)  # a worker group's Redis store
+        if redis_stats is not None:
+            body["redis"] = {k: getattr(redis_stats, k) for k in ("round_trips", "commits", "conflicts")}
         if reason:
             body["reason"] = reason
         return json.dumps(body, separators=(",", ":")).encode()

@@ -221,6 +221,8 @@ async def test_workers_decide_what_replay_decides(
             counts = events_by_worker(col)
             assert sum(counts.values()) == len(world.events), counts
             assert all(counts.get(w, 0) > 0 for w in group.procs), counts
+            redis = {d["client_id"]: d.get("redis") for d in col.json_on("geopush/status/")}
+            assert all(redis.get(w) and redis[w]["commits"] > 0 for w in group.procs), redis
     finally:
         group.stop_all()
     assert reader.push_ids() == expected["pushes"]
