@@ -264,6 +264,11 @@ class Core:
             self.time_match += time.perf_counter() - t0
         return hitmap
 
+    @property
+    def watermark(self) -> float:
+        """Newest event time seen so far (-inf before the first event)."""
+        return self._watermark
+
     def flush(self, now_ts: float) -> list[Output]:
         """Fire every dwell and timeout due by event time ``now_ts`` (e.g. at the end of a trace)."""
         outs: list[Output] = []
@@ -343,7 +348,8 @@ class Core:
                 if slot is not None:
                     best_slot, best = slot, r
         if best_slot is None:
-            _bump(self.stats.ignored_by_reason, "wifi_no_store")
+            ign = self.stats.ignored_by_reason
+            ign["wifi_no_store"] = ign.get("wifi_no_store", 0) + 1
             return
         self._sighting(st, self._stores[best_slot], _RANK_WIFI, best, ev.ts, "wifi", trs)
 

@@ -112,7 +112,6 @@ def replay(
     total = tpath.stat().st_size if tpath.suffix != ".gz" and tpath.is_file() else None
     lines = 0
     dead: dict[str, int] = {}
-    newest = float("-inf")
     batch: list[Event] = []
     with ExitStack() as stack:
         try:
@@ -149,10 +148,7 @@ def replay(
                     }
                     f_dead.write(json.dumps(rec, ensure_ascii=False).encode() + b"\n")
                     continue
-                for ev in evs:
-                    if ev.ts > newest:
-                        newest = ev.ts
-                batch.extend(evs)
+                batch += evs
                 if len(batch) >= batch_size:
                     run(batch)
                     batch = []
@@ -162,6 +158,7 @@ def replay(
             raise ReplayError(str(exc)) from exc
         if batch:
             run(batch)
+        newest = core.watermark
         if newest > float("-inf"):
             outs = core.flush(newest)
             store.commit(outs)
