@@ -3,10 +3,11 @@
 Every worker keeps nothing between micro-batches: it loads the batch's users in ONE round trip
 (``MGET``), runs the core on them, and commits in ONE round trip: a Lua script that
 compare-and-sets each touched user's version, takes the coupons the batch used (never below
-zero), records push ids and input digests, and appends the batch's outbox rows. If another worker
-moved one of the users, or a campaign ran out of coupons, or a push id was already decided, the
-script applies NOTHING and says why; ``run_batch`` then re-runs the core on the batch from fresh
-state (``CommitConflict``). So a batch is all or nothing, every user's record is changed by one
+zero), records push ids and input digests, and appends the batch's outbox rows as one stream
+entry. If another worker moved one of the users, or a campaign ran out of coupons, or a push id
+was already decided, the script applies NOTHING and says why (``CommitConflict``);
+``commit_batch`` (the daemon) or ``run_batch`` then re-runs the core on the batch from fresh
+state, re-arming the visit timers the failed attempt consumed. So a batch is all or nothing, every user's record is changed by one
 worker at a time in a serial order, and with the core's out-of-order guard (``UserState.last_ts``)
 an older event never changes a user after a newer one was applied, whichever worker sees it.
 
@@ -22,6 +23,7 @@ Key layout (``P`` is the prefix, ``gp`` by default; ``{...}`` is a Redis Cluster
                                 msgpack [[out_id, topic, payload], ...]; deleted once every row
                                 of it is published (``mark_sent``)
 ``P:tok:{<worker>}``            token of the worker's last applied commit (idempotent retries)
+``P:meta:{<worker>}``           hash: the worker's ``meta`` values (the core's watermark)
 ==============================  =================================================================
 
 Round trips: ``users`` 1 (plus coupon counters near exhaustion in the same ``MGET``),
@@ -33,8 +35,9 @@ Durability: an acknowledged commit is as durable as Redis makes it: run Redis wi
 (``everysec`` may lose the last second on a power cut or a ``kill -9`` of Redis).
 
 The commit script reads and writes keys of many users, so it needs all keys on one Redis primary
-(standalone or Sentinel-replicated). The hash tags make the layout Cluster-ready: a Cluster
-deployment runs one worker group per slot range (see docs/operations.md, "Scaling out").
+(standalone or Sentinel-replicated). The hash tags make the layout Cluster-ready, but Redis
+Cluster is not supported as such: shard users across independent primaries, one worker group per
+shard (see docs/operations.md, "Scaling out").
 """
 
 from __future__ import annotations
