@@ -444,7 +444,7 @@ def _main(args: argparse.Namespace) -> int:
         if url is None:
             from simulator.embedded_broker import MosquittoBroker
 
-            extra = "max_inflight_messages 2000\n" + ("user root\n" if os.geteuid() == 0 else "")
+            extra = "max_inflight_messages 2000\nset_tcp_nodelay true\n" + ("user root\n" if os.geteuid() == 0 else "")
             broker = MosquittoBroker(extra_config=extra, max_queued_messages=0)
             broker.start()
             url = broker.url

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -40,6 +41,8 @@ from engine.errors import DecodeError, GeopushError, TransportError
 from engine.state import Output, StateStore
 
 log = logging.getLogger("geopush.daemon")
+
+FULL_GC_EVERY_S = 600.0  # an unfrozen full collection, at most this often, when the feed is idle
 
 
 def _event_type(ev: Any) -> str:
@@ -93,6 +96,7 @@ class Service:
         self.core: CoreLike | None = None
         self.link: MqttLink | None = None
         self.outbox: Outbox | None = None
+        self._last_full_gc = time.monotonic()
         self.ready = asyncio.Event()  # set once connected and subscribed (tests wait on it)
 
     # --- control -------------------------------------------------------------------------------
@@ -253,6 +257,12 @@ class Service:
                 self.handle(batch)
             self.metrics.inbox.set(len(link.inbox))
             now = time.monotonic()
+            since_gc = now - self._last_full_gc
+            if (since_gc > FULL_GC_EVERY_S and not batch and now - last_msg > 1.0) or since_gc > 6 * FULL_GC_EVERY_S:
+                self._last_full_gc = now
+                gc.unfreeze()
+                gc.collect()
+                gc.freeze()
             if batch:
                 last_msg = now
             elif s.idle_flush and now - last_msg >= s.idle_flush:
@@ -326,6 +336,11 @@ class Service:
         totals["batches"] += 1
         if rows:
             self._require_outbox().push(rows, received=batch[0].received)
+        # Cached user records are long-lived and acyclic: move everything alive out of the cyclic
+        # collector's generations (as replay does), or its full collections rescan the whole
+        # cache and stall the loop for 100s of ms. Cyclic garbage frozen by mistake is reclaimed
+        # by the occasional full collection at an idle moment (_collect_when_idle).
+        gc.freeze()
 
     def _process_one_by_one(
         self, per_msg: list[tuple[Inbound, bytes, list[Any]]], dead: list[OutRow]
@@ -524,6 +539,8 @@ def real_core_factory(settings: Settings) -> CoreFactory:
     loaded = load_fences_and_campaigns(settings)
     profiles = load_profiles(settings.profiles) if settings.profiles is not None else None
 
+    warm_up(loaded["index"], loaded["campaigns"])
+
     def factory(store: SQLiteStore) -> CoreLike:
         # SQLiteStore.commit returns the outbox rows it wrote: a compatible extension of the
         # StateStore protocol (whose commit returns None).
@@ -532,6 +549,29 @@ def real_core_factory(settings: Settings) -> CoreFactory:
         return core
 
     return factory
+
+
+def warm_up(index: Any, campaigns: Any) -> None:
+    """Run a throwaway core over a few fixes before connecting: numba compiles (or loads) the
+    match kernels on first use, 1-2 s during which the first real events would wait."""
+    from engine.core import Core
+    from engine.events import Gps
+    from engine.state import MemoryStore
+
+    stores = index.catalog.stores
+    if not stores:
+        return
+    st = stores[0]
+    if st.center is not None:
+        lon, lat = st.center
+    else:
+        pt = st.polygon.representative_point()
+        lon, lat = pt.x, pt.y
+    core = Core(index, campaigns, MemoryStore())
+    fixes = [Gps(user="~warmup", ts=1.0 + i, lon=lon, lat=lat, acc=10.0) for i in range(3)]
+    for batch in (fixes[:1], fixes[1:]):  # one-fix and many-fix paths
+        core.process(batch)
+    core.flush(1e9)
 
 
 WATERMARK_KEY = "core.watermark"

@@ -27,7 +27,7 @@ needs_mosquitto = pytest.mark.skipif(
 
 # The daemon acks only after commit, so the broker's in-flight window bounds its intake; the
 # deploy config sets it too (deploy/mosquitto.conf).
-BROKER_EXTRA = "max_inflight_messages 200\n"
+BROKER_EXTRA = "max_inflight_messages 200\nset_tcp_nodelay true\n"
 # Started as root, mosquitto drops to the `mosquitto` user, which cannot write its persistence
 # file or read password/ACL files in our private temp dirs: stay root in tests.
 AS_ROOT = "user root\n" if os.geteuid() == 0 else ""
