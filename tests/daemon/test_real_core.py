@@ -86,7 +86,8 @@ async def test_kill_9_mid_stream_loses_nothing_and_repeats_no_decision(broker, t
             pub = asyncio.create_task(publish_all(broker.url, world.messages))
             await col.wait_for(lambda c: len(c.on("geopush/push/")) >= len(expected["pushes"]) // 3)
             proc.send_signal(signal.SIGKILL)  # mid-stream, mid-batch
-            assert len(received_outputs(col)["pushes"]) < len(expected["pushes"])
+            before = len(received_outputs(col)["pushes"])
+            assert before < len(expected["pushes"])
             proc.wait()
             await pub  # the broker accepted everything; part waits for the engine
             proc = spawn_daemon(broker.url, state, world, "--batch-size", "16")
@@ -110,5 +111,12 @@ async def test_kill_9_mid_stream_loses_nothing_and_repeats_no_decision(broker, t
     for _t, p in col.on("geopush/push/"):
         by_id.setdefault(json.loads(p)["push_id"], set()).add(p)
     assert all(len(v) == 1 for v in by_id.values())
+    last = [s for s in col.json_on("geopush/status/") if s.get("pid") == pid][-1]["counters"]
+    print(
+        f"\nkill -9 after {before}/{len(expected['pushes'])} pushes; after restart: "
+        f"{len(col.on('geopush/push/')) - len(by_id)} push messages re-sent with the same id, "
+        f"{last.get('duplicates', 0)} redelivered inputs recognised, "
+        f"{last.get('messages', 0)} messages processed by the second process"
+    )
     c0 = {p for p, v in by_id.items() if json.loads(next(iter(v)))["campaign_id"] == "c0"}
     assert len(c0) == 2  # inventory 2, across the crash: never oversold
