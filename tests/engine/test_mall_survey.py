@@ -1,5 +1,5 @@
 """Real data: the mall survey (WiFi and iBeacon observations, store polygons) runs through the
-core cleanly: every event decodes and is accepted, visits come out in alternation, one store at
+core cleanly: every event is accepted (none rejected), visits come out in alternation, one store at
 a time (the claim rule), and a good share of the visits are at a shopfront the surveyor stood at."""
 
 from __future__ import annotations
