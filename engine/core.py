@@ -264,6 +264,20 @@ class Core:
             self.time_match += time.perf_counter() - t0
         return hitmap
 
+    def restore(self, users: Iterable[UserState], *, watermark: float | None = None) -> None:
+        """After a restart (or a failed batch attempt): queue the dwell/timeout timers of the open
+        visits of ``users`` for the sweep, and raise the watermark to ``watermark`` if given.
+        Re-queuing a visit already queued is harmless (the sweep checks each entry)."""
+        timeout = self.config.presence_timeout_s
+        dwells = self.campaigns.dwell_thresholds
+        for st in users:
+            for sid, v in st.visits.items():
+                due = presence.next_due(v, timeout, dwells(v.merchant_id))
+                heapq.heappush(self._heap, (due, st.user, sid, v.visit_id))
+                self._open.add(v.visit_id)
+        if watermark is not None and watermark > self._watermark:
+            self._watermark = watermark
+
     @property
     def watermark(self) -> float:
         """Newest event time seen so far (-inf before the first event)."""

@@ -230,3 +230,20 @@ def test_config_thresholds_are_honoured() -> None:
     assert w.trail() == []
     w.run([gps("u", T0 + 1, 0, 0), gps("u", T0 + 200, 65, 0, acc=10)])  # 15 > 10 + 0
     assert [v.event for v in w.visits()] == ["enter", "exit"]
+
+
+def test_restore_after_restart_arms_timers_of_open_visits() -> None:
+    from engine.campaigns import CampaignSet
+    from engine.core import Core
+
+    w = World([circle("A", 0, 0, 50)])
+    w.run([gps("u", T0, 0, 0)])
+    # a new core over the same state (a restarted daemon) knows nothing of u's visit ...
+    fresh = Core(w.index, CampaignSet(), w.store)
+    assert fresh.flush(T0 + 5000) == []
+    # ... until restored from the store's users with open visits
+    again = Core(w.index, CampaignSet(), w.store)
+    again.restore(list(w.store.all_users().values()), watermark=T0)
+    assert again.watermark == T0
+    outs = again.flush(T0 + 5000)
+    assert [(o.event, o.ts) for o in outs] == [("exit", T0 + 900)]  # type: ignore[attr-defined]
