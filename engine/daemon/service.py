@@ -97,6 +97,7 @@ class Service:
         self.link: MqttLink | None = None
         self.outbox: Outbox | None = None
         self._last_full_gc = time.monotonic()
+        self._inbox_warned = 0.0
         self.ready = asyncio.Event()  # set once connected and subscribed (tests wait on it)
 
     # --- control -------------------------------------------------------------------------------
@@ -255,8 +256,18 @@ class Service:
             batch = link.take(s.batch_size)
             if batch:
                 self.handle(batch)
-            self.metrics.inbox.set(len(link.inbox))
             now = time.monotonic()
+            depth = len(link.inbox)
+            self.metrics.inbox.set(depth)
+            if depth > 20 * s.batch_size and now - self._inbox_warned > 60.0:
+                # Intake is bounded by the broker's in-flight window (we ack only after commit);
+                # a broker with an unlimited window (mosquitto max_inflight_messages 0) lets
+                # memory be the only bound.
+                self._inbox_warned = now
+                log.warning(
+                    "%d received messages wait for processing: set the broker's in-flight "
+                    "window (mosquitto max_inflight_messages) to ~2x --batch-size", depth
+                )
             since_gc = now - self._last_full_gc
             if (since_gc > FULL_GC_EVERY_S and not batch and now - last_msg > 1.0) or since_gc > 6 * FULL_GC_EVERY_S:
                 self._last_full_gc = now
