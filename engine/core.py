@@ -8,6 +8,9 @@ Both the daemon and ``geopush replay`` drive it the same way::
 ``process`` handles the batch's events in order, then sweeps visits whose dwell or presence
 timeout fell due by the watermark (newest event time seen, minus ``sweep_lateness_s``), so users
 who go silent are still exited. ``flush(now_ts)`` sweeps up to ``now_ts`` (end of a replay).
+After a restart, or a batch attempt thrown away, ``restore(users, watermark=...)`` re-arms the
+timers of the users' open visits: it is the public way in; the sweep queue (``_heap``,
+``_open``) is private and may change.
 
 Presence rules live in engine/presence.py, offer rules in engine/decisions.py; this module wires
 them to the fence index, the campaigns, the profiles and the state store, and counts everything.
@@ -337,16 +340,27 @@ class Core:
                     tr = presence.close(st, sid, ts, "gps")
                     if tr is not None:
                         trs.append(tr)
+        stores = self._stores
+        sole = -1 if fresh else _sole_store(stores, hits, acc)
         for slot, d in hits:
             if d > 0.0:
                 continue
-            s = self._stores[slot]
+            s = stores[slot]
             if acc > s.max_accuracy_m:
                 continue
-            if fresh and s.store_id != st.claim_store and UMBRELLA_TAG not in s.tags:
-                _bump(self.stats.ignored_by_reason, "gps_outvoted")
+            sid = s.store_id
+            if UMBRELLA_TAG in s.tags:
+                pass  # a mall's own outline: GPS alone may place the user in it
+            elif fresh:
+                if sid != st.claim_store:
+                    _bump(self.stats.ignored_by_reason, "gps_outvoted")
+                    continue
+            elif slot != sole and sid not in visits:
+                # Another store's fence lies within the fix's accuracy: GPS cannot tell which
+                # one the user is in (a mall); WiFi or near-field evidence will.
+                _bump(self.stats.ignored_by_reason, "gps_ambiguous")
                 continue
-            tr = presence.place(st, s.store_id, s.merchant_id, ts, "gps", _returning(st, s))
+            tr = presence.place(st, sid, s.merchant_id, ts, "gps", _returning(st, s))
             if tr is not None:
                 trs.append(tr)
 
@@ -530,6 +544,28 @@ class Core:
 
 
 _NO_HITS: tuple[tuple[int, float], ...] = ()
+
+
+def _sole_store(stores: Sequence[Store], hits: Sequence[tuple[int, float]], acc: float) -> int:
+    """The slot of the one non-umbrella store a GPS fix can open by itself, else -1.
+
+    A fix places the user somewhere within about ``acc`` metres of it. It is unambiguous for
+    store S when it lies inside S and no other store's fence comes within ``acc`` of it (signed
+    distance <= acc): then S is the only store the user can be in. Umbrella stores (a mall's
+    outline) contain others by design and do not count. ``hits`` holds every store within
+    acc + exit margin, so every rival is in it."""
+    sole = -1
+    for slot, d in hits:
+        if d > acc:
+            continue
+        if UMBRELLA_TAG in stores[slot].tags:
+            continue
+        if sole != -1 or d > 0.0:
+            return -1  # a second store within reach, or a near one that does not hold the fix
+        sole = slot
+    return sole
+
+
 _M_PER_DEG = 111_195.0
 
 

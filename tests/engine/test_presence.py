@@ -81,13 +81,14 @@ def test_beacon_and_nfc_are_presence() -> None:
 
 
 def test_mall_near_field_beats_gps_next_door() -> None:
-    # Two shops whose GPS fences overlap; the user stands in the overlap.
+    # Two shops whose GPS fences overlap (A spans -40..40 m, B -10..70 m).
     stores = [circle("A", 0, 0, 40, beacon_minor=1), circle("B", 30, 0, 40, beacon_minor=2)]
     w = World(stores)
-    w.run([gps("u", T0, 15, 0)])
-    assert sorted(w.trail()) == [("u", "A", "enter", T0), ("u", "B", "enter", T0)]
+    # at -30 m: inside A, B's fence 20 m away, beyond the 10 m accuracy: a GPS visit to A
+    w.run([gps("u", T0, -30, 0)])
+    assert w.trail() == [("u", "A", "enter", T0)]
     w.run([beacon("u", T0 + 5, 2)])
-    assert w.trail()[2:] == [("u", "A", "exit", T0 + 5)]
+    assert w.trail()[1:] == [("u", "A", "exit", T0 + 5), ("u", "B", "enter", T0 + 5)]
     assert w.core.stats.exits_by_cause == {"superseded": 1}
     # within the claim window, GPS in the overlap does not reopen A ("never opened")
     w.run([gps("u", T0 + 30, 15, 0)])
@@ -96,9 +97,60 @@ def test_mall_near_field_beats_gps_next_door() -> None:
     # nor does a GPS fix clearly outside B exit the near-field visit while the claim is fresh
     w.run([gps("u", T0 + 40, -35, 0, acc=1)])
     assert len(w.trail()) == 3
-    # after the window, GPS rules again
+    # after the window, GPS rules again (B is 25 m from the fix, beyond its 1 m accuracy)
     w.run([gps("u", T0 + 200, -35, 0, acc=1)])
     assert w.trail()[3:] == [("u", "B", "exit", T0 + 200), ("u", "A", "enter", T0 + 200)]
+
+
+def test_gps_in_overlapping_fences_without_a_claim_opens_nothing() -> None:
+    # A mall row: 12 m pitch, 20 m circles; every fix lies in two or three fences.
+    stores = [circle(f"U{i}", 12 * i, 0, 20) for i in range(5)]
+    w = World(stores)
+    w.run([gps("u", T0 + t, 24, 3 * (t % 2), acc=15) for t in range(0, 600, 30)], flush=T0 + 700)
+    assert w.trail() == []
+    assert w.core.stats.ignored_by_reason["gps_ambiguous"] > 0
+    # the same with a sharp fix: U2 holds it, U1 and U3 still come within 1 m (12 - 20 < 0)
+    w.run([gps("u", T0 + 800, 24, 0, acc=1)])
+    assert w.trail() == []
+
+
+def test_gps_near_another_fence_within_accuracy_is_ambiguous_beyond_it_is_not() -> None:
+    # Two stores whose fences do not overlap: A spans -30..30 m, B 50..110 m.
+    stores = [circle("A", 0, 0, 30), circle("B", 80, 0, 30)]
+    w = World(stores)
+    # at 25 m: inside A, B's fence 25 m away: a 30 m accuracy circle reaches B, so no visit ...
+    w.run([gps("u", T0, 25, 0, acc=30)])
+    assert w.trail() == []
+    # ... a 20 m one does not: A is the only store the user can be in
+    w.run([gps("u", T0 + 30, 25, 0, acc=20)])
+    assert w.trail() == [("u", "A", "enter", T0 + 30)]
+    # once open, a fix inside A that is ambiguous keeps the visit (hysteresis), and B stays shut
+    w.run([gps("u", T0 + 60 + t, 28, 0, acc=30) for t in range(0, 1200, 60)])
+    assert w.trail() == [("u", "A", "enter", T0 + 30)]
+
+
+def test_gps_unique_fence_opens_a_visit_umbrella_does_not_count_as_a_rival() -> None:
+    mall = circle("MALL", 0, 0, 300, tags=["umbrella"])
+    w = World([mall, circle("A", 0, 0, 20), circle("B", 200, 0, 20)])
+    w.run([gps("u", T0, 0, 0, acc=10)])  # in A and in the mall's outline; B is 180 m away
+    assert sorted(w.trail()) == [("u", "A", "enter", T0), ("u", "MALL", "enter", T0)]
+    w2 = World([mall, circle("A", 0, 0, 20), circle("B", 30, 0, 20)])
+    w2.run([gps("u", T0, 0, 0, acc=15)])  # A and B both within reach: only the mall opens
+    assert w2.trail() == [("u", "MALL", "enter", T0)]
+
+
+def test_claim_then_gps_in_overlapping_fences() -> None:
+    stores = [circle(f"U{i}", 12 * i, 0, 20, wifi=[f"aa:00:00:00:00:0{i}"]) for i in range(3)]
+    w = World(stores)
+    # WiFi places the user in U1; GPS fixes in the overlap refresh U1 and open nothing else
+    w.run([wifi("u", T0, ("aa:00:00:00:00:01", -60.0))])
+    w.run([gps("u", T0 + t, 12, 0, acc=15) for t in range(10, 60, 10)])
+    assert w.trail() == [("u", "U1", "enter", T0)]
+    assert w.core.stats.ignored_by_reason["gps_outvoted"] > 0
+    # after the claim window (WiFi off), ambiguous fixes inside U1 keep the open visit alive
+    w.run([gps("u", T0 + t, 12, 0, acc=15) for t in range(120, 1800, 120)])
+    assert w.trail() == [("u", "U1", "enter", T0)]
+    assert list(w.store.user("u").visits) == ["U1"]
 
 
 def test_mall_near_field_first_means_neighbour_never_opens() -> None:
@@ -207,11 +259,11 @@ def test_payment_before_visit_makes_it_returning_and_follower() -> None:
 
 
 def test_reload_exits_visits_of_removed_stores_at_next_event() -> None:
-    w = World([circle("A", 0, 0, 50), circle("B", 0, 0, 60)])
+    w = World([circle("A", 0, 0, 50), circle("B", 500, 0, 60)])
     w.run([gps("u", T0, 0, 0)])
-    w.core.reload(index=FenceIndex(Catalog([circle("B", 0, 0, 60)])))
+    w.core.reload(index=FenceIndex(Catalog([circle("B", 500, 0, 60)])))
     w.run([gps("u", T0 + 10, 0, 0)])
-    assert w.trail()[2:] == [("u", "A", "exit", T0 + 10)]
+    assert w.trail()[1:] == [("u", "A", "exit", T0 + 10)]
     assert w.core.stats.exits_by_cause == {"removed": 1}
 
 
