@@ -6,7 +6,10 @@ The rules (docs/architecture.md, "Presence", says why):
 * **Placement.** Evidence that the user is in store S at time t: a GPS fix inside S's fence
   (signed distance <= 0) with accuracy <= ``S.max_accuracy_m``; a WiFi scan whose strongest
   registered AP (RSSI >= threshold) belongs to S; a beacon of S at RSSI >= threshold; an NFC tap
-  on S's tag. Placement opens a visit (enter) or refreshes ``last_seen_ts``.
+  on S's tag. Placement opens a visit (enter) or refreshes ``last_seen_ts``. GPS alone opens a
+  visit only where it is unambiguous (engine.core ``_sole_store``: no other store's fence within
+  the fix's accuracy; umbrella stores exempt); an ambiguous fix only refreshes visits already
+  open, and WiFi/near-field claims decide between overlapping shops.
 * **GPS exit.** A fix whose accuracy circle lies wholly outside S by ``exit_margin_m``
   (distance > acc + margin) exits S. Fixes in between change nothing (hysteresis).
 * **Timeout.** A visit that nothing placed for more than ``presence_timeout_s`` exits at
