@@ -43,7 +43,6 @@ shard (see docs/operations.md, "Scaling out").
 from __future__ import annotations
 
 import contextlib
-import heapq
 import time
 import uuid
 from collections import OrderedDict
@@ -607,23 +606,11 @@ class RedisStore:
 
 def rearm(core: Any, states: Iterable[UserState]) -> int:
     """Put the open visits of ``states`` back on the core's sweep queue (dwell and time-out
-    timers), the way ``Core._emit`` queues them. A failed attempt's sweep may have consumed
-    them; duplicates are harmless (the sweep checks every entry against the user's record)."""
-    from engine import presence
-
-    heap = core._heap
-    live: set[str] | None = getattr(core, "_open", None)  # the sweep skips ids not in it
-    timeout = core.config.presence_timeout_s
-    dwells = core.campaigns.dwell_thresholds
-    n = 0
-    for st in states:
-        for sid, v in st.visits.items():
-            due = presence.next_due(v, timeout, dwells(v.merchant_id))
-            heapq.heappush(heap, (due, st.user, sid, v.visit_id))
-            if live is not None:
-                live.add(v.visit_id)
-            n += 1
-    return n
+    timers) through ``Core.restore``. A failed attempt's sweep may have consumed them; duplicates
+    are harmless (the sweep checks every entry against the user's record)."""
+    states = list(states)
+    core.restore(states)
+    return sum(len(st.visits) for st in states)
 
 
 def commit_batch(
