@@ -76,7 +76,10 @@ def _messages(kind: str, prefix: str, users: int, count: int, topic_prefix: str)
     city = City(CITY_SIDE)
     per_msg = 1 if kind == "single" else BATCH
     rounds = max(1, math.ceil(count / users))
-    evs = [user_events(city, f"{prefix}{u}", rounds * per_msg, seed=7, inside_every=PERIOD, stay=STAY) for u in range(users)]
+    # Each user starts at its own phase of the walk: in lockstep every user would enter a store in
+    # the same round, a burst of pushes every PERIOD rounds that real phones do not produce.
+    phase = [u % PERIOD for u in range(users)]
+    evs = [user_events(city, f"{prefix}{u}", rounds * per_msg + PERIOD, seed=7, inside_every=PERIOD, stay=STAY)[phase[u]:] for u in range(users)]
     msgs: list[tuple[str, bytes]] = []
     keys: list[list[tuple[str, float]]] = []
     dumps = json.dumps
@@ -92,7 +95,7 @@ def _messages(kind: str, prefix: str, users: int, count: int, topic_prefix: str)
                 inner = [{k: v for k, v in e.items() if k != "user"} for e in chunk]
                 payload = dumps({"type": "batch", "user": user, "events": inner}, separators=(",", ":")).encode()
             msgs.append((f"{topic_prefix}/{user}", payload))
-            keys.append([(user, e["ts"]) for i, e in enumerate(chunk) if (r * per_msg + i) % PERIOD == PERIOD - STAY])
+            keys.append([(user, e["ts"]) for i, e in enumerate(chunk) if (phase[u] + r * per_msg + i) % PERIOD == PERIOD - STAY])
     return msgs, keys
 
 
@@ -109,7 +112,7 @@ def _publisher(url: str, kind: str, prefix: str, users: int, count: int, rate: f
             sent[k] = t
 
     async def run() -> tuple[int, float]:
-        link = MqttLink(parse_broker_url(url), max_inflight_out=1000)
+        link = MqttLink(parse_broker_url(url), max_inflight_out=0)  # publish_paced bounds it
         await link.connect()
         t0 = time.monotonic()
         n = await publish_paced(link, msgs, rate=rate, max_in_flight=1000, on_sent=on_sent)
@@ -117,8 +120,9 @@ def _publisher(url: str, kind: str, prefix: str, users: int, count: int, rate: f
         await link.disconnect()
         return n, dt
 
+    cpu0 = time.process_time()
     n, dt = asyncio.run(run())
-    out.put({"n": n, "seconds": dt, "sent": sent})
+    out.put({"n": n, "seconds": dt, "sent": sent, "cpu": time.process_time() - cpu0})
 
 
 def _publish(url: str, kind: str, tag: str, count: int, rate: float | None, procs: int,
@@ -144,7 +148,8 @@ def _publish(url: str, kind: str, tag: str, count: int, rate: float | None, proc
     sent: dict[tuple[str, float], float] = {}
     for r in results:
         sent.update(r["sent"])
-    return {"n": sum(r["n"] for r in results), "seconds": max(r["seconds"] for r in results), "sent": sent}
+    return {"n": sum(r["n"] for r in results), "seconds": max(r["seconds"] for r in results), "sent": sent,
+            "cpu": sum(r["cpu"] for r in results)}
 
 
 # --- the ceiling: a bare aiomqtt subscriber that only counts -----------------------------------
@@ -310,6 +315,17 @@ class Engine:
                 self.proc.wait()
 
 
+def proc_cpu(pid: int | None) -> float:
+    """CPU seconds (user + system) a process has used so far, from /proc (nan elsewhere)."""
+    if pid is None:
+        return float("nan")
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
 def _drain_rate(status: list[dict[str, Any]], pid: int, n: int) -> float:
     """Sustained msgs/s of a drain of ``n`` messages: from the engine's status when 10% were
     received to the first status with all ``n`` processed AND every output acknowledged by the
@@ -349,7 +365,7 @@ def _pct(xs: list[float], q: float) -> float:
 
 
 async def _measure_kind(url: str, kind: str, args: argparse.Namespace, engine: Engine, watch: Watch,
-                        ceiling: float, say: Any) -> dict[str, Any]:  # fmt: skip
+                        ceiling: float, say: Any, broker_pid: int | None = None) -> dict[str, Any]:  # fmt: skip
     per = 1 if kind == "single" else BATCH
     # 1) maximum: drain a preloaded backlog (engine stopped while the broker queues it)
     n = _backlog(kind, args.duration)  # the same backlog the ceiling drained: same broker work
@@ -357,7 +373,9 @@ async def _measure_kind(url: str, kind: str, args: argparse.Namespace, engine: E
     say(f"[{kind}] preloading {n} messages for the engine")
     await asyncio.to_thread(_publish, url, kind, f"max-{kind}-", n, None, args.publishers)
     pid = await engine.start(watch)
+    e0, b0_cpu = proc_cpu(pid), proc_cpu(broker_pid)
     await watch.wait(lambda: watch.idle(pid, n), 600, f"the engine to drain {n} messages")
+    e1, b1_cpu = proc_cpu(pid), proc_cpu(broker_pid)
     max_msgs = _drain_rate(watch.status, pid, n)
     res: dict[str, Any] = {
         "events_per_message": per,
@@ -365,6 +383,9 @@ async def _measure_kind(url: str, kind: str, args: argparse.Namespace, engine: E
         "max_events_per_s": round(max_msgs * per),
         "ceiling_msgs_per_s": round(ceiling),
         "ratio_to_ceiling": round(max_msgs / ceiling, 3),
+        # CPU per event during the drain (engine: includes its ~1 s start-up, so an upper bound)
+        "drain_engine_cpu_us_per_event": round((e1 - e0) / (n * per) * 1e6, 1),
+        "drain_broker_cpu_us_per_event": round((b1_cpu - b0_cpu) / (n * per) * 1e6, 1),
         "loads": [],
     }
     say(f"[{kind}] engine max {max_msgs:,.0f} msg/s = {max_msgs * per:,.0f} events/s ({max_msgs / ceiling:.0%} of ceiling {ceiling:,.0f} msg/s)")
@@ -375,8 +396,10 @@ async def _measure_kind(url: str, kind: str, args: argparse.Namespace, engine: E
         watch.pushes.clear()
         base = watch.messages(pid)
         b0 = engine.e2p_buckets()
+        c0 = (proc_cpu(pid), proc_cpu(broker_pid), time.monotonic())
         pub = await asyncio.to_thread(_publish, url, kind, f"l{int(frac * 100)}-{kind}-", count, rate, args.publishers)
         await watch.wait(lambda: watch.idle(pid, base + pub["n"]), 120, "the engine to catch up")  # noqa: B023
+        c1 = (proc_cpu(pid), proc_cpu(broker_pid), time.monotonic())
         await asyncio.sleep(0.5)  # last pushes in flight
         lat = [(t - pub["sent"][(u, ts)]) * 1000 for u, ts, t in watch.pushes if (u, ts) in pub["sent"]]
         b1 = engine.e2p_buckets()
@@ -393,13 +416,21 @@ async def _measure_kind(url: str, kind: str, args: argparse.Namespace, engine: E
             # upper bounds of the Prometheus histogram)
             "engine_p50_ms_le": _bucket_q(delta, 0.5),
             "engine_p99_ms_le": _bucket_q(delta, 0.99),
+            # who used the 2 cores during the phase: CPU µs per event, and cores busy
+            "cpu_us_per_event": {
+                "engine": round((c1[0] - c0[0]) / (pub["n"] * per) * 1e6, 1),
+                "broker": round((c1[1] - c0[1]) / (pub["n"] * per) * 1e6, 1),
+                "publishers": round(pub["cpu"] / (pub["n"] * per) * 1e6, 1),
+            },
+            "cores_busy": round(((c1[0] - c0[0]) + (c1[1] - c0[1]) + pub["cpu"]) / (c1[2] - c0[2]), 2),
         }
         res["loads"].append(row)
-        say(f"[{kind}] {frac:.0%} load: {row['achieved_events_per_s']:,} events/s, p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms ({len(lat)} pushes); in the engine p50 <= {row['engine_p50_ms_le']} ms, p99 <= {row['engine_p99_ms_le']} ms")
+        say(f"[{kind}] {frac:.0%} load: {row['achieved_events_per_s']:,} events/s, p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms ({len(lat)} pushes); in the engine p50 <= {row['engine_p50_ms_le']} ms, p99 <= {row['engine_p99_ms_le']} ms, CPU µs/event {row['cpu_us_per_event']}, cores busy {row['cores_busy']}")
     return res
 
 
-async def _bench(url: str, args: argparse.Namespace, folder: Path, say: Any) -> dict[str, Any]:
+async def _bench(url: str, args: argparse.Namespace, folder: Path, say: Any,
+                 broker_pid: int | None = None) -> dict[str, Any]:
     from engine.daemon.workload import City
 
     City(CITY_SIDE).write(folder)
@@ -420,7 +451,7 @@ async def _bench(url: str, args: argparse.Namespace, folder: Path, say: Any) -> 
     try:
         await engine.start(watch)
         for kind in kinds:
-            results[kind] = await _measure_kind(url, kind, args, engine, watch, ceilings[kind], say)
+            results[kind] = await _measure_kind(url, kind, args, engine, watch, ceilings[kind], say, broker_pid)
     finally:
         engine.stop()
         await watch.stop()
@@ -449,7 +480,8 @@ def _main(args: argparse.Namespace) -> int:
             broker.start()
             url = broker.url
         try:
-            results = asyncio.run(_bench(url, args, folder, say))
+            bpid = broker._proc.pid if broker is not None and broker._proc is not None else None  # noqa: SLF001
+            results = asyncio.run(_bench(url, args, folder, say, bpid))
         finally:
             if broker is not None:
                 broker.stop()

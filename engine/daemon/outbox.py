@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import Callable
 
 from engine.daemon.metrics import Metrics
 from engine.daemon.mqtt import MqttLink
@@ -50,6 +50,7 @@ class Outbox:
         self._idle.set()
         self._push_marker = "/push/"
         self._running = False
+        self._sending = False
 
     @property
     def pending(self) -> int:
@@ -67,11 +68,17 @@ class Outbox:
             self._wake.set()
 
     def _send(self) -> None:
-        while self._pending and self._in_flight < self.max_in_flight and self.link.connected:
-            row, t0 = self._pending.popleft()
-            fut = self.link.publish_nowait(row.topic, row.payload, qos=1)
-            self._in_flight += 1
-            fut.add_done_callback(self._done_cb(row, t0))
+        if self._sending:  # a publish that fails at once calls back into _send: no recursion
+            return
+        self._sending = True
+        try:
+            publish, link = self.link.publish_cb, self.link
+            while self._pending and self._in_flight < self.max_in_flight and link.connected:
+                row, t0 = self._pending.popleft()
+                self._in_flight += 1
+                publish(row.topic, row.payload, functools.partial(self._done, row, t0), 1)
+        finally:
+            self._sending = False
 
     def reset_from_store(self) -> int:
         """After (re)connecting: forget the in-memory queue, reload every unsent row."""
@@ -126,22 +133,24 @@ class Outbox:
         if acked:
             self.store.mark_sent(acked)
 
-    def _done_cb(self, row: OutRow, t0: float | None) -> Callable[[asyncio.Future[None]], None]:
-        def done(fut: asyncio.Future[None]) -> None:
-            self._in_flight -= 1
-            exc = fut.exception()
-            if exc is None:
-                self._acked.append(row.out_id)
-                self.metrics.published.inc()
-                self.metrics.totals["published"] += 1
-                if t0 is not None and self._push_marker in row.topic:
-                    self.metrics.event_to_push.observe(time.time() - t0)
-            elif not isinstance(exc, TransportError):
+    def _done(self, row: OutRow, t0: float | None, exc: BaseException | None) -> None:
+        """PUBACK (``exc`` None) or failure of one row; runs inside paho's read callback."""
+        self._in_flight -= 1
+        if exc is None:
+            self._acked.append(row.out_id)
+            self.metrics.published.inc()
+            self.metrics.totals["published"] += 1
+            if t0 is not None and self._push_marker in row.topic:
+                self.metrics.event_to_push.observe(time.time() - t0)
+            if self._pending:
+                self._send()  # refill the in-flight window now, not on the run task's next turn
+            if len(self._acked) >= 5000:
+                self._wake.set()
+        else:
+            if not isinstance(exc, TransportError):
                 log.error("publish of %s failed: %r", row.out_id, exc)
             # failed rows stay unsent in SQLite; reset_from_store picks them up after reconnect
             self._wake.set()
-
-        return done
 
 
 __all__ = ["Outbox"]

@@ -18,7 +18,9 @@ unsent outbox rows are re-published at start with the same ids.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import functools
 import gc
 import json
 import logging
@@ -45,13 +47,13 @@ log = logging.getLogger("geopush.daemon")
 FULL_GC_EVERY_S = 600.0  # an unfrozen full collection, at most this often, when the feed is idle
 
 
-def _event_type(ev: Any) -> str:
-    from engine.events import event_type
+@functools.cache
+def _event_type(cls: type) -> str:
+    """The wire type of an event class ("gps", ...)."""
+    from engine.events import EVENT_TYPES
 
-    try:
-        return event_type(ev)
-    except KeyError:
-        return type(ev).__name__.lower()
+    names = {c: t for t, c in EVENT_TYPES.items()}
+    return str(names.get(cls, cls.__name__.lower()))
 
 
 class CoreLike(Protocol):
@@ -143,7 +145,9 @@ class Service:
                 clean_session=False,
                 manual_ack=True,
                 will=Will(self.topics.status, self._status_payload("offline", "connection lost")),
-                max_inflight_out=min(s.max_in_flight + 64, 65535),  # + room for status
+                # Unlimited in paho: the outbox bounds what is in flight (--max-in-flight), and
+                # with a paho limit every PUBACK scans paho's whole in-flight table.
+                max_inflight_out=0,
                 username=s.username,
                 password=s.password,
             )
@@ -397,14 +401,14 @@ class Service:
 
     def _account(self, events: list[Any], outputs: list[Output]) -> None:
         m, totals = self.metrics, self.totals
-        newest = self.event_clock
-        for ev in events:
-            m.events.labels(_event_type(ev)).inc()
-            totals["events"] += 1
-            ts = ev.ts
-            if ts > newest:
-                newest = ts
-        self.event_clock = newest
+        if events:
+            # Per batch, not per event: one labelled Prometheus increment per event type (a
+            # labelled inc() per event cost ~9% of the engine's CPU under batch load).
+            for cls, n in collections.Counter(map(type, events)).items():
+                m.events.labels(_event_type(cls)).inc(n)
+            totals["events"] += len(events)
+            newest = max(self.event_clock, max(ev.ts for ev in events))
+            self.event_clock = newest
         for o in outputs:
             kind = type(o).__name__
             if kind == "Push":
