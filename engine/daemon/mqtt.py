@@ -449,6 +449,7 @@ def _buffer_reads(pc: paho.Client) -> None:
     recv = pc._sock_recv  # noqa: SLF001
     loop_read = pc.loop_read
     buf = bytearray()
+    served = [0]  # bytes handed to paho so far
 
     def sock_recv(n: int) -> bytes:
         if not buf:
@@ -458,14 +459,17 @@ def _buffer_reads(pc: paho.Client) -> None:
             buf.extend(data)
         chunk = bytes(buf[:n])
         del buf[:n]
+        served[0] += len(chunk)
         return chunk
 
     def buffered_loop_read(max_packets: int = 1) -> MQTTErrorCode:
         rc = loop_read(max_packets)
+        # A read may refill the buffer (a large packet), so loop on bytes consumed, not on the
+        # buffer's size: stop only when it is empty or paho takes nothing more (error, closed).
         while buf and rc == MQTTErrorCode.MQTT_ERR_SUCCESS and pc.socket() is not None:
-            before = len(buf)
+            before = served[0]
             rc = loop_read(max_packets)
-            if len(buf) >= before:  # no progress: never spin
+            if served[0] == before:
                 break
         return rc
 

@@ -91,3 +91,34 @@ async def test_outputs_are_committed_and_marked_sent(broker, tmp_path):
         assert json.loads(rows[0][2])["user"] == "dave"
     finally:
         store.close()
+
+
+async def test_link_moves_large_and_small_packets_intact_with_nothing_stuck(broker):
+    """The link's coalesced writes (partial sends of a multi-MB queue) and buffered reads (one
+    recv serving many packets, a large packet refilling the buffer) deliver every payload, byte
+    for byte, in order, without waiting for later traffic: the receiver acks nothing, so once
+    the publisher is done no further byte arrives to wake a stalled reader."""
+    import asyncio
+    import random
+
+    from engine.daemon.mqtt import MqttLink, parse_broker_url
+
+    rng = random.Random(5)
+    sizes = [rng.choice((3, 200, 9_000, 70_000, 300_000)) for _ in range(60)]
+    payloads = [bytes([i % 251]) * n + str(i).encode() for i, n in enumerate(sizes)]
+    rx = MqttLink(parse_broker_url(broker.url), client_id="rx", manual_ack=True)
+    tx = MqttLink(parse_broker_url(broker.url), client_id="tx", max_inflight_out=0)
+    await rx.connect()
+    await rx.subscribe(["big/+"], qos=1)
+    await tx.connect()
+    try:
+        await asyncio.gather(*(tx.publish_nowait(f"big/{i}", p) for i, p in enumerate(payloads)))
+        got: list[bytes] = []
+        while len(got) < len(payloads):
+            assert await rx.wait_inbound(timeout=10.0), f"stuck after {len(got)} messages"
+            rx.pump(1000)
+            got.extend(m.payload for m in rx.take(1000))
+        assert got == payloads
+    finally:
+        await tx.disconnect()
+        await rx.disconnect()
