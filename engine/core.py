@@ -22,7 +22,7 @@ import heapq
 import math
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -130,6 +130,12 @@ class Core:
         self._watermark = _NEG_INF
         self._removed: set[str] = set()
         self._trs: list[Transition] = []
+        # Per-type handlers of the non-GPS location signals (payments and profiles are facts).
+        self._signals: dict[type, Callable[[Any, UserState, list[Transition]], None]] = {
+            Wifi: self._wifi,
+            Beacon: self._beacon,
+            Nfc: self._nfc,
+        }
         # The batch's user set is a loading hint for remote stores; MemoryStore ignores it.
         self._hint_users = type(store).users is not MemoryStore.users
         self.index = index
@@ -189,7 +195,13 @@ class Core:
         cfg = self.config
         timeout = cfg.presence_timeout_s
         dwells = self.campaigns.dwell_thresholds
+        advance = presence.advance
+        rejected = self.stats.rejected_by_reason
+        signals = self._signals
         vmax = cfg.max_speed_kmh / 3.6  # m/s
+        vlim = 0.9 * vmax  # the speed pre-check below
+        m_per_deg = _M_PER_DEG
+        no_hits = _NO_HITS
         k = -1  # position among the batch's GPS fixes (keys of hitmap)
         for ev in events:
             t = type(ev)
@@ -198,44 +210,51 @@ class Core:
             if ts > wm:
                 wm = ts
             if t is Gps:
+                # The common case (most fixes: a known user, no open visit, near no fence) costs
+                # the checks and two stores, nothing more.
                 k += 1
                 if ts < st.last_ts:
-                    _bump(self.stats.rejected_by_reason, "out_of_order")
+                    rejected["out_of_order"] = rejected.get("out_of_order", 0) + 1
                     continue
+                lon = ev.lon  # type: ignore[union-attr]
+                lat = ev.lat  # type: ignore[union-attr]
                 lf = st.last_fix
                 # (|dlat| + |dlon|) degrees bounds the distance from above: most fixes stop here
                 if (
                     lf is not None
-                    and (abs(ev.lat - lf[1]) + abs(ev.lon - lf[0])) * _M_PER_DEG  # type: ignore[union-attr]
-                    >= 0.9 * vmax * (ts - lf[2])
-                    and _too_fast(lf, ev.lon, ev.lat, ts, vmax)  # type: ignore[union-attr]
+                    and (abs(lat - lf[1]) + abs(lon - lf[0])) * m_per_deg >= vlim * (ts - lf[2])
+                    and _too_fast(lf, lon, lat, ts, vmax)
                 ):
-                    _bump(self.stats.rejected_by_reason, "speed")
+                    rejected["speed"] = rejected.get("speed", 0) + 1
                     self.stats.spoofing_suspected += 1
                     continue
-                st.last_fix = (ev.lon, ev.lat, ts)  # type: ignore[union-attr]
-            elif t is Payment or t is ProfileEvent:
-                self._fact(ev, st)
-                if ts <= st.last_ts:
-                    continue
-            elif ts < st.last_ts:
-                _bump(self.stats.rejected_by_reason, "out_of_order")
-                continue
-            st.last_ts = ts
-            if st.visits:
-                if self._removed:
-                    self._drop_removed(st, ts, trs)
-                presence.advance(st, ts, timeout, dwells, trs)
-            if t is Gps:
+                st.last_fix = (lon, lat, ts)
+                st.last_ts = ts
                 hits = hitmap.get(k)
+                if hits is None and not st.visits:
+                    continue
+                if st.visits:
+                    if self._removed:
+                        self._drop_removed(st, ts, trs)
+                    advance(st, ts, timeout, dwells, trs)
                 if hits is not None or st.visits:
-                    self._gps(ev, st, hits or _NO_HITS, trs)  # type: ignore[arg-type]
-            elif t is Wifi:
-                self._wifi(ev, st, trs)  # type: ignore[arg-type]
-            elif t is Beacon:
-                self._beacon(ev, st, trs)  # type: ignore[arg-type]
-            elif t is Nfc:
-                self._nfc(ev, st, trs)  # type: ignore[arg-type]
+                    self._gps(ev, st, hits or no_hits, trs)  # type: ignore[arg-type]
+            else:
+                handler = signals.get(t)
+                if handler is None:  # a payment or a profile: facts, applied even when late
+                    self._fact(ev, st)
+                    if ts <= st.last_ts:
+                        continue
+                elif ts < st.last_ts:
+                    rejected["out_of_order"] = rejected.get("out_of_order", 0) + 1
+                    continue
+                st.last_ts = ts
+                if st.visits:
+                    if self._removed:
+                        self._drop_removed(st, ts, trs)
+                    advance(st, ts, timeout, dwells, trs)
+                if handler is not None:
+                    handler(ev, st, trs)
             if trs:
                 self._emit(st, trs, outs)
         self._watermark = wm
