@@ -126,7 +126,10 @@ class Core:
         self.time_match = 0.0
         self.time_decide = 0.0
         self._heap: list[tuple[float, str, str, str]] = []  # (due, user, store_id, visit_id)
-        self._open: set[str] = set()  # visit ids in the heap still open (skip stale entries)
+        # Visit ids in the heap still open (the sweep skips stale entries), each with the user's
+        # record when the store keeps records in memory for good (MemoryStore), so the sweep does
+        # not look the user up again; None: ask the store (a durable store tracks what it loads).
+        self._open: dict[str, UserState | None] = {}
         self._watermark = _NEG_INF
         self._removed: set[str] = set()
         self._trs: list[Transition] = []
@@ -138,6 +141,7 @@ class Core:
         }
         # The batch's user set is a loading hint for remote stores; MemoryStore ignores it.
         self._hint_users = type(store).users is not MemoryStore.users
+        self._keep_records = type(store) is MemoryStore
         self.index = index
         self.campaigns = campaigns
         self._set_index(index)
@@ -296,7 +300,7 @@ class Core:
             for sid, v in st.visits.items():
                 due = presence.next_due(v, timeout, dwells(v.merchant_id))
                 heapq.heappush(self._heap, (due, st.user, sid, v.visit_id))
-                self._open.add(v.visit_id)
+                self._open[v.visit_id] = None
         if watermark is not None and watermark > self._watermark:
             self._watermark = watermark
 
@@ -476,9 +480,9 @@ class Core:
                     v, self.config.presence_timeout_s, self.campaigns.dwell_thresholds(v.merchant_id)
                 )
                 heapq.heappush(self._heap, (due, st.user, v.store_id, v.visit_id))
-                self._open.add(v.visit_id)
+                self._open[v.visit_id] = st if self._keep_records else None
             elif kind == "exit":
-                self._open.discard(v.visit_id)
+                self._open.pop(v.visit_id, None)
                 _bump(stats.exits_by_cause, tr.cause)
             if tr.cause == "removed":
                 continue  # the store is gone: no offer
@@ -528,11 +532,12 @@ class Core:
         timeout = self.config.presence_timeout_s
         dwells = self.campaigns.dwell_thresholds
         trs = self._trs
+        is_open = self._open
         while heap and heap[0][0] < up_to:
             _, user, sid, vid = heapq.heappop(heap)
-            if vid not in self._open:
+            if vid not in is_open:
                 continue  # exited meanwhile: no need to load the user
-            st = self.store.user(user)
+            st = is_open[vid] or self.store.user(user)
             v = st.visits.get(sid)
             if v is None or v.visit_id != vid:
                 continue  # closed meanwhile
