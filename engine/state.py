@@ -109,19 +109,28 @@ class StateStore(Protocol):
         ...
 
 
+class _Records(dict[str, UserState]):
+    """User records by user; a missing one is created empty on first look-up."""
+
+    def __missing__(self, user: str) -> UserState:
+        st = self[user] = UserState(user=user)
+        return st
+
+
 class MemoryStore:
     """All state in dicts. ``commit`` only records the outputs' push ids."""
 
     def __init__(self) -> None:
-        self._users: dict[str, UserState] = {}
+        self._users: dict[str, UserState] = _Records()
         self._inventory: dict[str, int] = {}
         self._push_ids: set[str] = set()
+        # The core looks a user up per event: the dict's own C-level subscript (creation in
+        # ``__missing__``) saves a Python call on every hit.
+        self.user = self._users.__getitem__  # type: ignore[method-assign,assignment]
 
     def user(self, user: str) -> UserState:
-        st = self._users.get(user)
-        if st is None:
-            st = self._users[user] = UserState(user=user)
-        return st
+        """The user's record, created empty if unknown (replaced per instance, see __init__)."""
+        return self._users[user]
 
     def users(self, users: Iterable[str]) -> None:
         return None
