@@ -594,35 +594,14 @@ WATERMARK_KEY = "core.watermark"
 
 def restore_core(core: Any, store: SQLiteStore) -> int:
     """Re-arm the core's in-memory timers after a restart, so visits carry on: the sweep queue of
-    open visits (silent users still get their dwell and exit) and the event-time watermark.
-    Uses ``core.restore`` when the core offers it; else re-creates the queue the way
-    ``Core._emit`` fills it. Returns the number of open visits re-armed."""
-    import heapq
-
-    from engine import presence
-
+    open visits (silent users still get their dwell and exit) and the event-time watermark,
+    through the public ``Core.restore``. Returns the number of open visits re-armed."""
     wm = store.get_meta(WATERMARK_KEY)
     users = store.users_with_visits()
-    restore = getattr(core, "restore", None)
-    if restore is not None:
-        restore(users, watermark=float(wm) if wm is not None else None)
-        return sum(len(u.visits) for u in users)
-    if wm is not None:
-        core._watermark = float(wm)
-    timeout = core.config.presence_timeout_s
-    n = 0
-    for st in users:
-        for sid, v in st.visits.items():
-            due = presence.next_due(v, timeout, core.campaigns.dwell_thresholds(v.merchant_id))
-            heapq.heappush(core._heap, (due, st.user, sid, v.visit_id))
-            if hasattr(core, "_open"):  # the core's sweep skips visit ids not in this set
-                core._open.add(v.visit_id)
-            n += 1
-    return n
+    core.restore(users, watermark=float(wm) if wm is not None else None)
+    return sum(len(u.visits) for u in users)
 
 
 def core_watermark(core: Any) -> float | None:
-    wm = getattr(core, "watermark", None)
-    if wm is None:
-        wm = getattr(core, "_watermark", None)
-    return float(wm) if isinstance(wm, int | float) and wm != float("-inf") else None
+    wm = core.watermark
+    return float(wm) if wm != float("-inf") else None

@@ -124,8 +124,13 @@ class StandInCore:
     """A tiny deterministic pipeline for transport tests (the real Core is tested elsewhere):
     every GPS fix with lat > 0 yields one push, id ``{user}:{ts}``, through ``seen_push``."""
 
+    watermark = float("-inf")  # no timers: nothing to restore after a restart
+
     def __init__(self, store: Any) -> None:
         self.store = store
+
+    def restore(self, users: Any, *, watermark: float | None = None) -> None:
+        return None
 
     def process(self, events: list[Any]) -> list[Any]:
         from engine.outputs import Coupon, Push
