@@ -124,12 +124,9 @@ class MemoryStore:
         self._users: dict[str, UserState] = _Records()
         self._inventory: dict[str, int] = {}
         self._push_ids: set[str] = set()
-        # The core looks a user up per event: the dict's own C-level subscript (creation in
-        # ``__missing__``) saves a Python call on every hit.
-        self.user = self._users.__getitem__  # type: ignore[method-assign,assignment]
 
     def user(self, user: str) -> UserState:
-        """The user's record, created empty if unknown (replaced per instance, see __init__)."""
+        """The user's record, created empty if unknown (by ``_Records.__missing__``)."""
         return self._users[user]
 
     def users(self, users: Iterable[str]) -> None:

@@ -1,5 +1,5 @@
-"""The core's MemoryStore shortcuts (C-level record look-up, the sweep reusing the record queued
-with a visit) against the plain path a durable store takes: same outputs, same stats."""
+"""The core's MemoryStore shortcut (the sweep reusing the record queued with a visit) against the
+plain path a durable store takes: same outputs, same stats."""
 
 from __future__ import annotations
 
@@ -13,12 +13,8 @@ from engine.state import MemoryStore, UserState
 
 
 class PlainStore(MemoryStore):
-    """MemoryStore without the shortcuts: a Python ``user`` method, and not the exact type, so the
-    core's sweep looks each user up again as it does for SQLite and Redis."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        del self.user  # back to the class's method
+    """MemoryStore without the shortcut: not the exact type, so the core's sweep looks each user
+    up again as it does for SQLite and Redis."""
 
     def user(self, user: str) -> UserState:
         return self.all_users().get(user) or self._create(user)
