@@ -31,7 +31,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from engine.daemon.mqtt import Inbound
 
 BATCH = 50
 PERIOD = 20  # a user's walk repeats every PERIOD fixes ...
@@ -214,36 +217,32 @@ class Watch:
     """Orchestrator-side subscriber: the engine's retained status and (optionally) pushes."""
 
     def __init__(self, url: str) -> None:
-        from engine.daemon.mqtt import MqttLink, parse_broker_url
+        from engine.daemon.collect import Subscriber  # aiomqtt stays out of `geopush --help`
 
-        self.link = MqttLink(parse_broker_url(url), client_id=f"bench-watch-{os.getpid()}")
+        self.sub = Subscriber(
+            url,
+            [f"geopush/status/{ENGINE_ID}", "geopush/push/#"],
+            self._record,
+            client_id=f"bench-watch-{os.getpid()}",
+            take_limit=100_000,
+        )
         self.status: list[dict[str, Any]] = []
         self.pushes: list[tuple[str, float, float]] = []
-        self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        await self.link.connect()
-        await self.link.subscribe([f"geopush/status/{ENGINE_ID}", "geopush/push/#"], qos=1)
-        self._task = asyncio.create_task(self._pump())
+        await self.sub.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self.link.disconnect()
+        await self.sub.stop()
 
-    async def _pump(self) -> None:
+    def _record(self, msgs: list[Inbound]) -> None:
         loads = json.loads
-        while True:
-            await self.link.wait_inbound()
-            self.link.pump(10_000)
-            for m in self.link.take(100_000):
-                if m.topic.startswith("geopush/push/"):
-                    d = loads(m.payload)
-                    self.pushes.append((d["user"], d["ts"], m.received))
-                else:
-                    self.status.append(loads(m.payload))
+        for m in msgs:
+            if m.topic.startswith("geopush/push/"):
+                d = loads(m.payload)
+                self.pushes.append((d["user"], d["ts"], m.received))
+            else:
+                self.status.append(loads(m.payload))
 
     def messages(self, pid: int) -> int:
         for s in reversed(self.status):

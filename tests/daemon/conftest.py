@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
+from engine.daemon.collect import Subscriber
 from engine.daemon.config import load_settings
-from engine.daemon.mqtt import MqttLink, parse_broker_url
+from engine.daemon.mqtt import Inbound, MqttLink, parse_broker_url
 from engine.daemon.service import Service
 from simulator.embedded_broker import EmbeddedBroker, MosquittoBroker, find_mosquitto, start_broker
 
@@ -66,32 +67,21 @@ class Collector:
     """A subscriber that records every message it gets (topic -> list of payloads)."""
 
     def __init__(self, url: str, topics: list[str], client_id: str | None = None) -> None:
-        self.link = MqttLink(parse_broker_url(url), client_id=client_id)
-        self.topics = topics
+        self.sub = Subscriber(url, topics, self._record, client_id=client_id)
         self.messages: list[tuple[str, bytes]] = []
         self.times: list[float] = []  # receive time of each message (time.time())
-        self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Collector:
-        await self.link.connect()
-        await self.link.subscribe(self.topics, qos=1)
-        self._task = asyncio.create_task(self._pump())
+        await self.sub.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self.link.disconnect()
+        await self.sub.stop()
 
-    async def _pump(self) -> None:
-        while True:
-            await self.link.wait_inbound()
-            self.link.pump(10_000)
-            for m in self.link.take(10_000):
-                self.messages.append((m.topic, m.payload))
-                self.times.append(m.received)
+    def _record(self, msgs: list[Inbound]) -> None:
+        for m in msgs:
+            self.messages.append((m.topic, m.payload))
+            self.times.append(m.received)
 
     def on(self, prefix: str) -> list[tuple[str, bytes]]:
         return [(t, p) for t, p in self.messages if t.startswith(prefix)]
