@@ -18,12 +18,16 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
 
 from engine.errors import GeopushError
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 _M_PER_DEG_LAT = 111_320.0
 _CIRCLE_VERTICES = 48
@@ -178,102 +182,119 @@ def render_map(
     dpi: int = 120,
 ) -> MapStats:
     """Draw the map to ``out`` (PNG) and return what it shows."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.collections import LineCollection, PolyCollection
-    from matplotlib.lines import Line2D
-
     stats = MapStats()
     fences = _load_fences(Path(stores))
     stats.circles, stats.polygons = len(fences.circles), fences.polygon_stores
     stats.stores = len(fences.centroid)
-
-    push_recs = list(_jsonl(Path(pushes) if pushes else None, stats))
-    enters = Counter(
-        str(r.get("store_id"))
-        for r in _jsonl(Path(visits) if visits else None, stats)
-        if r.get("event") == "enter"
-    )
+    push_recs = list(_jsonl(_path(pushes), stats))
+    enters = _enter_counts(_path(visits), stats)
     stats.visits = sum(enters.values())
     stats.pushes = len(push_recs)
     pushed_users = {str(r.get("user")) for r in push_recs}
-    fixes, sampled = _load_paths(Path(trace) if trace else None, pushed_users, max_paths, stats)
+    fixes, sampled = _load_paths(_path(trace), pushed_users, max_paths, stats)
     stats.paths = len(sampled)
 
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(10, 10))
-    all_rings = fences.circles + fences.polygons
-    if fences.circles:
-        ax.add_collection(
-            PolyCollection(
-                fences.circles,
-                facecolors=_FENCE_CIRCLE,
-                edgecolors=_FENCE_CIRCLE,
-                alpha=0.25,
-                linewidths=0.5,
-                zorder=1,
-            )
-        )
-    if fences.polygons:
-        ax.add_collection(
-            PolyCollection(
-                fences.polygons,
-                facecolors=_FENCE_POLY,
-                edgecolors=_FENCE_POLY,
-                alpha=0.30,
-                linewidths=0.6,
-                zorder=1,
-            )
-        )
+    try:
+        _draw_fences(ax, fences)
+        segs = _draw_paths(ax, fixes, sampled)
+        stats.visited_stores = _draw_visits(ax, fences.centroid, enters)
+        push_xy = _draw_pushes(ax, push_recs, fixes, fences.centroid)
+        drawn = fences.circles + fences.polygons + segs + ([push_xy] if len(push_xy) else [])
+        if not drawn:
+            raise MapError(f"nothing to draw: {stores} has no stores and there are no paths")
+        _frame(ax, np.vstack(drawn))
+        _draw_legend(ax, stats)
+        _draw_title(ax, stats, title, subtitle)
+        fig.tight_layout()
+        stats.out = _save(fig, Path(out), dpi)
+    finally:
+        plt.close(fig)
+    return stats
+
+
+def _path(p: str | Path | None) -> Path | None:
+    return Path(p) if p else None
+
+
+def _enter_counts(visits: Path | None, stats: MapStats) -> Counter[str]:
+    """Number of ``enter`` visit records per store id."""
+    return Counter(
+        str(r.get("store_id")) for r in _jsonl(visits, stats) if r.get("event") == "enter"
+    )
+
+
+def _pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend (no display needed); imported late, it is slow."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _draw_fences(ax: Axes, fences: _Fences) -> None:
+    from matplotlib.collections import PolyCollection
+
+    for rings, colour, alpha, width in (
+        (fences.circles, _FENCE_CIRCLE, 0.25, 0.5),
+        (fences.polygons, _FENCE_POLY, 0.30, 0.6),
+    ):
+        if rings:
+            ax.add_collection(PolyCollection(rings, facecolors=colour, edgecolors=colour,
+                                             alpha=alpha, linewidths=width, zorder=1))  # fmt: skip
+
+
+def _draw_paths(
+    ax: Axes, fixes: dict[str, list[tuple[float, float, float]]], sampled: set[str]
+) -> list[np.ndarray]:
+    """Draw the sampled users' paths; returns their (n, 2) lon/lat polylines."""
+    from matplotlib.collections import LineCollection
+
     segs = [np.asarray([(lon, lat) for _, lon, lat in fixes[u]]) for u in sorted(sampled)]
     segs = [s for s in segs if len(s) >= 2]
     if segs:
         ax.add_collection(LineCollection(segs, colors=_PATH, alpha=0.55, linewidths=0.7, zorder=2))
+    return segs
 
-    visited = [(fences.centroid[s], n) for s, n in enters.items() if s in fences.centroid]
-    stats.visited_stores = len(visited)
+
+def _draw_visits(ax: Axes, centroid: dict[str, tuple[float, float]], enters: Counter[str]) -> int:
+    """A dot on each visited store, its area growing with the visits; returns how many stores."""
+    visited = [(centroid[s], n) for s, n in enters.items() if s in centroid]
     if visited:
         xy = np.asarray([c for c, _ in visited])
         sizes = 12 + 10 * np.sqrt(np.asarray([n for _, n in visited], dtype=float))
-        ax.scatter(
-            xy[:, 0],
-            xy[:, 1],
-            s=sizes,
-            c=_VISIT,
-            edgecolors="white",
-            linewidths=0.4,
-            alpha=0.9,
-            zorder=3,
-        )
+        ax.scatter(xy[:, 0], xy[:, 1], s=sizes, c=_VISIT, edgecolors="white", linewidths=0.4,
+                   alpha=0.9, zorder=3)  # fmt: skip
+    return len(visited)
 
+
+def _draw_pushes(
+    ax: Axes,
+    push_recs: list[dict[str, Any]],
+    fixes: dict[str, list[tuple[float, float, float]]],
+    centroid: dict[str, tuple[float, float]],
+) -> np.ndarray:
+    """A star where each push reached its user (else at its store); returns the (n, 2) points."""
     push_xy = []
     for r in push_recs:
         pos = _position_at(fixes.get(str(r.get("user")), []), float(r.get("ts") or 0.0))
         if pos is None:
-            pos = fences.centroid.get(str(r.get("store_id")))
+            pos = centroid.get(str(r.get("store_id")))
         if pos is not None:
             push_xy.append(pos)
-    if push_xy:
-        pxy = np.asarray(push_xy)
-        ax.scatter(
-            pxy[:, 0],
-            pxy[:, 1],
-            s=46,
-            marker="*",
-            c=_PUSH,
-            edgecolors="black",
-            linewidths=0.3,
-            zorder=4,
-        )
+    pxy = np.asarray(push_xy).reshape(-1, 2)
+    if len(pxy):
+        ax.scatter(pxy[:, 0], pxy[:, 1], s=46, marker="*", c=_PUSH, edgecolors="black",
+                   linewidths=0.3, zorder=4)  # fmt: skip
+    return pxy
 
-    # Frame everything drawn; pad a little.
-    pts = [r for r in all_rings] + segs + ([np.asarray(push_xy)] if push_xy else [])
-    if not pts:
-        plt.close(fig)
-        raise MapError(f"nothing to draw: {stores} has no stores and there are no paths")
-    allp = np.vstack(pts)
-    (x0, y0), (x1, y1) = allp.min(axis=0), allp.max(axis=0)
+
+def _frame(ax: Axes, points: np.ndarray) -> None:
+    """Fit the axes to ``points`` (lon/lat), padded a little, with true-to-scale aspect."""
+    (x0, y0), (x1, y1) = points.min(axis=0), points.max(axis=0)
     coslat = max(math.cos(math.radians((y0 + y1) / 2)), 1e-6)
     # Never thinner than 1:2 on paper: a city along one street would become a sliver.
     w_m, h_m = (x1 - x0) * coslat, y1 - y0
@@ -292,65 +313,38 @@ def render_map(
     ax.ticklabel_format(useOffset=False)
     ax.grid(True, linewidth=0.3, alpha=0.4)
 
-    legend = [
-        Line2D(
-            [],
-            [],
-            marker="o",
-            ls="",
-            ms=9,
-            mfc=_FENCE_CIRCLE,
-            mec=_FENCE_CIRCLE,
-            alpha=0.4,
-            label=f"circle fences ({stats.circles})",
-        ),
-        Line2D(
-            [],
-            [],
-            marker="s",
-            ls="",
-            ms=9,
-            mfc=_FENCE_POLY,
-            mec=_FENCE_POLY,
-            alpha=0.45,
-            label=f"polygon fences ({stats.polygons})",
-        ),
+
+def _draw_legend(ax: Axes, stats: MapStats) -> None:
+    from matplotlib.lines import Line2D
+
+    def dot(
+        marker: str, ms: float, face: str, edge: str, label: str, alpha: float | None = None
+    ) -> Line2D:
+        return Line2D(
+            [], [], marker=marker, ls="", ms=ms, mfc=face, mec=edge, alpha=alpha, label=label
+        )
+
+    handles = [
+        dot("o", 9, _FENCE_CIRCLE, _FENCE_CIRCLE, f"circle fences ({stats.circles})", alpha=0.4),
+        dot("s", 9, _FENCE_POLY, _FENCE_POLY, f"polygon fences ({stats.polygons})", alpha=0.45),
         Line2D([], [], color=_PATH, lw=1.2, label=f"user paths (sample of {stats.paths})"),
-        Line2D(
-            [],
-            [],
-            marker="o",
-            ls="",
-            ms=7,
-            mfc=_VISIT,
-            mec="white",
-            label=f"visited stores ({stats.visited_stores}; size = visits)",
-        ),
-        Line2D(
-            [],
-            [],
-            marker="*",
-            ls="",
-            ms=11,
-            mfc=_PUSH,
-            mec="black",
-            label=f"pushes ({stats.pushes}, at the user's position)",
-        ),
+        dot("o", 7, _VISIT, "white", f"visited stores ({stats.visited_stores}; size = visits)"),
+        dot("*", 11, _PUSH, "black", f"pushes ({stats.pushes}, at the user's position)"),
     ]
     # Below the axes: a legend inside would hide part of the city.
-    ax.legend(handles=legend, loc="upper center", bbox_to_anchor=(0.5, -0.07), ncol=3, fontsize=8,
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.07), ncol=3, fontsize=8,
               frameon=False)  # fmt: skip
+
+
+def _draw_title(ax: Axes, stats: MapStats, title: str, subtitle: str) -> None:
     heading = f"{title}: {stats.stores} stores, {stats.visits} visits, {stats.pushes} pushes"
     ax.set_title(heading + (f"\n{subtitle}" if subtitle else ""), fontsize=11)
-    fig.tight_layout()
 
-    out_path = Path(out)
+
+def _save(fig: Figure, out_path: Path, dpi: int) -> Path:
     try:
         out_path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out_path, dpi=dpi, format="png", bbox_inches="tight", pad_inches=0.15)
     except OSError as exc:
         raise MapError(f"cannot write the map to {out_path}: {exc}") from exc
-    finally:
-        plt.close(fig)
-    stats.out = out_path
-    return stats
+    return out_path
