@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from engine.errors import FencesError, GeopushError
 
@@ -55,15 +56,32 @@ def build_parser() -> argparse.ArgumentParser:
         description="Benchmarks that report ratios against a baseline measured in the same run.",
     )
     bench_sub = bench.add_subparsers(title="benchmarks", metavar="BENCH")
-    bench.set_defaults(func=lambda _a: _help_and_fail(bench))
+    bench.set_defaults(func=lambda _a: help_and_fail(bench))
     for module, func in _BENCH:
         getattr(importlib.import_module(module), func)(bench_sub)
     return parser
 
 
-def _help_and_fail(parser: argparse.ArgumentParser) -> int:
+def help_and_fail(parser: argparse.ArgumentParser) -> int:
+    """Handler of a command group called without a subcommand: its help, exit status 2."""
     parser.print_help(sys.stderr)
     return 2
+
+
+def positive(kind: type[int] | type[float]) -> Any:
+    """An argparse ``type=`` that accepts only numbers of ``kind`` greater than zero."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not value > 0:
+            bound = ">= 1" if kind is int else "> 0"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        return value
+
+    return parse
 
 
 def _version() -> str:

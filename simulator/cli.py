@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
+from engine.cli import help_and_fail, positive
 from engine.errors import GeopushError
+
+_POS_INT = positive(int)
+_POS_FLOAT = positive(float)
 
 _CITY_EPILOG = """\
 Files written into OUT: stores.geojson (catalog), campaigns.json, profiles.jsonl, trace.jsonl
@@ -33,7 +36,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         description="Simulation: `simulate city` generates, `simulate publish` replays over MQTT.",
     )
     sim_sub = sim.add_subparsers(title="what", metavar="WHAT")
-    sim.set_defaults(func=lambda _a: _help(sim))
+    sim.set_defaults(func=lambda _a: help_and_fail(sim))
 
     city = sim_sub.add_parser(
         "city",
@@ -44,9 +47,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         epilog=_CITY_EPILOG,
         formatter_class=fmt,
     )
-    city.add_argument("--stores", type=_pos_int, default=2000, help="number of stores (default 2000)")
-    city.add_argument("--users", type=_pos_int, default=1000, help="number of people (default 1000)")
-    city.add_argument("--hours", type=_pos_float, default=12.0,
+    city.add_argument("--stores", type=_POS_INT, default=2000, help="number of stores (default 2000)")
+    city.add_argument("--users", type=_POS_INT, default=1000, help="number of people (default 1000)")
+    city.add_argument("--hours", type=_POS_FLOAT, default=12.0,
                       help="simulated hours from the start (default 12)")
     city.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     city.add_argument("--start-hour", type=float, default=6.0,
@@ -68,9 +71,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     pub.add_argument("--broker", default="mqtt://127.0.0.1:1883",
                      help="broker URL (default mqtt://127.0.0.1:1883)")
     speed = pub.add_mutually_exclusive_group()
-    speed.add_argument("--rate", type=_pos_float, default=None,
+    speed.add_argument("--rate", type=_POS_FLOAT, default=None,
                        help="events per second, ignoring the trace's timing")
-    speed.add_argument("--speed", type=_pos_float, default=None,
+    speed.add_argument("--speed", type=_POS_FLOAT, default=None,
                        help="time acceleration: 1 = real time, 60 = a minute per second; "
                        "without --rate or --speed: as fast as possible")
     pub.add_argument("--prefix", default="geopush",
@@ -85,11 +88,11 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "mall survey and the beacon rooms, a store catalog and the ground truth).",
     )
     imp_sub = imp.add_subparsers(title="format", metavar="FORMAT")
-    imp.set_defaults(func=lambda _a: _help(imp))
+    imp.set_defaults(func=lambda _a: help_and_fail(imp))
     g = imp_sub.add_parser("geolife", help="GeoLife .plt files or a Data/ tree -> trace")
     g.add_argument("path", help=".plt file or a directory holding them")
     g.add_argument("--out", required=True, help="trace .jsonl to write")
-    g.add_argument("--acc", type=_pos_float, default=None,
+    g.add_argument("--acc", type=_POS_FLOAT, default=None,
                    help="accuracy (m) to give every fix (GeoLife has none)")
     g.add_argument("--user", default=None, help="user id (default: from the folder name)")
     g.set_defaults(func=_cmd_geolife)
@@ -102,7 +105,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     c = imp_sub.add_parser("csv", help="CSV user,ts,lat,lon[,acc] -> trace")
     c.add_argument("path", help="CSV file with a header row")
     c.add_argument("--out", required=True, help="trace .jsonl to write")
-    c.add_argument("--acc", type=_pos_float, default=None,
+    c.add_argument("--acc", type=_POS_FLOAT, default=None,
                    help="accuracy (m) for rows without one")
     c.set_defaults(func=_cmd_csv)
     m = imp_sub.add_parser(
@@ -145,25 +148,6 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                          help="score only stores without this catalog tag")
     sc.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     sc.set_defaults(func=_cmd_score)
-
-
-def _help(p: argparse.ArgumentParser) -> int:
-    p.print_help(sys.stderr)
-    return 2
-
-
-def _pos_int(s: str) -> int:
-    v = int(s)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {s}")
-    return v
-
-
-def _pos_float(s: str) -> float:
-    v = float(s)
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {s}")
-    return v
 
 
 def _cmd_city(a: argparse.Namespace) -> int:

@@ -6,18 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-
-def _positive(kind: type[float] | type[int]) -> Any:
-    def parse(text: str) -> float | int:
-        try:
-            v = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if v <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return v
-
-    return parse
+from engine.cli import positive
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -36,17 +25,17 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--duration", type=_positive(float), default=60.0, metavar="SECONDS",
+    p.add_argument("--duration", type=positive(float), default=60.0, metavar="SECONDS",
                    help="wall-clock seconds to run; the city's day is accelerated to fit")  # fmt: skip
     p.add_argument("--broker", metavar="URL", default=None,
                    help="use this broker (mqtt://host:port) instead of starting an embedded one")  # fmt: skip
-    p.add_argument("--stores", type=_positive(int), default=300, metavar="N",
+    p.add_argument("--stores", type=positive(int), default=300, metavar="N",
                    help="stores in the city")  # fmt: skip
-    p.add_argument("--users", type=_positive(int), default=300, metavar="M",
+    p.add_argument("--users", type=positive(int), default=300, metavar="M",
                    help="people (phones) in the city")  # fmt: skip
     p.add_argument("--start", type=float, default=12.0, metavar="HOUR",
                    help="hour of the city's day (06-24) where the played window starts")  # fmt: skip
-    p.add_argument("--hours", type=_positive(float), default=1.0, metavar="H",
+    p.add_argument("--hours", type=positive(float), default=1.0, metavar="H",
                    help="hours of city time played, accelerated to fit --duration")  # fmt: skip
     p.add_argument("--seed", type=int, default=7, metavar="S",
                    help="random seed: the same seed gives the same city")  # fmt: skip
