@@ -13,13 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _corekit import World
 
-from engine.campaigns import CampaignSet
-from engine.core import Core, CoreConfig
+from engine.core import Core
 from engine.outputs import VisitEvent
-from engine.state import MemoryStore
 from fences.catalog import parse_catalog
-from fences.index import FenceIndex
 
 RUN = "FourScannersRun1-2015-03-10.json.gz"
 SLACK_S = 60.0
@@ -29,15 +27,9 @@ def _replay(path: Path) -> tuple[list[VisitEvent], list[dict[str, Any]], Core]:
     from simulator.importers.beacon_rooms import load_beacon_rooms
 
     fc, events, truth = load_beacon_rooms(path)
-    store = MemoryStore()
-    core = Core(FenceIndex(parse_catalog(fc)), CampaignSet(), store, CoreConfig())
-    visits: list[VisitEvent] = []
-    for i in range(0, len(events), 1024):
-        outs = core.process(events[i : i + 1024])
-        store.commit(outs)
-        visits += [o for o in outs if isinstance(o, VisitEvent)]
-    visits += [o for o in core.flush(events[-1].ts) if isinstance(o, VisitEvent)]
-    return visits, truth, core
+    world = World(parse_catalog(fc).stores)
+    world.run(events, flush=events[-1].ts)
+    return world.visits(), truth, world.core
 
 
 def _room_at(visits: list[VisitEvent], t: float) -> set[str]:

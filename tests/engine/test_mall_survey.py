@@ -7,13 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from _corekit import World
 
-from engine.campaigns import CampaignSet
-from engine.core import Core, CoreConfig
-from engine.outputs import VisitEvent
-from engine.state import MemoryStore
 from fences.catalog import parse_catalog
-from fences.index import FenceIndex
 
 
 def test_mall_survey_runs_through_cleanly(shared_data: Path) -> None:
@@ -25,15 +21,10 @@ def test_mall_survey_runs_through_cleanly(shared_data: Path) -> None:
 
     fc, raw, truth, _ = load_mall(folder)
     events = sort_events(raw)  # as `geopush import mall` writes the trace
-    store = MemoryStore()
-    core = Core(FenceIndex(parse_catalog(fc)), CampaignSet(), store, CoreConfig())
-    visits: list[VisitEvent] = []
-    for i in range(0, len(events), 1024):
-        outs = core.process(events[i : i + 1024])
-        store.commit(outs)
-        visits += [o for o in outs if isinstance(o, VisitEvent)]
-    visits += [o for o in core.flush(events[-1].ts) if isinstance(o, VisitEvent)]
-    s = core.stats
+    world = World(parse_catalog(fc).stores)
+    world.run(events, flush=events[-1].ts)
+    visits = world.visits()
+    s = world.core.stats
     assert sum(s.events_by_type.values()) == len(events) > 20_000
     assert s.rejected_by_reason == {} and s.spoofing_suspected == 0
     enters = [v for v in visits if v.event == "enter"]
