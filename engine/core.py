@@ -35,7 +35,7 @@ from engine.events import Beacon, Event, Gps, Nfc, Payment, ProfileEvent, Wifi
 from engine.outputs import VisitEvent
 from engine.presence import UMBRELLA_TAG, Transition
 from engine.profiles import ProfileBook
-from engine.state import MemoryStore, Output, StateStore, UserState
+from engine.state import Output, StateStore, UserState
 from fences.catalog import Catalog
 from fences.store import Store
 
@@ -127,8 +127,8 @@ class Core:
         self.time_decide = 0.0
         self._heap: list[tuple[float, str, str, str]] = []  # (due, user, store_id, visit_id)
         # Visit ids in the heap still open (the sweep skips stale entries), each with the user's
-        # record when the store keeps records in memory for good (MemoryStore), so the sweep does
-        # not look the user up again; None: ask the store (a durable store tracks what it loads).
+        # record when the store keeps records in memory for good (``store.in_memory``), so the
+        # sweep does not look the user up again; None: ask the store (it tracks what it loads).
         self._open: dict[str, UserState | None] = {}
         self._watermark = _NEG_INF
         self._removed: set[str] = set()
@@ -139,9 +139,9 @@ class Core:
             Beacon: self._beacon,
             Nfc: self._nfc,
         }
-        # The batch's user set is a loading hint for remote stores; MemoryStore ignores it.
-        self._hint_users = type(store).users is not MemoryStore.users
-        self._keep_records = type(store) is MemoryStore
+        # A store that holds every record in memory needs no loading hints, and its records can
+        # be kept by reference; others load per batch and are asked again.
+        self._keep_records = store.in_memory
         self.index = index
         self.campaigns = campaigns
         self._set_index(index)
@@ -186,7 +186,7 @@ class Core:
             self._sweep(self._watermark - self.config.sweep_lateness_s, outs)
             return outs
         store = self.store
-        if self._hint_users:
+        if not self._keep_records:
             store.users({ev.user for ev in events})
         ebt = self.stats.events_by_type
         for typ, n in Counter(map(type, events)).items():

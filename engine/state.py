@@ -83,6 +83,10 @@ def decode_user(blob: bytes) -> UserState:
 class StateStore(Protocol):
     """What the core needs from a state backend."""
 
+    # True when every user record lives in this process for good (the same object on every
+    # look-up, nothing to load): the core then skips loading hints and keeps record references.
+    in_memory: bool
+
     def user(self, user: str) -> UserState:
         """The user's record, created empty if unknown. The core mutates it in place; the store
         remembers it as touched until the next commit."""
@@ -119,6 +123,8 @@ class _Records(dict[str, UserState]):
 
 class MemoryStore:
     """All state in dicts. ``commit`` only records the outputs' push ids."""
+
+    in_memory = True
 
     def __init__(self) -> None:
         self._users: dict[str, UserState] = _Records()

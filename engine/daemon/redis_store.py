@@ -226,6 +226,8 @@ def connect(url: str, *, reconnect_s: float = 30.0) -> redis.Redis:
 class RedisStore:
     """StateStore shared by several workers through one Redis primary (see module doc)."""
 
+    in_memory = False  # records are loaded per batch and may change under other workers
+
     def __init__(
         self,
         client: redis.Redis,

@@ -70,6 +70,8 @@ Renderer = Callable[[Output], OutRow]
 class SQLiteStore:
     """Durable StateStore. Single writer: one daemon process owns the file."""
 
+    in_memory = False  # records are loaded and written back per batch
+
     def __init__(
         self,
         path: str | Path,

@@ -13,8 +13,10 @@ from engine.state import MemoryStore, UserState
 
 
 class PlainStore(MemoryStore):
-    """MemoryStore without the shortcut: not the exact type, so the core's sweep looks each user
-    up again as it does for SQLite and Redis."""
+    """MemoryStore taking the durable stores' path: not ``in_memory``, so the core sends loading
+    hints and its sweep looks each user up again, as for SQLite and Redis."""
+
+    in_memory = False
 
     def user(self, user: str) -> UserState:
         return self.all_users().get(user) or self._create(user)
