@@ -59,9 +59,14 @@ def _event_type(cls: type) -> str:
 class CoreLike(Protocol):
     """What the daemon needs from ``engine.core.Core``."""
 
+    @property
+    def watermark(self) -> float: ...
+
     def process(self, events: Sequence[Any]) -> list[Output]: ...
 
     def flush(self, now_ts: float) -> list[Output]: ...
+
+    def restore(self, users: Sequence[Any], *, watermark: float | None = None) -> None: ...
 
 
 CoreFactory = Callable[[SQLiteStore], CoreLike]
@@ -333,12 +338,13 @@ class Service:
                 "core failed on a batch of %d events; retrying message by message", len(events)
             )
             store.rollback()
-            outputs = self._process_one_by_one(per_msg, dead)
+            self._process_one_by_one(per_msg, dead)
+            outputs = []  # committed and queued message by message
         t1 = time.perf_counter()
         # commit_batch: a shared (Redis) store may report a conflict; the batch is then re-run.
         outputs, rows = commit_batch(
             core, store, events, outputs, extra=dead, inputs=inputs,
-            meta=lambda: {WATERMARK_KEY: repr(w)} if (w := core_watermark(core)) is not None else None,
+            meta=lambda: watermark_meta(core),
         )  # fmt: skip
         t2 = time.perf_counter()
         for x in batch:
@@ -359,11 +365,10 @@ class Service:
 
     def _process_one_by_one(
         self, per_msg: list[tuple[Inbound, bytes, list[Any]]], dead: list[OutRow]
-    ) -> list[Output]:
+    ) -> None:
         """A core bug must not poison the stream: commit message by message, dead-letter the
         message(s) the core cannot process (reason ``engine_error``)."""
         store, core = self._require_store(), self._require_core()
-        outputs: list[Output] = []
         for x, k, evs in per_msg:
             try:
                 outs = core.process(evs)
@@ -378,8 +383,8 @@ class Service:
                 self.metrics.rejects.labels("engine_error").inc()
                 continue
             outs, rows = commit_batch(core, store, evs, outs)  # re-runs on a group conflict
+            self._account([], outs)  # the batch accounts for the events themselves
             self._require_outbox().push(rows, received=x.received)
-        return outputs
 
     def _idle_flush(self) -> None:
         """The feed went quiet: time out visits up to the wall clock (minus the core's lateness
@@ -394,7 +399,7 @@ class Service:
         if outs:
             outs, rows = commit_batch(  # a group's workers may flush the same timers: re-run
                 core, store, [], outs, rerun=lambda: core.flush(now),
-                meta=lambda: {WATERMARK_KEY: repr(w)} if (w := core_watermark(core)) is not None else None,
+                meta=lambda: watermark_meta(core),
             )  # fmt: skip
             self._account([], outs)
             self._require_outbox().push(rows)
@@ -592,7 +597,7 @@ def warm_up(index: Any, campaigns: Any) -> None:
 WATERMARK_KEY = "core.watermark"
 
 
-def restore_core(core: Any, store: SQLiteStore) -> int:
+def restore_core(core: CoreLike, store: SQLiteStore) -> int:
     """Re-arm the core's in-memory timers after a restart, so visits carry on: the sweep queue of
     open visits (silent users still get their dwell and exit) and the event-time watermark,
     through the public ``Core.restore``. Returns the number of open visits re-armed."""
@@ -602,6 +607,12 @@ def restore_core(core: Any, store: SQLiteStore) -> int:
     return sum(len(u.visits) for u in users)
 
 
-def core_watermark(core: Any) -> float | None:
+def core_watermark(core: CoreLike) -> float | None:
     wm = core.watermark
     return float(wm) if wm != float("-inf") else None
+
+
+def watermark_meta(core: CoreLike) -> dict[str, str] | None:
+    """The meta row committed with each batch, so a restart resumes at the same event time."""
+    wm = core_watermark(core)
+    return {WATERMARK_KEY: repr(wm)} if wm is not None else None
