@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
-from .conftest import Collector, gps, publish_all, running_service
+from .conftest import Collector, StandInCore, gps, publish_all, running_service
 
 
 async def test_event_to_push_round_trip(broker, tmp_path):
@@ -124,3 +125,32 @@ async def test_link_moves_large_and_small_packets_intact_with_nothing_stuck(brok
     finally:
         await tx.disconnect()
         await rx.disconnect()
+
+
+class _CoreThatFailsOnMallory(StandInCore):
+    """A core bug stand-in: any batch holding one of mallory's events raises."""
+
+    def process(self, events: list[Any]) -> list[Any]:
+        if any(ev.user == "mallory" for ev in events):
+            raise RuntimeError("boom")
+        return super().process(events)
+
+
+async def test_a_core_failure_dead_letters_only_the_poison_message(broker, tmp_path):
+    state = tmp_path / "s.db"
+    msgs = [("geopush/events/erin", gps("erin", float(i))) for i in range(1, 11)]
+    msgs.insert(5, ("geopush/events/mallory", gps("mallory", 5.5)))
+    async with Collector(broker.url, ["geopush/push/#", "geopush/deadletter"]) as col:
+        async with running_service(
+            broker.url, state, core_factory=_CoreThatFailsOnMallory
+        ) as svc:
+            await publish_all(broker.url, msgs)
+            await col.wait_for(
+                lambda c: len(c.on("geopush/push/")) == 10 and len(c.on("geopush/deadletter")) == 1
+            )
+            assert svc.totals["pushes"] == 10
+        letter = col.json_on("geopush/deadletter")[0]
+    assert letter["reason"] == "engine_error" and letter["topic"] == "geopush/events/mallory"
+    assert sorted(p["push_id"] for p in col.json_on("geopush/push/erin")) == sorted(
+        f"erin:{float(i)}" for i in range(1, 11)
+    )
