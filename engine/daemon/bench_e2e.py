@@ -6,14 +6,17 @@ What it runs (all on this machine, each in its own process so nobody shares a co
 * the transport ceiling: a bare aiomqtt subscriber (QoS 1, auto-ack) that only counts;
 * the engine: ``geopush run`` as a subprocess over a synthetic city (engine.daemon.workload:
   20 x 20 stores, one enter campaign each, users walking; 1 fix in 10 inside a store);
-* publishers: several processes publishing QoS 1 with many messages in flight.
+* publishers: ``--publishers`` processes publishing QoS 1 with up to 1000 messages in flight
+  each, through a raw-socket MQTT client (engine.daemon.bench_pub): pre-encoded packets, one
+  ``send`` per chunk of due messages, PUBACKs read in bulk. On 2 cores a paho/aiomqtt publisher
+  (~17-20 µs of CPU per message) took the core the engine needed; this one costs ~2-3 µs.
 
 Maximum rates (ceiling and engine) are measured by draining a backlog: the consumer's persistent
 session is created, the consumer stops, the publishers preload N messages into the broker, the
 consumer starts again and we time 10% -> 90% of the drain. That isolates the consumer from the
 publishers' CPU. Latency is then measured live at 25/50/90% of the engine's maximum: publishers
 pace their sends, a collector subscribes to the pushes, and event-to-push latency is the time from
-the publisher handing a message to its client to the collector receiving the push it caused.
+the publisher handing a message to the socket to the collector receiving the push it caused.
 All of it for single-event messages and for batch messages of 50 events.
 """
 
@@ -26,15 +29,13 @@ import json
 import math
 import multiprocessing as mp
 import os
+import queue
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from engine.daemon.mqtt import Inbound
+from typing import Any
 
 BATCH = 50
 PERIOD = 20  # a user's walk repeats every PERIOD fixes ...
@@ -104,28 +105,27 @@ def _messages(kind: str, prefix: str, users: int, count: int, topic_prefix: str)
 
 def _publisher(url: str, kind: str, prefix: str, users: int, count: int, rate: float | None,
                topic_prefix: str, out: Any) -> None:  # fmt: skip
-    """Child process: publish ``count`` messages (paced at ``rate`` msg/s, or flat out)."""
-    from engine.daemon.mqtt import MqttLink, parse_broker_url, publish_paced
+    """Child process: publish ``count`` messages (paced at ``rate`` msg/s, or flat out) through
+    the raw-socket publisher (engine.daemon.bench_pub: ~2-3 µs of CPU per message where paho
+    took ~17-20), every one acknowledged. Messages are generated and encoded before the clock
+    starts; ``cpu`` is the publishing part only, ``cpu_setup`` the generation."""
+    from engine.daemon.bench_pub import RawPublisher
 
-    msgs, keys = _messages(kind, prefix, users, count, topic_prefix)
-    sent: dict[tuple[str, float], float] = {}
-
-    def on_sent(i: int, t: float) -> None:
-        for k in keys[i]:
-            sent[k] = t
-
-    async def run() -> tuple[int, float]:
-        link = MqttLink(parse_broker_url(url), max_inflight_out=0)  # publish_paced bounds it
-        await link.connect()
-        t0 = time.monotonic()
-        n = await publish_paced(link, msgs, rate=rate, max_in_flight=1000, on_sent=on_sent)
-        dt = time.monotonic() - t0
-        await link.disconnect()
-        return n, dt
-
-    cpu0 = time.process_time()
-    n, dt = asyncio.run(run())
-    out.put({"n": n, "seconds": dt, "sent": sent, "cpu": time.process_time() - cpu0})
+    try:
+        cpu0 = time.process_time()
+        msgs, keys = _messages(kind, prefix, users, count, topic_prefix)
+        packets = RawPublisher.prepare(msgs)
+        setup = time.process_time() - cpu0
+        with RawPublisher(url, client_id=f"bench-pub-{prefix}{os.getpid()}", max_in_flight=1000) as pub:
+            rep = pub.publish(packets, rate)
+    except Exception as exc:  # noqa: BLE001  (reported by the parent, which would wait forever)
+        out.put({"error": f"{type(exc).__name__}: {exc}"})
+        return
+    # (user, ts) of each fix that causes a push -> when its message was handed to the socket
+    times = rep.send_times()
+    sent = {k: times[i] for i, ks in enumerate(keys) for k in ks}
+    out.put({"n": rep.n, "seconds": rep.seconds, "sent": sent, "cpu": rep.cpu_seconds,
+             "cpu_setup": setup, "max_in_flight": rep.max_in_flight_seen})  # fmt: skip
 
 
 def _publish(url: str, kind: str, tag: str, count: int, rate: float | None, procs: int,
@@ -145,14 +145,29 @@ def _publish(url: str, kind: str, tag: str, count: int, rate: float | None, proc
         )
         p.start()
         ps.append(p)
-    results = [q.get() for _ in ps]
+    results: list[dict[str, Any]] = []
+    while len(results) < len(ps):
+        try:
+            results.append(q.get(timeout=1.0))
+        except queue.Empty:
+            if all(p.exitcode is not None for p in ps):  # died without a word (killed?)
+                with contextlib.suppress(queue.Empty):
+                    results.append(q.get(timeout=2.0))
+                    continue
+                codes = [p.exitcode for p in ps]
+                raise RuntimeError(f"bench: publisher processes exited without a result: {codes}") from None
     for p in ps:
         p.join()
+    errors = [r["error"] for r in results if "error" in r]
+    if errors:
+        from engine.daemon.bench_pub import BenchPublishError
+
+        raise BenchPublishError(f"bench: a publisher failed: {errors[0]}")
     sent: dict[tuple[str, float], float] = {}
     for r in results:
         sent.update(r["sent"])
     return {"n": sum(r["n"] for r in results), "seconds": max(r["seconds"] for r in results), "sent": sent,
-            "cpu": sum(r["cpu"] for r in results)}
+            "cpu": sum(r["cpu"] for r in results), "cpu_setup": sum(r["cpu_setup"] for r in results)}
 
 
 # --- the ceiling: a bare aiomqtt subscriber that only counts -----------------------------------
@@ -214,17 +229,20 @@ def _run_ceiling(url: str, kind: str, n: int, procs: int, use_uvloop: bool) -> f
 
 
 class Watch:
-    """Orchestrator-side subscriber: the engine's retained status and (optionally) pushes."""
+    """Orchestrator-side subscriber: the engine's retained status and the pushes.
+
+    A raw-socket subscriber (engine.daemon.bench_pub.RawSubscriber, QoS 1, PUBACKs of a read in
+    one write): through paho it cost ~3 µs of CPU per event at 50% single-event load, as much
+    as the publishers. A push's receive time is when the chunk holding it left the socket."""
 
     def __init__(self, url: str) -> None:
-        from engine.daemon.collect import Subscriber  # aiomqtt stays out of `geopush --help`
+        from engine.daemon.bench_pub import RawSubscriber
 
-        self.sub = Subscriber(
+        self.sub = RawSubscriber(
             url,
             [f"geopush/status/{ENGINE_ID}", "geopush/push/#"],
             self._record,
             client_id=f"bench-watch-{os.getpid()}",
-            take_limit=100_000,
         )
         self.status: list[dict[str, Any]] = []
         self.pushes: list[tuple[str, float, float]] = []
@@ -235,14 +253,14 @@ class Watch:
     async def stop(self) -> None:
         await self.sub.stop()
 
-    def _record(self, msgs: list[Inbound]) -> None:
+    def _record(self, msgs: list[tuple[str, bytes]], received: float) -> None:
         loads = json.loads
-        for m in msgs:
-            if m.topic.startswith("geopush/push/"):
-                d = loads(m.payload)
-                self.pushes.append((d["user"], d["ts"], m.received))
+        for topic, payload in msgs:
+            if topic.startswith("geopush/push/"):
+                d = loads(payload)
+                self.pushes.append((d["user"], d["ts"], received))
             else:
-                self.status.append(loads(m.payload))
+                self.status.append(loads(payload))
 
     def messages(self, pid: int) -> int:
         for s in reversed(self.status):
@@ -260,6 +278,8 @@ class Watch:
     async def wait(self, pred: Any, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while not pred():
+            if self.sub.lost is not None:
+                raise RuntimeError(f"bench: the watch lost its broker connection: {self.sub.lost}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"bench: timed out waiting for {what}")
             await asyncio.sleep(0.02)
@@ -392,10 +412,10 @@ async def _measure_kind(url: str, kind: str, args: argparse.Namespace, engine: E
         watch.pushes.clear()
         base = watch.messages(pid)
         b0 = engine.e2p_buckets()
-        c0 = (proc_cpu(pid), proc_cpu(broker_pid), time.monotonic())
+        c0 = (proc_cpu(pid), proc_cpu(broker_pid), time.monotonic(), time.process_time())
         pub = await asyncio.to_thread(_publish, url, kind, f"l{int(frac * 100)}-{kind}-", count, rate, args.publishers)
         await watch.wait(lambda: watch.idle(pid, base + pub["n"]), 120, "the engine to catch up")  # noqa: B023
-        c1 = (proc_cpu(pid), proc_cpu(broker_pid), time.monotonic())
+        c1 = (proc_cpu(pid), proc_cpu(broker_pid), time.monotonic(), time.process_time())
         await asyncio.sleep(0.5)  # last pushes in flight
         lat = [(t - pub["sent"][(u, ts)]) * 1000 for u, ts, t in watch.pushes if (u, ts) in pub["sent"]]
         b1 = engine.e2p_buckets()
@@ -417,8 +437,13 @@ async def _measure_kind(url: str, kind: str, args: argparse.Namespace, engine: E
                 "engine": round((c1[0] - c0[0]) / (pub["n"] * per) * 1e6, 1),
                 "broker": round((c1[1] - c0[1]) / (pub["n"] * per) * 1e6, 1),
                 "publishers": round(pub["cpu"] / (pub["n"] * per) * 1e6, 1),
+                # generating and encoding the messages, before the publishers' clock starts
+                "publishers_setup": round(pub["cpu_setup"] / (pub["n"] * per) * 1e6, 1),
+                # this process: the Watch's subscriber (pushes, status) and the orchestration
+                "collector": round((c1[3] - c0[3]) / (pub["n"] * per) * 1e6, 1),
             },
-            "cores_busy": round(((c1[0] - c0[0]) + (c1[1] - c0[1]) + pub["cpu"]) / (c1[2] - c0[2]), 2),
+            "cores_busy": round(((c1[0] - c0[0]) + (c1[1] - c0[1]) + pub["cpu"] + (c1[3] - c0[3]))
+                                / (c1[2] - c0[2]), 2),  # fmt: skip
         }
         res["loads"].append(row)
         say(f"[{kind}] {frac:.0%} load: {row['achieved_events_per_s']:,} events/s, p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms ({len(lat)} pushes); in the engine p50 <= {row['engine_p50_ms_le']} ms, p99 <= {row['engine_p99_ms_le']} ms, CPU µs/event {row['cpu_us_per_event']}, cores busy {row['cores_busy']}")
