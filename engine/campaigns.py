@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -92,6 +94,13 @@ class CampaignSet:
     _dwells: dict[str, tuple[int, ...]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
+    # The core's hot-path forms of ``candidates`` and ``dwell_thresholds``: bound look-ups of
+    # defaultdicts, so no Python frame runs per call (a key never seen is added with ``()``,
+    # bounded by the merchants and triggers the core meets).
+    lookup: Callable[[tuple[str, str]], tuple[Campaign, ...]] = field(
+        init=False, repr=False, compare=False
+    )
+    dwells_of: Callable[[str], tuple[int, ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         groups: dict[tuple[str, str], list[Campaign]] = {}
@@ -105,6 +114,10 @@ class CampaignSet:
             self._by_key[key] = tuple(cs)
         for m, ds in dwells.items():
             self._dwells[m] = tuple(sorted(ds))
+        by_key: defaultdict[tuple[str, str], tuple[Campaign, ...]] = defaultdict(tuple, self._by_key)
+        dw: defaultdict[str, tuple[int, ...]] = defaultdict(tuple, self._dwells)
+        object.__setattr__(self, "lookup", by_key.__getitem__)
+        object.__setattr__(self, "dwells_of", dw.__getitem__)
 
     def candidates(self, merchant_id: str, trigger_key: str) -> tuple[Campaign, ...]:
         """Campaigns of this merchant on this trigger, in decision order."""

@@ -198,7 +198,7 @@ class Core:
         wm = self._watermark
         cfg = self.config
         timeout = cfg.presence_timeout_s
-        dwells = self.campaigns.dwell_thresholds
+        dwells = self.campaigns.dwells_of
         advance = presence.advance
         rejected = self.stats.rejected_by_reason
         signals = self._signals
@@ -295,7 +295,7 @@ class Core:
         visits of ``users`` for the sweep, and raise the watermark to ``watermark`` if given.
         Re-queuing a visit already queued is harmless (the sweep checks each entry)."""
         timeout = self.config.presence_timeout_s
-        dwells = self.campaigns.dwell_thresholds
+        dwells = self.campaigns.dwells_of
         for st in users:
             for sid, v in st.visits.items():
                 due = presence.next_due(v, timeout, dwells(v.merchant_id))
@@ -322,24 +322,29 @@ class Core:
     def _fact(self, ev: Event, st: UserState) -> None:
         if isinstance(ev, Payment):
             m = ev.merchant_id
-            n = st.payments.get(m, 0)
-            st.payments[m] = n + 1
+            payments = st.payments
+            if payments is None:
+                payments = st.payments = {}
+            n = payments.get(m, 0)
+            payments[m] = n + 1
             self.stats.payments += 1
             if n == 0:
                 self.stats.new_customer_payments += 1
-            if m not in st.follows:
-                st.follows.append(m)  # pay and follow
+            if st.follows is None:
+                st.follows = [m]  # pay and follow
+            elif m not in st.follows:
+                st.follows.append(m)
         elif isinstance(ev, ProfileEvent) and ev.ts >= st.profile_ts:
             st.profile_ts = ev.ts
             st.tags = sorted(set(ev.tags))
             st.opt_out = ev.opt_out
 
-    def _profile(self, st: UserState) -> tuple[frozenset[str] | list[str], bool]:
+    def _profile(self, st: UserState) -> tuple[frozenset[str] | Sequence[str], bool]:
         if st.profile_ts == _NEG_INF and self.profiles is not None:
             p = self.profiles.get(st.user)
             if p is not None:
                 return p.tags, p.opt_out
-        return st.tags, st.opt_out
+        return st.tags or (), st.opt_out
 
     # --- location signals ----------------------------------------------------------------------
 
@@ -354,10 +359,11 @@ class Core:
         if visits:
             near = {slot: d for slot, d in hits}
             limit = acc + cfg.exit_margin_m
+            slot_of = self.catalog.slot_of
             for sid in sorted(visits):
                 if fresh and sid == st.claim_store:
                     continue  # near-field/WiFi beats GPS while the claim is fresh
-                slot = _slot(self.catalog, sid)
+                slot = slot_of(sid)
                 d = near.get(slot) if slot is not None else None
                 if d is None or d > limit:
                     tr = presence.close(st, sid, ts, "gps")
@@ -477,7 +483,7 @@ class Core:
                 else:
                     stats.visits_new += 1
                 due = presence.next_due(
-                    v, self.config.presence_timeout_s, self.campaigns.dwell_thresholds(v.merchant_id)
+                    v, self.config.presence_timeout_s, self.campaigns.dwells_of(v.merchant_id)
                 )
                 heapq.heappush(self._heap, (due, st.user, v.store_id, v.visit_id))
                 self._open[v.visit_id] = st if self._keep_records else None
@@ -495,11 +501,11 @@ class Core:
 
     def _decide(self, st: UserState, tr: Transition) -> Any:
         v = tr.visit
-        if not self.campaigns.candidates(v.merchant_id, _key(tr)):
+        if not self.campaigns.lookup((v.merchant_id, _key(tr))):
             return None
         t0 = time.perf_counter() if self.timing else 0.0
         tags, opt_out = self._profile(st)
-        slot = _slot(self.catalog, v.store_id)
+        slot = self.catalog.slot_of(v.store_id)
         tz = self.catalog.stores[slot].tz if slot is not None else "UTC"
         push = decide(
             campaigns=self.campaigns,
@@ -530,7 +536,7 @@ class Core:
     def _sweep(self, up_to: float, outs: list[Output]) -> None:
         heap = self._heap
         timeout = self.config.presence_timeout_s
-        dwells = self.campaigns.dwell_thresholds
+        dwells = self.campaigns.dwells_of
         trs = self._trs
         is_open = self._open
         while heap and heap[0][0] < up_to:
@@ -623,18 +629,12 @@ def _key(tr: Transition) -> str:
 
 
 def _returning(st: UserState, s: Store) -> bool:
-    return st.payments.get(s.merchant_id, 0) > 0
-
-
-def _slot(cat: Catalog, store_id: str) -> int | None:
-    try:
-        return cat.slot(store_id)
-    except KeyError:  # UnknownStoreError: removed from the catalog
-        return None
+    p = st.payments
+    return p is not None and p.get(s.merchant_id, 0) > 0
 
 
 def _holds(cat: Catalog, store_id: str) -> bool:
-    return _slot(cat, store_id) is not None
+    return cat.slot_of(store_id) is not None
 
 
 _TYPE_NAME: dict[type, str] = {

@@ -78,7 +78,7 @@ def audience_ok(c: Campaign, tags: Iterable[str], visit: Visit, st: UserState) -
         return False
     if seg == "returning" and not visit.returning:
         return False
-    if seg == "followers" and c.merchant_id not in st.follows:
+    if seg == "followers" and (st.follows is None or c.merchant_id not in st.follows):
         return False
     if c.tags_any or c.exclude_tags:
         tagset = tags if isinstance(tags, frozenset | set) else frozenset(tags)
@@ -100,7 +100,7 @@ def schedule_ok(c: Campaign, ts: float, weekday: int, minute: int) -> bool:
 
 
 def caps_ok(c: Campaign, st: UserState, ts: float) -> bool:
-    times = st.push_times.get(c.id)
+    times = st.push_times.get(c.id) if st.push_times is not None else None
     if not times:
         return True
     if c.cooldown_s > 0.0 and ts - max(times) < c.cooldown_s:
@@ -121,13 +121,19 @@ def record_push(c: Campaign, st: UserState, ts: float, day: str) -> None:
     Uncapped campaigns keep no times (nothing would ever read them)."""
     if not c.uncapped:
         keep = max(c.period_s or 0.0, c.cooldown_s)
-        times = [t for t in st.push_times.get(c.id, ()) if t > ts - keep]
+        pt = st.push_times
+        if pt is None:
+            pt = st.push_times = {}
+        times = [t for t in pt.get(c.id, ()) if t > ts - keep]
         times.append(ts)
-        st.push_times[c.id] = times
-    if day not in st.day_pushes:
-        for old in [d for d in st.day_pushes if d < day]:
-            del st.day_pushes[old]
-    st.day_pushes[day] = st.day_pushes.get(day, 0) + 1
+        pt[c.id] = times
+    dp = st.day_pushes
+    if dp is None:
+        dp = st.day_pushes = {}
+    elif day not in dp:
+        for old in [d for d in dp if d < day]:
+            del dp[old]
+    dp[day] = dp.get(day, 0) + 1
 
 
 def decide(
@@ -146,7 +152,7 @@ def decide(
 ) -> Push | None:
     """The push for this (visit, trigger), or None. Takes inventory and records caps on a push."""
     key = f"dwell:{dwell_s}" if trigger == "dwell" else trigger
-    cands = campaigns.candidates(visit.merchant_id, key)
+    cands = campaigns.lookup((visit.merchant_id, key))
     if not cands:
         return None
 
@@ -162,7 +168,7 @@ def decide(
             return None
     day = utc_day(ts)
     limit = campaigns.max_pushes_per_user_per_day
-    if limit is not None and st.day_pushes.get(day, 0) >= limit:
+    if limit is not None and st.day_pushes is not None and st.day_pushes.get(day, 0) >= limit:
         sk["daily_limit"] = sk.get("daily_limit", 0) + 1
         return None
     for c in cands:

@@ -155,6 +155,8 @@ def claim_is_fresh(st: UserState, ts: float, window_s: float) -> bool:
 def smooth_rssi(st: UserState, store_id: str, rssi: float, ts: float, window_s: float, alpha: float) -> float:
     """Exponentially smoothed beacon RSSI of this store for this user (reset when stale)."""
     near = st.near
+    if near is None:
+        near = st.near = {}
     cur = near.get(store_id)
     val = rssi if cur is None or ts - cur[1] > window_s else alpha * rssi + (1.0 - alpha) * cur[0]
     near[store_id] = [val, ts]

@@ -25,8 +25,9 @@ from typing import Protocol
 import msgspec
 
 
-class Visit(msgspec.Struct, kw_only=True):
-    """One open stay of one user in one store."""
+class Visit(msgspec.Struct, kw_only=True, gc=False):
+    """One open stay of one user in one store. (``gc=False``: it holds no reference back to
+    anything that holds it, so it can never be part of a reference cycle.)"""
 
     visit_id: str
     store_id: str
@@ -39,20 +40,28 @@ class Visit(msgspec.Struct, kw_only=True):
     returning: bool = False
 
 
-class UserState(msgspec.Struct, kw_only=True):
-    """Everything the core knows about one user. Owned by the core; stores only persist it."""
+class UserState(msgspec.Struct, kw_only=True, gc=False):
+    """Everything the core knows about one user. Owned by the core; stores only persist it.
+
+    Lean by design: a million-user replay creates a record for most users it sees, and most
+    users never pay, get a push or see a beacon. The containers that only some users need are
+    ``None`` until first written (the writers create them), so a new record is one small
+    object instead of eight; ``visits`` is always a dict (the hot path reads it on every
+    event). ``gc=False``: records never reference each other or themselves, so they can never
+    be part of a reference cycle and the collector need not track them.
+    """
 
     user: str
     last_ts: float = float("-inf")  # newest event time processed (out-of-order guard)
     last_fix: tuple[float, float, float] | None = None  # (lon, lat, ts) of last accepted GPS fix
     visits: dict[str, Visit] = msgspec.field(default_factory=dict)  # store_id -> open visit
     visit_seq: int = 0
-    tags: list[str] = msgspec.field(default_factory=list)
+    tags: list[str] | None = None
     opt_out: bool = False
-    payments: dict[str, int] = msgspec.field(default_factory=dict)  # merchant_id -> count
-    follows: list[str] = msgspec.field(default_factory=list)  # merchant_ids
-    push_times: dict[str, list[float]] = msgspec.field(default_factory=dict)  # campaign -> ts
-    day_pushes: dict[str, int] = msgspec.field(default_factory=dict)  # "YYYY-MM-DD" -> count
+    payments: dict[str, int] | None = None  # merchant_id -> count
+    follows: list[str] | None = None  # merchant_ids
+    push_times: dict[str, list[float]] | None = None  # campaign -> ts
+    day_pushes: dict[str, int] | None = None  # "YYYY-MM-DD" -> count
     version: int = 0  # bumped on every commit; lets a shared store detect concurrent writers
     # Added by the core (issue 3), see engine/presence.py: the WiFi/near-field "claim" that
     # arbitrates overlapping fences, smoothed beacon RSSI per store, and the newest profile event.
@@ -60,7 +69,7 @@ class UserState(msgspec.Struct, kw_only=True):
     claim_ts: float = float("-inf")
     claim_rank: int = -1
     claim_rssi: float = float("-inf")
-    near: dict[str, list[float]] = msgspec.field(default_factory=dict)  # store -> [rssi, ts]
+    near: dict[str, list[float]] | None = None  # store -> [rssi, ts]
     profile_ts: float = float("-inf")
 
 
@@ -130,9 +139,13 @@ class MemoryStore:
         self._users: dict[str, UserState] = _Records()
         self._inventory: dict[str, int] = {}
         self._push_ids: set[str] = set()
+        # The core looks a user up on every event: bind the dict's own look-up (which creates
+        # missing records through ``_Records.__missing__``) so no Python frame runs per hit.
+        self.user = self._users.__getitem__  # type: ignore[method-assign,assignment]
 
     def user(self, user: str) -> UserState:
-        """The user's record, created empty if unknown (by ``_Records.__missing__``)."""
+        """The user's record, created empty if unknown (by ``_Records.__missing__``). Shadowed
+        per instance by the bound ``dict.__getitem__`` (see ``__init__``): same behaviour."""
         return self._users[user]
 
     def users(self, users: Iterable[str]) -> None:

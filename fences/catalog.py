@@ -74,6 +74,8 @@ class Catalog:
         self._by_beacon: dict[str, int] = {}
         self._by_nfc: dict[str, int] = {}
         self._removed: set[int] = set()
+        # ``slot_of(store_id)``: the live slot or None; a bound dict look-up for hot paths.
+        self.slot_of: Callable[[str], int | None] = self._by_id.get
         for store in stores:
             self.add(store)
 

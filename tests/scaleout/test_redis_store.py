@@ -48,11 +48,13 @@ def _random_op(rng: random.Random, store: Any, pending: list[Output]) -> object:
         st = store.user(user)
         st.last_ts = max(st.last_ts, 0.0) + rng.random()
         st.visit_seq += 1
-        st.payments[f"m{rng.randrange(3)}"] = st.payments.get("m0", 0) + 1
+        pay = st.payments = st.payments or {}
+        pay[f"m{rng.randrange(3)}"] = pay.get("m0", 0) + 1
         return st.visit_seq
     if kind == 1:
         st = store.user(user)
-        st.tags.append(f"t{rng.randrange(4)}")
+        st.tags = [*(st.tags or ()), f"t{rng.randrange(4)}"]
+        st.push_times = st.push_times or {}
         st.push_times.setdefault("c0", []).append(float(rng.randrange(100)))
         return len(st.tags)
     if kind == 2:
@@ -64,7 +66,7 @@ def _random_op(rng: random.Random, store: Any, pending: list[Output]) -> object:
         if got:
             pid = f"p{rng.randrange(40)}"
             if not store.seen_push(pid):
-                store.user(user).day_pushes["2026-11-25"] = 1
+                store.user(user).day_pushes = {"2026-11-25": 1}
                 pending.append(_push(user, pid, c))
         return got
     if kind == 4:
@@ -161,7 +163,7 @@ def test_inventory_never_oversold_under_concurrency(make_store: MakeStore) -> No
             def process(events: Sequence[str], user: str = user, n: int = n) -> list[Output]:
                 out: list[Output] = []
                 if store.take_coupon("scarce", total):
-                    store.user(user).day_pushes["d"] = n
+                    store.user(user).day_pushes = {"d": n}
                     out.append(_push(user, f"{user}-{n}", "scarce"))
                 return out
 
