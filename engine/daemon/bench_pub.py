@@ -246,10 +246,12 @@ class RawPublisher:
                     end = self._free_run(sent, end)
                 if end > sent:
                     data = b"".join(packets[sent:end])
-                    chunks.append((end, wall()))
-                    self._send_all(data)
+                    # in flight BEFORE the send: a large chunk goes out in several sends, and
+                    # _send_all reads the PUBACKs of its first packets meanwhile
                     self._mark(sent, end, ones)
                     self.in_flight += end - sent
+                    chunks.append((end, wall()))
+                    self._send_all(data)
                     if self.in_flight > self.max_in_flight_seen:
                         self.max_in_flight_seen = self.in_flight
                     sent = end

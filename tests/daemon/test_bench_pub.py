@@ -69,6 +69,16 @@ def test_in_flight_window_never_exceeds_its_limit_and_packet_ids_wrap(broker) ->
     assert 1 <= rep.max_in_flight_seen <= 100
 
 
+def test_pubacks_read_while_a_large_chunk_is_still_being_sent_count(broker) -> None:
+    # 1000 x 5 KB in one chunk takes several sends; the broker acks the first packets meanwhile
+    # (once ignored because they were not yet marked in flight: the publisher waited forever)
+    items = [("bench/large", b"b" * 5000)] * 3000
+    packets = RawPublisher.prepare(items)
+    with RawPublisher(broker.url, max_in_flight=1000, stall_timeout=10) as pub:
+        rep = pub.publish(packets)
+    assert rep.n == 3000 and pub.in_flight == 0
+
+
 def test_an_id_still_in_flight_is_not_reused() -> None:
     pub = RawPublisher("mqtt://127.0.0.1:1", max_in_flight=10)  # never connected
     busy = pub._busy  # noqa: SLF001
