@@ -250,10 +250,10 @@ class RawPublisher:
                     # _send_all reads the PUBACKs of its first packets meanwhile
                     self._mark(sent, end, ones)
                     self.in_flight += end - sent
-                    chunks.append((end, wall()))
-                    self._send_all(data)
                     if self.in_flight > self.max_in_flight_seen:
                         self.max_in_flight_seen = self.in_flight
+                    chunks.append((end, wall()))
+                    self._send_all(data)
                     sent = end
                     last_progress = now
                 blocked = due > sent
