@@ -19,12 +19,22 @@ the daemon needs and aiomqtt 2.5 does not expose:
   commit that is hundreds of PUBACKs and PUBLISHes, one syscall (and, with TCP_NODELAY, one TCP
   segment the broker must read) each. ``_coalesce_writes`` makes paho send runs of queued packets
   as one buffer (~9% of the engine's CPU under batch load went to ``send``). Likewise paho reads
-  every packet with 2-3 ``recv`` calls (command byte, length bytes, body): ``_buffer_reads``
-  serves them from one large ``recv``; and ``_lean_pubacks`` decodes an MQTT 3.1.1 PUBACK
-  (2 bytes) without building paho's v5 ReasonCode/Properties objects each time.
+  every packet with 2-3 ``recv`` calls (command byte, length bytes, body): ``_fast_reads``
+  reads into one 64 KiB buffer and serves them from it (and parses the common packets itself:
+  below).
 * **concurrent QoS 1 publishing.** ``publish_nowait`` hands the message to paho and returns a
   future resolved by the PUBACK, so thousands can be in flight (awaiting each one in turn tops out
   near 4k msg/s).
+* **lean QoS 1 packets.** paho builds an MQTTMessage, an MQTTMessageInfo and a queue entry under
+  several locks for each PUBLISH, and more objects for each PUBACK and each received message.
+  QoS 1 publishes are built here (at most ``max_inflight_out`` awaiting PUBACK, 0 = no limit:
+  the caller bounds it, as the outbox does; the rest wait in order) as MQTT 3.1.1 bytes under a packet id taken from paho's
+  own generator (so they never collide with paho's publishes and subscribes) and queued on
+  paho's outgoing queue; their PUBACKs resolve our own ``mid -> done`` map. Received PUBLISH
+  (QoS 0/1) and PUBACK packets are parsed straight from the read buffer; anything else (CONNACK,
+  SUBACK, PINGRESP, QoS 2, a packet paho is halfway through) goes through paho. ``ack_many``
+  sends a batch's PUBACKs as one buffer. When the connection drops, every pending callback gets
+  ``TransportError`` (the outbox re-publishes unsent rows from SQLite after the reconnect).
 
 Errors from aiomqtt / paho are translated to ``engine.errors.TransportError`` here.
 """
@@ -35,6 +45,7 @@ import asyncio
 import collections
 import contextlib
 import socket
+import struct
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -131,6 +142,12 @@ class MqttLink:
         self._paho: paho.Client | None = None
         # mid -> called with None on PUBACK, or with the error when the connection drops first
         self._pub_done: dict[int, Callable[[BaseException | None], None]] = {}
+        # Our own QoS 1 publishes (built here, not by paho): mid -> done, and those waiting for
+        # room under max_inflight_out.
+        self._raw_done: dict[int, Callable[[BaseException | None], None]] = {}
+        self._raw_wait: collections.deque[
+            tuple[str, bytes, Callable[[BaseException | None], None], bool]
+        ] = collections.deque()
         self._aiomqtt_on_publish: Any = None
 
     # --- connection ----------------------------------------------------------------------------
@@ -160,20 +177,23 @@ class MqttLink:
         )
         pc: paho.Client = client._client  # noqa: SLF001  (see module doc: manual acks)
         pc.manual_ack_set(self.manual_ack)
-        _coalesce_writes(pc)
-        _buffer_reads(pc)
-        _lean_pubacks(pc)
+        self._fail_publishes(TransportError("disconnected"))  # leftovers of a previous connection
         self.epoch += 1
         epoch = self.epoch
         inbox = self.inbox
         wakeup = self._wakeup
+        now = time.time
 
-        def on_message(_c: Any, _u: Any, m: paho.MQTTMessage) -> None:
-            inbox.append(
-                Inbound(m.topic, bytes(m.payload), m.mid, m.qos, bool(m.dup), time.time(), epoch)
-            )
+        def deliver(topic: str, payload: bytes, mid: int, qos: int, dup: bool) -> None:
+            inbox.append(Inbound(topic, payload, mid, qos, dup, now(), epoch))
             wakeup.set()
 
+        def on_message(_c: Any, _u: Any, m: paho.MQTTMessage) -> None:
+            deliver(m.topic, bytes(m.payload), m.mid, m.qos, bool(m.dup))
+
+        _coalesce_writes(pc)
+        _fast_reads(pc, deliver, self._raw_acked, manual_ack=self.manual_ack)
+        _lean_pubacks(pc, self._raw_acked)
         pc.on_message = on_message
         self._aiomqtt_on_publish = pc.on_publish
         pc.on_publish = self._on_publish
@@ -276,6 +296,29 @@ class MqttLink:
             return False
         return bool(pc.ack(msg.mid, msg.qos) == paho.MQTT_ERR_SUCCESS)
 
+    def ack_many(self, msgs: Iterable[Inbound]) -> int:
+        """``ack`` for many messages, their PUBACKs queued as one buffer (one queue entry, not
+        one paho packet each). Returns how many were acknowledged (or needed no PUBACK)."""
+        pc = self._paho
+        if not self.manual_ack:
+            return len(list(msgs))
+        if pc is None:
+            return 0
+        epoch, n = self.epoch, 0
+        words: list[int] = []
+        for m in msgs:
+            if m.qos == 0:
+                n += 1
+            elif m.epoch != epoch:
+                continue
+            elif m.qos == 1:
+                words.append(0x40020000 | m.mid)  # PUBACK: 0x40, remaining length 2, mid
+            elif pc.ack(m.mid, m.qos) == paho.MQTT_ERR_SUCCESS:
+                n += 1
+        if words:
+            _queue_bytes(pc, paho.PUBACK, struct.pack(f">{len(words)}I", *words))
+        return n + len(words)
+
     # --- publishing ----------------------------------------------------------------------------
 
     def publish_cb(
@@ -293,6 +336,12 @@ class MqttLink:
         pc = self._paho
         if pc is None:
             done(TransportError("not connected"))
+            return
+        if qos == 1:
+            if self.max_inflight_out and len(self._raw_done) >= self.max_inflight_out:
+                self._raw_wait.append((topic, payload, done, retain))
+            else:
+                self._raw_publish(pc, topic, payload, done, retain)
             return
         info = pc.publish(topic, payload, qos=qos, retain=retain)
         if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_QUEUE_SIZE):
@@ -325,7 +374,41 @@ class MqttLink:
 
     @property
     def publishes_in_flight(self) -> int:
-        return len(self._pub_done)
+        return len(self._pub_done) + len(self._raw_done) + len(self._raw_wait)
+
+    def _raw_publish(
+        self,
+        pc: paho.Client,
+        topic: str,
+        payload: bytes,
+        done: Callable[[BaseException | None], None],
+        retain: bool,
+    ) -> None:
+        """Queue an MQTT 3.1.1 QoS 1 PUBLISH built here; ``done`` runs on its PUBACK."""
+        t = topic.encode()
+        n = len(t) + len(payload) + 4  # topic length, topic, packet id, payload
+        if not t or len(t) > 0xFFFF or b"+" in t or b"#" in t or n > _MAX_REMAINING:
+            done(TransportError(f"publish to {topic!r} failed: invalid topic or payload too large"))
+            return
+        raw, out_messages, generate = self._raw_done, pc._out_messages, pc._mid_generate  # noqa: SLF001
+        mid = generate()
+        while mid in raw or mid in out_messages:  # only after 65535 ids with one still unacked
+            mid = generate()
+        raw[mid] = done
+        head = bytes((0x33 if retain else 0x32,)) + _varint(n)
+        _queue_bytes(pc, paho.PUBLISH, b"".join((head, _H(len(t)), t, _H(mid), payload)))
+
+    def _raw_acked(self, mid: int) -> bool:
+        """A PUBACK arrived: resolve our publish ``mid`` (True) or say it is paho's (False)."""
+        done = self._raw_done.pop(mid, None)
+        if done is None:
+            return False
+        if self._raw_wait:
+            pc = self._paho
+            while self._raw_wait and pc is not None and len(self._raw_done) < self.max_inflight_out:
+                self._raw_publish(pc, *self._raw_wait.popleft())
+        done(None)
+        return True
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, rc: Any, props: Any) -> None:
         done = self._pub_done.pop(mid, None)
@@ -336,7 +419,9 @@ class MqttLink:
 
     def _fail_publishes(self, exc: Exception) -> None:
         dones, self._pub_done = self._pub_done, {}
-        for done in dones.values():
+        raw, self._raw_done = self._raw_done, {}
+        waiting, self._raw_wait = self._raw_wait, collections.deque()
+        for done in (*dones.values(), *raw.values(), *(w[2] for w in waiting)):
             done(exc)
 
     def _require(self) -> aiomqtt.Client:
@@ -442,14 +527,74 @@ def _coalesce_writes(pc: paho.Client) -> None:
     pc._packet_write = packet_write  # type: ignore[method-assign]  # noqa: SLF001
 
 
-def _buffer_reads(pc: paho.Client) -> None:
-    """Serve paho's small ``recv`` calls from one 64 KiB ``recv``. Bytes left in the buffer make
-    no socket readable, so ``loop_read`` is wrapped to keep reading until the buffer is empty:
-    nothing received ever waits for the next packet to arrive."""
+_MAX_REMAINING = 268_435_455  # the largest MQTT remaining length (4 varint bytes)
+_H = struct.Struct(">H").pack  # a 2-byte big-endian integer (lengths, packet ids)
+
+
+def _varint(n: int) -> bytes:
+    """MQTT remaining length encoding."""
+    if n < 0x80:
+        return bytes((n,))
+    out = bytearray()
+    while True:
+        n, digit = n >> 7, n & 0x7F
+        if not n:
+            out.append(digit)
+            return bytes(out)
+        out.append(digit | 0x80)
+
+
+def _queue_bytes(pc: paho.Client, command: int, data: bytes) -> None:
+    """Queue ready-made packet bytes (one or more whole MQTT packets) on paho's outgoing queue,
+    in paho's own entry format, and ask the event loop to write them (as paho's
+    ``_packet_queue`` does). ``command`` is never a QoS 0 PUBLISH or DISCONNECT, whose
+    completion paho acts on: entries are plain bytes to the writer."""
+    pc._out_packet.append(  # noqa: SLF001
+        {
+            "command": command,
+            "mid": 0,
+            "qos": 1,
+            "pos": 0,
+            "to_process": len(data),
+            "packet": data,
+            "info": None,
+        }
+    )
+    pc._call_socket_register_write()  # noqa: SLF001
+
+
+def _fast_reads(
+    pc: paho.Client,
+    deliver: Callable[[str, bytes, int, int, bool], None],
+    acked: Callable[[int], bool],
+    *,
+    manual_ack: bool,
+) -> None:
+    """Serve paho's reads from one 64 KiB ``recv`` and handle the common packets ourselves.
+
+    paho reads every packet with 2-3 ``recv`` calls and builds an MQTTMessage (or, for a PUBACK,
+    v5 reason-code and properties objects) under several locks. Here each socket-readable
+    callback reads once into a buffer and parses the whole packets at its front: PUBLISH (QoS 0/1)
+    goes to ``deliver(topic, payload, mid, qos, dup)`` (with a PUBACK queued when acks are not
+    manual), PUBACK to ``acked(mid)`` (our own publishes) or else to paho's ``_do_on_publish``.
+    The first packet of any other kind (or one paho is already halfway through) is read by paho
+    from the same buffer, through ``_sock_recv``, and parsing resumes after it. Bytes left in the
+    buffer make no socket readable, so nothing returns while paho could still take some: nothing
+    received ever waits for the next packet to arrive."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    if pc._protocol == paho.MQTTv5:  # noqa: SLF001  (the parser below is MQTT 3.1.1)
+        raise TransportError("the fast MQTT reader supports MQTT 3.1.1 only")
     recv = pc._sock_recv  # noqa: SLF001
     loop_read = pc.loop_read
+    reason = ReasonCode(PacketTypes.PUBACK)
+    props = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]
+    ok = MQTTErrorCode.MQTT_ERR_SUCCESS
+    monotonic = time.monotonic
     buf = bytearray()
-    served = [0]  # bytes handed to paho so far
+    served = [0]  # bytes consumed so far (by paho or the parser)
 
     def sock_recv(n: int) -> bytes:
         if not buf:
@@ -462,24 +607,105 @@ def _buffer_reads(pc: paho.Client) -> None:
         served[0] += len(chunk)
         return chunk
 
-    def buffered_loop_read(max_packets: int = 1) -> MQTTErrorCode:
-        rc = loop_read(max_packets)
-        # A read may refill the buffer (a large packet), so loop on bytes consumed, not on the
-        # buffer's size: stop only when it is empty or paho takes nothing more (error, closed).
-        while buf and rc == MQTTErrorCode.MQTT_ERR_SUCCESS and pc.socket() is not None:
+    def paho_puback(mid: int) -> None:
+        with pc._out_message_mutex:  # noqa: SLF001
+            if mid in pc._out_messages:  # noqa: SLF001
+                pc._do_on_publish(mid, reason, props)  # noqa: SLF001
+
+    def parse() -> None:
+        """Handle the whole PUBLISH/PUBACK packets at the front of ``buf``."""
+        pos, end = 0, len(buf)
+        pubacks: list[int] = []
+        try:
+            while end - pos >= 2:
+                cmd = buf[pos]
+                kind = cmd & 0xF0
+                if kind != 0x30 and kind != 0x40:  # noqa: PLR1714
+                    return
+                i = pos + 1  # remaining length: 1-4 bytes
+                length = buf[i] & 0x7F
+                shift = 7
+                while buf[i] & 0x80:
+                    i += 1
+                    if i >= end or shift > 21:
+                        return  # incomplete header (or malformed: paho reports it)
+                    length |= (buf[i] & 0x7F) << shift
+                    shift += 7
+                i += 1
+                stop = i + length
+                if stop > end:
+                    return  # incomplete packet: wait for more bytes
+                if kind == 0x40:  # PUBACK
+                    if length != 2:
+                        return
+                    mid = (buf[i] << 8) | buf[i + 1]
+                    pos = stop
+                    if not acked(mid):
+                        paho_puback(mid)
+                    continue
+                qos = (cmd >> 1) & 3
+                if qos > 1 or length < 2:
+                    return
+                j = i + 2 + ((buf[i] << 8) | buf[i + 1])
+                if j + (2 if qos else 0) > stop:
+                    return  # malformed: paho reports it
+                try:
+                    topic = buf[i + 2 : j].decode()
+                except UnicodeDecodeError:
+                    return  # paho's way with a bad topic
+                mid = 0
+                if qos:
+                    mid = (buf[j] << 8) | buf[j + 1]
+                    j += 2
+                payload = bytes(buf[j:stop])
+                pos = stop
+                deliver(topic, payload, mid, qos, bool(cmd & 0x08))
+                if qos and not manual_ack:
+                    pubacks.append(0x40020000 | mid)
+        finally:
+            if pos:
+                del buf[:pos]
+                served[0] += pos
+                pc._last_bytes_received = monotonic()  # noqa: SLF001  (keepalive, as paho does)
+            if pubacks:
+                _queue_bytes(pc, paho.PUBACK, struct.pack(f">{len(pubacks)}I", *pubacks))
+
+    def fast_loop_read(max_packets: int = 1) -> MQTTErrorCode:
+        if pc._in_packet["command"] == 0:  # noqa: SLF001  (paho is not inside a packet)
+            if not buf:
+                try:
+                    data = recv(65536)
+                except BlockingIOError:
+                    return ok
+                except OSError:
+                    data = b""  # paho's own read meets the error again and reports it
+                if not data:
+                    return loop_read(max_packets)  # EOF or error: paho closes the connection
+                buf.extend(data)
+            parse()
+            if not buf:
+                return ok
+        # paho reads the packet we leave (or finishes its own, reading the socket when the buffer
+        # is empty); then parse again. Loop on bytes consumed, not on the buffer's size: a read
+        # may refill it (a large packet).
+        while True:
             before = served[0]
             rc = loop_read(max_packets)
-            if served[0] == before:
-                break
-        return rc
+            if rc != ok or pc.socket() is None or served[0] == before:
+                return rc
+            if buf and pc._in_packet["command"] == 0:  # noqa: SLF001
+                parse()
+            if not buf:
+                return rc
 
     pc._sock_recv = sock_recv  # type: ignore[method-assign,assignment]  # noqa: SLF001
-    pc.loop_read = buffered_loop_read  # type: ignore[method-assign]
+    pc.loop_read = fast_loop_read  # type: ignore[method-assign]
 
 
-def _lean_pubacks(pc: paho.Client) -> None:
-    """MQTT 3.1.1 PUBACK: the body is the 2-byte message id; hand paho's ``_do_on_publish`` shared
-    reason-code and properties objects instead of decoding new ones per PUBACK."""
+def _lean_pubacks(pc: paho.Client, acked: Callable[[int], bool]) -> None:
+    """A PUBACK that paho reads itself (see ``_fast_reads``): resolve our own publish through
+    ``acked(mid)``; else hand paho's ``_do_on_publish`` shared reason-code and properties
+    objects instead of decoding new v5 ones for an MQTT 3.1.1 PUBACK."""
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
     from paho.mqtt.reasoncodes import ReasonCode
@@ -493,6 +719,8 @@ def _lean_pubacks(pc: paho.Client) -> None:
         if cmd != "PUBACK" or pc._protocol == paho.MQTTv5 or len(body) != 2:  # noqa: SLF001
             return original(cmd)
         mid = (body[0] << 8) | body[1]
+        if acked(mid):
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
         with pc._out_message_mutex:  # noqa: SLF001
             if mid in pc._out_messages:  # noqa: SLF001
                 return pc._do_on_publish(mid, reason, props)  # noqa: SLF001
