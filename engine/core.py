@@ -9,7 +9,7 @@ Both the daemon and ``geopush replay`` drive it the same way::
 timeout fell due by the watermark (newest event time seen, minus ``sweep_lateness_s``), so users
 who go silent are still exited. ``flush(now_ts)`` sweeps up to ``now_ts`` (end of a replay).
 After a restart, or a batch attempt thrown away, ``restore(users, watermark=...)`` re-arms the
-timers of the users' open visits: it is the public way in; the sweep queue (``_heap``,
+timers of the users' open visits: it is the public way in; the sweep queue (``_timers``,
 ``_open``) is private and may change.
 
 Presence rules live in engine/presence.py, offer rules in engine/decisions.py; this module wires
@@ -18,7 +18,6 @@ them to the fence index, the campaigns, the profiles and the state store, and co
 
 from __future__ import annotations
 
-import heapq
 import math
 import time
 from collections import Counter
@@ -36,6 +35,7 @@ from engine.outputs import VisitEvent
 from engine.presence import UMBRELLA_TAG, Transition
 from engine.profiles import ProfileBook
 from engine.state import Output, StateStore, UserState
+from engine.timers import TimerQueue
 from fences.catalog import Catalog
 from fences.store import Store
 
@@ -125,7 +125,7 @@ class Core:
         self.timing = False  # when True, accumulate seconds spent in match and decisions
         self.time_match = 0.0
         self.time_decide = 0.0
-        self._heap: list[tuple[float, str, str, str]] = []  # (due, user, store_id, visit_id)
+        self._timers = TimerQueue()  # (due, user, store_id, visit_id) of open visits
         # Visit ids in the heap still open (the sweep skips stale entries), each with the user's
         # record when the store keeps records in memory for good (``store.in_memory``), so the
         # sweep does not look the user up again; None: ask the store (it tracks what it loads).
@@ -299,7 +299,7 @@ class Core:
         for st in users:
             for sid, v in st.visits.items():
                 due = presence.next_due(v, timeout, dwells(v.merchant_id))
-                heapq.heappush(self._heap, (due, st.user, sid, v.visit_id))
+                self._timers.push((due, st.user, sid, v.visit_id))
                 self._open[v.visit_id] = None
         if watermark is not None and watermark > self._watermark:
             self._watermark = watermark
@@ -485,7 +485,7 @@ class Core:
                 due = presence.next_due(
                     v, self.config.presence_timeout_s, self.campaigns.dwells_of(v.merchant_id)
                 )
-                heapq.heappush(self._heap, (due, st.user, v.store_id, v.visit_id))
+                self._timers.push((due, st.user, v.store_id, v.visit_id))
                 self._open[v.visit_id] = st if self._keep_records else None
             elif kind == "exit":
                 self._open.pop(v.visit_id, None)
@@ -534,13 +534,19 @@ class Core:
                     trs.append(tr)
 
     def _sweep(self, up_to: float, outs: list[Output]) -> None:
-        heap = self._heap
+        timers = self._timers
+        if not timers:
+            return
+        push = timers.push
         timeout = self.config.presence_timeout_s
         dwells = self.campaigns.dwells_of
         trs = self._trs
         is_open = self._open
-        while heap and heap[0][0] < up_to:
-            _, user, sid, vid = heapq.heappop(heap)
+        # Every timer re-queued below is due at or after ``up_to`` (advance fired all before),
+        # so taking the due ones in one go sees the same entries, in the same order, as popping
+        # them one by one.
+        for entry in timers.pop_due(up_to):
+            _, user, sid, vid = entry
             if vid not in is_open:
                 continue  # exited meanwhile: no need to load the user
             st = is_open[vid] or self.store.user(user)
@@ -550,7 +556,7 @@ class Core:
             if sid in self._removed and not _holds(self.catalog, sid):
                 lapse = v.last_seen_ts + timeout
                 if lapse >= up_to:
-                    heapq.heappush(heap, (lapse, user, sid, vid))
+                    push((lapse, user, sid, vid))
                     continue
                 tr = presence.close(st, sid, lapse, "removed")
                 if tr is not None:
@@ -558,7 +564,7 @@ class Core:
             else:
                 due = presence.next_due(v, timeout, dwells(v.merchant_id))
                 if due >= up_to:  # refreshed since it was queued: not due yet
-                    heapq.heappush(heap, (due, user, sid, vid))
+                    push((due, user, sid, vid))
                     continue
                 presence.advance(st, up_to, timeout, dwells, trs)
             if trs:
@@ -568,9 +574,7 @@ class Core:
                 self._emit(st, trs, outs)
             v2 = st.visits.get(sid)
             if v2 is not None and v2.visit_id == vid:
-                heapq.heappush(
-                    heap, (presence.next_due(v2, timeout, dwells(v2.merchant_id)), user, sid, vid)
-                )
+                push((presence.next_due(v2, timeout, dwells(v2.merchant_id)), user, sid, vid))
 
 
 _NO_HITS: tuple[tuple[int, float], ...] = ()
