@@ -104,11 +104,13 @@ def _messages(kind: str, prefix: str, users: int, count: int, topic_prefix: str)
 
 
 def _publisher(url: str, kind: str, prefix: str, users: int, count: int, rate: float | None,
-               topic_prefix: str, out: Any) -> None:  # fmt: skip
+               topic_prefix: str, out: Any, go: Any, abort: Any) -> None:  # fmt: skip
     """Child process: publish ``count`` messages (paced at ``rate`` msg/s, or flat out) through
-    the raw-socket publisher (engine.daemon.bench_pub: ~2-3 µs of CPU per message where paho
-    took ~17-20), every one acknowledged. Messages are generated and encoded before the clock
-    starts; ``cpu`` is the publishing part only, ``cpu_setup`` the generation."""
+    the raw-socket publisher (engine.daemon.bench_pub: ~2-3 µs of CPU per message where the
+    paho-based ``publish_paced`` took 6-17), every one acknowledged. Messages are generated and
+    encoded and the connection made before the clock starts: the child then says ``ready`` and
+    waits for ``go`` (all publishers start together). ``cpu`` is the publishing part only,
+    ``cpu_setup`` the generation."""
     from engine.daemon.bench_pub import RawPublisher
 
     try:
@@ -117,6 +119,10 @@ def _publisher(url: str, kind: str, prefix: str, users: int, count: int, rate: f
         packets = RawPublisher.prepare(msgs)
         setup = time.process_time() - cpu0
         with RawPublisher(url, client_id=f"bench-pub-{prefix}{os.getpid()}", max_in_flight=1000) as pub:
+            out.put({"ready": True})
+            if not go.wait(600) or abort.is_set():
+                out.put({"error": "aborted before the start (another publisher failed)"})
+                return
             rep = pub.publish(packets, rate)
     except Exception as exc:  # noqa: BLE001  (reported by the parent, which would wait forever)
         out.put({"error": f"{type(exc).__name__}: {exc}"})
@@ -129,10 +135,13 @@ def _publisher(url: str, kind: str, prefix: str, users: int, count: int, rate: f
 
 
 def _publish(url: str, kind: str, tag: str, count: int, rate: float | None, procs: int,
-             topic_prefix: str = "geopush/events") -> dict[str, Any]:  # fmt: skip
-    """Run ``procs`` publisher processes sharing ``count`` messages and ``rate``; wait for all."""
+             topic_prefix: str = "geopush/events", on_start: Any = None) -> dict[str, Any]:  # fmt: skip
+    """Run ``procs`` publisher processes sharing ``count`` messages and ``rate``; wait for all.
+    ``on_start()`` runs when every publisher is ready (messages encoded, connected), just
+    before they all start publishing."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
+    go, abort = ctx.Event(), ctx.Event()
     ps = []
     # Enough messages per user that walks reach stores (1 fix in 10 is inside one), and enough
     # users that the engine's batches span many of them.
@@ -141,23 +150,41 @@ def _publish(url: str, kind: str, tag: str, count: int, rate: float | None, proc
     for i in range(procs):
         p = ctx.Process(
             target=_publisher,
-            args=(url, kind, f"{tag}p{i}u", users, count // procs, rate / procs if rate else None, topic_prefix, q),
-        )
+            args=(url, kind, f"{tag}p{i}u", users, count // procs, rate / procs if rate else None,
+                  topic_prefix, q, go, abort),
+        )  # fmt: skip
         p.start()
         ps.append(p)
     results: list[dict[str, Any]] = []
-    while len(results) < len(ps):
-        try:
-            results.append(q.get(timeout=1.0))
-        except queue.Empty:
-            if all(p.exitcode is not None for p in ps):  # died without a word (killed?)
-                with contextlib.suppress(queue.Empty):
-                    results.append(q.get(timeout=2.0))
-                    continue
-                codes = [p.exitcode for p in ps]
-                raise RuntimeError(f"bench: publisher processes exited without a result: {codes}") from None
-    for p in ps:
-        p.join()
+    ready = 0
+    try:
+        while len(results) < len(ps):
+            try:
+                msg = q.get(timeout=1.0)
+            except queue.Empty:
+                if all(p.exitcode is not None for p in ps):  # died without a word (killed?)
+                    with contextlib.suppress(queue.Empty):
+                        results.append(q.get(timeout=2.0))
+                        continue
+                    codes = [p.exitcode for p in ps]
+                    raise RuntimeError(f"bench: publisher processes exited without a result: {codes}") from None
+                continue
+            if "ready" in msg:
+                ready += 1
+                if ready == len(ps):
+                    if on_start is not None:
+                        on_start()
+                    go.set()
+                continue
+            if "error" in msg and not go.is_set():
+                abort.set()
+                go.set()
+            results.append(msg)
+    finally:
+        abort.set()  # (no effect on publishers already started)
+        go.set()
+        for p in ps:
+            p.join()
     errors = [r["error"] for r in results if "error" in r]
     if errors:
         from engine.daemon.bench_pub import BenchPublishError
@@ -412,8 +439,14 @@ async def _measure_kind(url: str, kind: str, args: argparse.Namespace, engine: E
         watch.pushes.clear()
         base = watch.messages(pid)
         b0 = engine.e2p_buckets()
-        c0 = (proc_cpu(pid), proc_cpu(broker_pid), time.monotonic(), time.process_time())
-        pub = await asyncio.to_thread(_publish, url, kind, f"l{int(frac * 100)}-{kind}-", count, rate, args.publishers)
+        c0s: list[tuple[float, float, float, float]] = []
+
+        def start() -> None:  # all publishers ready: the phase's clock and CPU counts start
+            c0s.append((proc_cpu(pid), proc_cpu(broker_pid), time.monotonic(), time.process_time()))  # noqa: B023
+
+        pub = await asyncio.to_thread(_publish, url, kind, f"l{int(frac * 100)}-{kind}-", count, rate,
+                                      args.publishers, on_start=start)  # fmt: skip
+        c0 = c0s[0]
         await watch.wait(lambda: watch.idle(pid, base + pub["n"]), 120, "the engine to catch up")  # noqa: B023
         c1 = (proc_cpu(pid), proc_cpu(broker_pid), time.monotonic(), time.process_time())
         await asyncio.sleep(0.5)  # last pushes in flight

@@ -120,8 +120,11 @@ def test_a_dropped_connection_raises_the_bench_error(mosquitto_factory) -> None:
 def test_the_bench_publishers_report_send_times_of_push_causing_fixes(broker) -> None:
     from engine.daemon.bench_e2e import _publish
 
-    res = _publish(broker.url, "single", "tp-", 400, 2000.0, 2)
+    started: list[float] = []
+    res = _publish(broker.url, "single", "tp-", 400, 2000.0, 2, on_start=lambda: started.append(time.time()))
     assert res["n"] == 400
+    assert len(started) == 1  # once, when both publishers were ready, before the first send
+    assert min(res["sent"].values()) >= started[0]
     assert res["sent"]  # (user, ts) -> send time of the fixes that enter a store
     assert all(isinstance(t, float) for t in res["sent"].values())
     assert res["cpu"] > 0
