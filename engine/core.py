@@ -370,7 +370,7 @@ class Core:
                     if tr is not None:
                         trs.append(tr)
         stores = self._stores
-        sole = -1 if fresh else _sole_store(stores, hits, acc)
+        sole = -1 if fresh else _sole_store(stores, self.catalog.tagged, hits, acc)
         for slot, d in hits:
             if d > 0.0:
                 continue
@@ -387,7 +387,8 @@ class Core:
             elif slot != sole and sid not in visits:
                 # Another store's fence lies within the fix's accuracy: GPS cannot tell which
                 # one the user is in (a mall); WiFi or near-field evidence will.
-                _bump(self.stats.ignored_by_reason, "gps_ambiguous")
+                ign = self.stats.ignored_by_reason
+                ign["gps_ambiguous"] = ign.get("gps_ambiguous", 0) + 1
                 continue
             tr = presence.place(st, sid, s.merchant_id, ts, "gps", _returning(st, s))
             if tr is not None:
@@ -501,7 +502,8 @@ class Core:
 
     def _decide(self, st: UserState, tr: Transition) -> Any:
         v = tr.visit
-        if not self.campaigns.lookup((v.merchant_id, _key(tr))):
+        cands = self.campaigns.lookup((v.merchant_id, _key(tr)))
+        if not cands:
             return None
         t0 = time.perf_counter() if self.timing else 0.0
         tags, opt_out = self._profile(st)
@@ -519,6 +521,7 @@ class Core:
             dwell_s=tr.dwell_s,
             ts=tr.ts,
             skipped=self.stats.decisions_skipped,
+            candidates=cands,
         )
         if self.timing:
             self.time_decide += time.perf_counter() - t0
@@ -580,7 +583,9 @@ class Core:
 _NO_HITS: tuple[tuple[int, float], ...] = ()
 
 
-def _sole_store(stores: Sequence[Store], hits: Sequence[tuple[int, float]], acc: float) -> int:
+def _sole_store(
+    stores: Sequence[Store], tagged: set[int], hits: Sequence[tuple[int, float]], acc: float
+) -> int:
     """The slot of the one non-umbrella store a GPS fix can open by itself, else -1.
 
     A fix places the user somewhere within about ``acc`` metres of it. It is unambiguous for
@@ -592,7 +597,7 @@ def _sole_store(stores: Sequence[Store], hits: Sequence[tuple[int, float]], acc:
     for slot, d in hits:
         if d > acc:
             continue
-        if UMBRELLA_TAG in stores[slot].tags:
+        if slot in tagged and UMBRELLA_TAG in stores[slot].tags:
             continue
         if sole != -1 or d > 0.0:
             return -1  # a second store within reach, or a near one that does not hold the fix

@@ -149,10 +149,12 @@ def decide(
     dwell_s: int | None,
     ts: float,
     skipped: dict[str, int] | None = None,
+    candidates: tuple[Campaign, ...] | None = None,
 ) -> Push | None:
-    """The push for this (visit, trigger), or None. Takes inventory and records caps on a push."""
+    """The push for this (visit, trigger), or None. Takes inventory and records caps on a push.
+    ``candidates``: the merchant's campaigns for this trigger when the caller has looked them up."""
     key = f"dwell:{dwell_s}" if trigger == "dwell" else trigger
-    cands = campaigns.lookup((visit.merchant_id, key))
+    cands = campaigns.lookup((visit.merchant_id, key)) if candidates is None else candidates
     if not cands:
         return None
 

@@ -76,6 +76,8 @@ class Catalog:
         self._removed: set[int] = set()
         # ``slot_of(store_id)``: the live slot or None; a bound dict look-up for hot paths.
         self.slot_of: Callable[[str], int | None] = self._by_id.get
+        # Slots of live stores with any tags (few): a hot path can skip reading most stores.
+        self.tagged: set[int] = set()
         for store in stores:
             self.add(store)
 
@@ -94,6 +96,7 @@ class Catalog:
     def replace(self, store: Store) -> int:
         slot = self.slot(store.store_id)
         self._unlink(self.stores[slot])
+        self.tagged.discard(slot)
         self.stores[slot] = store
         self._link(slot, store)
         return slot
@@ -104,6 +107,7 @@ class Catalog:
         self._unlink(self.stores[slot])
         del self._by_id[store_id]
         self._removed.add(slot)
+        self.tagged.discard(slot)
         return slot
 
     def is_alive(self, slot: int) -> bool:
@@ -135,6 +139,8 @@ class Catalog:
 
     def _link(self, slot: int, store: Store) -> None:
         self._by_id[store.store_id] = slot
+        if store.tags:
+            self.tagged.add(slot)
         for b in store.wifi:
             self._by_bssid[b] = slot
         for k in store.beacons:
