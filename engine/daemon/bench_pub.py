@@ -1,10 +1,11 @@
 """Cheap MQTT 3.1.1 clients for ``geopush bench e2e`` on raw sockets, no paho: the QoS 1 load
 generator (:class:`RawPublisher`) and the push/status collector (:class:`RawSubscriber`).
 
-Why: the machine the bench runs on has 2 cores. Publishing through paho/aiomqtt
-(``engine.daemon.mqtt.publish_paced``) cost ~22-30 µs of CPU per message, as much as mosquitto
-and two thirds of the engine itself, so at 50% of the engine's maximum the publishers took the
-core the engine needed and the latency measured the fight for CPU, not the engine. Here the work
+Why: the machine the bench runs on has 2 cores. The bench's paho/aiomqtt publishers
+(``engine.daemon.mqtt.publish_paced``) cost 15-20 µs of CPU per single-event message (6-17 µs of
+it sending, depending on mqtt.py's version; the rest generating messages), about as much as
+mosquitto and half the engine, so at 50% of the engine's maximum the publishers took the core
+the engine needed and the latency measured the fight for CPU, not the engine. Here the work
 per message is a slice of a pre-encoded buffer and a few C-level operations per chunk:
 
 * every PUBLISH packet (fixed header 0x32, remaining length, topic, packet id, payload) is
@@ -21,9 +22,9 @@ The send time of message i is the wall clock (``time.time()``) just before its c
 to the socket: :meth:`PublishReport.send_times`. Any failure (refused, dropped, stalled) raises
 :class:`BenchPublishError`.
 
-The collector had the same problem on the receiving side (paho's per-message work, ~3 µs per
-event at 50% single-event load): :class:`RawSubscriber` parses the pushes of each read and sends
-their PUBACKs in one write.
+The collector had the same problem on the receiving side, smaller (one push per 20 single
+events): :class:`RawSubscriber` parses the pushes of each read and sends their PUBACKs in one
+write.
 """
 
 from __future__ import annotations
@@ -379,8 +380,9 @@ class RawSubscriber(asyncio.Protocol):
 
     Subscribes QoS 1 (clean session) and calls ``on_batch`` with the (topic, payload) of every
     PUBLISH in each chunk the socket delivered and the wall-clock time (``time.time()``) the chunk
-    arrived; the chunk's PUBACKs then go out in one write. ~1-2 µs per message where paho's
-    client took ~25-40: at 50% load the Watch cost as much CPU as the publishers."""
+    arrived; the chunk's PUBACKs then go out in one write. 27-33 µs of CPU per received push
+    (JSON decode and event-loop wake-ups included) where the paho-based Subscriber took 39-52, at
+    1,250-2,500 pushes/s."""
 
     def __init__(self, address: BrokerAddress | str, topics: list[str],
                  on_batch: Callable[[list[tuple[str, bytes]], float], None], *,
