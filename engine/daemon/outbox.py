@@ -2,11 +2,14 @@
 
 Every row handed to ``Outbox.push`` is already committed in the SQLite outbox table (written in
 the same transaction as the state change that produced it). The outbox publishes them
-concurrently (up to ``max_in_flight`` awaiting PUBACK), collects the acknowledged ids and marks
-them sent in small transactions. When the connection drops, in-flight rows simply stay unsent:
+concurrently (up to ``max_in_flight`` awaiting PUBACK) and collects the acknowledged ids. Under
+load the service hands them to the store before each batch commit (``fold_marks``), so they are
+marked sent inside that batch's transaction; when no batch comes for ``mark_every`` seconds they
+are marked in a transaction of their own (``flush_marks``; stores without ``defer_sent``, e.g.
+Redis, always so). When the connection drops, in-flight rows simply stay unsent:
 ``reset_from_store`` reloads every unsent row after the reconnect (and on start), so a row is
-published at least once; a crash between PUBACK and ``mark_sent`` repeats a message with the same
-``out_id``, which consumers deduplicate on.
+published at least once; a crash between PUBACK and the commit that marks it repeats a message
+with the same ``out_id``, which consumers deduplicate on.
 """
 
 from __future__ import annotations
@@ -34,17 +37,25 @@ class Outbox:
         metrics: Metrics,
         *,
         max_in_flight: int = 200,
-        mark_every: float = 0.05,
+        mark_every: float | None = None,
     ) -> None:
         self.link = link
         self.store = store
         self.metrics = metrics
         self.max_in_flight = max_in_flight
-        self.mark_every = mark_every
         # (row, receive time of the triggering message or None, topic kind)
         self._pending: collections.deque[tuple[OutRow, float | None]] = collections.deque()
         self._in_flight = 0
         self._acked: list[str] = []
+        # A SQLite store takes acked ids into its next batch commit: the timer marks them only
+        # when no batch came for mark_every (longer than a busy batch takes, or it would race
+        # the next commit). Other stores mark them on the timer, every mark_every.
+        self._defer = getattr(store, "defer_sent", None)
+        if mark_every is None:
+            mark_every = 0.05 if self._defer is None else 0.5
+        self.mark_every = mark_every
+        self._flush_at = 50_000 if self._defer is not None else 5000  # acked ids kept at most
+        self._last_mark = time.monotonic()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -113,7 +124,6 @@ class Outbox:
 
     async def run(self) -> None:
         """Publish until ``stop`` (one task per connection)."""
-        last_mark = time.monotonic()
         self._running = True
         while self._running:
             self._wake.clear()
@@ -121,17 +131,29 @@ class Outbox:
             self.metrics.outbox.set(len(self._pending))
             self.metrics.in_flight.set(self._in_flight)
             now = time.monotonic()
-            if self._acked and (now - last_mark >= self.mark_every or len(self._acked) >= 5000):
+            if self._acked and (
+                now - self._last_mark >= self.mark_every or len(self._acked) >= self._flush_at
+            ):
                 self.flush_marks()
-                last_mark = now
             if not self._wake.is_set() and self._running:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.mark_every)
+                    await asyncio.wait_for(self._wake.wait(), min(self.mark_every, 0.05))
+
+    def fold_marks(self) -> None:
+        """Before a batch commit: the store marks the acknowledged rows sent in that commit's
+        transaction (no transaction of their own). A store that cannot leaves them to the timer."""
+        if self._defer is not None:
+            acked, self._acked = self._acked, []
+            if acked:
+                self._defer(acked)
+            self._last_mark = time.monotonic()
 
     def flush_marks(self) -> None:
+        """Mark every acknowledged row sent now (with the store's deferred ones)."""
         acked, self._acked = self._acked, []
-        if acked:
+        if acked or self._defer is not None:
             self.store.mark_sent(acked)
+        self._last_mark = time.monotonic()
 
     def _done(self, row: OutRow, t0: float | None, exc: BaseException | None) -> None:
         """PUBACK (``exc`` None) or failure of one row; runs inside paho's read callback."""
@@ -144,7 +166,7 @@ class Outbox:
                 self.metrics.event_to_push.observe(time.time() - t0)
             if self._pending:
                 self._send()  # refill the in-flight window now, not on the run task's next turn
-            if len(self._acked) >= 5000:
+            if len(self._acked) >= self._flush_at:
                 self._wake.set()
         else:
             if not isinstance(exc, TransportError):

@@ -341,6 +341,7 @@ class Service:
             self._process_one_by_one(per_msg, dead)
             outputs = []  # committed and queued message by message
         t1 = time.perf_counter()
+        self._require_outbox().fold_marks()  # outputs acked since the last batch: same commit
         # commit_batch: a shared (Redis) store may report a conflict; the batch is then re-run.
         outputs, rows = commit_batch(
             core, store, events, outputs, extra=dead, inputs=inputs,
