@@ -46,6 +46,7 @@ class Outbox:
         # (row, receive time of the triggering message or None, topic kind)
         self._pending: collections.deque[tuple[OutRow, float | None]] = collections.deque()
         self._in_flight = 0
+        self._published = 0
         self._acked: list[str] = []
         # A SQLite store takes acked ids into its next batch commit: the timer marks them only
         # when no batch came for mark_every (longer than a busy batch takes, or it would race
@@ -128,6 +129,7 @@ class Outbox:
         while self._running:
             self._wake.clear()
             self._send()
+            self.count_published()
             self.metrics.outbox.set(len(self._pending))
             self.metrics.in_flight.set(self._in_flight)
             now = time.monotonic()
@@ -139,9 +141,17 @@ class Outbox:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), min(self.mark_every, 0.05))
 
+    def count_published(self) -> None:
+        """Add the outputs acknowledged since the last call to the metrics."""
+        n, self._published = self._published, 0
+        if n:
+            self.metrics.published.inc(n)
+            self.metrics.totals["published"] += n
+
     def fold_marks(self) -> None:
         """Before a batch commit: the store marks the acknowledged rows sent in that commit's
         transaction (no transaction of their own). A store that cannot leaves them to the timer."""
+        self.count_published()
         if self._defer is not None:
             acked, self._acked = self._acked, []
             if acked:
@@ -150,6 +160,7 @@ class Outbox:
 
     def flush_marks(self) -> None:
         """Mark every acknowledged row sent now (with the store's deferred ones)."""
+        self.count_published()
         acked, self._acked = self._acked, []
         if acked or self._defer is not None:
             self.store.mark_sent(acked)
@@ -160,8 +171,7 @@ class Outbox:
         self._in_flight -= 1
         if exc is None:
             self._acked.append(row.out_id)
-            self.metrics.published.inc()
-            self.metrics.totals["published"] += 1
+            self._published += 1  # counted into the metrics by the run task (not per PUBACK)
             if t0 is not None and self._push_marker in row.topic:
                 self.metrics.event_to_push.observe(time.time() - t0)
             if self._pending:

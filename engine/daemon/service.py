@@ -24,6 +24,7 @@ import functools
 import gc
 import json
 import logging
+import operator
 import os
 import random
 import signal
@@ -44,7 +45,8 @@ from engine.state import Output, StateStore
 
 log = logging.getLogger("geopush.daemon")
 
-FULL_GC_EVERY_S = 600.0  # an unfrozen full collection, at most this often, when the feed is idle
+FULL_GC_EVERY_S = 600.0
+_TS = operator.attrgetter("ts")  # an unfrozen full collection, at most this often, when the feed is idle
 
 
 @functools.cache
@@ -412,17 +414,20 @@ class Service:
             for cls, n in collections.Counter(map(type, events)).items():
                 m.events.labels(_event_type(cls)).inc(n)
             totals["events"] += len(events)
-            newest = max(self.event_clock, max(ev.ts for ev in events))
-            self.event_clock = newest
-        for o in outputs:
-            kind = type(o).__name__
-            if kind == "Push":
-                m.pushes.inc()
-                totals["pushes"] += 1
-            else:
-                ev_kind = str(getattr(o, "event", "visit"))
-                m.visits.labels(ev_kind).inc()
-                totals["visits"] += 1
+            self.event_clock = max(self.event_clock, max(map(_TS, events)))
+        if outputs:
+            # likewise per batch and kind, not per output
+            kinds = collections.Counter(
+                None if type(o).__name__ == "Push" else getattr(o, "event", "visit")
+                for o in outputs
+            )
+            pushes = kinds.pop(None, 0)
+            if pushes:
+                m.pushes.inc(pushes)
+                totals["pushes"] += pushes
+            for ev_kind, n in kinds.items():
+                m.visits.labels(str(ev_kind)).inc(n)
+                totals["visits"] += n
 
     # --- control, reload, status ---------------------------------------------------------------
 
