@@ -45,8 +45,8 @@ from engine.state import Output, StateStore
 
 log = logging.getLogger("geopush.daemon")
 
-FULL_GC_EVERY_S = 600.0
-_TS = operator.attrgetter("ts")  # an unfrozen full collection, at most this often, when the feed is idle
+FULL_GC_EVERY_S = 600.0  # an unfrozen full collection, at most this often, when the feed is idle
+_TS = operator.attrgetter("ts")
 
 
 @functools.cache
