@@ -331,8 +331,10 @@ class MqttLink:
     ) -> None:
         """Queue a PUBLISH; ``done(None)`` runs on PUBACK (QoS 1) or once written (QoS 0),
         ``done(TransportError)`` if it cannot be sent or the connection drops first. ``done`` runs
-        inside paho's read callback: no future or event-loop turn per message (the outbox's
-        hot path)."""
+        inside the socket's read callback: no future or event-loop turn per message (the
+        outbox's hot path). QoS 1 packets are built here (module doc), at most
+        ``max_inflight_out`` awaiting PUBACK (0: no limit), the rest queued in order; QoS 0 and 2
+        go through paho."""
         pc = self._paho
         if pc is None:
             done(TransportError("not connected"))
