@@ -38,6 +38,7 @@ _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--client-id", "client_id", {}),
     ("--metrics-port", "metrics_port", {"type": int, "metavar": "PORT"}),
     ("--batch-size", "batch_size", {"type": int, "metavar": "N"}),
+    ("--linger-ms", "linger_ms", {"type": float, "metavar": "MS"}),
     ("--max-in-flight", "max_in_flight", {"type": int, "metavar": "N"}),
     ("--max-pending", "max_pending", {"type": int, "metavar": "N"}),
     ("--sqlite-sync", "sqlite_sync", {"choices": ["normal", "full"]}),

@@ -262,6 +262,8 @@ class Service:
                 for f in (waiter, woke, disc):
                     f.cancel()
                 self._wake.clear()
+            if s.linger_ms and len(link.inbox) < s.batch_size:
+                await self._linger(link, s.batch_size, s.linger_ms / 1000.0)
             if len(link.inbox) < s.batch_size:
                 link.pump(s.batch_size - len(link.inbox))
             batch = link.take(s.batch_size)
@@ -292,6 +294,27 @@ class Service:
                 self._idle_flush()
             if batch:
                 await asyncio.sleep(0)  # let the outbox and PUBACKs run between batches
+
+    @staticmethod
+    async def _linger(link: MqttLink, batch_size: int, linger_s: float) -> None:
+        """Let a small batch fill up for at most ``linger_s`` after its oldest message arrived.
+
+        Every micro-batch pays fixed costs (a SQLite transaction, the PUBACKs' write, wake-ups):
+        on a live stream of ~20k single-event messages/s, batches of a few messages cost the
+        engine ~43 µs of CPU per message, against ~32 µs with a 1 ms linger (bench e2e).
+        Waiting for company costs at most ``linger_s`` of latency. A batch that fills up, or
+        whose oldest message already waited that long, goes at once."""
+        link.pump(batch_size - len(link.inbox))
+        if not link.inbox:
+            return
+        deadline = link.inbox[0].received + linger_s
+        step = max(0.001, linger_s / 8)  # the loop's timers have ~1 ms resolution anyway
+        while len(link.inbox) < batch_size and link.connected:
+            left = deadline - time.time()
+            if left <= 0.0:
+                return
+            await asyncio.sleep(min(left, step))
+            link.pump(batch_size - len(link.inbox))
 
     def handle(self, batch: list[Inbound]) -> None:
         """Process one micro-batch: decode, core, commit, ack, hand outputs to the outbox."""

@@ -17,6 +17,7 @@ HELP: dict[str, str] = {
     "client_id": "MQTT client id; fixed, so the broker keeps a persistent session while the engine is down",
     "metrics_port": "serve Prometheus metrics on this HTTP port (0 = off)",
     "batch_size": "most messages per micro-batch (one SQLite transaction each)",
+    "linger_ms": "when fewer than --batch-size messages are waiting, wait this long (ms) for more before processing (default 1): under a live stream each micro-batch then holds many messages, so the per-batch costs (commit, acks, wake-ups) are shared; adds at most this much latency; 0 = process at once",
     "max_in_flight": "most outputs awaiting PUBACK at once (publishing is concurrent)",
     "max_pending": "committed outputs waiting to be published before intake pauses (backpressure)",
     "sqlite_sync": "SQLite synchronous mode: normal survives kill -9, full also survives power loss",

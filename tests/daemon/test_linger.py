@@ -1,0 +1,37 @@
+"""--linger-ms: a small batch waits for company; a full one goes at once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from .conftest import Collector, gps, publish_all, running_service
+
+
+async def test_a_burst_within_the_linger_is_one_batch_and_waits_for_it(broker, tmp_path):
+    msgs = [(f"geopush/events/u{i}", gps(f"u{i}", 100.0 + i)) for i in range(30)]
+    async with (
+        Collector(broker.url, ["geopush/push/#"]) as col,
+        running_service(broker.url, tmp_path / "s.db", linger_ms=400.0) as svc,
+    ):
+        t0 = time.monotonic()
+        await publish_all(broker.url, msgs)
+        await col.wait_for(lambda c: len(c.on("geopush/push/")) == 30)
+        waited = time.monotonic() - t0
+        assert svc.totals["batches"] <= 2, svc.totals  # a burst, not 30 batches of one
+    assert waited >= 0.3, f"pushes after {waited:.3f} s: the batch did not linger"
+
+
+async def test_a_full_batch_does_not_wait_for_the_linger(broker, tmp_path):
+    msgs = [(f"geopush/events/u{i}", gps(f"u{i}", 100.0 + i)) for i in range(40)]
+    async with Collector(broker.url, ["geopush/push/#"]) as col, running_service(
+        broker.url, tmp_path / "s.db", linger_ms=1000.0, batch_size=10
+    ) as svc:
+        t0 = time.monotonic()
+        await publish_all(broker.url, msgs[:1])  # the loop wakes for one and lingers...
+        await asyncio.sleep(0.1)
+        await publish_all(broker.url, msgs[1:])  # ...until the batch is full
+        await col.wait_for(lambda c: len(c.on("geopush/push/")) == 40)
+        waited = time.monotonic() - t0
+        assert svc.totals["batches"] >= 4
+    assert waited < 0.8, f"full batches waited {waited:.2f} s for a 1 s linger"
