@@ -1,0 +1,83 @@
+"""The SQLite store's window of committed input digests (redelivery detection), held against
+the obvious oracle (the list of the last N digests), across restarts and from a schema-1 file."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.daemon.sqlite_store import SQLiteStore
+from engine.errors import StateError
+
+WINDOW = 1000  # the store's smallest allowed window
+
+digest = st.integers(0, 1500).map(lambda i: i.to_bytes(16, "big"))
+
+
+def _oracle(history: list[bytes], probe: list[bytes]) -> set[bytes]:
+    last = set(history[-WINDOW:])
+    return {d for d in probe if d in last}
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    batches=st.lists(st.lists(digest, max_size=400), max_size=12),
+    probe=st.lists(digest, max_size=300),
+)
+def test_seen_inputs_is_the_last_window_of_committed_digests(tmp_path_factory, batches, probe):
+    path = tmp_path_factory.mktemp("inputs") / "s.db"
+    store = SQLiteStore(path, input_window=WINDOW)
+    history: list[bytes] = []
+    for i, batch in enumerate(batches):
+        store.commit([], inputs=batch)
+        history += batch
+        if i == len(batches) // 2:  # a restart midway: the window is rebuilt from the file
+            store.close()
+            store = SQLiteStore(path, input_window=WINDOW)
+    assert store.seen_inputs(probe) == _oracle(history, probe)
+    store.close()
+    again = SQLiteStore(path, input_window=WINDOW)
+    assert again.seen_inputs(probe) == _oracle(history, probe)
+    kept = again.count("inputs")  # the file keeps the window, pruned a few hundred at a time
+    assert min(len(history), WINDOW) <= kept <= WINDOW + 256 + 400
+    again.close()
+
+
+def test_a_failed_commit_remembers_nothing(tmp_path):
+    store = SQLiteStore(tmp_path / "s.db", input_window=WINDOW)
+    store.commit([], inputs=[b"a" * 16])
+    store._db.execute(
+        "CREATE TRIGGER no_more BEFORE INSERT ON input_log BEGIN SELECT RAISE(ABORT, 'full'); END"
+    )
+    with pytest.raises(StateError):
+        store.commit([], inputs=[b"b" * 16])
+    assert store.seen_inputs([b"a" * 16, b"b" * 16]) == {b"a" * 16}
+
+
+def test_a_schema_1_file_is_migrated_with_its_digests(tmp_path):
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript(
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema', '1');
+        CREATE TABLE inputs (digest BLOB PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
+        CREATE INDEX inputs_seq ON inputs (seq);
+        """
+    )
+    db.executemany(
+        "INSERT INTO inputs VALUES (?, ?)", [(bytes([i]) * 16, i + 1) for i in range(50)]
+    )
+    db.commit()
+    db.close()
+    store = SQLiteStore(path, input_window=WINDOW)
+    assert store.seen_inputs([bytes([3]) * 16, bytes([99]) * 16]) == {bytes([3]) * 16}
+    assert store.get_meta("schema") == "2"
+    store.commit([], inputs=[bytes([200]) * 16])  # numbering goes on after the old rows
+    assert store.count("inputs") == 51
+    names = {r[0] for r in store._db.execute("SELECT name FROM sqlite_master")}
+    assert "inputs" not in names and "input_log" in names
+    store.close()
