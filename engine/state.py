@@ -140,8 +140,10 @@ class MemoryStore:
         self._inventory: dict[str, int] = {}
         self._push_ids: set[str] = set()
         # The core looks a user up on every event: bind the dict's own look-up (which creates
-        # missing records through ``_Records.__missing__``) so no Python frame runs per hit.
-        self.user = self._users.__getitem__  # type: ignore[method-assign,assignment]
+        # missing records through ``_Records.__missing__``) so no Python frame runs per hit;
+        # not in a subclass that overrides ``user`` (the binding would hide its method).
+        if type(self).user is MemoryStore.user:
+            self.user = self._users.__getitem__  # type: ignore[method-assign,assignment]
 
     def user(self, user: str) -> UserState:
         """The user's record, created empty if unknown (by ``_Records.__missing__``). Shadowed

@@ -52,3 +52,17 @@ def test_memory_shortcuts_match_the_plain_path() -> None:
     plain = _run(PlainStore(), index, campaigns, lines)
     assert fast[1]["visits"]["exit"] > 0 and fast[1]["exits_by_cause"].get("timeout", 0) > 0
     assert fast == plain
+
+
+def test_a_subclass_overriding_user_keeps_its_method() -> None:
+    calls: list[str] = []
+
+    class Counting(MemoryStore):
+        def user(self, user: str) -> UserState:
+            calls.append(user)
+            return super().user(user)
+
+    s = Counting()
+    s.user("u1")
+    assert calls == ["u1"]
+    assert MemoryStore().user("u2").user == "u2"
