@@ -1,13 +1,18 @@
 """``engine.state.StateStore`` on a SQLite file: the daemon's durable state (no server).
 
-Tables (schema version 2):
+Tables (schema version 3):
 
 * ``users(user PRIMARY KEY, blob)``: each ``UserState`` as msgpack (``encode_user``): open visits,
   follows, payments, frequency-cap push times, daily counters, tags, opt-out;
 * ``inventory(campaign_id PRIMARY KEY, left)``: coupons left per campaign;
 * ``push_ids(push_id PRIMARY KEY)``: every push decision ever committed (``seen_push``);
-* ``outbox(seq PRIMARY KEY, out_id UNIQUE, topic, payload, sent)``: every output (push, visit
-  event, dead letter) committed with the batch that produced it; ``sent`` flips after PUBACK;
+* ``outbox(seq PRIMARY KEY, out_id, topic, payload, sent)``: every output (push, visit event,
+  dead letter) committed with the batch that produced it; ``sent`` flips after PUBACK, by ``seq``
+  (the store remembers the seq of each row it wrote or loaded until it is marked). Schema 2 had a
+  ``UNIQUE`` index on ``out_id``: a random B-tree insert per output and a random look-up per
+  mark, the largest cost outside the core under batch load; a single writer never commits an
+  output twice (redeliveries are recognised by their input digest first), so it went (opening a
+  schema-2 file rebuilds the table);
 * ``input_log(seq PRIMARY KEY, digest)``: digests of the last N committed input messages, so a
   message the broker redelivers after a crash (committed, PUBACK lost) is recognised, not re-run.
   An append-only log (inserts at the end, pruned from the front, both cheap) mirrored by an
@@ -51,7 +56,7 @@ from typing import Any, Literal
 from engine.errors import StateError
 from engine.state import Output, UserState, decode_user, encode_user
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # The writer checkpoints itself when the WAL file passes this size: the background checkpointer
 # fell behind (or something holds an old read snapshot). SQLite truncates the WAL back to this size
 # when it restarts the log, so the file size says whether it has been restarted since.
@@ -66,7 +71,7 @@ CREATE TABLE IF NOT EXISTS inventory (campaign_id TEXT PRIMARY KEY, left INTEGER
 CREATE TABLE IF NOT EXISTS push_ids (push_id TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    out_id TEXT NOT NULL UNIQUE,
+    out_id TEXT NOT NULL,
     topic TEXT NOT NULL,
     payload BLOB NOT NULL,
     sent INTEGER NOT NULL DEFAULT 0
@@ -138,6 +143,9 @@ class SQLiteStore:
         )
         self._remember([bytes(r[0]) for r in reversed(rows)])
         self._sent_later: list[str] = []  # acknowledged outputs, marked sent with the next commit
+        self._out_seq = self._scalar("SELECT COALESCE(MAX(seq), 0) FROM outbox")
+        # out_id -> seqs of rows written or loaded and not yet marked sent (marks go by seq)
+        self._seq_of: dict[str, list[int]] = {}
         self._wal_path = f"{self.path}-wal"
         self._checkpointer: _Checkpointer | None = None  # started by the first commit
 
@@ -225,9 +233,10 @@ class SQLiteStore:
                     [(p,) for p in self._new_push_ids],
                 )
             if rows:
+                out0 = self._out_seq
                 db.executemany(
-                    "INSERT OR IGNORE INTO outbox (out_id, topic, payload) VALUES (?, ?, ?)",
-                    [(r.out_id, r.topic, r.payload) for r in rows],
+                    "INSERT INTO outbox (seq, out_id, topic, payload) VALUES (?, ?, ?, ?)",
+                    [(out0 + i + 1, r.out_id, r.topic, r.payload) for i, r in enumerate(rows)],
                 )
             if inputs:
                 seq0 = self._input_seq
@@ -246,16 +255,20 @@ class SQLiteStore:
                     " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                     list(meta.items()),
                 )
-            sent = self._sent_later
-            if sent:
-                db.executemany(_MARK_SENT, [(o,) for o in sent])
+            marks, taken = self._seqs(self._sent_later)
+            if marks:
+                db.executemany(_MARK_SENT, marks)
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             self._safe_rollback()
             self.rollback()
             raise StateError(f"commit to {self.path} failed: {exc}") from exc
-        if sent:
+        if self._sent_later:
             self._sent_later = []
+            self._forget_seqs(taken)
+        if rows:
+            self._track_seqs((self._out_seq + i + 1, r.out_id) for i, r in enumerate(rows))
+            self._out_seq += len(rows)
         self._after_commit()
         self._input_seq += len(inputs)
         self._inputs_since_prune += len(inputs)
@@ -313,10 +326,45 @@ class SQLiteStore:
         return out
 
     def unsent(self, limit: int | None = None) -> list[OutRow]:
-        sql = "SELECT out_id, topic, payload FROM outbox WHERE sent = 0 ORDER BY seq"
+        sql = "SELECT seq, out_id, topic, payload FROM outbox WHERE sent = 0 ORDER BY seq"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        return [OutRow(o, t, bytes(p)) for o, t, p in self._query(sql, ())]
+        rows = self._query(sql, ())
+        self._track_seqs((q, o) for q, o, _, _ in rows)
+        return [OutRow(o, t, bytes(p)) for _, o, t, p in rows]
+
+    def _track_seqs(self, pairs: Iterable[tuple[int, str]]) -> None:
+        """Remember the seq of rows that may be marked sent later (marks go by seq)."""
+        seq_of = self._seq_of
+        for q, o in pairs:
+            lst = seq_of.get(o)
+            if lst is None:
+                seq_of[o] = [q]
+            elif q not in lst:
+                lst.append(q)
+
+    def _seqs(self, out_ids: Sequence[str]) -> tuple[list[tuple[int]], dict[str, int]]:
+        """The seqs to mark for these acknowledged ids (one row per acknowledgement), and how
+        many of each id's seqs they use. An id with no row known (none written or loaded by this
+        store) is skipped: its row stays unsent and is re-published after a restart."""
+        marks: list[tuple[int]] = []
+        taken: dict[str, int] = {}
+        seq_of = self._seq_of
+        for o in out_ids:
+            lst = seq_of.get(o)
+            k = taken.get(o, 0)
+            if lst is not None and k < len(lst):
+                marks.append((lst[k],))
+                taken[o] = k + 1
+        return marks, taken
+
+    def _forget_seqs(self, taken: dict[str, int]) -> None:
+        seq_of = self._seq_of
+        for o, k in taken.items():
+            lst = seq_of[o]
+            del lst[:k]
+            if not lst:
+                del seq_of[o]
 
     def defer_sent(self, out_ids: Iterable[str]) -> None:
         """Mark these outputs sent in the next ``commit``'s transaction (or the next
@@ -330,17 +378,19 @@ class SQLiteStore:
 
     def mark_sent(self, out_ids: Iterable[str]) -> None:
         """Mark these outputs, and any deferred ones, sent now (one transaction)."""
-        ids = [(o,) for o in (*self._sent_later, *out_ids)]
-        if not ids:
+        acked = [*self._sent_later, *out_ids]
+        if not acked:
             return
+        marks, taken = self._seqs(acked)
         try:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany(_MARK_SENT, ids)
+            self._db.executemany(_MARK_SENT, marks)
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             self._safe_rollback()
             raise StateError(f"mark_sent in {self.path} failed: {exc}") from exc
         self._sent_later = []
+        self._forget_seqs(taken)
         self._after_commit()
 
     def prune_sent(self, keep: int = 100_000) -> int:
@@ -432,6 +482,9 @@ class SQLiteStore:
         if rows and rows[0][0] == "1":
             self._migrate_from_1()
             rows = [("2",)]
+        if rows and rows[0][0] == "2":
+            self._migrate_from_2()
+            rows = [("3",)]
         if not rows:
             self._db.execute(
                 "INSERT INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
@@ -458,6 +511,31 @@ class SQLiteStore:
             raise
         log.info("state file %s migrated from schema 1 to 2", self.path)
 
+    def _migrate_from_2(self) -> None:
+        """Schema 2 -> 3: the outbox without its UNIQUE index on out_id (rebuilt: SQLite cannot
+        drop a constraint)."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute(
+                "CREATE TABLE outbox_v3 (seq INTEGER PRIMARY KEY AUTOINCREMENT, out_id TEXT NOT"
+                " NULL, topic TEXT NOT NULL, payload BLOB NOT NULL, sent INTEGER NOT NULL"
+                " DEFAULT 0)"
+            )
+            db.execute(
+                "INSERT INTO outbox_v3 (seq, out_id, topic, payload, sent)"
+                " SELECT seq, out_id, topic, payload, sent FROM outbox ORDER BY seq"
+            )
+            db.execute("DROP TABLE outbox")
+            db.execute("ALTER TABLE outbox_v3 RENAME TO outbox")
+            db.execute("CREATE INDEX outbox_unsent ON outbox (sent, seq)")
+            db.execute("UPDATE meta SET value = '3' WHERE key = 'schema'")
+            db.execute("COMMIT")
+        except sqlite3.Error:
+            db.execute("ROLLBACK")
+            raise
+        log.info("state file %s migrated from schema 2 to 3", self.path)
+
     def _query(self, sql: str, params: Sequence[object]) -> list[Any]:
         try:
             return self._db.execute(sql, params).fetchall()
@@ -479,7 +557,7 @@ class SQLiteStore:
             self._db.execute("ROLLBACK")
 
 
-_MARK_SENT = "UPDATE outbox SET sent = 1 WHERE out_id = ?"
+_MARK_SENT = "UPDATE outbox SET sent = 1 WHERE seq = ?"
 _PRUNE_INPUTS = "DELETE FROM input_log WHERE seq <= ?"
 
 

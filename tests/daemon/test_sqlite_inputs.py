@@ -75,7 +75,7 @@ def test_a_schema_1_file_is_migrated_with_its_digests(tmp_path):
     db.close()
     store = SQLiteStore(path, input_window=WINDOW)
     assert store.seen_inputs([bytes([3]) * 16, bytes([99]) * 16]) == {bytes([3]) * 16}
-    assert store.get_meta("schema") == "2"
+    assert store.get_meta("schema") == "3"
     store.commit([], inputs=[bytes([200]) * 16])  # numbering goes on after the old rows
     assert store.count("inputs") == 51
     names = {r[0] for r in store._db.execute("SELECT name FROM sqlite_master")}
