@@ -126,7 +126,7 @@ class Core:
         self.time_match = 0.0
         self.time_decide = 0.0
         self._timers = TimerQueue()  # (due, user, store_id, visit_id) of open visits
-        # Visit ids in the heap still open (the sweep skips stale entries), each with the user's
+        # Visit ids in the timer queue still open (the sweep skips stale entries), each with the user's
         # record when the store keeps records in memory for good (``store.in_memory``), so the
         # sweep does not look the user up again; None: ask the store (it tracks what it loads).
         self._open: dict[str, UserState | None] = {}
