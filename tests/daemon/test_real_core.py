@@ -83,13 +83,18 @@ async def test_kill_9_mid_stream_loses_nothing_and_repeats_no_decision(broker, t
         proc = spawn_daemon(broker.url, state, world, "--batch-size", "16")
         try:
             await wait_online(col, proc.pid)
-            pub = asyncio.create_task(publish_all(broker.url, world.messages))
-            await col.wait_for(lambda c: len(c.on("geopush/push/")) >= len(expected["pushes"]) // 3)
-            proc.send_signal(signal.SIGKILL)  # mid-stream, mid-batch
+            # The first half streams in and the engine is killed while it works on it; the
+            # second half is published only then (the engine can otherwise finish the whole
+            # trace before the kill lands), and waits in the broker for the next process.
+            half = len(world.messages) // 2
+            pub = asyncio.create_task(publish_all(broker.url, world.messages[:half]))
+            await col.wait_for(lambda c: len(c.on("geopush/push/")) >= len(expected["pushes"]) // 6)
+            proc.send_signal(signal.SIGKILL)  # mid-stream
             before = len(received_outputs(col)["pushes"])
             assert before < len(expected["pushes"])
             proc.wait()
-            await pub  # the broker accepted everything; part waits for the engine
+            await pub  # the broker accepted all of the first half; part waits for the engine
+            await publish_all(broker.url, world.messages[half:])
             proc = spawn_daemon(broker.url, state, world, "--batch-size", "16")
             await wait_online(col, proc.pid)
             await col.wait_for(_complete(expected), timeout=40)
