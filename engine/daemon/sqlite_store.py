@@ -7,7 +7,8 @@ Tables (schema version 3):
 * ``inventory(campaign_id PRIMARY KEY, left)``: coupons left per campaign;
 * ``push_ids(push_id PRIMARY KEY)``: every push decision ever committed (``seen_push``);
 * ``outbox(seq PRIMARY KEY, out_id, topic, payload, sent)``: every output (push, visit event,
-  dead letter) committed with the batch that produced it; ``sent`` flips after PUBACK, by ``seq``
+  dead letter) committed with the batch that produced it, the newest ``outbox_keep`` kept once
+  sent (pruned as commits go); ``sent`` flips after PUBACK, by ``seq``
   (the store remembers the seq of each row it wrote or loaded until it is marked). Schema 2 had a
   ``UNIQUE`` index on ``out_id``: a random B-tree insert per output and a random look-up per
   mark, the largest cost outside the core under batch load; a single writer never commits an
@@ -106,11 +107,13 @@ class SQLiteStore:
         synchronous: Literal["normal", "full"] = "normal",
         cache_users: int = 200_000,
         input_window: int = 100_000,
+        outbox_keep: int = 100_000,
     ) -> None:
         self.path = Path(path)
         self.render = render
         self.cache_users = cache_users
         self.input_window = input_window
+        self.outbox_keep = outbox_keep
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(
@@ -238,6 +241,11 @@ class SQLiteStore:
                     "INSERT INTO outbox (seq, out_id, topic, payload) VALUES (?, ?, ?, ?)",
                     [(out0 + i + 1, r.out_id, r.topic, r.payload) for i, r in enumerate(rows)],
                 )
+                if (out0 + len(rows)) // 256 != out0 // 256:
+                    # Sent rows beyond the newest ``outbox_keep`` go, a few hundred at a time
+                    # (the front of the (sent, seq) index): the table stays bounded. Unsent
+                    # rows are never pruned.
+                    db.execute(_PRUNE_SENT, (out0 + len(rows) - self.outbox_keep,))
             if inputs:
                 seq0 = self._input_seq
                 db.executemany(
@@ -559,6 +567,7 @@ class SQLiteStore:
 
 _MARK_SENT = "UPDATE outbox SET sent = 1 WHERE seq = ?"
 _PRUNE_INPUTS = "DELETE FROM input_log WHERE seq <= ?"
+_PRUNE_SENT = "DELETE FROM outbox WHERE sent = 1 AND seq <= ?"
 
 
 class _Checkpointer:

@@ -99,3 +99,17 @@ def test_a_schema_2_file_is_rebuilt_and_keeps_its_rows_and_flags(tmp_path):
     }
     assert indexes == {"outbox_unsent"}  # no index on out_id any more
     store.close()
+
+
+def test_sent_rows_beyond_the_keep_are_pruned_unsent_ones_never(tmp_path):
+    store = SQLiteStore(tmp_path / "s.db", outbox_keep=300)
+    store.commit([], extra=[OutRow("stuck", "t/x", b"p")])  # never acknowledged
+    for b in range(20):
+        ids = [f"b{b}-{i}" for i in range(100)]
+        store.commit([], extra=[OutRow(o, "t/x", b"p") for o in ids])
+        store.defer_sent(ids)  # acknowledged: marked by the next commit
+    store.commit([], extra=[OutRow("last", "t/x", b"p")])
+    kept = store.count("outbox", "WHERE sent = 1")
+    assert 300 - 256 <= kept <= 300 + 256 + 100  # bounded near the keep, pruned as commits go
+    assert [r.out_id for r in store.unsent()] == ["stuck", "last"]
+    store.close()
