@@ -87,16 +87,16 @@ class CampaignSet:
     campaigns: tuple[Campaign, ...] = ()
     max_pushes_per_user_per_day: int | None = None  # across merchants; UTC day
     quiet_hours: QuietHours | None = None
-    # (merchant_id, trigger_key) -> campaigns in decision order; built in __post_init__.
-    _by_key: dict[tuple[str, str], tuple[Campaign, ...]] = field(
-        default_factory=dict, init=False, repr=False, compare=False
+    # (merchant_id, trigger_key) -> campaigns in decision order, and merchant_id -> distinct
+    # dwell_s ascending; built in __post_init__. defaultdicts, so that their bound subscripts,
+    # ``lookup`` and ``dwells_of``, serve the core's hot path with no Python frame per call (a
+    # key never seen is added with ``()``: bounded by the merchants and triggers the core meets).
+    _by_key: defaultdict[tuple[str, str], tuple[Campaign, ...]] = field(
+        default_factory=lambda: defaultdict(tuple), init=False, repr=False, compare=False
     )
-    _dwells: dict[str, tuple[int, ...]] = field(
-        default_factory=dict, init=False, repr=False, compare=False
+    _dwells: defaultdict[str, tuple[int, ...]] = field(
+        default_factory=lambda: defaultdict(tuple), init=False, repr=False, compare=False
     )
-    # The core's hot-path forms of ``candidates`` and ``dwell_thresholds``: bound look-ups of
-    # defaultdicts, so no Python frame runs per call (a key never seen is added with ``()``,
-    # bounded by the merchants and triggers the core meets).
     lookup: Callable[[tuple[str, str]], tuple[Campaign, ...]] = field(
         init=False, repr=False, compare=False
     )
@@ -114,10 +114,8 @@ class CampaignSet:
             self._by_key[key] = tuple(cs)
         for m, ds in dwells.items():
             self._dwells[m] = tuple(sorted(ds))
-        by_key: defaultdict[tuple[str, str], tuple[Campaign, ...]] = defaultdict(tuple, self._by_key)
-        dw: defaultdict[str, tuple[int, ...]] = defaultdict(tuple, self._dwells)
-        object.__setattr__(self, "lookup", by_key.__getitem__)
-        object.__setattr__(self, "dwells_of", dw.__getitem__)
+        object.__setattr__(self, "lookup", self._by_key.__getitem__)
+        object.__setattr__(self, "dwells_of", self._dwells.__getitem__)
 
     def candidates(self, merchant_id: str, trigger_key: str) -> tuple[Campaign, ...]:
         """Campaigns of this merchant on this trigger, in decision order."""
