@@ -65,18 +65,20 @@ WAL_LIMIT_BYTES = 32 * 1024 * 1024
 
 log = logging.getLogger("geopush.daemon")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS users (user TEXT PRIMARY KEY, blob BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS inventory (campaign_id TEXT PRIMARY KEY, left INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS push_ids (push_id TEXT PRIMARY KEY) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS outbox (
+_OUTBOX = """CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     out_id TEXT NOT NULL,
     topic TEXT NOT NULL,
     payload BLOB NOT NULL,
     sent INTEGER NOT NULL DEFAULT 0
-);
+);"""
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS users (user TEXT PRIMARY KEY, blob BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS inventory (campaign_id TEXT PRIMARY KEY, left INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS push_ids (push_id TEXT PRIMARY KEY) WITHOUT ROWID;
+{_OUTBOX}
 CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox (sent, seq);
 CREATE TABLE IF NOT EXISTS input_log (seq INTEGER PRIMARY KEY, digest BLOB NOT NULL);
 """
@@ -487,12 +489,8 @@ class SQLiteStore:
 
     def _check_schema(self) -> None:
         rows = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchall()
-        if rows and rows[0][0] == "1":
-            self._migrate_from_1()
-            rows = [("2",)]
-        if rows and rows[0][0] == "2":
-            self._migrate_from_2()
-            rows = [("3",)]
+        while rows and rows[0][0] in _MIGRATIONS:
+            rows = [(self._migrate(rows[0][0]),)]
         if not rows:
             self._db.execute(
                 "INSERT INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
@@ -503,46 +501,21 @@ class SQLiteStore:
                 f"{SCHEMA_VERSION}: use a matching geopush version or a new --state file"
             )
 
-    def _migrate_from_1(self) -> None:
-        """Schema 1 -> 2: the input digests move from a table keyed by digest to a log."""
+    def _migrate(self, version: str) -> str:
+        """Run the migration from schema ``version`` in one transaction; the new version."""
+        new = str(int(version) + 1)
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.execute(
-                "INSERT INTO input_log (seq, digest) SELECT seq, digest FROM inputs ORDER BY seq"
-            )
-            db.execute("DROP TABLE inputs")
-            db.execute("UPDATE meta SET value = '2' WHERE key = 'schema'")
+            for sql in _MIGRATIONS[version]:
+                db.execute(sql)
+            db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (new,))
             db.execute("COMMIT")
         except sqlite3.Error:
             db.execute("ROLLBACK")
             raise
-        log.info("state file %s migrated from schema 1 to 2", self.path)
-
-    def _migrate_from_2(self) -> None:
-        """Schema 2 -> 3: the outbox without its UNIQUE index on out_id (rebuilt: SQLite cannot
-        drop a constraint)."""
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.execute(
-                "CREATE TABLE outbox_v3 (seq INTEGER PRIMARY KEY AUTOINCREMENT, out_id TEXT NOT"
-                " NULL, topic TEXT NOT NULL, payload BLOB NOT NULL, sent INTEGER NOT NULL"
-                " DEFAULT 0)"
-            )
-            db.execute(
-                "INSERT INTO outbox_v3 (seq, out_id, topic, payload, sent)"
-                " SELECT seq, out_id, topic, payload, sent FROM outbox ORDER BY seq"
-            )
-            db.execute("DROP TABLE outbox")
-            db.execute("ALTER TABLE outbox_v3 RENAME TO outbox")
-            db.execute("CREATE INDEX outbox_unsent ON outbox (sent, seq)")
-            db.execute("UPDATE meta SET value = '3' WHERE key = 'schema'")
-            db.execute("COMMIT")
-        except sqlite3.Error:
-            db.execute("ROLLBACK")
-            raise
-        log.info("state file %s migrated from schema 2 to 3", self.path)
+        log.info("state file %s migrated from schema %s to %s", self.path, version, new)
+        return new
 
     def _query(self, sql: str, params: Sequence[object]) -> list[Any]:
         try:
@@ -566,6 +539,23 @@ class SQLiteStore:
 
 
 _MARK_SENT = "UPDATE outbox SET sent = 1 WHERE seq = ?"
+# From schema N to N + 1 (run in one transaction by SQLiteStore._migrate).
+_MIGRATIONS: dict[str, tuple[str, ...]] = {
+    # the input digests move from a table keyed by digest to an append-only log
+    "1": (
+        "INSERT INTO input_log (seq, digest) SELECT seq, digest FROM inputs ORDER BY seq",
+        "DROP TABLE inputs",
+    ),
+    # the outbox without its UNIQUE index on out_id (rebuilt: SQLite cannot drop a constraint)
+    "2": (
+        "ALTER TABLE outbox RENAME TO outbox_v2",
+        _OUTBOX,
+        "INSERT INTO outbox (seq, out_id, topic, payload, sent)"
+        " SELECT seq, out_id, topic, payload, sent FROM outbox_v2 ORDER BY seq",
+        "DROP TABLE outbox_v2",
+        "CREATE INDEX outbox_unsent ON outbox (sent, seq)",
+    ),
+}
 _PRUNE_INPUTS = "DELETE FROM input_log WHERE seq <= ?"
 _PRUNE_SENT = "DELETE FROM outbox WHERE sent = 1 AND seq <= ?"
 
