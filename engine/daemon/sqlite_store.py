@@ -423,9 +423,7 @@ class SQLiteStore:
 
     # Introspection for tests and `geopush` tools.
     def count(self, table: str, where: str = "") -> int:
-        assert table in {"users", "inventory", "push_ids", "outbox", "inputs"}
-        if table == "inputs":
-            table = "input_log"
+        assert table in {"users", "inventory", "push_ids", "outbox", "input_log"}
         return self._scalar(f"SELECT COUNT(*) FROM {table} {where}")
 
     def all_users(self) -> dict[str, UserState]:

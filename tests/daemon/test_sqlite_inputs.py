@@ -41,7 +41,7 @@ def test_seen_inputs_is_the_last_window_of_committed_digests(tmp_path_factory, b
     store.close()
     again = SQLiteStore(path, input_window=WINDOW)
     assert again.seen_inputs(probe) == _oracle(history, probe)
-    kept = again.count("inputs")  # the file keeps the window, pruned a few hundred at a time
+    kept = again.count("input_log")  # the file keeps the window, pruned a few hundred at a time
     assert min(len(history), WINDOW) <= kept <= WINDOW + 256 + 400
     again.close()
 
@@ -77,7 +77,7 @@ def test_a_schema_1_file_is_migrated_with_its_digests(tmp_path):
     assert store.seen_inputs([bytes([3]) * 16, bytes([99]) * 16]) == {bytes([3]) * 16}
     assert store.get_meta("schema") == "3"
     store.commit([], inputs=[bytes([200]) * 16])  # numbering goes on after the old rows
-    assert store.count("inputs") == 51
+    assert store.count("input_log") == 51
     names = {r[0] for r in store._db.execute("SELECT name FROM sqlite_master")}
     assert "inputs" not in names and "input_log" in names
     store.close()
