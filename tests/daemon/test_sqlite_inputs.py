@@ -41,7 +41,7 @@ def test_seen_inputs_is_the_last_window_of_committed_digests(tmp_path_factory, b
     store.close()
     again = SQLiteStore(path, input_window=WINDOW)
     assert again.seen_inputs(probe) == _oracle(history, probe)
-    kept = again.count("input_log")  # the file keeps the window, pruned a few hundred at a time
+    kept = again.logged_inputs()  # the file keeps the window, pruned a few hundred at a time
     assert min(len(history), WINDOW) <= kept <= WINDOW + 256 + 400
     again.close()
 
@@ -77,7 +77,38 @@ def test_a_schema_1_file_is_migrated_with_its_digests(tmp_path):
     assert store.seen_inputs([bytes([3]) * 16, bytes([99]) * 16]) == {bytes([3]) * 16}
     assert store.get_meta("schema") == "3"
     store.commit([], inputs=[bytes([200]) * 16])  # numbering goes on after the old rows
-    assert store.count("input_log") == 51
+    assert store.logged_inputs() == 51
     names = {r[0] for r in store._db.execute("SELECT name FROM sqlite_master")}
     assert "inputs" not in names and "input_log" in names
+    store.close()
+
+
+def test_one_row_per_commit_and_old_one_digest_rows_read_alike(tmp_path):
+    """A commit writes its digests as one row numbered by its last input; a log written one
+    digest per row (the layout before) is read the same, and numbering goes on after it."""
+    path = tmp_path / "s.db"
+    store = SQLiteStore(path, input_window=WINDOW)
+    store._db.executemany(  # the old layout: one row per input, numbered by input
+        "INSERT INTO input_log (seq, digest) VALUES (?, ?)",
+        [(i + 1, i.to_bytes(16, "big")) for i in range(3)],
+    )
+    store.close()
+    store = SQLiteStore(path, input_window=WINDOW)
+    new = [i.to_bytes(16, "big") for i in range(3, 8)]
+    store.commit([], inputs=new)
+    rows = store._db.execute("SELECT seq, length(digest) FROM input_log ORDER BY seq").fetchall()
+    assert rows == [(1, 16), (2, 16), (3, 16), (8, 80)]
+    store.close()
+    again = SQLiteStore(path, input_window=4)  # the window cuts through the packed row
+    probe = [i.to_bytes(16, "big") for i in range(9)]
+    assert again.seen_inputs(probe) == set(probe[4:8])
+    assert again.logged_inputs() == 8
+    again.close()
+
+
+def test_a_digest_of_the_wrong_size_is_refused(tmp_path):
+    store = SQLiteStore(tmp_path / "s.db", input_window=WINDOW)
+    with pytest.raises(StateError, match="16 bytes"):
+        store.commit([], inputs=[b"short"])
+    assert store.logged_inputs() == 0
     store.close()

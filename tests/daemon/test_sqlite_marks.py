@@ -33,7 +33,7 @@ def test_deferred_marks_are_written_by_the_next_commit_or_mark_sent(tmp_path):
         assert store.sent_deferred == 2
         assert not any(_sent(path).values())  # not yet: no transaction of their own
         store.rollback()  # a batch the core failed on does not forget them
-        store.commit([], extra=[OutRow("o6", "t/x", b"p")], inputs=[b"d1"])
+        store.commit([], extra=[OutRow("o6", "t/x", b"p")], inputs=[b"d1".ljust(16, b"-")])
         assert store.sent_deferred == 0
         assert {o for o, s in _sent(path).items() if s} == {"o0", "o1"}
         store.defer_sent(["o2"])

@@ -88,7 +88,7 @@ async def test_outputs_are_committed_and_marked_sent(broker, tmp_path):
         rows = store.outbox()
         assert len(rows) == 50 and all(sent for *_, sent in rows)
         assert len(store.push_ids()) == 50
-        assert store.count("input_log") == 50
+        assert store.logged_inputs() == 50
         assert json.loads(rows[0][2])["user"] == "dave"
     finally:
         store.close()
