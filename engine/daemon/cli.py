@@ -39,6 +39,7 @@ _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--metrics-port", "metrics_port", {"type": int, "metavar": "PORT"}),
     ("--batch-size", "batch_size", {"type": int, "metavar": "N"}),
     ("--linger-ms", "linger_ms", {"type": float, "metavar": "MS"}),
+    ("--linger-batch", "linger_batch", {"type": int, "metavar": "N"}),
     ("--max-in-flight", "max_in_flight", {"type": int, "metavar": "N"}),
     ("--max-pending", "max_pending", {"type": int, "metavar": "N"}),
     ("--sqlite-sync", "sqlite_sync", {"choices": ["normal", "full"]}),

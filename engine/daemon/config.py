@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     metrics_port: int = Field(0, ge=0, le=65535)
     batch_size: int = Field(500, ge=1, le=100_000)
     linger_ms: float = Field(1.0, ge=0, le=1000)
+    linger_batch: int = Field(64, ge=1, le=100_000)
     max_in_flight: int = Field(200, ge=1, le=65000)
     max_pending: int = Field(20_000, ge=1)
     sqlite_sync: Literal["normal", "full"] = "normal"

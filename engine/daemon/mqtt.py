@@ -148,6 +148,7 @@ class MqttLink:
         self._raw_wait: collections.deque[
             tuple[str, bytes, Callable[[BaseException | None], None], bool]
         ] = collections.deque()
+        self._held: tuple[Any, int] | None = None  # (socket, epoch) while hold_reads is on
         self._aiomqtt_on_publish: Any = None
 
     # --- connection ----------------------------------------------------------------------------
@@ -279,6 +280,47 @@ class MqttLink:
             if len(inbox) == before:  # nothing (more) buffered, or a non-PUBLISH packet
                 break
         return len(inbox) - start
+
+    def hold_reads(self) -> bool:
+        """Stop the event loop from watching the socket until ``release_reads``; ``pump`` still
+        reads it. While the service lingers over a small batch, every TCP segment the broker
+        sends (one per message: TCP_NODELAY) would otherwise wake the loop for a read of a few
+        messages, ~19 loop turns per micro-batch at 40k single-event messages/s. False when
+        there is no socket (nothing held)."""
+        pc = self._paho
+        sock = pc.socket() if pc is not None else None
+        if sock is None or self._held is not None:
+            return False
+        asyncio.get_running_loop().remove_reader(sock.fileno())
+        self._held = (sock, self.epoch)
+        return True
+
+    def release_reads(self) -> None:
+        """Watch the socket again (after ``hold_reads``), unless the connection it belonged to
+        is gone meanwhile (its file number may be reused: never watch that)."""
+        held, self._held = self._held, None
+        pc, client = self._paho, self._client
+        if held is None or pc is None or client is None:
+            return
+        sock, epoch = held
+        current = pc.socket()
+        if epoch != self.epoch or current is None or current is not sock or current.fileno() < 0:
+            return
+        fd = current.fileno()
+        disconnected = client._disconnected  # noqa: SLF001
+
+        def readable() -> None:  # what aiomqtt's own reader does (TLS: drain decoded bytes)
+            try:
+                while True:
+                    pc.loop_read()
+                    pending = getattr(pc._sock, "pending", None)  # noqa: SLF001
+                    if pending is None or pending() <= 0:
+                        break
+            except Exception as exc:  # noqa: BLE001  (the connection broke: aiomqtt's way)
+                if not disconnected.done():
+                    disconnected.set_exception(exc)
+
+        asyncio.get_running_loop().add_reader(fd, readable)
 
     def take(self, limit: int) -> list[Inbound]:
         """Up to ``limit`` messages from the inbox, oldest first, without waiting."""

@@ -35,3 +35,17 @@ async def test_a_full_batch_does_not_wait_for_the_linger(broker, tmp_path):
         waited = time.monotonic() - t0
         assert svc.totals["batches"] >= 4
     assert waited < 0.8, f"full batches waited {waited:.2f} s for a 1 s linger"
+
+
+async def test_a_batch_of_linger_batch_messages_does_not_wait_for_the_linger(broker, tmp_path):
+    msgs = [(f"geopush/events/u{i}", gps(f"u{i}", 100.0 + i)) for i in range(40)]
+    async with Collector(broker.url, ["geopush/push/#"]) as col, running_service(
+        broker.url, tmp_path / "s.db", linger_ms=1000.0, linger_batch=10, batch_size=1000
+    ):
+        t0 = time.monotonic()
+        await publish_all(broker.url, msgs[:1])  # the loop wakes for one and lingers...
+        await asyncio.sleep(0.1)
+        await publish_all(broker.url, msgs[1:])  # ...until the batch holds linger_batch
+        await col.wait_for(lambda c: len(c.on("geopush/push/")) == 40)
+        waited = time.monotonic() - t0
+    assert waited < 0.8, f"a batch of linger_batch waited {waited:.2f} s for a 1 s linger"
