@@ -68,6 +68,26 @@ def test_checkpoints_run_in_the_background_and_the_wal_stays_bounded(tmp_path):
     assert store._checkpointer is None  # noqa: SLF001  (stopped with the store)
 
 
+def test_under_steady_commits_the_log_still_restarts(tmp_path):
+    """A commit every ~2 ms, as under load: a plain checkpoint always ends after the next commit
+    appended more, so the writer never finds the log fully copied and cannot restart it; the
+    checkpointer chases the tail until it can. Without the chase the WAL reaches
+    WAL_LIMIT_BYTES within ~300 such commits and the writer checkpoints on its own."""
+    path = tmp_path / "s.db"
+    store = SQLiteStore(path)
+    blob = os.urandom(2000)
+    sizes = []
+    try:
+        for b in range(400):  # ~50 MB through the WAL, ~120 KB per commit
+            store.commit([], extra=[OutRow(f"b{b}-{i}", "t/x", blob) for i in range(60)])
+            sizes.append(os.path.getsize(f"{path}-wal"))
+            time.sleep(0.002)  # the service's work between commits
+        assert store.inline_checkpoints == 0
+        assert max(sizes) < sqlite_store.WAL_LIMIT_BYTES // 2
+    finally:
+        store.close()
+
+
 def test_the_writer_checkpoints_itself_when_the_background_falls_behind(tmp_path, monkeypatch):
     monkeypatch.setattr(sqlite_store, "WAL_LIMIT_BYTES", 2 * 2**20)
     path = tmp_path / "s.db"
