@@ -112,3 +112,26 @@ def test_a_digest_of_the_wrong_size_is_refused(tmp_path):
         store.commit([], inputs=[b"short"])
     assert store.logged_inputs() == 0
     store.close()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    size=st.integers(1, 5000),
+    batches=st.lists(st.lists(st.integers(0, 3000), max_size=700), max_size=15),
+    probe=st.lists(st.integers(0, 3000), max_size=200),
+)
+def test_the_chunked_window_against_the_last_n(size, batches, probe):
+    """The store's in-memory window (chunks of ~size/16, dropped whole) answers exactly the
+    last ``size`` digests, and holds no more than a chunk and a batch beyond them."""
+    from engine.daemon.sqlite_store import _InputWindow
+
+    as_bytes = [[i.to_bytes(16, "big") for i in b] for b in batches]
+    window = _InputWindow(size)
+    history: list[bytes] = []
+    for b in as_bytes:
+        window.add(b)
+        history += b
+        assert len(window) <= size + max(256, size // 16) + len(b)
+    p = [i.to_bytes(16, "big") for i in probe]
+    last = set(history[-size:])
+    assert window.seen(p) == {d for d in p if d in last}
