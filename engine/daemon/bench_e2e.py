@@ -131,7 +131,8 @@ def _publisher(url: str, kind: str, prefix: str, users: int, count: int, rate: f
     times = rep.send_times()
     sent = {k: times[i] for i, ks in enumerate(keys) for k in ks}
     out.put({"n": rep.n, "seconds": rep.seconds, "sent": sent, "cpu": rep.cpu_seconds,
-             "cpu_setup": setup, "max_in_flight": rep.max_in_flight_seen})  # fmt: skip
+             "cpu_setup": setup, "max_in_flight": rep.max_in_flight_seen,
+             "max_chunk": rep.max_chunk})  # fmt: skip
 
 
 def _publish(url: str, kind: str, tag: str, count: int, rate: float | None, procs: int,
@@ -194,7 +195,8 @@ def _publish(url: str, kind: str, tag: str, count: int, rate: float | None, proc
     for r in results:
         sent.update(r["sent"])
     return {"n": sum(r["n"] for r in results), "seconds": max(r["seconds"] for r in results), "sent": sent,
-            "cpu": sum(r["cpu"] for r in results), "cpu_setup": sum(r["cpu_setup"] for r in results)}
+            "cpu": sum(r["cpu"] for r in results), "cpu_setup": sum(r["cpu_setup"] for r in results),
+            "max_chunk": max(r["max_chunk"] for r in results)}
 
 
 # --- the ceiling: a bare aiomqtt subscriber that only counts -----------------------------------
@@ -459,6 +461,9 @@ async def _measure_kind(url: str, kind: str, args: argparse.Namespace, engine: E
             "achieved_msgs_per_s": round(pub["n"] / pub["seconds"]),
             "achieved_events_per_s": round(pub["n"] * per / pub["seconds"]),
             "pushes": len(lat),
+            # the most messages one publisher sent in one write (a paced publisher that fell
+            # behind catches up at ~2x its rate, in chunks of 2 ms of it: engine/daemon/bench_pub.py)
+            "publisher_max_chunk": pub["max_chunk"],
             "p50_ms": round(_pct(lat, 0.5), 2),
             "p99_ms": round(_pct(lat, 0.99), 2),
             # inside the engine: receipt of the message -> broker's PUBACK of the push (bucket

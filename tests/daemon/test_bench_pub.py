@@ -58,6 +58,30 @@ async def test_pacing_roughly_holds_the_rate(broker) -> None:
     assert len(rep.chunks) > 100  # sent as it came due, not in one burst
 
 
+class _StallsOnce(RawPublisher):
+    """A publisher that is not scheduled for 80 ms once (as on a busy 2-core machine)."""
+
+    stalled = False
+
+    def _send_all(self, data: bytes) -> None:
+        super()._send_all(data)
+        if not self.stalled:
+            self.stalled = True
+            time.sleep(0.08)
+
+
+def test_a_paced_publisher_behind_schedule_catches_up_in_small_chunks(broker) -> None:
+    rate = 10_000.0  # 80 ms behind = 800 messages overdue; chunks of 2 ms = 20
+    packets = RawPublisher.prepare([(f"burst/{i}", b"x") for i in range(3000)])
+    with _StallsOnce(broker.url) as pub:
+        rep = pub.publish(packets, rate)
+    assert rep.n == 3000 and pub.stalled
+    assert rep.max_chunk <= 20, rep.max_chunk  # not one chunk of everything overdue
+    sizes = [b - a for (a, _), (b, _) in zip([(0, 0.0), *rep.chunks], rep.chunks, strict=False)]
+    assert sum(sizes) == 3000
+    assert rep.seconds < 3000 / rate * 1.6  # and it does catch up (at ~2x the rate)
+
+
 def test_in_flight_window_never_exceeds_its_limit_and_packet_ids_wrap(broker) -> None:
     items = [("bench/window", b"x")] * (MAX_PACKET_ID + 5000)  # ids cycle past 65535
     packets = RawPublisher.prepare(items)
