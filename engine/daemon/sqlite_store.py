@@ -40,8 +40,8 @@ Checkpoints (copying the WAL into the main file, with an fsync of each) do not r
 event loop): a background thread checkpoints (PASSIVE: it never blocks the writer) on its own
 connection after commits, chasing the log's tail until the writer can restart it (see
 ``_Checkpointer._checkpoint``), and the writer checkpoints itself only if the WAL nonetheless
-grows past ``WAL_LIMIT_BYTES`` (counted in ``inline_checkpoints``). Durability is the same: a transaction is durable (to ``synchronous``'s
-standard) once in the WAL, whoever copies it later.
+grows past ``WAL_LIMIT_BYTES`` (counted in ``inline_checkpoints``). Durability is the same: a
+transaction is durable (to ``synchronous``'s standard) once in the WAL, whoever copies it later.
 
 Users are loaded lazily (``user``/``users``) and cached; the cache keeps at most ``cache_users``
 clean records (touched records are never evicted before commit).
@@ -329,7 +329,6 @@ class SQLiteStore:
     def logged_inputs(self) -> int:
         """Digests kept in the file's input log (the window, plus what the next prune drops)."""
         return self._scalar(f"SELECT COALESCE(SUM(length(digest)), 0) / {DIGEST_BYTES} FROM input_log")
-
 
     def get_meta(self, key: str) -> str | None:
         rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
@@ -645,10 +644,10 @@ class _Checkpointer:
         begins with every frame already copied. Under a steady stream of commits a checkpoint
         of ~50 ms of frames (~4 ms) nearly always ends after the next commit appended more,
         so the log never restarted: it grew to ``WAL_LIMIT_BYTES`` and the writer checkpointed
-        itself, on the event loop (2-8 ms with the fsyncs, every ~0.8 s at 40k messages/s: the
-        largest cause of single-event p99 over 20 ms). Follow-up checkpoints copy only the
-        frames committed meanwhile (a commit or two: ~1 ms) until one finds nothing new, so
-        the writer's next transaction can restart the log."""
+        itself, on the event loop (2-8 ms with the fsyncs, every ~0.8 s at 40k messages/s; in
+        a traced run, where most of its single-event p99 spikes began). Follow-up checkpoints
+        copy only the frames committed meanwhile (a commit or two: ~1 ms) until one finds
+        nothing new, so the writer's next transaction can restart the log."""
         ((_busy, frames, _done),) = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         self.checkpoints += 1
         for _ in range(_CHASE_MAX):
