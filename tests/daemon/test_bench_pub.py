@@ -79,7 +79,9 @@ def test_a_paced_publisher_behind_schedule_catches_up_in_small_chunks(broker) ->
     assert rep.max_chunk <= 20, rep.max_chunk  # not one chunk of everything overdue
     sizes = [b - a for (a, _), (b, _) in zip([(0, 0.0), *rep.chunks], rep.chunks, strict=False)]
     assert sum(sizes) == 3000
-    assert rep.seconds < 3000 / rate * 1.6  # and it does catch up (at ~2x the rate)
+    # ...but it does catch up: full 2 ms chunks, one a tick, until the backlog is gone (on
+    # schedule a chunk holds ~1 ms of messages, ~10)
+    assert sizes.count(20) >= 30, sizes
 
 
 def test_in_flight_window_never_exceeds_its_limit_and_packet_ids_wrap(broker) -> None:
