@@ -165,7 +165,10 @@ class SQLiteStore:
         st = self._touched.get(user)
         if st is not None:
             return st
-        st = self._cache.pop(user, None)
+        # A cached record stays in the cache while touched (the commit moves it to the young
+        # end; a rollback drops it): taking it out and putting it back each batch churned the
+        # cache's table, which CPython then rehashes whole (tens of ms at 200k records).
+        st = self._cache.get(user)
         if st is None:
             st = self._load_user(user)
         self._touched[user] = st

@@ -135,3 +135,28 @@ async def test_outputs_marked_in_batch_commits_are_not_republished_after_a_resta
     assert len(col.messages) == len(msgs) + 1
     pushes = [json.loads(p)["push_id"] for _, p in col.messages]
     assert len(set(pushes)) == len(pushes)  # each push once, across the restart
+
+
+def test_a_rollback_forgets_changes_to_cached_records(tmp_path):
+    """Records stay in the store's cache while a batch touches them: a rollback (a batch the
+    core failed on) must drop the changed ones, so the next look-up reads the committed state."""
+    store = SQLiteStore(tmp_path / "s.db", cache_users=3)
+    try:
+        for u in ("a", "b", "c"):
+            store.user(u).visit_seq = 1
+        store.commit([])
+        store.user("a").visit_seq = 99  # cached, changed, never committed
+        store.user("d").visit_seq = 99  # not cached before
+        store.rollback()
+        assert store.user("a").visit_seq == 1 and store.user("d").visit_seq == 0
+        store.user("b").visit_seq = 2
+        store.commit([])  # a, b, d touched: the cache keeps the 3 newest
+        assert store.user("b").visit_seq == 2 and store.user("c").visit_seq == 1
+        assert len(store._cache) <= 3  # noqa: SLF001
+    finally:
+        store.close()
+    again = SQLiteStore(tmp_path / "s.db")
+    try:
+        assert [again.user(u).visit_seq for u in "abcd"] == [1, 2, 1, 0]
+    finally:
+        again.close()
