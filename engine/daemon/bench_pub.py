@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import math
 import os
 import select
 import socket
@@ -244,7 +245,9 @@ class RawPublisher:
         sent = 0
         max_chunk = 0
         # a paced chunk holds at most this many (catching up after a stall: see module doc)
-        burst = n if rate is None else max(1, int(rate * max(self.max_burst_s, tick)))
+        # (at least 2: at ~1,000 msg/s a 2 ms chunk is 1-2 messages, and one message per tick
+        # of ~1.1 ms could not even keep the pace)
+        burst = n if rate is None else max(2, math.ceil(rate * max(self.max_burst_s, tick)))
         while sent < n or self.in_flight:
             if self.in_flight:
                 before = self.in_flight

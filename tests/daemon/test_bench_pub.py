@@ -84,6 +84,18 @@ def test_a_paced_publisher_behind_schedule_catches_up_in_small_chunks(broker) ->
     assert sizes.count(20) >= 30, sizes
 
 
+def test_a_slow_paced_publisher_keeps_its_pace(broker) -> None:
+    """At ~1,000 msg/s a 2 ms chunk rounds to 1-2 messages: the catch-up limit must still let
+    the publisher keep (and regain) its pace."""
+    rate = 990.0
+    packets = RawPublisher.prepare([(f"slow/{i}", b"x") for i in range(2970)])
+    with RawPublisher(broker.url) as pub:
+        rep = pub.publish(packets, rate)
+    assert rep.n == 2970
+    # ~3.0 s on schedule; one message per (slept) tick would take 3.2 s or more
+    assert rep.seconds < 3.12, rep.seconds
+
+
 def test_in_flight_window_never_exceeds_its_limit_and_packet_ids_wrap(broker) -> None:
     items = [("bench/window", b"x")] * (MAX_PACKET_ID + 5000)  # ids cycle past 65535
     packets = RawPublisher.prepare(items)
