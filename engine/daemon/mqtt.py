@@ -149,6 +149,7 @@ class MqttLink:
             tuple[str, bytes, Callable[[BaseException | None], None], bool]
         ] = collections.deque()
         self._held: tuple[Any, int] | None = None  # (socket, epoch) while hold_reads is on
+        self._readable: Callable[[], None] | None = None  # the socket's reader (release_reads)
         self._aiomqtt_on_publish: Any = None
 
     # --- connection ----------------------------------------------------------------------------
@@ -206,6 +207,7 @@ class MqttLink:
             ) from exc
         self._client = client
         self._paho = pc
+        self._readable = _socket_reader(client, pc)
 
     async def disconnect(self) -> None:
         client, self._client, self._paho = self._client, None, None
@@ -299,28 +301,14 @@ class MqttLink:
         """Watch the socket again (after ``hold_reads``), unless the connection it belonged to
         is gone meanwhile (its file number may be reused: never watch that)."""
         held, self._held = self._held, None
-        pc, client = self._paho, self._client
-        if held is None or pc is None or client is None:
+        pc, readable = self._paho, self._readable
+        if held is None or pc is None or readable is None:
             return
         sock, epoch = held
         current = pc.socket()
         if epoch != self.epoch or current is None or current is not sock or current.fileno() < 0:
             return
-        fd = current.fileno()
-        disconnected = client._disconnected  # noqa: SLF001
-
-        def readable() -> None:  # what aiomqtt's own reader does (TLS: drain decoded bytes)
-            try:
-                while True:
-                    pc.loop_read()
-                    pending = getattr(pc._sock, "pending", None)  # noqa: SLF001
-                    if pending is None or pending() <= 0:
-                        break
-            except Exception as exc:  # noqa: BLE001  (the connection broke: aiomqtt's way)
-                if not disconnected.done():
-                    disconnected.set_exception(exc)
-
-        asyncio.get_running_loop().add_reader(fd, readable)
+        asyncio.get_running_loop().add_reader(current.fileno(), readable)
 
     def take(self, limit: int) -> list[Inbound]:
         """Up to ``limit`` messages from the inbox, oldest first, without waiting."""
@@ -771,6 +759,26 @@ def _lean_pubacks(pc: paho.Client, acked: Callable[[int], bool]) -> None:
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     pc._handle_pubackcomp = handle  # type: ignore[method-assign]  # noqa: SLF001
+
+
+def _socket_reader(client: aiomqtt.Client, pc: paho.Client) -> Callable[[], None]:
+    """The socket's reader callback as aiomqtt registers it (read; with TLS, drain the decoded
+    bytes; a failure ends the connection), for ``MqttLink.release_reads`` to register again:
+    aiomqtt keeps its own closure out of reach. Made once per connection."""
+
+    def readable() -> None:
+        try:
+            while True:
+                pc.loop_read()
+                pending = getattr(pc._sock, "pending", None)  # noqa: SLF001
+                if pending is None or pending() <= 0:
+                    break
+        except Exception as exc:  # noqa: BLE001  (the connection broke: aiomqtt's way)
+            disconnected = client._disconnected  # noqa: SLF001  (aiomqtt replaces it per connect)
+            if not disconnected.done():
+                disconnected.set_exception(exc)
+
+    return readable
 
 
 def _retrieve(client: aiomqtt.Client) -> None:

@@ -243,6 +243,7 @@ class Service:
     async def _batch_loop(self) -> None:
         link, outbox = self._require_link(), self._require_outbox()
         s = self.settings
+        enough = min(s.batch_size, s.linger_batch)  # a batch this big does not linger
         last_msg = time.monotonic()
         while link.connected:
             if self._reload_requested:
@@ -262,7 +263,6 @@ class Service:
                 for f in (waiter, woke, disc):
                     f.cancel()
                 self._wake.clear()
-            enough = min(s.batch_size, s.linger_batch)
             if s.linger_ms and len(link.inbox) < enough:
                 await self._linger(link, enough, s.linger_ms / 1000.0)
             if len(link.inbox) < s.batch_size:
