@@ -3,6 +3,11 @@
 Each owner module exposes ``register(subparsers)`` and keeps heavy imports (numpy, numba, shapely,
 aiomqtt) inside its handlers, so ``geopush --help`` stays fast. A handler is stored with
 ``parser.set_defaults(func=handler)`` and returns the process exit code.
+
+engine/ and fences/ register their commands here by name. The simulator's commands (``demo``,
+``simulate``, ``import``, ``score``) and the benchmark harnesses (``bench …``) sit above the engine
+and plug in through the entry-point groups ``geopush.commands`` and ``geopush.bench`` declared in
+pyproject.toml, so the engine never imports the simulator.
 """
 
 from __future__ import annotations
@@ -15,19 +20,24 @@ from typing import Any
 
 from engine.errors import FencesError, GeopushError
 
-# (module, function) pairs; order is the order in --help.
-_TOP_LEVEL = [
-    ("simulator.demo_cli", "register"),
+# The engine's own command groups, (module, function); plug-ins (entry points) come around them in
+# the order of _PLUGIN_ORDER, so --help reads demo, run, replay, fences, simulate, ...
+_OWN = [
     ("engine.daemon.cli", "register"),
     ("engine.replay_cli", "register"),
     ("fences.cli", "register"),
-    ("simulator.cli", "register"),
 ]
-_BENCH = [
-    ("fences.bench", "register"),
-    ("engine.bench_replay", "register"),
-    ("engine.daemon.bench_e2e", "register"),
-]
+_PLUGIN_ORDER = {"demo": 0, "simulate": 2, "match": 0, "replay": 1, "e2e": 2}
+COMMANDS_GROUP = "geopush.commands"
+BENCH_GROUP = "geopush.bench"
+
+
+def _plugins(group: str) -> list[Any]:
+    """The installed entry points of ``group``, in --help order (then by name)."""
+    from importlib.metadata import entry_points
+
+    found = list(entry_points(group=group))
+    return sorted(found, key=lambda ep: (_PLUGIN_ORDER.get(ep.name, 99), ep.name))
 
 _EPILOG = """\
 Every option can also come from a config file (--config) or a GEOPUSH_* environment variable
@@ -48,8 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"geopush {_version()}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for module, func in _TOP_LEVEL:
+    plugins = _plugins(COMMANDS_GROUP)
+    for ep in plugins:
+        if _PLUGIN_ORDER.get(ep.name, 99) == 0:
+            ep.load()(sub)
+    for module, func in _OWN:
         getattr(importlib.import_module(module), func)(sub)
+    for ep in plugins:
+        if _PLUGIN_ORDER.get(ep.name, 99) != 0:
+            ep.load()(sub)
     bench = sub.add_parser(
         "bench",
         help="benchmarks: match throughput, replay throughput, end-to-end over MQTT",
@@ -57,8 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_sub = bench.add_subparsers(title="benchmarks", metavar="BENCH")
     bench.set_defaults(func=lambda _a: help_and_fail(bench))
-    for module, func in _BENCH:
-        getattr(importlib.import_module(module), func)(bench_sub)
+    for ep in _plugins(BENCH_GROUP):
+        ep.load()(bench_sub)
     return parser
 
 

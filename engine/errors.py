@@ -10,6 +10,7 @@ sqlite3, redis, msgspec, OSError) are translated where they enter, ``raise X(...
     ├── ProfileError           a profiles file is invalid
     ├── StateError             the durable state store failed (SQLite, Redis)
     ├── TransportError         the MQTT connection failed (wraps aiomqtt.MqttError)
+    └── TraceImportError       a trace file cannot be read or imported (names file and line)
 
 fences/ keeps its own root, ``fences.FencesError`` (fences knows nothing of the engine); it is
 re-exported here and the CLI reports both kinds without a traceback.
@@ -57,6 +58,10 @@ class TransportError(GeopushError):
     """The MQTT transport failed."""
 
 
+class TraceImportError(GeopushError):
+    """A trace file cannot be imported; the message names the file, the line and the fix."""
+
+
 __all__ = [
     "CampaignError",
     "ConfigError",
@@ -65,5 +70,6 @@ __all__ = [
     "GeopushError",
     "ProfileError",
     "StateError",
+    "TraceImportError",
     "TransportError",
 ]

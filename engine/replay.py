@@ -92,8 +92,8 @@ def replay(
 ) -> dict[str, Any]:
     """Replay ``trace`` and write the four output files; returns the summary (also in
     ``summary.json``)."""
-    from simulator.importers import TraceImportError
-    from simulator.importers.trace_io import read_trace
+    from engine.errors import TraceImportError
+    from engine.traces import read_trace
 
     if not Path(trace).is_file():
         raise ReplayError(f"cannot open trace {trace}: no such file; check the path")

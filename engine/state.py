@@ -4,7 +4,7 @@ The core (presence + decisions) reads and changes ``UserState`` records and glob
 through a ``StateStore``. Backends:
 
 * ``MemoryStore`` (here): replay, tests, benchmarks.
-* ``engine.daemon.sqlite_store.SQLiteStore``: the daemon's durable default (a file, no server).
+* ``engine.stores.sqlite_store.SQLiteStore``: the daemon's durable default (a file, no server).
 * a Redis store (scale-out, later).
 
 Durability contract, which makes "no accepted event lost, no push repeated" possible:

@@ -185,7 +185,7 @@ def _cmd_publish(a: argparse.Namespace) -> int:
 
 
 def _write(events: list[Any], out: str) -> int:
-    from simulator.importers.trace_io import write_trace
+    from engine.traces import write_trace
 
     n = write_trace(events, out)
     print(f"wrote {n:,} events to {out}")

@@ -145,7 +145,7 @@ class OutputWatcher:
     and writes each payload, one per line, to visits.jsonl / pushes.jsonl / deadletter.jsonl."""
 
     def __init__(self, url: str, prefix: str, stats: DemoStats, out_dir: Path) -> None:
-        from engine.daemon.mqtt import MqttLink, parse_broker_url
+        from engine.transport.mqtt import MqttLink, parse_broker_url
 
         self.prefix = prefix
         self.stats = stats
@@ -394,7 +394,7 @@ def check_broker(url: str, timeout: float = 3.0) -> None:
     """Fail fast, with what to do, when --broker names a broker nobody answers for."""
     import socket
 
-    from engine.daemon.mqtt import parse_broker_url
+    from engine.transport.mqtt import parse_broker_url
 
     addr = parse_broker_url(url)
     try:

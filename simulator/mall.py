@@ -332,7 +332,7 @@ def write_mall(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], fl
 
 def write_outputs(out_dir: str | os.PathLike[str], cat: dict[str, Any], evs: list[Any],
                   truth: list[dict[str, Any]]) -> None:
-    from simulator.importers.trace_io import write_trace
+    from engine.traces import write_trace
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

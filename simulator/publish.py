@@ -2,7 +2,7 @@
 
 A trace is JSON lines, one event (or one batch message) per line, as `geopush simulate city` and
 the importers write and `geopush replay` reads. Each line is published unchanged, QoS 1, to
-``<prefix>/events/<user>`` through the daemon's transport (engine.daemon.mqtt: many messages in
+``<prefix>/events/<user>`` through the daemon's transport (engine.transport.mqtt: many messages in
 flight, every PUBACK awaited), so when this returns the broker has accepted every event.
 
 Pacing: ``rate`` = messages per second; ``speed`` = follow the trace's own timestamps, accelerated
@@ -78,7 +78,7 @@ async def _publish(
     progress: bool,
     stats: PublishStats,
 ) -> None:
-    from engine.daemon.mqtt import MqttLink, parse_broker_url, publish_paced
+    from engine.transport.mqtt import MqttLink, parse_broker_url, publish_paced
 
     link = MqttLink(parse_broker_url(broker_url))
     await link.connect()

@@ -127,7 +127,7 @@ def _reload(args: argparse.Namespace) -> int:
     if args.broker:
         import asyncio
 
-        from engine.daemon.mqtt import MqttLink, parse_broker_url
+        from engine.transport.mqtt import MqttLink, parse_broker_url
 
         async def send() -> None:
             link = MqttLink(parse_broker_url(args.broker))

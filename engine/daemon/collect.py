@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 
-from engine.daemon.mqtt import Inbound, MqttLink, parse_broker_url
+from engine.transport.mqtt import Inbound, MqttLink, parse_broker_url
 
 # paho reads one packet per event-loop turn unless pumped (see MqttLink.pump): read up to this
 # many buffered messages before each take.

@@ -22,9 +22,9 @@ import logging
 import time
 
 from engine.daemon.metrics import Metrics
-from engine.daemon.mqtt import MqttLink
-from engine.daemon.sqlite_store import OutRow, SQLiteStore
 from engine.errors import TransportError
+from engine.stores.sqlite_store import OutRow, SQLiteStore
+from engine.transport.mqtt import MqttLink
 
 log = logging.getLogger("geopush.daemon")
 

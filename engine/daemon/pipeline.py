@@ -12,9 +12,9 @@ from typing import Any
 
 import msgspec
 
-from engine.daemon.sqlite_store import OutRow
 from engine.errors import DecodeError
 from engine.state import Output
+from engine.stores.sqlite_store import OutRow
 
 _JSON = msgspec.json.Encoder()
 

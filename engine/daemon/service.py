@@ -35,13 +35,13 @@ from typing import Any, Protocol, cast
 
 from engine.daemon.config import Settings
 from engine.daemon.metrics import Metrics
-from engine.daemon.mqtt import Inbound, MqttLink, Will, parse_broker_url
 from engine.daemon.outbox import Outbox
 from engine.daemon.pipeline import Decoder, Renderer, Topics, deadletter_row, digest
-from engine.daemon.redis_store import commit_batch, open_store
-from engine.daemon.sqlite_store import OutRow, SQLiteStore
 from engine.errors import DecodeError, GeopushError, TransportError
 from engine.state import Output, StateStore
+from engine.stores.redis_store import commit_batch, open_store
+from engine.stores.sqlite_store import OutRow, SQLiteStore
+from engine.transport.mqtt import Inbound, MqttLink, Will, parse_broker_url
 
 log = logging.getLogger("geopush.daemon")
 

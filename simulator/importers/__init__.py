@@ -2,7 +2,7 @@
 
 The trace format is JSONL: one event per line, exactly the bytes of ``engine.events.encode_event``
 (the same JSON as on the wire), sorted by ``ts`` (stable, so simultaneous events keep their input
-order). Each importer is a plain function returning ``list[Event]``; ``trace_io.write_trace``
+order). Each importer is a plain function returning ``list[Event]``; ``engine.traces.write_trace``
 writes them.
 
 ==================  ========================================================================
@@ -18,11 +18,6 @@ traceback) naming the file and line of the first bad record and what to do about
 
 from __future__ import annotations
 
-from engine.errors import GeopushError
-
-
-class TraceImportError(GeopushError):
-    """A trace file cannot be imported; the message names the file, the line and the fix."""
-
+from engine.errors import TraceImportError
 
 __all__ = ["TraceImportError"]

@@ -46,10 +46,10 @@ from pathlib import Path
 from typing import Any
 
 from engine.events import Beacon, Event, encode_event
+from engine.traces import sort_events, write_trace
 from fences.store import beacon_key
 
 from . import TraceImportError
-from .trace_io import sort_events, write_trace
 
 SCANNER_UUID = "BEAC0000-5CA7-4E00-8000-000000000000"  # synthetic: the stores' beacons
 MERCHANT_ID = "beacon-rooms"

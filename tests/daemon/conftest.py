@@ -16,8 +16,8 @@ import pytest
 
 from engine.daemon.collect import Subscriber
 from engine.daemon.config import load_settings
-from engine.daemon.mqtt import Inbound, MqttLink, parse_broker_url
 from engine.daemon.service import Service
+from engine.transport.mqtt import Inbound, MqttLink, parse_broker_url
 from simulator.embedded_broker import EmbeddedBroker, MosquittoBroker, find_mosquitto, start_broker
 
 # GEOPUSH_TEST_BROKER=amqtt runs the suite as a machine without mosquitto would.
@@ -192,7 +192,7 @@ class World:
 
     def __init__(self, folder: Path, side: int = 4, users: int = 20, per_user: int = 20,
                  inventory: dict[int, int] | None = None) -> None:
-        from engine.daemon.workload import City, trace
+        from simulator.bench.workload import City, trace
 
         self.city = City(side)
         self.fences, self.campaigns = self.city.write(folder, inventory=inventory or {0: 2})

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.daemon.mqtt import MqttLink, parse_broker_url
+from engine.transport.mqtt import MqttLink, parse_broker_url
 
 from .conftest import Collector, gps, needs_mosquitto, running_service
 

@@ -1,4 +1,4 @@
-"""The bench's raw-socket QoS 1 publisher (engine/daemon/bench_pub.py) against a real broker."""
+"""The bench's raw-socket QoS 1 publisher (simulator/bench/pub.py) against a real broker."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from engine.daemon.bench_pub import (
+from simulator.bench.pub import (
     MAX_PACKET_ID,
     BenchPublishError,
     RawPublisher,
@@ -156,7 +156,7 @@ def test_a_dropped_connection_raises_the_bench_error(mosquitto_factory) -> None:
 
 
 def test_the_bench_publishers_report_send_times_of_push_causing_fixes(broker) -> None:
-    from engine.daemon.bench_e2e import _publish
+    from simulator.bench.e2e import _publish
 
     started: list[float] = []
     res = _publish(broker.url, "single", "tp-", 400, 2000.0, 2, on_start=lambda: started.append(time.time()))
@@ -169,7 +169,7 @@ def test_the_bench_publishers_report_send_times_of_push_causing_fixes(broker) ->
 
 
 def test_a_bench_publisher_failure_is_raised_not_waited_for() -> None:
-    from engine.daemon.bench_e2e import _publish
+    from simulator.bench.e2e import _publish
 
     with pytest.raises(BenchPublishError, match="cannot connect"):
         _publish(f"mqtt://127.0.0.1:{free_port()}", "single", "tf-", 50, None, 1)

@@ -1,4 +1,4 @@
-"""The link's own QoS 1 packets (engine/daemon/mqtt.py: built PUBLISHes, parsed PUBLISH/PUBACK,
+"""The link's own QoS 1 packets (engine/transport/mqtt.py: built PUBLISHes, parsed PUBLISH/PUBACK,
 batched PUBACKs) against a real broker: exactly once, right topics, payloads, retain flags and
 callbacks, the in-flight limit, and what a broker crash does to publishes in flight."""
 
@@ -10,10 +10,10 @@ import collections
 import pytest
 
 from engine.daemon.metrics import Metrics
-from engine.daemon.mqtt import MqttLink, _varint, parse_broker_url
 from engine.daemon.outbox import Outbox
-from engine.daemon.sqlite_store import OutRow, SQLiteStore
 from engine.errors import TransportError
+from engine.stores.sqlite_store import OutRow, SQLiteStore
+from engine.transport.mqtt import MqttLink, _varint, parse_broker_url
 
 from .conftest import Collector, needs_mosquitto, publish_all
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from engine.daemon.mqtt import MqttLink, parse_broker_url
+from engine.transport.mqtt import MqttLink, parse_broker_url
 
 from .conftest import publish_all
 

@@ -64,7 +64,7 @@ async def test_broker_restart_mid_stream(mosquitto_factory, tmp_path):
             await col2.wait_for(
                 lambda c: svc.totals["events"] >= len(world.events) and svc.outbox.pending == 0
             )
-    from engine.daemon.sqlite_store import SQLiteStore
+    from engine.stores.sqlite_store import SQLiteStore
 
     store = SQLiteStore(tmp_path / "s.db")
     try:

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.daemon.sqlite_store import SQLiteStore
 from engine.errors import StateError
+from engine.stores.sqlite_store import SQLiteStore
 
 WINDOW = 1000  # the store's smallest allowed window
 
@@ -123,7 +123,7 @@ def test_a_digest_of_the_wrong_size_is_refused(tmp_path):
 def test_the_chunked_window_against_the_last_n(size, batches, probe):
     """The store's in-memory window (chunks of ~size/16, dropped whole) answers exactly the
     last ``size`` digests, and holds no more than a chunk and a batch beyond them."""
-    from engine.daemon.sqlite_store import _InputWindow
+    from engine.stores.sqlite_store import _InputWindow
 
     as_bytes = [[i.to_bytes(16, "big") for i in b] for b in batches]
     window = _InputWindow(size)

@@ -9,8 +9,8 @@ import os
 import sqlite3
 import time
 
-from engine.daemon import sqlite_store
-from engine.daemon.sqlite_store import OutRow, SQLiteStore
+from engine.stores import sqlite_store
+from engine.stores.sqlite_store import OutRow, SQLiteStore
 
 from .conftest import Collector, gps, publish_all, running_service
 

@@ -8,7 +8,7 @@ import sqlite3
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.daemon.sqlite_store import OutRow, SQLiteStore
+from engine.stores.sqlite_store import OutRow, SQLiteStore
 
 ids = st.sampled_from([f"o{i}" for i in range(12)])  # few ids: repeats happen
 

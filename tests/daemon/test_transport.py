@@ -76,7 +76,7 @@ async def test_bad_messages_go_to_deadletter_while_good_traffic_flows(broker, tm
 
 
 async def test_outputs_are_committed_and_marked_sent(broker, tmp_path):
-    from engine.daemon.sqlite_store import SQLiteStore
+    from engine.stores.sqlite_store import SQLiteStore
 
     state = tmp_path / "s.db"
     msgs = [("geopush/events/dave", gps("dave", float(i))) for i in range(1, 51)]
@@ -102,7 +102,7 @@ async def test_link_moves_large_and_small_packets_intact_with_nothing_stuck(brok
     import asyncio
     import random
 
-    from engine.daemon.mqtt import MqttLink, parse_broker_url
+    from engine.transport.mqtt import MqttLink, parse_broker_url
 
     rng = random.Random(5)
     # ~5 KB packets (a 50-event batch message) split across 64 KiB reads, plus odd sizes; fewer

@@ -16,7 +16,7 @@ def test_mall_survey_runs_through_cleanly(shared_data: Path) -> None:
     folder = shared_data / "near_field" / "mall"
     if not folder.is_dir():
         pytest.skip(f"{folder} missing")
-    from simulator.importers.trace_io import sort_events
+    from engine.traces import sort_events
     from simulator.mall import load_mall
 
     fc, raw, truth, _ = load_mall(folder)

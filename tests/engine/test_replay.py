@@ -124,7 +124,7 @@ def test_cli_defaults_match_core_config() -> None:
 
 
 def test_bench_replay_runs_small_and_accounts_every_event() -> None:
-    from engine.bench_replay import measure
+    from simulator.bench.replay import measure
 
     r = measure(300, 2000, 5000, batch=256, seed=3, progress=False)
     assert sum(r["events_by_type"].values()) == 5000

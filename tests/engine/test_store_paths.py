@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.bench_replay import T0, build_workload
 from engine.core import Core
 from engine.events import decode
 from engine.outputs import encode_output
 from engine.state import MemoryStore, UserState
+from simulator.bench.replay import T0, build_workload
 
 
 class PlainStore(MemoryStore):

@@ -254,7 +254,7 @@ def test_circle_distance_matches_an_independent_great_circle_formula() -> None:
 
 
 def test_bench_match_reports_every_key() -> None:
-    from fences.bench import measure
+    from simulator.bench.match import measure
 
     res = measure(2000, 3000, n_single=100, repeat=1, quiet=True)
     for key in (

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from engine.daemon.redis_server import RedisServer, find_redis_server
-from engine.daemon.redis_store import RedisStore, connect
+from engine.stores.redis_store import RedisStore, connect
+from simulator.bench.redis_server import RedisServer, find_redis_server
 
 
 def _need_redis() -> None:

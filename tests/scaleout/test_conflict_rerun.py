@@ -7,12 +7,12 @@ from pathlib import Path
 
 from engine.campaigns import load_campaigns
 from engine.core import Core
-from engine.daemon.redis_store import RedisStore, commit_batch
-from engine.daemon.workload import T0, City
 from engine.events import Gps, Payment
 from engine.outputs import VisitEvent
+from engine.stores.redis_store import RedisStore, commit_batch
 from fences.catalog import load_catalog
 from fences.index import FenceIndex
+from simulator.bench.workload import T0, City
 
 MakeStore = Callable[..., RedisStore]
 

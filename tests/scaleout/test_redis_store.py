@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from engine.daemon.redis_server import RedisServer
-from engine.daemon.redis_store import CommitConflict, RedisStore
 from engine.outputs import Coupon, Push
 from engine.state import MemoryStore, Output, UserState
+from engine.stores.redis_store import CommitConflict, RedisStore
+from simulator.bench.redis_server import RedisServer
 
 MakeStore = Callable[..., RedisStore]
 

@@ -30,8 +30,8 @@ from daemon.conftest import (  # the daemon's fixtures and helpers (tests/daemon
     wait_online,
 )
 
-from engine.daemon.redis_server import RedisServer
-from engine.daemon.redis_store import RedisStore, _decode, connect
+from engine.stores.redis_store import RedisStore, _decode, connect
+from simulator.bench.redis_server import RedisServer
 from simulator.embedded_broker import MosquittoBroker, find_mosquitto
 
 OUT_TOPICS = ["geopush/push/#", "geopush/visits/#", "geopush/status/#"]

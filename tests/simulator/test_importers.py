@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from engine.events import Beacon, Gps, Wifi, decode, encode_event
+from engine.traces import read_events, read_trace, write_trace
 from fences.catalog import parse_catalog
 from simulator.importers import TraceImportError
 from simulator.importers.beacon_rooms import (
@@ -27,7 +28,6 @@ from simulator.importers.beacon_rooms import (
 from simulator.importers.csv_trace import CSV_DEFAULT_ACC_M, load_csv
 from simulator.importers.geolife import GEOLIFE_DEFAULT_ACC_M, load_geolife
 from simulator.importers.owntracks import load_owntracks
-from simulator.importers.trace_io import read_events, read_trace, write_trace
 
 # --- trace_io ------------------------------------------------------------------------------------
 

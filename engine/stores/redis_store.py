@@ -58,9 +58,9 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from engine.daemon.sqlite_store import SQLiteStore
 from engine.errors import ConfigError, StateError
 from engine.state import Output, UserState, decode_user, encode_user
+from engine.stores.sqlite_store import SQLiteStore
 
 _MSGPACK = msgspec.msgpack.Encoder()
 _ROWS = msgspec.msgpack.Decoder(list[tuple[str, str, bytes]])
@@ -76,7 +76,7 @@ DEFAULT_INPUT_TTL_S = 7 * 86400  # a broker keeps an offline session's messages 
 
 
 class Row(Protocol):
-    """An outbox row (``engine.daemon.sqlite_store.OutRow`` is one)."""
+    """An outbox row (``engine.stores.sqlite_store.OutRow`` is one)."""
 
     @property
     def out_id(self) -> str: ...

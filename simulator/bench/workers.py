@@ -2,7 +2,7 @@
 
 For each worker count 1..N the benchmark starts that many ``geopush run --group NAME --state
 redis://...`` processes on one broker (shared subscription) and one Redis, and measures how fast
-they drain a synthetic city's trace (``engine.daemon.workload``): the workers are frozen
+they drain a synthetic city's trace (``simulator.bench.workload``): the workers are frozen
 (SIGSTOP) while the broker takes the whole trace, then timed from the moment they resume until
 their status counters show every event handled, so the publisher's own speed is not in the
 figure. In the same run, one ``geopush run`` on a SQLite file is the baseline. Redis round trips
@@ -105,8 +105,8 @@ def run_group_bench(args: argparse.Namespace) -> list[GroupRun]:
 
 
 async def _main(args: argparse.Namespace) -> list[GroupRun]:
-    from engine.daemon.redis_server import RedisServer
-    from engine.daemon.workload import City, trace
+    from simulator.bench.redis_server import RedisServer
+    from simulator.bench.workload import City, trace
     from simulator.embedded_broker import MosquittoBroker
 
     if args.workers < 1:
@@ -207,7 +207,7 @@ async def _one_run(
     total_events: int,
     args: argparse.Namespace,
 ) -> GroupRun:
-    from engine.daemon.mqtt import MqttLink, parse_broker_url
+    from engine.transport.mqtt import MqttLink, parse_broker_url
 
     tag = f"b{int(time.time() * 1000) % 10**8}"
     names = [f"{tag}-w{i}" for i in range(1, n + 1)]
@@ -394,7 +394,7 @@ def _report(results: list[GroupRun]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m engine.daemon.bench_workers`` (the same options as under bench e2e)."""
+    """``python -m simulator.bench.workers`` (the same options as under bench e2e)."""
     p = argparse.ArgumentParser(prog="geopush bench e2e --workers", description=__doc__)
     p.add_argument("--broker", default=None, help="mqtt://HOST:PORT (default: start mosquitto)")
     add_arguments(p)

@@ -18,9 +18,8 @@ from typing import IO
 
 import msgspec
 
+from engine.errors import TraceImportError
 from engine.events import Event, decode, encode_event
-
-from . import TraceImportError
 
 PathLike = str | os.PathLike[str]
 

@@ -4,10 +4,10 @@ What it runs (all on this machine, each in its own process so nobody shares a co
 
 * mosquitto on a free port (unless ``--broker``), in-flight window 2000, unbounded queues;
 * the transport ceiling: a bare aiomqtt subscriber (QoS 1, auto-ack) that only counts;
-* the engine: ``geopush run`` as a subprocess over a synthetic city (engine.daemon.workload:
+* the engine: ``geopush run`` as a subprocess over a synthetic city (simulator.bench.workload:
   20 x 20 stores, one enter campaign each, users walking; 1 fix in 10 inside a store);
 * publishers: ``--publishers`` processes publishing QoS 1 with up to 1000 messages in flight
-  each, through a raw-socket MQTT client (engine.daemon.bench_pub): pre-encoded packets, one
+  each, through a raw-socket MQTT client (simulator.bench.pub): pre-encoded packets, one
   ``send`` per chunk of due messages, PUBACKs read in bulk. On 2 cores a paho/aiomqtt publisher
   (~17-20 µs of CPU per message) took the core the engine needed; this one costs ~2-3 µs.
 
@@ -63,8 +63,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                    help="extra argument for `geopush run` (repeatable), e.g. --engine-arg=--state=redis://...")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=_main)  # fmt: skip
-    # --workers N [--state redis://...]: the worker-group benchmark (engine/daemon/bench_workers.py)
-    from engine.daemon.bench_workers import add_arguments
+    # --workers N [--state redis://...]: the worker-group benchmark (simulator/bench/workers.py)
+    from simulator.bench.workers import add_arguments
 
     add_arguments(p)
 
@@ -75,7 +75,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 def _messages(kind: str, prefix: str, users: int, count: int, topic_prefix: str) -> tuple[list[tuple[str, bytes]], list[list[tuple[str, float]]]]:
     """``count`` messages for ``users`` fresh users, and per message the (user, ts) of the fixes
     inside a store (each causes an enter and, by the campaigns, a push)."""
-    from engine.daemon.workload import City, user_events
+    from simulator.bench.workload import City, user_events
 
     city = City(CITY_SIDE)
     per_msg = 1 if kind == "single" else BATCH
@@ -106,12 +106,12 @@ def _messages(kind: str, prefix: str, users: int, count: int, topic_prefix: str)
 def _publisher(url: str, kind: str, prefix: str, users: int, count: int, rate: float | None,
                topic_prefix: str, out: Any, go: Any, abort: Any) -> None:  # fmt: skip
     """Child process: publish ``count`` messages (paced at ``rate`` msg/s, or flat out) through
-    the raw-socket publisher (engine.daemon.bench_pub: ~2-3 µs of CPU per message where the
+    the raw-socket publisher (simulator.bench.pub: ~2-3 µs of CPU per message where the
     paho-based ``publish_paced`` took 6-17), every one acknowledged. Messages are generated and
     encoded and the connection made before the clock starts: the child then says ``ready`` and
     waits for ``go`` (all publishers start together). ``cpu`` is the publishing part only,
     ``cpu_setup`` the generation."""
-    from engine.daemon.bench_pub import RawPublisher
+    from simulator.bench.pub import RawPublisher
 
     try:
         cpu0 = time.process_time()
@@ -188,7 +188,7 @@ def _publish(url: str, kind: str, tag: str, count: int, rate: float | None, proc
             p.join()
     errors = [r["error"] for r in results if "error" in r]
     if errors:
-        from engine.daemon.bench_pub import BenchPublishError
+        from simulator.bench.pub import BenchPublishError
 
         raise BenchPublishError(f"bench: a publisher failed: {errors[0]}")
     sent: dict[tuple[str, float], float] = {}
@@ -206,7 +206,7 @@ def _ceiling(url: str, topic: str, n: int, subscribe_only: bool, use_uvloop: boo
     """Child process. The one aiomqtt use outside mqtt.py: the bare client IS what we measure."""
     import aiomqtt
 
-    from engine.daemon.mqtt import parse_broker_url
+    from engine.transport.mqtt import parse_broker_url
 
     addr = parse_broker_url(url)
 
@@ -260,12 +260,12 @@ def _run_ceiling(url: str, kind: str, n: int, procs: int, use_uvloop: bool) -> f
 class Watch:
     """Orchestrator-side subscriber: the engine's retained status and the pushes.
 
-    A raw-socket subscriber (engine.daemon.bench_pub.RawSubscriber, QoS 1, PUBACKs of a read in
+    A raw-socket subscriber (simulator.bench.pub.RawSubscriber, QoS 1, PUBACKs of a read in
     one write; ~30% less CPU per push than paho's client, which mattered most in the drains, at
     thousands of pushes/s). A push's receive time is when the read holding it returned."""
 
     def __init__(self, url: str) -> None:
-        from engine.daemon.bench_pub import RawSubscriber
+        from simulator.bench.pub import RawSubscriber
 
         self.sub = RawSubscriber(
             url,
@@ -462,7 +462,7 @@ async def _measure_kind(url: str, kind: str, args: argparse.Namespace, engine: E
             "achieved_events_per_s": round(pub["n"] * per / pub["seconds"]),
             "pushes": len(lat),
             # the most messages one publisher sent in one write (a paced publisher that fell
-            # behind catches up at ~2x its rate, in chunks of 2 ms of it: engine/daemon/bench_pub.py)
+            # behind catches up at ~2x its rate, in chunks of 2 ms of it: simulator/bench/pub.py)
             "publisher_max_chunk": pub["max_chunk"],
             "p50_ms": round(_pct(lat, 0.5), 2),
             "p99_ms": round(_pct(lat, 0.99), 2),
@@ -490,7 +490,7 @@ async def _measure_kind(url: str, kind: str, args: argparse.Namespace, engine: E
 
 async def _bench(url: str, args: argparse.Namespace, folder: Path, say: Any,
                  broker_pid: int | None = None) -> dict[str, Any]:
-    from engine.daemon.workload import City
+    from simulator.bench.workload import City
 
     City(CITY_SIDE).write(folder)
     kinds = [args.only] if args.only else ["single", "batch"]
@@ -519,7 +519,7 @@ async def _bench(url: str, args: argparse.Namespace, folder: Path, say: Any,
 
 def _main(args: argparse.Namespace) -> int:
     if args.workers:  # the worker group over Redis instead (scale-out)
-        from engine.daemon.bench_workers import run_group_bench
+        from simulator.bench.workers import run_group_bench
 
         run_group_bench(args)
         return 0

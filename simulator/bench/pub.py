@@ -2,7 +2,7 @@
 generator (:class:`RawPublisher`) and the push/status collector (:class:`RawSubscriber`).
 
 Why: the machine the bench runs on has 2 cores. The bench's paho/aiomqtt publishers
-(``engine.daemon.mqtt.publish_paced``) cost 15-20 µs of CPU per single-event message (6-17 µs of
+(``engine.transport.mqtt.publish_paced``) cost 15-20 µs of CPU per single-event message (6-17 µs of
 it sending, depending on mqtt.py's version; the rest generating messages), about as much as
 mosquitto and half the engine, so at 50% of the engine's maximum the publishers took the core
 the engine needed and the latency measured the fight for CPU, not the engine. Here the work
@@ -49,8 +49,8 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from engine.daemon.mqtt import BrokerAddress, parse_broker_url
 from engine.errors import TransportError
+from engine.transport.mqtt import BrokerAddress, parse_broker_url
 
 MAX_PACKET_ID = 65535
 PUBACK = 0x40
