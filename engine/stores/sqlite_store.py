@@ -623,24 +623,36 @@ class _Checkpointer:
     every ``interval`` seconds, so the copy and its fsyncs stay off the event loop. SQLite's step
     releases the GIL: the checkpoint runs beside the writer."""
 
-    def __init__(self, path: Path, interval: float = 0.05) -> None:
+    def __init__(self, path: Path, interval: float = 0.05, *, start: bool = True) -> None:
         self.path = path
         self.interval = interval
         self.checkpoints = 0
+        self.rounds = 0  # wake-ups handled (each: one checkpoint and its chase)
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._done = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="sqlite-checkpoint", daemon=True)
-        self._thread.start()
+        if start:  # tests drive an unstarted one step by step (``_checkpoint``)
+            self._thread.start()
 
     def poke(self) -> None:
         self._wake.set()
 
+    def wait_round(self, after: int, timeout: float = 30.0) -> bool:
+        """Block until more than ``after`` rounds are done (tests synchronise on this instead of
+        sleeping); False if the thread did not get there within ``timeout``."""
+        with self._done:
+            return self._done.wait_for(lambda: self.rounds > after, timeout)
+
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
-        self._thread.join(30)
+        if self._thread.is_alive():
+            self._thread.join(30)
 
-    def _checkpoint(self, db: sqlite3.Connection) -> None:
+    def _checkpoint(
+        self, db: sqlite3.Connection, between: Callable[[], object] | None = None
+    ) -> None:
         """One PASSIVE checkpoint; then, while the log is long, chase its tail.
 
         Only the writer restarts the log (back to its first frame), and only when a transaction
@@ -650,14 +662,19 @@ class _Checkpointer:
         itself, on the event loop (2-8 ms with the fsyncs, every ~0.8 s at 40k messages/s; in
         a traced run, where most of its single-event p99 spikes began). Follow-up checkpoints
         copy only the frames committed meanwhile (a commit or two: ~1 ms) until one finds
-        nothing new, so the writer's next transaction can restart the log."""
+        nothing new, so the writer's next transaction can restart the log. ``between`` runs
+        after each pass (tests use it to land the writer's next commit there, deterministically)."""
         ((_busy, frames, _done),) = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         self.checkpoints += 1
+        if between is not None:
+            between()
         for _ in range(_CHASE_MAX):
             if frames < _CHASE_FRAMES or self._stop.is_set():
                 return
             ((_busy, now, done),) = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
             self.checkpoints += 1
+            if between is not None:
+                between()
             if now < frames or (now == frames and done == now):
                 return  # restarted, or everything copied and nothing new: the next begin restarts
             frames = now
@@ -678,6 +695,9 @@ class _Checkpointer:
                     self._checkpoint(db)
                 except sqlite3.Error as exc:  # the writer's own bound still holds the WAL
                     log.warning("WAL checkpoint of %s failed: %s", self.path, exc)
+                with self._done:
+                    self.rounds += 1
+                    self._done.notify_all()
                 self._stop.wait(self.interval)  # at most one checkpoint per interval
         finally:
             db.close()

@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import sqlite3
-import time
 
 from engine.stores import sqlite_store
 from engine.stores.sqlite_store import OutRow, SQLiteStore
@@ -50,42 +49,86 @@ def test_deferred_marks_are_written_by_the_next_commit_or_mark_sent(tmp_path):
         again.close()
 
 
+def _settle(store: SQLiteStore) -> None:
+    """Wait (no sleep, no timing) until a checkpoint round that began after the last commit is
+    done: the round in progress may predate the commit, so wait for it and then one more."""
+    ck = store._checkpointer  # noqa: SLF001
+    assert ck is not None
+    rounds = ck.rounds
+    assert ck.wait_round(rounds), "checkpointer thread stuck"
+    ck.poke()
+    assert ck.wait_round(rounds + 1), "checkpointer thread stuck"
+
+
 def test_checkpoints_run_in_the_background_and_the_wal_stays_bounded(tmp_path):
-    path = tmp_path / "s.db"
-    store = SQLiteStore(path)
-    blob = os.urandom(2000)
-    try:
-        assert store._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0  # noqa: SLF001
-        for b in range(40):  # ~40 MB through the WAL, 1 MB per commit, with time between
-            store.commit([], extra=[OutRow(f"b{b}-{i}", "t/x", blob) for i in range(500)])
-            time.sleep(0.1)
-        ck = store._checkpointer  # noqa: SLF001
-        assert ck is not None and ck.checkpoints > 0
-        # the log restarts after each checkpoint that caught up: it never held many commits
-        assert os.path.getsize(f"{path}-wal") < 5 * 2**20
-    finally:
-        store.close()
-    assert store._checkpointer is None  # noqa: SLF001  (stopped with the store)
-
-
-def test_under_steady_commits_the_log_still_restarts(tmp_path):
-    """A commit every ~2 ms, as under load: a plain checkpoint always ends after the next commit
-    appended more, so the writer never finds the log fully copied and cannot restart it; the
-    checkpointer chases the tail until it can. Without the chase the WAL reaches
-    WAL_LIMIT_BYTES within ~300 such commits and the writer checkpoints on its own."""
     path = tmp_path / "s.db"
     store = SQLiteStore(path)
     blob = os.urandom(2000)
     sizes = []
     try:
-        for b in range(400):  # ~50 MB through the WAL, ~120 KB per commit
-            store.commit([], extra=[OutRow(f"b{b}-{i}", "t/x", blob) for i in range(60)])
+        assert store._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0  # noqa: SLF001
+        for b in range(40):  # ~40 MB through the WAL, 1 MB per commit
+            store.commit([], extra=[OutRow(f"b{b}-{i}", "t/x", blob) for i in range(500)])
             sizes.append(os.path.getsize(f"{path}-wal"))
-            time.sleep(0.002)  # the service's work between commits
+            _settle(store)  # the background thread copied everything: the next commit restarts
+        ck = store._checkpointer  # noqa: SLF001
+        assert ck is not None and ck.checkpoints > 0
+        # the log restarts after each checkpoint that caught up: it never holds two commits
+        assert max(sizes) < 2 * 2**20
         assert store.inline_checkpoints == 0
-        assert max(sizes) < sqlite_store.WAL_LIMIT_BYTES // 2
     finally:
         store.close()
+    assert store._checkpointer is None  # noqa: SLF001  (stopped with the store)
+
+
+def _steady_commits(tmp_path, commits: int) -> tuple[list[int], int]:
+    """The race of a steady stream of commits, played deterministically. Under load the writer's
+    next commit lands while a checkpoint pass runs, so the pass ends with frames it did not copy.
+    Here a reader pinned to the snapshot before that commit stops the pass at the same place (a
+    PASSIVE checkpoint copies no frame past the oldest reader), and lets go after the pass, as
+    the racing commit's end would. The checkpointer is driven step by step, never on its own.
+    Returns the WAL sizes and the writer's own checkpoints."""
+    path = tmp_path / "s.db"
+    store = SQLiteStore(path)
+    blob = os.urandom(2000)
+    ck = sqlite_store._Checkpointer(path, start=False)  # noqa: SLF001
+    store._checkpointer = ck  # noqa: SLF001  (poked by commits, never running on its own)
+    db = sqlite3.connect(str(path), isolation_level=None)
+    reader = sqlite3.connect(str(path), isolation_level=None)
+    sizes = []
+
+    def commit(n: int) -> None:
+        store.commit([], extra=[OutRow(f"c{n}-{i}", "t/x", blob) for i in range(60)])
+        sizes.append(os.path.getsize(f"{path}-wal"))
+
+    try:
+        for n in range(commits):
+            reader.execute("BEGIN")
+            reader.execute("SELECT count(*) FROM outbox").fetchall()  # snapshot pinned here
+            commit(n)  # the commit that races the next pass
+            ck._checkpoint(db, between=lambda: reader.in_transaction and reader.execute("COMMIT"))  # noqa: SLF001
+            assert not reader.in_transaction
+        return sizes, store.inline_checkpoints
+    finally:
+        reader.close()
+        db.close()
+        store.close()
+
+
+def test_under_steady_commits_the_log_still_restarts(tmp_path):
+    """A plain checkpoint under steady commits nearly always ends after the next commit appended
+    more, so the writer never finds the log fully copied and cannot restart it; the checkpointer
+    chases the tail until it can (a long log is chased; a short one waits for the next round)."""
+    sizes, inline = _steady_commits(tmp_path, 300)  # ~42 MB through the WAL
+    assert inline == 0
+    assert max(sizes) < sqlite_store.WAL_LIMIT_BYTES // 2
+
+
+def test_without_the_chase_the_log_grows_until_the_writer_checkpoints(tmp_path, monkeypatch):
+    monkeypatch.setattr(sqlite_store, "_CHASE_MAX", 0)  # the oracle for the test above
+    sizes, inline = _steady_commits(tmp_path, 300)
+    assert inline > 0
+    assert max(sizes) > sqlite_store.WAL_LIMIT_BYTES // 2
 
 
 def test_the_writer_checkpoints_itself_when_the_background_falls_behind(tmp_path, monkeypatch):
