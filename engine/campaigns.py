@@ -17,15 +17,18 @@ import json
 import os
 import re
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from engine.errors import CampaignError
+
+if TYPE_CHECKING:
+    from fences.store import Store
 
 Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 _ALL_DAYS: tuple[Day, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -460,3 +463,47 @@ def load_campaigns(path: str | os.PathLike[str]) -> CampaignSet:
     except Exception as exc:  # yaml.YAMLError / json.JSONDecodeError: a syntax error
         raise CampaignError([f"{p}: not valid {'YAML' if p.suffix.lower() in ('.yaml', '.yml') else 'JSON'}: {exc}"]) from exc
     return parse_campaigns(doc, str(p))
+
+
+def catalog_warnings(campaigns: CampaignSet, stores: Iterable[Store]) -> list[str]:
+    """What in ``campaigns`` matches nothing in the store catalog and so can never push: a
+    merchant_id with no store, a listed store that is missing or belongs to another merchant.
+    Not errors (the catalog may be updated later): ``geopush replay`` and ``geopush run`` print
+    them at load. ``stores``: the catalog's live stores."""
+    by_id: dict[str, str] = {}
+    merchants: dict[str, list[str]] = {}
+    for s in stores:
+        by_id[s.store_id] = s.merchant_id
+        merchants.setdefault(s.merchant_id, []).append(s.store_id)
+    out: list[str] = []
+    for c in campaigns.campaigns:
+        if c.merchant_id not in merchants:
+            out.append(
+                f"campaign {c.id!r}: merchant_id {c.merchant_id!r} has no store in the catalog, "
+                f"so the campaign never pushes{_nearest(c.merchant_id, merchants, 'merchants')}"
+            )
+            continue
+        for sid in sorted(c.stores or ()):
+            owner = by_id.get(sid)
+            if owner is None:
+                own = merchants[c.merchant_id]
+                out.append(
+                    f"campaign {c.id!r}: store {sid!r} is not in the catalog, so the campaign "
+                    f"never pushes there{_nearest(sid, own, f'stores of {c.merchant_id!r}')}"
+                )
+            elif owner != c.merchant_id:
+                out.append(
+                    f"campaign {c.id!r}: store {sid!r} belongs to merchant {owner!r}, not "
+                    f"{c.merchant_id!r}, so the campaign never pushes there"
+                )
+    return out
+
+
+def _nearest(name: str, known: Iterable[str], what: str) -> str:
+    names = sorted(known)
+    folded = {n.casefold(): n for n in reversed(names)}  # the first of names that fold alike
+    near = difflib.get_close_matches(name.casefold(), list(folded), n=1, cutoff=0.6)
+    if near:
+        return f" (did you mean {folded[near[0]]!r}?)"
+    shown = ", ".join(repr(n) for n in names[:5]) + (", ..." if len(names) > 5 else "")
+    return f" (the catalog's {what}: {shown})" if names else " (the catalog is empty)"
