@@ -1,8 +1,11 @@
 """Campaigns: merchants' rules that turn visits into coupon pushes.
 
 A campaign file (JSON or YAML, schema in docs/campaigns.md) is validated at the edge with pydantic
-v2, every problem reported at once (``CampaignError.problems``), then turned into plain frozen
-dataclasses for the hot path. ``CampaignSet`` indexes them by (merchant, trigger) in decision
+v2 plus the rules tying fields together (``_rules``, on the raw data so that they are reported
+with the field errors), every problem reported at once (``CampaignError.problems``), then turned
+into plain frozen dataclasses for the hot path. ``campaign_problems``/``parse_campaign`` check one
+campaign exactly as a file's entries are checked; ``catalog_warnings`` lists what matches nothing
+in a store catalog. ``CampaignSet`` indexes them by (merchant, trigger) in decision
 order: highest priority, then highest coupon value, then campaign id (determinism).
 
 Times: ``schedule.start``/``end`` are local wall-clock times in the STORE's time zone (``Store.tz``);

@@ -9,8 +9,11 @@ shapely would close it) and reports every problem of every feature at once, each
 feature's index, its store_id and what to do.
 
 Entry points: ``load_catalog(path)``, ``parse_catalog(obj)``, ``validate(obj)``,
-``parse_stores(obj)`` (stores and problems, for reports), ``store_from_feature(feature)``,
-``to_feature(store)``, ``catalog_to_geojson(catalog)``, ``dump_catalog(catalog, path)``.
+``parse_stores(obj)`` (stores and problems, for reports), ``check_stores(obj)`` (the same plus the
+warnings of fences.hints, as ``geopush fences check``), ``read_json_checked(path)`` (repeated
+members as located problems), ``feature_problems(feature)`` (one Feature, as the check validates
+it), ``store_from_feature(feature)``, ``to_feature(store)``, ``catalog_to_geojson(catalog)``,
+``dump_catalog(catalog, path)``.
 """
 
 from __future__ import annotations
