@@ -126,7 +126,7 @@ def duplicate_members(text: str | bytes) -> list[DuplicateMember]:
     run only once a repeat is known to exist): a walk over the objects; arrays holding no object
     are skipped whole."""
     if isinstance(text, bytes):
-        text = text.decode("utf-8-sig")
+        text = text.decode(json.detect_encoding(text))  # as json.loads reads bytes
     text = text.removeprefix("\ufeff")
     decoder = json.JSONDecoder()
     scanstring: Any = json.decoder.scanstring  # type: ignore[attr-defined]
