@@ -1,8 +1,11 @@
 """Campaigns: merchants' rules that turn visits into coupon pushes.
 
 A campaign file (JSON or YAML, schema in docs/campaigns.md) is validated at the edge with pydantic
-v2, every problem reported at once (``CampaignError.problems``), then turned into plain frozen
-dataclasses for the hot path. ``CampaignSet`` indexes them by (merchant, trigger) in decision
+v2 plus the rules tying fields together (``_rules``, on the raw data so that they are reported
+with the field errors), every problem reported at once (``CampaignError.problems``), then turned
+into plain frozen dataclasses for the hot path. ``campaign_problems``/``parse_campaign`` check one
+campaign exactly as a file's entries are checked; ``catalog_warnings`` lists what matches nothing
+in a store catalog. ``CampaignSet`` indexes them by (merchant, trigger) in decision
 order: highest priority, then highest coupon value, then campaign id (determinism).
 
 Times: ``schedule.start``/``end`` are local wall-clock times in the STORE's time zone (``Store.tz``);
@@ -12,19 +15,23 @@ Quiet hours are local store time too.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from engine.errors import CampaignError
+
+if TYPE_CHECKING:
+    from fences.store import Store
 
 Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 _ALL_DAYS: tuple[Day, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -214,29 +221,11 @@ class ScheduleModel(_Model):
     def _instant(cls, v: Any) -> float | None:
         return None if v is None else _parse_instant(v)
 
-    @model_validator(mode="after")
-    def _order(self) -> ScheduleModel:
-        if (
-            self.valid_from is not None
-            and self.valid_until is not None
-            and self.valid_until <= self.valid_from
-        ):
-            raise ValueError("valid_until must be after valid_from")
-        if self.start == self.end:
-            raise ValueError("start and end are equal: an empty window (omit both for all day)")
-        return self
-
 
 class CapsModel(_Model):
     per_user: int | None = Field(default=None, ge=1)
     period_s: float | None = Field(default=None, gt=0)
     cooldown_s: float = Field(default=0.0, ge=0)
-
-    @model_validator(mode="after")
-    def _pair(self) -> CapsModel:
-        if (self.per_user is None) != (self.period_s is None):
-            raise ValueError("per_user and period_s go together (N pushes per period_s seconds)")
-        return self
 
 
 class CampaignModel(_Model):
@@ -251,16 +240,6 @@ class CampaignModel(_Model):
     inventory: int | None = Field(default=None, ge=0)
     priority: int = 0
     coupon: CouponModel
-
-    @model_validator(mode="after")
-    def _dwell(self) -> CampaignModel:
-        if self.trigger == "dwell" and self.dwell_s is None:
-            raise ValueError("trigger 'dwell' needs dwell_s (seconds the visit must last)")
-        if self.trigger != "dwell" and self.dwell_s is not None:
-            raise ValueError(f"dwell_s is only for trigger 'dwell', not {self.trigger!r}")
-        if self.stores is not None and not self.stores:
-            raise ValueError("stores is empty: omit it for every store of the merchant")
-        return self
 
 
 class QuietHoursModel(_Model):
@@ -317,17 +296,119 @@ def _to_campaign(m: CampaignModel) -> Campaign:
     )
 
 
-def _fmt_error(where: str, exc: ValidationError) -> list[str]:
-    """One line per pydantic error: ``where`` then the field path (``where`` ending in ": "
-    starts a path; otherwise the path is joined with a dot, e.g. ``campaigns[0].coupon``)."""
+def _rules(raw: dict[str, Any]) -> list[tuple[str, str]]:
+    """The rules that tie fields together, as (path, message), checked on the raw campaign so
+    that they are reported together with the field errors (a pydantic model validator runs only
+    once every field is valid, which would hide them until the rest is fixed). Fields of the
+    wrong type are skipped here: the field check reports them."""
+    out: list[tuple[str, str]] = []
+    trigger, dwell_s = raw.get("trigger"), raw.get("dwell_s")
+    if trigger == "dwell" and dwell_s is None:
+        out.append(("", "trigger 'dwell' needs dwell_s (seconds the visit must last)"))
+    if trigger in ("enter", "exit") and dwell_s is not None:
+        out.append(("", f"dwell_s is only for trigger 'dwell', not {trigger!r}"))
+    if raw.get("stores") == []:
+        out.append(("stores", "stores is empty: omit it for every store of the merchant"))
+    caps = raw.get("caps")
+    if isinstance(caps, dict) and (caps.get("per_user") is None) != (caps.get("period_s") is None):
+        out.append(("caps", "per_user and period_s go together (N pushes per period_s seconds)"))
+    sched = raw.get("schedule")
+    if isinstance(sched, dict):
+        bounds = []
+        for key in ("valid_from", "valid_until"):
+            try:
+                bounds.append(None if sched.get(key) is None else _parse_instant(sched[key]))
+            except ValueError:
+                bounds.append(None)
+        if bounds[0] is not None and bounds[1] is not None and bounds[1] <= bounds[0]:
+            out.append(("schedule", "valid_until must be after valid_from"))
+        start, end = sched.get("start", "00:00"), sched.get("end", "24:00")
+        if isinstance(start, str) and start == end:
+            out.append(("schedule", "start and end are equal: an empty window (omit both for all day)"))
+    return out
+
+
+def _model_at(model: type[BaseModel], path: tuple[str | int, ...]) -> type[BaseModel] | None:
+    """The pydantic model that validates the object at ``path`` under ``model`` (None if the
+    path leads elsewhere, e.g. into a list)."""
+    for part in path:
+        info = model.model_fields.get(part) if isinstance(part, str) else None
+        if info is None:
+            return None
+        kinds = [info.annotation, *get_args(info.annotation)]
+        sub = next((k for k in kinds if isinstance(k, type) and issubclass(k, BaseModel)), None)
+        if sub is None:
+            return None
+        model = sub
+    return model
+
+
+def _unknown_field(name: str, model: type[BaseModel] | None) -> str:
+    """'unknown field ...' with the nearest known name, or the known names when none is near."""
+    if model is None:
+        return f"unknown field {name!r}"
+    known = list(model.model_fields)
+    near = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    if near:
+        return f"unknown field {name!r} (did you mean {near[0]!r}?)"
+    return f"unknown field {name!r} (known fields: {', '.join(known)})"
+
+
+def _fmt_error(
+    where: str, exc: ValidationError, model: type[BaseModel], file_level: bool = False
+) -> list[str]:
+    """One line per pydantic error, ``where`` then the field path joined with dots (e.g.
+    ``campaigns[0] (id 'x').coupon.currency: Field required``). ``file_level``: the path follows
+    ``where`` after ': ' and the errors inside the file's campaigns are left out (they are
+    checked one by one)."""
     out = []
     for err in exc.errors():
-        if where.endswith(": ") and len(err["loc"]) > 1 and err["loc"][0] == "campaigns":
-            continue  # the campaigns are checked one by one below
-        loc = ".".join(str(p) for p in err["loc"])
-        sep = "" if where.endswith(": ") or not loc else "."
-        out.append(f"{where}{sep}{loc}: {err['msg']}" if loc else f"{where.rstrip(': ')}: {err['msg']}")
+        loc = tuple(err["loc"])
+        if file_level and len(loc) > 1 and loc[0] == "campaigns":
+            continue
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden" and loc and isinstance(loc[-1], str):
+            msg = _unknown_field(loc[-1], _model_at(model, loc[:-1]))
+            loc = loc[:-1]
+        out.append(_line(where, ".".join(str(p) for p in loc), msg, ": " if file_level else "."))
     return out
+
+
+def _line(where: str, path: str, msg: str, sep: str = ".") -> str:
+    return f"{where}{sep}{path}: {msg}" if path else f"{where}: {msg}"
+
+
+def _check_campaign(raw: Any, where: str) -> tuple[Campaign | None, list[str]]:
+    if not isinstance(raw, dict):
+        got = {list: "a list", str: "a string", int: "a number", float: "a number"}.get(
+            type(raw), "null" if raw is None else type(raw).__name__
+        )
+        return None, [f"{where}: a campaign must be an object of fields (id, merchant_id, trigger, coupon, ...), got {got}"]
+    problems: list[str] = []
+    model: CampaignModel | None = None
+    try:
+        model = CampaignModel.model_validate(raw)
+    except ValidationError as exc:
+        problems.extend(_fmt_error(where, exc, CampaignModel))
+    problems.extend(_line(where, path, msg) for path, msg in _rules(raw))
+    if problems or model is None:
+        return None, problems
+    return _to_campaign(model), []
+
+
+def campaign_problems(raw: Any, where: str = "campaign") -> list[str]:
+    """Every problem of one campaign (as one entry of a campaign file, docs/campaigns.md), each a
+    line starting with ``where``; empty when it is valid. A file is validated with exactly this
+    check per campaign, plus unique ids and the file-level settings."""
+    return _check_campaign(raw, where)[1]
+
+
+def parse_campaign(raw: Any, where: str = "campaign") -> Campaign:
+    """One validated campaign; raises ``CampaignError`` listing every problem."""
+    campaign, problems = _check_campaign(raw, where)
+    if campaign is None:
+        raise CampaignError(problems)
+    return campaign
 
 
 def parse_campaigns(doc: Any, source: str = "campaigns") -> CampaignSet:
@@ -342,7 +423,7 @@ def parse_campaigns(doc: Any, source: str = "campaigns") -> CampaignSet:
     try:
         top = CampaignFileModel.model_validate(doc)
     except ValidationError as exc:
-        problems.extend(_fmt_error(f"{source}: ", exc))
+        problems.extend(_fmt_error(source, exc, CampaignFileModel, file_level=True))
     raw_campaigns = doc.get("campaigns")
     if not isinstance(raw_campaigns, list):
         raise CampaignError(problems)
@@ -351,16 +432,15 @@ def parse_campaigns(doc: Any, source: str = "campaigns") -> CampaignSet:
     for i, raw in enumerate(raw_campaigns):
         cid = raw.get("id") if isinstance(raw, dict) else None
         where = f"{source}: campaigns[{i}]" + (f" (id {cid!r})" if cid else "")
-        try:
-            m = CampaignModel.model_validate(raw)
-        except ValidationError as exc:
-            problems.extend(_fmt_error(where, exc))
-            continue
-        if m.id in seen:
-            problems.append(f"{where}: duplicate id, also campaigns[{seen[m.id]}]")
-            continue
-        seen[m.id] = i
-        campaigns.append(_to_campaign(m))
+        campaign, found = _check_campaign(raw, where)
+        problems.extend(found)
+        if isinstance(cid, str) and cid:
+            if cid in seen:
+                problems.append(f"{where}: duplicate id, also campaigns[{seen[cid]}]")
+            else:
+                seen[cid] = i
+        if campaign is not None:
+            campaigns.append(campaign)
     if problems or top is None:
         raise CampaignError(problems)
     quiet = None
@@ -386,3 +466,47 @@ def load_campaigns(path: str | os.PathLike[str]) -> CampaignSet:
     except Exception as exc:  # yaml.YAMLError / json.JSONDecodeError: a syntax error
         raise CampaignError([f"{p}: not valid {'YAML' if p.suffix.lower() in ('.yaml', '.yml') else 'JSON'}: {exc}"]) from exc
     return parse_campaigns(doc, str(p))
+
+
+def catalog_warnings(campaigns: CampaignSet, stores: Iterable[Store]) -> list[str]:
+    """What in ``campaigns`` matches nothing in the store catalog and so can never push: a
+    merchant_id with no store, a listed store that is missing or belongs to another merchant.
+    Not errors (the catalog may be updated later): ``geopush replay`` and ``geopush run`` print
+    them at load. ``stores``: the catalog's live stores."""
+    by_id: dict[str, str] = {}
+    merchants: dict[str, list[str]] = {}
+    for s in stores:
+        by_id[s.store_id] = s.merchant_id
+        merchants.setdefault(s.merchant_id, []).append(s.store_id)
+    out: list[str] = []
+    for c in campaigns.campaigns:
+        if c.merchant_id not in merchants:
+            out.append(
+                f"campaign {c.id!r}: merchant_id {c.merchant_id!r} has no store in the catalog, "
+                f"so the campaign never pushes{_nearest(c.merchant_id, merchants, 'merchants')}"
+            )
+            continue
+        for sid in sorted(c.stores or ()):
+            owner = by_id.get(sid)
+            if owner is None:
+                own = merchants[c.merchant_id]
+                out.append(
+                    f"campaign {c.id!r}: store {sid!r} is not in the catalog, so the campaign "
+                    f"never pushes there{_nearest(sid, own, f'stores of {c.merchant_id!r}')}"
+                )
+            elif owner != c.merchant_id:
+                out.append(
+                    f"campaign {c.id!r}: store {sid!r} belongs to merchant {owner!r}, not "
+                    f"{c.merchant_id!r}, so the campaign never pushes there"
+                )
+    return out
+
+
+def _nearest(name: str, known: Iterable[str], what: str) -> str:
+    names = sorted(known)
+    folded = {n.casefold(): n for n in reversed(names)}  # the first of names that fold alike
+    near = difflib.get_close_matches(name.casefold(), list(folded), n=1, cutoff=0.6)
+    if near:
+        return f" (did you mean {folded[near[0]]!r}?)"
+    shown = ", ".join(repr(n) for n in names[:5]) + (", ..." if len(names) > 5 else "")
+    return f" (the catalog's {what}: {shown})" if names else " (the catalog is empty)"

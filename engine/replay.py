@@ -17,12 +17,12 @@ from __future__ import annotations
 import gc
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from engine.campaigns import CampaignSet, load_campaigns
+from engine.campaigns import CampaignSet, catalog_warnings, load_campaigns
 from engine.core import Core, CoreConfig
 from engine.errors import DecodeError, GeopushError
 from engine.events import Event, decode
@@ -89,9 +89,12 @@ def replay(
     progress: bool = True,
     config: CoreConfig | None = None,
     batch_size: int = 1024,
+    on_warning: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Replay ``trace`` and write the four output files; returns the summary (also in
-    ``summary.json``)."""
+    ``summary.json``). Campaigns that match nothing in the catalog (``catalog_warnings``) are
+    passed to ``on_warning`` before the replay starts and listed in the summary's
+    ``campaign_warnings``."""
     from engine.errors import TraceImportError
     from engine.traces import read_trace
 
@@ -99,6 +102,10 @@ def replay(
         raise ReplayError(f"cannot open trace {trace}: no such file; check the path")
     index = _index(fences)
     camps = _campaigns(campaigns)
+    warnings = catalog_warnings(camps, (s for _, s in index.catalog.alive()))
+    if on_warning is not None:
+        for w in warnings:
+            on_warning(w)
     book = _profiles(profiles)
     store = MemoryStore()
     core = Core(index, camps, store, config or CoreConfig(), book)
@@ -168,6 +175,7 @@ def replay(
 
     gc.unfreeze()
     summary = _summary(core, store, tpath, lines, dead)
+    summary["campaign_warnings"] = warnings
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary
 

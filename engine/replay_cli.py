@@ -71,6 +71,7 @@ def _run(args: argparse.Namespace) -> int:
         progress=not args.no_progress and sys.stderr.isatty(),
         config=cfg,
         batch_size=args.batch_size,
+        on_warning=lambda w: print(f"geopush: warning: {w}", file=sys.stderr),
     )
     v = summary["visits"]
     print(

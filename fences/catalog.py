@@ -9,8 +9,11 @@ shapely would close it) and reports every problem of every feature at once, each
 feature's index, its store_id and what to do.
 
 Entry points: ``load_catalog(path)``, ``parse_catalog(obj)``, ``validate(obj)``,
-``parse_stores(obj)`` (stores and problems, for reports), ``store_from_feature(feature)``,
-``to_feature(store)``, ``catalog_to_geojson(catalog)``, ``dump_catalog(catalog, path)``.
+``parse_stores(obj)`` (stores and problems, for reports), ``check_stores(obj)`` (the same plus the
+warnings of fences.hints, as ``geopush fences check``), ``read_json_checked(path)`` (repeated
+members as located problems), ``feature_problems(feature)`` (one Feature, as the check validates
+it), ``store_from_feature(feature)``, ``to_feature(store)``, ``catalog_to_geojson(catalog)``,
+``dump_catalog(catalog, path)``.
 """
 
 from __future__ import annotations
@@ -52,6 +55,14 @@ KNOWN_PROPERTIES = frozenset(
         "max_accuracy_m",
         "tags",
     }
+)
+
+# What a catalog looks like, for messages about a file that is empty or not a catalog at all.
+CATALOG_SHAPE = (
+    'a catalog is a GeoJSON FeatureCollection with one Feature per store, e.g. {"type": '
+    '"FeatureCollection", "features": [{"type": "Feature", "properties": {"store_id": "s-1", '
+    '"merchant_id": "m-1", "radius_m": 30}, "geometry": {"type": "Point", "coordinates": '
+    "[24.9432, 60.1675]}}]} (docs/catalog.md)"
 )
 
 _BSSID_RE = re.compile(r"^[0-9a-f]{2}(?::[0-9a-f]{2}){5}$")
@@ -563,7 +574,9 @@ def _collection_problems(obj: object) -> tuple[list[Any], list[Problem]]:
             )
         ]
     problems: list[Problem] = []
-    if obj.get("type") != "FeatureCollection":
+    if "type" not in obj:
+        problems.append(Problem(None, None, f'"type" is missing; {CATALOG_SHAPE}'))
+    elif obj.get("type") != "FeatureCollection":
         problems.append(
             Problem(
                 None,
@@ -590,6 +603,15 @@ def _collection_problems(obj: object) -> tuple[list[Any], list[Problem]]:
             )
         )
         return [], problems
+    if not features:
+        problems.append(
+            Problem(
+                None,
+                None,
+                '"features" is empty: the catalog has no stores; add one Feature per store '
+                "(docs/catalog.md)",
+            )
+        )
     return features, problems
 
 
@@ -620,11 +642,19 @@ def parse_stores(obj: object) -> tuple[list[Store], list[Problem]]:
         return _parse_stores(obj)
 
 
+def check_stores(obj: object) -> tuple[list[Store], list[Problem]]:
+    """``parse_stores`` plus the warnings of ``geopush fences check`` (``Problem.warning``:
+    coordinates that look swapped, fences.hints), in feature order among the problems."""
+    with _gc_paused():
+        return _parse_stores(obj, hints=True)
+
+
 def _parse_stores(
-    obj: object, decode: Callable[[Any], Any] | None = None
+    obj: object, decode: Callable[[Any], Any] | None = None, hints: bool = False
 ) -> tuple[list[Store], list[Problem]]:
     """``decode``: features are still encoded (msgspec.Raw) and are decoded one at a time, so
-    the decoded form of a 500k-store file never exists all at once."""
+    the decoded form of a 500k-store file never exists all at once. ``hints``: add the
+    warnings of fences.hints."""
     features, problems = _collection_problems(obj)
     parsed: list[tuple[int, Store]] = []
     first_index: dict[str, int] = {}
@@ -651,8 +681,23 @@ def _parse_stores(
             if clash:
                 clashed.add(i)
     parsed = [p for p in _drop_invalid_polygons(parsed, problems) if p[0] not in clashed]
+    if hints:
+        problems.extend(_hints(parsed))
     problems.sort(key=lambda p: -1 if p.index is None else p.index)  # stable: keeps order within
     return [s for _, s in parsed], problems
+
+
+def _hints(parsed: list[tuple[int, Store]]) -> list[Problem]:
+    from fences.hints import merchant_hints, tz_hint
+
+    out = []
+    for i, store in parsed:
+        reason = tz_hint(store)
+        if reason is not None:
+            out.append(Problem(i, store.store_id, reason, warning=True))
+    told = {p.index for p in out}
+    out.extend(p for p in merchant_hints(parsed) if p.index not in told)
+    return out
 
 
 def _drop_invalid_polygons(
@@ -717,15 +762,37 @@ def parse_catalog(obj: Mapping[str, Any]) -> Catalog:
         return Catalog(stores)
 
 
-def store_from_feature(feature: Mapping[str, Any], index: int | None = None) -> Store:
-    """One Store from one Feature; raises CatalogError with the feature's problems."""
+def _check_feature(feature: object, index: int | None) -> tuple[Store | None, list[Problem]]:
     store, sid, reasons, _ = _parse_feature(feature)
     problems = [Problem(index, sid, r) for r in reasons]
     if store is not None and store.polygon is not None and not shapely.is_valid(store.polygon):
         problems.append(
             Problem(index, sid, _explain_invalid(shapely.is_valid_reason(store.polygon)))
         )
-    if problems or store is None:
+    if problems:
+        return None, problems
+    assert store is not None
+    from fences.hints import tz_hint
+
+    reason = tz_hint(store)
+    if reason is not None:
+        problems.append(Problem(index, sid, reason, warning=True))
+    return store, problems
+
+
+def feature_problems(feature: object, index: int | None = None) -> list[Problem]:
+    """Every problem of one Feature, exactly as ``geopush fences check`` finds it in a catalog
+    (errors, then warnings with ``Problem.warning``), except what needs the other stores: a
+    store_id used twice, a BSSID/beacon/NFC tag claimed by two stores, a store far from the
+    rest of its merchant's. Empty when the Feature is a valid store."""
+    return _check_feature(feature, index)[1]
+
+
+def store_from_feature(feature: Mapping[str, Any], index: int | None = None) -> Store:
+    """One Store from one Feature; raises CatalogError with the feature's problems (warnings
+    do not raise)."""
+    store, problems = _check_feature(feature, index)
+    if store is None:
         raise CatalogError(problems)
     return store
 
@@ -743,10 +810,11 @@ def read_json(path: str | os.PathLike[str], strict: bool = False) -> Any:
     try:
         with _gc_paused():
             if strict:
-                return geojson.loads(text)
+                obj, dups = geojson.loads_all(text)
+                if dups:
+                    raise CatalogError(_duplicate_problems(obj, dups))
+                return obj
             return msgspec.json.decode(text)
-    except geojson.DuplicateKeyError as exc:
-        raise CatalogError([Problem(None, None, str(exc))]) from exc
     except json.JSONDecodeError as exc:
         raise CatalogError([Problem(None, None, _syntax(exc.msg, text, exc.pos))]) from exc
     except msgspec.DecodeError as exc:
@@ -760,13 +828,63 @@ def read_json(path: str | os.PathLike[str], strict: bool = False) -> Any:
         ) from exc
 
 
+def read_json_checked(path: str | os.PathLike[str]) -> tuple[Any, list[Problem]]:
+    """Parse a catalog file as ``geopush fences check`` does: the object (the last of repeated
+    members wins, as when loading) and a problem for every repeated member name, with its line
+    and column and, inside a feature, the feature's index and store_id. Syntax errors raise
+    CatalogError like ``read_json``."""
+    text = _read_bytes(path)
+    try:
+        with _gc_paused():
+            obj, dups = geojson.loads_all(text)
+    except json.JSONDecodeError as exc:
+        raise CatalogError([Problem(None, None, _syntax(exc.msg, text, exc.pos))]) from exc
+    except UnicodeDecodeError as exc:
+        raise CatalogError(
+            [Problem(None, None, f"not UTF-8 text ({exc.reason}); save the file as UTF-8")]
+        ) from exc
+    return obj, _duplicate_problems(obj, dups)
+
+
+def _duplicate_problems(obj: Any, dups: list[geojson.DuplicateMember]) -> list[Problem]:
+    out = []
+    for d in dups:
+        index: int | None = None
+        sid: str | None = None
+        inner: tuple[str | int, ...] = d.path
+        if len(d.path) >= 2 and d.path[0] == "features" and isinstance(d.path[1], int):
+            index, inner = d.path[1], d.path[2:]
+            feats = obj.get("features") if isinstance(obj, dict) else None
+            feature = feats[index] if isinstance(feats, list) and index < len(feats) else None
+            props = feature.get("properties") if isinstance(feature, dict) else None
+            got = props.get("store_id") if isinstance(props, dict) else None
+            sid = got.strip() if isinstance(got, str) and got.strip() else None
+        if inner:
+            holder = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in inner).lstrip(".")
+        else:
+            holder = "the feature" if index is not None else "the top-level object"
+        out.append(
+            Problem(
+                index,
+                sid,
+                f"line {d.line} column {d.column}: {holder} has the member {d.key!r} twice, so "
+                "readers disagree on its value (the last one is used here); keep only one",
+            )
+        )
+    return out
+
+
 def _read_bytes(path: str | os.PathLike[str]) -> bytes:
     try:
         with open(path, "rb") as fh:
-            return fh.read()
+            text = fh.read()
     except OSError as exc:
         reason = f"cannot read {os.fspath(path)!r}: {exc.strerror}; check the path"
         raise CatalogError([Problem(None, None, reason)]) from exc
+    if not text.strip():
+        what = "empty" if not text else "blank (only white space)"
+        raise CatalogError([Problem(None, None, f"the file is {what}; {CATALOG_SHAPE}")])
+    return text
 
 
 def _syntax(msg: str, text: bytes, pos: int | None) -> str:

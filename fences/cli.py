@@ -46,8 +46,10 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "check",
         help="validate a catalog and report every problem",
         description=(
-            "Validate a store catalog. Prints every problem (feature index, store_id, what to do) "
-            "and a summary line; exits 1 when there is any problem, 0 when the catalog is clean."
+            "Validate a store catalog. Prints every problem (feature index, store_id, what to do), "
+            "every warning (coordinates that look swapped: a store far from its tz or from its "
+            "merchant's other stores) and a summary line; exits 1 when there is any problem (or, "
+            "with --strict, any warning), 0 otherwise."
         ),
     )
     check.add_argument("file", metavar="FILE", help="catalog: a GeoJSON FeatureCollection")
@@ -56,7 +58,10 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         type=int,
         default=1000,
         metavar="N",
-        help="print at most N problems (all are counted; default 1000)",
+        help="print at most N problems and warnings (all are counted; default 1000)",
+    )
+    check.add_argument(
+        "--strict", action="store_true", help="exit 1 on warnings too, not only on problems"
     )
     check.set_defaults(func=cmd_check)
 
@@ -132,32 +137,38 @@ def summary(stores: list[Store]) -> str:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from fences.catalog import parse_stores, read_json
+    from fences.catalog import check_stores, read_json_checked
     from fences.errors import CatalogError
 
-    problems: list[Problem]
+    found: list[Problem]
     stores: list[Store] = []
     try:
-        obj = read_json(args.file, strict=True)
+        obj, found = read_json_checked(args.file)
     except CatalogError as exc:
-        problems = exc.problems
+        found = exc.problems
         n_features = 0
     else:
-        stores, problems = parse_stores(obj)
+        stores, problems = check_stores(obj)
+        # repeated members first within a feature (stable sort), file-level ones first of all
+        found = sorted(found + problems, key=lambda p: -1 if p.index is None else p.index)
         feats = obj.get("features") if isinstance(obj, dict) else None
         n_features = len(feats) if isinstance(feats, list) else 0
-    for p in problems[: args.max_problems]:
+    for p in found[: args.max_problems]:
         print(p)
-    if len(problems) > args.max_problems:
-        print(f"... and {len(problems) - args.max_problems} more (use --max-problems)")
+    if len(found) > args.max_problems:
+        print(f"... and {len(found) - args.max_problems} more (use --max-problems)")
+    problems = [p for p in found if not p.warning]
+    warns = len(found) - len(problems)
     bad = len({p.index for p in problems if p.index is not None})
     status = (
         "OK"
         if not problems
         else f"{len(problems)} problem(s)" + (f" in {bad} feature(s)" if bad else "")
     )
+    if warns:
+        status += f", {warns} warning(s)" + (" (--strict: failing)" if args.strict else "")
     print(f"{args.file}: {n_features} features, {summary(stores)}; {status}")
-    return 1 if problems else 0
+    return 1 if problems or (warns and args.strict) else 0
 
 
 # ------------------------------------------------------------------------------------ match

@@ -20,17 +20,20 @@ class FencesError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Problem:
-    """One thing wrong with one feature of a catalog."""
+    """One thing wrong with one feature of a catalog. A ``warning`` is likely wrong but loads
+    (e.g. coordinates that look swapped): ``geopush fences check`` prints and counts it and fails
+    on it only with ``--strict``; loading never raises for it."""
 
     index: int | None  # the feature's position in the FeatureCollection, None for file-level
     store_id: str | None
     reason: str  # a sentence a person can act on
+    warning: bool = False
 
     def __str__(self) -> str:
         where = "catalog" if self.index is None else f"feature {self.index}"
         if self.store_id is not None:
             where += f" (store_id {self.store_id!r})"
-        return f"{where}: {self.reason}"
+        return f"{where}: {'warning: ' if self.warning else ''}{self.reason}"
 
 
 class CatalogError(FencesError):

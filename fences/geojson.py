@@ -18,7 +18,9 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -58,6 +60,24 @@ class DuplicateKeyError(ValueError):
     """A JSON object repeats a member name, so parsers disagree on its value."""
 
 
+@dataclass(frozen=True, slots=True)
+class DuplicateMember:
+    """A member name repeated in one JSON object: where its second occurrence starts (1-based
+    line and column, in characters) and the path of the object holding it (keys and array
+    positions from the root, e.g. ``("features", 3, "properties")``)."""
+
+    line: int
+    column: int
+    key: str
+    path: tuple[str | int, ...]
+
+    def __str__(self) -> str:
+        return (
+            f"line {self.line} column {self.column}: an object contains the member {self.key!r} "
+            "twice, so readers disagree on its value; keep only one"
+        )
+
+
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj = dict(pairs)
     if len(obj) != len(pairs):
@@ -71,8 +91,101 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def loads(text: str | bytes) -> Any:
-    """json.loads that refuses duplicate member names (raises DuplicateKeyError)."""
-    return json.loads(text, object_pairs_hook=_no_duplicates)
+    """json.loads that refuses duplicate member names (raises DuplicateKeyError, whose message
+    gives the line and column of the first repeat)."""
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates)
+    except DuplicateKeyError as exc:
+        dups = duplicate_members(text)
+        if dups:
+            raise DuplicateKeyError(str(dups[0])) from exc
+        raise
+
+
+def loads_all(text: str | bytes) -> tuple[Any, list[DuplicateMember]]:
+    """json.loads (the last of repeated members wins, as in most readers) plus every repeated
+    member, located. Raises json.JSONDecodeError / UnicodeDecodeError on bad text."""
+    repeated = False
+
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        nonlocal repeated
+        obj = dict(pairs)
+        if len(obj) != len(pairs):
+            repeated = True
+        return obj
+
+    obj = json.loads(text, object_pairs_hook=hook)
+    return obj, (duplicate_members(text) if repeated else [])
+
+
+_WS = re.compile(r"[ \t\n\r]*")
+
+
+def duplicate_members(text: str | bytes) -> list[DuplicateMember]:
+    """Every repeated member name in a JSON text that parses (the slow part of a strict check,
+    run only once a repeat is known to exist): a walk over the objects; arrays holding no object
+    are skipped whole."""
+    if isinstance(text, bytes):
+        text = text.decode(json.detect_encoding(text))  # as json.loads reads bytes
+    text = text.removeprefix("\ufeff")
+    decoder = json.JSONDecoder()
+    scanstring: Any = json.decoder.scanstring  # type: ignore[attr-defined]
+    found: list[tuple[int, str, tuple[str | int, ...]]] = []
+
+    def ws(i: int) -> int:
+        m = _WS.match(text, i)
+        return m.end() if m else i
+
+    def value(i: int, path: tuple[str | int, ...]) -> int:
+        i = ws(i)
+        c = text[i]
+        if c == "{":
+            return obj(i + 1, path)
+        if c == "[":
+            _, end = decoder.raw_decode(text, i)
+            if "{" not in text[i:end]:
+                return int(end)
+            return arr(i + 1, path)
+        if c == '"':
+            return int(scanstring(text, i + 1)[1])
+        return int(decoder.raw_decode(text, i)[1])
+
+    def obj(i: int, path: tuple[str | int, ...]) -> int:
+        seen: set[str] = set()
+        i = ws(i)
+        if text[i] == "}":
+            return i + 1
+        while True:
+            i = ws(i)
+            start = i
+            key, i = scanstring(text, i + 1)
+            if key in seen:
+                found.append((start, key, path))
+            seen.add(key)
+            i = ws(i) + 1  # the ':'
+            i = ws(value(i, (*path, key)))
+            if text[i] == "}":
+                return i + 1
+            i += 1  # the ','
+
+    def arr(i: int, path: tuple[str | int, ...]) -> int:
+        i = ws(i)
+        if text[i] == "]":
+            return i + 1
+        n = 0
+        while True:
+            i = ws(value(i, (*path, n)))
+            n += 1
+            if text[i] == "]":
+                return i + 1
+            i += 1
+
+    value(0, ())
+    out = []
+    for pos, key, path in found:
+        line = text.count("\n", 0, pos) + 1
+        out.append(DuplicateMember(line, pos - (text.rfind("\n", 0, pos) + 1) + 1, key, path))
+    return out
 
 
 def type_name(value: object) -> str:
@@ -296,11 +409,9 @@ def lint(obj: object) -> list[str]:
 def lint_text(text: str | bytes) -> list[str]:
     """Parse then lint; JSON syntax errors and duplicate members are problems too."""
     try:
-        obj = loads(text)
-    except DuplicateKeyError as exc:
-        return [str(exc)]
+        obj, dups = loads_all(text)
     except ValueError as exc:  # json.JSONDecodeError, UnicodeDecodeError
         return [f"not valid JSON: {exc}; fix the syntax"]
     if isinstance(obj, float) and not math.isfinite(obj):
         return ["the root of a GeoJSON document must be an object"]
-    return lint(obj)
+    return [str(d) for d in dups] + lint(obj)

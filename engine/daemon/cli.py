@@ -104,10 +104,16 @@ def _run(args: argparse.Namespace) -> int:
     config = args.config or (Path(os.environ["GEOPUSH_CONFIG"]) if os.environ.get("GEOPUSH_CONFIG") else None)
     settings = load_settings(flags, config)
     setup_logging(settings.log_format, settings.log_level)
-    factory = real_core_factory(settings)
+    warnings: list[str] = []
+    factory = real_core_factory(settings, warnings)
 
     async def main() -> int:
-        svc = Service(settings, factory, reloader=lambda: load_fences_and_campaigns(settings))
+        svc = Service(
+            settings,
+            factory,
+            reloader=lambda: load_fences_and_campaigns(settings),
+            load_warnings=warnings,
+        )
         svc.install_signal_handlers()
         return await svc.run()
 

@@ -85,8 +85,12 @@ class Service:
         reloader: Reloader | None = None,
         metrics: Metrics | None = None,
         clock: Callable[[], float] | None = None,
+        load_warnings: Sequence[str] = (),
     ) -> None:
         self.settings = settings
+        # What loading the fences and campaigns warned about (``real_core_factory``): repeated
+        # in the start-up message, so a campaign that can never push is not missed.
+        self.load_warnings = list(load_warnings)
         self.topics = Topics(prefix=settings.prefix, client_id=settings.client_id)
         self.core_factory = core_factory
         self.reloader = reloader
@@ -188,9 +192,11 @@ class Service:
             backoff = 0.2
             self.metrics.connected.set(1)
             n = outbox.reset_from_store()
+            ws = self.load_warnings
             log.info(
-                "connected to %s as %s; re-publishing %d unsent outputs",
+                "connected to %s as %s; re-publishing %d unsent outputs%s",
                 self.settings.broker, self.settings.client_id, n,
+                f"; {len(ws)} load warning(s): " + "; ".join(ws) if ws else "",
             )  # fmt: skip
             self.state = "online"
             tasks = [
@@ -575,26 +581,35 @@ __all__ = ["CoreFactory", "CoreLike", "Reloader", "Service"]
 # --- the real engine -------------------------------------------------------------------------------
 
 
-def load_fences_and_campaigns(settings: Settings) -> dict[str, Any]:
-    """Fresh fence index and campaigns from the configured files (also the SIGHUP reloader)."""
-    from engine.campaigns import load_campaigns
+def load_fences_and_campaigns(
+    settings: Settings, warnings: list[str] | None = None
+) -> dict[str, Any]:
+    """Fresh fence index and campaigns from the configured files (also the SIGHUP reloader).
+    Campaigns that match nothing in the catalog are logged as warnings (and appended to
+    ``warnings``)."""
+    from engine.campaigns import catalog_warnings, load_campaigns
     from fences.catalog import load_catalog
     from fences.index import FenceIndex
 
     if settings.fences is None or settings.campaigns is None:
         raise GeopushError("--fences and --campaigns are required (flags, GEOPUSH_* or config file)")
-    return {
-        "index": FenceIndex(load_catalog(settings.fences)),
-        "campaigns": load_campaigns(settings.campaigns),
-    }
+    index = FenceIndex(load_catalog(settings.fences))
+    campaigns = load_campaigns(settings.campaigns)
+    found = catalog_warnings(campaigns, (s for _, s in index.catalog.alive()))
+    for w in found:
+        log.warning("%s", w)
+    if warnings is not None:
+        warnings.extend(found)
+    return {"index": index, "campaigns": campaigns}
 
 
-def real_core_factory(settings: Settings) -> CoreFactory:
-    """Build ``engine.core.Core`` over the daemon's store from the configured files."""
+def real_core_factory(settings: Settings, warnings: list[str] | None = None) -> CoreFactory:
+    """Build ``engine.core.Core`` over the daemon's store from the configured files; what loading
+    them warned about is appended to ``warnings`` (for ``Service(load_warnings=...)``)."""
     from engine.core import Core
     from engine.profiles import load_profiles
 
-    loaded = load_fences_and_campaigns(settings)
+    loaded = load_fences_and_campaigns(settings, warnings)
     profiles = load_profiles(settings.profiles) if settings.profiles is not None else None
 
     warm_up(loaded["index"], loaded["campaigns"])

@@ -149,3 +149,66 @@ def test_file_level_and_campaign_problems_together(tmp_path: Path) -> None:
     assert any("(id 's')" in x and "needs dwell_s" in x for x in probs)
     with pytest.raises(CampaignError, match="campaigns: Field required"):
         parse_campaigns({})
+
+
+def test_a_missing_field_is_reported_with_the_others() -> None:
+    """Rules tying fields together (dwell_s with trigger dwell, per_user with period_s, the
+    schedule's bounds) are reported in the same pass as field errors, not after they are fixed."""
+    bad = [
+        {"id": "a", "merchant_id": "m", "trigger": "dwell", "coupon": {**COUPON, "value": -1}},
+        {"id": "b", "trigger": "dwell", "caps": {"per_user": 0}, "coupon": COUPON,
+         "schedule": {"start": "10:00", "end": "10:00", "days": ["moon"]}},
+    ]
+    with pytest.raises(CampaignError) as ei:
+        parse_campaigns(bad)
+    probs = ei.value.problems
+    assert "campaigns: campaigns[0] (id 'a').coupon.value: Input should be greater than or equal to 0" in probs
+    assert "campaigns: campaigns[0] (id 'a'): trigger 'dwell' needs dwell_s (seconds the visit must last)" in probs
+    text = "\n".join(probs)
+    assert "(id 'b').merchant_id: Field required" in text
+    assert "(id 'b'): trigger 'dwell' needs dwell_s" in text
+    assert "(id 'b').caps: per_user and period_s go together" in text
+    assert "(id 'b').schedule: start and end are equal" in text
+    assert "(id 'b').schedule.days.0" in text
+    assert "Value error," not in text
+
+
+def test_unknown_fields_suggest_the_nearest_name() -> None:
+    doc = {
+        "campaings": [],
+        "campaigns": [
+            {"id": "a", "merchant_id": "m", "trigger": "enter", "priorty": 3,
+             "schedule": {"strat": "09:00"}, "coupon": {**COUPON, "colour": "red"}},
+        ],
+    }
+    with pytest.raises(CampaignError) as ei:
+        parse_campaigns(doc, "c.yaml")
+    probs = ei.value.problems
+    assert "c.yaml: campaigns[0] (id 'a'): unknown field 'priorty' (did you mean 'priority'?)" in probs
+    assert "c.yaml: campaigns[0] (id 'a').schedule: unknown field 'strat' (did you mean 'start'?)" in probs
+    assert (
+        "c.yaml: campaigns[0] (id 'a').coupon: unknown field 'colour' "
+        "(known fields: title, value, currency, expires_in_s)" in probs
+    )
+    assert "c.yaml: unknown field 'campaings' (did you mean 'campaigns'?)" in probs
+
+
+def test_one_campaign_is_validated_exactly_as_in_a_file() -> None:
+    from engine.campaigns import campaign_problems, parse_campaign
+
+    good = {"id": "a", "merchant_id": "m", "trigger": "dwell", "dwell_s": 60, "coupon": COUPON}
+    assert campaign_problems(good) == []
+    assert parse_campaign(good).trigger_key == "dwell:60"
+    bad = {"id": "a", "merchant_id": "m", "trigger": "dwell", "priorty": 1, "coupon": COUPON}
+    assert campaign_problems(bad) == [
+        "campaign: unknown field 'priorty' (did you mean 'priority'?)",
+        "campaign: trigger 'dwell' needs dwell_s (seconds the visit must last)",
+    ]
+    with pytest.raises(CampaignError) as ei:
+        parse_campaigns([bad], "f.json")
+    assert ei.value.problems == [
+        p.replace("campaign:", "f.json: campaigns[0] (id 'a'):") for p in campaign_problems(bad)
+    ]
+    assert campaign_problems("x") == [
+        "campaign: a campaign must be an object of fields (id, merchant_id, trigger, coupon, ...), got a string"
+    ]

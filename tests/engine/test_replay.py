@@ -131,3 +131,42 @@ def test_bench_replay_runs_small_and_accounts_every_event() -> None:
     assert r["events_per_s"] > 0 and r["events_per_cpu_s"] > 0
     assert abs(sum(r["share"].values()) - 1.0) < 0.01
     assert r["visits"]["enter"] >= r["visits"]["exit"] > 0
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def test_the_examples_replay_to_pushes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """examples/: the catalog, trace and profiles go with examples/campaigns.yaml (the command in
+    docs/campaigns.md): each campaign pushes once, and nothing is warned about."""
+    rc = main(["replay", str(EXAMPLES / "trace.jsonl"), "--fences", str(EXAMPLES / "stores.geojson"),
+               "--campaigns", str(EXAMPLES / "campaigns.yaml"), "--profiles", str(EXAMPLES / "users.jsonl"),
+               "--out", str(tmp_path / "out"), "--no-progress"])
+    assert rc == 0
+    out, err = capsys.readouterr()
+    assert "pushes: 3;" in out and "warning" not in err
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["pushes"] > 0 and summary["campaign_warnings"] == []
+    assert summary["pushes_by_campaign"] == {"coffee-welcome": 1, "coffee-stay": 1, "books-goodbye": 1}
+
+
+def test_replay_warns_about_campaigns_that_match_no_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace, fences, _, _ = _inputs(tmp_path)
+    camps = tmp_path / "c.json"
+    camps.write_text(json.dumps({"campaigns": [campaign("a", "m-a"), campaign("b", "m-B", stores=["B", "A", "Z"])]}))
+    rc = main(["replay", str(trace), "--fences", str(fences), "--campaigns", str(camps),
+               "--out", str(tmp_path / "o"), "--no-progress"])
+    assert rc == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "geopush: warning: campaign 'a': merchant_id 'm-a' has no store in the catalog, so the "
+        "campaign never pushes (did you mean 'm-A'?)",
+        "geopush: warning: campaign 'b': store 'A' belongs to merchant 'm-A', not 'm-B', so the "
+        "campaign never pushes there",
+        "geopush: warning: campaign 'b': store 'Z' is not in the catalog, so the campaign never "
+        "pushes there (the catalog's stores of 'm-B': 'B')",
+    ]
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["campaign_warnings"] == [e.removeprefix("geopush: warning: ") for e in err]
