@@ -95,11 +95,14 @@ class Settings(BaseSettings):
         return v.upper() if isinstance(v, str) else v
 
     @property
-    def pid_path(self) -> Path:
+    def pid_path(self) -> Path | None:
+        """Where the pid is written: ``pid_file``; by default beside a SQLite state file
+        (``<state>.pid``, where `geopush reload --state` looks); with Redis state, none (there is
+        no file of ours to stand beside, and the working directory is no place for one)."""
         if self.pid_file is not None:
             return self.pid_file
         if self.redis_url is not None:
-            return Path(f"geopush-{self.client_id}.pid")
+            return None
         state = Path(self.state)
         return state.with_name(state.name + ".pid")
 

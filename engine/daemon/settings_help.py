@@ -26,7 +26,7 @@ HELP: dict[str, str] = {
     "status_interval": "seconds between retained status updates",
     "idle_flush": "when no message came for this many seconds, time out visits by the wall clock (live feeds; 0 = off: visits then time out by event time only, exactly as replay decides)",
     "drain_timeout": "seconds a graceful shutdown waits for the outbox to empty",
-    "pid_file": "write the pid here (default: <state>.pid); `geopush reload` signals it",
+    "pid_file": "write the pid here, for `geopush reload` (default: <state>.pid beside a SQLite state file; none with Redis state)",
     "log_format": "text or json (JSON lines, one object per record)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "input_window": "how many recent input digests are kept to recognise redeliveries",
