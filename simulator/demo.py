@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-import msgspec
+import orjson
 from rich.console import Console
 
 from engine.errors import GeopushError
@@ -88,8 +88,8 @@ def scan_trace(path: Path) -> TraceInfo:
             if not line.strip():
                 continue
             try:
-                rec = msgspec.json.decode(line)
-            except msgspec.DecodeError:
+                rec = orjson.loads(line)
+            except orjson.JSONDecodeError:
                 n += 1
                 continue
             evs = rec.get("events") if rec.get("type") == "batch" else None
@@ -184,8 +184,8 @@ class OutputWatcher:
         self.last_message = time.monotonic()
         self._files[kind].write(payload.rstrip(b"\n") + b"\n")
         try:
-            rec = msgspec.json.decode(payload)
-        except msgspec.DecodeError:
+            rec = orjson.loads(payload)
+        except orjson.JSONDecodeError:
             rec = {}
         if not isinstance(rec, dict):
             rec = {}
@@ -258,8 +258,8 @@ def cut_trace(src: Path, dst: Path, since_ts: float) -> int:
     with open(src, "rb") as fin, open(dst, "wb") as fout:
         for line in fin:
             try:
-                ts = msgspec.json.decode(line).get("ts")
-            except (msgspec.DecodeError, AttributeError):
+                ts = orjson.loads(line).get("ts")
+            except (orjson.JSONDecodeError, AttributeError):
                 ts = None
             if not isinstance(ts, int | float) or ts >= since_ts:
                 fout.write(line)
@@ -320,7 +320,7 @@ def warm_up_engine(settings: Any) -> None:
                 "lat": lat,
                 "acc": 5.0,
             }
-            core.process(decode(msgspec.json.encode(ev)))
+            core.process(decode(orjson.dumps(ev)))
         core.flush(ts + 86_400.0)
     except Exception as exc:  # noqa: BLE001
         log.warning("engine warm-up failed (latencies may include JIT compilation): %r", exc)
@@ -671,7 +671,7 @@ def write_summary(
         # p50/p99 per micro-batch: core time (ms), SQLite commit (ms), messages per batch
         "engine_batch_p50_p99": engine,
     }
-    path.write_bytes(msgspec.json.format(msgspec.json.encode(body), indent=2))
+    path.write_bytes(orjson.dumps(body, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
     return path
 
 

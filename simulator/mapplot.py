@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import msgspec
 import numpy as np
+import orjson
 
 from engine.errors import GeopushError
 
@@ -77,8 +77,8 @@ def _circle_ring(lon: float, lat: float, radius_m: float) -> np.ndarray:
 
 def _load_fences(path: Path) -> _Fences:
     try:
-        doc = msgspec.json.decode(path.read_bytes())
-    except (OSError, msgspec.DecodeError) as exc:
+        doc = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
         raise MapError(f"cannot read stores file {path}: {exc}") from exc
     features = doc.get("features") if isinstance(doc, dict) else None
     if not isinstance(features, list):
@@ -118,8 +118,8 @@ def _jsonl(
             if must_contain and must_contain not in line:
                 continue
             try:
-                rec = msgspec.json.decode(line)
-            except msgspec.DecodeError:
+                rec = orjson.loads(line)
+            except orjson.JSONDecodeError:
                 if line.strip():
                     stats.skipped_lines += 1
                 continue
