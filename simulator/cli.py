@@ -12,6 +12,7 @@ from typing import Any
 
 from engine.cli import help_and_fail, positive
 from engine.errors import GeopushError
+from simulator.start import START_FORMS_ABSOLUTE, Start, start_arg
 
 _POS_INT = positive(int)
 _POS_FLOAT = positive(float)
@@ -52,10 +53,13 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     city.add_argument("--hours", type=_POS_FLOAT, default=12.0,
                       help="simulated hours from the start (default 12)")
     city.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
-    city.add_argument("--start-hour", type=float, default=6.0,
-                      help="time of day (UTC hours, 0-24) the simulation starts at (default 6)")
-    city.add_argument("--start", type=float, default=None,
-                      help="epoch seconds of the start (default Monday 2026-03-02 at --start-hour)")
+    city.add_argument("--start", type=start_arg(absolute=True), default=None, metavar="WHEN",
+                      help=f"when the simulation starts: {START_FORMS_ABSOLUTE}. A time of day "
+                      "is that hour of Monday 2026-03-02 (default 6, i.e. 06:00); an instant "
+                      "also sets the people's time of day (its UTC hour)")
+    city.add_argument("--start-hour", type=float, default=None, metavar="H",
+                      help="older spelling of --start H (with an epoch --start: the people's "
+                      "time of day, default the instant's UTC hour)")
     city.add_argument("--out", required=True, help="output directory (created if missing)")
     city.add_argument("--quiet", action="store_true", help="no progress bar")
     city.add_argument("--json", action="store_true", help="print the report as one JSON object")
@@ -150,12 +154,24 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     sc.set_defaults(func=_cmd_score)
 
 
+def _city_start(start: Start | None, start_hour: float | None) -> tuple[float | None, float]:
+    """(t0 or None for the default day, the people's time of day) from --start / --start-hour."""
+    if start is None:
+        return None, 6.0 if start_hour is None else start_hour
+    if not start.absolute:
+        if start_hour is not None:
+            raise GeopushError("give --start or --start-hour, not both (--start 12 = --start-hour 12)")
+        return None, start.hour
+    return start.epoch, start.hour if start_hour is None else start_hour
+
+
 def _cmd_city(a: argparse.Namespace) -> int:
     from simulator.city import generate_city
 
     try:
+        t0, start_hour = _city_start(a.start, a.start_hour)
         rep = generate_city(stores=a.stores, users=a.users, hours=a.hours, seed=a.seed,
-                            out=a.out, t0=a.start, start_hour=a.start_hour,
+                            out=a.out, t0=t0, start_hour=start_hour,
                             progress=not (a.quiet or a.json))
     except (ValueError, OSError) as exc:
         raise GeopushError(f"simulate city: {exc}") from exc

@@ -630,7 +630,7 @@ def run_demo(
         finally:
             if broker is not None:
                 broker.stop()
-        snap = run.stats.snapshot()
+        snap = run.stats.snapshot(final=True)
         files.update({k: p for k, p in (("pushes", out / "pushes.jsonl"),
                                         ("visits", out / "visits.jsonl"),
                                         ("dead letters", out / "deadletter.jsonl"))})  # fmt: skip

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.cli import positive
+from simulator.start import START_FORMS, start_arg
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -33,8 +34,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                    help="stores in the city")  # fmt: skip
     p.add_argument("--users", type=positive(int), default=300, metavar="M",
                    help="people (phones) in the city")  # fmt: skip
-    p.add_argument("--start", type=float, default=12.0, metavar="HOUR",
-                   help="hour of the city's day (06-24) where the played window starts")  # fmt: skip
+    p.add_argument("--start", type=start_arg(absolute=False), default="12", metavar="WHEN",
+                   help=f"where the played window starts, from 06 to 24: {START_FORMS} (the city "
+                        "is simulated from 06:00, when people leave home)")  # fmt: skip
     p.add_argument("--hours", type=positive(float), default=1.0, metavar="H",
                    help="hours of city time played, accelerated to fit --duration")  # fmt: skip
     p.add_argument("--seed", type=int, default=7, metavar="S",
@@ -55,7 +57,7 @@ def _run(args: argparse.Namespace) -> int:
         broker=args.broker,
         stores=args.stores,
         users=args.users,
-        start_hour=args.start,
+        start_hour=args.start.hour,
         hours=args.hours,
         seed=args.seed,
         out=args.out,

@@ -26,7 +26,7 @@ class Snapshot:
     duration_s: float = 60.0
     events_processed: int = 0
     events_total: int = 0  # events in the trace (0 = unknown)
-    events_per_s: float = 0.0  # recent rate (last few seconds)
+    events_per_s: float = 0.0  # recent rate (last few seconds); in the final one, the run's mean
     sim_clock: str = ""  # the newest event time the engine has processed, e.g. "12:42 UTC"
     visits_entered: int = 0
     visits_exited: int = 0
@@ -68,6 +68,8 @@ class DemoStats:
     _seen: set[str] = field(default_factory=set)
     _rate: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=64))
     started: float = field(default_factory=time.monotonic)
+    first_progress: float | None = None  # the last report before the engine's total grew
+    last_progress: float | None = None  # when the engine's total last grew
 
     def on_visit(self, rec: dict[str, Any]) -> None:
         """A merchant visit event (enter / dwell / exit). Redeliveries are counted once."""
@@ -101,8 +103,13 @@ class DemoStats:
 
     def on_processed(self, total: int, now: float | None = None) -> None:
         """The engine's running total of events accepted (decoded and processed)."""
+        t = time.monotonic() if now is None else now
+        if total > self.events_processed:
+            if self.first_progress is None:
+                self.first_progress = self._rate[-1][0] if self._rate else self.started
+            self.last_progress = t
         self.events_processed = total
-        self._rate.append((time.monotonic() if now is None else now, total))
+        self._rate.append((t, total))
 
     def rate(self, window_s: float = 3.0) -> float:
         """Events/s over the last ``window_s`` seconds of reports."""
@@ -116,7 +123,18 @@ class DemoStats:
                 break
         return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
 
-    def snapshot(self, now: float | None = None, top: int = 5) -> Snapshot:
+    def run_rate(self) -> float:
+        """Events/s over the run: every event processed, over the time from the last report
+        before the first one to the report of the last one (not the whole run, which adds the
+        publisher's start, the drain and the idle tail)."""
+        if self.first_progress is None or self.last_progress is None:
+            return 0.0
+        span = self.last_progress - self.first_progress
+        return self.events_processed / span if span > 0 else 0.0
+
+    def snapshot(self, now: float | None = None, top: int = 5, final: bool = False) -> Snapshot:
+        """The figures now; ``final``: the run is over, events_per_s is the run's mean rate
+        (the recent rate would be the idle tail's)."""
         p50, p99 = self.latency_p50_ms, self.latency_p99_ms
         if p50 is None and self.latencies_ms:
             p50, p99 = percentile(self.latencies_ms, 50), percentile(self.latencies_ms, 99)
@@ -125,7 +143,7 @@ class DemoStats:
             duration_s=self.duration_s,
             events_processed=self.events_processed,
             events_total=self.events_total,
-            events_per_s=self.rate(),
+            events_per_s=self.run_rate() if final else self.rate(),
             sim_clock=self.sim_clock,
             visits_entered=self.visits_entered,
             visits_exited=self.visits_exited,
@@ -218,7 +236,8 @@ def summary_text(s: Snapshot, outputs: dict[str, str]) -> str:
         f"  engine      {s.engine}",
         f"  broker      {s.broker}",
         f"  events      {s.events_processed:,} accepted by the engine"
-        + (f" of {s.events_total:,} in the trace" if s.events_total else ""),
+        + (f" of {s.events_total:,} in the trace" if s.events_total else "")
+        + f", {s.events_per_s:,.0f}/s",
         f"  visits      {s.visits_entered:,} entered, {s.visits_exited:,} exited, "
         f"{s.visits_open:,} still open, {s.dwells:,} dwell events",
         f"  pushes      {s.pushes:,}",

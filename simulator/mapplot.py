@@ -54,6 +54,7 @@ class MapStats:
     paths: int = 0
     visits: int = 0
     visited_stores: int = 0
+    labelled_stores: int = 0  # stores named on the map (the most pushed / visited, not crowded)
     pushes: int = 0
     skipped_lines: int = 0
     out: Path | None = None
@@ -65,6 +66,7 @@ class _Fences:
     polygons: list[np.ndarray] = field(default_factory=list)
     polygon_stores: int = 0
     centroid: dict[str, tuple[float, float]] = field(default_factory=dict)
+    name: dict[str, str] = field(default_factory=dict)
 
 
 def _circle_ring(lon: float, lat: float, radius_m: float) -> np.ndarray:
@@ -88,6 +90,8 @@ def _load_fences(path: Path) -> _Fences:
         props = feat.get("properties") or {}
         geom = feat.get("geometry") or {}
         sid = str(props.get("store_id", i))
+        if props.get("name"):
+            fences.name[sid] = str(props["name"])
         kind = geom.get("type")
         coords: Any = geom.get("coordinates") or []
         if kind == "Point" and props.get("radius_m"):
@@ -179,9 +183,34 @@ def render_map(
     title: str = "geopush demo",
     subtitle: str = "",
     max_paths: int = 30,
+    max_labels: int = 20,
     dpi: int = 120,
 ) -> MapStats:
     """Draw the map to ``out`` (PNG) and return what it shows."""
+    plt = _pyplot()
+    fig, stats = compose_map(stores=stores, trace=trace, visits=visits, pushes=pushes,
+                             title=title, subtitle=subtitle, max_paths=max_paths,
+                             max_labels=max_labels)  # fmt: skip
+    try:
+        stats.out = _save(fig, Path(out), dpi)
+    finally:
+        plt.close(fig)
+    return stats
+
+
+def compose_map(
+    *,
+    stores: str | Path,
+    trace: str | Path | None = None,
+    visits: str | Path | None = None,
+    pushes: str | Path | None = None,
+    title: str = "geopush demo",
+    subtitle: str = "",
+    max_paths: int = 30,
+    max_labels: int = 20,
+) -> tuple[Figure, MapStats]:
+    """The map as a matplotlib figure (one axes), not saved: ``render_map`` saves it; tests read
+    its artists. The caller closes it (``matplotlib.pyplot.close(fig)``)."""
     stats = MapStats()
     fences = _load_fences(Path(stores))
     stats.circles, stats.polygons = len(fences.circles), fences.polygon_stores
@@ -205,13 +234,15 @@ def render_map(
         if not drawn:
             raise MapError(f"nothing to draw: {stores} has no stores and there are no paths")
         _frame(ax, np.vstack(drawn))
-        _draw_legend(ax, stats)
+        pushed = Counter(str(r.get("store_id")) for r in push_recs)
+        stats.labelled_stores = _draw_labels(ax, fences, enters, pushed, max_labels)
+        _draw_legend(ax, stats, enters)
         _draw_title(ax, stats, title, subtitle)
         fig.tight_layout()
-        stats.out = _save(fig, Path(out), dpi)
-    finally:
+    except BaseException:
         plt.close(fig)
-    return stats
+        raise
+    return fig, stats
 
 
 def _path(p: str | Path | None) -> Path | None:
@@ -260,15 +291,59 @@ def _draw_paths(
     return segs
 
 
+def visit_dot_area(visits: float | np.ndarray) -> Any:
+    """Area (points^2, scatter's ``s``) of a visited store's dot: grows with visits^0.75 up to
+    a cap, so a busy store stands out without covering its neighbours. The legend uses it too,
+    so its dots are the map's."""
+    return np.minimum(6.0 + 24.0 * np.power(visits, 0.75), 200.0)
+
+
 def _draw_visits(ax: Axes, centroid: dict[str, tuple[float, float]], enters: Counter[str]) -> int:
     """A dot on each visited store, its area growing with the visits; returns how many stores."""
     visited = [(centroid[s], n) for s, n in enters.items() if s in centroid]
     if visited:
         xy = np.asarray([c for c, _ in visited])
-        sizes = 12 + 10 * np.sqrt(np.asarray([n for _, n in visited], dtype=float))
+        sizes = visit_dot_area(np.asarray([n for _, n in visited], dtype=float))
+        # Above the push stars (zorder 4): a store many pushes point at stays visible.
         ax.scatter(xy[:, 0], xy[:, 1], s=sizes, c=_VISIT, edgecolors="white", linewidths=0.4,
-                   alpha=0.9, zorder=3)  # fmt: skip
+                   alpha=0.85, zorder=5)  # fmt: skip
     return len(visited)
+
+
+def _label_of(sid: str, name: str | None) -> str:
+    if not name:
+        return sid
+    return name if sid in name else f"{name} ({sid})"
+
+
+def _draw_labels(
+    ax: Axes, fences: _Fences, enters: Counter[str], pushed: Counter[str], max_labels: int
+) -> int:
+    """Name the stores a merchant looks for first: the most pushed, then the most visited, at
+    most ``max_labels``, skipping one whose label would sit on an earlier one (a mall's units
+    get one label). Returns how many were named."""
+    import matplotlib.patheffects as pe
+
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    # A label's footprint, as a share of the map: about 14 characters wide, two lines high.
+    half_w, half_h = (x1 - x0) * 0.07, (y1 - y0) * 0.018
+    ranked = sorted(
+        (s for s in set(enters) | set(pushed) if s in fences.centroid),
+        key=lambda s: (-pushed[s], -enters[s], s),
+    )
+    placed: list[tuple[float, float]] = []
+    halo = [pe.withStroke(linewidth=2.2, foreground="white")]
+    for sid in ranked:
+        if len(placed) >= max_labels:
+            break
+        x, y = fences.centroid[sid]
+        if any(abs(x - px) < 2 * half_w and abs(y - py) < 2 * half_h for px, py in placed):
+            continue
+        placed.append((x, y))
+        ax.annotate(_label_of(sid, fences.name.get(sid)), (x, y), xytext=(5, 4),
+                    textcoords="offset points", fontsize=6.5, color="#222222",
+                    path_effects=halo, zorder=6, annotation_clip=True)  # fmt: skip
+    return len(placed)
 
 
 def _draw_pushes(
@@ -277,7 +352,8 @@ def _draw_pushes(
     fixes: dict[str, list[tuple[float, float, float]]],
     centroid: dict[str, tuple[float, float]],
 ) -> np.ndarray:
-    """A star where each push reached its user (else at its store); returns the (n, 2) points."""
+    """A hollow star where each push reached its user (else at its store), so the store under
+    it stays visible; returns the (n, 2) points."""
     push_xy = []
     for r in push_recs:
         pos = _position_at(fixes.get(str(r.get("user")), []), float(r.get("ts") or 0.0))
@@ -287,8 +363,8 @@ def _draw_pushes(
             push_xy.append(pos)
     pxy = np.asarray(push_xy).reshape(-1, 2)
     if len(pxy):
-        ax.scatter(pxy[:, 0], pxy[:, 1], s=46, marker="*", c=_PUSH, edgecolors="black",
-                   linewidths=0.3, zorder=4)  # fmt: skip
+        ax.scatter(pxy[:, 0], pxy[:, 1], s=110, marker="*", facecolors="none", edgecolors=_PUSH,
+                   linewidths=1.3, zorder=4)  # fmt: skip
     return pxy
 
 
@@ -314,26 +390,49 @@ def _frame(ax: Axes, points: np.ndarray) -> None:
     ax.grid(True, linewidth=0.3, alpha=0.4)
 
 
-def _draw_legend(ax: Axes, stats: MapStats) -> None:
+def visit_scale(most: int) -> list[int]:
+    """The visit counts the legend shows dots for: 1, the most any store had, and one between."""
+    if most <= 1:
+        return [1]
+    mid = round(math.sqrt(most))
+    return sorted({1, mid, most} - ({mid} if mid in (1, most) else set()))
+
+
+def _draw_legend(ax: Axes, stats: MapStats, enters: Counter[str]) -> None:
     from matplotlib.lines import Line2D
 
     def dot(
-        marker: str, ms: float, face: str, edge: str, label: str, alpha: float | None = None
-    ) -> Line2D:
-        return Line2D(
-            [], [], marker=marker, ls="", ms=ms, mfc=face, mec=edge, alpha=alpha, label=label
-        )
+        marker: str, ms: float, face: str, edge: str, label: str, alpha: float | None = None,
+        mew: float | None = None,
+    ) -> Line2D:  # fmt: skip
+        return Line2D([], [], marker=marker, ls="", ms=ms, mfc=face, mec=edge, alpha=alpha,
+                      mew=mew, label=label)  # fmt: skip
 
     handles = [
         dot("o", 9, _FENCE_CIRCLE, _FENCE_CIRCLE, f"circle fences ({stats.circles})", alpha=0.4),
         dot("s", 9, _FENCE_POLY, _FENCE_POLY, f"polygon fences ({stats.polygons})", alpha=0.45),
         Line2D([], [], color=_PATH, lw=1.2, label=f"user paths (sample of {stats.paths})"),
-        dot("o", 7, _VISIT, "white", f"visited stores ({stats.visited_stores}; size = visits)"),
-        dot("*", 11, _PUSH, "black", f"pushes ({stats.pushes}, at the user's position)"),
-    ]
+        dot("*", math.sqrt(110), "none", _PUSH, f"pushes ({stats.pushes}, at the user's position)",
+            mew=1.3),
+    ]  # fmt: skip
     # Below the axes: a legend inside would hide part of the city.
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.07), ncol=3, fontsize=8,
-              frameon=False)  # fmt: skip
+    what = ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(0.0, -0.07), ncol=2,
+                     fontsize=8, frameon=False)  # fmt: skip
+    if not stats.visited_stores:
+        return
+    ax.add_artist(what)  # a second legend would replace it otherwise
+    # The visited stores' dots at the sizes the map uses (a marker's size is its diameter in
+    # points, a scatter's its area in points^2), one per step of the scale.
+    scale = visit_scale(max(enters.values(), default=1))
+    sizes = [
+        dot("o", math.sqrt(float(visit_dot_area(n))), _VISIT, "white",
+            f"{n} visit{'s' if n > 1 else ''}", alpha=0.85)
+        for n in scale
+    ]  # fmt: skip
+    named = f"; the {stats.labelled_stores} most pushed, then visited, named" if stats.labelled_stores else ""
+    ax.legend(handles=sizes, loc="upper right", bbox_to_anchor=(1.0, -0.07), ncol=len(sizes),
+              fontsize=8, frameon=False, title=f"visited stores ({stats.visited_stores}){named}",
+              title_fontsize=8, borderaxespad=0.0, columnspacing=1.2)  # fmt: skip
 
 
 def _draw_title(ax: Axes, stats: MapStats, title: str, subtitle: str) -> None:

@@ -129,7 +129,11 @@ async def _publish_by_clock(link: Any, items: list[tuple[str, bytes, float | Non
             ahead = t0_wall + (ts - t0_ev) / speed - time.monotonic()
             if ahead > 0.001:
                 await asyncio.sleep(ahead)
-        futs.append(link.publish_nowait(t, p, qos=1))
+        fut = link.publish_nowait(t, p, qos=1)
+        # Read each outcome when it comes: if this loop is cancelled (Ctrl-C), the publishes
+        # still in flight fail at disconnect, with nobody left to await them.
+        fut.add_done_callback(_read_outcome)
+        futs.append(fut)
         on_sent(i, time.time())
         if len(futs) >= 5000:
             await asyncio.gather(*futs)
@@ -139,6 +143,12 @@ async def _publish_by_clock(link: Any, items: list[tuple[str, bytes, float | Non
     if errs:
         raise TransportError(f"{len(errs)} publishes failed: {errs[0]}")
     return len(items)
+
+
+def _read_outcome(fut: asyncio.Future[None]) -> None:
+    """Mark a publish's exception as retrieved (the final gather still reports it)."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 def publish_trace(

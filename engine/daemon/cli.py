@@ -48,12 +48,12 @@ _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--drain-timeout", "drain_timeout", {"type": float, "metavar": "S"}),
     ("--pid-file", "pid_file", {"type": Path, "metavar": "FILE"}),
     ("--log-format", "log_format", {"choices": ["text", "json"]}),
-    ("--log-level", "log_level", {}),
+    ("--log-level", "log_level", {"metavar": "LEVEL"}),
 ]
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    from engine.daemon.settings_help import HELP
+    from engine.daemon.settings_help import flag_help
 
     run = sub.add_parser(
         "run",
@@ -61,15 +61,19 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         description=_RUN_DESC,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument("--config", type=Path, metavar="FILE", help="TOML config file (see deploy/geopush.toml)")
+    run.add_argument(
+        "--config", type=Path, metavar="FILE",
+        help="TOML config file, see deploy/geopush.toml (default: none; env GEOPUSH_CONFIG)",
+    )  # fmt: skip
     for flag, field, kw in _FLAGS:
-        run.add_argument(flag, dest=field, default=None, help=HELP[field], **kw)
+        # default=None: an unset flag must not hide GEOPUSH_* or the file; help shows the real one
+        run.add_argument(flag, dest=field, default=None, help=flag_help(field), **kw)
     run.add_argument(
         "--no-owntracks", dest="owntracks", action="store_const", const=False, default=None,
-        help="do not subscribe to owntracks/+/+",
+        help="do not subscribe to owntracks/+/+ (default: subscribe; env GEOPUSH_OWNTRACKS=false)",
     )  # fmt: skip
     run.add_argument(
-        "--uvloop", action="store_true", help="run on uvloop when installed (~20%% more msg/s)"
+        "--uvloop", action="store_true", help="run on uvloop when installed (~20%% more msg/s; default: asyncio)"
     )
     run.set_defaults(func=_run)
 

@@ -7,6 +7,8 @@ annotated example file.
 
 from __future__ import annotations
 
+import difflib
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,7 +59,7 @@ class Settings(BaseSettings):
     @classmethod
     def _prefix_ok(cls, v: str) -> str:
         if not v or any(c in v for c in "+#") or v.startswith("/") or v.endswith("/"):
-            raise ValueError("a topic prefix without wildcards or leading/trailing '/'")
+            raise ValueError("must be a topic prefix without wildcards or leading/trailing '/'")
         return v
 
     @field_validator("state", mode="before")
@@ -69,15 +71,16 @@ class Settings(BaseSettings):
     @classmethod
     def _group_ok(cls, v: str | None) -> str | None:
         if v is not None and (not v or any(c in v for c in "/+#")):
-            raise ValueError("a shared-subscription group name without '/', '+' or '#'")
+            raise ValueError("must be a shared-subscription group name without '/', '+' or '#'")
         return v
 
     @model_validator(mode="after")
     def _group_needs_redis(self) -> Settings:
         if self.group is not None and self.redis_url is None:
             raise ValueError(
-                "--group needs shared state: --state redis://HOST:PORT/DB (a SQLite file "
-                "belongs to one process)"
+                "--group needs shared state: add --state redis://HOST:PORT/0 (or "
+                'GEOPUSH_STATE, or `state = "redis://HOST:PORT/0"` in the config file); the state '
+                f"is now the SQLite file {self.state}, which belongs to one process"
             )
         return self
 
@@ -92,11 +95,14 @@ class Settings(BaseSettings):
         return v.upper() if isinstance(v, str) else v
 
     @property
-    def pid_path(self) -> Path:
+    def pid_path(self) -> Path | None:
+        """Where the pid is written: ``pid_file``; by default beside a SQLite state file
+        (``<state>.pid``, where `geopush reload --state` looks); with Redis state, none (there is
+        no file of ours to stand beside, and the working directory is no place for one)."""
         if self.pid_file is not None:
             return self.pid_file
         if self.redis_url is not None:
-            return Path(f"geopush-{self.client_id}.pid")
+            return None
         state = Path(self.state)
         return state.with_name(state.name + ".pid")
 
@@ -126,16 +132,36 @@ def load_settings(flags: dict[str, Any] | None = None, config_file: Path | None 
     try:
         return _Layered(**init)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            name = ".".join(str(p) for p in err["loc"]) or "?"
-            problems.append(
-                f"{name}: {err['msg']} (set by --{name.replace('_', '-')}, "
-                f"GEOPUSH_{name.upper()} or `{name} = ...` in the config file)"
-            )
-        raise ConfigError("invalid settings:\n  " + "\n  ".join(problems)) from exc
-    except ValueError as exc:  # e.g. a TOML syntax error
-        raise ConfigError(f"config file {config_file}: {exc}") from exc
+        problems = [_problem(err) for err in exc.errors()]
+        head = "invalid setting:" if len(problems) == 1 else "invalid settings:"
+        raise ConfigError(head + "\n  " + "\n  ".join(problems)) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from exc
+
+
+def _flag(name: str) -> str:
+    return "--no-owntracks" if name == "owntracks" else f"--{name.replace('_', '-')}"
+
+
+def _problem(err: Any) -> str:
+    """One validation error as a line that says what is wrong and where to fix it."""
+    loc = [str(p) for p in err["loc"]]
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if not loc:  # a rule across settings: its message names them and what to do
+        return msg
+    name = loc[0]
+    if err["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(name, list(Settings.model_fields), n=1)
+        hint = f"did you mean `{close[0]}`? " if close else ""
+        return (
+            f"`{name}`: no such setting ({hint}the settings are those of `geopush run --help`, "
+            "written with '_', e.g. `client_id`; deploy/geopush.toml lists them)"
+        )
+    got = "" if name == "password" or "input" not in err else f" (got {err['input']!r})"
+    return (
+        f"{name}: {msg}{got}; set by {_flag(name)}, GEOPUSH_{name.upper()} or `{name} = ...` "
+        "in the config file"
+    )
 
 
 __all__ = ["HELP", "Settings", "load_settings"]

@@ -30,7 +30,6 @@ import random
 import signal
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, Protocol, cast
 
 from engine.daemon.config import Settings
@@ -546,6 +545,8 @@ class Service:
 
     def _write_pid(self) -> None:
         path = self.settings.pid_path
+        if path is None:
+            return
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(f"{os.getpid()}\n")
@@ -553,7 +554,9 @@ class Service:
             log.warning("cannot write pid file %s: %s", path, exc)
 
     def _remove_pid(self) -> None:
-        path: Path = self.settings.pid_path
+        path = self.settings.pid_path
+        if path is None:
+            return
         with contextlib.suppress(OSError):
             if path.read_text().strip() == str(os.getpid()):
                 path.unlink()

@@ -5,7 +5,7 @@ from __future__ import annotations
 # (name, help) for every setting: the CLI builds its flags from this, so --help and the file
 # format cannot drift apart.
 HELP: dict[str, str] = {
-    "broker": "broker URL, mqtt://[user[:password]@]host[:port] (default mqtt://localhost:1883)",
+    "broker": "broker URL, mqtt://[user[:password]@]host[:port]",
     "username": "MQTT username (overrides one in the URL)",
     "password": "MQTT password (prefer GEOPUSH_PASSWORD or the config file to a flag)",
     "fences": "store catalog (GeoJSON FeatureCollection of stores); reloaded on SIGHUP",
@@ -13,12 +13,12 @@ HELP: dict[str, str] = {
     "profiles": "user profiles file (tags, opt-outs) loaded at start (optional)",
     "state": "SQLite state file (created if missing): users, visits, inventory, push log, outbox; or redis://HOST:PORT/DB to share state with the other workers of a --group",
     "group": "run as one worker of a group sharing the stream: subscribe via $share/<group>/... (needs --state redis://...; give each worker its own --client-id)",
-    "prefix": "topic prefix (default geopush): <prefix>/events/<user>, <prefix>/push/<user>, ...",
+    "prefix": "topic prefix: <prefix>/events/<user>, <prefix>/push/<user>, ...",
     "client_id": "MQTT client id; fixed, so the broker keeps a persistent session while the engine is down",
     "metrics_port": "serve Prometheus metrics on this HTTP port (0 = off)",
     "batch_size": "most messages per micro-batch (one SQLite transaction each)",
-    "linger_ms": "when fewer than --linger-batch messages are waiting, wait this long (ms) for more before processing (default 1): under a live stream each micro-batch then holds many messages, so the per-batch costs (commit, acks, wake-ups) are shared; adds at most this much latency; 0 = process at once",
-    "linger_batch": "a waiting batch of this many messages goes at once, without lingering (default 64, capped by --batch-size): by then the per-batch costs are shared, and under load the messages that came in while the previous batch ran make the next one",
+    "linger_ms": "when fewer than --linger-batch messages are waiting, wait this long (ms) for more before processing: under a live stream each micro-batch then holds many messages, so the per-batch costs (commit, acks, wake-ups) are shared; adds at most this much latency; 0 = process at once",
+    "linger_batch": "a waiting batch of this many messages goes at once, without lingering (capped by --batch-size): by then the per-batch costs are shared, and under load the messages that came in while the previous batch ran make the next one",
     "max_in_flight": "most outputs awaiting PUBACK at once (publishing is concurrent)",
     "max_pending": "committed outputs waiting to be published before intake pauses (backpressure)",
     "sqlite_sync": "SQLite synchronous mode: normal survives kill -9, full also survives power loss",
@@ -26,8 +26,43 @@ HELP: dict[str, str] = {
     "status_interval": "seconds between retained status updates",
     "idle_flush": "when no message came for this many seconds, time out visits by the wall clock (live feeds; 0 = off: visits then time out by event time only, exactly as replay decides)",
     "drain_timeout": "seconds a graceful shutdown waits for the outbox to empty",
-    "pid_file": "write the pid here (default: <state>.pid); `geopush reload` signals it",
+    "pid_file": "write the pid here, for `geopush reload`",
     "log_format": "text or json (JSON lines, one object per record)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "input_window": "how many recent input digests are kept to recognise redeliveries",
 }
+
+# The default of every setting as --help shows it (engine.daemon.config.Settings holds the values;
+# a test keeps the two equal).
+DEFAULTS: dict[str, str] = {
+    "broker": "mqtt://localhost:1883",
+    "username": "none",
+    "password": "none",
+    "fences": "none",
+    "campaigns": "none",
+    "profiles": "none",
+    "state": "geopush-state.sqlite",
+    "group": "none",
+    "prefix": "geopush",
+    "client_id": "geopush-engine",
+    "metrics_port": "0",
+    "batch_size": "500",
+    "linger_ms": "1.0",
+    "linger_batch": "64",
+    "max_in_flight": "200",
+    "max_pending": "20000",
+    "sqlite_sync": "normal",
+    "owntracks": "true",
+    "status_interval": "5.0",
+    "idle_flush": "0.0",
+    "drain_timeout": "10.0",
+    "pid_file": "<state>.pid beside a SQLite state file, none with Redis state",
+    "log_format": "text",
+    "log_level": "INFO",
+    "input_window": "100000",
+}
+
+
+def flag_help(name: str) -> str:
+    """A setting's help line with its default and its environment variable."""
+    return f"{HELP[name]} (default: {DEFAULTS[name]}; env GEOPUSH_{name.upper()})"

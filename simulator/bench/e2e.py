@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser(
         "e2e",
         help="end to end over MQTT: events/s and event-to-push latency vs the transport ceiling",
-        description=__doc__,
+        description=plain_help(__doc__ or ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--broker", metavar="URL", help="use this broker instead of starting mosquitto")
@@ -67,6 +67,20 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     from simulator.bench.workers import add_arguments
 
     add_arguments(p)
+
+
+def plain_help(doc: str) -> str:
+    """A docstring as --help text: no reStructuredText. ``--flag`` -> --flag, ``two words`` ->
+    `two words`, :role:`~a.b.Name` -> Name; a leading "`command`: " summary prefix goes."""
+    import re
+
+    text = re.sub(r":[a-z]+(?::[a-z]+)?:`(~?)([^`]+)`",
+                  lambda m: m[2].rsplit(".", 1)[-1] if m[1] else m[2], doc)  # fmt: skip
+    text = re.sub(r"``([^`]+)``", lambda m: f"`{m.group(1)}`" if " " in m.group(1) else m.group(1), text)
+    head = re.match(r"`[^`]+`: (\w)", text)
+    if head:
+        text = head.group(1).upper() + text[head.end() :]
+    return text.strip() + "\n"
 
 
 # --- message generation (in the publisher processes) -----------------------------------------------

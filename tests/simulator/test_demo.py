@@ -165,6 +165,8 @@ def test_geopush_demo_cli_on_a_small_city(tmp_path: Path) -> None:
     assert str(out / "map.png") in proc.stdout
     _check_png(out / "map.png")
     assert len(_jsonl(out / "pushes.jsonl")) == summary["pushes"]
+    # The run's rate: over the time the events took, at least the mean over the whole run.
+    assert summary["events_per_s"] >= summary["events_processed"] / summary["elapsed_s"]
 
 
 def test_ctrl_c_stops_cleanly_and_still_writes_outputs(tmp_path: Path) -> None:

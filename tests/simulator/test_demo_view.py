@@ -54,6 +54,20 @@ def test_rate_uses_only_the_recent_window() -> None:
     assert s.rate(window_s=3.0) == 50.0
 
 
+def test_the_final_rate_is_the_runs_not_the_idle_tails() -> None:
+    """summary.json's events_per_s: the events over the time they took, not over the last few
+    seconds (the drain and idle tail) nor over the publisher's start-up."""
+    s = DemoStats(started=0.0)
+    s.on_processed(0, now=0.25)
+    s.on_processed(0, now=0.5)  # the publisher is still starting
+    for k in range(1, 11):
+        s.on_processed(700 * k, now=0.5 + k)  # 700/s for 10 s
+    for k in range(1, 5):
+        s.on_processed(7000, now=10.5 + k)  # played and drained: idle
+    assert s.snapshot(now=15.0, final=True).events_per_s == 700.0
+    assert s.snapshot(now=15.0).events_per_s == 0.0  # the live figure stays the recent rate
+
+
 def test_histogram_quantiles_win_over_samples() -> None:
     s = DemoStats()
     s.on_push({"push_id": "a", "campaign_id": "c"}, latency_ms=50.0)

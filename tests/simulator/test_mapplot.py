@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from simulator.mapplot import MapError, _position_at, render_map
+from simulator.mapplot import MapError, _position_at, compose_map, render_map, visit_dot_area
 
 LON0, LAT0 = 24.94, 60.17  # Helsinki centre
 
@@ -206,3 +207,78 @@ def test_position_at_is_the_last_fix_before() -> None:
     assert _position_at(fixes, 5.0) == (1.0, 1.0)
     assert _position_at(fixes, 99.0) == (3.0, 3.0)
     assert _position_at([], 1.0) is None
+
+
+def _composed(p: dict[str, Path], **kw: Any) -> tuple[Any, Any]:
+    import matplotlib.pyplot as plt
+
+    fig, stats = compose_map(stores=p["stores"], trace=p["trace"], visits=p["visits"],
+                             pushes=p["pushes"], **kw)  # fmt: skip
+    ax = fig.axes[0]
+    plt.close(fig)
+    return ax, stats
+
+
+def _more_visits(p: dict[str, Path], store: str, n: int) -> None:
+    with open(p["visits"], "a") as fh:
+        for i in range(n):
+            fh.write(json.dumps({"visit_id": f"w{i}", "user": "u1", "store_id": store,
+                                 "event": "enter", "ts": 2000.0 + i}) + "\n")  # fmt: skip
+
+
+def test_visited_and_pushed_stores_are_named(tmp_path: Path) -> None:
+    """A merchant finds their store: the pushed and visited ones carry their name (or id)."""
+    p = _write_city(tmp_path)
+    ax, stats = _composed(p)
+    texts = {t.get_text() for t in ax.texts}
+    assert {"s1", "p1", "s3"} <= texts  # visited s1 and p1, pushed s3 (no visits of its own)
+    assert "s2" not in texts and "mall" not in texts  # nobody went there
+    assert stats.labelled_stores == 3
+    named = json.loads(p["stores"].read_text())
+    named["features"][0]["properties"]["name"] = "Kahvila Aalto"
+    p["stores"].write_text(json.dumps(named))
+    ax, _ = _composed(p)
+    assert "Kahvila Aalto (s1)" in {t.get_text() for t in ax.texts}
+
+
+def test_labels_stay_few_and_apart(tmp_path: Path) -> None:
+    p = _write_city(tmp_path)
+    ax, stats = _composed(p, max_labels=1)
+    assert [t.get_text() for t in ax.texts] == ["s1"]  # most pushed
+
+
+def test_the_legend_shows_the_dot_sizes_the_map_uses(tmp_path: Path) -> None:
+    import math
+
+    p = _write_city(tmp_path)
+    _more_visits(p, "s2", 16)  # visits per store: s1 2, p1 1, s2 16
+    ax, _ = _composed(p)
+    dots = {}
+    for legend in [*ax.artists, ax.get_legend()]:
+        for h, t in zip(legend.legend_handles, legend.get_texts(), strict=True):
+            if t.get_text().endswith(("visit", "visits")):
+                dots[t.get_text()] = h.get_markersize()
+    assert dots == {
+        f"{n} visit{'s' if n > 1 else ''}": pytest.approx(math.sqrt(visit_dot_area(n)))
+        for n in (1, 4, 16)
+    }
+    assert len(set(dots.values())) == 3  # three different sizes
+    sizes = _scatters(ax)[0].get_sizes()  # the visited stores
+    assert sorted(sizes) == pytest.approx(sorted(visit_dot_area(np.array([1.0, 2.0, 16.0]))))
+
+
+def _scatters(ax: Any) -> list[Any]:
+    """The visited stores' dots, then the push stars (in drawing order)."""
+    from matplotlib.collections import PathCollection
+
+    return [c for c in ax.collections if isinstance(c, PathCollection)]
+
+
+def test_push_stars_do_not_hide_the_stores(tmp_path: Path) -> None:
+    p = _write_city(tmp_path)
+    ax, _ = _composed(p)
+    dots, stars = _scatters(ax)
+    faces = stars.get_facecolors()
+    assert len(faces) == 0 or (faces[:, 3] == 0).all()  # hollow ...
+    assert (stars.get_edgecolors()[:, 3] > 0).all()  # ... outlined
+    assert dots.get_zorder() > stars.get_zorder()  # stores on top
