@@ -37,7 +37,7 @@ from engine.daemon.config import Settings
 from engine.daemon.metrics import Metrics
 from engine.daemon.outbox import Outbox
 from engine.daemon.pipeline import Decoder, Renderer, Topics, deadletter_row, digest
-from engine.errors import DecodeError, GeopushError, TransportError
+from engine.errors import DecodeError, GeopushError, StateError, TransportError
 from engine.state import Output, StateStore
 from engine.stores.redis_store import commit_batch, open_store
 from engine.stores.sqlite_store import OutRow, SQLiteStore
@@ -105,6 +105,7 @@ class Service:
         self.core: CoreLike | None = None
         self.link: MqttLink | None = None
         self.outbox: Outbox | None = None
+        self.api: Any = None  # engine.api.server.ApiServer with --http
         self._last_full_gc = time.monotonic()
         self._inbox_warned = 0.0
         self.ready = asyncio.Event()  # set once connected and subscribed (tests wait on it)
@@ -142,6 +143,8 @@ class Service:
         self.store = store = open_store(s, Renderer(self.topics))  # SQLite, or Redis (--group)
         try:
             self.core = self.core_factory(store)
+            if s.http:
+                await self._start_api()
             self._write_pid()
             if s.metrics_port:
                 self.metrics.serve(s.metrics_port)
@@ -167,8 +170,34 @@ class Service:
                 self.link.drop()
             return 1
         finally:
+            if self.api is not None:
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await self.api.stop()
             store.close()
             self._remove_pid()
+
+    async def _start_api(self) -> None:
+        """Serve the HTTP API (--http) in this loop: its store changes reach the core's live
+        fence index between two micro-batches (engine/api/live.py)."""
+        from engine.api.live import FenceTarget
+        from engine.api.server import ApiServer
+
+        core = self._require_core()
+
+        def index() -> Any:
+            idx = getattr(core, "index", None)
+            if idx is None or not hasattr(idx, "add"):
+                raise StateError("this engine has no live fence index to change")
+            return idx
+
+        def removed(ids: list[str]) -> None:
+            hook = getattr(core, "stores_removed", None)
+            if hook is not None:
+                hook(ids)
+
+        assert self.settings.http is not None
+        self.api = ApiServer(self.settings.http, self.settings.state, FenceTarget(index, removed))
+        await self.api.start()
 
     async def _connection_loop(self) -> None:
         link, outbox = self._require_link(), self._require_outbox()
@@ -583,8 +612,14 @@ def load_fences_and_campaigns(settings: Settings) -> dict[str, Any]:
 
     if settings.fences is None or settings.campaigns is None:
         raise GeopushError("--fences and --campaigns are required (flags, GEOPUSH_* or config file)")
+    catalog = load_catalog(settings.fences)
+    if settings.redis_url is None:
+        from engine.api.live import overlay_state
+
+        # the file is the baseline; stores changed through the HTTP API are kept in the state
+        overlay_state(catalog, settings.state)
     return {
-        "index": FenceIndex(load_catalog(settings.fences)),
+        "index": FenceIndex(catalog),
         "campaigns": load_campaigns(settings.campaigns),
     }
 

@@ -29,5 +29,6 @@ HELP: dict[str, str] = {
     "pid_file": "write the pid here (default: <state>.pid); `geopush reload` signals it",
     "log_format": "text or json (JSON lines, one object per record)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "http": "serve the HTTP API (stores live, tokens; docs/api.md) on HOST:PORT, e.g. 127.0.0.1:8080 (default off); needs a SQLite --state",
     "input_window": "how many recent input digests are kept to recognise redeliveries",
 }
