@@ -181,16 +181,17 @@ def _relink(add: Callable[[Store], int], catalog: Catalog, stores: Iterable[Stor
             add(s)
 
 
-def overlay(catalog: Catalog, changes: Sequence[StoreChange]) -> list[str]:
-    """Lay persisted live changes over a catalog loaded from the file; returns warnings for
-    changes that no longer fit (invalid, or an identifier now claimed by a store of the file):
-    those are skipped and the file's version stays."""
+def overlay(target: Catalog | LiveIndex, changes: Sequence[StoreChange]) -> list[str]:
+    """Lay persisted live changes over a catalog loaded from the file (or over a fence index);
+    returns warnings for changes that no longer fit (invalid, or an identifier now claimed by
+    a store of the file): those are skipped and the file's version stays."""
+    catalog = target if isinstance(target, Catalog) else target.catalog
     warnings: list[str] = []
     added: list[Store] = []
     for c in changes:
         if c.feature is None:
             if catalog.slot_of(c.store_id) is not None:
-                catalog.remove(c.store_id)
+                target.remove(c.store_id)
             continue
         try:
             store = store_from_feature(c.feature)
@@ -203,21 +204,21 @@ def overlay(catalog: Catalog, changes: Sequence[StoreChange]) -> list[str]:
                 f"store {c.store_id!r} changed through the API is skipped: " + "; ".join(bad)
             )
             continue
-        catalog.add(store)
+        target.add(store)
         added.append(store)
-    _relink(catalog.add, catalog, added)
+    _relink(target.add, catalog, added)
     return warnings
 
 
-def overlay_state(catalog: Catalog, state: str | Path) -> int:
-    """``overlay`` the changes persisted in a state file (if any); logs warnings; returns the
-    number of changes read."""
-    changes = read_store_changes(state)
-    for w in overlay(catalog, changes):
+def overlay_state(target: Catalog | LiveIndex, state: str | Path, after: int = 0) -> int:
+    """``overlay`` the changes persisted in a state file numbered after ``after`` (if any); logs
+    warnings; returns the number of the last change read (``after`` when none)."""
+    changes = read_store_changes(state, after)
+    for w in overlay(target, changes):
         log.warning("%s", w)
     if changes:
-        log.info("%d store change(s) made through the API laid over the catalog file", len(changes))
-    return len(changes)
+        log.info("%d store change(s) made through the API laid over the catalog", len(changes))
+    return max((c.seq for c in changes), default=after)
 
 
 class LiveStores:

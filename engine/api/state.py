@@ -1,9 +1,10 @@
 """The HTTP API's durable tables in the daemon's SQLite state file (schema 4, created by
 engine/stores/sqlite_store.py's migration): store changes made live, and API tokens.
 
-``api_stores(store_id, merchant_id, feature, changed)``: the newest change of each store made
-through the API, ``feature`` the store's GeoJSON Feature as ``to_feature`` writes it, or NULL
-when the store was deleted. At start-up (and on reload) the catalog file is loaded and these rows
+``api_stores(store_id, merchant_id, feature, seq, changed)``: the newest change of each store
+made through the API, ``feature`` the store's GeoJSON Feature as ``to_feature`` writes it, or
+NULL when the store was deleted; ``seq`` numbers changes in the order they were made (a reload
+catches up with the changes made while it loaded: those after the ``seq`` it read). At start-up (and on reload) the catalog file is loaded and these rows
 are laid over it (engine/api/live.py ``overlay``): the file is the baseline, the state holds what
 was changed live.
 
@@ -80,6 +81,7 @@ class StoreChange:
     store_id: str
     merchant_id: str
     feature: dict[str, Any] | None
+    seq: int = 0  # set when read from the state file
 
 
 def hash_token(secret: str) -> str:
@@ -146,29 +148,31 @@ class ApiState:
 
     # --- stores ----------------------------------------------------------------------------------
 
-    def store_changes(self) -> list[StoreChange]:
+    def store_changes(self, after: int = 0) -> list[StoreChange]:
+        """The persisted changes numbered after ``after``, in order."""
         with _sql(self.path):
-            rows = self._db.execute(
-                "SELECT store_id, merchant_id, feature FROM api_stores ORDER BY changed, store_id"
-            ).fetchall()
+            rows = self._db.execute(_CHANGES, (after,)).fetchall()
         return [_change(r) for r in rows]
 
     def record(self, changes: Sequence[StoreChange]) -> None:
         """Persist these changes in one transaction (the newest change of a store wins)."""
         now = time.time()
         with self._tx() as db:
+            (last,) = db.execute("SELECT COALESCE(MAX(seq), 0) FROM api_stores").fetchone()
             db.executemany(
-                "INSERT INTO api_stores (store_id, merchant_id, feature, changed) VALUES (?, ?, ?, ?)"
+                "INSERT INTO api_stores (store_id, merchant_id, feature, seq, changed)"
+                " VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT (store_id) DO UPDATE SET merchant_id = excluded.merchant_id,"
-                " feature = excluded.feature, changed = excluded.changed",
+                " feature = excluded.feature, seq = excluded.seq, changed = excluded.changed",
                 [
                     (
                         c.store_id,
                         c.merchant_id,
                         None if c.feature is None else json.dumps(c.feature, separators=(",", ":")),
+                        int(last) + i + 1,
                         now,
                     )
-                    for c in changes
+                    for i, c in enumerate(changes)
                 ],
             )
 
@@ -236,13 +240,18 @@ class ApiState:
         return Principal(token_id=row[0], role=row[2], merchant_id=row[3], name=row[4])
 
 
+_CHANGES = (
+    "SELECT store_id, merchant_id, feature, seq FROM api_stores WHERE seq > ? ORDER BY seq"
+)
+
+
 def _change(row: tuple[Any, ...]) -> StoreChange:
-    return StoreChange(row[0], row[1], None if row[2] is None else json.loads(row[2]))
+    return StoreChange(row[0], row[1], None if row[2] is None else json.loads(row[2]), int(row[3]))
 
 
-def read_store_changes(state: str | Path) -> list[StoreChange]:
-    """The persisted store changes of a state file, read-only; none when the file does not exist
-    or predates the API's tables (a Redis state has none either)."""
+def read_store_changes(state: str | Path, after: int = 0) -> list[StoreChange]:
+    """The persisted store changes of a state file numbered after ``after``, in order, read-only;
+    none when the file does not exist or predates the API's tables (nor in a Redis state)."""
     text = str(state)
     if text.startswith(("redis://", "rediss://", "unix://")):
         return []
@@ -255,9 +264,7 @@ def read_store_changes(state: str | Path) -> list[StoreChange]:
         has = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'api_stores'").fetchone()
         if not has:
             return []
-        rows = db.execute(
-            "SELECT store_id, merchant_id, feature FROM api_stores ORDER BY changed, store_id"
-        ).fetchall()
+        rows = db.execute(_CHANGES, (after,)).fetchall()
     return [_change(r) for r in rows]
 
 

@@ -509,6 +509,12 @@ class Service:
         try:
             # Load in a thread: messages keep queueing (unacked) in the broker meanwhile.
             fresh = await asyncio.to_thread(self.reloader)
+            seq = fresh.pop(API_SEQ, None)
+            if seq is not None and self.api is not None:
+                # store changes the API made while the files loaded: onto the new index too
+                from engine.api.live import overlay_state
+
+                overlay_state(fresh["index"], self.settings.state, after=seq)
             reload = getattr(core, "reload", None)
             if reload is None:
                 raise GeopushError("this core does not support reload")
@@ -613,15 +619,19 @@ def load_fences_and_campaigns(settings: Settings) -> dict[str, Any]:
     if settings.fences is None or settings.campaigns is None:
         raise GeopushError("--fences and --campaigns are required (flags, GEOPUSH_* or config file)")
     catalog = load_catalog(settings.fences)
+    loaded: dict[str, Any] = {}
     if settings.redis_url is None:
         from engine.api.live import overlay_state
 
-        # the file is the baseline; stores changed through the HTTP API are kept in the state
-        overlay_state(catalog, settings.state)
-    return {
-        "index": FenceIndex(catalog),
-        "campaigns": load_campaigns(settings.campaigns),
-    }
+        # The file is the baseline; stores changed through the HTTP API are kept in the state.
+        # API_SEQ: the last change laid over (a reload catches up with later ones, _reload).
+        loaded[API_SEQ] = overlay_state(catalog, settings.state)
+    loaded["index"] = FenceIndex(catalog)
+    loaded["campaigns"] = load_campaigns(settings.campaigns)
+    return loaded
+
+
+API_SEQ = "api_seq"
 
 
 def real_core_factory(settings: Settings) -> CoreFactory:

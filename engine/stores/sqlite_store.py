@@ -84,12 +84,13 @@ _OUTBOX = """CREATE TABLE IF NOT EXISTS outbox (
 );"""
 
 # The HTTP API's tables (engine/api/state.py): store changes made live (``feature`` NULL: the
-# store was deleted) and API tokens (only a SHA-256 of each secret is kept).
+# store was deleted; ``seq`` numbers the changes) and API tokens (only a SHA-256 of each secret).
 _API_TABLES = """
 CREATE TABLE IF NOT EXISTS api_stores (
     store_id TEXT PRIMARY KEY,
     merchant_id TEXT NOT NULL,
     feature TEXT,
+    seq INTEGER NOT NULL,
     changed REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS api_tokens (

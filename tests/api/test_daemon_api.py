@@ -96,3 +96,42 @@ async def test_a_fence_moved_through_the_api_decides_the_next_fix_and_survives_a
                 assert r.json()["geometry"]["coordinates"] == list(B)
             await publish_all(broker.url, [("geopush/events/u2", gps("u2", T0 + 30, B[1], B[0]))])
             await col.wait_for(lambda c: len(_enters(c, "u2")) == 1)
+
+
+async def test_a_reload_keeps_the_api_changes_even_those_made_while_it_loads(broker, tmp_path):  # noqa: F811
+    """SIGHUP reloads the files: the API's changes are laid over them again, including a change
+    that lands while the files load (in a thread, the loop serving the API meanwhile)."""
+    from engine.daemon.service import load_fences_and_campaigns
+
+    files = Files(tmp_path)
+    state = tmp_path / "state.db"
+    st = ApiState(state)
+    _info, token = st.create_token("operator")
+    st.close()
+    auth = {"Authorization": f"Bearer {token}"}
+    C = (24.9600, 60.1700)
+    async with running_service(broker.url, state, world=files, http="127.0.0.1:0") as svc:  # type: ignore[arg-type]
+        url = f"http://127.0.0.1:{svc.api.port}"
+        async with httpx.AsyncClient(base_url=url, headers=auth) as http:
+            r = await http.put("/v1/stores/s2", json=circle("s2", "m1", *C, r=30))
+            assert r.status_code == 201
+
+        def reloader():
+            fresh = load_fences_and_campaigns(svc.settings)
+            # a change made after the files (and the state) were read, before the swap
+            r = httpx.put(f"{url}/v1/stores/s1", json=circle("s1", "m1", *B, r=30), headers=auth)
+            assert r.status_code == 200
+            return fresh
+
+        svc.reloader = reloader
+        old_index = svc.core.index
+        svc.request_reload()
+        for _ in range(1000):
+            if svc.totals["reloads"] or svc.totals["reload_errors"]:
+                break
+            await asyncio.sleep(0.01)
+        assert svc.totals["reloads"] == 1
+        index = svc.core.index
+        assert index is not old_index
+        assert index.catalog.get("s1").center == B
+        assert index.catalog.get("s2").center == C
