@@ -90,8 +90,12 @@ def create_app(state: str | Path, target: FenceTarget) -> FastAPI:
     """The API over the state file ``state`` (SQLite) and the live fence index of ``target``."""
 
     @contextlib.asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        api_state = ApiState(state)  # fails before uvicorn binds (StateError, ConfigError)
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        try:
+            api_state = ApiState(state)
+        except Exception as exc:
+            app.state.startup_error = exc  # uvicorn only logs it: ApiServer reports it
+            raise
         try:
             yield {"api_state": api_state, "live_stores": LiveStores(target, api_state)}
         finally:

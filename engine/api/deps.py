@@ -1,5 +1,6 @@
-"""Authentication as dependencies: ``CurrentPrincipal`` (any live token) and
-``OperatorPrincipal`` (an operator token); merchant scoping follows from ``Principal.scope``.
+"""Authentication as dependencies: ``CurrentPrincipal`` (any live token), ``MerchantScope``
+(the merchant the caller is limited to, None for an operator: routes pass it to every
+operation, which refuses what lies outside it) and ``OperatorPrincipal`` (an operator token).
 
 Tokens come as ``Authorization: Bearer <token>``; each request hashes the token and looks the
 hash up in the state file, so a token created or revoked by ``geopush tokens`` counts at once.
@@ -60,3 +61,10 @@ async def get_operator(principal: CurrentPrincipal) -> Principal:
 
 
 OperatorPrincipal = Annotated[Principal, Depends(get_operator)]
+
+
+async def get_scope(principal: CurrentPrincipal) -> str | None:
+    return principal.scope
+
+
+MerchantScope = Annotated[str | None, Depends(get_scope)]

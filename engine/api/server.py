@@ -36,8 +36,9 @@ class ApiServer:
 
     def __init__(self, address: str, state: str | Path, target: FenceTarget) -> None:
         self.host, self.port = parse_http(address)
+        self.app = create_app(state, target)
         config = uvicorn.Config(
-            create_app(state, target),
+            self.app,
             lifespan="on",
             log_config=None,  # the daemon's logging setup applies
             access_log=False,
@@ -75,9 +76,10 @@ class ApiServer:
         try:
             await self.server.serve(sockets=[sock])
         except SystemExit as exc:  # uvicorn exits the process when the lifespan fails
+            cause = getattr(self.app.state, "startup_error", None)
             raise ConfigError(
-                "the HTTP API failed to start (the log says why: e.g. the state file)"
-            ) from exc
+                f"the HTTP API failed to start: {cause or 'see the log'}"
+            ) from (cause or exc)
 
     async def stop(self) -> None:
         """Finish the requests in progress (up to 5 s), then close."""

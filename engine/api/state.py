@@ -214,17 +214,20 @@ class ApiState:
         return [TokenInfo(*r) for r in rows]
 
     def revoke(self, token_id: str) -> TokenInfo:
+        """Revoke a token (revoking a revoked one changes nothing); its info."""
         with self._tx() as db:
-            cur = db.execute(
+            db.execute(
                 "UPDATE api_tokens SET revoked = ? WHERE token_id = ? AND revoked IS NULL",
                 (round(time.time(), 3), token_id),
             )
-            changed = cur.rowcount
-        for t in self.list_tokens():
-            if t.token_id == token_id:
-                return t
-        assert not changed
-        raise NotFound(f"no token {token_id!r}; `geopush tokens list` shows the token ids")
+            row = db.execute(
+                "SELECT token_id, role, merchant_id, name, created, revoked FROM api_tokens"
+                " WHERE token_id = ?",
+                (token_id,),
+            ).fetchone()
+        if row is None:
+            raise NotFound(f"no token {token_id!r}; `geopush tokens list` shows the token ids")
+        return TokenInfo(*row)
 
     def authenticate(self, secret: str) -> Principal | None:
         """The principal of a live token, None for an unknown or revoked one."""

@@ -83,3 +83,11 @@ async def test_sigterm_stops_the_daemon_and_its_api(broker, tmp_path):  # noqa: 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def test_a_state_file_the_api_cannot_open_stops_the_start_with_the_reason(tmp_path):
+    (tmp_path / "state.db").write_text("this is not a SQLite database, it is a text file. " * 40)
+    index = FenceIndex([])
+    server = ApiServer("127.0.0.1:0", tmp_path / "state.db", FenceTarget(lambda: index))
+    with pytest.raises(ConfigError, match="the HTTP API failed to start: .*not a database"):
+        await server.start()

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response, status
 
-from engine.api.deps import CurrentPrincipal, Stores
+from engine.api.deps import MerchantScope, Stores
 from engine.api.models import (
     ErrorOut,
     ImportResult,
@@ -40,7 +40,7 @@ def _body(model: type[StoreFeature] | type[StoreCollection]) -> dict[str, Any]:
 
 @router.get("", response_model=StorePage, response_model_exclude_unset=True, responses=_ERRORS)
 async def list_stores(
-    principal: CurrentPrincipal,
+    scope: MerchantScope,
     stores: Stores,
     merchant_id: Annotated[str | None, Query(description="only this merchant's stores")] = None,
     bbox: Annotated[
@@ -51,7 +51,7 @@ async def list_stores(
 ) -> dict[str, Any]:
     """Live stores (a merchant token sees its own), in pages: a FeatureCollection."""
     page, nxt = stores.find(
-        principal.scope, merchant_id=merchant_id, bbox=bbox, limit=limit, cursor=cursor
+        scope, merchant_id=merchant_id, bbox=bbox, limit=limit, cursor=cursor
     )
     out: dict[str, Any] = {"type": "FeatureCollection", "features": [to_feature(s) for s in page]}
     if nxt is not None:
@@ -63,13 +63,13 @@ async def list_stores(
     "/import", response_model=ImportResult, responses=_ERRORS, openapi_extra=_body(StoreCollection)
 )
 async def import_stores(
-    request: Request, principal: CurrentPrincipal, stores: Stores, dry_run: bool = False
+    request: Request, scope: MerchantScope, stores: Stores, dry_run: bool = False
 ) -> dict[str, Any]:
     """Upsert a FeatureCollection by store_id, all or nothing; reports created, updated and
     unchanged store ids (``dry_run``: report only)."""
     # validating a large collection is pure work: off the event loop
     parsed = await asyncio.to_thread(stores.parse_collection, await request.body())
-    return stores.import_collection(parsed, principal.scope, dry_run=dry_run).to_dict()
+    return stores.import_collection(parsed, scope, dry_run=dry_run).to_dict()
 
 
 @router.get(
@@ -78,9 +78,9 @@ async def import_stores(
     response_model_exclude_unset=True,
     responses=_ERRORS,
 )
-async def get_store(store_id: str, principal: CurrentPrincipal, stores: Stores) -> dict[str, Any]:
+async def get_store(store_id: str, scope: MerchantScope, stores: Stores) -> dict[str, Any]:
     """One store as a GeoJSON Feature."""
-    return to_feature(stores.get(store_id, principal.scope))
+    return to_feature(stores.get(store_id, scope))
 
 
 @router.put(
@@ -91,16 +91,16 @@ async def get_store(store_id: str, principal: CurrentPrincipal, stores: Stores) 
     openapi_extra=_body(StoreFeature),
 )
 async def put_store(
-    store_id: str, request: Request, response: Response, principal: CurrentPrincipal, stores: Stores
+    store_id: str, request: Request, response: Response, scope: MerchantScope, stores: Stores
 ) -> dict[str, Any]:
     """Create or replace one store (a GeoJSON Feature, validated as `geopush fences check`
     does). Takes effect on the event path at once and is kept in the state file."""
-    store, created = stores.put(store_id, await request.body(), principal.scope)
+    store, created = stores.put(store_id, await request.body(), scope)
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     return to_feature(store)
 
 
 @router.delete("/{store_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_ERRORS)
-async def delete_store(store_id: str, principal: CurrentPrincipal, stores: Stores) -> None:
+async def delete_store(store_id: str, scope: MerchantScope, stores: Stores) -> None:
     """Remove a store: it stops matching at once; open visits there exit (cause ``removed``)."""
-    stores.delete(store_id, principal.scope)
+    stores.delete(store_id, scope)
