@@ -110,6 +110,10 @@ def _sql(path: Path) -> Iterator[None]:
 class ApiState:
     """The API's tables on their own connection. Creates (or migrates) the state file if needed."""
 
+    # How long a write waits for another writer (`geopush tokens` in another process, a few ms):
+    # the API runs on the daemon's event loop, so it must not wait long; past this it is a 503.
+    BUSY_TIMEOUT_MS = 250
+
     def __init__(self, state: str | Path) -> None:
         self.path = _sqlite_path(state)
         if not self._has_tables():
@@ -119,7 +123,7 @@ class ApiState:
             SQLiteStore(self.path).close()
         with _sql(self.path):
             self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.execute(f"PRAGMA busy_timeout={int(self.BUSY_TIMEOUT_MS)}")
 
     def _has_tables(self) -> bool:
         if not self.path.exists():

@@ -209,3 +209,29 @@ def test_the_state_file_keeps_hashes_not_secrets(tmp_path):
     rows = sqlite3.connect(tmp_path / "s.db").execute("SELECT sha256 FROM api_tokens").fetchall()
     assert rows == [(hash_token(secret),)]
     assert secret not in json.dumps(rows)
+
+
+async def test_a_state_file_that_cannot_be_written_is_a_503_and_the_index_stays(api):
+    import sqlite3
+
+    other = sqlite3.connect(api.state, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another writer holds the file
+    try:
+        async with api.client("op") as op:
+            r = await op.put("/v1/stores/s1", json=circle("s1", "m1", 24.9800, 60.1900))
+            assert r.status_code == 503
+            assert r.json()["error"] == "StateError"
+            cat = api.index.catalog
+            assert cat.get("s1").center == (24.94, 60.17)  # undone, identifiers too
+            assert cat.by_bssid("a4:2b:b0:c1:d2:e3") == cat.slot_of("s1")
+            assert (await op.delete("/v1/stores/s2")).status_code == 503
+            assert cat.slot_of("s2") is not None and api.removed == []
+            r = await op.put("/v1/stores/s8", json=circle("s8", "m1", 24.9800, 60.1900))
+            assert r.status_code == 503 and cat.slot_of("s8") is None
+            assert api.index.query(24.9800, 60.1900) == []
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    async with api.client("op") as op:
+        r = await op.put("/v1/stores/s1", json=circle("s1", "m1", 24.9800, 60.1900))
+        assert r.status_code == 200
