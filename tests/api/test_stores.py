@@ -235,3 +235,16 @@ async def test_a_state_file_that_cannot_be_written_is_a_503_and_the_index_stays(
     async with api.client("op") as op:
         r = await op.put("/v1/stores/s1", json=circle("s1", "m1", 24.9800, 60.1900))
         assert r.status_code == 200
+
+
+async def test_stores_export_writes_the_file_with_the_api_changes_laid_over(api, capsys):
+    async with api.client("op") as op:
+        assert (await op.put("/v1/stores/s9", json=circle("s9", "m2", 24.98, 60.19))).status_code == 201
+        assert (await op.delete("/v1/stores/s2")).status_code == 204
+    out = api.state.parent / "live.geojson"
+    fences = api.state.parent / "fences.geojson"
+    assert geopush(["stores", "export", "--fences", str(fences), "--state", str(api.state), "-o", str(out)]) == 0
+    assert "2 change(s)" in capsys.readouterr().out
+    exported = load_catalog(out)
+    assert sorted(s.store_id for _, s in exported.alive()) == ["s1", "s3", "s9"]
+    assert json.loads(out.read_text())["features"][-1]["properties"]["merchant_id"] == "m2"
