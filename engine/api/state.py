@@ -257,17 +257,16 @@ def _change(row: tuple[Any, ...]) -> StoreChange:
 
 
 def read_store_changes(state: str | Path, after: int = 0) -> list[StoreChange]:
-    """The persisted store changes of a state file numbered after ``after``, in order, read-only;
-    none when the file does not exist or predates the API's tables (nor in a Redis state)."""
+    """The persisted store changes of a state file numbered after ``after``, in order (reads
+    only); none when the file does not exist or predates the API's tables (nor in a Redis
+    state)."""
     text = str(state)
     if text.startswith(("redis://", "rediss://", "unix://")):
         return []
     path = Path(text)
     if not path.exists():
         return []
-    with _sql(path), contextlib.closing(
-        sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-    ) as db:
+    with _sql(path), contextlib.closing(sqlite3.connect(str(path))) as db:
         has = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'api_stores'").fetchone()
         if not has:
             return []

@@ -198,19 +198,6 @@ async def test_tokens_over_the_api_and_the_docs(api):
         assert (await op.get("/v1/health")).json() == {"status": "ok", "stores": 4}
 
 
-def test_the_state_file_keeps_hashes_not_secrets(tmp_path):
-    import sqlite3
-
-    from engine.api.state import ApiState, hash_token
-
-    st = ApiState(tmp_path / "s.db")
-    info, secret = st.create_token("operator")
-    st.close()
-    rows = sqlite3.connect(tmp_path / "s.db").execute("SELECT sha256 FROM api_tokens").fetchall()
-    assert rows == [(hash_token(secret),)]
-    assert secret not in json.dumps(rows)
-
-
 async def test_a_state_file_that_cannot_be_written_is_a_503_and_the_index_stays(api):
     import sqlite3
 
