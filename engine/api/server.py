@@ -81,6 +81,11 @@ class ApiServer:
                 f"the HTTP API failed to start: {cause or 'see the log'}"
             ) from (cause or exc)
 
+    def stop_now(self) -> None:
+        """The daemon's second stop request: the next ``stop`` does not wait for requests."""
+        self.server.should_exit = True
+        self.server.force_exit = True
+
     async def stop(self) -> None:
         """Finish the requests in progress (up to 5 s), then close."""
         task = self._task

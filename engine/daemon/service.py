@@ -168,6 +168,8 @@ class Service:
         except asyncio.CancelledError:
             if self.link is not None:
                 self.link.drop()
+            if self.api is not None:
+                self.api.stop_now()
             return 1
         finally:
             if self.api is not None:
