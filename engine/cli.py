@@ -26,6 +26,7 @@ _OWN = [
     ("engine.daemon.cli", "register"),
     ("engine.replay_cli", "register"),
     ("fences.cli", "register"),
+    ("engine.api.cli", "register"),
 ]
 _PLUGIN_ORDER = {"demo": 0, "simulate": 2, "match": 0, "replay": 1, "e2e": 2}
 COMMANDS_GROUP = "geopush.commands"

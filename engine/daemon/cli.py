@@ -37,6 +37,7 @@ _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--prefix", "prefix", {}),
     ("--client-id", "client_id", {}),
     ("--metrics-port", "metrics_port", {"type": int, "metavar": "PORT"}),
+    ("--http", "http", {"metavar": "HOST:PORT"}),
     ("--batch-size", "batch_size", {"type": int, "metavar": "N"}),
     ("--linger-ms", "linger_ms", {"type": float, "metavar": "MS"}),
     ("--linger-batch", "linger_batch", {"type": int, "metavar": "N"}),

@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     input_window: int = Field(100_000, ge=1000)
+    http: str | None = None  # HOST:PORT of the HTTP API (engine/api), off when None
 
     @field_validator("prefix")
     @classmethod
@@ -73,6 +74,25 @@ class Settings(BaseSettings):
         if v is not None and (not v or any(c in v for c in "/+#")):
             raise ValueError("must be a shared-subscription group name without '/', '+' or '#'")
         return v
+
+    @field_validator("http")
+    @classmethod
+    def _http_ok(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                parse_http(v)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return v
+
+    @model_validator(mode="after")
+    def _http_needs_sqlite(self) -> Settings:
+        if self.http is not None and self.redis_url is not None:
+            raise ValueError(
+                "--http keeps the API's stores and tokens in a SQLite --state file; a Redis "
+                "state (--group) is not supported by the API yet"
+            )
+        return self
 
     @model_validator(mode="after")
     def _group_needs_redis(self) -> Settings:
@@ -105,6 +125,18 @@ class Settings(BaseSettings):
             return None
         state = Path(self.state)
         return state.with_name(state.name + ".pid")
+
+
+def parse_http(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` of ``--http`` (``[::1]:8080`` for IPv6; port 0 picks a free one)."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(
+            f"--http {text!r} is not HOST:PORT; e.g. --http 127.0.0.1:8080 (0.0.0.0:8080 for "
+            "every interface, behind a TLS proxy)"
+        )
+    return host, int(port)
 
 
 def load_settings(flags: dict[str, Any] | None = None, config_file: Path | None = None) -> Settings:
@@ -164,4 +196,4 @@ def _problem(err: Any) -> str:
     )
 
 
-__all__ = ["HELP", "Settings", "load_settings"]
+__all__ = ["HELP", "Settings", "load_settings", "parse_http"]

@@ -36,7 +36,7 @@ from engine.daemon.config import Settings
 from engine.daemon.metrics import Metrics
 from engine.daemon.outbox import Outbox
 from engine.daemon.pipeline import Decoder, Renderer, Topics, deadletter_row, digest
-from engine.errors import DecodeError, GeopushError, TransportError
+from engine.errors import DecodeError, GeopushError, StateError, TransportError
 from engine.state import Output, StateStore
 from engine.stores.redis_store import commit_batch, open_store
 from engine.stores.sqlite_store import OutRow, SQLiteStore
@@ -108,6 +108,7 @@ class Service:
         self.core: CoreLike | None = None
         self.link: MqttLink | None = None
         self.outbox: Outbox | None = None
+        self.api: Any = None  # engine.api.server.ApiServer with --http
         self._last_full_gc = time.monotonic()
         self._inbox_warned = 0.0
         self.ready = asyncio.Event()  # set once connected and subscribed (tests wait on it)
@@ -145,6 +146,8 @@ class Service:
         self.store = store = open_store(s, Renderer(self.topics))  # SQLite, or Redis (--group)
         try:
             self.core = self.core_factory(store)
+            if s.http:
+                await self._start_api()
             self._write_pid()
             if s.metrics_port:
                 self.metrics.serve(s.metrics_port)
@@ -168,10 +171,38 @@ class Service:
         except asyncio.CancelledError:
             if self.link is not None:
                 self.link.drop()
+            if self.api is not None:
+                self.api.stop_now()
             return 1
         finally:
+            if self.api is not None:
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await self.api.stop()
             store.close()
             self._remove_pid()
+
+    async def _start_api(self) -> None:
+        """Serve the HTTP API (--http) in this loop: its store changes reach the core's live
+        fence index between two micro-batches (engine/api/live.py)."""
+        from engine.api.live import FenceTarget
+        from engine.api.server import ApiServer
+
+        core = self._require_core()
+
+        def index() -> Any:
+            idx = getattr(core, "index", None)
+            if idx is None or not hasattr(idx, "add"):
+                raise StateError("this engine has no live fence index to change")
+            return idx
+
+        def removed(ids: list[str]) -> None:
+            hook = getattr(core, "stores_removed", None)
+            if hook is not None:
+                hook(ids)
+
+        assert self.settings.http is not None
+        self.api = ApiServer(self.settings.http, self.settings.state, FenceTarget(index, removed))
+        await self.api.start()
 
     async def _connection_loop(self) -> None:
         link, outbox = self._require_link(), self._require_outbox()
@@ -485,6 +516,12 @@ class Service:
         try:
             # Load in a thread: messages keep queueing (unacked) in the broker meanwhile.
             fresh = await asyncio.to_thread(self.reloader)
+            seq = fresh.pop(API_SEQ, None)
+            if seq is not None and self.api is not None:
+                # store changes the API made while the files loaded: onto the new index too
+                from engine.api.live import overlay_state
+
+                overlay_state(fresh["index"], self.settings.state, after=seq)
             reload = getattr(core, "reload", None)
             if reload is None:
                 raise GeopushError("this core does not support reload")
@@ -596,14 +633,27 @@ def load_fences_and_campaigns(
 
     if settings.fences is None or settings.campaigns is None:
         raise GeopushError("--fences and --campaigns are required (flags, GEOPUSH_* or config file)")
-    index = FenceIndex(load_catalog(settings.fences))
+    catalog = load_catalog(settings.fences)
+    loaded: dict[str, Any] = {}
+    if settings.redis_url is None:
+        from engine.api.live import overlay_state
+
+        # The file is the baseline; stores changed through the HTTP API are kept in the state.
+        # API_SEQ: the last change laid over (a reload catches up with later ones, _reload).
+        loaded[API_SEQ] = overlay_state(catalog, settings.state)
+    index = FenceIndex(catalog)
     campaigns = load_campaigns(settings.campaigns)
     found = catalog_warnings(campaigns, (s for _, s in index.catalog.alive()))
     for w in found:
         log.warning("%s", w)
     if warnings is not None:
         warnings.extend(found)
-    return {"index": index, "campaigns": campaigns}
+    loaded["index"] = index
+    loaded["campaigns"] = campaigns
+    return loaded
+
+
+API_SEQ = "api_seq"
 
 
 def real_core_factory(settings: Settings, warnings: list[str] | None = None) -> CoreFactory:

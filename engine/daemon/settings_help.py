@@ -29,6 +29,7 @@ HELP: dict[str, str] = {
     "pid_file": "write the pid here, for `geopush reload`",
     "log_format": "text or json (JSON lines, one object per record)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "http": "serve the HTTP API (stores live, tokens; docs/api.md) on HOST:PORT, e.g. 127.0.0.1:8080 (default off); needs a SQLite --state",
     "input_window": "how many recent input digests are kept to recognise redeliveries",
 }
 
@@ -60,6 +61,7 @@ DEFAULTS: dict[str, str] = {
     "log_format": "text",
     "log_level": "INFO",
     "input_window": "100000",
+    "http": "none",
 }
 
 

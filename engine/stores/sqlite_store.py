@@ -1,6 +1,6 @@
 """``engine.state.StateStore`` on a SQLite file: the daemon's durable state (no server).
 
-Tables (schema version 3):
+Tables (schema version 4):
 
 * ``users(user PRIMARY KEY, blob)``: each ``UserState`` as msgpack (``encode_user``): open visits,
   follows, payments, frequency-cap push times, daily counters, tags, opt-out;
@@ -25,7 +25,10 @@ Tables (schema version 3):
   per row, numbered the same) read the same. Schema 1 kept them in a table keyed by digest,
   whose random inserts and deletes cost ~20% of the engine's time on single-event messages
   (opening a schema-1 file migrates it);
-* ``meta(key PRIMARY KEY, value)``: schema version.
+* ``meta(key PRIMARY KEY, value)``: schema version;
+* ``api_stores`` and ``api_tokens`` (schema 4): the HTTP API's store changes (laid over the
+  catalog file at start) and its hashed tokens; read and written by engine/api/state.py on a
+  connection of its own (this class never touches them).
 
 ``commit`` writes the touched users, changed counters, new push ids, the batch's outbox rows and
 input digests in ONE transaction (the contract in engine/state.py), plus the ``sent`` flags of
@@ -63,7 +66,7 @@ from typing import Any, Literal
 from engine.errors import StateError
 from engine.state import Output, UserState, decode_user, encode_user
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # The writer checkpoints itself when the WAL file passes this size: the background checkpointer
 # fell behind (or something holds an old read snapshot). SQLite truncates the WAL back to this size
 # when it restarts the log, so the file size says whether it has been restarted since.
@@ -80,6 +83,27 @@ _OUTBOX = """CREATE TABLE IF NOT EXISTS outbox (
     sent INTEGER NOT NULL DEFAULT 0
 );"""
 
+# The HTTP API's tables (engine/api/state.py): store changes made live (``feature`` NULL: the
+# store was deleted; ``seq`` numbers the changes) and API tokens (only a SHA-256 of each secret).
+_API_TABLES = """
+CREATE TABLE IF NOT EXISTS api_stores (
+    store_id TEXT PRIMARY KEY,
+    merchant_id TEXT NOT NULL,
+    feature TEXT,
+    seq INTEGER NOT NULL,
+    changed REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS api_tokens (
+    token_id TEXT PRIMARY KEY,
+    sha256 TEXT NOT NULL UNIQUE,
+    role TEXT NOT NULL,
+    merchant_id TEXT,
+    name TEXT NOT NULL DEFAULT '',
+    created REAL NOT NULL,
+    revoked REAL
+);
+"""
+
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS users (user TEXT PRIMARY KEY, blob BLOB NOT NULL);
@@ -88,6 +112,7 @@ CREATE TABLE IF NOT EXISTS push_ids (push_id TEXT PRIMARY KEY) WITHOUT ROWID;
 {_OUTBOX}
 CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox (sent, seq);
 CREATE TABLE IF NOT EXISTS input_log (seq INTEGER PRIMARY KEY, digest BLOB NOT NULL);
+{_API_TABLES}
 """
 
 
@@ -565,6 +590,8 @@ _MIGRATIONS: dict[str, tuple[str, ...]] = {
         "DROP TABLE outbox_v2",
         "CREATE INDEX outbox_unsent ON outbox (sent, seq)",
     ),
+    # the HTTP API's store changes and tokens (new tables only)
+    "3": tuple(f"{t.strip()};" for t in _API_TABLES.split(";") if t.strip()),
 }
 _PRUNE_INPUTS = "DELETE FROM input_log WHERE seq <= ?"
 _PRUNE_SENT = "DELETE FROM outbox WHERE sent = 1 AND seq <= ?"

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.errors import StateError
-from engine.stores.sqlite_store import SQLiteStore
+from engine.stores.sqlite_store import SCHEMA_VERSION, SQLiteStore
 
 WINDOW = 1000  # the store's smallest allowed window
 
@@ -75,7 +75,7 @@ def test_a_schema_1_file_is_migrated_with_its_digests(tmp_path):
     db.close()
     store = SQLiteStore(path, input_window=WINDOW)
     assert store.seen_inputs([bytes([3]) * 16, bytes([99]) * 16]) == {bytes([3]) * 16}
-    assert store.get_meta("schema") == "3"
+    assert store.get_meta("schema") == str(SCHEMA_VERSION)
     store.commit([], inputs=[bytes([200]) * 16])  # numbering goes on after the old rows
     assert store.logged_inputs() == 51
     names = {r[0] for r in store._db.execute("SELECT name FROM sqlite_master")}

@@ -8,7 +8,7 @@ import sqlite3
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.stores.sqlite_store import OutRow, SQLiteStore
+from engine.stores.sqlite_store import SCHEMA_VERSION, OutRow, SQLiteStore
 
 ids = st.sampled_from([f"o{i}" for i in range(12)])  # few ids: repeats happen
 
@@ -83,7 +83,7 @@ def test_a_schema_2_file_is_rebuilt_and_keeps_its_rows_and_flags(tmp_path):
     db.commit()
     db.close()
     store = SQLiteStore(path)
-    assert store.get_meta("schema") == "3"
+    assert store.get_meta("schema") == str(SCHEMA_VERSION)
     assert [(r.out_id, r.topic, r.payload) for r in store.unsent()] == [
         ("b", "t/b", b"\x02"),
         ("c", "t/c", b"\x03"),

@@ -1,0 +1,20 @@
+"""geopush's HTTP API (``geopush run --http HOST:PORT``), served by the daemon in its own loop.
+
+Layout (FastAPI is imported only by the modules that need it, so the daemon and ``geopush
+--help`` do not pay for it when the API is off):
+
+* ``state``    the API's durable tables in the daemon's SQLite state file: store changes made
+               live and hashed tokens (no FastAPI);
+* ``live``     the store catalog as the API sees it: validation (fences/), merchant scoping,
+               changes applied to the live fence index and persisted, and the overlay of the
+               persisted changes on the catalog file at start-up and on reload (no FastAPI);
+* ``app``      ``create_app(settings, target)``: the FastAPI application (lifespan, routers,
+               error mapping);
+* ``deps``     authentication as dependencies (``CurrentPrincipal``, ``OperatorPrincipal``);
+* ``models``   pydantic models of the JSON bodies (stores are GeoJSON Features, as in the file);
+* ``routers/`` one router per resource (stores, tokens);
+* ``server``   ``ApiServer``: uvicorn inside ``geopush run`` (the daemon owns the signals);
+* ``cli``      ``geopush tokens create|list|revoke`` and ``geopush stores export``.
+
+Docs: docs/api.md.
+"""

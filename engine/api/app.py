@@ -1,0 +1,125 @@
+"""``create_app(state, target)``: the HTTP API as a FastAPI application.
+
+The lifespan owns the API's resources (its connection to the state file, the ``LiveStores``
+over the daemon's fence index) and hands them to requests through the lifespan state; domain
+errors become HTTP statuses here, once (``_HANDLERS``); every error body is ``ErrorOut``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from engine.api.errors import ApiError, AuthError
+from engine.api.live import FenceTarget, LiveStores
+from engine.api.routers import stores, tokens
+from engine.api.state import ApiState
+from engine.errors import StateError, TransportError
+from fences.errors import CatalogError, UnknownStoreError
+
+API_PREFIX = "/v1"
+
+
+def _error(status: int, error: str, detail: str, problems: list[dict[str, Any]] | None = None,
+           headers: Mapping[str, str] | None = None) -> JSONResponse:  # fmt: skip
+    body: dict[str, Any] = {"error": error, "detail": detail}
+    if problems is not None:
+        body["problems"] = problems
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def _api_error(_r: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    problems = [{"index": None, "store_id": None, "reason": p} for p in exc.problems]
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthError) else None
+    name = type(exc).__name__
+    return _error(exc.status, name, str(exc), problems or None, headers)
+
+
+async def _catalog_error(_r: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, CatalogError)
+    problems = [{"index": p.index, "store_id": p.store_id, "reason": p.reason} for p in exc.problems]
+    return _error(422, "CatalogError", f"{len(problems)} problem(s); fix each and retry", problems)
+
+
+async def _unknown_store(_r: Request, exc: Exception) -> JSONResponse:
+    return _error(404, "NotFound", f"no store {exc.args[0]!r}" if exc.args else "no such store")
+
+
+async def _unavailable(_r: Request, exc: Exception) -> JSONResponse:
+    return _error(503, type(exc).__name__, f"{exc}; retry later")
+
+
+async def _invalid_request(_r: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    problems = [
+        {
+            "index": None,
+            "store_id": None,
+            "reason": f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}",
+        }
+        for e in exc.errors()
+    ]
+    return _error(422, "InvalidRequest", "the request does not match the API", problems)
+
+
+async def _http_error(_r: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    return _error(exc.status_code, "HTTPError", str(exc.detail), headers=exc.headers)
+
+
+_HANDLERS: dict[Any, Any] = {
+    ApiError: _api_error,
+    CatalogError: _catalog_error,
+    UnknownStoreError: _unknown_store,
+    StateError: _unavailable,
+    TransportError: _unavailable,
+    RequestValidationError: _invalid_request,
+    HTTPException: _http_error,
+}
+
+
+def create_app(state: str | Path, target: FenceTarget) -> FastAPI:
+    """The API over the state file ``state`` (SQLite) and the live fence index of ``target``."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        try:
+            api_state = ApiState(state)
+        except Exception as exc:
+            app.state.startup_error = exc  # uvicorn only logs it: ApiServer reports it
+            raise
+        try:
+            yield {"api_state": api_state, "live_stores": LiveStores(target, api_state)}
+        finally:
+            api_state.close()
+
+    app = FastAPI(
+        title="geopush API",
+        version="1",
+        summary="Stores (fences) live, with operator and merchant tokens. See docs/api.md.",
+        lifespan=lifespan,
+        exception_handlers=_HANDLERS,
+    )
+    v1 = APIRouter(prefix=API_PREFIX)
+    v1.include_router(stores.router)
+    v1.include_router(tokens.router)
+
+    @v1.get("/health", tags=["health"])
+    async def health(request: Request) -> dict[str, Any]:
+        """No token needed: the API is up; how many stores are live."""
+        live: LiveStores = request.state.live_stores
+        return {"status": "ok", "stores": len(live.catalog)}
+
+    app.include_router(v1)
+    return app
+
+
+__all__ = ["API_PREFIX", "create_app"]

@@ -1,0 +1,70 @@
+"""Authentication as dependencies: ``CurrentPrincipal`` (any live token), ``MerchantScope``
+(the merchant the caller is limited to, None for an operator: routes pass it to every
+operation, which refuses what lies outside it) and ``OperatorPrincipal`` (an operator token).
+
+Tokens come as ``Authorization: Bearer <token>``; each request hashes the token and looks the
+hash up in the state file, so a token created or revoked by ``geopush tokens`` counts at once.
+Every dependency and handler is ``async``: they run on the daemon's event loop (between two
+micro-batches), never in a worker thread (FastAPI runs plain ``def`` ones in threads).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from engine.api.errors import AccessDenied, AuthError
+from engine.api.live import LiveStores
+from engine.api.state import ApiState, Principal
+
+_bearer = HTTPBearer(auto_error=False, description="an API token (`geopush tokens create`)")
+
+
+async def get_state(request: Request) -> ApiState:
+    state: ApiState = request.state.api_state
+    return state
+
+
+async def get_stores(request: Request) -> LiveStores:
+    stores: LiveStores = request.state.live_stores
+    return stores
+
+
+State = Annotated[ApiState, Depends(get_state)]
+Stores = Annotated[LiveStores, Depends(get_stores)]
+
+
+async def get_principal(
+    state: State,
+    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    if creds is None or not creds.credentials:
+        raise AuthError(
+            "no API token: send `Authorization: Bearer <token>` (create one with "
+            "`geopush tokens create`)"
+        )
+    principal = state.authenticate(creds.credentials)
+    if principal is None:
+        raise AuthError("unknown or revoked API token")
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+
+
+async def get_operator(principal: CurrentPrincipal) -> Principal:
+    if principal.role != "operator":
+        raise AccessDenied("this needs an operator token")
+    return principal
+
+
+OperatorPrincipal = Annotated[Principal, Depends(get_operator)]
+
+
+async def get_scope(principal: CurrentPrincipal) -> str | None:
+    return principal.scope
+
+
+MerchantScope = Annotated[str | None, Depends(get_scope)]

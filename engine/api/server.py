@@ -1,0 +1,103 @@
+"""uvicorn inside the daemon: ``ApiServer`` serves the API in the daemon's own event loop.
+
+The daemon owns the process's signals (SIGTERM/SIGINT drain, SIGHUP reloads): ``_Server`` is a
+``uvicorn.Server`` whose ``capture_signals`` does nothing, and the daemon stops it when it stops.
+The socket is bound before serving, so a port in use is a clear ``ConfigError`` at start-up, and
+a failed lifespan start-up (uvicorn calls ``sys.exit`` then) becomes one too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import uvicorn
+
+from engine.api.app import create_app
+from engine.api.live import FenceTarget
+from engine.daemon.config import parse_http
+from engine.errors import ConfigError
+
+log = logging.getLogger("geopush.api")
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # the daemon handles SIGTERM/SIGINT and stops us (Service.request_stop)
+
+
+class ApiServer:
+    """The HTTP API on ``HOST:PORT`` over ``state`` and the fence index of ``target``."""
+
+    def __init__(self, address: str, state: str | Path, target: FenceTarget) -> None:
+        self.host, self.port = parse_http(address)
+        self.app = create_app(state, target)
+        config = uvicorn.Config(
+            self.app,
+            lifespan="on",
+            log_config=None,  # the daemon's logging setup applies
+            access_log=False,
+            timeout_graceful_shutdown=5,
+        )
+        self.server = _Server(config)
+        self._task: asyncio.Task[None] | None = None
+        self._sock: socket.socket | None = None
+
+    async def start(self) -> None:
+        """Bind, serve in this loop, return once accepting connections."""
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.host, self.port))
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(
+                f"--http {self.host}:{self.port}: cannot listen ({exc.strerror}); pick a free port"
+            ) from exc
+        sock.listen(128)
+        sock.setblocking(False)
+        self._sock = sock
+        self.port = sock.getsockname()[1]
+        self._task = asyncio.create_task(self._serve(sock), name="http-api")
+        while not self.server.started:
+            if self._task.done():
+                self._task.result()  # raises the start-up failure
+                raise ConfigError("the HTTP API stopped during start-up (see the log)")
+            await asyncio.sleep(0.01)
+        log.info("HTTP API on http://%s:%d/v1 (docs at /docs)", self.host, self.port)
+
+    async def _serve(self, sock: socket.socket) -> None:
+        try:
+            await self.server.serve(sockets=[sock])
+        except SystemExit as exc:  # uvicorn exits the process when the lifespan fails
+            cause = getattr(self.app.state, "startup_error", None)
+            raise ConfigError(
+                f"the HTTP API failed to start: {cause or 'see the log'}"
+            ) from (cause or exc)
+
+    def stop_now(self) -> None:
+        """The daemon's second stop request: the next ``stop`` does not wait for requests."""
+        self.server.should_exit = True
+        self.server.force_exit = True
+
+    async def stop(self) -> None:
+        """Finish the requests in progress (up to 5 s), then close."""
+        task = self._task
+        if task is None:
+            return
+        self.server.should_exit = True
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await asyncio.wait_for(task, 10)
+        self._task = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+__all__ = ["ApiServer", "parse_http"]
