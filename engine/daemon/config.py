@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     input_window: int = Field(100_000, ge=1000)
+    deadletter_payload: int = Field(4096, ge=0, le=65536)
+    deadletter_rate: float = Field(100.0, ge=0)
 
     @field_validator("prefix")
     @classmethod
@@ -99,6 +101,16 @@ class Settings(BaseSettings):
             return Path(f"geopush-{self.client_id}.pid")
         state = Path(self.state)
         return state.with_name(state.name + ".pid")
+
+    @property
+    def inflight_path(self) -> Path:
+        """The crash breadcrumb (engine/daemon/poison.py): ``<state>.inflight``, or beside the
+        pid file for a Redis state."""
+        if self.redis_url is not None:
+            pid = self.pid_path
+            return pid.with_name(pid.stem + ".inflight")
+        state = Path(self.state)
+        return state.with_name(state.name + ".inflight")
 
 
 def load_settings(flags: dict[str, Any] | None = None, config_file: Path | None = None) -> Settings:

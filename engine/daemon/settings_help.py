@@ -30,4 +30,6 @@ HELP: dict[str, str] = {
     "log_format": "text or json (JSON lines, one object per record)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "input_window": "how many recent input digests are kept to recognise redeliveries",
+    "deadletter_payload": "most bytes of a rejected message a dead letter carries (default 4096; the original's size and SHA-256 always; 0 = none)",
+    "deadletter_rate": "dead letters per second (on average, bursts of 10 s worth) that carry a payload excerpt; beyond it they carry reason, size and digest only (default 100; 0 = no limit)",
 }
