@@ -6,8 +6,9 @@ native code, the C stack blown, the OOM killer, ``os._exit``) is never acknowled
 redelivers it at every restart, and it would kill every process that takes it again.
 
 Before each micro-batch the daemon writes the digests of the batch's messages to a small file
-beside the state (``Breadcrumb.mark``: one ``os.pwrite`` of 12 + 16 bytes per message into the
-page cache, no fsync: it has to survive the *process*, not the machine). At start, the previous
+beside the state (``Breadcrumb.mark``: 12 + 16 bytes per message copied into a shared memory map
+of the file, i.e. the page cache; no system call, no fsync: it has to survive the *process*, not
+the machine). At start, the previous
 process's breadcrumb names the batch it had in hand when it ended; digests the state committed
 since are dropped (``seen_inputs``), as is everything after a clean stop (the breadcrumb is
 cleared). What remains was in hand when the process died:
@@ -27,6 +28,7 @@ process dies twice while handling it, the second time while it is alone.
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import struct
 import time
@@ -42,44 +44,56 @@ NORMAL, ISOLATED = 0, 1
 
 
 class Breadcrumb:
-    """The batch in hand, in a file that survives a crash of the process (see the module doc).
+    """The batch in hand, in a file that survives a crash of the process (see the module doc):
+    a shared memory map of the file, so marking a batch is a copy into the page cache, no
+    system call (~0.1 µs for one message, ~1 µs for 64).
 
     ``previous`` is what the file held when opened: ``(isolated, digests)``."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, capacity: int = 500) -> None:
         self.path = Path(path)
-        self.previous: tuple[bool, list[bytes]] = (False, [])
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            self.previous = self._read()
+            self._map = self._mapped(max(1, capacity))
         except OSError as exc:
             from engine.errors import StateError
 
             raise StateError(
-                f"cannot open the in-flight breadcrumb {self.path}: {exc} (it lives beside the "
+                f"cannot use the in-flight breadcrumb {self.path}: {exc} (it lives beside the "
                 "--state file, or the --pid-file for a Redis state: make that folder writable)"
             ) from exc
-        self.previous = self._read()
 
     def _read(self) -> tuple[bool, list[bytes]]:
-        data = os.pread(self._fd, 1 << 24, 0)
+        data = os.pread(self._fd, _HEAD.size, 0)
         if len(data) < _HEAD.size:
             return False, []
-        magic, mode, n = _HEAD.unpack_from(data)
-        body = data[_HEAD.size : _HEAD.size + n * DIGEST_BYTES]
+        magic, mode, n = _HEAD.unpack(data)
+        body = os.pread(self._fd, n * DIGEST_BYTES, _HEAD.size) if magic == _MAGIC else b""
         if magic != _MAGIC or len(body) != n * DIGEST_BYTES:
             log.warning("ignoring a damaged in-flight breadcrumb %s", self.path)
             return False, []
         return mode == ISOLATED, [body[i : i + DIGEST_BYTES] for i in range(0, len(body), DIGEST_BYTES)]
 
+    def _mapped(self, capacity: int) -> mmap.mmap:
+        self.capacity = capacity
+        size = _HEAD.size + capacity * DIGEST_BYTES
+        if os.fstat(self._fd).st_size < size:
+            os.ftruncate(self._fd, size)
+        return mmap.mmap(self._fd, size)
+
     def mark(self, digests: Sequence[bytes], *, isolated: bool = False) -> None:
-        """Name the batch about to be decoded and processed (one write; older trailing bytes
-        beyond the count are ignored on reading)."""
-        os.pwrite(
-            self._fd,
-            _HEAD.pack(_MAGIC, ISOLATED if isolated else NORMAL, len(digests)) + b"".join(digests),
-            0,
-        )
+        """Name the batch about to be decoded and processed: the digests, then the header with
+        their number (a torn write leaves an old count over new digests: no valid suspect)."""
+        n = len(digests)
+        if n > self.capacity:
+            self._map.close()
+            self._map = self._mapped(2 * n)
+        m = self._map
+        if n:
+            m[_HEAD.size : _HEAD.size + n * DIGEST_BYTES] = b"".join(digests)
+        _HEAD.pack_into(m, 0, _MAGIC, ISOLATED if isolated else NORMAL, n)
 
     def clear(self) -> None:
         """Nothing in hand (a clean stop)."""
@@ -87,6 +101,7 @@ class Breadcrumb:
 
     def close(self) -> None:
         if self._fd >= 0:
+            self._map.close()
             os.close(self._fd)
             self._fd = -1
 

@@ -489,7 +489,7 @@ class Service:
     def _open_breadcrumb(self, store: SQLiteStore) -> None:
         """Read what the previous process had in hand when it ended (poison.py): suspects to
         process alone, or the one message it died on alone, to quarantine."""
-        self._crumb = crumb = Breadcrumb(self.settings.inflight_path)
+        self._crumb = crumb = Breadcrumb(self.settings.inflight_path, self.settings.batch_size)
         isolated, left = crumb.previous
         if left:
             done = store.seen_inputs(left)
