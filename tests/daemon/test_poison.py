@@ -8,6 +8,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -190,10 +191,12 @@ async def test_a_message_that_kills_the_process_is_quarantined_not_replayed(brok
         try:
             await wait_online(col, proc.pid)
             await publish_all(broker.url, msgs)
+            deadline = time.monotonic() + 90  # a guard against a hang, not a timing assertion
             while True:
                 while proc.poll() is None and not (
                     col.on("geopush/deadletter") and received_outputs(col) == expected
                 ):
+                    assert time.monotonic() < deadline, "neither settled nor crashed"
                     await asyncio.sleep(0.05)
                 if proc.poll() is None:
                     break  # settled
