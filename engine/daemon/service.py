@@ -113,6 +113,9 @@ class Service:
         self._crumb: Breadcrumb | None = None
         self._suspects: set[bytes] = set()
         self._quarantine: set[bytes] = set()
+        # The broker redelivers the unacknowledged messages first: both sets are forgotten after
+        # this many more messages (a message the broker lost must not cost a look-up forever).
+        self._watch_left = 0
         # Dead letters carrying a payload excerpt: at most deadletter_rate/s (bursts of 10 s).
         self._excerpts = Budget(settings.deadletter_rate, 10 * settings.deadletter_rate)
         self.ready = asyncio.Event()  # set once connected and subscribed (tests wait on it)
@@ -342,9 +345,16 @@ class Service:
     def handle(self, batch: list[Inbound]) -> None:
         """Process one micro-batch: decode, core, commit, ack, hand outputs to the outbox."""
         keys = [digest(x.topic, x.payload) for x in batch]
-        if self._suspects and not self._suspects.isdisjoint(keys):
-            self._handle_suspects(batch, keys)
-            return
+        if self._suspects or self._quarantine:
+            self._watch_left -= len(keys)
+            if self._watch_left < 0:
+                n = len(self._suspects) + len(self._quarantine)
+                log.warning("%d suspect messages never came back: forgotten", n)
+                self._suspects.clear()
+                self._quarantine.clear()
+            elif self._suspects and not self._suspects.isdisjoint(keys):
+                self._handle_suspects(batch, keys)
+                return
         if self._crumb is not None:
             self._crumb.mark(keys)  # survives a crash of the process: see poison.py
         self._handle(batch, keys)
@@ -496,6 +506,7 @@ class Service:
             left = [d for d in left if d not in done]
         if not left:
             return
+        self._watch_left = 10_000 + 20 * self.settings.batch_size
         if isolated and len(left) == 1:
             self._quarantine.update(left)
             log.error(
