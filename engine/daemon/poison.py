@@ -74,7 +74,8 @@ class Breadcrumb:
         if magic != _MAGIC or len(body) != n * DIGEST_BYTES:
             log.warning("ignoring a damaged in-flight breadcrumb %s", self.path)
             return False, []
-        return mode == ISOLATED, [body[i : i + DIGEST_BYTES] for i in range(0, len(body), DIGEST_BYTES)]
+        digests = [body[i : i + DIGEST_BYTES] for i in range(0, len(body), DIGEST_BYTES)]
+        return mode == ISOLATED, digests
 
     def _mapped(self, capacity: int) -> mmap.mmap:
         self.capacity = capacity

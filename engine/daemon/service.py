@@ -374,7 +374,7 @@ class Service:
                 run = []
             if x is not None:
                 suspects.discard(k)
-                log.warning("processing alone a message the previous process died with (%s)", x.topic)
+                log.warning("processing alone a message the last process died with (%s)", x.topic)
                 self._mark_and_handle(crumb, [x], [k], True)
 
     def _mark_and_handle(

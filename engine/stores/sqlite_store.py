@@ -8,7 +8,8 @@ Tables (schema version 3):
 * ``push_ids(push_id PRIMARY KEY)``: every push decision ever committed (``seen_push``);
 * ``outbox(seq PRIMARY KEY, out_id, topic, payload, sent)``: every output (push, visit event,
   dead letter) committed with the batch that produced it, the newest ``outbox_keep`` kept once
-  sent (pruned as commits go; dead letters, ``TRANSIENT_PREFIX``, are deleted once sent); ``sent`` flips after PUBACK, by ``seq``
+  sent (pruned as commits go; dead letters, ``TRANSIENT_PREFIX``, are deleted once sent);
+  ``sent`` flips after PUBACK, by ``seq``
   (the store remembers the seq of each row it wrote or loaded until it is marked). Schema 2 had a
   ``UNIQUE`` index on ``out_id``: a random B-tree insert per output and a random look-up per
   mark, the largest cost outside the core under batch load; a single writer never commits an
