@@ -217,3 +217,38 @@ async def test_a_message_that_kills_the_process_is_quarantined_not_replayed(brok
     assert letter["reason"] == "poison" and letter["topic"] == poison[0]
     assert letter["payload"].encode() == poison[1]
     assert received_outputs(col) == expected  # every other message processed, none twice
+
+
+async def test_breadcrumb_suspects_run_alone_and_a_lone_isolated_one_is_quarantined(broker, tmp_path):
+    """What a dead process left in <state>.inflight: a batch's messages are only run alone (an
+    ordinary kill -9 quarantines nothing); a message it died on while alone is dead-lettered as
+    poison, acknowledged, and not processed; after a clean stop nothing is left."""
+    from engine.daemon.pipeline import digest
+
+    state = tmp_path / "s.db"
+    crumb_path = tmp_path / "s.db.inflight"
+    m1, m2, m3, m4 = (
+        (f"geopush/events/{u}", gps(u, float(i))) for i, u in enumerate(("al", "bo", "cy", "di"), 1)
+    )
+    crumb = Breadcrumb(crumb_path)
+    crumb.mark([digest(*m1), digest(*m2)])  # a normal batch in hand when the process died
+    crumb.close()
+    async with Collector(broker.url, ["geopush/push/#", "geopush/deadletter"]) as col:
+        async with running_service(broker.url, state) as svc:
+            assert len(svc._suspects) == 2  # noqa: SLF001
+            await publish_all(broker.url, [m1, m2])
+            await col.wait_for(lambda c: len(c.on("geopush/push/")) == 2)
+            assert not svc._suspects  # noqa: SLF001
+        assert Breadcrumb(crumb_path).previous == (False, [])  # a clean stop clears it
+        crumb = Breadcrumb(crumb_path)
+        crumb.mark([digest(*m3)], isolated=True)  # died on m3 while it was alone
+        crumb.close()
+        async with running_service(broker.url, state) as svc:
+            await publish_all(broker.url, [m3, m4])
+            await col.wait_for(
+                lambda c: len(c.on("geopush/push/")) == 3 and len(c.on("geopush/deadletter")) == 1
+            )
+            assert svc.totals["deadletters"] == 1
+    (letter,) = col.json_on("geopush/deadletter")
+    assert letter["reason"] == "poison" and letter["payload"].encode() == m3[1]
+    assert {t for t, _ in col.on("geopush/push/")} == {f"geopush/push/{u}" for u in ("al", "bo", "di")}
