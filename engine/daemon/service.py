@@ -492,6 +492,7 @@ class Service:
             self.totals["deadletter_payloads_dropped"] += 1
         m.deadletters.labels(reason).inc()
         self.totals["deadletters"] += 1
+        self.totals[f"deadletter:{reason}"] += 1
         return deadletter_row(
             self.topics, x.topic, x.payload, reason, detail, k, x.received, limit=limit
         )
