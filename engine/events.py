@@ -25,6 +25,8 @@ invalid_field       a field has the wrong JSON type, an empty/overlong string, o
 out_of_range        a number outside its range (table ``RANGES``), or a float overflowing to inf
 wrong_user          the payload's user differs from the MQTT topic's user (or the batch's)
 empty_batch         a batch with no events
+too_deep            JSON nested deeper than the decoder can follow (an ignored extra field
+                    nested ~1,000 levels raised ``RecursionError`` before)
 ==================  ==========================================================================
 
 Normalisation on decode: BSSIDs to ``fences.store.bssid_key`` form (lower case, ``:``), which
@@ -80,6 +82,7 @@ REASONS: Final = (
     "out_of_range",
     "wrong_user",
     "empty_batch",
+    "too_deep",
 )
 
 Str: TypeAlias = Annotated[str, Meta(min_length=1, max_length=256)]
@@ -239,6 +242,8 @@ def decode(payload: Payload, *, topic_user: str | None = None) -> list[Event]:
         raise _translate(exc) from exc
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise DecodeError("malformed_json", str(exc)) from exc
+    except RecursionError as exc:
+        raise _too_deep(exc) from exc
     cls = type(obj)
     if cls is Batch:
         return _flatten(obj, topic_user)
@@ -249,6 +254,14 @@ def decode(payload: Payload, *, topic_user: str | None = None) -> list[Event]:
     if fin is not None:
         fin(ev, "")
     return [ev]
+
+
+def _too_deep(exc: RecursionError) -> DecodeError:
+    """msgspec follows nesting (even inside an ignored extra field) on the C stack, bounded by
+    Python's recursion limit: ~1,000 levels of ``[`` or ``{"a":`` (2-4 KB) end in RecursionError."""
+    return DecodeError(
+        "too_deep", f"JSON nested too deeply ({exc}): a valid message nests 5 levels at most"
+    )
 
 
 def _flatten(batch: Any, topic_user: str | None) -> list[Event]:
@@ -409,6 +422,8 @@ def decode_owntracks(payload: Payload, *, user: str, device: str) -> list[Event]
         obj = msgspec.json.decode(payload)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise DecodeError("malformed_json", str(exc)) from exc
+    except RecursionError as exc:
+        raise _too_deep(exc) from exc
     if isinstance(obj, list):
         if not obj:
             raise DecodeError("empty_batch", "an empty array of OwnTracks messages")

@@ -48,6 +48,8 @@ _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--status-interval", "status_interval", {"type": float, "metavar": "S"}),
     ("--drain-timeout", "drain_timeout", {"type": float, "metavar": "S"}),
     ("--pid-file", "pid_file", {"type": Path, "metavar": "FILE"}),
+    ("--deadletter-payload", "deadletter_payload", {"type": int, "metavar": "BYTES"}),
+    ("--deadletter-rate", "deadletter_rate", {"type": float, "metavar": "N"}),
     ("--log-format", "log_format", {"choices": ["text", "json"]}),
     ("--log-level", "log_level", {"metavar": "LEVEL"}),
 ]

@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     input_window: int = Field(100_000, ge=1000)
     http: str | None = None  # HOST:PORT of the HTTP API (engine/api), off when None
+    deadletter_payload: int = Field(4096, ge=0, le=65536)
+    deadletter_rate: float = Field(100.0, ge=0)
 
     @field_validator("prefix")
     @classmethod
@@ -125,6 +127,21 @@ class Settings(BaseSettings):
             return None
         state = Path(self.state)
         return state.with_name(state.name + ".pid")
+
+    @property
+    def inflight_path(self) -> Path:
+        """The crash breadcrumb (engine/daemon/poison.py): ``<state>.inflight``; for a Redis state
+        beside the pid file, or without one ``geopush-<client_id>.inflight`` in the temporary
+        directory (it only has to outlive the process, not the machine)."""
+        if self.redis_url is not None:
+            pid = self.pid_path
+            if pid is None:
+                import tempfile
+
+                return Path(tempfile.gettempdir()) / f"geopush-{self.client_id}.inflight"
+            return pid.with_name(pid.stem + ".inflight")
+        state = Path(self.state)
+        return state.with_name(state.name + ".inflight")
 
 
 def parse_http(text: str) -> tuple[str, int]:

@@ -27,6 +27,16 @@ class Metrics:
         self.rejects = Counter(
             "geopush_rejects", "Messages dead-lettered, by reason", ["reason"], registry=r
         )
+        self.deadletters = Counter(
+            "geopush_deadletters",
+            "Dead letters committed (and published to <prefix>/deadletter), by reason",
+            ["reason"], registry=r,
+        )  # fmt: skip
+        self.deadletter_payloads_dropped = Counter(
+            "geopush_deadletter_payloads_dropped",
+            "Dead letters over --deadletter-rate, sent without their payload excerpt",
+            registry=r,
+        )
         self.duplicates = Counter(
             "geopush_duplicates", "Redelivered messages recognised and not re-run", registry=r
         )

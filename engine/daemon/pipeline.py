@@ -95,27 +95,67 @@ class Decoder:
         raise DecodeError("bad_topic", f"{topic}: not an events topic")
 
 
+DEADLETTER_PAYLOAD_BYTES = 4096  # default --deadletter-payload: the most of a payload kept
+_DETAIL_CHARS = 500
+_TOPIC_CHARS = 300
+
+
 def deadletter_row(
-    topics: Topics, topic: str, payload: bytes, reason: str, detail: str, key: bytes, ts: float
+    topics: Topics,
+    topic: str,
+    payload: bytes,
+    reason: str,
+    detail: str,
+    key: bytes,
+    ts: float,
+    *,
+    limit: int = DEADLETTER_PAYLOAD_BYTES,
 ) -> OutRow:
-    """The dead-letter message for a rejected input: original payload (text when it is UTF-8
-    and not too large, else base64), topic, reason and detail. Its id derives from the input's
-    digest, so a redelivered bad message gives the same dead letter."""
+    """The dead-letter message for a rejected input: topic, reason, detail, the original's
+    length (``size``) and SHA-256, and at most ``limit`` bytes of it (``truncated`` when that
+    is not all; ``limit`` 0: none, ``"encoding": "none"``). The excerpt is text when it is UTF-8
+    and JSON escaping at most doubles it, else base64 (a payload of control characters escapes
+    to 6 bytes per byte: a 256 KB one made a 1.5 MB dead letter the broker refused). With the
+    default limit a dead letter stays under 16 KiB. Its id derives from the input's digest, so
+    a redelivered bad message gives the same dead letter."""
     body: dict[str, Any] = {
         "id": f"dl:{key.hex()}",
-        "topic": topic,
+        "topic": _clip(topic, _TOPIC_CHARS),
         "reason": reason,
-        "detail": detail[:1000],
+        "detail": _clip(detail, _DETAIL_CHARS),
         "received_ts": round(ts, 6),
         "size": len(payload),
+        "sha256": hashlib.sha256(payload).hexdigest(),
     }
-    try:
-        body["payload"] = payload.decode("utf-8")
+    part = payload[: max(0, limit)]
+    body["truncated"] = len(part) < len(payload)
+    text = _utf8_prefix(part, cut=body["truncated"]) if part else None
+    if not part:
+        body["encoding"] = "none"
+    elif text is not None and len(_JSON.encode(text)) <= 2 * len(part) + 2:
+        body["payload"] = text
         body["encoding"] = "text"
-    except UnicodeDecodeError:
-        body["payload"] = base64.b64encode(payload).decode("ascii")
+    else:
+        body["payload"] = base64.b64encode(part).decode("ascii")
         body["encoding"] = "base64"
     return OutRow(body["id"], topics.deadletter, _JSON.encode(body))
+
+
+def _clip(s: str, n: int) -> str:
+    """At most ``n`` characters of ``s``, encodable (a lone surrogate becomes ``?``)."""
+    s = s if len(s) <= n else s[:n] + "..."
+    return s.encode("utf-8", "replace").decode("utf-8")
+
+
+def _utf8_prefix(part: bytes, *, cut: bool) -> str | None:
+    """``part`` as text, or None when it is not UTF-8. A ``cut`` excerpt may end inside a
+    character: its incomplete last character is dropped."""
+    try:
+        return part.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if cut and exc.start >= len(part) - 3 and exc.reason == "unexpected end of data":
+            return part[: exc.start].decode("utf-8")
+        return None
 
 
 class Renderer:
@@ -137,4 +177,4 @@ class Renderer:
         raise TypeError(f"cannot publish output of type {type(out).__name__}")
 
 
-__all__ = ["Decoder", "Renderer", "Topics", "deadletter_row", "digest"]
+__all__ = ["DEADLETTER_PAYLOAD_BYTES", "Decoder", "Renderer", "Topics", "deadletter_row", "digest"]

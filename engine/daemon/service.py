@@ -36,6 +36,7 @@ from engine.daemon.config import Settings
 from engine.daemon.metrics import Metrics
 from engine.daemon.outbox import Outbox
 from engine.daemon.pipeline import Decoder, Renderer, Topics, deadletter_row, digest
+from engine.daemon.poison import Breadcrumb, Budget
 from engine.errors import DecodeError, GeopushError, StateError, TransportError
 from engine.state import Output, StateStore
 from engine.stores.redis_store import commit_batch, open_store
@@ -111,6 +112,16 @@ class Service:
         self.api: Any = None  # engine.api.server.ApiServer with --http
         self._last_full_gc = time.monotonic()
         self._inbox_warned = 0.0
+        # Crash-loop protection (engine/daemon/poison.py): the batch in hand, the messages the
+        # previous process died on (run alone), the ones it died on alone (quarantined).
+        self._crumb: Breadcrumb | None = None
+        self._suspects: set[bytes] = set()
+        self._quarantine: set[bytes] = set()
+        # The broker redelivers the unacknowledged messages first: both sets are forgotten after
+        # this many more messages (a message the broker lost must not cost a look-up forever).
+        self._watch_left = 0
+        # Dead letters carrying a payload excerpt: at most deadletter_rate/s (bursts of 10 s).
+        self._excerpts = Budget(settings.deadletter_rate, 10 * settings.deadletter_rate)
         self.ready = asyncio.Event()  # set once connected and subscribed (tests wait on it)
 
     # --- control -------------------------------------------------------------------------------
@@ -145,6 +156,7 @@ class Service:
         s = self.settings
         self.store = store = open_store(s, Renderer(self.topics))  # SQLite, or Redis (--group)
         try:
+            self._open_breadcrumb(store)
             self.core = self.core_factory(store)
             if s.http:
                 await self._start_api()
@@ -178,6 +190,8 @@ class Service:
             if self.api is not None:
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     await self.api.stop()
+            if self._crumb is not None:
+                self._crumb.close()
             store.close()
             self._remove_pid()
 
@@ -261,6 +275,8 @@ class Service:
         link, outbox, store = self._require_link(), self._require_outbox(), self._require_store()
         outbox.flush_marks()
         store.checkpoint()
+        if self._crumb is not None:
+            self._crumb.clear()  # a clean stop: nothing was in hand
         if link.connected:
             self.state = "offline"
             with contextlib.suppress(Exception):
@@ -364,10 +380,51 @@ class Service:
 
     def handle(self, batch: list[Inbound]) -> None:
         """Process one micro-batch: decode, core, commit, ack, hand outputs to the outbox."""
+        keys = [digest(x.topic, x.payload) for x in batch]
+        if self._suspects or self._quarantine:
+            self._watch_left -= len(keys)
+            if self._watch_left < 0:
+                n = len(self._suspects) + len(self._quarantine)
+                log.warning("%d suspect messages never came back: forgotten", n)
+                self._suspects.clear()
+                self._quarantine.clear()
+            elif self._suspects and not self._suspects.isdisjoint(keys):
+                self._handle_suspects(batch, keys)
+                return
+        if self._crumb is not None:
+            self._crumb.mark(keys)  # survives a crash of the process: see poison.py
+        self._handle(batch, keys)
+
+    def _handle_suspects(self, batch: list[Inbound], keys: list[bytes]) -> None:
+        """The previous process died with some of these messages in hand: each of those goes
+        alone, marked so (dying on it again quarantines it); the others, in between, in
+        batches, in their order."""
+        crumb, suspects = self._crumb, self._suspects
+        run: list[tuple[Inbound, bytes]] = []
+        for x, k in [*zip(batch, keys, strict=True), (None, b"")]:
+            if x is not None and k not in suspects:
+                run.append((x, k))
+                continue
+            if run:
+                self._mark_and_handle(crumb, [x for x, _ in run], [k for _, k in run], False)
+                run = []
+            if x is not None:
+                suspects.discard(k)
+                log.warning("processing alone a message the last process died with (%s)", x.topic)
+                self._mark_and_handle(crumb, [x], [k], True)
+
+    def _mark_and_handle(
+        self, crumb: Breadcrumb | None, batch: list[Inbound], keys: list[bytes], isolated: bool
+    ) -> None:
+        if crumb is not None:
+            crumb.mark(keys, isolated=isolated)
+        self._handle(batch, keys)
+
+    def _handle(self, batch: list[Inbound], keys: list[bytes]) -> None:
         store, core, link = self._require_store(), self._require_core(), self._require_link()
         m, totals = self.metrics, self.totals
         control = self.topics.control
-        keys = [digest(x.topic, x.payload) for x in batch]
+        quarantine = self._quarantine
         dup_keys = [k for x, k in zip(batch, keys, strict=True) if x.dup]
         seen = store.seen_inputs(dup_keys) if dup_keys else set()
         events: list[Any] = []
@@ -383,17 +440,25 @@ class Service:
                 self._control(x.payload)
                 continue
             inputs.append(k)
+            if quarantine and k in quarantine:
+                quarantine.discard(k)
+                log.error("quarantined a message from %s: the process died on it twice", x.topic)
+                dead.append(self._dead_letter(x, k, "poison", _POISON_DETAIL))
+                continue
             try:
                 evs = self.decoder(x.topic, x.payload)
             except DecodeError as exc:
-                dead.append(
-                    deadletter_row(
-                        self.topics, x.topic, x.payload, exc.reason, exc.detail, k, x.received
-                    )
-                )
+                dead.append(self._dead_letter(x, k, exc.reason, exc.detail))
                 m.rejects.labels(exc.reason).inc()
                 totals["rejects"] += 1
                 totals[f"reject:{exc.reason}"] += 1
+                continue
+            except Exception as exc:  # noqa: BLE001  (any failure on one message: its dead letter)
+                log.error("decoding a message from %s failed: %r", x.topic, exc)
+                dead.append(self._dead_letter(x, k, "decode_error", _exc_detail(exc)))
+                m.rejects.labels("decode_error").inc()
+                totals["rejects"] += 1
+                totals["reject:decode_error"] += 1
                 continue
             events.extend(evs)
             per_msg.append((x, k, evs))
@@ -446,16 +511,51 @@ class Service:
             except Exception as exc:  # noqa: BLE001  (reported in the dead letter and the log)
                 store.rollback()
                 log.error("core failed on a message from %s: %r", x.topic, exc)
-                dead.append(
-                    deadletter_row(
-                        self.topics, x.topic, x.payload, "engine_error", repr(exc), k, x.received
-                    )
-                )
+                dead.append(self._dead_letter(x, k, "engine_error", _exc_detail(exc)))
                 self.metrics.rejects.labels("engine_error").inc()
                 continue
             outs, rows = commit_batch(core, store, evs, outs)  # re-runs on a group conflict
             self._account([], outs)  # the batch accounts for the events themselves
             self._require_outbox().push(rows, received=x.received)
+
+    def _dead_letter(self, x: Inbound, k: bytes, reason: str, detail: str) -> OutRow:
+        """The bounded dead letter of one message (pipeline.deadletter_row), counted; over
+        ``deadletter_rate`` it carries no payload excerpt (a flood cannot fill the disk)."""
+        m, limit = self.metrics, self.settings.deadletter_payload
+        if limit and not self._excerpts.take():
+            limit = 0
+            m.deadletter_payloads_dropped.inc()
+            self.totals["deadletter_payloads_dropped"] += 1
+        m.deadletters.labels(reason).inc()
+        self.totals["deadletters"] += 1
+        self.totals[f"deadletter:{reason}"] += 1
+        return deadletter_row(
+            self.topics, x.topic, x.payload, reason, detail, k, x.received, limit=limit
+        )
+
+    def _open_breadcrumb(self, store: SQLiteStore) -> None:
+        """Read what the previous process had in hand when it ended (poison.py): suspects to
+        process alone, or the one message it died on alone, to quarantine."""
+        self._crumb = crumb = Breadcrumb(self.settings.inflight_path, self.settings.batch_size)
+        isolated, left = crumb.previous
+        if left:
+            done = store.seen_inputs(left)
+            left = [d for d in left if d not in done]
+        if not left:
+            return
+        self._watch_left = 10_000 + 20 * self.settings.batch_size
+        if isolated and len(left) == 1:
+            self._quarantine.update(left)
+            log.error(
+                "the previous process died on a message it was processing alone, for the second "
+                "time: it will be dead-lettered as poison, not processed"
+            )
+        else:
+            self._suspects.update(left)
+            log.warning(
+                "the previous process died with %d uncommitted messages in hand: each will be "
+                "processed alone", len(left),
+            )  # fmt: skip
 
     def _idle_flush(self) -> None:
         """The feed went quiet: time out visits up to the wall clock (minus the core's lateness
@@ -616,6 +716,15 @@ class Service:
 
 
 __all__ = ["CoreFactory", "CoreLike", "Reloader", "Service"]
+
+_POISON_DETAIL = (
+    "the engine process died twice while handling this message (the second time with it alone): "
+    "quarantined, not processed; report it with the engine's log"
+)
+
+
+def _exc_detail(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 # --- the real engine -------------------------------------------------------------------------------

@@ -31,6 +31,8 @@ HELP: dict[str, str] = {
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "http": "serve the HTTP API (stores live, tokens; docs/api.md) on HOST:PORT, e.g. 127.0.0.1:8080 (default off); needs a SQLite --state",
     "input_window": "how many recent input digests are kept to recognise redeliveries",
+    "deadletter_payload": "most bytes of a rejected message a dead letter carries (the original's size and SHA-256 always; 0 = none)",
+    "deadletter_rate": "dead letters per second (on average, bursts of 10 s worth) that carry a payload excerpt; beyond it they carry reason, size and digest only (0 = no limit)",
 }
 
 # The default of every setting as --help shows it (engine.daemon.config.Settings holds the values;
@@ -62,6 +64,8 @@ DEFAULTS: dict[str, str] = {
     "log_level": "INFO",
     "input_window": "100000",
     "http": "none",
+    "deadletter_payload": "4096",
+    "deadletter_rate": "100.0",
 }
 
 

@@ -8,7 +8,8 @@ Tables (schema version 4):
 * ``push_ids(push_id PRIMARY KEY)``: every push decision ever committed (``seen_push``);
 * ``outbox(seq PRIMARY KEY, out_id, topic, payload, sent)``: every output (push, visit event,
   dead letter) committed with the batch that produced it, the newest ``outbox_keep`` kept once
-  sent (pruned as commits go); ``sent`` flips after PUBACK, by ``seq``
+  sent (pruned as commits go; dead letters, ``TRANSIENT_PREFIX``, are deleted once sent);
+  ``sent`` flips after PUBACK, by ``seq``
   (the store remembers the seq of each row it wrote or loaded until it is marked). Schema 2 had a
   ``UNIQUE`` index on ``out_id``: a random B-tree insert per output and a random look-up per
   mark, the largest cost outside the core under batch load; a single writer never commits an
@@ -71,6 +72,9 @@ SCHEMA_VERSION = 4
 # fell behind (or something holds an old read snapshot). SQLite truncates the WAL back to this size
 # when it restarts the log, so the file size says whether it has been restarted since.
 WAL_LIMIT_BYTES = 32 * 1024 * 1024
+# Outbox rows whose out_id starts with this (dead letters, engine/daemon/pipeline.py) are deleted
+# once the broker has them, not kept as a log: a flood of bad messages cannot fill the disk.
+TRANSIENT_PREFIX = "dl:"
 DIGEST_BYTES = 16  # input digests (engine.daemon.pipeline.digest), packed per commit in input_log
 
 log = logging.getLogger("geopush.daemon")
@@ -180,6 +184,8 @@ class SQLiteStore:
         self._out_seq = self._scalar("SELECT COALESCE(MAX(seq), 0) FROM outbox")
         # out_id -> seqs of rows written or loaded and not yet marked sent (marks go by seq)
         self._seq_of: dict[str, list[int]] = {}
+        # seqs of unsent rows deleted, not kept, once sent (dead letters: TRANSIENT_PREFIX)
+        self._transient: set[int] = set()
         self._wal_path = f"{self.path}-wal"
         self._checkpointer: _Checkpointer | None = None  # started by the first commit
         self.inline_checkpoints = 0  # the WAL outgrew WAL_LIMIT_BYTES: checkpointed by the writer
@@ -299,8 +305,9 @@ class SQLiteStore:
                     list(meta.items()),
                 )
             marks, taken = self._seqs(self._sent_later)
+            gone: list[int] = []
             if marks:
-                db.executemany(_MARK_SENT, marks)
+                gone = self._mark(marks)
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             self._safe_rollback()
@@ -309,8 +316,12 @@ class SQLiteStore:
         if self._sent_later:
             self._sent_later = []
             self._forget_seqs(taken)
+            if gone:
+                self._transient.difference_update(gone)
         if rows:
             self._track_seqs((self._out_seq + i + 1, r.out_id) for i, r in enumerate(rows))
+            if extra:
+                self._note_transient(self._out_seq + len(rows) - len(extra), extra)
             self._out_seq += len(rows)
         self._after_commit()
         self._input_seq += len(inputs)
@@ -377,7 +388,28 @@ class SQLiteStore:
             sql += f" LIMIT {int(limit)}"
         rows = self._query(sql, ())
         self._track_seqs((q, o) for q, o, _, _ in rows)
+        self._transient.update(q for q, o, _, _ in rows if o.startswith(TRANSIENT_PREFIX))
         return [OutRow(o, t, bytes(p)) for _, o, t, p in rows]
+
+    def _note_transient(self, seq0: int, extra: Sequence[OutRow]) -> None:
+        """Remember the seqs of the just-written ``extra`` rows that go once sent."""
+        for i, r in enumerate(extra):
+            if r.out_id.startswith(TRANSIENT_PREFIX):
+                self._transient.add(seq0 + i + 1)
+
+    def _mark(self, marks: list[tuple[int]]) -> list[int]:
+        """Mark these outbox rows sent, in the open transaction; dead letters are deleted
+        instead (a log of them helps nobody, and a flood of them must not fill the disk).
+        Returns the seqs deleted."""
+        transient = self._transient
+        gone: list[int] = []
+        if transient:
+            gone = [q for (q,) in marks if q in transient]
+            if gone:
+                self._db.executemany(_DELETE_SENT, [(q,) for q in gone])
+                marks = [m for m in marks if m[0] not in transient]
+        self._db.executemany(_MARK_SENT, marks)
+        return gone
 
     def _track_seqs(self, pairs: Iterable[tuple[int, str]]) -> None:
         """Remember the seq of rows that may be marked sent later (marks go by seq)."""
@@ -430,13 +462,14 @@ class SQLiteStore:
         marks, taken = self._seqs(acked)
         try:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany(_MARK_SENT, marks)
+            gone = self._mark(marks)
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             self._safe_rollback()
             raise StateError(f"mark_sent in {self.path} failed: {exc}") from exc
         self._sent_later = []
         self._forget_seqs(taken)
+        self._transient.difference_update(gone)
         self._after_commit()
 
     def prune_sent(self, keep: int = 100_000) -> int:
@@ -574,6 +607,7 @@ class SQLiteStore:
 
 
 _MARK_SENT = "UPDATE outbox SET sent = 1 WHERE seq = ?"
+_DELETE_SENT = "DELETE FROM outbox WHERE seq = ?"
 # From schema N to N + 1 (run in one transaction by SQLiteStore._migrate).
 _MIGRATIONS: dict[str, tuple[str, ...]] = {
     # the input digests move from a table keyed by digest to an append-only log

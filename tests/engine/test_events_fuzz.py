@@ -7,6 +7,7 @@ import json
 import math
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -199,3 +200,57 @@ def test_owntracks_mutations(msg: dict[str, Any]) -> None:
     for ev in evs:  # whatever is accepted is a valid wire event of the topic's user
         assert ev.user == "u"
         assert decode(encode_event(ev)) == [ev]
+
+
+# --- deep nesting: RecursionError in the decoder used to escape as a crash ------------------------
+
+_VALID_WIRE = {
+    "gps": {"type": "gps", "user": "u", "ts": 5.0, "lon": 1.0, "lat": 1.0, "acc": 5.0},
+    "wifi": {"type": "wifi", "user": "u", "ts": 5.0, "aps": [{"bssid": "aa:bb:cc:dd:ee:ff", "rssi": -50}]},
+    "beacon": {"type": "beacon", "user": "u", "ts": 5.0, "uuid": "x", "major": 1, "minor": 2, "rssi": -60},
+    "nfc": {"type": "nfc", "user": "u", "ts": 5.0, "tag": "t"},
+    "payment": {"type": "payment", "user": "u", "ts": 5.0, "merchant_id": "m", "amount": 1.0},
+    "profile": {"type": "profile", "user": "u", "ts": 5.0, "tags": ["a"], "opt_out": False},
+}  # fmt: skip
+assert set(_VALID_WIRE) == set(EVENT_TYPES)
+_NEST = "\x00NEST\x00"
+
+
+def _nested(depth: int, kind: str) -> bytes:
+    return (b'{"a":' * depth + b"1" + b"}" * depth) if kind == "object" else b"[" * depth + b"]" * depth
+
+
+def _with_nest(d: dict[str, Any], depth: int, kind: str) -> bytes:
+    return json.dumps(d).encode().replace(json.dumps(_NEST).encode(), _nested(depth, kind))
+
+
+def _positions(d: dict[str, Any]) -> list[dict[str, Any]]:
+    """``d`` with the nest in each field's place, as an extra field, and inside the first item of
+    each list field."""
+    out = [{**d, k: _NEST} for k in d] + [{**d, "x": _NEST}]
+    for k, v in d.items():
+        if isinstance(v, list) and v:
+            first = {**v[0], "x": _NEST} if isinstance(v[0], dict) else _NEST
+            out.append({**d, k: [first, *v[1:]]})
+    return out
+
+
+@pytest.mark.parametrize("depth", [1000, 2500, 5000])
+@pytest.mark.parametrize("kind", ["array", "object"])
+@pytest.mark.parametrize("etype", sorted(_VALID_WIRE))
+def test_deep_nesting_in_every_position_is_a_decode_error(etype: str, kind: str, depth: int) -> None:
+    base = _VALID_WIRE[etype]
+    inner = {k: v for k, v in base.items() if k != "user"}
+    cases = [
+        *_positions(base),
+        *({"type": "batch", "user": "u", "events": [p]} for p in _positions(inner)),
+    ]
+    for case in cases:
+        _check_decode(_with_nest(case, depth, kind), topic_user="u")
+    # an ignored extra field is skipped, not validated: there the decoder went deepest
+    with pytest.raises(DecodeError) as exc:
+        decode(_with_nest({**base, "x": _NEST}, depth, kind))
+    assert exc.value.reason == "too_deep"
+    for ot in OT_BASE:
+        for case in [{**ot, k: _NEST} for k in ot] + [{**ot, "x": _NEST}]:
+            _check_owntracks(_with_nest(case, depth, kind))
