@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     input_window: int = Field(100_000, ge=1000)
+    max_skew: float = Field(300.0, gt=0)
+    watermark_quorum: int = Field(3, ge=1)
 
     @field_validator("prefix")
     @classmethod

@@ -30,4 +30,9 @@ HELP: dict[str, str] = {
     "log_format": "text or json (JSON lines, one object per record)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "input_window": "how many recent input digests are kept to recognise redeliveries",
+    "max_skew": (
+        "seconds: a message with an event further ahead of the receiving clock is dead-lettered "
+        "(clock_skew); also how close the watermark quorum's times must be"
+    ),
+    "watermark_quorum": "the sweep's event time moves only to a time this many distinct users reached",
 }
