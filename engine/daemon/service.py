@@ -143,8 +143,9 @@ class Service:
         s = self.settings
         self.store = store = open_store(s, Renderer(self.topics))  # SQLite, or Redis (--group)
         try:
-            self.core = self.core_factory(store)
-            if watermark_repaired(self.core, store):
+            repairs = store.get_meta(REPAIRS_KEY)
+            self.core = self.core_factory(store)  # restore_core: may repair a poisoned watermark
+            if store.get_meta(REPAIRS_KEY) != repairs:
                 self.metrics.watermark_repairs.inc()
                 self.totals["watermark_repaired"] += 1
             self._write_pid()
@@ -705,6 +706,7 @@ def warm_up(index: Any, campaigns: Any) -> None:
 
 
 WATERMARK_KEY = "core.watermark"
+REPAIRS_KEY = "core.watermark_repairs"  # how many times restore_core repaired it (ever)
 RETAINED_KEY = "retained:"  # + topic: the digest (hex) of the last retained message applied
 
 
@@ -716,7 +718,7 @@ def restore_core(core: CoreLike, store: SQLiteStore, *, now: float | None = None
     A persisted watermark further ahead of the wall clock (``now``) than the core's
     ``max_skew_s`` was poisoned by a device's clock (before the watermark quorum existed): it
     is repaired to the newest open visit's last event time that is not ahead of the clock
-    (or none), with a warning; ``watermark_repaired`` tells the caller."""
+    (or none), with a warning, in the state at once (``REPAIRS_KEY`` counts the repairs)."""
     wm_text = store.get_meta(WATERMARK_KEY)
     users = store.users_with_visits()
     wm = float(wm_text) if wm_text is not None else None
@@ -730,15 +732,11 @@ def restore_core(core: CoreLike, store: SQLiteStore, *, now: float | None = None
             "the watermark quorum): repaired to %s", wm, wm - clock, fixed,
         )  # fmt: skip
         wm = fixed
+        repairs = int(store.get_meta(REPAIRS_KEY) or 0) + 1
+        store.commit([], meta={WATERMARK_KEY: repr(wm if wm is not None else float("-inf")),
+                               REPAIRS_KEY: str(repairs)})  # fmt: skip
     core.restore(users, watermark=wm)
     return sum(len(u.visits) for u in users)
-
-
-def watermark_repaired(core: CoreLike, store: SQLiteStore) -> bool:
-    """Whether ``restore_core`` repaired the state's persisted watermark (the core's is lower)."""
-    wm_text = store.get_meta(WATERMARK_KEY)
-    wm = core_watermark(core)
-    return wm_text is not None and (wm is None or float(wm_text) > wm)
 
 
 def _with(a: dict[str, str] | None, b: dict[str, str]) -> dict[str, str] | None:
