@@ -20,6 +20,7 @@ them to the fence index, the campaigns, the profiles and the state store, and co
 
 from __future__ import annotations
 
+import heapq
 import math
 import time
 from collections import Counter
@@ -296,8 +297,10 @@ class Core:
         k = max(1, int(self.config.watermark_quorum))
         if len(ahead) < k:
             return
-        times = sorted(ahead.values(), reverse=True)
         skew = self.config.max_skew_s
+        times = heapq.nlargest(k, ahead.values())  # the common case: the newest k agree
+        if times[0] - times[-1] > skew:
+            times = sorted(ahead.values(), reverse=True)
         for i in range(len(times) - k + 1):
             low = times[i + k - 1]
             if times[i] - low <= skew:
