@@ -18,7 +18,7 @@ TUNING: dict[str, tuple[float, str]] = {  # (an int default makes an int flag)
     "claim_window_s": (60.0, "how long a WiFi/beacon/NFC sighting outranks GPS and weaker signals"),
     "switch_db": (3.0, "how much stronger (dB) a same-kind sighting of another store must be to win"),
     "watermark_quorum": (3, "the sweep's event time moves only to a time this many distinct users reached"),
-    "max_skew_s": (300.0, "...within this many seconds of each other (a device's clock cannot move it)"),
+    "max_skew_s": (300.0, "seconds within which those users' latest event times must lie (docs/architecture.md)"),
 }
 
 
