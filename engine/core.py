@@ -9,7 +9,8 @@ Both the daemon and ``geopush replay`` drive it the same way::
 timeout fell due by the watermark (minus ``sweep_lateness_s``), so users who go silent are still
 exited. The watermark is the newest event time that ``watermark_quorum`` distinct users reached
 within ``max_skew_s`` of each other, never one device's clock alone: a phone set to the year 2100
-times out only its own visits (docs/architecture.md, "Clocks"). ``flush(now_ts)`` sweeps up to ``now_ts`` (end of a replay).
+times out only its own visits (docs/architecture.md, "Clocks"). ``flush(now_ts)`` sweeps up to
+``now_ts`` (end of a replay).
 After a restart, or a batch attempt thrown away, ``restore(users, watermark=...)`` re-arms the
 timers of the users' open visits: it is the public way in; the sweep queue (``_timers``,
 ``_open``) is private and may change.

@@ -403,7 +403,7 @@ class Service:
             self._process_one_by_one(per_msg, dead)
             outputs = []  # committed and queued message by message
         t1 = time.perf_counter()
-        rejected = getattr(core, "rejected", None)
+        rejected = getattr(core, "rejected", None) if events else None  # this batch's
         if rejected:
             self._drop_rejected(rejected, per_msg, dead)
         self._require_outbox().fold_marks()  # outputs acked since the last batch: same commit
