@@ -6,8 +6,11 @@ Both the daemon and ``geopush replay`` drive it the same way::
     store.commit(outs)                    # the caller commits, atomically, per micro-batch
 
 ``process`` handles the batch's events in order, then sweeps visits whose dwell or presence
-timeout fell due by the watermark (newest event time seen, minus ``sweep_lateness_s``), so users
-who go silent are still exited. ``flush(now_ts)`` sweeps up to ``now_ts`` (end of a replay).
+timeout fell due by the watermark (minus ``sweep_lateness_s``), so users who go silent are still
+exited. The watermark is the newest event time that ``watermark_quorum`` distinct users reached
+within ``max_skew_s`` of each other, never one device's clock alone: a phone set to the year 2100
+times out only its own visits (docs/architecture.md, "Clocks"). ``flush(now_ts)`` sweeps up to
+``now_ts`` (end of a replay).
 After a restart, or a batch attempt thrown away, ``restore(users, watermark=...)`` re-arms the
 timers of the users' open visits: it is the public way in; the sweep queue (``_timers``,
 ``_open``) is private and may change.
@@ -18,6 +21,7 @@ them to the fence index, the campaigns, the profiles and the state store, and co
 
 from __future__ import annotations
 
+import heapq
 import math
 import time
 from collections import Counter
@@ -74,7 +78,12 @@ class CoreConfig:
     claim_window_s: float = 60.0  # how long a WiFi/near-field claim outranks GPS and weaker signals
     switch_db: float = 3.0  # same-rank challenger must be this much stronger to take a claim
     rssi_alpha: float = 0.3  # beacon RSSI smoothing (weight of the newest sighting)
-    sweep_lateness_s: float = 30.0  # watermark = newest event time - this (cross-user disorder)
+    sweep_lateness_s: float = 30.0  # sweep up to the watermark - this (cross-user disorder)
+    # The watermark (how far the sweep may time out silent users) moves only to an event time
+    # reached by ``watermark_quorum`` distinct users whose latest times lie within ``max_skew_s``
+    # of each other: one device's clock (an hour ahead, the year 2100) moves nobody else's visits.
+    watermark_quorum: int = 3
+    max_skew_s: float = 300.0
 
 
 @dataclass
@@ -131,6 +140,11 @@ class Core:
         # sweep does not look the user up again; None: ask the store (it tracks what it loads).
         self._open: dict[str, UserState | None] = {}
         self._watermark = _NEG_INF
+        # The events the last ``process`` call rejected, with the reason (rare: the daemon
+        # samples them to its dead-letter topic).
+        self.rejected: list[tuple[str, Event]] = []
+        # Users' latest accepted event times above the watermark: the candidates it may move to.
+        self._ahead: dict[str, float] = {}
         self._removed: set[str] = set()
         self._trs: list[Transition] = []
         # Per-type handlers of the non-GPS location signals (payments and profiles are facts).
@@ -182,6 +196,8 @@ class Core:
     def process(self, events: Sequence[Event]) -> list[Output]:
         """Apply a micro-batch in order; return visit events and pushes (caller commits)."""
         outs: list[Output] = []
+        if self.rejected:
+            self.rejected = []
         if not events:
             self._sweep(self._watermark - self.config.sweep_lateness_s, outs)
             return outs
@@ -196,6 +212,7 @@ class Core:
         get_user = store.user
         trs = self._trs
         wm = self._watermark
+        ahead = self._ahead
         cfg = self.config
         timeout = cfg.presence_timeout_s
         dwells = self.campaigns.dwells_of
@@ -211,14 +228,13 @@ class Core:
             t = type(ev)
             st = get_user(ev.user)
             ts = ev.ts
-            if ts > wm:
-                wm = ts
             if t is Gps:
                 # The common case (most fixes: a known user, no open visit, near no fence) costs
                 # the checks and two stores, nothing more.
                 k += 1
                 if ts < st.last_ts:
                     rejected["out_of_order"] = rejected.get("out_of_order", 0) + 1
+                    self.rejected.append(("out_of_order", ev))
                     continue
                 lon = ev.lon  # type: ignore[union-attr]
                 lat = ev.lat  # type: ignore[union-attr]
@@ -231,9 +247,12 @@ class Core:
                 ):
                     rejected["speed"] = rejected.get("speed", 0) + 1
                     self.stats.spoofing_suspected += 1
+                    self.rejected.append(("speed", ev))
                     continue
                 st.last_fix = (lon, lat, ts)
                 st.last_ts = ts
+                if ts > wm and ts > ahead.get(st.user, wm):
+                    ahead[st.user] = ts
                 hits = hitmap.get(k)
                 if hits is None and not st.visits:
                     continue
@@ -251,8 +270,11 @@ class Core:
                         continue
                 elif ts < st.last_ts:
                     rejected["out_of_order"] = rejected.get("out_of_order", 0) + 1
+                    self.rejected.append(("out_of_order", ev))
                     continue
                 st.last_ts = ts
+                if ts > wm and ts > ahead.get(st.user, wm):
+                    ahead[st.user] = ts
                 if st.visits:
                     if self._removed:
                         self._drop_removed(st, ts, trs)
@@ -261,9 +283,33 @@ class Core:
                     handler(ev, st, trs)
             if trs:
                 self._emit(st, trs, outs)
-        self._watermark = wm
-        self._sweep(wm - cfg.sweep_lateness_s, outs)
+        self._advance_watermark()
+        self._sweep(self._watermark - cfg.sweep_lateness_s, outs)
         return outs
+
+    def _advance_watermark(self) -> None:
+        """Move the watermark to the newest event time that ``watermark_quorum`` distinct users
+        reached together: the lowest of the newest group of that many users' latest times lying
+        within ``max_skew_s`` of each other. A device whose clock runs ahead stands alone up
+        there (or with other wrong clocks, each wrong its own way) and moves nothing; while
+        fewer users than the quorum are active, the watermark waits (their own events still
+        time out their own visits; the daemon's --idle-flush uses the wall clock)."""
+        ahead = self._ahead
+        k = max(1, int(self.config.watermark_quorum))
+        if len(ahead) < k:
+            return
+        skew = self.config.max_skew_s
+        times = heapq.nlargest(k, ahead.values())  # the common case: the newest k agree
+        if times[0] - times[-1] > skew:
+            times = sorted(ahead.values(), reverse=True)
+        for i in range(len(times) - k + 1):
+            low = times[i + k - 1]
+            if times[i] - low <= skew:
+                if low > self._watermark:  # (flush may have moved it further already)
+                    self._watermark = low
+                wm = self._watermark
+                self._ahead = {u: t for u, t in ahead.items() if t > wm}
+                return
 
     def _match(self, events: Sequence[Event]) -> dict[int, list[tuple[int, float]]]:
         """Match the batch's GPS fixes in one vectorised FenceIndex.query_many call.
@@ -306,7 +352,8 @@ class Core:
 
     @property
     def watermark(self) -> float:
-        """Newest event time seen so far (-inf before the first event)."""
+        """The event time the sweep has reached (see ``_advance_watermark``; -inf before the
+        first quorum of users)."""
         return self._watermark
 
     def flush(self, now_ts: float) -> list[Output]:

@@ -4,8 +4,9 @@ The trace is JSON Lines, one wire event (or batch) per line, as ``geopush simula
 importers write it. Lines are decoded with the daemon's decoder; a line that does not decode goes
 to ``deadletter.jsonl`` with its line number and reason, and replay goes on. Events are fed to
 ``Core.process`` in micro-batches of ``batch_size`` and each batch's outputs are committed to the
-(in-memory) store, the same loop the daemon runs. At the end, ``Core.flush`` at the trace's newest
-event time fires the dwells and timeouts due by then; visits still open at that time stay open
+(in-memory) store, the same loop the daemon runs. At the end, ``Core.flush`` at the core's watermark (the
+newest event time several users reached: not one device's clock) fires the dwells and timeouts
+due by then; visits still open at that time stay open
 (replay invents no exit after the data ends) and are counted in the summary.
 
 Outputs (``out_dir``): ``visits.jsonl``, ``pushes.jsonl``, ``deadletter.jsonl``, ``summary.json``.

@@ -9,7 +9,7 @@ from typing import Any
 
 # CoreConfig field -> (its default, help). Defaults are repeated here so that `geopush --help`
 # does not import the core (numpy, shapely); tests/engine/test_replay.py checks they agree.
-TUNING: dict[str, tuple[float, str]] = {
+TUNING: dict[str, tuple[float, str]] = {  # (an int default makes an int flag)
     "exit_margin_m": (20.0, "GPS exit margin in metres: a fix exits when distance > accuracy + this"),
     "presence_timeout_s": (900.0, "exit a visit when nothing placed the user in the store for this long"),
     "wifi_rssi_min": (-75.0, "weakest RSSI (dBm) of a registered BSSID that counts as presence"),
@@ -17,6 +17,8 @@ TUNING: dict[str, tuple[float, str]] = {
     "max_speed_kmh": (250.0, "fixes implying a faster move than this are rejected as suspected spoofing"),
     "claim_window_s": (60.0, "how long a WiFi/beacon/NFC sighting outranks GPS and weaker signals"),
     "switch_db": (3.0, "how much stronger (dB) a same-kind sighting of another store must be to win"),
+    "watermark_quorum": (3, "the sweep's event time moves only to a time this many distinct users reached"),
+    "max_skew_s": (300.0, "seconds within which those users' latest event times must lie (docs/architecture.md)"),
 }
 
 
@@ -46,7 +48,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     for name, (default, text) in TUNING.items():
         g.add_argument(
             "--" + name.replace("_", "-"),
-            type=float,
+            type=type(default),
             default=default,
             metavar="X",
             help=f"{text} (default {default:g})",

@@ -45,6 +45,8 @@ _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--max-pending", "max_pending", {"type": int, "metavar": "N"}),
     ("--sqlite-sync", "sqlite_sync", {"choices": ["normal", "full"]}),
     ("--idle-flush", "idle_flush", {"type": float, "metavar": "S"}),
+    ("--max-skew", "max_skew", {"type": float, "metavar": "S"}),
+    ("--watermark-quorum", "watermark_quorum", {"type": int, "metavar": "N"}),
     ("--status-interval", "status_interval", {"type": float, "metavar": "S"}),
     ("--drain-timeout", "drain_timeout", {"type": float, "metavar": "S"}),
     ("--pid-file", "pid_file", {"type": Path, "metavar": "FILE"}),

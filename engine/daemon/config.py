@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     http: str | None = None  # HOST:PORT of the HTTP API (engine/api), off when None
     deadletter_payload: int = Field(4096, ge=0, le=65536)
     deadletter_rate: float = Field(100.0, ge=0)
+    max_skew: float = Field(300.0, gt=0)
+    watermark_quorum: int = Field(3, ge=1)
 
     @field_validator("prefix")
     @classmethod

@@ -37,6 +37,16 @@ class Metrics:
             "Dead letters over --deadletter-rate, sent without their payload excerpt",
             registry=r,
         )
+        self.dropped = Counter(
+            "geopush_events_dropped",
+            "Events received and not applied, by reason (clock_skew, out_of_order, speed)",
+            ["reason"], registry=r,
+        )  # fmt: skip
+        self.watermark_repairs = Counter(
+            "geopush_watermark_repairs",
+            "Persisted watermarks found far ahead of the wall clock at start and repaired",
+            registry=r,
+        )
         self.duplicates = Counter(
             "geopush_duplicates", "Redelivered messages recognised and not re-run", registry=r
         )
@@ -78,6 +88,7 @@ class Metrics:
         )  # fmt: skip
         # Plain totals for the status message and tests (prometheus counters are awkward to read).
         self.totals: PyCounter[str] = PyCounter()
+        self.dropped_by_reason: PyCounter[str] = PyCounter()  # the status message's ``dropped``
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> Any:
         """Start the /metrics HTTP endpoint (a daemon thread). Returns the server."""

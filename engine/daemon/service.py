@@ -45,6 +45,7 @@ from engine.transport.mqtt import Inbound, MqttLink, Will, parse_broker_url
 
 log = logging.getLogger("geopush.daemon")
 
+DEADLETTER_SAMPLE = 10  # dropped events copied to the dead-letter topic, per reason and minute
 FULL_GC_EVERY_S = 600.0  # an unfrozen full collection, at most this often, when the feed is idle
 _TS = operator.attrgetter("ts")
 
@@ -122,6 +123,7 @@ class Service:
         self._watch_left = 0
         # Dead letters carrying a payload excerpt: at most deadletter_rate/s (bursts of 10 s).
         self._excerpts = Budget(settings.deadletter_rate, 10 * settings.deadletter_rate)
+        self._dl_sampled: dict[str, tuple[int, int]] = {}  # reason -> (minute, dead letters sent)
         self.ready = asyncio.Event()  # set once connected and subscribed (tests wait on it)
 
     # --- control -------------------------------------------------------------------------------
@@ -157,7 +159,11 @@ class Service:
         self.store = store = open_store(s, Renderer(self.topics))  # SQLite, or Redis (--group)
         try:
             self._open_breadcrumb(store)
-            self.core = self.core_factory(store)
+            repairs = store.get_meta(REPAIRS_KEY)
+            self.core = self.core_factory(store)  # restore_core: may repair a poisoned watermark
+            if store.get_meta(REPAIRS_KEY) != repairs:
+                self.metrics.watermark_repairs.inc()
+                self.totals["watermark_repaired"] += 1
             if s.http:
                 await self._start_api()
             self._write_pid()
@@ -425,12 +431,16 @@ class Service:
         m, totals = self.metrics, self.totals
         control = self.topics.control
         quarantine = self._quarantine
-        dup_keys = [k for x, k in zip(batch, keys, strict=True) if x.dup]
+        # Redeliveries (dup) and retained messages the broker re-sends at a (re)subscription
+        # may have been applied already: look their digests up.
+        dup_keys = [k for x, k in zip(batch, keys, strict=True) if x.dup or x.retain]
         seen = store.seen_inputs(dup_keys) if dup_keys else set()
+        retained_meta: dict[str, str] = {}
         events: list[Any] = []
         dead: list[OutRow] = []
         inputs: list[bytes] = []
         per_msg: list[tuple[Inbound, bytes, list[Any]]] = []
+        skew = self.settings.max_skew
         for x, k in zip(batch, keys, strict=True):
             if k in seen:
                 m.duplicates.inc()
@@ -439,6 +449,13 @@ class Service:
             if x.topic == control:
                 self._control(x.payload)
                 continue
+            if x.retain:
+                if store.get_meta(RETAINED_KEY + x.topic) == k.hex():
+                    m.duplicates.inc()
+                    totals["duplicates"] += 1
+                    totals["retained_seen"] += 1
+                    continue
+                retained_meta[RETAINED_KEY + x.topic] = k.hex()  # committed with the batch
             inputs.append(k)
             if quarantine and k in quarantine:
                 quarantine.discard(k)
@@ -460,6 +477,16 @@ class Service:
                 totals["rejects"] += 1
                 totals["reject:decode_error"] += 1
                 continue
+            # A device's clock must not reach anyone else: a message with an event further
+            # ahead of the receiving clock than --max-skew is dead-lettered whole.
+            ahead = (evs[0].ts if len(evs) == 1 else max(e.ts for e in evs)) if evs else 0.0
+            if ahead > x.received + skew:
+                detail = (
+                    f"event time {ahead:.3f} is {ahead - x.received:.0f} s ahead of the receiving "
+                    f"clock (--max-skew {skew:g} s): fix the device's clock"
+                )
+                self._drop("clock_skew", len(evs), x, k, detail, dead)
+                continue
             events.extend(evs)
             per_msg.append((x, k, evs))
         m.messages.inc(len(batch))
@@ -477,11 +504,14 @@ class Service:
             self._process_one_by_one(per_msg, dead)
             outputs = []  # committed and queued message by message
         t1 = time.perf_counter()
+        rejected = getattr(core, "rejected", None) if events else None  # this batch's
+        if rejected:
+            self._drop_rejected(rejected, per_msg, dead)
         self._require_outbox().fold_marks()  # outputs acked since the last batch: same commit
         # commit_batch: a shared (Redis) store may report a conflict; the batch is then re-run.
         outputs, rows = commit_batch(
             core, store, events, outputs, extra=dead, inputs=inputs,
-            meta=lambda: watermark_meta(core),
+            meta=lambda: _with(watermark_meta(core), retained_meta),
         )  # fmt: skip
         t2 = time.perf_counter()
         link.ack_many(batch)  # the batch's PUBACKs as one buffer
@@ -498,6 +528,44 @@ class Service:
         # cache and stall the loop for 100s of ms. Cyclic garbage frozen by mistake is reclaimed
         # by the occasional full collection at an idle moment (_collect_when_idle).
         gc.freeze()
+
+    def _drop(
+        self, reason: str, n: int, x: Inbound, key: bytes, detail: str, dead: list[OutRow]
+    ) -> None:
+        """Count ``n`` events of message ``x`` dropped for ``reason`` (metrics and the status
+        message's ``dropped``) and sample the message to the dead-letter topic: the first
+        DEADLETTER_SAMPLE per reason and wall-clock minute (a device with a wrong clock sends
+        every event wrong; the count stays exact)."""
+        self.metrics.dropped.labels(reason).inc(n)
+        self.metrics.dropped_by_reason[reason] += n
+        self.totals[f"dropped:{reason}"] += n
+        minute = int(x.received // 60)
+        last, used = self._dl_sampled.get(reason, (minute, 0))
+        if last != minute:
+            used = 0
+        if used >= DEADLETTER_SAMPLE:
+            return
+        self._dl_sampled[reason] = (minute, used + 1)
+        dead.append(self._dead_letter(x, key, reason, detail))
+
+    def _drop_rejected(
+        self,
+        rejected: Sequence[tuple[str, Any]],
+        per_msg: list[tuple[Inbound, bytes, list[Any]]],
+        dead: list[OutRow],
+    ) -> None:
+        """The core's rejections of this batch (a fix beyond the speed limit, an event older
+        than the user's last): counted and sampled like ``_drop``."""
+        owner = {id(e): (x, k, i) for x, k, evs in per_msg for i, e in enumerate(evs)}
+        for reason, ev in rejected:
+            found = owner.get(id(ev))
+            if found is None:
+                continue
+            x, k, i = found
+            cls: type = ev.__class__
+            detail = f"event {i} of the message ({_event_type(cls)}, ts {ev.ts}): {reason}"
+            # one dead letter per rejected event: its id derives from the message and the event
+            self._drop(reason, 1, x, digest(reason, k + i.to_bytes(4, "big")), detail, dead)
 
     def _process_one_by_one(
         self, per_msg: list[tuple[Inbound, bytes, list[Any]]], dead: list[OutRow]
@@ -655,6 +723,7 @@ class Service:
             "pid": os.getpid(),
             "ts": round(time.time(), 3),
             "counters": dict(self.totals),
+            "dropped": dict(self.metrics.dropped_by_reason),
         }
         if self.outbox is not None:
             body["outbox_pending"] = self.outbox.pending
@@ -768,7 +837,7 @@ API_SEQ = "api_seq"
 def real_core_factory(settings: Settings, warnings: list[str] | None = None) -> CoreFactory:
     """Build ``engine.core.Core`` over the daemon's store from the configured files; what loading
     them warned about is appended to ``warnings`` (for ``Service(load_warnings=...)``)."""
-    from engine.core import Core
+    from engine.core import Core, CoreConfig
     from engine.profiles import load_profiles
 
     loaded = load_fences_and_campaigns(settings, warnings)
@@ -776,10 +845,14 @@ def real_core_factory(settings: Settings, warnings: list[str] | None = None) -> 
 
     warm_up(loaded["index"], loaded["campaigns"])
 
+    config = CoreConfig(max_skew_s=settings.max_skew, watermark_quorum=settings.watermark_quorum)
+
     def factory(store: SQLiteStore) -> CoreLike:
         # SQLiteStore.commit returns the outbox rows it wrote: a compatible extension of the
         # StateStore protocol (whose commit returns None).
-        core = Core(loaded["index"], loaded["campaigns"], cast("StateStore", store), profiles=profiles)
+        core = Core(
+            loaded["index"], loaded["campaigns"], cast("StateStore", store), config, profiles=profiles
+        )
         restore_core(core, store)
         return core
 
@@ -810,16 +883,41 @@ def warm_up(index: Any, campaigns: Any) -> None:
 
 
 WATERMARK_KEY = "core.watermark"
+REPAIRS_KEY = "core.watermark_repairs"  # how many times restore_core repaired it (ever)
+RETAINED_KEY = "retained:"  # + topic: the digest (hex) of the last retained message applied
 
 
-def restore_core(core: CoreLike, store: SQLiteStore) -> int:
+def restore_core(core: CoreLike, store: SQLiteStore, *, now: float | None = None) -> int:
     """Re-arm the core's in-memory timers after a restart, so visits carry on: the sweep queue of
     open visits (silent users still get their dwell and exit) and the event-time watermark,
-    through the public ``Core.restore``. Returns the number of open visits re-armed."""
-    wm = store.get_meta(WATERMARK_KEY)
+    through the public ``Core.restore``. Returns the number of open visits re-armed.
+
+    A persisted watermark further ahead of the wall clock (``now``) than the core's
+    ``max_skew_s`` was poisoned by a device's clock (before the watermark quorum existed): it
+    is repaired to the newest open visit's last event time that is not ahead of the clock
+    (or none), with a warning, in the state at once (``REPAIRS_KEY`` counts the repairs)."""
+    wm_text = store.get_meta(WATERMARK_KEY)
     users = store.users_with_visits()
-    core.restore(users, watermark=float(wm) if wm is not None else None)
+    wm = float(wm_text) if wm_text is not None else None
+    skew = float(getattr(getattr(core, "config", None), "max_skew_s", 300.0))
+    clock = time.time() if now is None else now
+    if wm is not None and wm > clock + skew:
+        sane = [u.last_ts for u in users if u.last_ts <= clock + skew]
+        fixed = max(sane) if sane else None
+        log.warning(
+            "the state's watermark %.3f is %.0f s ahead of the clock (a device's clock, before "
+            "the watermark quorum): repaired to %s", wm, wm - clock, fixed,
+        )  # fmt: skip
+        wm = fixed
+        repairs = int(store.get_meta(REPAIRS_KEY) or 0) + 1
+        store.commit([], meta={WATERMARK_KEY: repr(wm if wm is not None else float("-inf")),
+                               REPAIRS_KEY: str(repairs)})  # fmt: skip
+    core.restore(users, watermark=wm)
     return sum(len(u.visits) for u in users)
+
+
+def _with(a: dict[str, str] | None, b: dict[str, str]) -> dict[str, str] | None:
+    return {**a, **b} if a and b else (a or b or None)
 
 
 def core_watermark(core: CoreLike) -> float | None:

@@ -33,6 +33,11 @@ HELP: dict[str, str] = {
     "input_window": "how many recent input digests are kept to recognise redeliveries",
     "deadletter_payload": "most bytes of a rejected message a dead letter carries (the original's size and SHA-256 always; 0 = none)",
     "deadletter_rate": "dead letters per second (on average, bursts of 10 s worth) that carry a payload excerpt; beyond it they carry reason, size and digest only (0 = no limit)",
+    "max_skew": (
+        "seconds: a message with an event further ahead of the receiving clock is dead-lettered "
+        "(clock_skew); also how close the watermark quorum's times must be"
+    ),
+    "watermark_quorum": "the sweep's event time moves only to a time this many distinct users reached",
 }
 
 # The default of every setting as --help shows it (engine.daemon.config.Settings holds the values;
@@ -66,6 +71,8 @@ DEFAULTS: dict[str, str] = {
     "http": "none",
     "deadletter_payload": "4096",
     "deadletter_rate": "100.0",
+    "max_skew": "300.0",
+    "watermark_quorum": "3",
 }
 
 

@@ -100,6 +100,9 @@ class Inbound:
     dup: bool
     received: float  # time.time() when paho handed it over
     epoch: int  # connection number: an ack is only valid on the connection that received it
+    # The broker sends a retained message with this flag only because of a (new) subscription,
+    # e.g. at every start of the engine: the daemon recognises the ones it applied already.
+    retain: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,12 +189,12 @@ class MqttLink:
         wakeup = self._wakeup
         now = time.time
 
-        def deliver(topic: str, payload: bytes, mid: int, qos: int, dup: bool) -> None:
-            inbox.append(Inbound(topic, payload, mid, qos, dup, now(), epoch))
+        def deliver(topic: str, payload: bytes, mid: int, qos: int, dup: bool, retain: bool) -> None:
+            inbox.append(Inbound(topic, payload, mid, qos, dup, now(), epoch, retain))
             wakeup.set()
 
         def on_message(_c: Any, _u: Any, m: paho.MQTTMessage) -> None:
-            deliver(m.topic, bytes(m.payload), m.mid, m.qos, bool(m.dup))
+            deliver(m.topic, bytes(m.payload), m.mid, m.qos, bool(m.dup), bool(m.retain))
 
         _coalesce_writes(pc)
         _fast_reads(pc, deliver, self._raw_acked, manual_ack=self.manual_ack)
@@ -597,7 +600,7 @@ def _queue_bytes(pc: paho.Client, command: int, data: bytes) -> None:
 
 def _fast_reads(
     pc: paho.Client,
-    deliver: Callable[[str, bytes, int, int, bool], None],
+    deliver: Callable[[str, bytes, int, int, bool, bool], None],
     acked: Callable[[int], bool],
     *,
     manual_ack: bool,
@@ -607,7 +610,7 @@ def _fast_reads(
     paho reads every packet with 2-3 ``recv`` calls and builds an MQTTMessage (or, for a PUBACK,
     v5 reason-code and properties objects) under several locks. Here each socket-readable
     callback reads once into a buffer and parses the whole packets at its front: PUBLISH (QoS 0/1)
-    goes to ``deliver(topic, payload, mid, qos, dup)`` (with a PUBACK queued when acks are not
+    goes to ``deliver(topic, payload, mid, qos, dup, retain)`` (with a PUBACK queued when acks are not
     manual), PUBACK to ``acked(mid)`` (our own publishes) or else to paho's ``_do_on_publish``.
     The first packet of any other kind (or one paho is already halfway through) is read by paho
     from the same buffer, through ``_sock_recv``, and parsing resumes after it. Bytes left in the
@@ -691,7 +694,7 @@ def _fast_reads(
                     j += 2
                 payload = bytes(buf[j:stop])
                 pos = stop
-                deliver(topic, payload, mid, qos, bool(cmd & 0x08))
+                deliver(topic, payload, mid, qos, bool(cmd & 0x08), bool(cmd & 0x01))
                 if qos and not manual_ack:
                     pubacks.append(0x40020000 | mid)
         finally:

@@ -64,3 +64,62 @@ async def test_deploy_acl_lets_a_device_publish_only_as_itself(mosquitto_factory
     anon = MqttLink(parse_broker_url(url))
     with pytest.raises(Exception, match="(?i)not authori[sz]ed|refused|connect"):
         await anon.connect(timeout=5)
+
+
+def _shipped_broker(folder: Path, passwd: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """mosquitto from the shipped deploy/mosquitto.conf, adapted only where a test must: a free
+    loopback port, the test's password file, temp persistence, a log file (and root)."""
+    from simulator.embedded_broker import find_mosquitto, free_port, wait_listening
+
+    from .conftest import AS_ROOT
+
+    port = free_port()
+    subs = {
+        "listener 1883": f"listener {port} 127.0.0.1",
+        "password_file /etc/mosquitto/geopush.passwd": f"password_file {passwd}",
+        "acl_file /etc/mosquitto/geopush.acl": f"acl_file {DEPLOY / 'acl'}",
+        "persistence_location /var/lib/mosquitto/": f"persistence_location {folder}/",
+        "log_dest syslog": f"log_dest file {folder / 'mosquitto.log'}",
+    }
+    lines = (DEPLOY / "mosquitto.conf").read_text().splitlines()
+    for old in subs:
+        assert old in lines, f"deploy/mosquitto.conf no longer has {old!r}: adapt this test"
+    conf = folder / "mosquitto.conf"
+    conf.write_text(AS_ROOT + "\n".join(subs.get(x, x) for x in lines) + "\n")
+    binary = find_mosquitto()
+    assert binary is not None
+    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if not wait_listening("127.0.0.1", port, alive=lambda: proc.poll() is None):
+        proc.kill()
+        raise AssertionError(f"mosquitto did not start: {proc.communicate()[1]!r}")
+    return proc, f"mqtt://127.0.0.1:{port}"
+
+
+@needs_mosquitto
+async def test_shipped_config_no_device_can_take_over_the_engines_or_anothers_session(tmp_path):
+    proc, url = _shipped_broker(tmp_path, _passwd(tmp_path))
+    try:
+        engine_url = url.replace("mqtt://", "mqtt://geopush-engine:engine-pw@")
+        alice_url = url.replace("mqtt://", "mqtt://alice:alice-pw@")
+        bob_url = url.replace("mqtt://", "mqtt://bob:bob-pw@")
+        async with running_service(engine_url, tmp_path / "s.db") as svc:
+            assert svc.link.epoch == 1
+            # alice connects with the engine's client id and speaks: the engine stays on
+            alice = MqttLink(parse_broker_url(alice_url), client_id="geopush-engine")
+            await alice.connect()
+            # bob connects with alice's client id: alice stays on too
+            bob = MqttLink(parse_broker_url(bob_url), client_id="geopush-engine")
+            await bob.connect()
+            await asyncio.wait_for(alice.publish("geopush/events/alice", gps("alice", 10.0)), 5)
+            await asyncio.wait_for(bob.publish("geopush/events/bob", gps("bob", 11.0)), 5)
+            for _ in range(500):
+                if svc.totals["messages"] >= 2:
+                    break
+                await asyncio.sleep(0.02)
+            assert svc.link.epoch == 1 and svc.link.connected  # never knocked off
+            assert alice.connected and bob.connected
+            await alice.disconnect()
+            await bob.disconnect()
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)

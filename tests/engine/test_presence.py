@@ -45,8 +45,8 @@ def test_timeout_exits_at_lapse_on_the_users_next_event() -> None:
 def test_silent_user_is_exited_by_the_watermark_sweep_and_flush() -> None:
     w = World([circle("A", 0, 0, 50), circle("B", 1000, 0, 50)])
     w.run([gps("u", T0, 0, 0)])
-    # another user's events push event time on; u says nothing more
-    w.run([gps("v", T0 + t, 1000, 0) for t in range(0, 2000, 100)])
+    # other users' events push event time on; u says nothing more
+    w.run([gps(v, T0 + t, 1000, 0) for t in range(0, 2000, 100) for v in ("v", "x", "y")])
     assert ("u", "A", "exit", T0 + 900) in w.trail()
     w2 = World([circle("A", 0, 0, 50)])
     w2.run([gps("u", T0, 0, 0)], flush=T0 + 10_000)

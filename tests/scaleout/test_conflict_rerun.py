@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from engine.campaigns import load_campaigns
-from engine.core import Core
+from engine.core import Core, CoreConfig
 from engine.events import Gps, Payment
 from engine.outputs import VisitEvent
 from engine.stores.redis_store import RedisStore, commit_batch
@@ -15,6 +15,9 @@ from fences.index import FenceIndex
 from simulator.bench.workload import T0, City
 
 MakeStore = Callable[..., RedisStore]
+# One user's fix moves the sweep here (the tests are about timers across workers, not about
+# the watermark quorum: docs/architecture.md, "Clocks").
+ONE = CoreConfig(watermark_quorum=1)
 
 
 def _gps(user: str, ts: float, at: tuple[float, float]) -> Gps:
@@ -28,7 +31,7 @@ def test_a_rerun_after_a_conflict_keeps_the_timers_its_failed_attempt_consumed(
     fences, campaigns = city.write(tmp_path)
     index, camps = FenceIndex(load_catalog(fences)), load_campaigns(campaigns)
     a, b = make_store(worker="a"), make_store(worker="b")
-    core_a, core_b = Core(index, camps, a), Core(index, camps, b)
+    core_a, core_b = Core(index, camps, a, ONE), Core(index, camps, b, ONE)
     # Worker a: x enters store 0 (its exit timer is now in a's sweep queue); y is outside.
     first = [_gps("x", T0, city.center(0)), _gps("y", T0 + 10, city.outside(4))]
     outs, _ = commit_batch(core_a, a, first, core_a.process(first))
@@ -78,7 +81,7 @@ def test_another_worker_takes_over_the_timers_of_a_dead_one(
     fences, campaigns = city.write(tmp_path)
     index, camps = FenceIndex(load_catalog(fences)), load_campaigns(campaigns)
     a = make_store(worker="a")
-    core_a = Core(index, camps, a)
+    core_a = Core(index, camps, a, ONE)
     first = [_gps("x", T0, city.center(0))]  # x enters store 0, then goes silent
     commit_batch(
         core_a, a, first, core_a.process(first),
@@ -86,7 +89,7 @@ def test_another_worker_takes_over_the_timers_of_a_dead_one(
     )  # fmt: skip
     # Worker a dies with x's timer. Worker b starts: it re-arms every open visit in Redis.
     b = make_store(worker="b")
-    core_b = Core(index, camps, b)
+    core_b = Core(index, camps, b, ONE)
     assert restore_core(core_b, b) == 1
     late = T0 + core_b.config.presence_timeout_s + core_b.config.sweep_lateness_s + 60
     batch = [_gps("y", late, city.outside(4))]
