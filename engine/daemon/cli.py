@@ -68,6 +68,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "--no-owntracks", dest="owntracks", action="store_const", const=False, default=None,
         help="do not subscribe to owntracks/+/+",
     )  # fmt: skip
+    for flag, field in (("--new-state", "new_state"), ("--quarantine-corrupt", "quarantine_corrupt")):
+        run.add_argument(flag, dest=field, action="store_const", const=True, default=None, help=HELP[field])
     run.add_argument(
         "--uvloop", action="store_true", help="run on uvloop when installed (~20%% more msg/s)"
     )
@@ -101,6 +103,8 @@ def _run(args: argparse.Namespace) -> int:
 
     flags = {field: getattr(args, field, None) for _f, field, _k in _FLAGS}
     flags["owntracks"] = args.owntracks
+    flags["new_state"] = args.new_state
+    flags["quarantine_corrupt"] = args.quarantine_corrupt
     config = args.config or (Path(os.environ["GEOPUSH_CONFIG"]) if os.environ.get("GEOPUSH_CONFIG") else None)
     settings = load_settings(flags, config)
     setup_logging(settings.log_format, settings.log_level)

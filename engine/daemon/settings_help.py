@@ -29,5 +29,7 @@ HELP: dict[str, str] = {
     "pid_file": "write the pid here (default: <state>.pid); `geopush reload` signals it",
     "log_format": "text or json (JSON lines, one object per record)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "new_state": "allow a new, empty state over an existing EMPTY --state file (0 bytes, or SQLite without tables); without it such a file is refused (a lost state would sell coupons again). A missing file is always made anew; a foreign file is always refused",
+    "quarantine_corrupt": "move user records the state file cannot decode to its quarantine table (kept, not deleted; each logged; those users start afresh) instead of stopping with an error",
     "input_window": "how many recent input digests are kept to recognise redeliveries",
 }
