@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -95,6 +96,12 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # First of all: a SIGHUP (reload) during start-up must not kill the daemon (its default
+    # action), e.g. systemd's ExecReload or a `geopush reload` racing a restart. It is held here
+    # until the service's own handlers are in place, then handled once start-up is done.
+    held: list[int] = []
+    signal.signal(signal.SIGHUP, lambda signum, _frame: held.append(signum))
+
     import asyncio
 
     from engine.daemon.config import load_settings
@@ -113,6 +120,11 @@ def _run(args: argparse.Namespace) -> int:
     async def main() -> int:
         svc = Service(settings, factory, reloader=lambda: load_fences_and_campaigns(settings))
         svc.install_signal_handlers()
+        if held:  # asked for during start-up: once, when start-up is done (between batches)
+            logging.getLogger("geopush.daemon").info(
+                "SIGHUP received during start-up (%d): reloading once started", len(held)
+            )
+            svc.request_reload()
         return await svc.run()
 
     if args.uvloop:
