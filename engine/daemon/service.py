@@ -33,6 +33,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, cast
 
+from engine.daemon.broker_watch import META_KEY as BROKER_META_KEY
+from engine.daemon.broker_watch import BrokerWatch
 from engine.daemon.config import Settings
 from engine.daemon.metrics import Metrics
 from engine.daemon.outbox import Outbox
@@ -105,6 +107,7 @@ class Service:
         self.core: CoreLike | None = None
         self.link: MqttLink | None = None
         self.outbox: Outbox | None = None
+        self.broker_watch: BrokerWatch | None = None
         self._last_full_gc = time.monotonic()
         self._inbox_warned = 0.0
         self.ready = asyncio.Event()  # set once connected and subscribed (tests wait on it)
@@ -140,8 +143,10 @@ class Service:
         self._main = asyncio.current_task()  # type: ignore[assignment,unused-ignore]
         s = self.settings
         self.store = store = open_store(s, Renderer(self.topics))  # SQLite, or Redis (--group)
+        watch: asyncio.Task[None] | None = None
         try:
             self.core = self.core_factory(store)
+            log.info("%s", start_summary(s, self.core, store))
             self._write_pid()
             if s.metrics_port:
                 self.metrics.serve(s.metrics_port)
@@ -159,6 +164,12 @@ class Service:
                 password=s.password,
             )
             self.outbox = Outbox(link, store, self.metrics, max_in_flight=s.max_in_flight)
+            # the broker's own dropped-message counter ($SYS), on a connection of its own
+            self.broker_watch = BrokerWatch(
+                s, self.metrics, load=lambda: store.get_meta(BROKER_META_KEY),
+                save=lambda v: store.commit([], meta={BROKER_META_KEY: v}),
+            )  # fmt: skip
+            watch = asyncio.create_task(self.broker_watch.run(), name="broker-watch")
             await self._connection_loop()
             await self._drain()
             return 0
@@ -167,6 +178,10 @@ class Service:
                 self.link.drop()
             return 1
         finally:
+            if watch is not None:
+                watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await watch
             store.close()
             self._remove_pid()
 
@@ -573,6 +588,31 @@ __all__ = ["CoreFactory", "CoreLike", "Reloader", "Service"]
 
 
 # --- the real engine -------------------------------------------------------------------------------
+
+
+def start_summary(settings: Settings, core: Any, store: Any) -> str:
+    """One line: the state, fences, campaigns and profiles the daemon starts with, and where it
+    connects (the broker checks follow from ``BrokerWatch`` once read)."""
+    if settings.redis_url is not None:
+        from urllib.parse import urlsplit
+
+        u = urlsplit(settings.redis_url)
+        state = f"redis {u.hostname}:{u.port or 6379}{u.path} (shared by group {settings.group})"
+    else:
+        describe = getattr(store, "describe", None)
+        state = describe() if describe is not None else settings.state
+    parts = [f"state {state}"]
+    catalog = getattr(core, "catalog", None)
+    if catalog is not None:
+        parts.append(f"fences: {len(catalog)} stores ({settings.fences})")
+    campaigns = getattr(getattr(core, "campaigns", None), "campaigns", None)
+    if campaigns is not None:
+        parts.append(f"campaigns: {len(campaigns)} ({settings.campaigns})")
+    profiles = getattr(core, "profiles", None)
+    parts.append(f"profiles: {len(profiles)} ({settings.profiles})" if profiles is not None else "profiles: none")
+    address = parse_broker_url(settings.broker)
+    parts.append(f"broker mqtt://{address.host}:{address.port} as {settings.client_id}")
+    return "starting: " + "; ".join(parts)
 
 
 def load_fences_and_campaigns(settings: Settings) -> dict[str, Any]:

@@ -470,6 +470,18 @@ class SQLiteStore:
         with contextlib.suppress(sqlite3.Error):
             self._db.close()
 
+    def describe(self) -> str:
+        """One line for the daemon's start-up summary."""
+        kind = "new, empty" if self.created else "existing"
+        unsent = self._scalar("SELECT COUNT(*) FROM outbox WHERE sent = 0")
+        text = (
+            f"{self.path} ({kind}: {self.count('users')} users, {self.count('inventory')} "
+            f"coupon counters, {unsent} unsent outputs"
+        )
+        if self.quarantined:
+            text += f", {self.quarantined} corrupt records moved to its quarantine table"
+        return text + ")"
+
     # Introspection for tests and `geopush` tools.
     def count(self, table: str, where: str = "") -> int:
         assert table in {"users", "inventory", "push_ids", "outbox", "input_log"}

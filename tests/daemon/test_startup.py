@@ -4,6 +4,7 @@ the broker's own dropped-message counter ($SYS) watched and reported."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import signal
@@ -11,7 +12,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from .conftest import Collector, World, spawn_daemon
+from .conftest import Collector, World, needs_mosquitto, publish_all, spawn_daemon
 
 
 async def _open_writer(fifo: Path, proc: subprocess.Popen[bytes]) -> int:
@@ -75,3 +76,66 @@ async def test_sighup_during_start_up_is_held_and_reloads_once_started(broker, t
     text = err.decode()
     assert "SIGHUP received during start-up" in text
     assert text.count("reloaded fences and campaigns") == 1
+
+
+@needs_mosquitto
+async def test_messages_the_broker_drops_while_the_engine_is_down_are_reported(
+    mosquitto_factory, tmp_path: Path
+) -> None:
+    # a stock-like broker: a small queue per offline session, $SYS refreshed every second
+    broker = mosquitto_factory(
+        persistence=True, max_queued_messages=5, extra_config="sys_interval 1\n"
+    )
+    world = World(tmp_path / "city")
+    state = tmp_path / "s.db"
+    async with Collector(broker.url, ["geopush/status/#"]) as col:
+        proc = spawn_daemon(broker.url, state, world, "--log-level", "INFO")
+        try:
+            await _until(col, proc, lambda ss: any(s["state"] == "online" for s in ss))
+        finally:
+            proc.terminate()
+            _, err1 = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err1.decode()
+        first = err1.decode()
+        assert "starting: state" in first and "(new, empty: 0 users" in first
+        assert "fences: 16 stores (" in first  # a 4 x 4 city
+        assert "campaigns: " in first and "profiles: none" in first
+
+        # the engine is down: its persistent session queues 5 messages, the broker drops 25
+        await publish_all(broker.url, world.messages[:30])
+
+        proc = spawn_daemon(broker.url, state, world, "--log-level", "INFO")
+        try:
+            await _until(
+                col, proc, lambda ss: any(s["counters"].get("broker_dropped") == 25 for s in ss)
+            )
+        finally:
+            proc.terminate()
+            _, err2 = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err2.decode()
+    text = err2.decode()
+    assert "broker checks: mosquitto version" in text
+    assert "dropped-message counter watched" in text
+    assert "max_queued_messages" in text and "not checked" in text
+    assert "the broker dropped" in text and "geopush-engine" in text
+
+
+@needs_mosquitto
+async def test_a_broker_without_sys_counters_is_reported_as_not_checked(mosquitto_factory) -> None:
+    from engine.daemon.broker_watch import BrokerWatch
+    from engine.daemon.config import load_settings
+    from engine.daemon.metrics import Metrics
+
+    broker = mosquitto_factory(extra_config="sys_interval 0\n")  # no $SYS counters
+    metrics = Metrics()
+    watch = BrokerWatch(load_settings({"broker": broker.url}), metrics, probe_s=1.0)
+    task = asyncio.create_task(watch.run())
+    try:
+        while watch.checked is None:
+            await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert "could not check" in watch.checked
+    assert metrics.broker_sys._value.get() == 0
