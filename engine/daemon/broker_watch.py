@@ -36,10 +36,12 @@ from engine.transport.mqtt import MqttLink, parse_broker_url
 log = logging.getLogger("geopush.daemon")
 
 DROPPED = "$SYS/broker/publish/messages/dropped"
+DROP_RATE = "$SYS/broker/load/publish/dropped/15min"  # drops per minute, 15-min moving average
 VERSION = "$SYS/broker/version"
 UPTIME = "$SYS/broker/uptime"
-# retained: sent at once on subscribe, in this order (the start time before the first count)
-TOPICS = [UPTIME, VERSION, DROPPED]
+# Retained values come in this order on subscribe: the uptime (refreshed at every sys_interval)
+# last, so its arrival means "the retained values are in".
+TOPICS = [VERSION, DROPPED, DROP_RATE, UPTIME]
 META_KEY = "broker.dropped"  # "<count> <broker start, epoch seconds>"
 # Two start times this close (s) are the same broker run ($SYS/broker/uptime is refreshed every
 # sys_interval only, so a computed start time wobbles by that much).
@@ -79,9 +81,12 @@ class BrokerWatch:
         )
         self.version: str | None = None
         self.started: float | None = None  # the broker's start time (epoch s), from its uptime
-        self.dropped: int | None = None  # the counter's last value seen
+        self.dropped: int | None = None  # the counter's last value handled
+        self.dropped_at_start: int | None = None  # its retained value, if any, at subscribe
+        self.rate: float | None = None  # the broker's 15-min average of drops per minute
         self.checked: str | None = None  # the start-up line, once the probe is over
-        self._seen = asyncio.Event()  # a dropped counter arrived
+        self._pending: int | None = None  # a count that came before the first uptime
+        self._seen = asyncio.Event()  # the first uptime arrived
 
     async def run(self) -> None:
         """Until cancelled: connect, subscribe, read; reconnect with backoff."""
@@ -123,31 +128,41 @@ class BrokerWatch:
                 self.on_message(m.topic, m.payload)
 
     async def _probe(self) -> None:
-        """No counter after ``probe_s``: log that the broker could not be checked."""
+        """No $SYS after ``probe_s``: log that the broker could not be checked."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._seen.wait(), self.probe_s)
-        self._report(self.dropped)
-
-    def _report(self, dropped: int | None) -> None:
-        """Log once what could be checked (at the first counter, or when the probe gives up)."""
-        if self.checked is not None:
-            return
-        if dropped is None:
+        if not self._seen.is_set():
             self.metrics.broker_sys.set(0)
             self.checked = (
-                f"broker checks: could not check: no {DROPPED} within {self.probe_s:g} s (not "
-                "mosquitto, sys_interval 0, or an ACL hides $SYS from this user): messages the "
-                f"broker drops go unnoticed; {NOT_CHECKABLE}"
+                f"broker checks: could not check: no $SYS/broker/uptime within {self.probe_s:g} s "
+                "(not mosquitto, sys_interval 0, or an ACL hides $SYS from this user): messages "
+                f"the broker drops go unnoticed; {NOT_CHECKABLE}"
             )
             log.warning("%s", self.checked)
-            return
+
+    def _report(self) -> None:
+        """Log what could be checked, once the retained values are in (at the first uptime)."""
         self.metrics.broker_sys.set(1)
-        since = "" if self.started is None else f" since it started {_ago(self.started)}"
+        if self.dropped_at_start is not None:
+            count = f"{DROPPED} = {self.dropped_at_start} since it started {_ago(self.started)}"
+        else:
+            count = (
+                f"{DROPPED} unchanged for a minute or more (mosquitto republishes a $SYS value "
+                "only when it changes, and drops it after 60 s): watched for changes"
+            )
         self.checked = (
-            f"broker checks: {self.version or 'broker version unknown'}; dropped-message counter "
-            f"watched ({DROPPED} = {dropped}{since}); {NOT_CHECKABLE}"
+            f"broker checks: {self.version or 'broker version unknown'} via $SYS; dropped "
+            f"messages: {count}; {NOT_CHECKABLE}"
         )
         log.info("%s", self.checked)
+        if self.dropped_at_start is None and self.rate is not None and self.rate > 0:
+            log.warning(
+                "the broker dropped messages in the last hour or so ($SYS 15-min average: %.2f "
+                "per minute; the exact count comes with its next change): a full client queue "
+                "(mosquitto max_queued_messages): events queued for this engine's persistent "
+                "session (%s) may have been lost while it was down. Raise max_queued_messages "
+                "(deploy/mosquitto.conf)", self.rate, self.settings.client_id,
+            )  # fmt: skip
 
     # --- the counter -------------------------------------------------------------------------------
 
@@ -155,18 +170,30 @@ class BrokerWatch:
         text = payload.decode("utf-8", "replace").strip()
         if topic == VERSION:
             self.version = text
-        elif topic == UPTIME:
-            with contextlib.suppress(ValueError, IndexError):
-                self.started = time.time() - float(text.split()[0])
+        elif topic == DROP_RATE:
+            with contextlib.suppress(ValueError):
+                self.rate = float(text)
+                self.metrics.broker_drop_rate.set(self.rate)
         elif topic == DROPPED:
-            try:
+            with contextlib.suppress(ValueError):
                 value = int(text)
-            except ValueError:
+                if self.started is None:  # before the first uptime: the retained value
+                    self._pending = self.dropped_at_start = value
+                else:
+                    self._on_dropped(value)
+        elif topic == UPTIME:
+            try:
+                started = time.time() - float(text.split()[0])
+            except (ValueError, IndexError):
                 return
-            if self.dropped is None:
-                self._report(value)
+            first = self.started is None
+            self.started = started
+            if first:
+                self._report()
                 self._seen.set()
-            self._on_dropped(value)
+                if self._pending is not None:
+                    self._on_dropped(self._pending)
+                    self._pending = None
 
     def _on_dropped(self, value: int) -> None:
         last, when = self.dropped, "while this engine watched"
@@ -186,8 +213,7 @@ class BrokerWatch:
                 "broker-wide. Raise max_queued_messages (deploy/mosquitto.conf)",
                 n, when, DROPPED, last, value, self.settings.client_id,
             )  # fmt: skip
-        if value != last or self.load() is None:
-            self._persist(value)
+        self._persist(value)
 
     def _baseline(self, value: int) -> tuple[int, str]:
         """The first value seen by this run: compared with what the previous run saw when it is
@@ -199,7 +225,7 @@ class BrokerWatch:
                 count, start = int(count_s), float(start_s)
             except ValueError:
                 count, start = -1, 0.0
-            same_run = self.started is None or abs(self.started - start) < SAME_RUN_S
+            same_run = self.started is not None and abs(self.started - start) < SAME_RUN_S
             if 0 <= count <= value and same_run:
                 return count, "since this engine last looked (e.g. while it was down)"
         started = "" if self.started is None else f" {_ago(self.started)}"
@@ -212,7 +238,9 @@ class BrokerWatch:
             log.debug("cannot keep the broker's dropped count in the state: %s", exc)
 
 
-def _ago(epoch: float) -> str:
+def _ago(epoch: float | None) -> str:
+    if epoch is None:
+        return "(unknown)"
     s = max(0.0, time.time() - epoch)
     if s < 120:
         return f"{s:.0f} s ago"

@@ -78,6 +78,12 @@ class Metrics:
             registry=r,
         )
         self.broker_sys.set(-1)
+        self.broker_drop_rate = Gauge(
+            "geopush_broker_dropped_per_minute_15m",
+            "The broker's 15-minute average of messages dropped per minute "
+            "($SYS/broker/load/publish/dropped/15min; broker-wide)",
+            registry=r,
+        )
         # Plain totals for the status message and tests (prometheus counters are awkward to read).
         self.totals: PyCounter[str] = PyCounter()
 
