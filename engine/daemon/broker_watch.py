@@ -145,11 +145,13 @@ class BrokerWatch:
         self.metrics.broker_sys.set(1)
         if self.dropped_at_start is not None:
             count = f"{DROPPED} = {self.dropped_at_start} since it started {_ago(self.started)}"
-        else:
+        elif (self.version or "").startswith("mosquitto"):
             count = (
                 f"{DROPPED} unchanged for a minute or more (mosquitto republishes a $SYS value "
                 "only when it changes, and drops it after 60 s): watched for changes"
             )
+        else:
+            count = f"{DROPPED} not published by this broker (yet): watched for it"
         self.checked = (
             f"broker checks: {self.version or 'broker version unknown'} via $SYS; dropped "
             f"messages: {count}; {NOT_CHECKABLE}"

@@ -144,3 +144,44 @@ async def test_a_broker_without_sys_counters_is_reported_as_not_checked(mosquitt
             await task
     assert watch.checked is not None and "could not check" in watch.checked
     assert metrics.broker_sys._value.get() == 0
+
+
+def test_the_dropped_count_is_compared_with_the_previous_run_and_survives_broker_restarts(
+    caplog: Any,
+) -> None:
+    from engine.daemon.broker_watch import DROPPED, UPTIME, BrokerWatch
+    from engine.daemon.config import load_settings
+    from engine.daemon.metrics import Metrics
+
+    settings = load_settings({"broker": "mqtt://127.0.0.1:9"})
+    meta: dict[str, str] = {}
+
+    def watch() -> tuple[BrokerWatch, Metrics]:
+        m = Metrics()
+        w = BrokerWatch(settings, m, load=lambda: meta.get("k"), save=lambda v: meta.update(k=v))
+        return w, m
+
+    def total(m: Metrics) -> float:
+        return float(m.broker_dropped._value.get())
+
+    # run 1: a fresh broker, nothing dropped; the value is kept
+    w, m = watch()
+    w.on_message(UPTIME, b"100 seconds")
+    w.on_message(DROPPED, b"0")
+    assert total(m) == 0 and meta["k"].startswith("0 ")
+    # run 2, same broker run (retained count before the uptime): 25 dropped while it was down
+    w, m = watch()
+    w.on_message(DROPPED, b"25")
+    w.on_message(UPTIME, b"160 seconds")
+    assert total(m) == 25 and m.totals["broker_dropped"] == 25
+    assert "since this engine last looked" in caplog.text
+    assert "= 25 since it started" in (w.checked or "")
+    w.on_message(DROPPED, b"30")  # live
+    assert total(m) == 30
+    # run 3: the broker restarted meanwhile (another start time): its count is all new
+    w, m = watch()
+    w.on_message(UPTIME, b"5 seconds")
+    w.on_message(DROPPED, b"3")
+    assert total(m) == 3 and "since the broker started" in caplog.text
+    w.on_message(DROPPED, b"1")  # a restart seen live: the counter went back
+    assert total(m) == 4
