@@ -596,8 +596,9 @@ def start_summary(settings: Settings, core: Any, store: Any) -> str:
     if settings.redis_url is not None:
         from urllib.parse import urlsplit
 
-        u = urlsplit(settings.redis_url)
-        state = f"redis {u.hostname}:{u.port or 6379}{u.path} (shared by group {settings.group})"
+        u = urlsplit(settings.redis_url)  # without the credentials
+        where = f"{u.hostname or ''}{f':{u.port}' if u.port else ''}{u.path}"
+        state = f"{u.scheme}://{where} (shared by group {settings.group})"
     else:
         describe = getattr(store, "describe", None)
         state = describe() if describe is not None else settings.state
