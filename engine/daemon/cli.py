@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -29,6 +30,8 @@ _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--broker", "broker", {"metavar": "URL"}),
     ("--username", "username", {}),
     ("--password", "password", {}),
+    ("--sys-username", "sys_username", {}),
+    ("--sys-password", "sys_password", {}),
     ("--fences", "fences", {"type": Path, "metavar": "FILE"}),
     ("--campaigns", "campaigns", {"type": Path, "metavar": "FILE"}),
     ("--profiles", "profiles", {"type": Path, "metavar": "FILE"}),
@@ -77,6 +80,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "--no-owntracks", dest="owntracks", action="store_const", const=False, default=None,
         help="do not subscribe to owntracks/+/+ (default: subscribe; env GEOPUSH_OWNTRACKS=false)",
     )  # fmt: skip
+    for flag, field in (("--new-state", "new_state"), ("--quarantine-corrupt", "quarantine_corrupt")):
+        run.add_argument(flag, dest=field, action="store_const", const=True, default=None, help=flag_help(field))
     run.add_argument(
         "--uvloop", action="store_true", help="run on uvloop when installed (~20%% more msg/s; default: asyncio)"
     )
@@ -102,6 +107,12 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # First of all: a SIGHUP (reload) during start-up must not kill the daemon (its default
+    # action), e.g. systemd's ExecReload or a `geopush reload` racing a restart. It is held here
+    # until the service's own handlers are in place, then handled once start-up is done.
+    held: list[int] = []
+    signal.signal(signal.SIGHUP, lambda signum, _frame: held.append(signum))
+
     import asyncio
 
     from engine.daemon.config import load_settings
@@ -110,6 +121,8 @@ def _run(args: argparse.Namespace) -> int:
 
     flags = {field: getattr(args, field, None) for _f, field, _k in _FLAGS}
     flags["owntracks"] = args.owntracks
+    flags["new_state"] = args.new_state
+    flags["quarantine_corrupt"] = args.quarantine_corrupt
     config = args.config or (Path(os.environ["GEOPUSH_CONFIG"]) if os.environ.get("GEOPUSH_CONFIG") else None)
     settings = load_settings(flags, config)
     setup_logging(settings.log_format, settings.log_level)
@@ -124,6 +137,11 @@ def _run(args: argparse.Namespace) -> int:
             load_warnings=warnings,
         )
         svc.install_signal_handlers()
+        if held:  # asked for during start-up: once, when start-up is done (between batches)
+            logging.getLogger("geopush.daemon").info(
+                "SIGHUP received during start-up (%d): reloading once started", len(held)
+            )
+            svc.request_reload()
         return await svc.run()
 
     if args.uvloop:

@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     deadletter_rate: float = Field(100.0, ge=0)
     max_skew: float = Field(300.0, gt=0)
     watermark_quorum: int = Field(3, ge=1)
+    sys_username: str | None = None  # the $SYS watch's own login (broker_watch.py)
+    sys_password: str | None = None
+    new_state: bool = False
+    quarantine_corrupt: bool = False
 
     @field_validator("prefix")
     @classmethod

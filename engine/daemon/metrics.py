@@ -86,6 +86,24 @@ class Metrics:
             "From receipt of the triggering message to the broker's PUBACK of the push",
             registry=r, buckets=_LATENCY_BUCKETS,
         )  # fmt: skip
+        self.broker_dropped = Counter(
+            "geopush_broker_dropped_messages",
+            "Messages the broker reports it dropped ($SYS/broker/publish/messages/dropped, "
+            "broker-wide) since this engine last looked, the time it was down included",
+            registry=r,
+        )
+        self.broker_sys = Gauge(
+            "geopush_broker_sys_readable",
+            "1 when the broker's $SYS dropped-message counter can be read, 0 when not (-1 unknown)",
+            registry=r,
+        )
+        self.broker_sys.set(-1)
+        self.broker_drop_rate = Gauge(
+            "geopush_broker_dropped_per_minute_15m",
+            "The broker's 15-minute average of messages dropped per minute "
+            "($SYS/broker/load/publish/dropped/15min; broker-wide)",
+            registry=r,
+        )
         # Plain totals for the status message and tests (prometheus counters are awkward to read).
         self.totals: PyCounter[str] = PyCounter()
         self.dropped_by_reason: PyCounter[str] = PyCounter()  # the status message's ``dropped``

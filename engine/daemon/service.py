@@ -32,6 +32,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, cast
 
+from engine.daemon.broker_watch import META_KEY as BROKER_META_KEY
+from engine.daemon.broker_watch import BrokerWatch, watch_refusal
 from engine.daemon.config import Settings
 from engine.daemon.metrics import Metrics
 from engine.daemon.outbox import Outbox
@@ -111,6 +113,7 @@ class Service:
         self.link: MqttLink | None = None
         self.outbox: Outbox | None = None
         self.api: Any = None  # engine.api.server.ApiServer with --http
+        self.broker_watch: BrokerWatch | None = None
         self._last_full_gc = time.monotonic()
         self._inbox_warned = 0.0
         # Crash-loop protection (engine/daemon/poison.py): the batch in hand, the messages the
@@ -157,10 +160,12 @@ class Service:
         self._main = asyncio.current_task()  # type: ignore[assignment,unused-ignore]
         s = self.settings
         self.store = store = open_store(s, Renderer(self.topics))  # SQLite, or Redis (--group)
+        watch: asyncio.Task[None] | None = None
         try:
             self._open_breadcrumb(store)
             repairs = store.get_meta(REPAIRS_KEY)
             self.core = self.core_factory(store)  # restore_core: may repair a poisoned watermark
+            log.info("%s", start_summary(s, self.core, store))
             if store.get_meta(REPAIRS_KEY) != repairs:
                 self.metrics.watermark_repairs.inc()
                 self.totals["watermark_repaired"] += 1
@@ -183,6 +188,16 @@ class Service:
                 password=s.password,
             )
             self.outbox = Outbox(link, store, self.metrics, max_in_flight=s.max_in_flight)
+            # the broker's own dropped-message counter ($SYS), on a connection (and login) of its own
+            refusal = watch_refusal(s)
+            if refusal is None:
+                self.broker_watch = BrokerWatch(
+                    s, self.metrics, load=lambda: store.get_meta(BROKER_META_KEY),
+                    save=lambda v: store.commit([], meta={BROKER_META_KEY: v}),
+                )  # fmt: skip
+                watch = asyncio.create_task(self.broker_watch.run(), name="broker-watch")
+            else:
+                log.warning("%s", refusal)
             await self._connection_loop()
             await self._drain()
             return 0
@@ -198,6 +213,10 @@ class Service:
                     await self.api.stop()
             if self._crumb is not None:
                 self._crumb.close()
+            if watch is not None:
+                watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await watch
             store.close()
             self._remove_pid()
 
@@ -797,6 +816,32 @@ def _exc_detail(exc: BaseException) -> str:
 
 
 # --- the real engine -------------------------------------------------------------------------------
+
+
+def start_summary(settings: Settings, core: Any, store: Any) -> str:
+    """One line: the state, fences, campaigns and profiles the daemon starts with, and where it
+    connects (the broker checks follow from ``BrokerWatch`` once read)."""
+    if settings.redis_url is not None:
+        from urllib.parse import urlsplit
+
+        u = urlsplit(settings.redis_url)  # without the credentials
+        where = f"{u.hostname or ''}{f':{u.port}' if u.port else ''}{u.path}"
+        state = f"{u.scheme}://{where} (shared by group {settings.group})"
+    else:
+        describe = getattr(store, "describe", None)
+        state = describe() if describe is not None else settings.state
+    parts = [f"state {state}"]
+    catalog = getattr(core, "catalog", None)
+    if catalog is not None:
+        parts.append(f"fences: {len(catalog)} stores ({settings.fences})")
+    campaigns = getattr(getattr(core, "campaigns", None), "campaigns", None)
+    if campaigns is not None:
+        parts.append(f"campaigns: {len(campaigns)} ({settings.campaigns})")
+    profiles = getattr(core, "profiles", None)
+    parts.append(f"profiles: {len(profiles)} ({settings.profiles})" if profiles is not None else "profiles: none")
+    address = parse_broker_url(settings.broker)
+    parts.append(f"broker mqtt://{address.host}:{address.port} as {settings.client_id}")
+    return "starting: " + "; ".join(parts)
 
 
 def load_fences_and_campaigns(

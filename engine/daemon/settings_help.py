@@ -30,6 +30,10 @@ HELP: dict[str, str] = {
     "log_format": "text or json (JSON lines, one object per record)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "http": "serve the HTTP API (stores live, tokens; docs/api.md) on HOST:PORT, e.g. 127.0.0.1:8080 (default off); needs a SQLite --state",
+    "sys_username": "login of the broker $SYS watch's own connection (<client_id>-sys), with its ACL read on $SYS/broker/#; needed where client ids are tied to logins (deploy/mosquitto.conf); without it and with --username the watch is off",
+    "sys_password": "password of sys_username",
+    "new_state": "allow a new, empty state over an existing EMPTY --state file (0 bytes, or SQLite without tables); without it such a file is refused (a lost state would sell coupons again). A missing file is always made anew; a foreign file is always refused",
+    "quarantine_corrupt": "move user records the state file cannot decode to its quarantine table (kept, not deleted; each logged; those users start afresh) instead of stopping with an error",
     "input_window": "how many recent input digests are kept to recognise redeliveries",
     "deadletter_payload": "most bytes of a rejected message a dead letter carries (the original's size and SHA-256 always; 0 = none)",
     "deadletter_rate": "dead letters per second (on average, bursts of 10 s worth) that carry a payload excerpt; beyond it they carry reason, size and digest only (0 = no limit)",
@@ -73,6 +77,10 @@ DEFAULTS: dict[str, str] = {
     "deadletter_rate": "100.0",
     "max_skew": "300.0",
     "watermark_quorum": "3",
+    "sys_username": "none",
+    "sys_password": "none",
+    "new_state": "false",
+    "quarantine_corrupt": "false",
 }
 
 

@@ -657,6 +657,8 @@ def open_store(settings: Settings, render: Any) -> SQLiteStore:
             render=render,
             synchronous=settings.sqlite_sync,
             input_window=settings.input_window,
+            new=settings.new_state,
+            quarantine_corrupt=settings.quarantine_corrupt,
         )
     store = RedisStore.from_url(url, worker=settings.client_id, render=render)
     return cast(SQLiteStore, store)

@@ -30,6 +30,14 @@ Tables (schema version 4):
 * ``api_stores`` and ``api_tokens`` (schema 4): the HTTP API's store changes (laid over the
   catalog file at start) and its hashed tokens; read and written by engine/api/state.py on a
   connection of its own (this class never touches them).
+* ``quarantine(user, blob, error, at)``: made only by ``quarantine_corrupt``: user records that
+  could not be decoded, moved out of ``users`` (kept, never deleted by geopush).
+
+Opening refuses what is not a geopush state file, so a lost or damaged file is never silently
+taken for a new, empty state (visits, push log and coupon counts gone: an inventory-1 coupon sold
+twice): a new file is made only where the path does not exist, or, with ``new=True`` (``geopush
+run --new-state``), over an existing EMPTY file (0 bytes, or a SQLite database without tables).
+A file that is not SQLite, or SQLite without geopush's ``meta`` schema row, is refused even then.
 
 ``commit`` writes the touched users, changed counters, new push ids, the batch's outbox rows and
 input digests in ONE transaction (the contract in engine/state.py), plus the ``sent`` flags of
@@ -58,11 +66,14 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+import msgspec
 
 from engine.errors import StateError
 from engine.state import Output, UserState, decode_user, encode_user
@@ -146,12 +157,19 @@ class SQLiteStore:
         cache_users: int = 200_000,
         input_window: int = 100_000,
         outbox_keep: int = 100_000,
+        new: bool = False,
+        quarantine_corrupt: bool = False,
     ) -> None:
         self.path = Path(path)
         self.render = render
         self.cache_users = cache_users
         self.input_window = input_window
         self.outbox_keep = outbox_keep
+        # An undecodable user record: moved to the quarantine table (True) or a StateError.
+        self.quarantine_corrupt = quarantine_corrupt
+        self.quarantined = 0  # records moved to the quarantine table by this store
+        # "new": made by this open; "existing": a geopush state file
+        self.created = _check_file(self.path, new=new)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(
@@ -165,10 +183,30 @@ class SQLiteStore:
             # 64 MiB of page cache (SQLite's default is 2 MiB): the outbox's and push log's
             # indexes on random ids outgrow 2 MiB quickly, and every insert then reads pages
             self._db.execute("PRAGMA cache_size=-65536")
-            self._db.executescript(_SCHEMA)
-            self._check_schema()
+            if not self.created:
+                self._check_geopush(new=new)
+            if self.created or not self._tables():
+                # a new file: tables and schema row in one transaction (a crash in between must
+                # not leave a file the next start would refuse as foreign)
+                self._db.executescript(
+                    f"BEGIN;{_SCHEMA}INSERT INTO meta (key, value) VALUES "
+                    f"('schema', '{SCHEMA_VERSION}');COMMIT;"
+                )
+                self.created = True
+            else:
+                self._db.executescript(_SCHEMA)
+                self._check_schema()
         except sqlite3.Error as exc:
-            raise StateError(f"cannot open state file {self.path}: {exc}") from exc
+            with contextlib.suppress(sqlite3.Error, AttributeError):
+                self._db.close()
+            raise StateError(
+                f"cannot open state file {self.path}: {exc} (a damaged file: restore it from a "
+                "backup, or move it away to start with a new, empty state)"
+            ) from exc
+        except StateError:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            raise
         self._cache: OrderedDict[str, UserState] = OrderedDict()
         self._touched: dict[str, UserState] = {}
         self._inventory: dict[str, int] = {}
@@ -211,7 +249,7 @@ class SQLiteStore:
             chunk = missing[i : i + 500]
             marks = ",".join("?" * len(chunk))
             rows = self._query(f"SELECT user, blob FROM users WHERE user IN ({marks})", chunk)
-            found = {u: decode_user(b) for u, b in rows}
+            found = {u: self._decode(u, b) for u, b in rows}
             for u in chunk:
                 self._cache_put(u, found.get(u) or UserState(user=u))
 
@@ -376,9 +414,9 @@ class SQLiteStore:
     def users_with_visits(self) -> list[UserState]:
         """Every stored user with an open visit (to re-arm the core's timers at start)."""
         out = []
-        for _u, blob in self._query("SELECT user, blob FROM users", ()):
-            st = decode_user(blob)
-            if st.visits:
+        for u, blob in self._query("SELECT user, blob FROM users", ()):
+            st = self._decode(u, blob)
+            if st is not None and st.visits:
                 out.append(st)
         return out
 
@@ -490,13 +528,26 @@ class SQLiteStore:
         with contextlib.suppress(sqlite3.Error):
             self._db.close()
 
+    def describe(self) -> str:
+        """One line for the daemon's start-up summary."""
+        kind = "new, empty" if self.created else "existing"
+        unsent = self._scalar("SELECT COUNT(*) FROM outbox WHERE sent = 0")
+        text = (
+            f"{self.path} ({kind}: {self.count('users')} users, {self.count('inventory')} "
+            f"coupon counters, {unsent} unsent outputs"
+        )
+        if self.quarantined:
+            text += f", {self.quarantined} corrupt records moved to its quarantine table"
+        return text + ")"
+
     # Introspection for tests and `geopush` tools.
     def count(self, table: str, where: str = "") -> int:
         assert table in {"users", "inventory", "push_ids", "outbox", "input_log"}
         return self._scalar(f"SELECT COUNT(*) FROM {table} {where}")
 
     def all_users(self) -> dict[str, UserState]:
-        return {u: decode_user(b) for u, b in self._query("SELECT user, blob FROM users", ())}
+        rows = self._query("SELECT user, blob FROM users", ())
+        return {u: st for u, b in rows if (st := self._decode(u, b)) is not None}
 
     def inventory(self) -> dict[str, int]:
         return {c: int(n) for c, n in self._query("SELECT campaign_id, left FROM inventory", ())}
@@ -547,7 +598,71 @@ class SQLiteStore:
 
     def _load_user(self, user: str) -> UserState:
         rows = self._query("SELECT blob FROM users WHERE user = ?", (user,))
-        return decode_user(rows[0][0]) if rows else UserState(user=user)
+        st = self._decode(user, rows[0][0]) if rows else None
+        return st if st is not None else UserState(user=user)
+
+    def _decode(self, user: str, blob: Any) -> UserState | None:
+        """The stored record of ``user``; one that cannot be decoded is a StateError naming the
+        file and the user, or, with ``quarantine_corrupt``, moved to the quarantine table (the
+        user then starts afresh) and None."""
+        try:
+            return decode_user(blob)
+        except (msgspec.DecodeError, TypeError, ValueError) as exc:
+            if not self.quarantine_corrupt:
+                raise StateError(
+                    f"state file {self.path}: the record of user {user!r} is corrupt and cannot "
+                    f"be read ({exc}). Restore the file from a backup, or start with "
+                    "--quarantine-corrupt (GEOPUSH_QUARANTINE_CORRUPT=true) to move unreadable "
+                    "records to the file's quarantine table (kept, not deleted; those users "
+                    "start afresh)"
+                ) from exc
+            self._quarantine(user, blob, str(exc))
+            return None
+
+    def _quarantine(self, user: str, blob: Any, error: str) -> None:
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(_QUARANTINE)
+            db.execute(
+                "INSERT INTO quarantine (user, blob, error, at) VALUES (?, ?, ?, ?)",
+                (user, blob, error, time.time()),
+            )
+            db.execute("DELETE FROM users WHERE user = ?", (user,))
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._safe_rollback()
+            raise StateError(f"state file {self.path}: cannot quarantine user {user!r}: {exc}") from exc
+        self.quarantined += 1
+        log.warning(
+            "state file %s: the record of user %r is corrupt (%s): moved to its quarantine "
+            "table; the user starts afresh", self.path, user, error,
+        )  # fmt: skip
+
+    def _tables(self) -> list[str]:
+        rows = self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        return [str(r[0]) for r in rows if not str(r[0]).startswith("sqlite_")]
+
+    def _check_geopush(self, *, new: bool) -> None:
+        """An existing SQLite file: geopush's (a ``meta`` schema row), or empty (no tables) and
+        ``new`` allowed; anything else is refused (StateError naming the file)."""
+        tables = self._tables()
+        if not tables:
+            if new:
+                log.warning("state file %s is empty: starting a new state (--new-state)", self.path)
+                return
+            raise StateError(_refusal(self.path, "is an empty SQLite database (no tables)"))
+        schema = None
+        if "meta" in tables:
+            rows = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchall()
+            schema = rows[0][0] if rows else None
+        if schema is None:
+            raise StateError(
+                f"state file {self.path} is a SQLite database but not a geopush state file "
+                f"(tables: {', '.join(sorted(tables)[:8])}; no schema row in meta): refusing to "
+                "use it. Check --state (GEOPUSH_STATE): point it at the geopush state file, or at "
+                "a path that does not exist yet to start a new state"
+            )
 
     def _cache_put(self, user: str, st: UserState) -> None:
         self._cache[user] = st
@@ -608,6 +723,44 @@ class SQLiteStore:
 
 _MARK_SENT = "UPDATE outbox SET sent = 1 WHERE seq = ?"
 _DELETE_SENT = "DELETE FROM outbox WHERE seq = ?"
+_QUARANTINE = """CREATE TABLE IF NOT EXISTS quarantine (
+    user TEXT NOT NULL, blob BLOB, error TEXT NOT NULL, at REAL NOT NULL
+)"""
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _refusal(path: Path, what: str) -> str:
+    return (
+        f"state file {path} exists but {what}: refusing to take it for a new, empty state "
+        "(visits, push log and coupon counts would be lost, and coupons sold again). Restore "
+        "it from a backup; or, to start anew deliberately, run once with --new-state "
+        "(GEOPUSH_NEW_STATE=true), or remove the file"
+    )
+
+
+def _check_file(path: Path, *, new: bool) -> bool:
+    """Before SQLite opens ``path``: True when a new state is to be made there (no file, or an
+    empty one that ``new`` allows); False for a SQLite file (checked further once open); a
+    StateError for an empty file without ``new`` or a file that is not SQLite."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(len(_SQLITE_MAGIC))
+    except FileNotFoundError:
+        return True
+    except OSError as exc:
+        raise StateError(f"cannot read state file {path}: {exc}") from exc
+    if not head:
+        if new:
+            log.warning("state file %s is empty (0 bytes): starting a new state (--new-state)", path)
+            return True
+        raise StateError(_refusal(path, "is empty (0 bytes)"))
+    if head != _SQLITE_MAGIC:
+        raise StateError(
+            f"state file {path} is not a SQLite database (it starts with {head[:8]!r}): refusing "
+            "to use or overwrite it. Check --state (GEOPUSH_STATE): point it at the geopush state "
+            "file, or at a path that does not exist yet to start a new state"
+        )
+    return False
 # From schema N to N + 1 (run in one transaction by SQLiteStore._migrate).
 _MIGRATIONS: dict[str, tuple[str, ...]] = {
     # the input digests move from a table keyed by digest to an append-only log
