@@ -72,6 +72,7 @@ class Campaign:
     cooldown_s: float = 0.0
     inventory: int | None = None  # None = unlimited
     priority: int = 0
+    holdout_pct: float = 0.0  # share (percent) of eligible users decided but not pushed
     # Fast-path flags (set by the loader; False = "check it", always correct):
     any_time: bool = False  # every day, all day, no validity bounds
     anyone: bool = False  # segment all, no tags
@@ -239,6 +240,7 @@ class CampaignModel(_Model):
     caps: CapsModel = Field(default_factory=CapsModel)
     inventory: int | None = Field(default=None, ge=0)
     priority: int = 0
+    holdout_pct: float = Field(default=0.0, ge=0, lt=100)
     coupon: CouponModel
 
 
@@ -293,6 +295,7 @@ def _to_campaign(m: CampaignModel) -> Campaign:
         cooldown_s=m.caps.cooldown_s,
         inventory=m.inventory,
         priority=m.priority,
+        holdout_pct=m.holdout_pct,
     )
 
 

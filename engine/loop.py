@@ -1,0 +1,238 @@
+"""Closing the loop: coupon codes, redemptions, attribution of payments, holdout buckets.
+
+Plain functions over a ``UserState`` (no I/O); the core calls them (engine/core.py), the report
+reads what they emit (engine/report.py). Rules, in docs/architecture.md ("Closing the loop"):
+
+* **Codes.** A push's code is ``HMAC-SHA256(secret, push_id)``: its first 50 bits as 10 Crockford
+  base32 characters, then one Luhn mod 32 check character (11 characters, e.g. ``7MZ4K0Q2XH-R``
+  shown with a dash, typed in any case; I/L read as 1 and O as 0). Unguessable without the
+  secret (a random guess hits one given push with probability 2^-50), and a typo is caught by
+  the check character before any look-up (``invalid_code``).
+* **Where a code is resolved.** The till publishes the ``redeem`` event on the user's events topic,
+  so the user's state owner (the one worker that owns the user, exactly as for pushes) decides it
+  against the user's ``offers`` (code -> ``Offer``): one dict look-up, no scan, and the answer
+  commits atomically with the user record, so a redemption happens exactly once across crashes
+  and workers.
+* **Attribution.** A payment at merchant M is attributed to: the push whose code it carries (when
+  that code is M's and valid or redeemed); else M's latest redeemed offer not yet attributed,
+  redeemed within the window before the payment; else M's latest offer (a push, or a holdout
+  decision, so that both arms of a lift are measured alike) decided within the window before it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Final
+
+from engine.outputs import Holdout, Order, Push, RedeemResult, RedeemStatus
+from engine.state import Offer, UserState
+
+ALPHABET: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32: no I, L, O, U
+CODE_DATA_CHARS: Final = 10  # 50 bits of the MAC
+CODE_LEN: Final = CODE_DATA_CHARS + 1
+DEFAULT_REPLAY_SECRET: Final = "geopush-replay-not-secret"
+ATTRIBUTION_WINDOW_S: Final = 7 * 86400.0
+_VALUE: Final = {c: i for i, c in enumerate(ALPHABET)}
+_VALUE.update({"I": 1, "L": 1, "O": 0})
+for _c in list(_VALUE):
+    _VALUE[_c.lower()] = _VALUE[_c]
+
+
+def _luhn32(values: list[int]) -> int:
+    """Luhn mod 32 check value: detects every single-character error and every transposition
+    of two adjacent characters."""
+    total = 0
+    factor = 2
+    for v in reversed(values):
+        a = factor * v
+        total += a // 32 + a % 32
+        factor = 1 if factor == 2 else 2
+    return (32 - total % 32) % 32
+
+
+def coupon_code(secret: bytes, push_id: str) -> str:
+    """The push's coupon code (11 characters, canonical: upper case, no dash)."""
+    mac = hmac.new(secret, push_id.encode(), hashlib.sha256).digest()
+    n = int.from_bytes(mac[:8], "big") >> (64 - 5 * CODE_DATA_CHARS)
+    vals = [(n >> (5 * (CODE_DATA_CHARS - 1 - i))) & 31 for i in range(CODE_DATA_CHARS)]
+    vals.append(_luhn32(vals))
+    return "".join(ALPHABET[v] for v in vals)
+
+
+def display_code(code: str) -> str:
+    """``XXXXXXXXXX-C``: the code as shown to people (the dash is optional when typed)."""
+    return f"{code[:CODE_DATA_CHARS]}-{code[CODE_DATA_CHARS:]}"
+
+
+def normalise_code(text: str) -> str | None:
+    """The canonical code typed as ``text`` (any case, dashes and spaces ignored, I/L -> 1,
+    O -> 0), or None when it is not a well-formed code (wrong length, a foreign character or a
+    failing check character)."""
+    vals: list[int] = []
+    for ch in text:
+        if ch in "- ":
+            continue
+        v = _VALUE.get(ch)
+        if v is None:
+            return None
+        vals.append(v)
+    if len(vals) != CODE_LEN or _luhn32(vals[:-1]) != vals[-1]:
+        return None
+    return "".join(ALPHABET[v] for v in vals)
+
+
+def secret_bytes(secret: str) -> bytes:
+    return secret.encode("utf-8")
+
+
+# --- holdouts -------------------------------------------------------------------------------------
+
+
+def holdout_bucket(user: str, campaign_id: str) -> float:
+    """A uniform number in [0, 1) fixed by (user, campaign): the user is held out of the
+    campaign when it is below ``holdout_pct / 100``. No secret: anyone can recompute it."""
+    h = hashlib.blake2b(f"{user}\x1f{campaign_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "big") / 18446744073709551616.0
+
+
+def in_holdout(user: str, campaign_id: str, holdout_pct: float) -> bool:
+    return holdout_pct > 0.0 and holdout_bucket(user, campaign_id) * 100.0 < holdout_pct
+
+
+# --- records --------------------------------------------------------------------------------------
+
+
+def _keep_until(o: Offer, window_s: float) -> float:
+    t = max(o.ts + window_s, o.expires_ts)
+    if o.redeemed_ts is not None:
+        t = max(t, o.redeemed_ts + window_s)
+    return t
+
+
+def record_offer(st: UserState, out: Push | Holdout, expires_in_s: float, window_s: float) -> None:
+    """Remember a push (by its code) or a holdout decision (by its push_id) in the user's record,
+    and forget offers that can no longer be redeemed nor attributed (``_keep_until`` passed)."""
+    offers = st.offers
+    if offers is None:
+        offers = st.offers = {}
+    else:
+        now = out.ts
+        stale = [k for k, o in offers.items() if _keep_until(o, window_s) < now]
+        for k in stale:
+            del offers[k]
+    held = type(out) is Holdout
+    key = out.push_id if held else out.code  # type: ignore[union-attr]
+    offers[key] = Offer(
+        push_id=out.push_id,
+        campaign_id=out.campaign_id,
+        merchant_id=out.merchant_id,
+        ts=out.ts,
+        expires_ts=out.ts + expires_in_s,
+        held_out=held,
+    )
+
+
+def redeem(
+    st: UserState, merchant_id: str, code_text: str, ts: float, request_id: str | None
+) -> RedeemResult:
+    """Check and (when ok) redeem a code for the user; the answer says which.
+
+    Order of checks: well-formed (``invalid_code``), the user's push (``not_found``; holdout
+    decisions have no code), this merchant's (``other_merchant``), not redeemed before
+    (``already_redeemed``; a retry with the redemption's own request id answers ``ok`` again),
+    not expired at ``ts`` (``expired``: ``ts`` past the push's ts + ``expires_in_s``)."""
+    code = normalise_code(code_text)
+    req = request_id if request_id is not None else f"{code or code_text}@{ts!r}"
+    status: RedeemStatus
+    o = None
+    if code is None:
+        status = "invalid_code"
+    else:
+        o = st.offers.get(code) if st.offers is not None else None
+        if o is None or o.held_out:
+            o = None
+            status = "not_found"
+        elif o.merchant_id != merchant_id:
+            status = "other_merchant"
+        elif o.redeemed_ts is not None:
+            status = "ok" if o.redeem_req == req else "already_redeemed"
+        elif ts > o.expires_ts:
+            status = "expired"
+        else:
+            status = "ok"
+            o.redeemed_ts = ts
+            o.redeem_req = req
+    return RedeemResult(
+        request_id=req,
+        user=st.user,
+        merchant_id=merchant_id,
+        code=code if code is not None else code_text[:64],
+        ts=ts,
+        status=status,
+        push_id=o.push_id if o is not None else None,
+        campaign_id=o.campaign_id if o is not None else None,
+    )
+
+
+def attribute(
+    st: UserState,
+    merchant_id: str,
+    ts: float,
+    amount: float,
+    code: str | None,
+    window_s: float,
+    new_customer: bool,
+    new_follower: bool,
+) -> Order | None:
+    """The attributed order for a payment, or None (rules in the module docstring). Records the
+    first attributed order on the offer."""
+    offers = st.offers
+    if not offers:
+        return None
+    best: Offer | None = None
+    via = ""
+    if code is not None:
+        o = offers.get(code)
+        if o is not None and not o.held_out and o.merchant_id == merchant_id and o.redeemed_ts is not None:
+            best, via = o, "code"
+    if best is None:
+        lo = ts - window_s
+        redeemed: Offer | None = None
+        latest: Offer | None = None
+        for o in offers.values():
+            if o.merchant_id != merchant_id:
+                continue
+            r = o.redeemed_ts
+            if (
+                r is not None
+                and o.order_ts is None
+                and lo <= r <= ts
+                and (redeemed is None or (r, o.push_id) > (redeemed.redeemed_ts, redeemed.push_id))
+            ):
+                redeemed = o
+            if lo <= o.ts <= ts and (latest is None or (o.ts, o.push_id) > (latest.ts, latest.push_id)):
+                latest = o
+        if redeemed is not None:
+            best, via = redeemed, "redeemed"
+        elif latest is not None:
+            best, via = latest, "window"
+    if best is None:
+        return None
+    first = best.order_ts is None
+    if first:
+        best.order_ts = ts
+        best.order_value = amount
+    return Order(
+        user=st.user,
+        merchant_id=merchant_id,
+        ts=ts,
+        amount=amount,
+        push_id=best.push_id,
+        campaign_id=best.campaign_id,
+        held_out=best.held_out,
+        via=via,
+        first=first,
+        new_customer=new_customer,
+        new_follower=new_follower,
+    )
