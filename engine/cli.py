@@ -25,6 +25,7 @@ from engine.errors import FencesError, GeopushError
 _OWN = [
     ("engine.daemon.cli", "register"),
     ("engine.replay_cli", "register"),
+    ("engine.report_cli", "register"),
     ("fences.cli", "register"),
 ]
 _PLUGIN_ORDER = {"demo": 0, "simulate": 2, "match": 0, "replay": 1, "e2e": 2}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from typing import Any
 
@@ -18,6 +19,9 @@ TUNING: dict[str, tuple[float, str]] = {
     "claim_window_s": (60.0, "how long a WiFi/beacon/NFC sighting outranks GPS and weaker signals"),
     "switch_db": (3.0, "how much stronger (dB) a same-kind sighting of another store must be to win"),
 }
+
+
+ATTRIBUTION_WINDOW_S = 7 * 86400.0  # engine.loop.ATTRIBUTION_WINDOW_S (checked by tests)
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -42,6 +46,23 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "--batch-size", type=int, default=1024, metavar="N", help="events per micro-batch (default 1024)"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("closing the loop (docs/architecture.md)")
+    g.add_argument(
+        "--coupon-secret",
+        default=None,
+        metavar="TEXT",
+        help="key of the coupon codes (HMAC); default: GEOPUSH_COUPON_SECRET, else a fixed public "
+        "value so that replays are reproducible. Never reuse the daemon's secret in a replay "
+        "you share",
+    )
+    g.add_argument(
+        "--attribution-window-s",
+        type=float,
+        default=ATTRIBUTION_WINDOW_S,
+        metavar="X",
+        help="a payment is attributed to the user's latest push from the merchant within this "
+        f"many seconds before it (default {ATTRIBUTION_WINDOW_S:g} = 7 days)",
+    )
     g = p.add_argument_group("presence tuning")
     for name, (default, text) in TUNING.items():
         g.add_argument(
@@ -61,7 +82,13 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ConfigError("--batch-size must be at least 1")
+    if not args.attribution_window_s >= 0:
+        raise ConfigError("--attribution-window-s must be a number of seconds >= 0")
     cfg = dataclasses.replace(CoreConfig(), **{k: getattr(args, k) for k in TUNING})
+    cfg = dataclasses.replace(cfg, attribution_window_s=args.attribution_window_s)
+    secret = args.coupon_secret or os.environ.get("GEOPUSH_COUPON_SECRET")
+    if secret:
+        cfg = dataclasses.replace(cfg, coupon_secret=secret)
     summary = replay(
         args.trace,
         args.fences,
