@@ -103,11 +103,17 @@ def in_holdout(user: str, campaign_id: str, holdout_pct: float) -> bool:
 # --- records --------------------------------------------------------------------------------------
 
 
+REDEEMED_KEEP_S: Final = 90 * 86400.0  # how long a redeemed code still answers already_redeemed
+
+
 def _keep_until(o: Offer, window_s: float) -> float:
-    t = max(o.ts + window_s, o.expires_ts)
+    """Until when an offer is kept: an unredeemed one while it can be redeemed or attributed
+    (afterwards its code answers ``not_found``, no longer ``expired``); a redeemed one for
+    ``REDEEMED_KEEP_S`` (or the window) after its redemption, so that a code used twice keeps
+    answering ``already_redeemed``."""
     if o.redeemed_ts is not None:
-        t = max(t, o.redeemed_ts + window_s)
-    return t
+        return o.redeemed_ts + max(window_s, REDEEMED_KEEP_S)
+    return max(o.ts + window_s, o.expires_ts)
 
 
 def record_offer(st: UserState, out: Push | Holdout, expires_in_s: float, window_s: float) -> None:
