@@ -49,6 +49,7 @@ _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--pid-file", "pid_file", {"type": Path, "metavar": "FILE"}),
     ("--log-format", "log_format", {"choices": ["text", "json"]}),
     ("--log-level", "log_level", {"metavar": "LEVEL"}),
+    ("--attribution-window-s", "attribution_window_s", {"type": float, "metavar": "S"}),
 ]
 
 

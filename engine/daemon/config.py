@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     input_window: int = Field(100_000, ge=1000)
+    coupon_secret: str | None = Field(None, min_length=16)
+    attribution_window_s: float = Field(604800.0, ge=0)
 
     @field_validator("prefix")
     @classmethod
@@ -157,7 +159,8 @@ def _problem(err: Any) -> str:
             f"`{name}`: no such setting ({hint}the settings are those of `geopush run --help`, "
             "written with '_', e.g. `client_id`; deploy/geopush.toml lists them)"
         )
-    got = "" if name == "password" or "input" not in err else f" (got {err['input']!r})"
+    secret = name in ("password", "coupon_secret")
+    got = "" if secret or "input" not in err else f" (got {err['input']!r})"
     return (
         f"{name}: {msg}{got}; set by {_flag(name)}, GEOPUSH_{name.upper()} or `{name} = ...` "
         "in the config file"

@@ -609,7 +609,7 @@ def load_fences_and_campaigns(
 def real_core_factory(settings: Settings, warnings: list[str] | None = None) -> CoreFactory:
     """Build ``engine.core.Core`` over the daemon's store from the configured files; what loading
     them warned about is appended to ``warnings`` (for ``Service(load_warnings=...)``)."""
-    from engine.core import Core
+    from engine.core import Core, CoreConfig
     from engine.profiles import load_profiles
 
     loaded = load_fences_and_campaigns(settings, warnings)
@@ -620,11 +620,31 @@ def real_core_factory(settings: Settings, warnings: list[str] | None = None) -> 
     def factory(store: SQLiteStore) -> CoreLike:
         # SQLiteStore.commit returns the outbox rows it wrote: a compatible extension of the
         # StateStore protocol (whose commit returns None).
-        core = Core(loaded["index"], loaded["campaigns"], cast("StateStore", store), profiles=profiles)
+        config = CoreConfig(
+            attribution_window_s=settings.attribution_window_s,
+            coupon_secret=coupon_secret(settings, store),
+        )
+        core = Core(
+            loaded["index"], loaded["campaigns"], cast("StateStore", store), config, profiles
+        )
         restore_core(core, store)
         return core
 
     return factory
+
+
+COUPON_SECRET_KEY = "coupon_secret"
+
+
+def coupon_secret(settings: Settings, store: SQLiteStore) -> str:
+    """The key of coupon codes: ``coupon_secret`` when set; else the one kept in the state,
+    generated (32 random bytes, URL-safe base64) and stored there on first start. With Redis
+    state the first worker's secret is shared by the group, so any worker verifies any code."""
+    if settings.coupon_secret is not None:
+        return settings.coupon_secret
+    import secrets
+
+    return store.meta_once(COUPON_SECRET_KEY, secrets.token_urlsafe(32))
 
 
 def warm_up(index: Any, campaigns: Any) -> None:

@@ -30,6 +30,8 @@ HELP: dict[str, str] = {
     "log_format": "text or json (JSON lines, one object per record)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "input_window": "how many recent input digests are kept to recognise redeliveries",
+    "coupon_secret": "key of the coupon codes (HMAC, at least 16 characters; prefer GEOPUSH_COUPON_SECRET or the config file to a flag); none: generated on first start and kept in the state (SQLite meta, or shared by a Redis group)",
+    "attribution_window_s": "a payment is attributed to the user's latest push from the merchant within this many seconds before it",
 }
 
 # The default of every setting as --help shows it (engine.daemon.config.Settings holds the values;
@@ -60,6 +62,8 @@ DEFAULTS: dict[str, str] = {
     "log_format": "text",
     "log_level": "INFO",
     "input_window": "100000",
+    "coupon_secret": "none",
+    "attribution_window_s": "604800.0",
 }
 
 

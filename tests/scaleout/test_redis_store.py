@@ -264,3 +264,11 @@ def test_a_store_waits_for_redis_to_come_back(
         timer.join()
     assert outputs == []
     assert make_store(worker="x").user("u1").visit_seq == 2
+
+
+def test_meta_once_is_shared_by_the_group(make_store):
+    """The coupon secret: the first worker's value wins, every worker reads the same."""
+    a = make_store(worker="w1")
+    b = make_store(worker="w2")
+    assert a.meta_once("coupon_secret", "first-secret") == "first-secret"
+    assert b.meta_once("coupon_secret", "second-secret") == "first-secret"
