@@ -133,6 +133,20 @@ def test_bench_replay_runs_small_and_accounts_every_event() -> None:
     assert r["visits"]["enter"] >= r["visits"]["exit"] > 0
 
 
+def test_bench_replay_loop_pairs_the_workloads() -> None:
+    """--loop: the same number of events both ways; the loop pass redeems pushed codes (mostly
+    ok), attributes payments and holds users out."""
+    from simulator.bench.replay import measure_loop
+
+    r = measure_loop(300, 2000, 20_000, batch=256, seed=3, progress=False, rounds=1)
+    by = r["loop_events_by_type"]
+    assert sum(by.values()) == 20_000 and by["redeem"] > 0 and by["payment"] > 0
+    red = r["loop_redemptions_by_status"]
+    assert red.get("ok", 0) > red.get("not_found", 0)
+    assert r["loop_held_out"] > 0 and r["loop_attributed_orders"] > 0
+    assert r["events_per_s_plain"] > 0 and r["events_per_s_loop"] > 0
+
+
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
