@@ -7,7 +7,8 @@ reads what they emit (engine/report.py). Rules, in docs/architecture.md ("Closin
   base32 characters, then one Luhn mod 32 check character (11 characters, e.g. ``7MZ4K0Q2XH-R``
   shown with a dash, typed in any case; I/L read as 1 and O as 0). Unguessable without the
   secret (a random guess hits one given push with probability 2^-50), and a typo is caught by
-  the check character before any look-up (``invalid_code``).
+  the check character before any look-up (``invalid_code``): any one wrong character, and any
+  swap of two neighbours except "0Z" <-> "Z0".
 * **Where a code is resolved.** The till publishes the ``redeem`` event on the user's events topic,
   so the user's state owner (the one worker that owns the user, exactly as for pushes) decides it
   against the user's ``offers`` (code -> ``Offer``): one dict look-up, no scan, and the answer
@@ -41,7 +42,7 @@ for _c in list(_VALUE):
 
 def _luhn32(values: list[int]) -> int:
     """Luhn mod 32 check value: detects every single-character error and every transposition
-    of two adjacent characters."""
+    of two adjacent characters but one ("0Z" <-> "Z0", as decimal Luhn misses "09" <-> "90")."""
     total = 0
     factor = 2
     for v in reversed(values):
@@ -53,11 +54,27 @@ def _luhn32(values: list[int]) -> int:
 
 def coupon_code(secret: bytes, push_id: str) -> str:
     """The push's coupon code (11 characters, canonical: upper case, no dash)."""
-    mac = hmac.new(secret, push_id.encode(), hashlib.sha256).digest()
-    n = int.from_bytes(mac[:8], "big") >> (64 - 5 * CODE_DATA_CHARS)
-    vals = [(n >> (5 * (CODE_DATA_CHARS - 1 - i))) & 31 for i in range(CODE_DATA_CHARS)]
-    vals.append(_luhn32(vals))
-    return "".join(ALPHABET[v] for v in vals)
+    mac = hmac.digest(secret, push_id.encode(), "sha256")  # the one-shot C path
+    n = int.from_bytes(mac[:8], "big") >> 14  # the first 50 bits
+    # five 10-bit pairs of characters, each with its share of the Luhn sum (tables below)
+    p0 = _PAIRS[n >> 40]
+    p1 = _PAIRS[(n >> 30) & 1023]
+    p2 = _PAIRS[(n >> 20) & 1023]
+    p3 = _PAIRS[(n >> 10) & 1023]
+    p4 = _PAIRS[n & 1023]
+    total = p0[1] + p1[1] + p2[1] + p3[1] + p4[1]
+    return p0[0] + p1[0] + p2[0] + p3[0] + p4[0] + ALPHABET[(32 - total % 32) % 32]
+
+
+def _pair(v: int) -> tuple[str, int]:
+    """Characters of the 10-bit value ``v`` and their share of the Luhn mod 32 sum. With 10 data
+    characters the factors from the right are 2, 1, 2, 1, ...: 1 on the first of a pair, 2 on
+    the second."""
+    a, b = v >> 5, v & 31
+    return ALPHABET[a] + ALPHABET[b], a + (2 * b) // 32 + (2 * b) % 32
+
+
+_PAIRS: Final = tuple(_pair(v) for v in range(1024))
 
 
 def display_code(code: str) -> str:
@@ -103,6 +120,7 @@ def in_holdout(user: str, campaign_id: str, holdout_pct: float) -> bool:
 # --- records --------------------------------------------------------------------------------------
 
 
+PRUNE_AT: Final = 8  # offers in a record before stale ones are looked for
 REDEEMED_KEEP_S: Final = 90 * 86400.0  # how long a redeemed code still answers already_redeemed
 
 
@@ -111,24 +129,26 @@ def _keep_until(o: Offer, window_s: float) -> float:
     (afterwards its code answers ``not_found``, no longer ``expired``); a redeemed one for
     ``REDEEMED_KEEP_S`` (or the window) after its redemption, so that a code used twice keeps
     answering ``already_redeemed``."""
-    if o.redeemed_ts is not None:
-        return o.redeemed_ts + max(window_s, REDEEMED_KEEP_S)
+    r = o.redeemed_ts
+    if r is not None:
+        return r + max(window_s, REDEEMED_KEEP_S)
     return max(o.ts + window_s, o.expires_ts)
 
 
 def record_offer(st: UserState, out: Push | Holdout, expires_in_s: float, window_s: float) -> None:
-    """Remember a push (by its code) or a holdout decision (by its push_id) in the user's record,
-    and forget offers that can no longer be redeemed nor attributed (``_keep_until`` passed)."""
+    """Remember a push (by its code) or a holdout decision (by its push_id) in the user's record.
+    Once the record holds ``PRUNE_AT`` offers, those that can no longer change (``_keep_until``
+    passed) are forgotten: a record never holds more than that many stale ones, and the common
+    case (a user with a few offers) pays no scan."""
+    held = type(out) is Holdout
+    key = out.push_id if held else out.code  # type: ignore[union-attr]
     offers = st.offers
     if offers is None:
         offers = st.offers = {}
-    else:
+    elif len(offers) >= PRUNE_AT:
         now = out.ts
-        stale = [k for k, o in offers.items() if _keep_until(o, window_s) < now]
-        for k in stale:
+        for k in [k for k, o in offers.items() if _keep_until(o, window_s) < now]:
             del offers[k]
-    held = type(out) is Holdout
-    key = out.push_id if held else out.code  # type: ignore[union-attr]
     offers[key] = Offer(
         push_id=out.push_id,
         campaign_id=out.campaign_id,

@@ -257,13 +257,14 @@ def measure_loop(
     seed: int = 0,
     jitter_m: float = 40.0,
     progress: bool = True,
-    rounds: int = 2,
+    rounds: int = 3,
 ) -> dict[str, Any]:
     """events/s of the same workload (same fixes, scans, sightings) with its 3% of facts as
     profile events and no holdout ("plain": nothing to attribute or redeem) and as 2% payments
     plus 1% redemptions with a 10% holdout on every campaign ("loop"), alternating ``rounds``
-    times; the best pass of each counts. ``overhead`` = 1 - loop / plain events/s (target
-    <= 0.10). Both code and record every push (that is not optional)."""
+    times; the pass of each with the least CPU time counts. ``overhead`` = 1 - loop / plain
+    events per CPU second (target <= 0.10). Both code and record every push (that is not
+    optional)."""
 
     def say(msg: str) -> None:
         if progress:
@@ -279,9 +280,11 @@ def measure_loop(
         for name, (idx, camps, lines) in (("plain", (pi, pc_, plain)), ("loop", (li, lc, loop_lines))):
             say(f"round {r + 1}/{rounds}: {name} ...")
             res = _pass(idx, camps, lines, batch, timed=False)
-            if name not in best or res["wall_s"] < best[name]["wall_s"]:
+            if name not in best or res["cpu_s"] < best[name]["cpu_s"]:
                 best[name] = res
-    eps = {k: round(n_events / v["wall_s"]) for k, v in best.items()}
+    # CPU time of this process: on a shared machine it moves less than wall time
+    eps = {k: round(n_events / v["cpu_s"]) for k, v in best.items()}
+    wall = {k: round(n_events / v["wall_s"]) for k, v in best.items()}
     s = best["loop"]["stats"]
     return {
         "stores": n_stores,
@@ -290,9 +293,11 @@ def measure_loop(
         "batch_size": batch,
         "seed": seed,
         "rounds": rounds,
-        "events_per_s_plain": eps["plain"],
-        "events_per_s_loop": eps["loop"],
-        "overhead": round(1 - eps["loop"] / eps["plain"], 4),
+        "events_per_cpu_s_plain": eps["plain"],
+        "events_per_cpu_s_loop": eps["loop"],
+        "events_per_s_plain": wall["plain"],
+        "events_per_s_loop": wall["loop"],
+        "overhead": round(1 - eps["loop"] / eps["plain"], 4),  # by CPU time
         "target_overhead": 0.10,
         "loop_events_by_type": s["events_by_type"],
         "loop_pushes": s["pushes"],
@@ -313,9 +318,10 @@ def _print_loop(res: dict[str, Any]) -> None:
     tab.add_column("measure")
     tab.add_column("value", justify="right")
     ok = "met" if res["overhead"] <= res["target_overhead"] else "NOT met"
-    tab.add_row("events/s, 3% profile events (plain)", f"{res['events_per_s_plain']:,}")
-    tab.add_row("events/s with payments, redemptions, holdouts", f"{res['events_per_s_loop']:,}")
-    tab.add_row("overhead", f"{res['overhead']:.1%}  (target <= 10%: {ok})")
+    tab.add_row("events per CPU s, 3% profile events (plain)", f"{res['events_per_cpu_s_plain']:,}")
+    tab.add_row("events per CPU s, payments + redemptions + holdouts", f"{res['events_per_cpu_s_loop']:,}")
+    tab.add_row("overhead (CPU time)", f"{res['overhead']:.1%}  (target <= 10%: {ok})")
+    tab.add_row("events/s wall, plain / loop", f"{res['events_per_s_plain']:,} / {res['events_per_s_loop']:,}")
     tab.add_row("pushes / held out (loop)", f"{res['loop_pushes']:,} / {res['loop_held_out']:,}")
     tab.add_row("redemptions by answer", ", ".join(f"{k} {v:,}" for k, v in sorted(res["loop_redemptions_by_status"].items())))
     tab.add_row("attributed orders", f"{res['loop_attributed_orders']:,}")
