@@ -456,7 +456,7 @@ class Service:
         if outputs:
             # likewise per batch and kind, not per output
             kinds = collections.Counter(
-                None if type(o).__name__ == "Push" else getattr(o, "event", "visit")
+                None if type(o).__name__ == "Push" else getattr(o, "event", None) or _outcome(o)
                 for o in outputs
             )
             pushes = kinds.pop(None, 0)
@@ -464,6 +464,9 @@ class Service:
                 m.pushes.inc(pushes)
                 totals["pushes"] += pushes
             for ev_kind, n in kinds.items():
+                if isinstance(ev_kind, tuple):  # a holdout, redemption answer or order
+                    m.outcomes.labels(ev_kind[0]).inc(n)
+                    continue
                 m.visits.labels(str(ev_kind)).inc(n)
                 totals["visits"] += n
 
@@ -645,6 +648,12 @@ def coupon_secret(settings: Settings, store: SQLiteStore) -> str:
     import secrets
 
     return store.meta_once(COUPON_SECRET_KEY, secrets.token_urlsafe(32))
+
+
+def _outcome(o: Any) -> tuple[str]:
+    """The kind of an output that is neither a push nor a visit event, as a 1-tuple (so that it
+    cannot be mistaken for a visit event's ``event``)."""
+    return (str(type(o).__struct_config__.tag),)
 
 
 def warm_up(index: Any, campaigns: Any) -> None:
