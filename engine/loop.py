@@ -196,7 +196,7 @@ def redeem(
         code=code if code is not None else code_text[:64],
         ts=ts,
         status=status,
-        push_id=o.push_id if o is not None else None,
+        push_ref=o.push_id if o is not None else None,
         campaign_id=o.campaign_id if o is not None else None,
     )
 
@@ -254,7 +254,7 @@ def attribute(
         merchant_id=merchant_id,
         ts=ts,
         amount=amount,
-        push_id=best.push_id,
+        push_ref=best.push_id,
         campaign_id=best.campaign_id,
         held_out=best.held_out,
         via=via,

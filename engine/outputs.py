@@ -13,7 +13,10 @@ outbox deduplicate on:
 * visit event: ``{visit_id}:{event}``, plus ``:{dwell_s}`` for a dwell (one dwell per threshold);
 * push and holdout: its ``push_id``;
 * redemption answer: ``redeem:{user}:{request_id}``;
-* order: ``order:{user}:{merchant_id}:{ts}:{push_id}``.
+* order: ``order:{user}:{merchant_id}:{ts}:{push_ref}``.
+
+Only pushes and holdouts have a ``push_id`` (stores record every output's ``push_id`` as a
+decision made); answers and orders name their push by ``push_ref``.
 """
 
 from __future__ import annotations
@@ -108,7 +111,7 @@ class RedeemResult(Output, tag="redeem", gc=False):
     code: str  # as normalised (upper case, no separators)
     ts: float
     status: RedeemStatus
-    push_id: str | None = None  # the push the code belongs to (None: invalid_code, not_found)
+    push_ref: str | None = None  # push_id of the code's push (None: invalid_code, not_found)
     campaign_id: str | None = None
 
     @property
@@ -123,7 +126,7 @@ class Order(Output, tag="order", gc=False):
     merchant_id: str
     ts: float
     amount: float
-    push_id: str
+    push_ref: str  # push_id of the push (or holdout decision) the payment is attributed to
     campaign_id: str
     held_out: bool  # attributed to a holdout decision (counterfactual), not to a push
     via: str  # "code" | "redeemed" | "window"
@@ -133,7 +136,7 @@ class Order(Output, tag="order", gc=False):
 
     @property
     def out_id(self) -> str:
-        return f"order:{self.user}:{self.merchant_id}:{self.ts!r}:{self.push_id}"
+        return f"order:{self.user}:{self.merchant_id}:{self.ts!r}:{self.push_ref}"
 
 
 AnyOutput: TypeAlias = VisitEvent | Push | Holdout | RedeemResult | Order

@@ -225,9 +225,9 @@ def build_report(
                     u.holdout_users.add(o.user)
         elif t is RedeemResult:
             r: RedeemResult = o  # type: ignore[assignment]
-            if r.status == "ok" and r.push_id is not None and r.campaign_id is not None:
+            if r.status == "ok" and r.push_ref is not None and r.campaign_id is not None:
                 for u in units(r.merchant_id, r.campaign_id):
-                    u.redeemed.add(r.push_id)
+                    u.redeemed.add(r.push_ref)
         elif t is Order:
             od: Order = o  # type: ignore[assignment]
             for u in units(od.merchant_id, od.campaign_id):

@@ -49,9 +49,9 @@ async def test_redeem_over_mqtt(broker, tmp_path):
         assert [(a["request_id"], a["status"]) for a in answers] == [
             ("till-1", "ok"), ("till-2", "already_redeemed")
         ]  # fmt: skip
-        assert answers[0]["push_id"] == push["push_id"]
+        assert answers[0]["push_ref"] == push["push_id"]
         (order,) = col.json_on("geopush/outcomes/m-A")
-        assert (order["kind"], order["push_id"], order["via"], order["amount"]) == (
+        assert (order["kind"], order["push_ref"], order["via"], order["amount"]) == (
             "order", push["push_id"], "redeemed", 4.5
         )  # fmt: skip
         assert svc.totals["visits"] == 1 and svc.totals["pushes"] == 1  # answers are not visits

@@ -151,7 +151,7 @@ def test_redeem_answers() -> None:
         "not_found", "invalid_code", "other_merchant", "ok", "ok", "already_redeemed", "expired",
         "not_found",
     ]  # fmt: skip
-    assert res[3].push_id == pa.push_id and res[3].campaign_id == "a-in" and res[3].code == pa.code
+    assert res[3].push_ref == pa.push_id and res[3].campaign_id == "a-in" and res[3].code == pa.code
     assert res[3].out_id == res[4].out_id  # consumers dedupe the retry's answer
     assert w.core.stats.redemptions_by_status == {
         "not_found": 2, "invalid_code": 1, "other_merchant": 1, "ok": 2, "already_redeemed": 1,
@@ -186,10 +186,10 @@ def test_payment_attribution_through_the_core() -> None:
         ]
     )
     orders = [o for o in outs if isinstance(o, Order)]
-    assert [(o.user, o.push_id, o.via, o.first, o.new_customer, o.new_follower, o.amount) for o in orders] == [
+    assert [(o.user, o.push_ref, o.via, o.first, o.new_customer, o.new_follower, o.amount) for o in orders] == [
         ("u1", pa.push_id, "window", True, True, True, 20.0),
         ("u1", pa.push_id, "window", False, False, False, 5.0),
-        ("u2", orders[2].push_id, "window", True, True, True, 7.0),
+        ("u2", orders[2].push_ref, "window", True, True, True, 7.0),
     ]
     assert [o.status for o in outs if isinstance(o, RedeemResult)] == ["invalid_code"]
     offer = w.store.user("u1").offers[pa.code]  # type: ignore[index]
@@ -206,7 +206,7 @@ def test_a_payment_carrying_a_code_redeems_and_attributes_to_it() -> None:
     (r,) = [o for o in outs if isinstance(o, RedeemResult)]
     (o,) = [o for o in outs if isinstance(o, Order)]
     assert r.status == "ok"
-    assert (o.push_id, o.via) == (first.push_id, "code")
+    assert (o.push_ref, o.via) == (first.push_id, "code")
 
 
 def test_offers_stay_bounded() -> None:
@@ -378,18 +378,18 @@ def _run_impl(actions: list[tuple]) -> tuple[list[tuple], list[float]]:  # type:
         elif kind == "redeem":
             _, _, merchant, text = a
             r = loop.redeem(stt, merchant, text, ts, f"r@{ts}")
-            answers.append(("redeem", r.status, r.push_id))
+            answers.append(("redeem", r.status, r.push_ref))
             times.append(ts)
         else:
             _, _, merchant, text = a
             code = None
             if text is not None:
                 r = loop.redeem(stt, merchant, text, ts, f"pay@{ts}")
-                answers.append(("redeem", r.status, r.push_id))
+                answers.append(("redeem", r.status, r.push_ref))
                 times.append(ts)
                 code = r.code
             o = loop.attribute(stt, merchant, ts, 1.0, code, W, False, False)
-            answers.append(("order", None) if o is None else ("order", o.push_id, o.via, o.first, o.held_out))
+            answers.append(("order", None) if o is None else ("order", o.push_ref, o.via, o.first, o.held_out))
             times.append(ts)
     return answers, times
 

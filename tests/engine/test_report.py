@@ -213,7 +213,7 @@ def test_report_over_a_daemon_outbox(tmp_path: Path) -> None:
 def test_renderer_topics_for_the_new_outputs() -> None:
     render = Renderer(Topics())
     r = RedeemResult(request_id="x", user="u1", merchant_id="m1", code="C", ts=T0, status="ok")
-    o = Order(user="u1", merchant_id="m1", ts=T0, amount=1.0, push_id="p", campaign_id="c",
+    o = Order(user="u1", merchant_id="m1", ts=T0, amount=1.0, push_ref="p", campaign_id="c",
               held_out=False, via="window", first=True, new_customer=True, new_follower=False)  # fmt: skip
     h = Holdout(push_id="p", user="u1", campaign_id="c", store_id="s", merchant_id="m1",
                 visit_id="v", trigger="enter", ts=T0)  # fmt: skip
