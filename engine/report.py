@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from engine.errors import DecodeError, GeopushError
+from engine.errors import DecodeError, ReportError
 from engine.outputs import AnyOutput, Holdout, Order, Push, RedeemResult, VisitEvent, decode_output
 
 Z95: Final = 1.959963984540054
@@ -39,10 +39,6 @@ REPLAY_FILES: Final = (
     "redemptions.jsonl",
     "orders.jsonl",
 )
-
-
-class ReportError(GeopushError):
-    """The report's source cannot be read."""
 
 
 # --- statistics -----------------------------------------------------------------------------------

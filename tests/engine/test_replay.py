@@ -14,7 +14,7 @@ from engine.core import CoreConfig
 from engine.events import encode_event
 from engine.outputs import decode_output
 from engine.replay import ReplayError, replay
-from engine.replay_cli import TUNING
+from engine.replay_cli import ATTRIBUTION_WINDOW_S, TUNING
 from fences.catalog import dump_catalog
 
 STORES = [
@@ -121,6 +121,7 @@ def test_cli_replay_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str
 def test_cli_defaults_match_core_config() -> None:
     defaults = dataclasses.asdict(CoreConfig())
     assert {k: v for k, (v, _) in TUNING.items()} == {k: defaults[k] for k in TUNING}
+    assert defaults["attribution_window_s"] == ATTRIBUTION_WINDOW_S
 
 
 def test_bench_replay_runs_small_and_accounts_every_event() -> None:

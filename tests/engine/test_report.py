@@ -174,6 +174,8 @@ def test_cli_report_table_json_png(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["replay", str(trace), "--fences", str(fences), "--campaigns", str(camps),
                  "--out", str(out), "--no-progress", "--coupon-secret", "k"]) == 0  # fmt: skip
     capsys.readouterr()
+    pushes = [decode_output(x) for x in (out / "pushes.jsonl").read_bytes().splitlines()]
+    assert pushes and all(p.code == loop.coupon_code(b"k", p.push_id) for p in pushes)  # type: ignore[union-attr]
     png = tmp_path / "chart.png"
     assert main(["report", str(out), "--json", "--png", str(png)]) == 0
     rep = json.loads(capsys.readouterr().out)
