@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -133,6 +133,7 @@ class _Unit:
     visits_new: int = 0
     visits_returning: int = 0
     pushes: int = 0
+    delivered: int | None = 0  # None: the source does not know (a replay)
     held_out: int = 0
     redeemed: set[str] = field(default_factory=set)  # push ids
     orders: int = 0
@@ -150,6 +151,7 @@ class _Unit:
             d["visits"] = {"new": self.visits_new, "returning": self.visits_returning}
         d.update(
             pushes=self.pushes,
+            delivered=self.delivered,
             held_out=self.held_out,
             redemptions=len(self.redeemed),
             orders=self.orders,
@@ -181,21 +183,24 @@ class _Unit:
 def build_report(
     outputs: Iterable[AnyOutput],
     *,
+    delivered: Collection[str] | None = None,
     min_users: int = MIN_ARM_USERS,
     min_conversions: int = MIN_CONVERSIONS,
 ) -> dict[str, Any]:
     """The report over ``outputs``: ``{"merchants": [{"merchant_id", figures..., "campaigns":
     [{"campaign_id", figures...}]}], "total": {figures...}}``, sorted by id. Pure and
-    deterministic (the same outputs in any order give the same report)."""
+    deterministic (the same outputs in any order give the same report). ``delivered``: the
+    out_ids the broker acknowledged (``load_delivered``); None: unknown, figure ``null``."""
     seen: set[str] = set()
     merchants: dict[str, _Unit] = {}
     campaigns: dict[tuple[str, str], _Unit] = {}
-    total = _Unit()
+    known = delivered is not None
+    total = _Unit(delivered=0 if known else None)
 
     def units(m: str, c: str | None) -> list[_Unit]:
-        us = [total, merchants.setdefault(m, _Unit())]
+        us = [total, merchants.setdefault(m, _Unit(delivered=0 if known else None))]
         if c is not None:
-            us.append(campaigns.setdefault((m, c), _Unit()))
+            us.append(campaigns.setdefault((m, c), _Unit(delivered=0 if known else None)))
         return us
 
     for o in outputs:
@@ -216,6 +221,8 @@ def build_report(
                 if t is Push:
                     u.pushes += 1
                     u.pushed_users.add(o.user)
+                    if delivered is not None and oid in delivered:
+                        u.delivered += 1  # type: ignore[operator]
                 else:
                     u.held_out += 1
                     u.holdout_users.add(o.user)
@@ -284,6 +291,62 @@ def load_outputs(source: str | Path) -> list[AnyOutput]:
     if p.is_file():
         return _load_sqlite(p)
     raise ReportError(f"{p}: no such folder or file; give a replay output folder or a state file")
+
+
+def load_delivered(source: str | Path) -> set[str] | None:
+    """The out_ids a daemon's broker acknowledged (outbox rows marked sent), or None for a
+    replay folder (no broker: delivery unknown)."""
+    p = Path(source)
+    if p.is_dir():
+        return None
+    try:
+        con = sqlite3.connect(f"file:{p}?mode=ro", uri=True)
+        try:
+            return {str(r[0]) for r in con.execute("SELECT out_id FROM outbox WHERE sent = 1")}
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        raise ReportError(f"{p}: not a geopush state file ({exc})") from exc
+
+
+def push_records(
+    outputs: Iterable[AnyOutput], delivered: Collection[str] | None = None
+) -> list[dict[str, Any]]:
+    """One record per push, by (ts, push_id): delivered (None: unknown), when its code was
+    redeemed, its first attributed order and that order's value (None: none yet)."""
+    pushes: dict[str, Push] = {}
+    redeemed: dict[str, float] = {}
+    first: dict[str, tuple[float, float]] = {}
+    for o in outputs:
+        t = type(o)
+        if t is Push:
+            pushes[o.push_id] = o  # type: ignore[union-attr,assignment]
+        elif t is RedeemResult:
+            r: RedeemResult = o  # type: ignore[assignment]
+            if r.status == "ok" and r.push_ref is not None:
+                redeemed[r.push_ref] = min(r.ts, redeemed.get(r.push_ref, r.ts))
+        elif t is Order:
+            od: Order = o  # type: ignore[assignment]
+            if not od.held_out and (od.push_ref not in first or od.ts < first[od.push_ref][0]):
+                first[od.push_ref] = (od.ts, od.amount)
+    out = []
+    for pid, p in sorted(pushes.items(), key=lambda kv: (kv[1].ts, kv[0])):
+        f = first.get(pid)
+        out.append(
+            {
+                "push_id": pid,
+                "user": p.user,
+                "merchant_id": p.merchant_id,
+                "campaign_id": p.campaign_id,
+                "ts": p.ts,
+                "code": p.code,
+                "delivered": None if delivered is None else pid in delivered,
+                "redeemed_ts": redeemed.get(pid),
+                "first_order_ts": f[0] if f else None,
+                "first_order_value": f[1] if f else None,
+            }
+        )
+    return out
 
 
 def _load_sqlite(p: Path) -> list[AnyOutput]:

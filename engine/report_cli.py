@@ -23,6 +23,11 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     p.add_argument("--png", metavar="FILE.png", help="also draw a chart into this PNG file")
     p.add_argument(
+        "--pushes",
+        metavar="FILE.jsonl",
+        help="also write one line per push: delivered, redeemed, first attributed order and value",
+    )
+    p.add_argument(
         "--min-users",
         type=int,
         default=30,
@@ -41,13 +46,32 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from engine.errors import ConfigError
-    from engine.report import build_report, format_table, load_outputs, render_png
+    from engine.report import (
+        build_report,
+        format_table,
+        load_delivered,
+        load_outputs,
+        push_records,
+        render_png,
+    )
 
     if args.min_users < 1 or args.min_conversions < 0:
         raise ConfigError("--min-users must be at least 1 and --min-conversions at least 0")
+    outputs = load_outputs(args.source)
+    delivered = load_delivered(args.source)
     rep = build_report(
-        load_outputs(args.source), min_users=args.min_users, min_conversions=args.min_conversions
+        outputs,
+        delivered=delivered,
+        min_users=args.min_users,
+        min_conversions=args.min_conversions,
     )
+    if args.pushes:
+        lines = [json.dumps(r, sort_keys=True) + "\n" for r in push_records(outputs, delivered)]
+        try:
+            with open(args.pushes, "w", encoding="utf-8") as f:
+                f.writelines(lines)
+        except OSError as exc:
+            raise ConfigError(f"cannot write {args.pushes}: {exc}") from exc
     if args.png:
         try:
             render_png(rep, args.png)

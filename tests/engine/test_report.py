@@ -15,7 +15,7 @@ from engine import loop
 from engine.cli import main
 from engine.daemon.pipeline import Renderer, Topics
 from engine.events import Payment, Redeem, encode_event
-from engine.outputs import Holdout, Order, RedeemResult, decode_output, encode_output
+from engine.outputs import Holdout, Order, Push, RedeemResult, decode_output, encode_output
 from engine.replay import OUTPUT_FILES, replay
 from engine.report import (
     NOT_ENOUGH,
@@ -23,8 +23,10 @@ from engine.report import (
     build_report,
     format_table,
     lift,
+    load_delivered,
     load_outputs,
     newcombe,
+    push_records,
     render_png,
     wilson,
 )
@@ -157,6 +159,10 @@ def test_redemptions_in_the_report_and_the_coupon_secret(tmp_path: Path) -> None
     assert ma["redemptions"] == 2 and ma["campaigns"][0]["redemptions"] == 2
     orders = [decode_output(x) for x in (tmp_path / "r1" / "orders.jsonl").read_bytes().splitlines()]
     assert any(o.user == "u003" and o.via == "code" for o in orders)  # type: ignore[union-attr]
+    recs = {r["user"]: r for r in push_records(load_outputs(tmp_path / "r1")) if r["merchant_id"] == "m-A"}
+    assert recs["u001"]["redeemed_ts"] == T0 + 50 and recs["u001"]["delivered"] is None
+    assert (recs["u003"]["redeemed_ts"], recs["u003"]["first_order_ts"]) == (T0 + 70, T0 + 70)
+    assert recs["u003"]["first_order_value"] == 3.0
 
     # another secret, other codes: the old code is not found
     from engine.core import CoreConfig
@@ -177,8 +183,10 @@ def test_cli_report_table_json_png(tmp_path: Path, capsys: pytest.CaptureFixture
     pushes = [decode_output(x) for x in (out / "pushes.jsonl").read_bytes().splitlines()]
     assert pushes and all(p.code == loop.coupon_code(b"k", p.push_id) for p in pushes)  # type: ignore[union-attr]
     png = tmp_path / "chart.png"
-    assert main(["report", str(out), "--json", "--png", str(png)]) == 0
+    per_push = tmp_path / "pushes.jsonl"
+    assert main(["report", str(out), "--json", "--png", str(png), "--pushes", str(per_push)]) == 0
     rep = json.loads(capsys.readouterr().out)
+    assert len(per_push.read_text().splitlines()) == rep["total"]["pushes"]
     assert rep == json.loads(json.dumps(build_report(load_outputs(out)), sort_keys=True))
     with Image.open(png) as im:
         assert im.format == "PNG" and im.size[0] > 600
@@ -201,11 +209,21 @@ def test_report_over_a_daemon_outbox(tmp_path: Path) -> None:
     outs = load_outputs(tmp_path / "r")
     db = tmp_path / "state.db"
     store = SQLiteStore(db, render=Renderer(Topics()))
+    pushes = [o for o in outs if isinstance(o, Push)]
     try:
         store.commit(outs)
+        store.mark_sent([p.push_id for p in pushes[:10]])  # the broker acknowledged ten
     finally:
         store.close()
     assert build_report(load_outputs(db)) == build_report(outs)
+    assert load_delivered(tmp_path / "r") is None
+    delivered = load_delivered(db)
+    rep = build_report(load_outputs(db), delivered=delivered)
+    assert rep["total"]["delivered"] == 10 and build_report(outs)["total"]["delivered"] is None
+    recs = push_records(load_outputs(db), delivered)
+    assert len(recs) == len(pushes) and sum(r["delivered"] for r in recs) == 10
+    paid = [r for r in recs if r["first_order_ts"] is not None]
+    assert paid and all(r["first_order_value"] >= 10.0 for r in paid)
     bad = tmp_path / "not.db"
     bad.write_text("hello")
     with pytest.raises(ReportError, match="not a geopush state file"):
