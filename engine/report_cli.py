@@ -14,7 +14,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         description=(
             "Per merchant and campaign: visits (new / returning), pushes, held-out decisions, "
             "redemptions, attributed orders and revenue, new customers and followers gained, and "
-            "the lift of pushed over held-out users with a 95%% confidence interval ('not enough "
+            "the lift of pushed over held-out users with a 95% confidence interval ('not enough "
             "data' for small samples). SOURCE is a `geopush replay --out` folder or the daemon's "
             "SQLite state file (its outbox keeps the newest outputs). Methods: docs/architecture.md."
         ),
