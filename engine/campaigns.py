@@ -240,8 +240,18 @@ class CampaignModel(_Model):
     caps: CapsModel = Field(default_factory=CapsModel)
     inventory: int | None = Field(default=None, ge=0)
     priority: int = 0
-    holdout_pct: float = Field(default=0.0, ge=0, lt=100)
+    holdout_pct: float = 0.0
     coupon: CouponModel
+
+    @field_validator("holdout_pct")
+    @classmethod
+    def _pct(cls, v: float) -> float:
+        if not 0.0 <= v < 100.0:
+            raise ValueError(
+                f"{v:g} is not a share of users: holdout_pct is the percent of eligible users "
+                "held out to measure lift, from 0 (none, the default) to below 100, e.g. 10"
+            )
+        return v
 
 
 class QuietHoursModel(_Model):

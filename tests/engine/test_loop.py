@@ -85,6 +85,7 @@ def test_holdout_pct_is_validated() -> None:
     text = str(exc.value)
     assert "campaigns[0] (id 'c').holdout_pct" in text
     assert "campaigns[1] (id 'd').holdout_pct" in text
+    assert "percent of eligible users held out" in text
     assert campaigns(campaign("c", "m", holdout_pct=12.5)).campaigns[0].holdout_pct == 12.5
 
 
