@@ -12,7 +12,7 @@ outbox deduplicate on:
 
 * visit event: ``{visit_id}:{event}``, plus ``:{dwell_s}`` for a dwell (one dwell per threshold);
 * push and holdout: its ``push_id``;
-* redemption answer: ``redeem:{user}:{request_id}``;
+* redemption answer: ``redeem:{user}:{code}:{request_id}``;
 * order: ``order:{user}:{merchant_id}:{ts}:{push_ref}``.
 
 Only pushes and holdouts have a ``push_id`` (stores record every output's ``push_id`` as a
@@ -116,7 +116,7 @@ class RedeemResult(Output, tag="redeem", gc=False):
 
     @property
     def out_id(self) -> str:
-        return f"redeem:{self.user}:{self.request_id}"
+        return f"redeem:{self.user}:{self.code}:{self.request_id}"
 
 
 class Order(Output, tag="order", gc=False):
