@@ -31,7 +31,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         description=(
             "Run the engine's core over TRACE (JSON Lines, one wire event per line, optionally "
             ".gz) in event time, exactly as the daemon would, and write DIR/visits.jsonl, "
-            "DIR/pushes.jsonl, DIR/deadletter.jsonl (bad lines with line number and reason) and "
+            "DIR/pushes.jsonl, DIR/holdouts.jsonl, DIR/redemptions.jsonl, DIR/orders.jsonl (see "
+            "`geopush report`), DIR/deadletter.jsonl (bad lines with line number and reason) and "
             "DIR/summary.json. The same inputs give byte-identical outputs."
         ),
     )
