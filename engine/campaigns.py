@@ -72,6 +72,7 @@ class Campaign:
     cooldown_s: float = 0.0
     inventory: int | None = None  # None = unlimited
     priority: int = 0
+    holdout_pct: float = 0.0  # share (percent) of eligible users decided but not pushed
     # Fast-path flags (set by the loader; False = "check it", always correct):
     any_time: bool = False  # every day, all day, no validity bounds
     anyone: bool = False  # segment all, no tags
@@ -239,7 +240,18 @@ class CampaignModel(_Model):
     caps: CapsModel = Field(default_factory=CapsModel)
     inventory: int | None = Field(default=None, ge=0)
     priority: int = 0
+    holdout_pct: float = 0.0
     coupon: CouponModel
+
+    @field_validator("holdout_pct")
+    @classmethod
+    def _pct(cls, v: float) -> float:
+        if not 0.0 <= v < 100.0:
+            raise ValueError(
+                f"{v:g} is not a share of users: holdout_pct is the percent of eligible users "
+                "held out to measure lift, from 0 (none, the default) to below 100, e.g. 10"
+            )
+        return v
 
 
 class QuietHoursModel(_Model):
@@ -293,6 +305,7 @@ def _to_campaign(m: CampaignModel) -> Campaign:
         cooldown_s=m.caps.cooldown_s,
         inventory=m.inventory,
         priority=m.priority,
+        holdout_pct=m.holdout_pct,
     )
 
 

@@ -25,6 +25,7 @@ from engine.errors import FencesError, GeopushError
 _OWN = [
     ("engine.daemon.cli", "register"),
     ("engine.replay_cli", "register"),
+    ("engine.report_cli", "register"),
     ("fences.cli", "register"),
     ("engine.api.cli", "register"),
 ]

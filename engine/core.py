@@ -31,11 +31,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from engine import presence
+from engine import loop, presence
 from engine.campaigns import CampaignSet
 from engine.decisions import decide
-from engine.events import Beacon, Event, Gps, Nfc, Payment, ProfileEvent, Wifi
-from engine.outputs import VisitEvent
+from engine.events import Beacon, Event, Gps, Nfc, Payment, ProfileEvent, Redeem, Wifi
+from engine.outputs import Holdout, Push, VisitEvent
 from engine.presence import UMBRELLA_TAG, Transition
 from engine.profiles import ProfileBook
 from engine.state import Output, StateStore, UserState
@@ -84,6 +84,10 @@ class CoreConfig:
     # of each other: one device's clock (an hour ahead, the year 2100) moves nobody else's visits.
     watermark_quorum: int = 3
     max_skew_s: float = 300.0
+    # Closing the loop (engine/loop.py): payments at a merchant within this long after its push
+    # (or holdout decision) are attributed to it; the HMAC key of coupon codes.
+    attribution_window_s: float = loop.ATTRIBUTION_WINDOW_S
+    coupon_secret: str = loop.DEFAULT_REPLAY_SECRET
 
 
 @dataclass
@@ -103,6 +107,10 @@ class CoreStats:
     spoofing_suspected: int = 0
     payments: int = 0
     new_customer_payments: int = 0  # first payment of this user at this merchant
+    held_out: int = 0  # decisions a campaign holdout kept back (not pushed)
+    held_out_by_campaign: dict[str, int] = field(default_factory=dict)
+    redemptions_by_status: dict[str, int] = field(default_factory=dict)
+    attributed_orders: int = 0  # payments attributed to a push (not to a holdout)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -156,6 +164,7 @@ class Core:
         # A store that holds every record in memory needs no loading hints, and its records can
         # be kept by reference; others load per batch and are asked again.
         self._keep_records = store.in_memory
+        self._secret = loop.secret_bytes(config.coupon_secret)
         self.index = index
         self.campaigns = campaigns
         self._set_index(index)
@@ -265,7 +274,7 @@ class Core:
             else:
                 handler = signals.get(t)
                 if handler is None:  # a payment or a profile: facts, applied even when late
-                    self._fact(ev, st)
+                    self._fact(ev, st, outs)
                     if ts <= st.last_ts:
                         continue
                 elif ts < st.last_ts:
@@ -366,7 +375,7 @@ class Core:
 
     # --- facts: payments and profiles ----------------------------------------------------------
 
-    def _fact(self, ev: Event, st: UserState) -> None:
+    def _fact(self, ev: Event, st: UserState, outs: list[Output]) -> None:
         if isinstance(ev, Payment):
             m = ev.merchant_id
             payments = st.payments
@@ -377,14 +386,39 @@ class Core:
             self.stats.payments += 1
             if n == 0:
                 self.stats.new_customer_payments += 1
+            new_follower = st.follows is None or m not in st.follows
             if st.follows is None:
                 st.follows = [m]  # pay and follow
             elif m not in st.follows:
                 st.follows.append(m)
+            if st.offers is not None or ev.code is not None:
+                self._attribute(ev, st, n == 0, new_follower, outs)
+        elif isinstance(ev, Redeem):
+            r = loop.redeem(st, ev.merchant_id, ev.code, ev.ts, ev.request_id)
+            _bump(self.stats.redemptions_by_status, r.status)
+            outs.append(r)
         elif isinstance(ev, ProfileEvent) and ev.ts >= st.profile_ts:
             st.profile_ts = ev.ts
             st.tags = sorted(set(ev.tags))
             st.opt_out = ev.opt_out
+
+    def _attribute(
+        self, ev: Payment, st: UserState, new_customer: bool, new_follower: bool, outs: list[Output]
+    ) -> None:
+        code = None
+        if ev.code is not None:  # the till took a code with the payment: redeem it first
+            r = loop.redeem(st, ev.merchant_id, ev.code, ev.ts, f"pay:{ev.code}@{ev.ts!r}")
+            _bump(self.stats.redemptions_by_status, r.status)
+            outs.append(r)
+            code = r.code
+        order = loop.attribute(
+            st, ev.merchant_id, ev.ts, ev.amount, code, self.config.attribution_window_s,
+            new_customer, new_follower,
+        )  # fmt: skip
+        if order is not None:
+            outs.append(order)
+            if not order.held_out:
+                self.stats.attributed_orders += 1
 
     def _profile(self, st: UserState) -> tuple[frozenset[str] | Sequence[str], bool]:
         if st.profile_ts == _NEG_INF and self.profiles is not None:
@@ -523,6 +557,7 @@ class Core:
                     ts=tr.ts,
                     signal=v.signal,
                     dwell_s=tr.dwell_s,
+                    returning=v.returning,
                 )
             )
             if kind == "enter":
@@ -542,10 +577,24 @@ class Core:
                 continue  # the store is gone: no offer
             push = self._decide(st, tr)
             if push is not None:
+                self._offer(st, push)
                 outs.append(push)
-                stats.pushes += 1
-                _bump(stats.pushes_by_campaign, push.campaign_id)
+                if type(push) is Holdout:
+                    stats.held_out += 1
+                    _bump(stats.held_out_by_campaign, push.campaign_id)
+                else:
+                    stats.pushes += 1
+                    _bump(stats.pushes_by_campaign, push.campaign_id)
         trs.clear()
+
+    def _offer(self, st: UserState, out: Push | Holdout) -> None:
+        """Give a push its coupon code and remember it (or a holdout decision) for redemption
+        and attribution (engine/loop.py)."""
+        expires = 0.0  # a holdout decision has no coupon to redeem
+        if type(out) is Push:
+            out.code = loop.coupon_code(self._secret, out.push_id)
+            expires = float(out.coupon.expires_in_s)
+        loop.record_offer(st, out, expires, self.config.attribution_window_s)
 
     def _decide(self, st: UserState, tr: Transition) -> Any:
         v = tr.visit
@@ -700,4 +749,5 @@ _TYPE_NAME: dict[type, str] = {
     Nfc: "nfc",
     Payment: "payment",
     ProfileEvent: "profile",
+    Redeem: "redeem",
 }

@@ -17,7 +17,8 @@ from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from engine.campaigns import Campaign, CampaignSet, QuietHours
-from engine.outputs import Coupon, Push
+from engine.loop import in_holdout
+from engine.outputs import Coupon, Holdout, Push
 from engine.state import StateStore, UserState, Visit
 
 
@@ -150,8 +151,10 @@ def decide(
     ts: float,
     skipped: dict[str, int] | None = None,
     candidates: tuple[Campaign, ...] | None = None,
-) -> Push | None:
+) -> Push | Holdout | None:
     """The push for this (visit, trigger), or None. Takes inventory and records caps on a push.
+    A user in the winning campaign's holdout (``engine.loop.in_holdout``) gets a ``Holdout``
+    instead: same push_id, no caps recorded, no inventory taken, no other campaign tried.
     ``candidates``: the merchant's campaigns for this trigger when the caller has looked them up."""
     key = f"dwell:{dwell_s}" if trigger == "dwell" else trigger
     cands = campaigns.lookup((visit.merchant_id, key)) if candidates is None else candidates
@@ -192,6 +195,21 @@ def decide(
         if store.seen_push(pid):
             sk["already_decided"] = sk.get("already_decided", 0) + 1
             return None
+        if c.holdout_pct and in_holdout(st.user, c.id, c.holdout_pct):
+            left = store.inventory_left(c.id, c.inventory)
+            if left is not None and left <= 0:
+                sk["inventory"] = sk.get("inventory", 0) + 1
+                continue  # exhausted: no push either way, so not a holdout decision
+            return Holdout(
+                push_id=pid,
+                user=st.user,
+                campaign_id=c.id,
+                store_id=visit.store_id,
+                merchant_id=visit.merchant_id,
+                visit_id=visit.visit_id,
+                trigger=trigger,
+                ts=ts,
+            )
         if not store.take_coupon(c.id, c.inventory):
             sk["inventory"] = sk.get("inventory", 0) + 1
             continue

@@ -10,7 +10,8 @@ sqlite3, redis, msgspec, OSError) are translated where they enter, ``raise X(...
     ├── ProfileError           a profiles file is invalid
     ├── StateError             the durable state store failed (SQLite, Redis)
     ├── TransportError         the MQTT connection failed (wraps aiomqtt.MqttError)
-    └── TraceImportError       a trace file cannot be read or imported (names file and line)
+    ├── TraceImportError       a trace file cannot be read or imported (names file and line)
+    └── ReportError            `geopush report`'s source is not replay outputs nor a state file
 
 fences/ keeps its own root, ``fences.FencesError`` (fences knows nothing of the engine); it is
 re-exported here and the CLI reports both kinds without a traceback.
@@ -62,6 +63,10 @@ class TraceImportError(GeopushError):
     """A trace file cannot be imported; the message names the file, the line and the fix."""
 
 
+class ReportError(GeopushError):
+    """The source of a report cannot be read (engine/report.py); the message says what to give."""
+
+
 __all__ = [
     "CampaignError",
     "ConfigError",
@@ -69,6 +74,7 @@ __all__ = [
     "FencesError",
     "GeopushError",
     "ProfileError",
+    "ReportError",
     "StateError",
     "TraceImportError",
     "TransportError",

@@ -143,13 +143,27 @@ class Nfc(msgspec.Struct, tag="nfc", **_OPTS):
     tag: Str
 
 
-class Payment(msgspec.Struct, tag="payment", **_OPTS):
-    """A payment by the user at a merchant ("pay and follow")."""
+class Payment(msgspec.Struct, tag="payment", omit_defaults=True, **_OPTS):
+    """A payment by the user at a merchant ("pay and follow"); ``code``: a coupon code the till
+    took with it (redeems it, and attributes the payment to its push)."""
 
     user: Str
     ts: Ts
     merchant_id: Str
     amount: Amount
+    code: Str | None = None
+
+
+class Redeem(msgspec.Struct, tag="redeem", omit_defaults=True, **_OPTS):
+    """A merchant's till asks to redeem a coupon code shown by the user (docs/events.md).
+    ``request_id``: the till's id for the attempt; a retry with the same id gets the same
+    answer (default: code and ts)."""
+
+    user: Str
+    ts: Ts
+    merchant_id: Str
+    code: Str
+    request_id: Str | None = None
 
 
 class ProfileEvent(msgspec.Struct, tag="profile", **_OPTS):
@@ -161,8 +175,10 @@ class ProfileEvent(msgspec.Struct, tag="profile", **_OPTS):
     opt_out: bool = False
 
 
-Event: TypeAlias = Gps | Wifi | Beacon | Nfc | Payment | ProfileEvent
-EVENT_CLASSES: Final[tuple[type[Event], ...]] = (Gps, Wifi, Beacon, Nfc, Payment, ProfileEvent)
+Event: TypeAlias = Gps | Wifi | Beacon | Nfc | Payment | ProfileEvent | Redeem
+EVENT_CLASSES: Final[tuple[type[Event], ...]] = (
+    Gps, Wifi, Beacon, Nfc, Payment, ProfileEvent, Redeem
+)
 EVENT_TYPES: Final[dict[str, type[Event]]] = {
     str(c.__struct_config__.tag): c for c in EVENT_CLASSES
 }

@@ -9,8 +9,12 @@ newest event time several users reached: not one device's clock) fires the dwell
 due by then; visits still open at that time stay open
 (replay invents no exit after the data ends) and are counted in the summary.
 
-Outputs (``out_dir``): ``visits.jsonl``, ``pushes.jsonl``, ``deadletter.jsonl``, ``summary.json``.
-The same inputs give the same files, byte for byte: nothing depends on wall time or hash order.
+Outputs (``out_dir``): ``visits.jsonl``, ``pushes.jsonl``, ``holdouts.jsonl`` (decisions a campaign
+holdout kept back), ``redemptions.jsonl`` (answers to redeem events), ``orders.jsonl`` (payments
+attributed to a push or a holdout decision), ``deadletter.jsonl``, ``summary.json``; ``geopush
+report`` reads them (engine/report.py). The same inputs give the same files, byte for byte:
+nothing depends on wall time or hash order. Coupon codes are keyed by ``CoreConfig.coupon_secret``
+(a fixed public default unless given, so that replays are reproducible).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import gc
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -27,12 +31,21 @@ from engine.campaigns import CampaignSet, catalog_warnings, load_campaigns
 from engine.core import Core, CoreConfig
 from engine.errors import DecodeError, GeopushError
 from engine.events import Event, decode
-from engine.outputs import Push, VisitEvent, encode_output
+from engine.outputs import Holdout, Order, Push, RedeemResult, VisitEvent, encode_output
 from engine.profiles import ProfileBook, load_profiles
 from engine.state import MemoryStore, Output
 from fences.index import FenceIndex
 
 PathLike = str | os.PathLike[str]
+
+# Output type -> the file replay writes it to (in this order).
+OUTPUT_FILES: dict[type[Output], str] = {
+    VisitEvent: "visits.jsonl",
+    Push: "pushes.jsonl",
+    Holdout: "holdouts.jsonl",
+    RedeemResult: "redemptions.jsonl",
+    Order: "orders.jsonl",
+}
 
 
 class ReplayError(GeopushError):
@@ -123,8 +136,7 @@ def replay(
     batch: list[Event] = []
     with ExitStack() as stack:
         try:
-            f_visits = stack.enter_context(open(out / "visits.jsonl", "wb"))
-            f_pushes = stack.enter_context(open(out / "pushes.jsonl", "wb"))
+            files = {t: stack.enter_context(open(out / name, "wb")) for t, name in OUTPUT_FILES.items()}
             f_dead = stack.enter_context(open(out / "deadletter.jsonl", "wb"))
         except OSError as exc:
             raise ReplayError(f"cannot write to {out}: {exc}") from exc
@@ -132,7 +144,7 @@ def replay(
         def run(events: list[Event]) -> None:
             outs = core.process(events)
             store.commit(outs)
-            _write(outs, f_visits, f_pushes)
+            _write(outs, files)
             # User records live until the end: move them out of the collector's generations so
             # full collections do not rescan millions of them (~25% of replay time otherwise).
             # The core makes no reference cycles, so nothing is leaked by freezing.
@@ -170,7 +182,7 @@ def replay(
         if newest > float("-inf"):
             outs = core.flush(newest)
             store.commit(outs)
-            _write(outs, f_visits, f_pushes)
+            _write(outs, files)
         if update is not None:
             update(total if total is not None else done)
 
@@ -181,13 +193,19 @@ def replay(
     return summary
 
 
-def _write(outs: list[Output], f_visits: IO[bytes], f_pushes: IO[bytes]) -> None:
-    v = [encode_output(o) for o in outs if isinstance(o, VisitEvent)]
-    p = [encode_output(o) for o in outs if isinstance(o, Push)]
+def _write(outs: list[Output], files: Mapping[type[Output], IO[bytes]]) -> None:
+    v = [encode_output(o) for o in outs if type(o) is VisitEvent]
     if v:
-        f_visits.write(b"\n".join(v) + b"\n")
-    if p:
-        f_pushes.write(b"\n".join(p) + b"\n")
+        files[VisitEvent].write(b"\n".join(v) + b"\n")
+    if len(v) == len(outs):
+        return
+    by: dict[type[Output], list[bytes]] = {}
+    for o in outs:
+        t = type(o)
+        if t is not VisitEvent:
+            by.setdefault(t, []).append(encode_output(o))
+    for t, lines in by.items():
+        files[t].write(b"\n".join(lines) + b"\n")
 
 
 def _summary(core: Core, store: MemoryStore, trace: Path, lines: int, dead: dict[str, int]) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from typing import Any
 
@@ -22,6 +23,9 @@ TUNING: dict[str, tuple[float, str]] = {  # (an int default makes an int flag)
 }
 
 
+ATTRIBUTION_WINDOW_S = 7 * 86400.0  # engine.loop.ATTRIBUTION_WINDOW_S (checked by tests)
+
+
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser(
         "replay",
@@ -29,7 +33,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         description=(
             "Run the engine's core over TRACE (JSON Lines, one wire event per line, optionally "
             ".gz) in event time, exactly as the daemon would, and write DIR/visits.jsonl, "
-            "DIR/pushes.jsonl, DIR/deadletter.jsonl (bad lines with line number and reason) and "
+            "DIR/pushes.jsonl, DIR/holdouts.jsonl, DIR/redemptions.jsonl, DIR/orders.jsonl (see "
+            "`geopush report`), DIR/deadletter.jsonl (bad lines with line number and reason) and "
             "DIR/summary.json. The same inputs give byte-identical outputs."
         ),
     )
@@ -44,6 +49,23 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "--batch-size", type=int, default=1024, metavar="N", help="events per micro-batch (default 1024)"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("closing the loop (docs/architecture.md)")
+    g.add_argument(
+        "--coupon-secret",
+        default=None,
+        metavar="TEXT",
+        help="key of the coupon codes (HMAC); default: GEOPUSH_COUPON_SECRET, else a fixed public "
+        "value so that replays are reproducible. Never reuse the daemon's secret in a replay "
+        "you share",
+    )
+    g.add_argument(
+        "--attribution-window-s",
+        type=float,
+        default=ATTRIBUTION_WINDOW_S,
+        metavar="X",
+        help="a payment is attributed to the user's latest push from the merchant within this "
+        f"many seconds before it (default {ATTRIBUTION_WINDOW_S:g} = 7 days)",
+    )
     g = p.add_argument_group("presence tuning")
     for name, (default, text) in TUNING.items():
         g.add_argument(
@@ -63,7 +85,13 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ConfigError("--batch-size must be at least 1")
+    if not args.attribution_window_s >= 0:
+        raise ConfigError("--attribution-window-s must be a number of seconds >= 0")
     cfg = dataclasses.replace(CoreConfig(), **{k: getattr(args, k) for k in TUNING})
+    cfg = dataclasses.replace(cfg, attribution_window_s=args.attribution_window_s)
+    secret = args.coupon_secret or os.environ.get("GEOPUSH_COUPON_SECRET")
+    if secret:
+        cfg = dataclasses.replace(cfg, coupon_secret=secret)
     summary = replay(
         args.trace,
         args.fences,

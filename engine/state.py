@@ -40,6 +40,23 @@ class Visit(msgspec.Struct, kw_only=True, gc=False, omit_defaults=True):
     returning: bool = False
 
 
+class Offer(msgspec.Struct, kw_only=True, gc=False, omit_defaults=True):
+    """One push (or holdout decision) remembered in the user's record for redemption and
+    attribution (engine/loop.py). Kept until its coupon expired and the attribution window
+    after it (and after its redemption) passed; see ``engine.loop.record_offer``."""
+
+    push_id: str
+    campaign_id: str
+    merchant_id: str
+    ts: float  # decision time
+    expires_ts: float  # the coupon's expiry (ts + expires_in_s)
+    held_out: bool = False  # decided but not pushed (campaign holdout)
+    redeemed_ts: float | None = None
+    redeem_req: str | None = None  # request id of the redemption (a retry answers ok again)
+    order_ts: float | None = None  # first attributed order
+    order_value: float | None = None
+
+
 class UserState(msgspec.Struct, kw_only=True, gc=False, omit_defaults=True):
     """Everything the core knows about one user. Owned by the core; stores only persist it.
 
@@ -74,6 +91,9 @@ class UserState(msgspec.Struct, kw_only=True, gc=False, omit_defaults=True):
     claim_rssi: float = float("-inf")
     near: dict[str, list[float]] | None = None  # store -> [rssi, ts]
     profile_ts: float = float("-inf")
+    # Added by the closing-the-loop issue (engine/loop.py): pushes and holdout decisions still
+    # redeemable or attributable, by coupon code (pushes) or push_id (holdouts).
+    offers: dict[str, Offer] | None = None
 
 
 class Output(msgspec.Struct, kw_only=True, tag_field="kind"):

@@ -57,6 +57,7 @@ _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--deadletter-rate", "deadletter_rate", {"type": float, "metavar": "N"}),
     ("--log-format", "log_format", {"choices": ["text", "json"]}),
     ("--log-level", "log_level", {"metavar": "LEVEL"}),
+    ("--attribution-window-s", "attribution_window_s", {"type": float, "metavar": "S"}),
 ]
 
 

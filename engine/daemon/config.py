@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     sys_password: str | None = None
     new_state: bool = False
     quarantine_corrupt: bool = False
+    coupon_secret: str | None = Field(None, min_length=16)
+    attribution_window_s: float = Field(604800.0, ge=0)
 
     @field_validator("prefix")
     @classmethod
@@ -212,7 +214,8 @@ def _problem(err: Any) -> str:
             f"`{name}`: no such setting ({hint}the settings are those of `geopush run --help`, "
             "written with '_', e.g. `client_id`; deploy/geopush.toml lists them)"
         )
-    got = "" if name == "password" or "input" not in err else f" (got {err['input']!r})"
+    secret = name in ("password", "coupon_secret")
+    got = "" if secret or "input" not in err else f" (got {err['input']!r})"
     return (
         f"{name}: {msg}{got}; set by {_flag(name)}, GEOPUSH_{name.upper()} or `{name} = ...` "
         "in the config file"

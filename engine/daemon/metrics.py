@@ -54,6 +54,12 @@ class Metrics:
             "geopush_visits", "Visit events emitted, by event", ["event"], registry=r
         )
         self.pushes = Counter("geopush_pushes", "Coupon pushes decided", registry=r)
+        self.outcomes = Counter(
+            "geopush_outcomes",
+            "Holdout decisions, redemption answers and attributed orders, by kind",
+            ["kind"],
+            registry=r,
+        )
         self.published = Counter(
             "geopush_published", "Outputs acknowledged by the broker", registry=r
         )

@@ -53,6 +53,15 @@ class Topics:
     def visits(self, merchant_id: str) -> str:
         return f"{self.prefix}/visits/{merchant_id}"
 
+    def redemptions(self, merchant_id: str, user: str) -> str:
+        """Answers to redeem events: the till reads ``.../{merchant_id}/+``, the user's wallet
+        ``.../+/{user}``."""
+        return f"{self.prefix}/redemptions/{merchant_id}/{user}"
+
+    def outcomes(self, merchant_id: str) -> str:
+        """Attributed orders and holdout decisions, for the merchant's reports."""
+        return f"{self.prefix}/outcomes/{merchant_id}"
+
     def events(self, user: str) -> str:
         return f"{self.prefix}/events/{user}"
 
@@ -168,12 +177,19 @@ class Renderer:
         self._encode = outputs.encode_output
         self._Push = outputs.Push
         self._Visit = outputs.VisitEvent
+        self._Redeem = outputs.RedeemResult
+        self._Outcome = (outputs.Order, outputs.Holdout)
 
     def __call__(self, out: Output) -> OutRow:
         if isinstance(out, self._Push):
             return OutRow(out.out_id, self._topics.push(out.user), self._encode(out))
         if isinstance(out, self._Visit):
             return OutRow(out.out_id, self._topics.visits(out.merchant_id), self._encode(out))
+        if isinstance(out, self._Redeem):
+            topic = self._topics.redemptions(out.merchant_id, out.user)
+            return OutRow(out.out_id, topic, self._encode(out))
+        if isinstance(out, self._Outcome):
+            return OutRow(out.out_id, self._topics.outcomes(out.merchant_id), self._encode(out))
         raise TypeError(f"cannot publish output of type {type(out).__name__}")
 
 

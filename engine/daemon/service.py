@@ -674,7 +674,7 @@ class Service:
         if outputs:
             # likewise per batch and kind, not per output
             kinds = collections.Counter(
-                None if type(o).__name__ == "Push" else getattr(o, "event", "visit")
+                None if type(o).__name__ == "Push" else getattr(o, "event", None) or _outcome(o)
                 for o in outputs
             )
             pushes = kinds.pop(None, 0)
@@ -682,6 +682,9 @@ class Service:
                 m.pushes.inc(pushes)
                 totals["pushes"] += pushes
             for ev_kind, n in kinds.items():
+                if isinstance(ev_kind, tuple):  # a holdout, redemption answer or order
+                    m.outcomes.labels(ev_kind[0]).inc(n)
+                    continue
                 m.visits.labels(str(ev_kind)).inc(n)
                 totals["visits"] += n
 
@@ -890,11 +893,15 @@ def real_core_factory(settings: Settings, warnings: list[str] | None = None) -> 
 
     warm_up(loaded["index"], loaded["campaigns"])
 
-    config = CoreConfig(max_skew_s=settings.max_skew, watermark_quorum=settings.watermark_quorum)
-
     def factory(store: SQLiteStore) -> CoreLike:
         # SQLiteStore.commit returns the outbox rows it wrote: a compatible extension of the
         # StateStore protocol (whose commit returns None).
+        config = CoreConfig(
+            max_skew_s=settings.max_skew,
+            watermark_quorum=settings.watermark_quorum,
+            attribution_window_s=settings.attribution_window_s,
+            coupon_secret=coupon_secret(settings, store),
+        )
         core = Core(
             loaded["index"], loaded["campaigns"], cast("StateStore", store), config, profiles=profiles
         )
@@ -902,6 +909,26 @@ def real_core_factory(settings: Settings, warnings: list[str] | None = None) -> 
         return core
 
     return factory
+
+
+COUPON_SECRET_KEY = "coupon_secret"
+
+
+def coupon_secret(settings: Settings, store: SQLiteStore) -> str:
+    """The key of coupon codes: ``coupon_secret`` when set; else the one kept in the state,
+    generated (32 random bytes, URL-safe base64) and stored there on first start. With Redis
+    state the first worker's secret is shared by the group, so any worker verifies any code."""
+    if settings.coupon_secret is not None:
+        return settings.coupon_secret
+    import secrets
+
+    return store.meta_once(COUPON_SECRET_KEY, secrets.token_urlsafe(32))
+
+
+def _outcome(o: Any) -> tuple[str]:
+    """The kind of an output that is neither a push nor a visit event, as a 1-tuple (so that it
+    cannot be mistaken for a visit event's ``event``)."""
+    return (str(type(o).__struct_config__.tag),)
 
 
 def warm_up(index: Any, campaigns: Any) -> None:

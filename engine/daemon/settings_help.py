@@ -42,6 +42,8 @@ HELP: dict[str, str] = {
         "(clock_skew); also how close the watermark quorum's times must be"
     ),
     "watermark_quorum": "the sweep's event time moves only to a time this many distinct users reached",
+    "coupon_secret": "key of the coupon codes (HMAC, at least 16 characters; prefer GEOPUSH_COUPON_SECRET or the config file to a flag); none: generated on first start and kept in the state (SQLite meta, or shared by a Redis group)",
+    "attribution_window_s": "a payment is attributed to the user's latest push from the merchant within this many seconds before it",
 }
 
 # The default of every setting as --help shows it (engine.daemon.config.Settings holds the values;
@@ -81,6 +83,8 @@ DEFAULTS: dict[str, str] = {
     "sys_password": "none",
     "new_state": "false",
     "quarantine_corrupt": "false",
+    "coupon_secret": "none",
+    "attribution_window_s": "604800.0",
 }
 
 

@@ -24,6 +24,7 @@ Key layout (``P`` is the prefix, ``gp`` by default; ``{...}`` is a Redis Cluster
                                 of it is published (``mark_sent``)
 ``P:tok:{<worker>}``            token of the worker's last applied commit (idempotent retries)
 ``P:meta:{<worker>}``           hash: the worker's ``meta`` values (the core's watermark)
+``P:shared:<key>``              a group-wide setting made on first start (``coupon_secret``)
 ==============================  =================================================================
 
 Round trips: ``users`` 1 (plus coupon counters near exhaustion in the same ``MGET``),
@@ -417,6 +418,15 @@ class RedisStore:
         """A value this worker committed with ``meta`` (e.g. its core's watermark)."""
         val = self._call("meta", lambda: self.r.hget(self._meta_key, key))
         return None if val is None else bytes(val).decode()
+
+    def meta_once(self, key: str, value: str) -> str:
+        """The group-wide value of ``key`` (``P:shared:<key>``, one for every worker), storing
+        ``value`` first when there is none (``SET NX``): the first worker to start generates a
+        setting such as the coupon secret, and every worker then uses the same."""
+        k = f"{self.prefix}:shared:{key}"
+        self._call("meta_once", lambda: self.r.set(k, value, nx=True))
+        val = self._call("meta_once", lambda: self.r.get(k))
+        return value if val is None else bytes(val).decode()
 
     def users_with_visits(self) -> list[UserState]:
         """Every user with an open visit, whichever worker opened it (SCAN: at start only), so a

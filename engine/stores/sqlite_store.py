@@ -411,6 +411,13 @@ class SQLiteStore:
         rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
         return str(rows[0][0]) if rows else None
 
+    def meta_once(self, key: str, value: str) -> str:
+        """The meta value of ``key``, storing ``value`` first when there is none (autocommit:
+        at once). For settings generated on first run, such as the coupon secret."""
+        self._exec("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (key, value))
+        got = self.get_meta(key)
+        return value if got is None else got
+
     def users_with_visits(self) -> list[UserState]:
         """Every stored user with an open visit (to re-arm the core's timers at start)."""
         out = []

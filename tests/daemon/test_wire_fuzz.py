@@ -30,7 +30,14 @@ VALID: dict[str, dict[str, Any]] = {
     "nfc": {"type": "nfc", "user": FZ, "ts": T0, "tag": "fz-tag"},
     "payment": {"type": "payment", "user": FZ, "ts": T0, "merchant_id": "fz-nowhere", "amount": 1.0},
     "profile": {"type": "profile", "user": FZ, "ts": T0, "tags": ["fz"], "opt_out": False},
+    "redeem": {"type": "redeem", "user": FZ, "ts": T0, "merchant_id": "fz-nowhere", "code": "ABCDEFGHJK-1"},
 }  # fmt: skip
+def test_the_corpus_covers_every_event_type() -> None:
+    from engine.events import EVENT_TYPES
+
+    assert set(VALID) == set(EVENT_TYPES)
+
+
 OWNTRACKS = {"_type": "location", "tst": int(T0), "lat": LAT, "lon": LON, "acc": 15, "tid": "fz"}
 
 
@@ -125,7 +132,7 @@ async def test_hostile_corpus_over_the_wire(broker, tmp_path):
     fuzz = corpus()
     assert len(set(fuzz)) == len(fuzz)
     bad, types = _verdicts(fuzz)
-    assert types == {"gps", "wifi", "beacon", "nfc", "payment", "profileevent"}  # all processed
+    assert types == {"gps", "wifi", "beacon", "nfc", "payment", "profileevent", "redeem"}  # all
     assert 300 < len(bad) < len(fuzz)  # most are bad; the valid ones must be processed
     # interleave: the hostile messages spread through the city's traffic
     msgs = list(world.messages)

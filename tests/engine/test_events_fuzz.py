@@ -211,6 +211,7 @@ _VALID_WIRE = {
     "nfc": {"type": "nfc", "user": "u", "ts": 5.0, "tag": "t"},
     "payment": {"type": "payment", "user": "u", "ts": 5.0, "merchant_id": "m", "amount": 1.0},
     "profile": {"type": "profile", "user": "u", "ts": 5.0, "tags": ["a"], "opt_out": False},
+    "redeem": {"type": "redeem", "user": "u", "ts": 5.0, "merchant_id": "m", "code": "ABCDEFGHJK-1"},
 }  # fmt: skip
 assert set(_VALID_WIRE) == set(EVENT_TYPES)
 _NEST = "\x00NEST\x00"

@@ -31,15 +31,28 @@ def push() -> Push:
 def test_visit_event_exact_bytes() -> None:
     assert encode_output(visit()) == (
         b'{"kind":"visit","visit_id":"u1:s1:1","user":"u1","store_id":"s1","merchant_id":"m1",'
+        b'"event":"enter","ts":1700000000.25,"signal":"wifi","dwell_s":null,'
+        b'"returning":false}'
+    )
+
+
+def test_outputs_of_older_versions_still_decode() -> None:
+    """Outbox rows written before ``returning`` and ``code`` existed read back with defaults."""
+    old_visit = (
+        b'{"kind":"visit","visit_id":"u1:s1:1","user":"u1","store_id":"s1","merchant_id":"m1",'
         b'"event":"enter","ts":1700000000.25,"signal":"wifi","dwell_s":null}'
     )
+    assert decode_output(old_visit) == visit()
+    old_push = encode_output(push()).replace(b',"code":""', b"")
+    assert b'"code"' not in old_push
+    assert decode_output(old_push) == push()
 
 
 def test_push_exact_bytes() -> None:
     assert encode_output(push()) == (
         b'{"kind":"push","push_id":"p-abc","user":"u1","campaign_id":"c1","store_id":"s1",'
         b'"merchant_id":"m1","visit_id":"u1:s1:1","trigger":"dwell","ts":1700000300.0,'
-        b'"coupon":{"title":"10% off","value":10.0,"currency":"EUR","expires_in_s":3600}}'
+        b'"coupon":{"title":"10% off","value":10.0,"currency":"EUR","expires_in_s":3600},"code":""}'
     )
 
 

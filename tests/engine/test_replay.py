@@ -14,7 +14,7 @@ from engine.core import CoreConfig
 from engine.events import encode_event
 from engine.outputs import decode_output
 from engine.replay import ReplayError, replay
-from engine.replay_cli import TUNING
+from engine.replay_cli import ATTRIBUTION_WINDOW_S, TUNING
 from fences.catalog import dump_catalog
 
 STORES = [
@@ -121,6 +121,7 @@ def test_cli_replay_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str
 def test_cli_defaults_match_core_config() -> None:
     defaults = dataclasses.asdict(CoreConfig())
     assert {k: v for k, (v, _) in TUNING.items()} == {k: defaults[k] for k in TUNING}
+    assert defaults["attribution_window_s"] == ATTRIBUTION_WINDOW_S
 
 
 def test_bench_replay_runs_small_and_accounts_every_event() -> None:
@@ -131,6 +132,20 @@ def test_bench_replay_runs_small_and_accounts_every_event() -> None:
     assert r["events_per_s"] > 0 and r["events_per_cpu_s"] > 0
     assert abs(sum(r["share"].values()) - 1.0) < 0.01
     assert r["visits"]["enter"] >= r["visits"]["exit"] > 0
+
+
+def test_bench_replay_loop_pairs_the_workloads() -> None:
+    """--loop: the same number of events both ways; the loop pass redeems pushed codes (mostly
+    ok), attributes payments and holds users out."""
+    from simulator.bench.replay import measure_loop
+
+    r = measure_loop(300, 2000, 20_000, batch=256, seed=3, progress=False, rounds=1)
+    by = r["loop_events_by_type"]
+    assert sum(by.values()) == 20_000 and by["redeem"] > 0 and by["payment"] > 0
+    red = r["loop_redemptions_by_status"]
+    assert red.get("ok", 0) > red.get("not_found", 0)
+    assert r["loop_held_out"] > 0 and r["loop_attributed_orders"] > 0
+    assert r["events_per_s_plain"] > 0 and r["events_per_s_loop"] > 0
 
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

@@ -264,3 +264,39 @@ def test_a_store_waits_for_redis_to_come_back(
         timer.join()
     assert outputs == []
     assert make_store(worker="x").user("u1").visit_seq == 2
+
+
+def test_meta_once_is_shared_by_the_group(make_store):
+    """The coupon secret: the first worker's value wins, every worker reads the same."""
+    a = make_store(worker="w1")
+    b = make_store(worker="w2")
+    assert a.meta_once("coupon_secret", "first-secret") == "first-secret"
+    assert b.meta_once("coupon_secret", "second-secret") == "first-secret"
+
+
+def test_redemptions_and_orders_commit_on_redis(make_store: MakeStore) -> None:
+    """A redemption answer and an attributed order name an existing push: committing them must
+    not look like deciding that push again (which the commit script refuses)."""
+    from engine.campaigns import parse_campaigns
+    from engine.core import Core
+    from engine.events import Gps, Payment, Redeem
+    from engine.outputs import Order, RedeemResult
+    from fences.catalog import Catalog
+    from fences.index import FenceIndex
+    from fences.store import Store
+
+    store = make_store(worker="w1")
+    store.max_attempts = 3
+    index = FenceIndex(Catalog([Store(store_id="A", merchant_id="m-A", center=(24.94, 60.17), radius_m=50.0)]))
+    coupon = {"title": "t", "value": 1, "currency": "EUR", "expires_in_s": 3600}
+    core = Core(index, parse_campaigns([{"id": "a", "merchant_id": "m-A", "trigger": "enter", "coupon": coupon}]), store)
+    t0 = 1_780_000_000.0
+    outs, _ = store.run_batch(core.process, [Gps(user="u1", ts=t0, lon=24.94, lat=60.17, acc=5.0)])
+    (push,) = [o for o in outs if isinstance(o, Push)]
+    outs, _ = store.run_batch(core.process, [
+        Redeem(user="u1", ts=t0 + 60, merchant_id="m-A", code=push.code),
+        Payment(user="u1", ts=t0 + 61, merchant_id="m-A", amount=2.0),
+    ])  # fmt: skip
+    assert [o.status for o in outs if isinstance(o, RedeemResult)] == ["ok"]
+    assert [o.via for o in outs if isinstance(o, Order)] == ["redeemed"]
+    assert store.peek("u1").offers[push.code].order_ts == t0 + 61  # type: ignore[index]
