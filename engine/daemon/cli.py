@@ -69,6 +69,10 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         help="do not subscribe to owntracks/+/+",
     )  # fmt: skip
     run.add_argument(
+        "--mqtt-plain", dest="mqtt_fast", action="store_const", const=False, default=None,
+        help=HELP["mqtt_fast"],
+    )  # fmt: skip
+    run.add_argument(
         "--uvloop", action="store_true", help="run on uvloop when installed (~20%% more msg/s)"
     )
     run.set_defaults(func=_run)

@@ -52,6 +52,7 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     input_window: int = Field(100_000, ge=1000)
+    mqtt_fast: bool = True
 
     @field_validator("prefix")
     @classmethod

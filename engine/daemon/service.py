@@ -157,6 +157,7 @@ class Service:
                 max_inflight_out=0,
                 username=s.username,
                 password=s.password,
+                fast=s.mqtt_fast,
             )
             self.outbox = Outbox(link, store, self.metrics, max_in_flight=s.max_in_flight)
             await self._connection_loop()

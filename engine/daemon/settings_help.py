@@ -30,4 +30,5 @@ HELP: dict[str, str] = {
     "log_format": "text or json (JSON lines, one object per record)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "input_window": "how many recent input digests are kept to recognise redeliveries",
+    "mqtt_fast": "--mqtt-plain (mqtt_fast = false, GEOPUSH_MQTT_FAST=0): run the plain aiomqtt path instead of the fast MQTT path that patches paho-mqtt's internals (exactly-once either way; the fast path falls back to the plain one by itself when the installed paho-mqtt/aiomqtt is not the tested version)",
 }
