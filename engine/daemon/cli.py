@@ -105,6 +105,7 @@ def _run(args: argparse.Namespace) -> int:
 
     flags = {field: getattr(args, field, None) for _f, field, _k in _FLAGS}
     flags["owntracks"] = args.owntracks
+    flags["mqtt_fast"] = args.mqtt_fast
     config = args.config or (Path(os.environ["GEOPUSH_CONFIG"]) if os.environ.get("GEOPUSH_CONFIG") else None)
     settings = load_settings(flags, config)
     setup_logging(settings.log_format, settings.log_level)

@@ -174,7 +174,10 @@ def _report_path(fast_wanted: bool, problems: list[str]) -> None:
         return
     _reported.add(key)
     if not fast_wanted:
-        log.info("MQTT transport: plain aiomqtt path (fast path switched off: GEOPUSH_MQTT_FAST=0)")
+        log.info(
+            "MQTT transport: plain aiomqtt path (fast path switched off: --mqtt-plain, "
+            "mqtt_fast = false or GEOPUSH_MQTT_FAST=0)"
+        )
     else:
         log.warning(
             "MQTT transport: the fast path's check failed, using the plain aiomqtt path "

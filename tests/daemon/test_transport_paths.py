@@ -15,7 +15,16 @@ from engine.errors import ConfigError, TransportError
 from engine.transport import mqtt
 from engine.transport.mqtt import MqttLink, fast_path_default, parse_broker_url
 
-from .conftest import Collector, fast_path_only, gps, publish_all, running_service
+from .conftest import (
+    Collector,
+    World,
+    fast_path_only,
+    gps,
+    publish_all,
+    running_service,
+    spawn_daemon,
+    wait_online,
+)
 
 
 @pytest.fixture
@@ -147,3 +156,16 @@ async def test_one_owner_per_connection(broker):
             await link.connect()
         assert link.connected
     assert not link.connected
+
+
+async def test_geopush_run_mqtt_plain_runs_the_plain_path(broker, tmp_path):
+    world = World(tmp_path, side=2, users=2, per_user=2)
+    async with Collector(broker.url, ["geopush/status/#"]) as col:
+        proc = spawn_daemon(broker.url, tmp_path / "s.db", world, "--mqtt-plain", "--log-level", "INFO")
+        try:
+            await wait_online(col, proc.pid)
+        finally:
+            proc.terminate()
+            _, err = await asyncio.to_thread(proc.communicate, timeout=30)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert "plain aiomqtt path (fast path switched off" in err.decode()
