@@ -130,7 +130,6 @@ def test_an_untested_version_or_a_changed_kind_fails_the_check(monkeypatch):
     found = asyncio.run(problems())
     assert any(p.startswith("paho-mqtt 2.3.0 is untested") for p in found), found
     assert "paho.mqtt.client.Client._mid_generate is not callable" in found
-    assert len(found) == 2, found
 
 
 async def test_forced_plain_path_logs_no_warning(broker, caplog, fresh_reports):
