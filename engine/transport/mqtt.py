@@ -436,6 +436,11 @@ class MqttLink:
             await client.subscribe([(t, qos) for t in topics])
         except aiomqtt.MqttError as exc:
             raise TransportError(f"subscribe {topics} failed: {exc}") from exc
+        except ValueError as exc:  # paho's check of a filter or QoS
+            raise TransportError(
+                f"subscribe {topics} failed: {exc} (a filter is a non-empty topic whose '#' "
+                "comes last and whose wildcards fill whole levels; QoS 0, 1 or 2)"
+            ) from exc
 
     # --- intake --------------------------------------------------------------------------------
 

@@ -168,3 +168,14 @@ async def test_geopush_run_mqtt_plain_runs_the_plain_path(broker, tmp_path):
             _, err = await asyncio.to_thread(proc.communicate, timeout=30)
     assert proc.returncode == 0, err.decode()[-2000:]
     assert "plain aiomqtt path (fast path switched off" in err.decode()
+
+
+async def test_foreign_errors_become_transport_errors_that_keep_their_cause(broker):
+    async with MqttLink(parse_broker_url(broker.url)) as link:
+        for bad in ("", "a/#/b"):
+            with pytest.raises(TransportError, match="subscribe") as err:
+                await link.subscribe([bad])
+            assert isinstance(err.value.__cause__, ValueError)
+        with pytest.raises(TransportError, match="publish") as err:
+            await link.publish("a/+", b"x", qos=0)  # through paho's publish on both paths
+        assert isinstance(err.value.__cause__, ValueError)
