@@ -84,6 +84,10 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     for flag, field in (("--new-state", "new_state"), ("--quarantine-corrupt", "quarantine_corrupt")):
         run.add_argument(flag, dest=field, action="store_const", const=True, default=None, help=flag_help(field))
     run.add_argument(
+        "--mqtt-plain", dest="mqtt_fast", action="store_const", const=False, default=None,
+        help=flag_help("mqtt_fast"),
+    )  # fmt: skip
+    run.add_argument(
         "--uvloop", action="store_true", help="run on uvloop when installed (~20%% more msg/s; default: asyncio)"
     )
     run.set_defaults(func=_run)
@@ -124,6 +128,7 @@ def _run(args: argparse.Namespace) -> int:
     flags["owntracks"] = args.owntracks
     flags["new_state"] = args.new_state
     flags["quarantine_corrupt"] = args.quarantine_corrupt
+    flags["mqtt_fast"] = args.mqtt_fast
     config = args.config or (Path(os.environ["GEOPUSH_CONFIG"]) if os.environ.get("GEOPUSH_CONFIG") else None)
     settings = load_settings(flags, config)
     setup_logging(settings.log_format, settings.log_level)

@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     quarantine_corrupt: bool = False
     coupon_secret: str | None = Field(None, min_length=16)
     attribution_window_s: float = Field(604800.0, ge=0)
+    mqtt_fast: bool = True
 
     @field_validator("prefix")
     @classmethod
@@ -196,8 +197,11 @@ def load_settings(flags: dict[str, Any] | None = None, config_file: Path | None 
         raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from exc
 
 
+_NEGATIVE_FLAGS = {"owntracks": "--no-owntracks", "mqtt_fast": "--mqtt-plain"}
+
+
 def _flag(name: str) -> str:
-    return "--no-owntracks" if name == "owntracks" else f"--{name.replace('_', '-')}"
+    return _NEGATIVE_FLAGS.get(name, f"--{name.replace('_', '-')}")
 
 
 def _problem(err: Any) -> str:

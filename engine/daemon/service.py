@@ -186,6 +186,7 @@ class Service:
                 max_inflight_out=0,
                 username=s.username,
                 password=s.password,
+                fast=s.mqtt_fast,
             )
             self.outbox = Outbox(link, store, self.metrics, max_in_flight=s.max_in_flight)
             # the broker's own dropped-message counter ($SYS), on a connection (and login) of its own

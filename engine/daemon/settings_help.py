@@ -44,6 +44,7 @@ HELP: dict[str, str] = {
     "watermark_quorum": "the sweep's event time moves only to a time this many distinct users reached",
     "coupon_secret": "key of the coupon codes (HMAC, at least 16 characters; prefer GEOPUSH_COUPON_SECRET or the config file to a flag); none: generated on first start and kept in the state (SQLite meta, or shared by a Redis group)",
     "attribution_window_s": "a payment is attributed to the user's latest push from the merchant within this many seconds before it",
+    "mqtt_fast": "--mqtt-plain (mqtt_fast = false, GEOPUSH_MQTT_FAST=0): run the plain aiomqtt path instead of the fast MQTT path that patches paho-mqtt's internals (exactly-once either way; the fast path falls back to the plain one by itself when the installed paho-mqtt/aiomqtt is not the tested version)",
 }
 
 # The default of every setting as --help shows it (engine.daemon.config.Settings holds the values;
@@ -85,6 +86,7 @@ DEFAULTS: dict[str, str] = {
     "quarantine_corrupt": "false",
     "coupon_secret": "none",
     "attribution_window_s": "604800.0",
+    "mqtt_fast": "true",
 }
 
 

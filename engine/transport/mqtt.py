@@ -37,6 +37,19 @@ the daemon needs and aiomqtt 2.5 does not expose:
   ``TransportError`` (the outbox re-publishes unsent rows from SQLite after the reconnect).
 
 Errors from aiomqtt / paho are translated to ``engine.errors.TransportError`` here.
+
+**Two paths, one interface.** Everything above except the manual acknowledgements is the *fast
+path*: it reads, calls or replaces the private names of paho-mqtt and aiomqtt listed in
+``FAST_PATH_NAMES``, so it is tied to the versions it is tested with (``TESTED_PAHO``,
+``TESTED_AIOMQTT``; pyproject.toml pins the same). Every connection first checks those names
+(present, of the expected kind) and the versions; if anything is off it logs a warning once and
+runs the *plain path*: aiomqtt's connection handling plus paho's public API only (``on_message``
+for the DUP flag, ``manual_ack_set``/``ack`` for acknowledging after commit, ``publish`` and
+``on_publish`` for QoS 1 callbacks), reached through aiomqtt's one private attribute
+``Client._client`` (aiomqtt 2.5 does not wrap manual acks: empicano/aiomqtt#345). The plain
+path keeps exactly-once (ack after commit, DUP checked against the input log) at a lower speed
+(docs/benchmarks.md). ``GEOPUSH_MQTT_FAST=0`` (or ``MqttLink(fast=False)``; the daemon's
+``--mqtt-plain``) forces it.
 """
 
 from __future__ import annotations
@@ -44,6 +57,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
+import os
+import re
 import socket
 import struct
 import time
@@ -57,6 +73,130 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTErrorCode
 
 from engine.errors import ConfigError, TransportError
+
+log = logging.getLogger("geopush.transport")
+
+# --- the fast path's footing ---------------------------------------------------------------------
+
+# The minor versions the fast path is tested with (pyproject.toml pins paho-mqtt to the same).
+TESTED_PAHO: tuple[tuple[int, int], ...] = ((2, 2),)
+TESTED_AIOMQTT: tuple[tuple[int, int], ...] = ((2, 5),)
+
+# Every private name the fast path reads, calls or replaces, with the kind it must have:
+# "method" (callable), "attribute" (present, any value) or a type the value must be an instance
+# of. "paho" is the connection's paho.mqtt.client.Client, "aiomqtt" its aiomqtt.Client. The public
+# paho methods the fast path replaces (loop_read) are listed too. The entry formats of
+# ``_out_packet`` and ``_in_packet`` cannot be checked by name: the version pin covers them
+# (``_in_packet``'s keys are checked).
+FAST_PATH_NAMES: tuple[tuple[str, str, str | type | tuple[type, ...]], ...] = (
+    ("paho", "_packet_write", "method"),  # replaced: _coalesce_writes
+    ("paho", "_sock_send", "method"),  # _coalesce_writes
+    ("paho", "_out_packet", collections.deque),  # _coalesce_writes, _queue_bytes
+    ("paho", "_last_msg_out", float),  # _coalesce_writes (keepalive)
+    ("paho", "_call_socket_register_write", "method"),  # _queue_bytes
+    ("paho", "_sock_recv", "method"),  # replaced: _fast_reads
+    ("paho", "loop_read", "method"),  # replaced: _fast_reads
+    ("paho", "_in_packet", dict),  # _fast_reads, _lean_pubacks: "command", "packet"
+    ("paho", "_last_bytes_received", float),  # _fast_reads (keepalive)
+    ("paho", "_protocol", int),  # _fast_reads, _lean_pubacks
+    ("paho", "_out_messages", dict),  # _fast_reads, _lean_pubacks, _raw_publish
+    ("paho", "_out_message_mutex", "attribute"),  # _fast_reads, _lean_pubacks
+    ("paho", "_do_on_publish", "method"),  # _fast_reads, _lean_pubacks
+    ("paho", "_handle_pubackcomp", "method"),  # replaced: _lean_pubacks
+    ("paho", "_mid_generate", "method"),  # _raw_publish
+    ("paho", "_sock", "attribute"),  # _socket_reader (TLS pending bytes)
+    ("aiomqtt", "_disconnected", asyncio.Future),  # connected, wait_disconnected, _socket_reader
+    ("aiomqtt", "_connected", asyncio.Future),  # _retrieve
+)
+_IN_PACKET_KEYS = ("command", "packet")
+
+
+def _minor(version: str) -> tuple[int, int] | None:
+    m = re.match(r"(\d+)\.(\d+)", version)
+    return (int(m[1]), int(m[2])) if m else None
+
+
+def fast_path_problems(client: aiomqtt.Client, pc: paho.Client) -> list[str]:
+    """Why the fast path cannot run on this connection (empty: it can): an untested paho-mqtt or
+    aiomqtt version, or a name of ``FAST_PATH_NAMES`` missing or of another kind."""
+    import paho.mqtt as paho_pkg
+
+    problems = []
+    for dist, version, tested in (
+        ("paho-mqtt", getattr(paho_pkg, "__version__", "?"), TESTED_PAHO),
+        ("aiomqtt", getattr(aiomqtt, "__version__", "?"), TESTED_AIOMQTT),
+    ):
+        if _minor(version) not in tested:
+            want = ", ".join(f"{a}.{b}.x" for a, b in tested)
+            problems.append(f"{dist} {version} is untested (the fast path is tested with {want})")
+    owners: dict[str, object] = {"paho": pc, "aiomqtt": client}
+    missing = object()
+    for owner, name, kind in FAST_PATH_NAMES:
+        value = getattr(owners[owner], name, missing)
+        where = f"{type(owners[owner]).__module__}.{type(owners[owner]).__qualname__}.{name}"
+        if value is missing:
+            problems.append(f"{where} is missing")
+        elif kind == "method" and not callable(value):
+            problems.append(f"{where} is not callable")
+        elif isinstance(kind, (type, tuple)) and not isinstance(value, kind):
+            problems.append(f"{where} is a {type(value).__name__}, not a {_kind_name(kind)}")
+    in_packet = getattr(pc, "_in_packet", None)
+    if isinstance(in_packet, dict) and not all(k in in_packet for k in _IN_PACKET_KEYS):
+        problems.append(f"paho's _in_packet lacks {_IN_PACKET_KEYS} (has {sorted(in_packet)})")
+    return problems
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(k.__name__ for k in kinds)
+
+
+def fast_path_default() -> bool:
+    """``GEOPUSH_MQTT_FAST`` (1/0, true/false, yes/no, on/off; unset: 1): whether links try the
+    fast path (they still fall back to the plain one when its check fails)."""
+    raw = os.environ.get("GEOPUSH_MQTT_FAST", "").strip().lower()
+    if raw in ("", "1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(
+        f"GEOPUSH_MQTT_FAST={raw!r}: use 1 (the fast MQTT path, the default) or 0 (the plain "
+        "aiomqtt path)"
+    )
+
+
+_reported: set[tuple[str, ...]] = set()  # what was logged already (once per process)
+
+
+def _report_path(fast_wanted: bool, problems: list[str]) -> None:
+    key = tuple(problems) if fast_wanted else ("forced",)
+    if key in _reported:
+        return
+    _reported.add(key)
+    if not fast_wanted:
+        log.info(
+            "MQTT transport: plain aiomqtt path (fast path switched off: --mqtt-plain, "
+            "mqtt_fast = false or GEOPUSH_MQTT_FAST=0)"
+        )
+    else:
+        log.warning(
+            "MQTT transport: the fast path's check failed, using the plain aiomqtt path "
+            "(exactly-once kept, fewer messages/s): %s. Install the tested versions "
+            "(pip install 'paho-mqtt>=2.2,<2.3' 'aiomqtt>=2.5,<2.6') to get it back.",
+            "; ".join(problems),
+        )
+
+
+def _paho_of(client: aiomqtt.Client) -> paho.Client:
+    """The paho client under aiomqtt's (its one private name both paths need: manual acks)."""
+    pc = getattr(client, "_client", None)
+    if not isinstance(pc, paho.Client):
+        raise TransportError(
+            f"aiomqtt {getattr(aiomqtt, '__version__', '?')} has no paho client at "
+            "aiomqtt.Client._client, which geopush needs for acknowledging after commit; "
+            "install aiomqtt>=2.5,<2.6"
+        )
+    return pc
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +254,10 @@ class Will:
 
 
 class MqttLink:
-    """One connection to the broker (reusable: ``connect`` again after a disconnect)."""
+    """One connection to the broker (reusable: ``connect`` again after a disconnect; one owner:
+    ``connect`` while connected raises). ``async with MqttLink(...) as link:`` connects and
+    disconnects. ``fast`` (None: ``GEOPUSH_MQTT_FAST``, default on) tries the fast path; each
+    connection says which one it runs in ``fast_path`` (module doc)."""
 
     def __init__(
         self,
@@ -128,8 +271,11 @@ class MqttLink:
         max_inflight_out: int = 1000,
         username: str | None = None,
         password: str | None = None,
+        fast: bool | None = None,
     ) -> None:
         self.address = address
+        self.fast = fast_path_default() if fast is None else fast
+        self.fast_path = False  # whether the current (or last) connection runs the fast path
         self.client_id = client_id
         self.clean_session = clean_session
         self.manual_ack = manual_ack
@@ -154,11 +300,26 @@ class MqttLink:
         self._held: tuple[Any, int] | None = None  # (socket, epoch) while hold_reads is on
         self._readable: Callable[[], None] | None = None  # the socket's reader (release_reads)
         self._aiomqtt_on_publish: Any = None
+        # The plain path's view of the connection (aiomqtt's public message iterator ends when
+        # it is lost); None on the fast path, which reads aiomqtt's own future.
+        self._lost: asyncio.Event | None = None
+        self._watcher: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> MqttLink:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.disconnect()
 
     # --- connection ----------------------------------------------------------------------------
 
     async def connect(self, timeout: float = 10.0) -> None:
         """Connect (one attempt). Raises TransportError when the broker is unreachable or refuses."""
+        if self._client is not None:
+            raise TransportError(
+                "this MqttLink is already connected (one owner per connection): disconnect() first"
+            )
         will = None
         if self.will is not None:
             will = aiomqtt.Will(
@@ -180,7 +341,12 @@ class MqttLink:
             # the peer's delayed ACK (up to ~40 ms). Latency matters more than packet count here.
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )
-        pc: paho.Client = client._client  # noqa: SLF001  (see module doc: manual acks)
+        pc = _paho_of(client)
+        problems = fast_path_problems(client, pc) if self.fast else []
+        fast = self.fast and not problems
+        if not fast:
+            _report_path(self.fast, problems)
+        self.fast_path = fast
         pc.manual_ack_set(self.manual_ack)
         self._fail_publishes(TransportError("disconnected"))  # leftovers of a previous connection
         self.epoch += 1
@@ -196,9 +362,10 @@ class MqttLink:
         def on_message(_c: Any, _u: Any, m: paho.MQTTMessage) -> None:
             deliver(m.topic, bytes(m.payload), m.mid, m.qos, bool(m.dup), bool(m.retain))
 
-        _coalesce_writes(pc)
-        _fast_reads(pc, deliver, self._raw_acked, manual_ack=self.manual_ack)
-        _lean_pubacks(pc, self._raw_acked)
+        if fast:
+            _coalesce_writes(pc)
+            _fast_reads(pc, deliver, self._raw_acked, manual_ack=self.manual_ack)
+            _lean_pubacks(pc, self._raw_acked)
         pc.on_message = on_message
         self._aiomqtt_on_publish = pc.on_publish
         pc.on_publish = self._on_publish
@@ -210,11 +377,25 @@ class MqttLink:
             ) from exc
         self._client = client
         self._paho = pc
-        self._readable = _socket_reader(client, pc)
+        if fast:
+            self._lost = None
+            self._readable = _socket_reader(client, pc)
+        else:
+            self._lost = asyncio.Event()
+            self._readable = None
+            self._watcher = asyncio.create_task(_watch(client, self._lost), name="mqtt-watch")
+
+    def _stop_watcher(self) -> None:
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.cancel()
+        if self._lost is not None:
+            self._lost.set()
 
     async def disconnect(self) -> None:
         client, self._client, self._paho = self._client, None, None
         self._fail_publishes(TransportError("disconnected"))
+        self._stop_watcher()
         if client is not None:
             with contextlib.suppress(aiomqtt.MqttError, asyncio.TimeoutError, OSError):
                 await asyncio.wait_for(client.__aexit__(None, None, None), 5.0)
@@ -222,10 +403,12 @@ class MqttLink:
 
     def drop(self) -> None:
         """Forget the connection without a DISCONNECT packet (so the broker publishes the will)."""
-        client, self._client, self._paho = self._client, None, None
+        client, pc = self._client, self._paho
+        self._client = self._paho = None
         self._fail_publishes(TransportError("disconnected"))
-        if client is not None:
-            sock = client._client.socket()  # noqa: SLF001
+        self._stop_watcher()
+        if client is not None and pc is not None:
+            sock = pc.socket()
             if sock is not None:
                 with contextlib.suppress(OSError):
                     sock.close()
@@ -233,11 +416,19 @@ class MqttLink:
 
     @property
     def connected(self) -> bool:
-        return self._client is not None and not self._client._disconnected.done()  # noqa: SLF001
+        client = self._client
+        if client is None:
+            return False
+        if self._lost is not None:  # the plain path
+            return not self._lost.is_set()
+        return not client._disconnected.done()  # noqa: SLF001
 
     async def wait_disconnected(self) -> None:
         """Return (never raise) when the connection is lost."""
         if self._client is None:
+            return
+        if self._lost is not None:
+            await self._lost.wait()
             return
         with contextlib.suppress(Exception):
             await asyncio.shield(self._client._disconnected)  # noqa: SLF001
@@ -248,6 +439,11 @@ class MqttLink:
             await client.subscribe([(t, qos) for t in topics])
         except aiomqtt.MqttError as exc:
             raise TransportError(f"subscribe {topics} failed: {exc}") from exc
+        except ValueError as exc:  # paho's check of a filter or QoS
+            raise TransportError(
+                f"subscribe {topics} failed: {exc} (a filter is a non-empty topic whose '#' "
+                "comes last and whose wildcards fill whole levels; QoS 0, 1 or 2)"
+            ) from exc
 
     # --- intake --------------------------------------------------------------------------------
 
@@ -291,7 +487,9 @@ class MqttLink:
         reads it. While the service lingers over a small batch, every TCP segment the broker
         sends (one per message: TCP_NODELAY) would otherwise wake the loop for a read of a few
         messages, ~19 loop turns per micro-batch at 40k single-event messages/s. False when
-        there is no socket (nothing held)."""
+        there is no socket (nothing held) or on the plain path (aiomqtt keeps its reader)."""
+        if not self.fast_path:
+            return False
         pc = self._paho
         sock = pc.socket() if pc is not None else None
         if sock is None or self._held is not None:
@@ -338,6 +536,11 @@ class MqttLink:
         if pc is None:
             return 0
         epoch, n = self.epoch, 0
+        if not self.fast_path:  # paho's public ack, one packet each
+            ok = paho.MQTT_ERR_SUCCESS
+            return sum(
+                1 for m in msgs if m.qos == 0 or (m.epoch == epoch and pc.ack(m.mid, m.qos) == ok)
+            )
         words: list[int] = []
         for m in msgs:
             if m.qos == 0:
@@ -367,18 +570,24 @@ class MqttLink:
         inside the socket's read callback: no future or event-loop turn per message (the
         outbox's hot path). QoS 1 packets are built here (module doc), at most
         ``max_inflight_out`` awaiting PUBACK (0: no limit), the rest queued in order; QoS 0 and 2
-        go through paho."""
+        (and every QoS on the plain path) go through paho's ``publish``."""
         pc = self._paho
         if pc is None:
             done(TransportError("not connected"))
             return
-        if qos == 1:
+        if qos == 1 and self.fast_path:
             if self.max_inflight_out and len(self._raw_done) >= self.max_inflight_out:
                 self._raw_wait.append((topic, payload, done, retain))
             else:
                 self._raw_publish(pc, topic, payload, done, retain)
             return
-        info = pc.publish(topic, payload, qos=qos, retain=retain)
+        try:
+            info = pc.publish(topic, payload, qos=qos, retain=retain)
+        except ValueError as exc:  # a bad topic, QoS or size: paho checks them
+            err = TransportError(f"publish to {topic!r} failed: {exc}")
+            err.__cause__ = exc
+            done(err)
+            return
         if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_QUEUE_SIZE):
             done(TransportError(f"publish to {topic} failed: {paho.error_string(info.rc)}"))
         elif qos == 0 or info.is_published():
@@ -784,11 +993,37 @@ def _socket_reader(client: aiomqtt.Client, pc: paho.Client) -> Callable[[], None
     return readable
 
 
+async def _watch(client: aiomqtt.Client, lost: asyncio.Event) -> None:
+    """The plain path's watch over the connection: aiomqtt's public message iterator (empty: our
+    ``on_message`` takes every message) ends with ``MqttError`` when the connection is lost."""
+    try:
+        async for _ in client.messages:
+            pass
+    except aiomqtt.MqttError:
+        pass
+    finally:
+        lost.set()
+
+
 def _retrieve(client: aiomqtt.Client) -> None:
-    """Mark aiomqtt's connection futures' exceptions as seen (no "never retrieved" noise)."""
-    for fut in (client._connected, client._disconnected):  # noqa: SLF001
-        if fut.done() and not fut.cancelled():
+    """Mark aiomqtt's connection futures' exceptions as seen (no "never retrieved" noise); a
+    nicety: skipped where aiomqtt has no such futures."""
+    for name in ("_connected", "_disconnected"):
+        fut = getattr(client, name, None)
+        if isinstance(fut, asyncio.Future) and fut.done() and not fut.cancelled():
             fut.exception()
 
 
-__all__ = ["BrokerAddress", "Inbound", "MqttLink", "Will", "parse_broker_url", "publish_paced"]
+__all__ = [
+    "FAST_PATH_NAMES",
+    "TESTED_AIOMQTT",
+    "TESTED_PAHO",
+    "BrokerAddress",
+    "Inbound",
+    "MqttLink",
+    "Will",
+    "fast_path_default",
+    "fast_path_problems",
+    "parse_broker_url",
+    "publish_paced",
+]

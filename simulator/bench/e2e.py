@@ -59,6 +59,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--batch-size", type=int, default=1000, metavar="N", help="the engine's --batch-size")
     p.add_argument("--uvloop", action="store_true", help="run the engine and the ceiling on uvloop")
     p.add_argument("--only", choices=["single", "batch"], help="measure one message kind only")
+    p.add_argument("--transport", choices=["fast", "plain", "both"], default="fast",
+                   help="the engine's MQTT path: fast (default), plain (`geopush run --mqtt-plain`), "
+                        "or both, one after the other against the same broker and ceiling")
     p.add_argument("--engine-arg", action="append", default=[], metavar="ARG",
                    help="extra argument for `geopush run` (repeatable), e.g. --engine-arg=--state=redis://...")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -329,13 +332,14 @@ class Watch:
 
 
 class Engine:
-    def __init__(self, url: str, folder: Path, args: argparse.Namespace) -> None:
+    def __init__(self, url: str, folder: Path, args: argparse.Namespace, transport: str = "fast") -> None:
         self.cmd = [
             sys.executable, "-m", "engine", "run", "--broker", url, "--client-id", ENGINE_ID,
-            "--state", str(folder / "state.sqlite"), "--fences", str(folder / "fences.geojson"),
+            "--state", str(folder / f"state-{transport}.sqlite"), "--fences", str(folder / "fences.geojson"),
             "--campaigns", str(folder / "campaigns.json"), "--status-interval", "0.1",
             "--batch-size", str(args.batch_size), "--log-level", "WARNING", "--no-owntracks",
             *(["--uvloop"] if args.uvloop else []), *args.engine_arg,
+            *(["--mqtt-plain"] if transport == "plain" else []),
         ]  # fmt: skip
         from simulator.embedded_broker import free_port
 
@@ -516,17 +520,25 @@ async def _bench(url: str, args: argparse.Namespace, folder: Path, say: Any,
         say(f"[ceiling] {kind}: {ceilings[kind]:,.0f} msg/s")
     watch = Watch(url)
     await watch.start()
-    engine = Engine(url, folder, args)
+    transports = ["fast", "plain"] if args.transport == "both" else [args.transport]
     results: dict[str, Any] = {"duration_s": args.duration, "publishers": args.publishers,
                                "uvloop": args.uvloop, "city_stores": CITY_SIDE**2,
                                "fixes_inside_fraction": STAY / PERIOD,
-                               "enters_per_fix": 1 / PERIOD}  # fmt: skip
+                               "enters_per_fix": 1 / PERIOD, "transport": args.transport}  # fmt: skip
     try:
-        await engine.start(watch)
-        for kind in kinds:
-            results[kind] = await _measure_kind(url, kind, args, engine, watch, ceilings[kind], say, broker_pid)
+        for transport in transports:
+            # one engine per transport, each on its own fresh state (same client id: the
+            # status topic the watch reads; the previous engine drained its session)
+            say(f"[engine] the {transport} MQTT path")
+            engine = Engine(url, folder, args, transport)
+            into = results if len(transports) == 1 else results.setdefault(transport, {})
+            try:
+                await engine.start(watch)
+                for kind in kinds:
+                    into[kind] = await _measure_kind(url, kind, args, engine, watch, ceilings[kind], say, broker_pid)
+            finally:
+                engine.stop()
     finally:
-        engine.stop()
         await watch.stop()
     return results
 
@@ -560,15 +572,18 @@ def _main(args: argparse.Namespace) -> int:
                 broker.stop()
     if args.json:
         print(json.dumps(results, indent=2))
+    elif args.transport == "both":
+        for transport in ("fast", "plain"):
+            _table(results[transport], console, f" - the {transport} MQTT path")
     else:
-        _table(results, console)
+        _table(results, console, f" - the {args.transport} MQTT path")
     return 0
 
 
-def _table(r: dict[str, Any], console: Any) -> None:
+def _table(r: dict[str, Any], console: Any, title: str = "") -> None:
     from rich.table import Table
 
-    t = Table(title="geopush bench e2e (events/s; event-to-push latency)")
+    t = Table(title=f"geopush bench e2e (events/s; event-to-push latency){title}")
     for col in ("messages", "load", "events/s", "msgs/s", "p50 ms", "p99 ms", "vs ceiling"):
         t.add_column(col, justify="right")
     for kind in ("single", "batch"):

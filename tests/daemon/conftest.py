@@ -17,13 +17,20 @@ import pytest
 from engine.daemon.collect import Subscriber
 from engine.daemon.config import load_settings
 from engine.daemon.service import Service
-from engine.transport.mqtt import Inbound, MqttLink, parse_broker_url
+from engine.transport.mqtt import Inbound, MqttLink, fast_path_default, parse_broker_url
 from simulator.embedded_broker import EmbeddedBroker, MosquittoBroker, find_mosquitto, start_broker
 
 # GEOPUSH_TEST_BROKER=amqtt runs the suite as a machine without mosquitto would.
 HAVE_MOSQUITTO = find_mosquitto() is not None and os.environ.get("GEOPUSH_TEST_BROKER") != "amqtt"
 needs_mosquitto = pytest.mark.skipif(
     not HAVE_MOSQUITTO, reason="needs the mosquitto binary (ACLs / persistence); amqtt lacks them"
+)
+
+# CI runs the transport tests twice: as they are (the fast MQTT path) and with GEOPUSH_MQTT_FAST=0
+# (the plain aiomqtt path every link falls back to). Tests of the fast path's own machinery skip
+# on the plain pass.
+fast_path_only = pytest.mark.skipif(
+    not fast_path_default(), reason="the fast MQTT path's own machinery (GEOPUSH_MQTT_FAST=0)"
 )
 
 # The daemon acks only after commit, so the broker's in-flight window bounds its intake; the

@@ -8,7 +8,9 @@ import asyncio
 
 from engine.transport.mqtt import MqttLink, parse_broker_url
 
-from .conftest import publish_all
+from .conftest import fast_path_only, publish_all
+
+pytestmark = fast_path_only  # the plain path keeps aiomqtt's own reader: nothing to hold
 
 
 async def _subscribed(url: str, client_id: str) -> MqttLink:
