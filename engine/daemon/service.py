@@ -39,13 +39,18 @@ from engine.daemon.outbox import Outbox
 from engine.daemon.pipeline import Decoder, Renderer, Topics, deadletter_row, digest
 from engine.errors import DecodeError, GeopushError, TransportError
 from engine.state import Output, StateStore
-from engine.stores.redis_store import commit_batch, open_store
+from engine.stores.redis_store import HeldBack, RedisStore, commit_batch, open_store, rearm
 from engine.stores.sqlite_store import OutRow, SQLiteStore
 from engine.transport.mqtt import Inbound, MqttLink, Will, parse_broker_url
 
 log = logging.getLogger("geopush.daemon")
 
 FULL_GC_EVERY_S = 600.0  # an unfrozen full collection, at most this often, when the feed is idle
+# A worker group after a Redis restart: every worker the restart stalled is back (its retries
+# back off to 0.5 s at most) and has registered its holds before any worker applies its backlog
+# once Redis has been up this long (docs/operations.md, "Scaling out").
+RESYNC_GRACE_S = 3.0
+HOLD_WAIT_S = 10.0  # a hold older than this (its worker died?) no longer holds the others back
 _TS = operator.attrgetter("ts")
 
 
@@ -107,6 +112,8 @@ class Service:
         self.outbox: Outbox | None = None
         self._last_full_gc = time.monotonic()
         self._inbox_warned = 0.0
+        self._outages = 0  # the group store's failed-and-retried Redis calls seen so far
+        self._held_since: float | None = None  # since when the inbox's head waits for a hold
         self.ready = asyncio.Event()  # set once connected and subscribed (tests wait on it)
 
     # --- control -------------------------------------------------------------------------------
@@ -141,6 +148,9 @@ class Service:
         s = self.settings
         self.store = store = open_store(s, Renderer(self.topics))  # SQLite, or Redis (--group)
         try:
+            if self._group() is not None:
+                self._group_store().set_holds({})  # a previous run's holds (it died holding)
+                self._outages = self._group_store().outages
             self.core = self.core_factory(store)
             self._write_pid()
             if s.metrics_port:
@@ -253,7 +263,8 @@ class Service:
             if self._stopping:
                 # Drain what the broker already handed us (bounded by its in-flight window).
                 while link.inbox and link.connected:
-                    self.handle(link.take(s.batch_size))
+                    if not self.handle(link.take(s.batch_size)):
+                        break  # held back: the broker re-delivers it to this session later
                 return
             if not link.inbox:
                 waiter = asyncio.ensure_future(link.wait_inbound(s.idle_flush or 1.0))
@@ -268,8 +279,14 @@ class Service:
             if len(link.inbox) < s.batch_size:
                 link.pump(s.batch_size - len(link.inbox))
             batch = link.take(s.batch_size)
+            held = False
+            if batch and self._holding():
+                batch = self._cut_held(batch)
+                held = not batch
             if batch:
                 self.handle(batch)
+            if self._group() is not None and self._group_store().outages != self._outages:
+                await self._resync()
             now = time.monotonic()
             depth = len(link.inbox)
             self.metrics.inbox.set(depth)
@@ -295,6 +312,8 @@ class Service:
                 self._idle_flush()
             if batch:
                 await asyncio.sleep(0)  # let the outbox and PUBACKs run between batches
+            elif held:
+                await asyncio.sleep(0.005)  # another worker applies older events of our users
 
     @staticmethod
     async def _linger(link: MqttLink, enough: int, linger_s: float) -> None:
@@ -326,8 +345,10 @@ class Service:
             if held:
                 link.release_reads()
 
-    def handle(self, batch: list[Inbound]) -> None:
-        """Process one micro-batch: decode, core, commit, ack, hand outputs to the outbox."""
+    def handle(self, batch: list[Inbound]) -> bool:
+        """Process one micro-batch: decode, core, commit, ack, hand outputs to the outbox.
+        False: a worker group's commit was held back (``HeldBack``); the batch is back in the
+        inbox, unacked."""
         store, core, link = self._require_store(), self._require_core(), self._require_link()
         m, totals = self.metrics, self.totals
         control = self.topics.control
@@ -361,8 +382,6 @@ class Service:
                 continue
             events.extend(evs)
             per_msg.append((x, k, evs))
-        m.messages.inc(len(batch))
-        totals["messages"] += len(batch)
         t0 = time.perf_counter()
         try:
             outputs = core.process(events) if events else []
@@ -378,10 +397,31 @@ class Service:
         t1 = time.perf_counter()
         self._require_outbox().fold_marks()  # outputs acked since the last batch: same commit
         # commit_batch: a shared (Redis) store may report a conflict; the batch is then re-run.
-        outputs, rows = commit_batch(
-            core, store, events, outputs, extra=dead, inputs=inputs,
-            meta=lambda: watermark_meta(core),
-        )  # fmt: skip
+        group = self._group()
+        order: dict[str, float] | None = None
+        if group is not None:
+            order = {}
+            for ev in events:
+                if ev.ts > order.get(ev.user, -1.0):
+                    order[ev.user] = ev.ts
+            if group.holds or group.others_holding:
+                group.next_holds = self._inbox_holds(list(link.inbox))
+        try:
+            outputs, rows = commit_batch(
+                core, store, events, outputs, extra=dead, inputs=inputs,
+                meta=lambda: watermark_meta(core), order=order,
+            )  # fmt: skip
+        except HeldBack as exc:
+            # Another worker holds older events of some of our users: nothing was applied; the
+            # batch goes back to the inbox (unacked) and waits for them (_cut_held).
+            assert group is not None
+            group.users(exc.touched)
+            rearm(core, [group.peek(u) for u in exc.touched])
+            group.rollback()
+            link.inbox.extendleft(reversed(batch))
+            return False
+        m.messages.inc(len(batch))
+        totals["messages"] += len(batch)
         t2 = time.perf_counter()
         link.ack_many(batch)  # the batch's PUBACKs as one buffer
         self._account(events, outputs)
@@ -397,6 +437,7 @@ class Service:
         # cache and stall the loop for 100s of ms. Cyclic garbage frozen by mistake is reclaimed
         # by the occasional full collection at an idle moment (_collect_when_idle).
         gc.freeze()
+        return True
 
     def _process_one_by_one(
         self, per_msg: list[tuple[Inbound, bytes, list[Any]]], dead: list[OutRow]
@@ -420,6 +461,91 @@ class Service:
             outs, rows = commit_batch(core, store, evs, outs)  # re-runs on a group conflict
             self._account([], outs)  # the batch accounts for the events themselves
             self._require_outbox().push(rows, received=x.received)
+
+    # --- a worker group: per-user order across workers (holds) ----------------------------------
+
+    def _group(self) -> RedisStore | None:
+        store = self.store
+        return store if isinstance(store, RedisStore) else None
+
+    def _group_store(self) -> RedisStore:
+        group = self._group()
+        assert group is not None
+        return group
+
+    def _holding(self) -> bool:
+        group = self._group()
+        return group is not None and bool(group.holds or group.others_holding)
+
+    def _user_span(self, x: Inbound) -> tuple[str, float, float] | None:
+        """(user, oldest, newest event time) of a message; None for one without events."""
+        if x.topic == self.topics.control:
+            return None
+        try:
+            evs = self.decoder(x.topic, x.payload)
+        except DecodeError:
+            return None
+        if not evs:
+            return None
+        ts = [ev.ts for ev in evs]
+        return str(evs[0].user), min(ts), max(ts)
+
+    def _inbox_holds(self, msgs: Sequence[Inbound]) -> dict[str, float]:
+        """user -> the oldest event time of the user among ``msgs`` (received, not applied)."""
+        holds: dict[str, float] = {}
+        for x in msgs:
+            span = self._user_span(x)
+            if span is not None and span[1] < holds.get(span[0], float("inf")):
+                holds[span[0]] = span[1]
+        return holds
+
+    def _cut_held(self, batch: list[Inbound]) -> list[Inbound]:
+        """The longest head of ``batch`` whose users no other worker holds an older event of;
+        the rest goes back to the inbox, in order (a user's events then apply in event-time
+        order across the group, whichever worker received them)."""
+        group, link = self._group_store(), self._require_link()
+        spans = [self._user_span(x) for x in batch]
+        others = group.others_holds(sorted({sp[0] for sp in spans if sp is not None}))
+        n = 0
+        for sp in spans:
+            if sp is not None and sp[2] > others.get(sp[0], float("inf")):
+                break
+            n += 1
+        if n == 0:
+            now = time.monotonic()
+            if self._held_since is None:
+                self._held_since = now
+            elif now - self._held_since > HOLD_WAIT_S:
+                log.warning(
+                    "waited %.0f s for another worker's older events of %s: applying without",
+                    HOLD_WAIT_S, spans[0][0] if spans[0] else "?",
+                )  # fmt: skip
+                self._held_since = None
+                group.others_holding = False  # until the next commit says otherwise
+                return batch
+        else:
+            self._held_since = None
+        link.inbox.extendleft(reversed(batch[n:]))
+        return batch[:n]
+
+    async def _resync(self) -> None:
+        """Redis was unreachable (a restart, a failover, the network): every worker of the group
+        may have a backlog that holds some user's older events while another worker holds their
+        newer ones. Register this worker's holds (its whole backlog), and after a restart wait
+        until every stalled worker did too (RESYNC_GRACE_S), before applying anything more."""
+        group, link = self._group_store(), self._require_link()
+        self._outages = group.outages
+        uptime = group.uptime_s()
+        link.pump(1 << 30)
+        holds = self._inbox_holds(list(link.inbox))
+        group.set_holds(holds)
+        self._outages = group.outages
+        log.warning(
+            "redis was unreachable (up %.1f s): %d users held back for the group's order",
+            uptime, len(holds),
+        )  # fmt: skip
+        if uptime < RESYNC_GRACE_S:
+            await asyncio.sleep(RESYNC_GRACE_S - uptime)
 
     def _idle_flush(self) -> None:
         """The feed went quiet: time out visits up to the wall clock (minus the core's lateness
