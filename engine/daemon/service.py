@@ -114,6 +114,7 @@ class Service:
         self._inbox_warned = 0.0
         self._outages = 0  # the group store's failed-and-retried Redis calls seen so far
         self._held_since: float | None = None  # since when the inbox's head waits for a hold
+        self._holds_ignored_until = 0.0
         self.ready = asyncio.Event()  # set once connected and subscribed (tests wait on it)
 
     # --- control -------------------------------------------------------------------------------
@@ -235,6 +236,9 @@ class Service:
         link, outbox, store = self._require_link(), self._require_outbox(), self._require_store()
         outbox.flush_marks()
         store.checkpoint()
+        if self._group() is not None:  # what this worker held back is left to the broker
+            with contextlib.suppress(GeopushError):
+                self._group_store().set_holds({})
         if link.connected:
             self.state = "offline"
             with contextlib.suppress(Exception):
@@ -400,11 +404,12 @@ class Service:
         group = self._group()
         order: dict[str, float] | None = None
         if group is not None:
-            order = {}
-            for ev in events:
-                if ev.ts > order.get(ev.user, -1.0):
-                    order[ev.user] = ev.ts
-            if group.holds or group.others_holding:
+            if time.monotonic() >= self._holds_ignored_until:  # (see _cut_held)
+                order = {}
+                for ev in events:
+                    if ev.ts > order.get(ev.user, -1.0):
+                        order[ev.user] = ev.ts
+            if group.holds or group.others_holding:  # keep this worker's holds current
                 group.next_holds = self._inbox_holds(list(link.inbox))
         try:
             outputs, rows = commit_batch(
@@ -475,7 +480,9 @@ class Service:
 
     def _holding(self) -> bool:
         group = self._group()
-        return group is not None and bool(group.holds or group.others_holding)
+        if group is None or time.monotonic() < self._holds_ignored_until:
+            return False
+        return bool(group.holds or group.others_holding)
 
     def _user_span(self, x: Inbound) -> tuple[str, float, float] | None:
         """(user, oldest, newest event time) of a message; None for one without events."""
@@ -521,7 +528,7 @@ class Service:
                     HOLD_WAIT_S, spans[0][0] if spans[0] else "?",
                 )  # fmt: skip
                 self._held_since = None
-                group.others_holding = False  # until the next commit says otherwise
+                self._holds_ignored_until = now + HOLD_WAIT_S
                 return batch
         else:
             self._held_since = None

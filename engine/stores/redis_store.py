@@ -73,6 +73,7 @@ E = TypeVar("E")
 _LOW = 100  # coupons left below which a counter is re-read with every batch
 DEFAULT_PUSH_TTL_S = 90 * 86400  # push ids outlive any redelivery or replay window
 DEFAULT_INPUT_TTL_S = 7 * 86400  # a broker keeps an offline session's messages for days at most
+HOLD_TTL_S = 30  # a worker's holds lapse unless it commits again (it died holding)
 
 
 class Row(Protocol):
@@ -225,17 +226,27 @@ end
 if nh >= 0 then
   redis.call('DEL', kmine)
   for h = 1, nh do redis.call('HSET', kmine, A[e + nu + 2 * h - 1], A[e + nu + 2 * h]) end
-  if nh > 0 then redis.call('SADD', kheld, me) else redis.call('SREM', kheld, me) end
+  if nh > 0 then
+    redis.call('SADD', kheld, me)
+    redis.call('EXPIRE', kmine, A[f + 2])
+  else
+    redis.call('SREM', kheld, me)
+  end
 end
 return {1, id, inv, redis.call('SCARD', kheld) - redis.call('SISMEMBER', kheld, me)}
 """
 
-# KEYS: holders set, the worker's holds hash; ARGV: worker, then user and time pairs (none: the
-# worker holds nothing). Reply: how many other workers hold events.
+# KEYS: holders set, the worker's holds hash; ARGV: worker, hold TTL, then user and time pairs
+# (none: the worker holds nothing). Reply: how many other workers hold events.
 _SET_HOLDS_LUA = """
 redis.call('DEL', KEYS[2])
-for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
-if #ARGV > 1 then redis.call('SADD', KEYS[1], ARGV[1]) else redis.call('SREM', KEYS[1], ARGV[1]) end
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+if #ARGV > 2 then
+  redis.call('SADD', KEYS[1], ARGV[1])
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
+else
+  redis.call('SREM', KEYS[1], ARGV[1])
+end
 return redis.call('SCARD', KEYS[1]) - redis.call('SISMEMBER', KEYS[1], ARGV[1])
 """
 
@@ -536,7 +547,7 @@ class RedisStore:
 
     def set_holds(self, holds: dict[str, float]) -> None:
         """Register (replace) this worker's holds: user -> oldest event time it holds unapplied."""
-        args: list[Any] = [self.worker]
+        args: list[Any] = [self.worker, HOLD_TTL_S]
         for u, ts in holds.items():
             args += [u, repr(ts)]
         keys = [self._holders_key, self._holds_key]
@@ -706,7 +717,7 @@ class RedisStore:
         head.append(-1 if nxt is None else len(nxt))
         for u, ts in (nxt or {}).items():
             head += [u, repr(ts)]
-        head += [self.worker, self.prefix]
+        head += [self.worker, self.prefix, HOLD_TTL_S]
         rows_blob = _MSGPACK.encode([(r.out_id, r.topic, r.payload) for r in rows]) if rows else b""
         return keys, [_MSGPACK.encode(head), rows_blob]
 
