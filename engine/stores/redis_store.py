@@ -24,7 +24,22 @@ Key layout (``P`` is the prefix, ``gp`` by default; ``{...}`` is a Redis Cluster
                                 of it is published (``mark_sent``)
 ``P:tok:{<worker>}``            token of the worker's last applied commit (idempotent retries)
 ``P:meta:{<worker>}``           hash: the worker's ``meta`` values (the core's watermark)
+``P:holders``                   set: the workers holding events back (see "Holds" below)
+``P:h:{<worker>}``              hash: user -> oldest event time the worker holds unapplied
 ==============================  =================================================================
+
+Holds (per-user order across workers): the shared subscription hands a user's messages to the
+workers in turn, so when the workers fall behind together (a Redis outage: every worker stalls,
+the broker keeps handing out the stream, and the workers come back at different moments of their
+retry backoff) one worker's backlog holds a user's older fixes and another's the newer ones.
+Applied as they come, the newer one wins and the older one is dropped as out of order (the core's
+``last_ts`` guard): wrong enters, exits and pushes. So a worker that saw Redis fail registers its
+backlog: ``P:h:{<worker>}`` maps each user it holds unapplied events of to the oldest one's time
+(the worker joins the ``P:holders`` set; the hash lapses after ``HOLD_TTL_S`` without a commit of
+that worker). The commit script refuses (``HeldBack``, nothing applied) a batch that applies an
+event of a user newer than an event another worker holds of that user; the daemon then applies
+its inbox only up to the first such message (``Service._cut_held``). While anyone holds, every
+worker keeps its own holds current with each commit; they go when the backlogs are applied.
 
 Round trips: ``users`` 1 (plus coupon counters near exhaustion in the same ``MGET``),
 ``seen_inputs`` 1, ``commit`` 1, ``mark_sent`` 1; a conflict costs one reload and one commit
