@@ -470,8 +470,11 @@ class Service:
     # --- a worker group: per-user order across workers (holds) ----------------------------------
 
     def _group(self) -> RedisStore | None:
+        """The store of a worker group (``--group``: Redis), else None (one process)."""
         store = self.store
-        return store if isinstance(store, RedisStore) else None
+        if self.settings.group is None or not isinstance(store, RedisStore):
+            return None
+        return store
 
     def _group_store(self) -> RedisStore:
         group = self._group()
@@ -543,7 +546,11 @@ class Service:
         group, link = self._group_store(), self._require_link()
         self._outages = group.outages
         uptime = group.uptime_s()
-        link.pump(1 << 30)
+        misses = 0
+        for _ in range(10_000):  # all the socket holds (pump stops at a PUBACK among them)
+            misses = 0 if link.pump(1 << 16) else misses + 1
+            if misses == 3:
+                break
         holds = self._inbox_holds(list(link.inbox))
         group.set_holds(holds)
         self._outages = group.outages
