@@ -303,7 +303,7 @@ async def test_redis_restart_with_a_backlog_split_across_workers(
 ) -> None:
     """Phones keep sending while Redis is down: each worker's backlog then holds every other fix
     of a user (17 users: mosquitto's round-robin hands a user's fixes to the two workers in
-    turn), and the workers come back at different moments (each one's retry backoff). Still,
+    turn), and the workers come back at different moments (here w2 a second later). Still,
     every user's fixes apply in event-time order (holds), so the group decides what replay
     decides. ``how``: kill -9 (AOF, fsync always) or SIGTERM (a clean shutdown) of Redis."""
     users, outage = 17, range(4, 9)
@@ -322,7 +322,13 @@ async def test_redis_restart_with_a_backlog_split_across_workers(
                 if k in outage:
                     await asyncio.sleep(0.2)  # rounds pile up in both workers' sessions
                     if k == outage[-1]:
+                        # w2 comes back a second after w1 (its retry backoff, a busy host):
+                        # w1's backlog must not overtake the older fixes in w2's.
+                        w2 = group.procs["w2"]
+                        w2.send_signal(signal.SIGSTOP)
                         await asyncio.to_thread(redis_server.start)
+                        await asyncio.sleep(1.0)  # < RESYNC_GRACE_S
+                        w2.send_signal(signal.SIGCONT)
                         await wait_round(reader, marks[k])
                 else:
                     await wait_round(reader, marks[k])
