@@ -12,6 +12,7 @@ reordered by the shared subscription, and the older one is then dropped as out o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import subprocess
@@ -332,7 +333,8 @@ async def test_redis_restart_with_a_backlog_split_across_workers(
                         await wait_round(reader, marks[k])
                 else:
                     await wait_round(reader, marks[k])
-            await _complete(col, expected)
+            with contextlib.suppress(AssertionError):  # timed out: the diff below says what
+                await _complete(col, expected)
             got = received_outputs(col)
             by_id = _push_bytes_by_id(col)
             assert all(p.poll() is None for p in group.procs.values()), "no worker died"
