@@ -282,6 +282,8 @@ class Service:
                 await self._linger(link, enough, s.linger_ms / 1000.0)
             if len(link.inbox) < s.batch_size:
                 link.pump(s.batch_size - len(link.inbox))
+            if self._group() is not None and self._group_store().outages != self._outages:
+                await self._resync()  # before anything more of the backlog is applied
             batch = link.take(s.batch_size)
             held = False
             if batch and self._holding():
@@ -289,8 +291,6 @@ class Service:
                 held = not batch
             if batch:
                 self.handle(batch)
-            if self._group() is not None and self._group_store().outages != self._outages:
-                await self._resync()
             now = time.monotonic()
             depth = len(link.inbox)
             self.metrics.inbox.set(depth)
