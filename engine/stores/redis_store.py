@@ -272,9 +272,9 @@ local out = {}
 for j = 3, #ARGV do out[j - 2] = false end
 for _, x in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   if x ~= ARGV[1] then
-    local vs = redis.call('HMGET', ARGV[2] .. ':h:{' .. x .. '}', unpack(ARGV, 3))
+    local k = ARGV[2] .. ':h:{' .. x .. '}'
     for j = 1, #ARGV - 2 do
-      local v = vs[j]
+      local v = redis.call('HGET', k, ARGV[j + 2])
       if v and (not out[j] or tonumber(v) < tonumber(out[j])) then out[j] = v end
     end
   end
