@@ -50,7 +50,7 @@ FULL_GC_EVERY_S = 600.0  # an unfrozen full collection, at most this often, when
 # back off to 0.5 s at most) and has registered its holds before any worker applies its backlog
 # once Redis has been up this long (docs/operations.md, "Scaling out").
 RESYNC_GRACE_S = 3.0
-HOLD_WAIT_S = 10.0  # a hold older than this (its worker died?) no longer holds the others back
+HOLD_WAIT_S = 10.0  # waiting this long for a hold (its worker stuck?), a worker applies without
 _TS = operator.attrgetter("ts")
 
 
