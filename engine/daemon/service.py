@@ -41,7 +41,7 @@ from engine.daemon.pipeline import Decoder, Renderer, Topics, deadletter_row, di
 from engine.daemon.poison import Breadcrumb, Budget
 from engine.errors import DecodeError, GeopushError, StateError, TransportError
 from engine.state import Output, StateStore
-from engine.stores.redis_store import commit_batch, open_store
+from engine.stores.redis_store import HeldBack, RedisStore, commit_batch, open_store, rearm
 from engine.stores.sqlite_store import OutRow, SQLiteStore
 from engine.transport.mqtt import Inbound, MqttLink, Will, parse_broker_url
 
@@ -49,6 +49,11 @@ log = logging.getLogger("geopush.daemon")
 
 DEADLETTER_SAMPLE = 10  # dropped events copied to the dead-letter topic, per reason and minute
 FULL_GC_EVERY_S = 600.0  # an unfrozen full collection, at most this often, when the feed is idle
+# A worker group after a Redis restart: every worker the restart stalled is back (its retries
+# back off to 0.5 s at most) and has registered its holds before any worker applies its backlog
+# once Redis has been up this long (docs/operations.md, "Scaling out").
+RESYNC_GRACE_S = 3.0
+HOLD_WAIT_S = 10.0  # waiting this long for a hold (its worker stuck?), a worker applies without
 _TS = operator.attrgetter("ts")
 
 
@@ -127,6 +132,9 @@ class Service:
         # Dead letters carrying a payload excerpt: at most deadletter_rate/s (bursts of 10 s).
         self._excerpts = Budget(settings.deadletter_rate, 10 * settings.deadletter_rate)
         self._dl_sampled: dict[str, tuple[int, int]] = {}  # reason -> (minute, dead letters sent)
+        self._outages = 0  # the group store's failed-and-retried Redis calls seen so far
+        self._held_since: float | None = None  # since when the inbox's head waits for a hold
+        self._holds_ignored_until = 0.0
         self.ready = asyncio.Event()  # set once connected and subscribed (tests wait on it)
 
     # --- control -------------------------------------------------------------------------------
@@ -163,6 +171,9 @@ class Service:
         watch: asyncio.Task[None] | None = None
         try:
             self._open_breadcrumb(store)
+            if self._group() is not None:
+                self._group_store().set_holds({})  # a previous run's holds (it died holding)
+                self._outages = self._group_store().outages
             repairs = store.get_meta(REPAIRS_KEY)
             self.core = self.core_factory(store)  # restore_core: may repair a poisoned watermark
             log.info("%s", start_summary(s, self.core, store))
@@ -303,6 +314,9 @@ class Service:
         store.checkpoint()
         if self._crumb is not None:
             self._crumb.clear()  # a clean stop: nothing was in hand
+        if self._group() is not None:  # what this worker held back is left to the broker
+            with contextlib.suppress(GeopushError):
+                self._group_store().set_holds({})
         if link.connected:
             self.state = "offline"
             with contextlib.suppress(Exception):
@@ -331,7 +345,8 @@ class Service:
             if self._stopping:
                 # Drain what the broker already handed us (bounded by its in-flight window).
                 while link.inbox and link.connected:
-                    self.handle(link.take(s.batch_size))
+                    if not self.handle(link.take(s.batch_size)):
+                        break  # held back: the broker re-delivers it to this session later
                 return
             if not link.inbox:
                 waiter = asyncio.ensure_future(link.wait_inbound(s.idle_flush or 1.0))
@@ -345,7 +360,13 @@ class Service:
                 await self._linger(link, enough, s.linger_ms / 1000.0)
             if len(link.inbox) < s.batch_size:
                 link.pump(s.batch_size - len(link.inbox))
+            if self._group() is not None and self._group_store().outages != self._outages:
+                await self._resync()  # before anything more of the backlog is applied
             batch = link.take(s.batch_size)
+            held = False
+            if batch and self._holding():
+                batch = self._cut_held(batch)
+                held = not batch
             if batch:
                 self.handle(batch)
             now = time.monotonic()
@@ -373,6 +394,8 @@ class Service:
                 self._idle_flush()
             if batch:
                 await asyncio.sleep(0)  # let the outbox and PUBACKs run between batches
+            elif held:
+                await asyncio.sleep(0.005)  # another worker applies older events of our users
 
     @staticmethod
     async def _linger(link: MqttLink, enough: int, linger_s: float) -> None:
@@ -404,8 +427,10 @@ class Service:
             if held:
                 link.release_reads()
 
-    def handle(self, batch: list[Inbound]) -> None:
-        """Process one micro-batch: decode, core, commit, ack, hand outputs to the outbox."""
+    def handle(self, batch: list[Inbound]) -> bool:
+        """Process one micro-batch: decode, core, commit, ack, hand outputs to the outbox.
+        False: a worker group's commit was held back (``HeldBack``); the batch (or what was
+        left of it) is back in the inbox, unacked."""
         keys = [digest(x.topic, x.payload) for x in batch]
         if self._suspects or self._quarantine:
             self._watch_left -= len(keys)
@@ -415,38 +440,49 @@ class Service:
                 self._suspects.clear()
                 self._quarantine.clear()
             elif self._suspects and not self._suspects.isdisjoint(keys):
-                self._handle_suspects(batch, keys)
-                return
+                return self._handle_suspects(batch, keys)
         if self._crumb is not None:
             self._crumb.mark(keys)  # survives a crash of the process: see poison.py
-        self._handle(batch, keys)
+        return self._handle(batch, keys)
 
-    def _handle_suspects(self, batch: list[Inbound], keys: list[bytes]) -> None:
+    def _handle_suspects(self, batch: list[Inbound], keys: list[bytes]) -> bool:
         """The previous process died with some of these messages in hand: each of those goes
         alone, marked so (dying on it again quarantines it); the others, in between, in
         batches, in their order."""
         crumb, suspects = self._crumb, self._suspects
         run: list[tuple[Inbound, bytes]] = []
-        for x, k in [*zip(batch, keys, strict=True), (None, b"")]:
+        pairs = [*zip(batch, keys, strict=True), (None, b"")]
+        for i, (x, k) in enumerate(pairs):
             if x is not None and k not in suspects:
                 run.append((x, k))
                 continue
             if run:
-                self._mark_and_handle(crumb, [x for x, _ in run], [k for _, k in run], False)
-                run = []
+                sub, run = run, []
+                if not self._mark_and_handle(crumb, [y for y, _ in sub], [j for _, j in sub], False):
+                    return self._held_rest(len(sub), pairs[i:])  # a group's hold: keep the order
             if x is not None:
-                suspects.discard(k)
                 log.warning("processing alone a message the last process died with (%s)", x.topic)
-                self._mark_and_handle(crumb, [x], [k], True)
+                if not self._mark_and_handle(crumb, [x], [k], True):
+                    return self._held_rest(1, pairs[i + 1 :])
+                suspects.discard(k)
+        return True
+
+    def _held_rest(self, held: int, rest: list[tuple[Inbound | None, bytes]]) -> bool:
+        """A group's hold sent the last ``held`` messages back to the inbox's head: what followed
+        them in this batch goes back right behind them, so the order is kept."""
+        inbox = self._require_link().inbox
+        head = [inbox.popleft() for _ in range(held)]
+        inbox.extendleft(reversed([*head, *(x for x, _ in rest if x is not None)]))
+        return False
 
     def _mark_and_handle(
         self, crumb: Breadcrumb | None, batch: list[Inbound], keys: list[bytes], isolated: bool
-    ) -> None:
+    ) -> bool:
         if crumb is not None:
             crumb.mark(keys, isolated=isolated)
-        self._handle(batch, keys)
+        return self._handle(batch, keys)
 
-    def _handle(self, batch: list[Inbound], keys: list[bytes]) -> None:
+    def _handle(self, batch: list[Inbound], keys: list[bytes]) -> bool:
         store, core, link = self._require_store(), self._require_core(), self._require_link()
         m, totals = self.metrics, self.totals
         control = self.topics.control
@@ -509,8 +545,6 @@ class Service:
                 continue
             events.extend(evs)
             per_msg.append((x, k, evs))
-        m.messages.inc(len(batch))
-        totals["messages"] += len(batch)
         t0 = time.perf_counter()
         try:
             outputs = core.process(events) if events else []
@@ -529,10 +563,32 @@ class Service:
             self._drop_rejected(rejected, per_msg, dead)
         self._require_outbox().fold_marks()  # outputs acked since the last batch: same commit
         # commit_batch: a shared (Redis) store may report a conflict; the batch is then re-run.
-        outputs, rows = commit_batch(
-            core, store, events, outputs, extra=dead, inputs=inputs,
-            meta=lambda: _with(watermark_meta(core), retained_meta),
-        )  # fmt: skip
+        group = self._group()
+        order: dict[str, float] | None = None
+        if group is not None:
+            if time.monotonic() >= self._holds_ignored_until:  # (see _cut_held)
+                order = {}
+                for ev in events:
+                    if ev.ts > order.get(ev.user, -1.0):
+                        order[ev.user] = ev.ts
+            if group.holds or group.others_holding:  # keep this worker's holds current
+                group.next_holds = self._inbox_holds(list(link.inbox))
+        try:
+            outputs, rows = commit_batch(
+                core, store, events, outputs, extra=dead, inputs=inputs,
+                meta=lambda: _with(watermark_meta(core), retained_meta), order=order,
+            )  # fmt: skip
+        except HeldBack as exc:
+            # Another worker holds older events of some of our users: nothing was applied; the
+            # batch goes back to the inbox (unacked) and waits for them (_cut_held).
+            assert group is not None
+            group.users(exc.touched)
+            rearm(core, [group.peek(u) for u in exc.touched])
+            group.rollback()
+            link.inbox.extendleft(reversed(batch))
+            return False
+        m.messages.inc(len(batch))
+        totals["messages"] += len(batch)
         t2 = time.perf_counter()
         link.ack_many(batch)  # the batch's PUBACKs as one buffer
         self._account(events, outputs)
@@ -548,6 +604,7 @@ class Service:
         # cache and stall the loop for 100s of ms. Cyclic garbage frozen by mistake is reclaimed
         # by the occasional full collection at an idle moment (_collect_when_idle).
         gc.freeze()
+        return True
 
     def _drop(
         self, reason: str, n: int, x: Inbound, key: bytes, detail: str, dead: list[OutRow]
@@ -644,6 +701,99 @@ class Service:
                 "the previous process died with %d uncommitted messages in hand: each will be "
                 "processed alone", len(left),
             )  # fmt: skip
+    # --- a worker group: per-user order across workers (holds) ----------------------------------
+
+    def _group(self) -> RedisStore | None:
+        """The store of a worker group (``--group``: Redis), else None (one process)."""
+        store = self.store
+        if self.settings.group is None or not isinstance(store, RedisStore):
+            return None
+        return store
+
+    def _group_store(self) -> RedisStore:
+        group = self._group()
+        assert group is not None
+        return group
+
+    def _holding(self) -> bool:
+        group = self._group()
+        if group is None or time.monotonic() < self._holds_ignored_until:
+            return False
+        return bool(group.holds or group.others_holding)
+
+    def _user_span(self, x: Inbound) -> tuple[str, float, float] | None:
+        """(user, oldest, newest event time) of a message; None for one without events."""
+        if x.topic == self.topics.control:
+            return None
+        try:
+            evs = self.decoder(x.topic, x.payload)
+        except DecodeError:
+            return None
+        if not evs:
+            return None
+        ts = [ev.ts for ev in evs]
+        return str(evs[0].user), min(ts), max(ts)
+
+    def _inbox_holds(self, msgs: Sequence[Inbound]) -> dict[str, float]:
+        """user -> the oldest event time of the user among ``msgs`` (received, not applied)."""
+        holds: dict[str, float] = {}
+        for x in msgs:
+            span = self._user_span(x)
+            if span is not None and span[1] < holds.get(span[0], float("inf")):
+                holds[span[0]] = span[1]
+        return holds
+
+    def _cut_held(self, batch: list[Inbound]) -> list[Inbound]:
+        """The longest head of ``batch`` whose users no other worker holds an older event of;
+        the rest goes back to the inbox, in order (a user's events then apply in event-time
+        order across the group, whichever worker received them)."""
+        group, link = self._group_store(), self._require_link()
+        spans = [self._user_span(x) for x in batch]
+        others = group.others_holds(sorted({sp[0] for sp in spans if sp is not None}))
+        n = 0
+        for sp in spans:
+            if sp is not None and sp[2] > others.get(sp[0], float("inf")):
+                break
+            n += 1
+        if n == 0:
+            now = time.monotonic()
+            if self._held_since is None:
+                self._held_since = now
+            elif now - self._held_since > HOLD_WAIT_S:
+                log.warning(
+                    "waited %.0f s for another worker's older events of %s: applying without",
+                    HOLD_WAIT_S, spans[0][0] if spans[0] else "?",
+                )  # fmt: skip
+                self._held_since = None
+                self._holds_ignored_until = now + HOLD_WAIT_S
+                return batch
+        else:
+            self._held_since = None
+        link.inbox.extendleft(reversed(batch[n:]))
+        return batch[:n]
+
+    async def _resync(self) -> None:
+        """Redis was unreachable (a restart, a failover, the network): every worker of the group
+        may have a backlog that holds some user's older events while another worker holds their
+        newer ones. Register this worker's holds (its whole backlog), and after a restart wait
+        until every stalled worker did too (RESYNC_GRACE_S), before applying anything more."""
+        group, link = self._group_store(), self._require_link()
+        self._outages = group.outages
+        uptime = group.uptime_s()
+        misses = 0
+        for _ in range(10_000):  # all the socket holds (pump stops at a PUBACK among them)
+            misses = 0 if link.pump(1 << 16) else misses + 1
+            if misses == 3:
+                break
+        holds = self._inbox_holds(list(link.inbox))
+        group.set_holds(holds)
+        self._outages = group.outages
+        log.warning(
+            "redis was unreachable (up %.1f s): %d users held back for the group's order",
+            uptime, len(holds),
+        )  # fmt: skip
+        if uptime < RESYNC_GRACE_S:
+            await asyncio.sleep(RESYNC_GRACE_S - uptime)
 
     def _idle_flush(self) -> None:
         """The feed went quiet: time out visits up to the wall clock (minus the core's lateness

@@ -24,8 +24,26 @@ Key layout (``P`` is the prefix, ``gp`` by default; ``{...}`` is a Redis Cluster
                                 of it is published (``mark_sent``)
 ``P:tok:{<worker>}``            token of the worker's last applied commit (idempotent retries)
 ``P:meta:{<worker>}``           hash: the worker's ``meta`` values (the core's watermark)
+<<<<<<< HEAD
 ``P:shared:<key>``              a group-wide setting made on first start (``coupon_secret``)
+=======
+``P:holders``                   set: the workers holding events back (see "Holds" below)
+``P:h:{<worker>}``              hash: user -> oldest event time the worker holds unapplied
+>>>>>>> d2-redis
 ==============================  =================================================================
+
+Holds (per-user order across workers): the shared subscription hands a user's messages to the
+workers in turn, so when the workers fall behind together (a Redis outage: every worker stalls,
+the broker keeps handing out the stream, and the workers come back at different moments of their
+retry backoff) one worker's backlog holds a user's older fixes and another's the newer ones.
+Applied as they come, the newer one wins and the older one is dropped as out of order (the core's
+``last_ts`` guard): wrong enters, exits and pushes. So a worker that saw Redis fail registers its
+backlog: ``P:h:{<worker>}`` maps each user it holds unapplied events of to the oldest one's time
+(the worker joins the ``P:holders`` set; the hash lapses after ``HOLD_TTL_S`` without a commit of
+that worker). The commit script refuses (``HeldBack``, nothing applied) a batch that applies an
+event of a user newer than an event another worker holds of that user; the daemon then applies
+its inbox only up to the first such message (``Service._cut_held``). While anyone holds, every
+worker keeps its own holds current with each commit; they go when the backlogs are applied.
 
 Round trips: ``users`` 1 (plus coupon counters near exhaustion in the same ``MGET``),
 ``seen_inputs`` 1, ``commit`` 1, ``mark_sent`` 1; a conflict costs one reload and one commit
@@ -74,6 +92,7 @@ E = TypeVar("E")
 _LOW = 100  # coupons left below which a counter is re-read with every batch
 DEFAULT_PUSH_TTL_S = 90 * 86400  # push ids outlive any redelivery or replay window
 DEFAULT_INPUT_TTL_S = 7 * 86400  # a broker keeps an offline session's messages for days at most
+HOLD_TTL_S = 30  # a worker's holds lapse unless it commits again (it died holding)
 
 
 class Row(Protocol):
@@ -126,13 +145,27 @@ class CommitConflict(StateError):
         self.touched: list[str] = []  # every user the failed attempt touched
 
 
+class HeldBack(StateError):
+    """The commit applied nothing: another worker holds an older event of these users (see
+    "Holds" in the module doc). Process the users' events later, after that worker's commit."""
+
+    def __init__(self, users: list[str]) -> None:
+        super().__init__(f"older events held by another worker: {', '.join(users[:5])}")
+        self.users = users
+        self.touched: list[str] = []
+
+
 # KEYS: users (nu), inventory counters (nc), push ids (np), input digests (ni), token, outbox,
 # meta. ARGV[1]: msgpack array {nu, nc, np, ni, push_ttl, input_ttl, token, nm, then per user
 # expected version and blob ("" = unchanged, check only), per campaign total and taken, per meta
 # entry field and value}; ARGV[2]: the batch's outbox rows, one opaque msgpack blob ("" = none).
 # One msgpack argument instead of thousands: redis-py packs it in C, Lua unpacks it in C.
-# Reply: {1, outbox entry id or false, counters after} | {0, bad user idx, counters now, bad push
-# idx} | {2} (this token was applied already: a retried call).
+# Then: per user the newest event time of the batch for that user (-1: no event, no order
+# check), the worker's own holds (count, -1 = unchanged, then user and time pairs), the worker's
+# name and the key prefix. KEYS end with the holders set and the worker's own holds hash.
+# Reply: {1, outbox entry id or false, counters after, other holders} | {0, bad user idx,
+# counters now, bad push idx} | {2} (this token was applied already: a retried call) | {3, idx of
+# users another worker holds an older event of} (see "Holds" in the module doc).
 _COMMIT_LUA = """
 local A = cmsgpack.unpack(ARGV[1])
 local nu, nc, np, ni = A[1], A[2], A[3], A[4]
@@ -142,6 +175,33 @@ if redis.call('GET', ktok) == token then return {2} end
 local a = 9
 local b = a + 2 * nu
 local d = b + 2 * nc
+local e = d + 2 * A[8]
+local nh = A[e + nu]
+local f = e + nu + 1 + 2 * math.max(nh, 0)
+local me, pfx = A[f], A[f + 1]
+local kheld = KEYS[nu + nc + np + ni + 4]
+local kmine = KEYS[nu + nc + np + ni + 5]
+if redis.call('SCARD', kheld) > 0 then
+  local others = {}
+  for _, x in ipairs(redis.call('SMEMBERS', kheld)) do
+    if x ~= me then others[#others + 1] = pfx .. ':h:{' .. x .. '}' end
+  end
+  local held = {}
+  for i = 1, nu do
+    local c = A[e + i - 1]
+    if c >= 0 and #others > 0 then
+      local u = string.sub(KEYS[i], #pfx + 3, -4)
+      for _, hk in ipairs(others) do
+        local v = redis.call('HGET', hk, u)
+        if v and tonumber(v) < c then
+          held[#held + 1] = i
+          break
+        end
+      end
+    end
+  end
+  if #held > 0 then return {3, held} end
+end
 local bad_u, bad_p, inv = {}, {}, {}
 local short = false
 for i = 1, nu do
@@ -182,7 +242,48 @@ if ARGV[2] ~= '' then id = redis.call('XADD', KEYS[k1 + ni + 2], '*', 'r', ARGV[
 for m = 1, nm do
   redis.call('HSET', KEYS[k1 + ni + 3], A[d + 2 * m - 2], A[d + 2 * m - 1])
 end
-return {1, id, inv}
+if nh >= 0 then
+  redis.call('DEL', kmine)
+  for h = 1, nh do redis.call('HSET', kmine, A[e + nu + 2 * h - 1], A[e + nu + 2 * h]) end
+  if nh > 0 then
+    redis.call('SADD', kheld, me)
+    redis.call('EXPIRE', kmine, A[f + 2])
+  else
+    redis.call('SREM', kheld, me)
+  end
+end
+return {1, id, inv, redis.call('SCARD', kheld) - redis.call('SISMEMBER', kheld, me)}
+"""
+
+# KEYS: holders set, the worker's holds hash; ARGV: worker, hold TTL, then user and time pairs
+# (none: the worker holds nothing). Reply: how many other workers hold events.
+_SET_HOLDS_LUA = """
+redis.call('DEL', KEYS[2])
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+if #ARGV > 2 then
+  redis.call('SADD', KEYS[1], ARGV[1])
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
+else
+  redis.call('SREM', KEYS[1], ARGV[1])
+end
+return redis.call('SCARD', KEYS[1]) - redis.call('SISMEMBER', KEYS[1], ARGV[1])
+"""
+
+# KEYS: holders set; ARGV: worker, prefix, users. Reply: per user the oldest event time another
+# worker holds (a string), or false.
+_OTHERS_HOLDS_LUA = """
+local out = {}
+for j = 3, #ARGV do out[j - 2] = false end
+for _, x in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if x ~= ARGV[1] then
+    local k = ARGV[2] .. ':h:{' .. x .. '}'
+    for j = 1, #ARGV - 2 do
+      local v = redis.call('HGET', k, ARGV[j + 2])
+      if v and (not out[j] or tonumber(v) < tonumber(out[j])) then out[j] = v end
+    end
+  end
+end
+return out
 """
 
 
@@ -200,6 +301,24 @@ class RedisStats:
         return self.round_trips / self.events if self.events else 0.0
 
 
+class _NotingRetry(Retry):
+    """redis-py's retry, counting the failures it retried: the store tells from the count that
+    Redis went away meanwhile (``RedisStore.outages``). Connections share this one object
+    (redis-py deep-copies a client's retry into every connection)."""
+
+    failures = 0
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _NotingRetry:
+        return self
+
+    def call_with_retry(self, do: Any, fail: Any, *args: Any, **kw: Any) -> Any:
+        def noted(*a: Any) -> Any:
+            self.failures += 1
+            return fail(*a)
+
+        return super().call_with_retry(do, noted, *args, **kw)
+
+
 def connect(url: str, *, reconnect_s: float = 30.0) -> redis.Redis:
     """A client for ``redis://HOST:PORT/DB`` (or ``rediss://``, ``unix://``) that reconnects.
 
@@ -213,7 +332,7 @@ def connect(url: str, *, reconnect_s: float = 30.0) -> redis.Redis:
     try:
         client = redis.Redis.from_url(
             url,
-            retry=Retry(ExponentialBackoff(cap=0.5, base=0.01), retries),
+            retry=_NotingRetry(ExponentialBackoff(cap=0.5, base=0.01), retries),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
             socket_connect_timeout=2.0,
             socket_timeout=10.0,
@@ -251,6 +370,15 @@ class RedisStore:
         self.seen_cache = seen_cache
         self.stats = RedisStats()
         self._script = client.register_script(_COMMIT_LUA)
+        self._set_holds = client.register_script(_SET_HOLDS_LUA)
+        self._others_holds = client.register_script(_OTHERS_HOLDS_LUA)
+        self._holders_key = f"{prefix}:holders"
+        self._holds_key = f"{prefix}:h:{{{worker}}}"
+        # Holds (module doc): this worker's registered holds; to replace them with the next
+        # commit, set ``next_holds``; whether another worker held events at the last look.
+        self.holds: dict[str, float] = {}
+        self.next_holds: dict[str, float] | None = None
+        self.others_holding = False
         self._outbox_key = f"{prefix}:out:{{{worker}}}"
         self._token_key = f"{prefix}:tok:{{{worker}}}"
         self._meta_key = f"{prefix}:meta:{{{worker}}}"
@@ -354,10 +482,13 @@ class RedisStore:
         extra: Sequence[Row] = (),
         inputs: Sequence[bytes] = (),
         meta: dict[str, str] | None = None,
+        order: dict[str, float] | None = None,
     ) -> list[Row]:
         """One atomic script (see module doc); ``meta`` values are this worker's (e.g. the core's
         watermark). Raises ``CommitConflict`` having applied nothing and having refreshed what
-        conflicted, so the caller re-runs the batch (``rerun`` below, or ``run_batch``)."""
+        conflicted, so the caller re-runs the batch (``rerun`` below, or ``run_batch``).
+        ``order``: user -> newest event time of the batch; if another worker holds an older event
+        of one of them, raises ``HeldBack`` having applied nothing."""
         rows: list[Row] = [self.render(o) for o in outputs]
         rows.extend(extra)
         for out in outputs:
@@ -365,11 +496,16 @@ class RedisStore:
             if isinstance(pid, str):
                 self._new_push[pid] = self.push_key(str(getattr(out, "user", "")), pid)
         users = list(self._touched)
-        keys, args = self._script_args(users, rows, inputs, meta or {})
+        keys, args = self._script_args(users, rows, inputs, meta or {}, order or {})
         reply = self._call("commit", lambda: self._script(keys=keys, args=args))
         if reply[0] == 0:
             self._on_conflict(users, reply)
+        if reply[0] == 3:
+            self._on_held(users, reply)
         if reply[0] == 1:
+            if self.next_holds is not None:
+                self.holds = self.next_holds
+            self.others_holding = int(reply[3]) > 0
             for c, left in zip(self._totals, reply[2], strict=True):
                 self._inv_est[c] = int(left)
             if rows and reply[1]:
@@ -379,6 +515,7 @@ class RedisStore:
             self.unsent()
         for pid in self._new_push:
             self._remember(pid)
+        self.next_holds = None
         self.stats.commits += 1
         self._end_batch()
         return rows
@@ -413,6 +550,39 @@ class RedisStore:
             return outputs, rows
         self.rollback()
         raise StateError(f"batch still conflicting after {self.max_attempts} attempts")
+
+    # --- holds: per-user order across workers (module doc) -------------------------------------
+
+    @property
+    def outages(self) -> int:
+        """How many failed Redis calls the client retried so far (grows during an outage)."""
+        retry = self.r.connection_pool.connection_kwargs.get("retry")
+        return int(getattr(retry, "failures", 0))
+
+    def uptime_s(self) -> float:
+        """Seconds since redis-server started (a small value: it restarted lately)."""
+        info = self._call("info", lambda: self.r.info("server"))
+        return float(info.get("uptime_in_seconds", 0))
+
+    def set_holds(self, holds: dict[str, float]) -> None:
+        """Register (replace) this worker's holds: user -> oldest event time it holds unapplied."""
+        args: list[Any] = [self.worker, HOLD_TTL_S]
+        for u, ts in holds.items():
+            args += [u, repr(ts)]
+        keys = [self._holders_key, self._holds_key]
+        n = self._call("holds", lambda: self._set_holds(keys=keys, args=args))
+        self.holds = dict(holds)
+        self.others_holding = int(n) > 0
+
+    def others_holds(self, users: Sequence[str]) -> dict[str, float]:
+        """user -> the oldest event time another worker holds of that user (users held only)."""
+        if not users:
+            return {}
+        args = [self.worker, self.prefix, *users]
+        vals = self._call("holds", lambda: self._others_holds(keys=[self._holders_key], args=args))
+        out = {u: float(v) for u, v in zip(users, vals, strict=True) if v is not None}
+        self.others_holding = bool(out) or self.others_holding
+        return out
 
     def get_meta(self, key: str) -> str | None:
         """A value this worker committed with ``meta`` (e.g. its core's watermark)."""
@@ -535,7 +705,12 @@ class RedisStore:
         return est - self._taken.get(campaign_id, 0)
 
     def _script_args(
-        self, users: list[str], rows: list[Row], inputs: Sequence[bytes], meta: dict[str, str]
+        self,
+        users: list[str],
+        rows: list[Row],
+        inputs: Sequence[bytes],
+        meta: dict[str, str],
+        order: dict[str, float] | None = None,
     ) -> tuple[list[str], list[Any]]:
         keys: list[str] = [self.user_key(u) for u in users]
         ver_args: list[Any] = []
@@ -557,6 +732,7 @@ class RedisStore:
         keys += list(self._new_push.values())
         keys += [self.input_key(d) for d in inputs]
         keys += [self._token_key, self._outbox_key, self._meta_key]
+        keys += [self._holders_key, self._holds_key]
         head: list[Any] = [len(users), len(camps), len(self._new_push), len(inputs)]
         head += [self.push_ttl_s, self.input_ttl_s, uuid.uuid4().hex, len(meta)]
         head += ver_args
@@ -564,6 +740,12 @@ class RedisStore:
             head += [self._totals[c], self._taken.get(c, 0)]
         for k, v in meta.items():
             head += [k, v]
+        head += [float((order or {}).get(u, -1.0)) for u in users]
+        nxt = self.next_holds
+        head.append(-1 if nxt is None else len(nxt))
+        for u, ts in (nxt or {}).items():
+            head += [u, repr(ts)]
+        head += [self.worker, self.prefix, HOLD_TTL_S]
         rows_blob = _MSGPACK.encode([(r.out_id, r.topic, r.payload) for r in rows]) if rows else b""
         return keys, [_MSGPACK.encode(head), rows_blob]
 
@@ -586,6 +768,16 @@ class RedisStore:
         self._reset_attempt()
         self.stats.conflicts += 1
         exc = CommitConflict(bad_users, short, bad_pids)
+        exc.touched = touched
+        raise exc
+
+    def _on_held(self, users: list[str], reply: list[Any]) -> None:
+        touched = list(self._touched)
+        self._touched.clear()
+        self._reset_attempt()
+        self.next_holds = None
+        self.others_holding = True
+        exc = HeldBack([users[i - 1] for i in reply[1]])
         exc.touched = touched
         raise exc
 
@@ -635,16 +827,21 @@ def commit_batch(
     inputs: Sequence[bytes] = (),
     meta: Callable[[], dict[str, str] | None] = lambda: None,
     rerun: Callable[[], list[Output]] | None = None,
+    order: dict[str, float] | None = None,
 ) -> tuple[list[Output], list[Any]]:
     """``store.commit`` for the daemon's hot path, any store: when a shared store reports a
     conflict (another worker moved a user, coupons ran out, a push was decided elsewhere), re-arm
     the touched users' timers and re-run the core on the batch from fresh state, until a commit
     applies (``rerun`` instead of ``core.process(events)``, e.g. a timer flush). Returns the
-    outputs and rows that were committed."""
+    outputs and rows that were committed. ``order`` (a worker group's store only): see
+    ``RedisStore.commit``; a ``HeldBack`` goes to the caller."""
     attempts = int(getattr(store, "max_attempts", 1))
+    kw: dict[str, Any] = {} if order is None else {"order": order}
     for _ in range(attempts):
         try:
-            return outputs, list(store.commit(outputs, extra=extra, inputs=inputs, meta=meta()))
+            return outputs, list(
+                store.commit(outputs, extra=extra, inputs=inputs, meta=meta(), **kw)
+            )
         except CommitConflict as exc:
             store.users(exc.touched)
             rearm(core, [store.peek(u) for u in exc.touched])
@@ -721,6 +918,7 @@ def wait_for(store: RedisStore, timeout_s: float = 30.0) -> None:
 
 __all__ = [
     "CommitConflict",
+    "HeldBack",
     "RedisRow",
     "RedisStats",
     "RedisStore",

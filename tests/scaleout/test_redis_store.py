@@ -300,3 +300,34 @@ def test_redemptions_and_orders_commit_on_redis(make_store: MakeStore) -> None:
     assert [o.status for o in outs if isinstance(o, RedeemResult)] == ["ok"]
     assert [o.via for o in outs if isinstance(o, Order)] == ["redeemed"]
     assert store.peek("u1").offers[push.code].order_ts == t0 + 61  # type: ignore[index]
+
+
+def test_a_commit_waits_for_an_older_event_another_worker_holds(make_store: MakeStore) -> None:
+    """Holds: worker a registered that it holds u's event of time 10 (not applied yet); worker b's
+    commit of u's event of time 20 applies nothing (``HeldBack``), one of time 5 applies, and
+    once a's holds are gone b's newer event applies too. Users nobody holds are never held."""
+    from engine.stores.redis_store import HeldBack
+
+    a, b = make_store(worker="a"), make_store(worker="b")
+    a.set_holds({"u": 10.0})
+    assert b.others_holds(["u", "v"]) == {"u": 10.0}
+    b.user("u").last_ts = 20.0
+    b.user("v").last_ts = 20.0
+    with pytest.raises(HeldBack) as held:
+        b.commit([], order={"u": 20.0, "v": 20.0})
+    assert held.value.users == ["u"]
+    assert b.snapshot(["v"])["v"].version == 0, "nothing applied, not even v"
+    assert b.others_holding
+    b.user("v").last_ts = 20.0  # another user: not held
+    b.commit([], order={"v": 20.0})
+    b.user("u").last_ts = 5.0  # u's event older than what a holds: may go first
+    b.commit([], order={"u": 5.0})
+    assert b.snapshot(["u"])["u"].last_ts == 5.0
+    a.user("x").visit_seq = 1
+    a.next_holds = {}  # a applied what it held: its commit clears its holds
+    a.commit([])
+    assert a.holds == {} and b.others_holds(["u"]) == {}
+    b.user("u").last_ts = 20.0
+    b.commit([], order={"u": 20.0})
+    assert b.snapshot(["u"])["u"].last_ts == 20.0
+    assert not b.others_holding
