@@ -656,15 +656,29 @@ def _parse_stores(
     the decoded form of a 500k-store file never exists all at once. ``hints``: add the
     warnings of fences.hints."""
     features, problems = _collection_problems(obj)
+    if decode is None:
+        results: Iterable[_Parsed] = map(_parse_feature, features)
+    else:
+        results = (_parse_feature(decode(raw)) for raw in features)
+    return _assemble(results, problems, hints)
+
+
+_Parsed = tuple[Store | None, str | None, list[str], _Idents]
+
+
+def _assemble(
+    results: Iterable[_Parsed], problems: list[Problem], hints: bool = False
+) -> tuple[list[Store], list[Problem]]:
+    """The checks across features, over each feature's ``_parse_feature`` result in order
+    (fences.fastload hands in its own results for the features it validated in bulk)."""
     parsed: list[tuple[int, Store]] = []
     first_index: dict[str, int] = {}
     claims: dict[tuple[str, str], tuple[int, str | None]] = {}
     clashed: set[int] = set()
-    for i, raw in enumerate(features):
-        feature = raw if decode is None else decode(raw)
-        store, sid, reasons, idents = _parse_feature(feature)
-        problems.extend(Problem(i, sid, r) for r in reasons)
-        clash = _claim(i, sid, idents, claims, problems)
+    for i, (store, sid, reasons, idents) in enumerate(results):
+        if reasons:
+            problems.extend(Problem(i, sid, r) for r in reasons)
+        clash = (idents[0] or idents[1] or idents[2]) and _claim(i, sid, idents, claims, problems)
         if sid is not None:
             if sid in first_index:
                 problems.append(
@@ -899,12 +913,15 @@ def _syntax(msg: str, text: bytes, pos: int | None) -> str:
     return f"not valid JSON{where}: {msg}{hint}; fix the syntax there"
 
 
-def load_catalog(path: str | os.PathLike[str], strict: bool = False) -> Catalog:
+def load_catalog(path: str | os.PathLike[str], strict: bool = False, bulk: bool = True) -> Catalog:
     """Read and validate a catalog file; raises CatalogError listing every problem.
 
     The default path decodes the FeatureCollection shallowly and each feature only when it is
-    validated, which keeps peak memory near the size of the file plus the stores. ``strict``
-    (refuse duplicate member names) decodes everything with the standard library first.
+    validated, which keeps peak memory near the size of the file plus the stores; ``bulk``
+    validates the ordinary features in bulk (fences.fastload: typed decoding, vectorised
+    checks; ~5x faster), ``bulk=False`` feature by feature (the reference; same Catalog, same
+    problems). ``strict`` (refuse duplicate member names) decodes everything with the standard
+    library first.
     """
     if strict:
         return parse_catalog(read_json(path, strict=True))
@@ -925,7 +942,13 @@ def load_catalog(path: str | os.PathLike[str], strict: bool = False) -> Catalog:
                 except msgspec.ValidationError:  # not an array: let the validator say what
                     shallow["features"] = msgspec.json.decode(top["features"])
             del top
-            stores, problems = _parse_stores(shallow, decode=msgspec.json.decode)
+            if bulk:
+                from fences.fastload import parse_features
+
+                features, problems = _collection_problems(shallow)
+                stores, problems = _assemble(parse_features(features), problems)
+            else:
+                stores, problems = _parse_stores(shallow, decode=msgspec.json.decode)
             if problems:
                 raise CatalogError(problems)
             return Catalog(stores)
