@@ -92,6 +92,30 @@ class Catalog:
         for store in stores:
             self.add(store)
 
+    @classmethod
+    def _restored(
+        cls,
+        stores: list[Store],
+        ids: list[str],
+        tagged: set[int],
+        idents: dict[int, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]],
+    ) -> Catalog:
+        """A catalog of ``stores`` (all live, slot k holding ``ids[k]``) without reading them:
+        fences.snapshot hands in a lazily made list and what the look-ups need."""
+        self = cls()
+        self.stores = stores
+        self._by_id.update(zip(ids, range(len(ids)), strict=True))
+        self.tagged.update(tagged)
+        for slot, (wifi, beacons, nfc) in idents.items():
+            for table, keys in (
+                (self._by_bssid, wifi),
+                (self._by_beacon, beacons),
+                (self._by_nfc, nfc),
+            ):
+                for key in keys:
+                    table[key] = slot
+        return self
+
     def __len__(self) -> int:
         return len(self._by_id)
 
