@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from engine.errors import CampaignError
 
 if TYPE_CHECKING:
+    from fences.catalog import Catalog
     from fences.store import Store
 
 Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
@@ -468,16 +469,22 @@ def load_campaigns(path: str | os.PathLike[str]) -> CampaignSet:
     return parse_campaigns(doc, str(p))
 
 
-def catalog_warnings(campaigns: CampaignSet, stores: Iterable[Store]) -> list[str]:
+def catalog_warnings(campaigns: CampaignSet, stores: Iterable[Store] | Catalog) -> list[str]:
     """What in ``campaigns`` matches nothing in the store catalog and so can never push: a
     merchant_id with no store, a listed store that is missing or belongs to another merchant.
     Not errors (the catalog may be updated later): ``geopush replay`` and ``geopush run`` print
-    them at load. ``stores``: the catalog's live stores."""
+    them at load. ``stores``: the catalog's live stores, or the Catalog (which then need not
+    make the Store objects of a snapshot)."""
     by_id: dict[str, str] = {}
     merchants: dict[str, list[str]] = {}
-    for s in stores:
-        by_id[s.store_id] = s.merchant_id
-        merchants.setdefault(s.merchant_id, []).append(s.store_id)
+    owners: Iterable[tuple[str, str]] = (
+        stores.owners()
+        if hasattr(stores, "owners")  # a Catalog (not imported here: fast --help)
+        else ((s.store_id, s.merchant_id) for s in stores)
+    )
+    for sid, mid in owners:
+        by_id[sid] = mid
+        merchants.setdefault(mid, []).append(sid)
     out: list[str] = []
     for c in campaigns.campaigns:
         if c.merchant_id not in merchants:

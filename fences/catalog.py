@@ -154,6 +154,19 @@ class Catalog:
             if slot not in self._removed:
                 yield slot, store
 
+    def owners(self) -> Iterator[tuple[str, str]]:
+        """(store_id, merchant_id) of every live store in slot order, without making the Store
+        objects of a catalog restored from a snapshot (fences.snapshot.LazyStores)."""
+        peek: Callable[[int], tuple[str, str]] | None = getattr(self.stores, "owner", None)
+        for slot in range(len(self.stores)):
+            if slot in self._removed:
+                continue
+            if peek is not None:
+                yield peek(slot)
+            else:
+                s = self.stores[slot]
+                yield s.store_id, s.merchant_id
+
     def slot(self, store_id: str) -> int:
         try:
             return self._by_id[store_id]

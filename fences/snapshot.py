@@ -109,9 +109,17 @@ class LazyStores(list[Store]):
     columns). It is a list (the engine indexes ``catalog.stores[slot]``); slots not yet made hold
     None underneath, which ``__getitem__`` and iteration never show. ``materialize()`` makes all."""
 
-    def __init__(self, n: int, make: Callable[[int], Store]) -> None:
+    def __init__(
+        self, n: int, make: Callable[[int], Store], owner: Callable[[int], tuple[str, str]]
+    ) -> None:
         super().__init__([None] * n)  # type: ignore[list-item]
         self._make = make
+        self._owner = owner
+
+    def owner(self, k: int) -> tuple[str, str]:
+        """(store_id, merchant_id) of slot k, without making its Store."""
+        s = list.__getitem__(self, k)
+        return self._owner(k) if s is None else (s.store_id, s.merchant_id)
 
     @overload
     def __getitem__(self, i: SupportsIndex) -> Store: ...
@@ -207,7 +215,7 @@ def _restore_catalog(meta: _Meta, cols: dict[str, NDArray[Any]]) -> Catalog:
             tz, acc, tuple(tags), dict(props),
         )  # fmt: skip
 
-    stores = LazyStores(n, make)
+    stores = LazyStores(n, make, lambda k: (ids[k], merchants[k]))
     idents = {
         k: (tuple(r[0]), tuple(r[1]), tuple(r[2])) for k, r in rare.items() if r[0] or r[1] or r[2]
     }

@@ -47,6 +47,7 @@ _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--status-interval", "status_interval", {"type": float, "metavar": "S"}),
     ("--drain-timeout", "drain_timeout", {"type": float, "metavar": "S"}),
     ("--pid-file", "pid_file", {"type": Path, "metavar": "FILE"}),
+    ("--fences-snapshot", "fences_snapshot", {"metavar": "FILE|off"}),
     ("--log-format", "log_format", {"choices": ["text", "json"]}),
     ("--log-level", "log_level", {"metavar": "LEVEL"}),
 ]
