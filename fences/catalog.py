@@ -731,7 +731,9 @@ def _assemble(
             parsed.append((i, store))
             if clash:
                 clashed.add(i)
-    parsed = [p for p in _drop_invalid_polygons(parsed, problems) if p[0] not in clashed]
+    parsed = _drop_invalid_polygons(parsed, problems)
+    if clashed:
+        parsed = [p for p in parsed if p[0] not in clashed]
     if hints:
         problems.extend(_hints(parsed))
     problems.sort(key=lambda p: -1 if p.index is None else p.index)  # stable: keeps order within
@@ -768,6 +770,8 @@ def _drop_invalid_polygons(
                 Problem(i, store.store_id, _explain_invalid(shapely.is_valid_reason(store.polygon)))
             )
             drop.add(k)
+    if not drop:
+        return parsed
     return [p for k, p in enumerate(parsed) if k not in drop]
 
 
@@ -971,6 +975,19 @@ def load_catalog(path: str | os.PathLike[str], strict: bool = False, bulk: bool 
             shallow: dict[str, Any] = {
                 k: msgspec.json.decode(v) for k, v in top.items() if k != "features"
             }
+            results = None
+            if bulk and "features" in top:
+                from fences.fastload import parse_feature_array
+
+                results = parse_feature_array(top["features"])
+            if results is not None:  # every feature decoded by the typed decoder at once
+                shallow["features"] = results
+                del top
+                _, problems = _collection_problems(shallow)
+                stores, problems = _assemble(results, problems)
+                if problems:
+                    raise CatalogError(problems)
+                return Catalog(stores)
             if "features" in top:
                 try:
                     shallow["features"] = msgspec.json.decode(
