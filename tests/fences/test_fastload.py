@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from fences import catalog as C
 from fences.catalog import load_catalog, to_feature
 from fences.errors import CatalogError
-from fences.fastload import parse_features
+from fences.fastload import parse_feature_array, parse_features
 from fences.store import Store
 from fences.synth import synth_city
 
@@ -91,7 +91,7 @@ def _first_pos(c: Any) -> Any:
 def _move(dx: float, dy: float) -> Mutation:
     def fn(c: Any) -> Any:
         p = _first_pos(c)
-        if not isinstance(p, list) or len(p) < 2:
+        if not isinstance(p, list) or len(p) < 2 or not all(type(v) in (int, float) for v in p[:2]):
             return c
         p[0] += dx
         p[1] += dy
@@ -205,9 +205,15 @@ def _mutated(base: list[dict[str, Any]], seed: int, share: float) -> list[dict[s
 
 def _both(features: list[Any]) -> tuple[Any, Any]:
     """(stores, problems) by the reference and by the bulk path, over the same encoded features."""
-    raws = msgspec.json.decode(msgspec.json.encode(features), type=list[msgspec.Raw])
+    text = msgspec.json.encode(features)
+    raws = msgspec.json.decode(text, type=list[msgspec.Raw])
     slow = C._assemble((C._parse_feature(msgspec.json.decode(r)) for r in raws), [])
     fast = C._assemble(parse_features(raws), [])
+    whole = parse_feature_array(text)  # None when some feature does not fit the typed decoder
+    if whole is not None:
+        (s1, p1), (s2, p2) = slow, C._assemble(whole, [])
+        assert p1 == p2
+        _same_stores(s1, s2)
     return slow, fast
 
 
@@ -238,6 +244,40 @@ def test_generated_catalogs_give_the_same_stores_and_problems(seed: int, share: 
     base = _features(300, seed=seed % 7)
     (s1, p1), (s2, p2) = _both(_mutated(base, seed, share))
     assert p1 == p2
+    _same_stores(s1, s2)
+
+
+TYPED_BUT_WRONG: list[Mutation] = [
+    _move(200.0, 0.0),
+    _move(0.0, 100.0),
+    _coords(_unclose),
+    _set("radius_m", 0),
+    _set("radius_m", "30"),
+    _set("store_id", "s0000001"),
+    _set("store_id", "   "),
+    _set("name", 5),
+    _set("wifi", ["nope"]),
+    _set("wifi", ["A4-2B-B0-C1-D2-E3"]),
+    _set("beacons", [f"{UUID.lower()}:70000:1"]),
+    _set("tz", "Mars/Olympus"),
+    _set("max_accuracy_m", -1),
+    _set("tags", "umbrella"),
+    _geom("Polygon", ACROSS),
+    _geom("Polygon", BOWTIE),
+    _geom("Polygon", [SQUARE[0], HOLE]),
+]
+
+
+def test_the_one_call_decoder_hands_odd_features_to_the_reference() -> None:
+    """Features that fit the typed decoder but not the bulk checks: the array path (one decode
+    call) must re-read them and explain them exactly as the reference does."""
+    feats = _features(60, seed=5)
+    rng = np.random.default_rng(0)
+    for k, mutation in enumerate(TYPED_BUT_WRONG):
+        mutation(feats[2 * k], rng)
+    assert parse_feature_array(msgspec.json.encode(feats)) is not None
+    (s1, p1), (s2, p2) = _both(feats)
+    assert p1 == p2 and len(p1) >= 12
     _same_stores(s1, s2)
 
 
