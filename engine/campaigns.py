@@ -475,16 +475,13 @@ def catalog_warnings(campaigns: CampaignSet, stores: Iterable[Store] | Catalog) 
     Not errors (the catalog may be updated later): ``geopush replay`` and ``geopush run`` print
     them at load. ``stores``: the catalog's live stores, or the Catalog (which then need not
     make the Store objects of a snapshot)."""
-    by_id: dict[str, str] = {}
-    merchants: dict[str, list[str]] = {}
     owners: Iterable[tuple[str, str]] = (
         stores.owners()
         if hasattr(stores, "owners")  # a Catalog (not imported here: fast --help)
         else ((s.store_id, s.merchant_id) for s in stores)
     )
-    for sid, mid in owners:
-        by_id[sid] = mid
-        merchants.setdefault(mid, []).append(sid)
+    by_id = dict(owners)  # store_id -> merchant_id (built in C: 500k stores in a blink)
+    merchants = set(by_id.values())
     out: list[str] = []
     for c in campaigns.campaigns:
         if c.merchant_id not in merchants:
@@ -496,7 +493,7 @@ def catalog_warnings(campaigns: CampaignSet, stores: Iterable[Store] | Catalog) 
         for sid in sorted(c.stores or ()):
             owner = by_id.get(sid)
             if owner is None:
-                own = merchants[c.merchant_id]
+                own = [s for s, m in by_id.items() if m == c.merchant_id]
                 out.append(
                     f"campaign {c.id!r}: store {sid!r} is not in the catalog, so the campaign "
                     f"never pushes there{_nearest(sid, own, f'stores of {c.merchant_id!r}')}"

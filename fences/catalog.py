@@ -98,22 +98,19 @@ class Catalog:
         stores: list[Store],
         ids: list[str],
         tagged: set[int],
-        idents: dict[int, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]],
+        by_bssid: dict[str, int],
+        by_beacon: dict[str, int],
+        by_nfc: dict[str, int],
     ) -> Catalog:
         """A catalog of ``stores`` (all live, slot k holding ``ids[k]``) without reading them:
-        fences.snapshot hands in a lazily made list and what the look-ups need."""
+        fences.snapshot hands in a lazily made list and the look-ups as they were saved."""
         self = cls()
         self.stores = stores
         self._by_id.update(zip(ids, range(len(ids)), strict=True))
         self.tagged.update(tagged)
-        for slot, (wifi, beacons, nfc) in idents.items():
-            for table, keys in (
-                (self._by_bssid, wifi),
-                (self._by_beacon, beacons),
-                (self._by_nfc, nfc),
-            ):
-                for key in keys:
-                    table[key] = slot
+        self._by_bssid.update(by_bssid)
+        self._by_beacon.update(by_beacon)
+        self._by_nfc.update(by_nfc)
         return self
 
     def __len__(self) -> int:
@@ -158,6 +155,11 @@ class Catalog:
         """(store_id, merchant_id) of every live store in slot order, without making the Store
         objects of a catalog restored from a snapshot (fences.snapshot.LazyStores)."""
         peek: Callable[[int], tuple[str, str]] | None = getattr(self.stores, "owner", None)
+        if peek is not None and not self._removed:
+            fast: Iterator[tuple[str, str]] | None = self.stores.owners()  # type: ignore[attr-defined]
+            if fast is not None:
+                yield from fast
+                return
         for slot in range(len(self.stores)):
             if slot in self._removed:
                 continue

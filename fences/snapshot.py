@@ -24,8 +24,9 @@ Store object is made on first access (``LazyStores``), so a restart does not bui
 
 Validity: the header records ``sha256`` and the size of the source file's content (a digest of
 the content rather than its mtime: a deploy that copies the same file again keeps the snapshot,
-one that changes a byte does not, whatever the clocks say; sha256 runs at ~0.6 GB/s here, 0.3 s
-for a 184 MB catalog, in a thread that overlaps the mapping), plus a digest of the code that
+one that changes a byte does not, whatever the clocks say; sha256 runs at 0.6-1.6 GB/s here,
+0.1-0.3 s for a 183 MB catalog in the page cache; a thread overlapping it with the mapping was
+measured slower on 2 shared cores), plus a digest of the code that
 defines the layout (this module, fences.index, fences.kernel, fences.catalog, fences.fastload,
 fences.store) and ``FORMAT``. Any mismatch, a truncated file or an unreadable one means "no
 snapshot": the source is loaded cold and the snapshot rewritten.
@@ -40,7 +41,6 @@ import mmap
 import os
 import struct
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -52,7 +52,7 @@ import numpy as np
 import shapely
 from numpy.typing import NDArray
 
-from fences.catalog import Catalog, load_catalog
+from fences.catalog import Catalog, _gc_paused, load_catalog
 from fences.errors import FencesError
 from fences.index import FenceIndex
 from fences.store import Store
@@ -110,16 +110,24 @@ class LazyStores(list[Store]):
     None underneath, which ``__getitem__`` and iteration never show. ``materialize()`` makes all."""
 
     def __init__(
-        self, n: int, make: Callable[[int], Store], owner: Callable[[int], tuple[str, str]]
+        self, n: int, make: Callable[[int], Store], ids: list[str], merchants: list[str]
     ) -> None:
         super().__init__([None] * n)  # type: ignore[list-item]
         self._make = make
-        self._owner = owner
+        self._ids = ids
+        self._merchants = merchants
 
     def owner(self, k: int) -> tuple[str, str]:
         """(store_id, merchant_id) of slot k, without making its Store."""
         s = list.__getitem__(self, k)
-        return self._owner(k) if s is None else (s.store_id, s.merchant_id)
+        return (self._ids[k], self._merchants[k]) if s is None else (s.store_id, s.merchant_id)
+
+    def owners(self) -> Iterator[tuple[str, str]] | None:
+        """(store_id, merchant_id) of every slot at C speed while no slot has been made or
+        replaced (as at start-up); None once some has (ask ``owner`` slot by slot)."""
+        if len(self) == len(self._ids) and self.count(None) == len(self):  # type: ignore[arg-type]
+            return zip(self._ids, self._merchants, strict=True)
+        return None
 
     @overload
     def __getitem__(self, i: SupportsIndex) -> Store: ...
@@ -153,8 +161,15 @@ class _Meta(msgspec.Struct, array_like=True):
     ids: list[str]
     merchants: list[str]
     names: list[str] | None  # None: every name is ""
-    # slot -> (wifi, beacons, nfc, tz, max_accuracy_m, tags, properties) when any differs
-    rare: dict[int, tuple[list[str], list[str], list[str], str, float, list[str], dict[str, Any]]]
+    by_bssid: dict[str, int]  # the catalog's look-ups, as they are
+    by_beacon: dict[str, int]
+    by_nfc: dict[str, int]
+    tagged: list[int]
+
+
+# a slot's rarer fields: wifi, beacons, nfc, tz, max_accuracy_m, tags, properties
+_Rare = tuple[list[str], list[str], list[str], str, float, list[str], dict[str, Any]]
+_PLAIN = ((), (), (), "UTC", 100.0, ())
 
 
 def _catalog_columns(catalog: Catalog) -> tuple[_Meta, dict[str, NDArray[Any]]]:
@@ -165,8 +180,9 @@ def _catalog_columns(catalog: Catalog) -> tuple[_Meta, dict[str, NDArray[Any]]]:
     center = np.full((n, 2), np.nan)
     radius = np.full(n, np.nan)
     poly_at: list[int] = []
-    rare: dict[int, Any] = {}
-    plain = ((), (), (), "UTC", 100.0, ())
+    rare_at: list[int] = []
+    rare: list[bytes] = []
+    encode = msgspec.msgpack.encode
     for k, s in enumerate(stores):
         if s.center is not None:
             center[k] = s.center
@@ -174,35 +190,47 @@ def _catalog_columns(catalog: Catalog) -> tuple[_Meta, dict[str, NDArray[Any]]]:
         else:
             poly_at.append(k)
         fields = (s.wifi, s.beacons, s.nfc, s.tz, s.max_accuracy_m, s.tags)
-        if fields != plain or s.properties:
-            rare[k] = (*fields, s.properties)
+        if fields != _PLAIN or s.properties:
+            rare_at.append(k)
+            rare.append(encode((*fields, s.properties)))
     names = [s.name for s in stores]
     meta = _Meta(
         ids=[s.store_id for s in stores],
         merchants=[s.merchant_id for s in stores],
         names=names if any(names) else None,
-        rare=rare,
+        by_bssid=catalog._by_bssid,
+        by_beacon=catalog._by_beacon,
+        by_nfc=catalog._by_nfc,
+        tagged=sorted(catalog.tagged),
     )
-    wkb = shapely.to_wkb(np.array([stores[k].polygon for k in poly_at], dtype=object))
-    lens = np.zeros(n, dtype=np.int64)  # slot k's WKB is blob[off[k]:off[k + 1]], empty for circles
-    lens[poly_at] = np.fromiter((len(b) for b in wkb), dtype=np.int64, count=len(wkb))
-    poly_off = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
-    blob = np.frombuffer(b"".join(wkb), dtype=np.uint8) if len(wkb) else np.zeros(0, np.uint8)
-    cols = {"cat_center": center, "cat_radius": radius, "cat_poly_off": poly_off, "cat_wkb": blob}
+    wkb = list(shapely.to_wkb(np.array([stores[k].polygon for k in poly_at], dtype=object)))
+    cols = {"cat_center": center, "cat_radius": radius}
+    # slot k's WKB is cat_wkb[off[k]:off[k + 1]] (empty for a circle); its rare fields likewise
+    cols["cat_poly_off"], cols["cat_wkb"] = _blobs(n, poly_at, wkb)
+    cols["cat_rare_off"], cols["cat_rare"] = _blobs(n, rare_at, rare)
     return meta, cols
 
 
+def _blobs(n: int, at: list[int], items: list[bytes]) -> tuple[NDArray[Any], NDArray[Any]]:
+    lens = np.zeros(n, dtype=np.int64)
+    lens[at] = np.fromiter((len(b) for b in items), dtype=np.int64, count=len(items))
+    off = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+    blob = np.frombuffer(b"".join(items), dtype=np.uint8) if items else np.zeros(0, np.uint8)
+    return off, blob
+
+
 def _restore_catalog(meta: _Meta, cols: dict[str, NDArray[Any]]) -> Catalog:
-    ids, merchants, names, rare = meta.ids, meta.merchants, meta.names, meta.rare
+    ids, merchants, names = meta.ids, meta.merchants, meta.names
     center, radius = cols["cat_center"], cols["cat_radius"]
     poly_off, wkb = cols["cat_poly_off"], cols["cat_wkb"]
-    n = len(ids)
+    rare_off, rare = cols["cat_rare_off"], cols["cat_rare"]
+    decode_rare = msgspec.msgpack.Decoder(_Rare).decode
 
     def make(k: int) -> Store:
         name = names[k] if names is not None else ""
-        r = rare.get(k)
+        a, b = int(rare_off[k]), int(rare_off[k + 1])
         wifi, beacons, nfc, tz, acc, tags, props = (
-            ((), (), (), "UTC", 100.0, (), {}) if r is None else r
+            decode_rare(rare[a:b].tobytes()) if a < b else (*_PLAIN, {})
         )
         a, b = int(poly_off[k]), int(poly_off[k + 1])
         if a == b:
@@ -212,15 +240,13 @@ def _restore_catalog(meta: _Meta, cols: dict[str, NDArray[Any]]) -> Catalog:
             shape = (None, None, shapely.from_wkb(wkb[a:b].tobytes()))
         return Store(
             ids[k], merchants[k], name, *shape, tuple(wifi), tuple(beacons), tuple(nfc),
-            tz, acc, tuple(tags), dict(props),
+            tz, acc, tuple(tags), props,
         )  # fmt: skip
 
-    stores = LazyStores(n, make, lambda k: (ids[k], merchants[k]))
-    idents = {
-        k: (tuple(r[0]), tuple(r[1]), tuple(r[2])) for k, r in rare.items() if r[0] or r[1] or r[2]
-    }
-    tagged = {k for k, r in rare.items() if r[5]}
-    return Catalog._restored(stores, ids, tagged, idents)
+    stores = LazyStores(len(ids), make, ids, merchants)
+    return Catalog._restored(
+        stores, ids, set(meta.tagged), meta.by_bssid, meta.by_beacon, meta.by_nfc
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -293,27 +319,18 @@ def load(
 ) -> FenceIndex:
     """The FenceIndex (and its Catalog) stored at ``path``; raises SnapshotMismatch unless it was
     written by this code for the source ``source`` describes (a ``source_digest`` result, or a
-    function computing it: it then runs in a thread while the file is mapped)."""
+    function computing it, called only once the snapshot's header has been found readable)."""
     p = Path(path)
     header, start = _read_header(p)
     if header.get("format") != FORMAT or header.get("code") != _code_digest():
         raise SnapshotMismatch("written by another version of geopush")
-    got: dict[str, Any] = {}
-    worker: threading.Thread | None = None
-    if callable(source):
-        fn = source
-
-        def digest() -> None:
-            got.update(fn())
-
-        worker = threading.Thread(target=digest, name="snapshot-digest", daemon=True)
-        worker.start()
-    else:
-        got = source
     try:
-        size = p.stat().st_size
-        if size != start + int(header["data_bytes"]):
+        if p.stat().st_size != start + int(header["data_bytes"]):
             raise SnapshotMismatch("truncated snapshot")
+        want = header["source"]
+        got = source() if callable(source) else source
+        if got.get("sha256") != want.get("sha256") or got.get("size") != want.get("size"):
+            raise SnapshotMismatch("the catalog file changed since the snapshot was written")
         with open(p, "rb") as fh:
             mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)
         arrays: dict[str, NDArray[Any]] = {}
@@ -321,18 +338,12 @@ def load(
             count = int(np.prod(shape)) if shape else 1
             a = np.frombuffer(mm, dtype=np.dtype(dtype), count=count, offset=start + off)
             arrays[name] = a.reshape(shape)
-        meta = msgspec.msgpack.decode(arrays.pop("meta").tobytes(), type=_Meta)
+        with _gc_paused():  # a million strings and a few big dicts: no cycles to look for
+            meta = msgspec.msgpack.decode(arrays.pop("meta").tobytes(), type=_Meta)
+            cols = {k: arrays.pop(k) for k in list(arrays) if k.startswith("cat_")}
+            catalog = _restore_catalog(meta, cols)
     except (OSError, ValueError, KeyError, TypeError, msgspec.DecodeError) as exc:
         raise SnapshotMismatch(f"unreadable snapshot ({exc})") from exc
-    finally:
-        if worker is not None:
-            worker.join()
-    if got.get("sha256") != header["source"].get("sha256") or got.get("size") != header[
-        "source"
-    ].get("size"):
-        raise SnapshotMismatch("the catalog file changed since the snapshot was written")
-    cols = {k: arrays.pop(k) for k in list(arrays) if k.startswith("cat_")}
-    catalog = _restore_catalog(meta, cols)
     return FenceIndex.from_base_arrays(catalog, arrays)
 
 

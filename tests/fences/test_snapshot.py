@@ -121,6 +121,20 @@ def test_snapshot_restart_answers_like_a_cold_load(source: Path, tmp_path: Path)
     assert list(tmp_path.glob("*.tmp-*")) == []
 
 
+def test_owners_without_making_stores(source: Path, tmp_path: Path) -> None:
+    snap = tmp_path / "s.snapshot"
+    cold, _ = load_index(source, snap)
+    warm, _ = load_index(source, snap)
+    assert list(warm.catalog.owners()) == list(cold.catalog.owners())
+    assert list.count(warm.catalog.stores, None) == len(cold.catalog)  # none made
+    for idx in (cold, warm):
+        idx.remove("s0000003")
+        idx.update(Store("s0000004", "m-new", center=(LON0, LAT0), radius_m=50.0))
+        idx.add(Store("z-1", "m-z", center=(LON0, LAT0), radius_m=50.0))
+    assert list(warm.catalog.owners()) == list(cold.catalog.owners())
+    assert ("s0000004", "m-new") in list(warm.catalog.owners())
+
+
 def test_live_changes_after_a_snapshot_restart(source: Path, tmp_path: Path) -> None:
     snap = tmp_path / "s.snapshot"
     load_index(source, snap)
