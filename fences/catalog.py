@@ -977,19 +977,6 @@ def load_catalog(path: str | os.PathLike[str], strict: bool = False, bulk: bool 
             shallow: dict[str, Any] = {
                 k: msgspec.json.decode(v) for k, v in top.items() if k != "features"
             }
-            results = None
-            if bulk and "features" in top:
-                from fences.fastload import parse_feature_array
-
-                results = parse_feature_array(top["features"])
-            if results is not None:  # every feature decoded by the typed decoder at once
-                shallow["features"] = results
-                del top
-                _, problems = _collection_problems(shallow)
-                stores, problems = _assemble(results, problems)
-                if problems:
-                    raise CatalogError(problems)
-                return Catalog(stores)
             if "features" in top:
                 try:
                     shallow["features"] = msgspec.json.decode(
