@@ -89,6 +89,16 @@ class Catalog:
         self.slot_of: Callable[[str], int | None] = self._by_id.get
         # Slots of live stores with any tags (few): a hot path can skip reading most stores.
         self.tagged: set[int] = set()
+        if isinstance(stores, list) and stores:
+            ids = [s.store_id for s in stores]
+            self._by_id.update(zip(ids, range(len(ids)), strict=True))
+            if len(self._by_id) == len(ids):  # unique ids (a validated catalog): link in bulk
+                self.stores = list(stores)
+                for slot, s in enumerate(stores):
+                    if s.tags or s.wifi or s.beacons or s.nfc:
+                        self._link(slot, s)
+                return
+            self._by_id.clear()
         for store in stores:
             self.add(store)
 

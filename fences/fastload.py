@@ -56,6 +56,7 @@ _KNOWN = C.KNOWN_PROPERTIES
 _BSSID_RE = C._BSSID_RE
 _UUID_RE = C._UUID_RE
 _NO_IDENTS: C._Idents = ((), (), ())
+_NO_REASONS: list[str] = []  # shared: _assemble only reads it
 
 # a store's fields after its shape: wifi, beacons, nfc, tz, max_accuracy_m, tags, extra properties
 _Ids = tuple[str, ...]
@@ -194,13 +195,13 @@ def _bulk(
                 continue
             if props.keys() <= basic:
                 store = Store(sid, mid, name, (x, y), float(r), None, *plain, {})
-                out[i] = (store, sid, [], no_idents)
+                out[i] = (store, sid, _NO_REASONS, no_idents)
                 continue
             row = _props(props)
             if row is not None:
                 wifi, beacons, nfc = row[0], row[1], row[2]
                 store = Store(sid, mid, name, (x, y), float(r), None, *row)
-                out[i] = (store, sid, [], (wifi, beacons, nfc))
+                out[i] = (store, sid, _NO_REASONS, (wifi, beacons, nfc))
             continue
         if r is not None:
             continue
@@ -234,7 +235,7 @@ def _bulk(
             continue
         sid, mid, name, row = out[i]
         store = Store(sid, mid, name, None, None, polygon, *row)
-        out[i] = (store, sid, [], (row[0], row[1], row[2]))
+        out[i] = (store, sid, _NO_REASONS, (row[0], row[1], row[2]))
     for i in range(n):
         if out[i] is None:
             out[i] = C._parse_feature(msgspec.json.decode(raw_of(i)))
