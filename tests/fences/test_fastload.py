@@ -311,3 +311,19 @@ def test_load_catalog_bulk_raises_the_same_problems(tmp_path: Path) -> None:
         load_catalog(path)
     assert slow.value.problems == fast.value.problems
     assert str(slow.value) == str(fast.value)
+
+
+def test_identifier_clashes_in_an_otherwise_valid_catalog() -> None:
+    """Every feature valid on its own (the fast lane of the checks across features), but BSSIDs,
+    beacons and NFC tags claimed twice: the same clash problems and the same stores left out."""
+    feats = _features(200, seed=8)
+    rng = np.random.default_rng(8)
+    for f in feats:
+        f["properties"]["wifi"] = [_bssid(rng)]
+        f["properties"]["nfc"] = [f"tag-{int(rng.integers(0, 150))}"]
+        f["properties"]["beacons"] = [f"{UUID}:1:{int(rng.integers(0, 150))}"]
+    raws = msgspec.json.decode(msgspec.json.encode(feats), type=list[msgspec.Raw])
+    assert C._all_valid_alone(parse_features(raws))
+    (s1, p1), (s2, p2) = _both(feats)
+    assert p1 == p2 and len(p1) > 50 and len(s1) < 200
+    _same_stores(s1, s2)
