@@ -34,6 +34,7 @@ snapshot": the source is loaded cold and the snapshot rewritten.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -64,6 +65,7 @@ MAGIC = b"GEOPUSH-FENCES-SNAPSHOT\n"
 _ALIGN = 64
 
 
+@functools.cache
 def _code_digest() -> str:
     """A digest of the modules that define what a snapshot holds: any change invalidates it."""
     import fences.catalog
@@ -322,9 +324,9 @@ def load(
     function computing it, called only once the snapshot's header has been found readable)."""
     p = Path(path)
     header, start = _read_header(p)
-    if header.get("format") != FORMAT or header.get("code") != _code_digest():
-        raise SnapshotMismatch("written by another version of geopush")
     try:
+        if header.get("format") != FORMAT or header.get("code") != _code_digest():
+            raise SnapshotMismatch("written by another version of geopush")
         if p.stat().st_size != start + int(header["data_bytes"]):
             raise SnapshotMismatch("truncated snapshot")
         want = header["source"]
