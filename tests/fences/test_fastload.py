@@ -327,3 +327,23 @@ def test_identifier_clashes_in_an_otherwise_valid_catalog() -> None:
     (s1, p1), (s2, p2) = _both(feats)
     assert p1 == p2 and len(p1) > 50 and len(s1) < 200
     _same_stores(s1, s2)
+
+
+def test_repeated_members_read_alike(tmp_path: Path) -> None:
+    """Loading lets the last of repeated members win (docs/catalog.md); the typed decoder must
+    read them the same way, or leave the feature to the reference."""
+    point = '{"type": "Point", "coordinates": [24.9, 60.1]}'
+    feats = [
+        '{"type": "Feature", "properties": {"store_id": "a", "merchant_id": "m", "radius_m": 30,'
+        ' "store_id": "b"}, "geometry": ' + point + "}",
+        '{"type": "Feature", "properties": {"store_id": "c", "merchant_id": "m", "radius_m": 30},'
+        ' "geometry": ' + point + ', "geometry": {"type": "Point", "coordinates": [24.8, 60.2]}}',
+        '{"type": "Feature", "properties": {"store_id": "d", "merchant_id": "m", "radius_m": 30},'
+        ' "geometry": {"coordinates": [24.7, 60.3], "type": "Point", "type": "Point"}}',
+    ]
+    path = tmp_path / "dups.geojson"
+    path.write_text('{"type": "FeatureCollection", "features": [' + ",".join(feats) + "]}")
+    slow, fast = load_catalog(path, bulk=False), load_catalog(path)
+    _same_stores(slow.stores, fast.stores)
+    assert [s.store_id for s in fast.stores] == ["b", "c", "d"]
+    assert fast.get("c").center == (24.8, 60.2)
