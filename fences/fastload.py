@@ -33,15 +33,17 @@ from fences import catalog as C
 from fences.store import Store
 
 
-class _Point(msgspec.Struct, tag_field="type", tag="Point", forbid_unknown_fields=True):
+class _Point(msgspec.Struct, tag_field="type", tag="Point", forbid_unknown_fields=True, gc=False):
     coordinates: tuple[float, float]
 
 
-class _Polygon(msgspec.Struct, tag_field="type", tag="Polygon", forbid_unknown_fields=True):
+class _Polygon(
+    msgspec.Struct, tag_field="type", tag="Polygon", forbid_unknown_fields=True, gc=False
+):
     coordinates: list[list[tuple[float, float]]]
 
 
-class _Feature(msgspec.Struct, forbid_unknown_fields=True):
+class _Feature(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     type: Literal["Feature"]
     properties: dict[str, Any]
     geometry: _Point | _Polygon
