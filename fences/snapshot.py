@@ -26,10 +26,10 @@ Validity: the header records ``sha256`` and the size of the source file's conten
 the content rather than its mtime: a deploy that copies the same file again keeps the snapshot,
 one that changes a byte does not, whatever the clocks say; sha256 runs at 0.6-1.6 GB/s here,
 0.1-0.3 s for a 183 MB catalog in the page cache; a thread overlapping it with the mapping was
-measured slower on 2 shared cores), plus a digest of the code that
-defines the layout (this module, fences.index, fences.kernel, fences.catalog, fences.fastload,
-fences.store) and ``FORMAT``. Any mismatch, a truncated file or an unreadable one means "no
-snapshot": the source is loaded cold and the snapshot rewritten.
+measured slower on 2 shared cores), plus a digest of the code that defines the layout (this
+module, fences.index, fences.kernel, fences.catalog, fences.fastload, fences.store) and
+``FORMAT``. Any mismatch, a truncated file or an unreadable one means "no snapshot": the source
+is loaded cold and the snapshot rewritten.
 """
 
 from __future__ import annotations
