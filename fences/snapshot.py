@@ -389,7 +389,12 @@ def load_index(
             compute()
         save(index, snapshot, digest)
     except (OSError, FencesError) as exc:
-        log.warning("could not write the fences snapshot %s: %s", snapshot, exc)
+        log.warning(
+            "could not write the fences snapshot %s (%s): the next start loads the catalog cold "
+            "again; give a writable file (--fences-snapshot) or 'off'",
+            snapshot,
+            exc,
+        )
     info.seconds["save"] = time.perf_counter() - t3
     info.seconds["total"] = time.perf_counter() - t0
     return index, info

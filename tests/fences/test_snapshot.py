@@ -231,3 +231,11 @@ def test_lazy_stores_behave_like_a_list(source: Path, tmp_path: Path) -> None:
     assert stores[-1] == ref[-1] and stores[3:6] == ref[3:6] and len(stores) == len(ref)
     assert [s.store_id for s in stores] == [s.store_id for s in ref]
     assert stores == ref
+
+
+def test_an_unwritable_snapshot_is_a_warning_not_an_error(
+    source: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    idx, info = load_index(source, tmp_path / "missing-dir" / "s.snapshot")
+    assert info.source == "cold" and len(idx) == len(_stores())
+    assert any("could not write the fences snapshot" in r.getMessage() for r in caplog.records)
