@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from engine.errors import CampaignError
 
 if TYPE_CHECKING:
+    from fences.catalog import Catalog
     from fences.store import Store
 
 Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
@@ -481,16 +482,19 @@ def load_campaigns(path: str | os.PathLike[str]) -> CampaignSet:
     return parse_campaigns(doc, str(p))
 
 
-def catalog_warnings(campaigns: CampaignSet, stores: Iterable[Store]) -> list[str]:
+def catalog_warnings(campaigns: CampaignSet, stores: Iterable[Store] | Catalog) -> list[str]:
     """What in ``campaigns`` matches nothing in the store catalog and so can never push: a
     merchant_id with no store, a listed store that is missing or belongs to another merchant.
     Not errors (the catalog may be updated later): ``geopush replay`` and ``geopush run`` print
-    them at load. ``stores``: the catalog's live stores."""
-    by_id: dict[str, str] = {}
-    merchants: dict[str, list[str]] = {}
-    for s in stores:
-        by_id[s.store_id] = s.merchant_id
-        merchants.setdefault(s.merchant_id, []).append(s.store_id)
+    them at load. ``stores``: the catalog's live stores, or the Catalog (which then need not
+    make the Store objects of a snapshot)."""
+    owners: Iterable[tuple[str, str]] = (
+        stores.owners()
+        if hasattr(stores, "owners")  # a Catalog (not imported here: fast --help)
+        else ((s.store_id, s.merchant_id) for s in stores)
+    )
+    by_id = dict(owners)  # store_id -> merchant_id (built in C: 500k stores in a blink)
+    merchants = set(by_id.values())
     out: list[str] = []
     for c in campaigns.campaigns:
         if c.merchant_id not in merchants:
@@ -502,7 +506,7 @@ def catalog_warnings(campaigns: CampaignSet, stores: Iterable[Store]) -> list[st
         for sid in sorted(c.stores or ()):
             owner = by_id.get(sid)
             if owner is None:
-                own = merchants[c.merchant_id]
+                own = [s for s, m in by_id.items() if m == c.merchant_id]
                 out.append(
                     f"campaign {c.id!r}: store {sid!r} is not in the catalog, so the campaign "
                     f"never pushes there{_nearest(sid, own, f'stores of {c.merchant_id!r}')}"

@@ -189,7 +189,7 @@ class Core:
         if index is not None:
             old = self.catalog
             new = index.catalog
-            gone = {s.store_id for _, s in old.alive() if not _holds(new, s.store_id)}
+            gone = {sid for sid, _ in old.owners() if not _holds(new, sid)}
             self._removed = {sid for sid in self._removed | gone if not _holds(new, sid)}
             self._set_index(index)
         if campaigns is not None:

@@ -52,12 +52,12 @@ class ReplayError(GeopushError):
     """The trace cannot be read or the output folder cannot be written."""
 
 
-def _index(fences: PathLike | FenceIndex) -> FenceIndex:
+def _index(fences: PathLike | FenceIndex, snapshot: PathLike | None = None) -> FenceIndex:
     if isinstance(fences, FenceIndex):
         return fences
-    from fences.catalog import load_catalog
+    from fences.snapshot import load_index
 
-    return FenceIndex(load_catalog(fences))
+    return load_index(fences, snapshot)[0]
 
 
 def _campaigns(c: PathLike | CampaignSet) -> CampaignSet:
@@ -104,19 +104,21 @@ def replay(
     config: CoreConfig | None = None,
     batch_size: int = 1024,
     on_warning: Callable[[str], None] | None = None,
+    fences_snapshot: PathLike | None = None,
 ) -> dict[str, Any]:
     """Replay ``trace`` and write the four output files; returns the summary (also in
     ``summary.json``). Campaigns that match nothing in the catalog (``catalog_warnings``) are
     passed to ``on_warning`` before the replay starts and listed in the summary's
-    ``campaign_warnings``."""
+    ``campaign_warnings``. ``fences_snapshot``: a compiled snapshot of the catalog file to start
+    from, written when missing or stale (fences.snapshot)."""
     from engine.errors import TraceImportError
     from engine.traces import read_trace
 
     if not Path(trace).is_file():
         raise ReplayError(f"cannot open trace {trace}: no such file; check the path")
-    index = _index(fences)
+    index = _index(fences, fences_snapshot)
     camps = _campaigns(campaigns)
-    warnings = catalog_warnings(camps, (s for _, s in index.catalog.alive()))
+    warnings = catalog_warnings(camps, index.catalog)
     if on_warning is not None:
         for w in warnings:
             on_warning(w)

@@ -43,6 +43,12 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument(
         "--campaigns", required=True, metavar="CAMPAIGNS", help="campaign file, JSON or YAML (docs/campaigns.md)"
     )
+    p.add_argument(
+        "--fences-snapshot",
+        metavar="FILE",
+        help="start from this compiled snapshot of --fences (catalog + index), written when missing or "
+        "stale: repeated replays of a large catalog skip its validation (default: none)",
+    )
     p.add_argument("--profiles", metavar="USERS.jsonl", help="user tags and opt-outs, one JSON object per line")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
     p.add_argument(
@@ -102,6 +108,7 @@ def _run(args: argparse.Namespace) -> int:
         config=cfg,
         batch_size=args.batch_size,
         on_warning=lambda w: print(f"geopush: warning: {w}", file=sys.stderr),
+        fences_snapshot=args.fences_snapshot,
     )
     v = summary["visits"]
     print(

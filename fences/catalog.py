@@ -23,6 +23,7 @@ import functools
 import gc
 import json
 import math
+import operator
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -89,8 +90,39 @@ class Catalog:
         self.slot_of: Callable[[str], int | None] = self._by_id.get
         # Slots of live stores with any tags (few): a hot path can skip reading most stores.
         self.tagged: set[int] = set()
+        if isinstance(stores, list) and stores:
+            ids = [s.store_id for s in stores]
+            self._by_id.update(zip(ids, range(len(ids)), strict=True))
+            if len(self._by_id) == len(ids):  # unique ids (a validated catalog): link in bulk
+                self.stores = list(stores)
+                for slot, s in enumerate(stores):
+                    if s.tags or s.wifi or s.beacons or s.nfc:
+                        self._link(slot, s)
+                return
+            self._by_id.clear()
         for store in stores:
             self.add(store)
+
+    @classmethod
+    def _restored(
+        cls,
+        stores: list[Store],
+        ids: list[str],
+        tagged: set[int],
+        by_bssid: dict[str, int],
+        by_beacon: dict[str, int],
+        by_nfc: dict[str, int],
+    ) -> Catalog:
+        """A catalog of ``stores`` (all live, slot k holding ``ids[k]``) without reading them:
+        fences.snapshot hands in a lazily made list and the look-ups as they were saved."""
+        self = cls()
+        self.stores = stores
+        self._by_id.update(zip(ids, range(len(ids)), strict=True))
+        self.tagged.update(tagged)
+        self._by_bssid.update(by_bssid)
+        self._by_beacon.update(by_beacon)
+        self._by_nfc.update(by_nfc)
+        return self
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -129,6 +161,24 @@ class Catalog:
         for slot, store in enumerate(self.stores):
             if slot not in self._removed:
                 yield slot, store
+
+    def owners(self) -> Iterator[tuple[str, str]]:
+        """(store_id, merchant_id) of every live store in slot order, without making the Store
+        objects of a catalog restored from a snapshot (fences.snapshot.LazyStores)."""
+        peek: Callable[[int], tuple[str, str]] | None = getattr(self.stores, "owner", None)
+        if peek is not None and not self._removed:
+            fast: Iterator[tuple[str, str]] | None = self.stores.owners()  # type: ignore[attr-defined]
+            if fast is not None:
+                yield from fast
+                return
+        for slot in range(len(self.stores)):
+            if slot in self._removed:
+                continue
+            if peek is not None:
+                yield peek(slot)
+            else:
+                s = self.stores[slot]
+                yield s.store_id, s.merchant_id
 
     def slot(self, store_id: str) -> int:
         try:
@@ -656,15 +706,37 @@ def _parse_stores(
     the decoded form of a 500k-store file never exists all at once. ``hints``: add the
     warnings of fences.hints."""
     features, problems = _collection_problems(obj)
+    if decode is None:
+        results: Iterable[_Parsed] = map(_parse_feature, features)
+    else:
+        results = (_parse_feature(decode(raw)) for raw in features)
+    return _assemble(results, problems, hints)
+
+
+_Parsed = tuple[Store | None, str | None, list[str], _Idents]
+
+
+def _assemble(
+    results: Iterable[_Parsed], problems: list[Problem], hints: bool = False
+) -> tuple[list[Store], list[Problem]]:
+    """The checks across features, over each feature's ``_parse_feature`` result in order
+    (fences.fastload hands in its own results for the features it validated in bulk)."""
     parsed: list[tuple[int, Store]] = []
     first_index: dict[str, int] = {}
     claims: dict[tuple[str, str], tuple[int, str | None]] = {}
     clashed: set[int] = set()
-    for i, raw in enumerate(features):
-        feature = raw if decode is None else decode(raw)
-        store, sid, reasons, idents = _parse_feature(feature)
-        problems.extend(Problem(i, sid, r) for r in reasons)
-        clash = _claim(i, sid, idents, claims, problems)
+    if isinstance(results, list) and _all_valid_alone(results):
+        # the common case, at C speed: every feature valid on its own, store_ids unique; only
+        # the identifier claims remain (in feature order, as below)
+        for i in [i for i, r in enumerate(results) if r[3][0] or r[3][1] or r[3][2]]:
+            if _claim(i, results[i][1], results[i][3], claims, problems):
+                clashed.add(i)
+        parsed = list(zip(range(len(results)), map(_STORE_OF, results), strict=True))
+        results = ()
+    for i, (store, sid, reasons, idents) in enumerate(results):
+        if reasons:
+            problems.extend(Problem(i, sid, r) for r in reasons)
+        clash = (idents[0] or idents[1] or idents[2]) and _claim(i, sid, idents, claims, problems)
         if sid is not None:
             if sid in first_index:
                 problems.append(
@@ -680,11 +752,25 @@ def _parse_stores(
             parsed.append((i, store))
             if clash:
                 clashed.add(i)
-    parsed = [p for p in _drop_invalid_polygons(parsed, problems) if p[0] not in clashed]
+    parsed = _drop_invalid_polygons(parsed, problems)
+    if clashed:
+        parsed = [p for p in parsed if p[0] not in clashed]
     if hints:
         problems.extend(_hints(parsed))
     problems.sort(key=lambda p: -1 if p.index is None else p.index)  # stable: keeps order within
     return [s for _, s in parsed], problems
+
+
+_STORE_OF = operator.itemgetter(0)
+_REASONS_OF = operator.itemgetter(2)
+
+
+def _all_valid_alone(results: list[_Parsed]) -> bool:
+    """Every feature yielded a store and no reason, and no store_id repeats."""
+    if any(map(_REASONS_OF, results)) or not all(map(_STORE_OF, results)):
+        return False
+    sids = list(map(operator.itemgetter(1), results))
+    return len(set(sids)) == len(sids)
 
 
 def _hints(parsed: list[tuple[int, Store]]) -> list[Problem]:
@@ -717,6 +803,8 @@ def _drop_invalid_polygons(
                 Problem(i, store.store_id, _explain_invalid(shapely.is_valid_reason(store.polygon)))
             )
             drop.add(k)
+    if not drop:
+        return parsed
     return [p for k, p in enumerate(parsed) if k not in drop]
 
 
@@ -899,12 +987,15 @@ def _syntax(msg: str, text: bytes, pos: int | None) -> str:
     return f"not valid JSON{where}: {msg}{hint}; fix the syntax there"
 
 
-def load_catalog(path: str | os.PathLike[str], strict: bool = False) -> Catalog:
+def load_catalog(path: str | os.PathLike[str], strict: bool = False, bulk: bool = True) -> Catalog:
     """Read and validate a catalog file; raises CatalogError listing every problem.
 
     The default path decodes the FeatureCollection shallowly and each feature only when it is
-    validated, which keeps peak memory near the size of the file plus the stores. ``strict``
-    (refuse duplicate member names) decodes everything with the standard library first.
+    validated, which keeps peak memory near the size of the file plus the stores; ``bulk``
+    validates the ordinary features in bulk (fences.fastload: typed decoding, vectorised
+    checks; ~5x faster), ``bulk=False`` feature by feature (the reference; same Catalog, same
+    problems). ``strict`` (refuse duplicate member names) decodes everything with the standard
+    library first.
     """
     if strict:
         return parse_catalog(read_json(path, strict=True))
@@ -925,7 +1016,13 @@ def load_catalog(path: str | os.PathLike[str], strict: bool = False) -> Catalog:
                 except msgspec.ValidationError:  # not an array: let the validator say what
                     shallow["features"] = msgspec.json.decode(top["features"])
             del top
-            stores, problems = _parse_stores(shallow, decode=msgspec.json.decode)
+            if bulk:
+                from fences.fastload import parse_features
+
+                features, problems = _collection_problems(shallow)
+                stores, problems = _assemble(parse_features(features), problems)
+            else:
+                stores, problems = _parse_stores(shallow, decode=msgspec.json.decode)
             if problems:
                 raise CatalogError(problems)
             return Catalog(stores)

@@ -55,6 +55,7 @@ _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--pid-file", "pid_file", {"type": Path, "metavar": "FILE"}),
     ("--deadletter-payload", "deadletter_payload", {"type": int, "metavar": "BYTES"}),
     ("--deadletter-rate", "deadletter_rate", {"type": float, "metavar": "N"}),
+    ("--fences-snapshot", "fences_snapshot", {"metavar": "FILE|off"}),
     ("--log-format", "log_format", {"choices": ["text", "json"]}),
     ("--log-level", "log_level", {"metavar": "LEVEL"}),
     ("--attribution-window-s", "attribution_window_s", {"type": float, "metavar": "S"}),

@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     idle_flush: float = Field(0.0, ge=0)
     drain_timeout: float = Field(10.0, ge=0)
     pid_file: Path | None = None
+    fences_snapshot: str | None = None  # a path, or "off"
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     input_window: int = Field(100_000, ge=1000)
@@ -74,7 +75,7 @@ class Settings(BaseSettings):
             raise ValueError("must be a topic prefix without wildcards or leading/trailing '/'")
         return v
 
-    @field_validator("state", mode="before")
+    @field_validator("state", "fences_snapshot", mode="before")
     @classmethod
     def _state_str(cls, v: Any) -> Any:
         return str(v) if isinstance(v, Path) else v
@@ -124,6 +125,22 @@ class Settings(BaseSettings):
     @classmethod
     def _upper(cls, v: Any) -> Any:
         return v.upper() if isinstance(v, str) else v
+
+    @property
+    def fences_snapshot_path(self) -> Path | None:
+        """Where the compiled snapshot of --fences is kept (fences.snapshot): ``fences_snapshot``;
+        "off" for none; by default beside a SQLite state file (``<state>.fences.snapshot``); with
+        Redis state, none unless set (there is no file of ours to stand beside)."""
+        if self.fences_snapshot is not None:
+            return (
+                None
+                if self.fences_snapshot.strip().lower() == "off"
+                else Path(self.fences_snapshot)
+            )
+        if self.redis_url is not None:
+            return None
+        state = Path(self.state)
+        return state.with_name(state.name + ".fences.snapshot")
 
     @property
     def pid_path(self) -> Path | None:

@@ -1005,22 +1005,27 @@ def load_fences_and_campaigns(
     Campaigns that match nothing in the catalog are logged as warnings (and appended to
     ``warnings``)."""
     from engine.campaigns import catalog_warnings, load_campaigns
-    from fences.catalog import load_catalog
-    from fences.index import FenceIndex
+    from fences.snapshot import load_index
 
     if settings.fences is None or settings.campaigns is None:
         raise GeopushError("--fences and --campaigns are required (flags, GEOPUSH_* or config file)")
-    catalog = load_catalog(settings.fences)
+    index, info = load_index(settings.fences, settings.fences_snapshot_path)
+    took = ", ".join(f"{k} {v:.2f} s" for k, v in info.seconds.items())
+    if info.source == "snapshot":
+        log.info("fences: %d stores from the snapshot %s (%s)", len(index), info.snapshot, took)
+    else:
+        why = f"; {info.reason}" if info.reason else ""
+        log.info("fences: %d stores loaded from %s (%s%s)", len(index), settings.fences, took, why)
     loaded: dict[str, Any] = {}
     if settings.redis_url is None:
         from engine.api.live import overlay_state
 
-        # The file is the baseline; stores changed through the HTTP API are kept in the state.
-        # API_SEQ: the last change laid over (a reload catches up with later ones, _reload).
-        loaded[API_SEQ] = overlay_state(catalog, settings.state)
-    index = FenceIndex(catalog)
+        # The file (or its snapshot) is the baseline; stores changed through the HTTP API are kept
+        # in the state and laid over the index as live changes. API_SEQ: the last change laid
+        # over (a reload catches up with later ones, _reload).
+        loaded[API_SEQ] = overlay_state(index, settings.state)
     campaigns = load_campaigns(settings.campaigns)
-    found = catalog_warnings(campaigns, (s for _, s in index.catalog.alive()))
+    found = catalog_warnings(campaigns, index.catalog)
     for w in found:
         log.warning("%s", w)
     if warnings is not None:

