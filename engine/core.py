@@ -523,6 +523,7 @@ class Core:
                     ts=tr.ts,
                     signal=v.signal,
                     dwell_s=tr.dwell_s,
+                    returning=v.returning,
                 )
             )
             if kind == "enter":

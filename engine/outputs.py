@@ -45,6 +45,8 @@ class VisitEvent(Output, tag="visit", gc=False):
     ts: float
     signal: str  # strongest signal of the visit so far: "gps" | "wifi" | "beacon" | "nfc"
     dwell_s: int | None = None  # the dwell threshold that fired (event == "dwell" only)
+    # the user paid at this merchant before the visit began (a returning customer); else new
+    returning: bool = False
 
     @property
     def out_id(self) -> str:

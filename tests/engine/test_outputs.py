@@ -31,7 +31,7 @@ def push() -> Push:
 def test_visit_event_exact_bytes() -> None:
     assert encode_output(visit()) == (
         b'{"kind":"visit","visit_id":"u1:s1:1","user":"u1","store_id":"s1","merchant_id":"m1",'
-        b'"event":"enter","ts":1700000000.25,"signal":"wifi","dwell_s":null}'
+        b'"event":"enter","ts":1700000000.25,"signal":"wifi","dwell_s":null,"returning":false}'
     )
 
 
