@@ -374,6 +374,11 @@ class SQLiteStore:
 
     # --- beyond the protocol: rollback, outbox, inputs ----------------------------------------
 
+    @property
+    def out_seq(self) -> int:
+        """The seq of the newest outbox row written (a commit's rows end at it)."""
+        return self._out_seq
+
     def rollback(self) -> None:
         """Forget every change since the last commit (a batch the core failed on)."""
         for u in self._touched:
