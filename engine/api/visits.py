@@ -111,7 +111,8 @@ class VisitLog:
         self._lock = threading.Lock()
         with _sql(self.path):
             self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA busy_timeout=250")
+            # in worker threads only: waiting for the daemon's commit blocks no event loop
+            self._db.execute("PRAGMA busy_timeout=5000")
             self._db.executescript(_TABLES)
 
     def close(self) -> None:
