@@ -46,6 +46,7 @@ logger = logging.getLogger("geopush.api")
 
 VISIT_LOG_KEEP = 1_000_000  # visit events kept in api_visits (newest)
 COPY_CHUNK = 5000  # outbox rows copied per transaction
+PRUNE_EVERY = 10_000  # outbox rows between two prunes of the log
 COPY_EVERY_S = 1.0  # how often the log copies the outbox's new visit rows
 QUEUE_SIZE = 1000  # events buffered per SSE stream before it is dropped
 
@@ -104,10 +105,18 @@ class VisitLog:
     """The visit tables on a connection of their own (calls are serialised by a lock: they run
     in worker threads)."""
 
-    def __init__(self, state: str | Path, visits_topic: str, *, keep: int = VISIT_LOG_KEEP) -> None:
+    def __init__(
+        self,
+        state: str | Path,
+        visits_topic: str,
+        *,
+        keep: int = VISIT_LOG_KEEP,
+        prune_every: int = PRUNE_EVERY,
+    ) -> None:
         self.path = _sqlite_path(state)
         self.prefix = visits_topic  # e.g. "geopush/visits/"
         self.keep = keep
+        self.prune_every = prune_every
         self._lock = threading.Lock()
         with _sql(self.path):
             self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
@@ -159,19 +168,26 @@ class VisitLog:
                             " FROM api_visits WHERE seq > ? AND seq <= ? AND event = 'exit')",
                             (after, upto),
                         )
-                        db.execute(
-                            "DELETE FROM api_visits WHERE seq < (SELECT seq FROM api_visits"
-                            " ORDER BY seq DESC LIMIT 1 OFFSET ?)",
-                            (self.keep,),
-                        )
                     db.execute(
                         "INSERT INTO api_visits_cursor (id, seq) VALUES (1, ?)"
                         " ON CONFLICT (id) DO UPDATE SET seq = excluded.seq",
                         (upto,),
                     )
                 done += upto - after
+                if upto // self.prune_every != after // self.prune_every:
+                    self._prune()
                 if upto >= top:
                     return done
+
+    def _prune(self) -> None:
+        """Keep the newest ``keep`` events: the cut found by a read (no write lock held while
+        it walks the index), then a short delete at the front of the table."""
+        row = self._db.execute(
+            "SELECT seq FROM api_visits ORDER BY seq DESC LIMIT 1 OFFSET ?", (self.keep,)
+        ).fetchone()
+        if row is not None:
+            with self._tx() as db:
+                db.execute("DELETE FROM api_visits WHERE seq <= ?", (int(row[0]),))
 
     def page(
         self,
