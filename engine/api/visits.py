@@ -83,6 +83,13 @@ WHERE json_valid(t) AND json_extract(t, '$.kind') = 'visit'
 """
 
 
+# The highest outbox seq ever written (sent dead letters are deleted; their numbers are not reused).
+_TOP = (
+    "SELECT MAX(COALESCE((SELECT MAX(seq) FROM outbox), 0),"
+    " COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'outbox'), 0))"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class VisitRow:
     seq: int
@@ -147,12 +154,10 @@ class VisitLog:
                 with self._tx() as db:
                     row = db.execute("SELECT seq FROM api_visits_cursor WHERE id = 1").fetchone()
                     after = int(row[0]) if row and row[0] is not None else 0
-                    (top,) = db.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetchone()
+                    (top,) = db.execute(_TOP).fetchone()
                     top = int(top)
-                    if top < after:
-                        # the outbox's newest rows (dead letters, deleted once sent) were gone
-                        # at the daemon's restart: it numbers on from its newest row
-                        after = top
+                    if top < after:  # an outbox started over (not the file we copied from)
+                        after = 0
                     upto = min(top, after + COPY_CHUNK)
                     if upto > after:
                         db.execute(_COPY, (after, upto, len(self.prefix), self.prefix))
@@ -227,7 +232,7 @@ class VisitLog:
     def newest(self) -> int:
         """The outbox's newest seq (a stream without a resume id starts after it)."""
         with self._lock, _sql(self.path):
-            (top,) = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetchone()
+            (top,) = self._db.execute(_TOP).fetchone()
         return int(top)
 
 

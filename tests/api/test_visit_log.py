@@ -9,7 +9,7 @@ from pathlib import Path
 from engine.api.visits import VisitLog
 from engine.daemon.pipeline import Renderer, Topics
 from engine.outputs import Coupon, Push, VisitEvent
-from engine.stores.sqlite_store import OutRow, SQLiteStore
+from engine.stores.sqlite_store import TRANSIENT_PREFIX, OutRow, SQLiteStore
 
 
 def ev(user: str, n: int, event: str, store: str = "s1", merchant: str = "m1") -> VisitEvent:
@@ -50,6 +50,28 @@ def test_the_log_copies_visit_events_only_tracks_open_visits_and_keeps_the_newes
         kept = log.page("m1") + log.page("m2")
         assert len(kept) == 4  # the newest four events of all merchants
         assert [r.to_dict()["data"]["user"] for r in kept] == ["w1", "w2", "w3", "w4"]
+    finally:
+        log.close()
+        store.close()
+
+
+def test_ids_never_repeat_across_a_restart_even_after_dead_letters_went(tmp_path: Path) -> None:
+    """Sent dead letters are deleted: the newest outbox rows may be gone at a restart. The next
+    rows must not take their numbers again, or the log (and a resuming client) skips them."""
+    path = tmp_path / "state.db"
+    store = SQLiteStore(path, render=Renderer(Topics()))
+    log = VisitLog(path, "geopush/visits/")
+    try:
+        dead = OutRow(f"{TRANSIENT_PREFIX}x", "geopush/deadletter", b"{}")
+        store.commit([ev("u1", 1, "enter")], extra=[dead])
+        store.mark_sent(["u1:s1:1:enter", dead.out_id])  # the dead letter is deleted
+        log.catch_up()
+        store.close()
+        store = SQLiteStore(path, render=Renderer(Topics()))
+        store.commit([ev("u2", 2, "enter")])
+        assert store.out_seq == 3
+        log.catch_up()
+        assert [(r.seq, r.to_dict()["data"]["user"]) for r in log.page("m1")] == [(1, "u1"), (3, "u2")]
     finally:
         log.close()
         store.close()
