@@ -227,3 +227,31 @@ def test_a_slow_stream_is_dropped_not_waited_for_and_knows_where_it_stopped() ->
         assert sub.queue.empty()
 
     asyncio.run(go())
+
+
+async def test_ids_hold_across_a_restart_and_a_client_resumes_past_it(broker, tmp_path):  # noqa: F811
+    files = Files(tmp_path)
+    state = tmp_path / "state.db"
+    auth = tokens(state)
+    async with Collector(broker.url, ["geopush/visits/#"]) as col:
+        async with running_service(broker.url, state, world=files, http="127.0.0.1:0") as svc:  # type: ignore[arg-type]
+            await walk(broker.url, "u1", T0 + 1, A)
+            await col.wait_for(lambda c: len(_m1_visits(c)) == 1)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{svc.api.port}/v1") as http:
+                before = (await http.get("/merchants/m1/visits", headers=auth["m1"])).json()["visits"]
+        last = before[0]["id"]
+        await walk(broker.url, "u2", T0 + 2, A)  # while the daemon is down: the broker keeps it
+
+        async with (
+            running_service(broker.url, state, world=files, http="127.0.0.1:0") as svc,  # type: ignore[arg-type]
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{svc.api.port}") as http,
+        ):
+            path = "/v1/merchants/m1/visits/stream"
+            async with Sse(http, path, {**auth["m1"], "Last-Event-ID": str(last)}) as sse:
+                missed = await sse.next()
+                await walk(broker.url, "u3", T0 + 3, B)
+                live = await sse.next()
+            assert [json.loads(e["data"])["user"] for e in (missed, live)] == ["u2", "u3"]
+            assert last < missed["id"] < live["id"]
+            after = (await http.get("/v1/merchants/m1/visits", headers=auth["m1"])).json()["visits"]
+            assert after[0] == before[0]  # the same id and event after the restart
