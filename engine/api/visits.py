@@ -274,6 +274,11 @@ class VisitHub:
         self._subs: dict[str, set[Subscriber]] = {}
         self.dropped = 0
 
+    @property
+    def subscribers(self) -> int:
+        """Open streams."""
+        return sum(len(s) for s in self._subs.values())
+
     def close(self) -> None:
         """The server stops: end every stream (each client resumes from its last id)."""
         for subs in list(self._subs.values()):

@@ -148,6 +148,12 @@ async def test_the_stream_shows_who_walked_in_and_resumes_with_each_missed_event
             async with Sse(http, f"{path}?last_event_id={last}", auth["op"]) as sse:
                 again = [await sse.next(), await sse.next(), await sse.next()]
             assert [e["id"] for e in again] == ids
+            # a client that went away is forgotten (nothing is queued for it any more)
+            for _ in range(1500):
+                if svc.api.visits.subscribers == 0:
+                    break
+                await asyncio.sleep(0.01)
+            assert svc.api.visits.subscribers == 0
 
 
 async def test_merchants_read_only_their_own_visits_in_pages_and_who_is_in_now(broker, tmp_path):  # noqa: F811
