@@ -8,6 +8,8 @@ Layout (FastAPI is imported only by the modules that need it, so the daemon and 
 * ``live``     the store catalog as the API sees it: validation (fences/), merchant scoping,
                changes applied to the live fence index and persisted, and the overlay of the
                persisted changes on the catalog file at start-up and on reload (no FastAPI);
+* ``visits``   merchants' visit events: the visit log copied from the outbox (history, resume,
+               open visits) and ``VisitHub``, the live fan-out to SSE streams (no FastAPI);
 * ``app``      ``create_app(settings, target)``: the FastAPI application (lifespan, routers,
                error mapping);
 * ``deps``     authentication as dependencies (``CurrentPrincipal``, ``OperatorPrincipal``);

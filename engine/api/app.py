@@ -7,6 +7,7 @@ errors become HTTP statuses here, once (``_HANDLERS``); every error body is ``Er
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -20,7 +21,9 @@ from starlette.exceptions import HTTPException
 from engine.api.errors import ApiError, AuthError
 from engine.api.live import FenceTarget, LiveStores
 from engine.api.routers import stores, tokens
+from engine.api.routers import visits as visits_router
 from engine.api.state import ApiState
+from engine.api.visits import VisitHub, VisitLog, visit_copier
 from engine.errors import StateError, TransportError
 from fences.errors import CatalogError, UnknownStoreError
 
@@ -86,8 +89,10 @@ _HANDLERS: dict[Any, Any] = {
 }
 
 
-def create_app(state: str | Path, target: FenceTarget) -> FastAPI:
-    """The API over the state file ``state`` (SQLite) and the live fence index of ``target``."""
+def create_app(state: str | Path, target: FenceTarget, *, visits: VisitHub | None = None) -> FastAPI:
+    """The API over the state file ``state`` (SQLite) and the live fence index of ``target``;
+    ``visits`` fans the daemon's committed visit events out to the SSE streams."""
+    hub = visits or VisitHub("geopush/visits/", lambda: 0)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
@@ -97,8 +102,24 @@ def create_app(state: str | Path, target: FenceTarget) -> FastAPI:
             app.state.startup_error = exc  # uvicorn only logs it: ApiServer reports it
             raise
         try:
-            yield {"api_state": api_state, "live_stores": LiveStores(target, api_state)}
+            visit_log = VisitLog(state, hub.prefix)
+        except Exception as exc:
+            api_state.close()
+            app.state.startup_error = exc
+            raise
+        copier = asyncio.create_task(visit_copier(visit_log), name="visit-log")
+        try:
+            yield {
+                "api_state": api_state,
+                "live_stores": LiveStores(target, api_state),
+                "visit_log": visit_log,
+                "visit_hub": hub,
+            }
         finally:
+            copier.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await copier
+            visit_log.close()
             api_state.close()
 
     app = FastAPI(
@@ -111,6 +132,7 @@ def create_app(state: str | Path, target: FenceTarget) -> FastAPI:
     v1 = APIRouter(prefix=API_PREFIX)
     v1.include_router(stores.router)
     v1.include_router(tokens.router)
+    v1.include_router(visits_router.router)
 
     @v1.get("/health", tags=["health"])
     async def health(request: Request) -> dict[str, Any]:

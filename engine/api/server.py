@@ -19,6 +19,7 @@ import uvicorn
 
 from engine.api.app import create_app
 from engine.api.live import FenceTarget
+from engine.api.visits import VisitHub
 from engine.daemon.config import parse_http
 from engine.errors import ConfigError
 
@@ -34,9 +35,12 @@ class _Server(uvicorn.Server):
 class ApiServer:
     """The HTTP API on ``HOST:PORT`` over ``state`` and the fence index of ``target``."""
 
-    def __init__(self, address: str, state: str | Path, target: FenceTarget) -> None:
+    def __init__(
+        self, address: str, state: str | Path, target: FenceTarget, *, visits: VisitHub | None = None
+    ) -> None:
         self.host, self.port = parse_http(address)
-        self.app = create_app(state, target)
+        self.visits = visits or VisitHub("geopush/visits/", lambda: 0)
+        self.app = create_app(state, target, visits=self.visits)
         config = uvicorn.Config(
             self.app,
             lifespan="on",
@@ -85,6 +89,7 @@ class ApiServer:
         """The daemon's second stop request: the next ``stop`` does not wait for requests."""
         self.server.should_exit = True
         self.server.force_exit = True
+        self.visits.close()
 
     async def stop(self) -> None:
         """Finish the requests in progress (up to 5 s), then close."""
@@ -92,6 +97,7 @@ class ApiServer:
         if task is None:
             return
         self.server.should_exit = True
+        self.visits.close()  # the SSE streams end (clients resume with Last-Event-ID)
         with contextlib.suppress(Exception, asyncio.CancelledError):
             await asyncio.wait_for(task, 10)
         self._task = None

@@ -20,6 +20,7 @@ import contextlib
 import functools
 import logging
 import time
+from collections.abc import Callable
 
 from engine.daemon.metrics import Metrics
 from engine.errors import TransportError
@@ -63,6 +64,8 @@ class Outbox:
         self._push_marker = "/push/"
         self._running = False
         self._sending = False
+        # Called with each commit's rows as they are pushed (the HTTP API's live visit feed).
+        self.on_commit: Callable[[list[OutRow]], None] | None = None
 
     @property
     def pending(self) -> int:
@@ -70,6 +73,8 @@ class Outbox:
         return len(self._pending) + self._in_flight
 
     def push(self, rows: list[OutRow], received: float | None = None) -> None:
+        if self.on_commit is not None:
+            self.on_commit(rows)
         for r in rows:
             self._pending.append((r, received))
         if rows:

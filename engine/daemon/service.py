@@ -200,6 +200,8 @@ class Service:
                 fast=s.mqtt_fast,
             )
             self.outbox = Outbox(link, store, self.metrics, max_in_flight=s.max_in_flight)
+            if self.api is not None:  # committed visit events to the API's SSE streams
+                self.outbox.on_commit = self.api.visits.committed
             # the broker's own dropped-message counter ($SYS), on a connection (and login) of its own
             refusal = watch_refusal(s)
             if refusal is None:
@@ -237,6 +239,7 @@ class Service:
         fence index between two micro-batches (engine/api/live.py)."""
         from engine.api.live import FenceTarget
         from engine.api.server import ApiServer
+        from engine.api.visits import VisitHub
 
         core = self._require_core()
 
@@ -252,7 +255,11 @@ class Service:
                 hook(ids)
 
         assert self.settings.http is not None
-        self.api = ApiServer(self.settings.http, self.settings.state, FenceTarget(index, removed))
+        store = self._require_store()
+        hub = VisitHub(self.topics.visits(""), lambda: store.out_seq)  # the live visit feed
+        self.api = ApiServer(
+            self.settings.http, self.settings.state, FenceTarget(index, removed), visits=hub
+        )
         await self.api.start()
 
     async def _connection_loop(self) -> None:

@@ -219,7 +219,12 @@ class SQLiteStore:
         self._recent = _InputWindow(input_window, start=self._input_seq - len(logged))
         self._recent.add(logged)
         self._sent_later: list[str] = []  # acknowledged outputs, marked sent with the next commit
-        self._out_seq = self._scalar("SELECT COALESCE(MAX(seq), 0) FROM outbox")
+        # the highest seq ever written (AUTOINCREMENT's record), not the highest left: sent dead
+        # letters are deleted, and their numbers must not come back (seqs are the API's ids)
+        self._out_seq = self._scalar(
+            "SELECT MAX(COALESCE((SELECT MAX(seq) FROM outbox), 0),"
+            " COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'outbox'), 0))"
+        )
         # out_id -> seqs of rows written or loaded and not yet marked sent (marks go by seq)
         self._seq_of: dict[str, list[int]] = {}
         # seqs of unsent rows deleted, not kept, once sent (dead letters: TRANSIENT_PREFIX)
@@ -373,6 +378,11 @@ class SQLiteStore:
         return rows
 
     # --- beyond the protocol: rollback, outbox, inputs ----------------------------------------
+
+    @property
+    def out_seq(self) -> int:
+        """The seq of the newest outbox row written (a commit's rows end at it)."""
+        return self._out_seq
 
     def rollback(self) -> None:
         """Forget every change since the last commit (a batch the core failed on)."""

@@ -14,7 +14,9 @@ from engine.transport.mqtt import MqttLink, parse_broker_url
 from .conftest import Collector, gps, needs_mosquitto, running_service
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-USERS = {"geopush-engine": "engine-pw", "alice": "alice-pw", "bob": "bob-pw"}
+USERS = {
+    "geopush-engine": "engine-pw", "alice": "alice-pw", "bob": "bob-pw", "m1": "m1-pw", "m2": "m2-pw",
+}  # fmt: skip
 
 
 def _passwd(folder: Path) -> Path:
@@ -120,6 +122,28 @@ async def test_shipped_config_no_device_can_take_over_the_engines_or_anothers_se
             assert alice.connected and bob.connected
             await alice.disconnect()
             await bob.disconnect()
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+
+
+@needs_mosquitto
+async def test_shipped_config_a_merchant_reads_only_its_own_visits(tmp_path):
+    """Merchant logins are named by merchant id: m1 reads geopush/visits/m1, never m2's, even
+    subscribed to every merchant's."""
+    proc, url = _shipped_broker(tmp_path, _passwd(tmp_path))
+    try:
+        m1_url = url.replace("mqtt://", "mqtt://m1:m1-pw@")
+        engine_url = url.replace("mqtt://", "mqtt://geopush-engine:engine-pw@")
+        async with Collector(m1_url, ["geopush/visits/#"]) as m1:
+            engine = MqttLink(parse_broker_url(engine_url), client_id="geopush-engine")
+            await engine.connect()
+            # in this order on one connection: were m2's readable, it would arrive first
+            await asyncio.wait_for(engine.publish("geopush/visits/m2", b'{"m":"m2"}'), 5)
+            await asyncio.wait_for(engine.publish("geopush/visits/m1", b'{"m":"m1"}'), 5)
+            await engine.disconnect()
+            await m1.wait_for(lambda c: len(c.messages) >= 1)
+        assert m1.messages == [("geopush/visits/m1", b'{"m":"m1"}')]
     finally:
         proc.terminate()
         proc.communicate(timeout=10)

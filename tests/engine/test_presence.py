@@ -256,6 +256,10 @@ def test_payment_before_visit_makes_it_returning_and_follower() -> None:
     assert st.follows == ["m-A"]
     assert w.core.stats.visits_new == 1 and w.core.stats.visits_returning == 1
     assert w.core.stats.new_customer_payments == 1
+    # each visit event says so: the first visit's events are new, the second's returning
+    assert [(v.event, v.returning) for v in w.visits()] == [
+        ("enter", False), ("exit", False), ("enter", True),
+    ]  # fmt: skip
 
 
 def test_reload_exits_visits_of_removed_stores_at_next_event() -> None:

@@ -1,0 +1,326 @@
+"""Merchants' visitors: the visit log (history, resume, open visits) and the live fan-out.
+
+**Ids.** Every visit event the daemon emits is committed with its batch as an outbox row (the
+exact MQTT payload, ``engine/outputs.py``'s JSON). The row's outbox ``seq`` is the event's id in
+the API: monotonic, so "the events after id N" is a range, and the SSE ``id:`` field. The
+payload is byte for byte the MQTT one (its ``visit_id``/``event``/``dwell_s`` give the stable
+``out_id`` consumers dedupe by, shared with MQTT).
+
+**The visit log** (``VisitLog``, tables created here with CREATE TABLE IF NOT EXISTS):
+
+* ``api_visits(seq PRIMARY KEY, merchant_id, store_id, visit_id, event, ts, payload)``: the
+  visit rows of the outbox, copied by ``catch_up`` off the event loop (a worker thread, on its
+  own connection: a short transaction per 5,000 rows) every second and before each read. The
+  daemon's hot path pays nothing for it. The outbox keeps only the newest 100,000 sent outputs
+  (pushes and visits together): the log keeps the newest ``keep`` (1,000,000) visit events.
+* ``api_visits_open(visit_id PRIMARY KEY, merchant_id, store_id, seq, payload)``: the visits
+  entered and not yet exited, kept by the same copy (an enter adds, an exit removes). The
+  core's user records hold the same, but reading them means decoding every user record of
+  the state file; this table is answered by an index.
+* ``api_visits_cursor``: the outbox seq copied up to.
+
+**Live** (``VisitHub``): the daemon hands every committed batch's rows to ``committed`` right
+after the commit (engine/daemon/outbox.py ``on_commit``); it pushes the merchant's visit rows
+into each subscribed stream's bounded asyncio queue (``put_nowait``, no wait on the event
+path). A stream whose queue is full is dropped: it ends after the events it holds, and the
+client resumes from its last id (``Last-Event-ID``) out of the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from engine.api.state import _sql, _sqlite_path
+from engine.errors import StateError
+
+logger = logging.getLogger("geopush.api")
+
+VISIT_LOG_KEEP = 1_000_000  # visit events kept in api_visits (newest)
+COPY_CHUNK = 5000  # outbox rows copied per transaction
+PRUNE_EVERY = 10_000  # outbox rows between two prunes of the log
+COPY_EVERY_S = 1.0  # how often the log copies the outbox's new visit rows
+QUEUE_SIZE = 1000  # events buffered per SSE stream before it is dropped
+
+_TABLES = """
+CREATE TABLE IF NOT EXISTS api_visits (
+    seq INTEGER PRIMARY KEY,
+    merchant_id TEXT NOT NULL,
+    store_id TEXT NOT NULL,
+    visit_id TEXT NOT NULL,
+    event TEXT NOT NULL,
+    ts REAL NOT NULL,
+    payload BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS api_visits_merchant ON api_visits (merchant_id, seq);
+CREATE TABLE IF NOT EXISTS api_visits_open (
+    visit_id TEXT PRIMARY KEY,
+    merchant_id TEXT NOT NULL,
+    store_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    payload BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS api_visits_open_merchant ON api_visits_open (merchant_id, store_id);
+CREATE TABLE IF NOT EXISTS api_visits_cursor (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER);
+"""
+
+# The outbox rows of visit events in (after, upto], their fields out of the payload (JSON text).
+_COPY = """
+INSERT OR IGNORE INTO api_visits (seq, merchant_id, store_id, visit_id, event, ts, payload)
+SELECT seq, json_extract(t, '$.merchant_id'), json_extract(t, '$.store_id'),
+       json_extract(t, '$.visit_id'), json_extract(t, '$.event'), json_extract(t, '$.ts'), payload
+FROM (SELECT seq, payload, CAST(payload AS TEXT) AS t FROM outbox
+      WHERE seq > ? AND seq <= ? AND substr(topic, 1, ?) = ?)
+WHERE json_valid(t) AND json_extract(t, '$.kind') = 'visit'
+"""
+
+
+# The highest outbox seq ever written (sent dead letters are deleted; their numbers are not reused).
+_TOP = (
+    "SELECT MAX(COALESCE((SELECT MAX(seq) FROM outbox), 0),"
+    " COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'outbox'), 0))"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class VisitRow:
+    seq: int
+    payload: bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        """A visit in the API's JSON: its id, the MQTT ``out_id`` and the MQTT payload."""
+        data = json.loads(self.payload)
+        return {"id": self.seq, "out_id": out_id_of(data), "data": data}
+
+
+def out_id_of(data: dict[str, Any]) -> str:
+    """The stable id of a visit event (engine/outputs.py ``VisitEvent.out_id``)."""
+    if data.get("event") == "dwell":
+        return f"{data['visit_id']}:dwell:{data.get('dwell_s')}"
+    return f"{data['visit_id']}:{data['event']}"
+
+
+class VisitLog:
+    """The visit tables on a connection of their own (calls are serialised by a lock: they run
+    in worker threads)."""
+
+    def __init__(
+        self,
+        state: str | Path,
+        visits_topic: str,
+        *,
+        keep: int = VISIT_LOG_KEEP,
+        prune_every: int = PRUNE_EVERY,
+    ) -> None:
+        self.path = _sqlite_path(state)
+        self.prefix = visits_topic  # e.g. "geopush/visits/"
+        self.keep = keep
+        self.prune_every = prune_every
+        self._lock = threading.Lock()
+        with _sql(self.path):
+            self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+            # in worker threads only: waiting for the daemon's commit blocks no event loop
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.executescript(_TABLES)
+
+    def close(self) -> None:
+        with self._lock, contextlib.suppress(sqlite3.Error):
+            self._db.close()
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def catch_up(self) -> int:
+        """Copy the outbox's visit rows committed since the last copy; the outbox rows read."""
+        done = 0
+        with self._lock, _sql(self.path):
+            while True:
+                with self._tx() as db:
+                    row = db.execute("SELECT seq FROM api_visits_cursor WHERE id = 1").fetchone()
+                    after = int(row[0]) if row and row[0] is not None else 0
+                    (top,) = db.execute(_TOP).fetchone()
+                    top = int(top)
+                    if top < after:  # an outbox started over (not the file we copied from)
+                        after = 0
+                    upto = min(top, after + COPY_CHUNK)
+                    if upto > after:
+                        db.execute(_COPY, (after, upto, len(self.prefix), self.prefix))
+                        db.execute(
+                            "INSERT OR REPLACE INTO api_visits_open"
+                            " (visit_id, merchant_id, store_id, seq, payload)"
+                            " SELECT visit_id, merchant_id, store_id, seq, payload FROM api_visits"
+                            " WHERE seq > ? AND seq <= ? AND event = 'enter'",
+                            (after, upto),
+                        )
+                        db.execute(
+                            "DELETE FROM api_visits_open WHERE visit_id IN (SELECT visit_id"
+                            " FROM api_visits WHERE seq > ? AND seq <= ? AND event = 'exit')",
+                            (after, upto),
+                        )
+                    db.execute(
+                        "INSERT INTO api_visits_cursor (id, seq) VALUES (1, ?)"
+                        " ON CONFLICT (id) DO UPDATE SET seq = excluded.seq",
+                        (upto,),
+                    )
+                done += upto - after
+                if upto // self.prune_every != after // self.prune_every:
+                    self._prune()
+                if upto >= top:
+                    return done
+
+    def _prune(self) -> None:
+        """Keep the newest ``keep`` events: the cut found by a read (no write lock held while
+        it walks the index), then a short delete at the front of the table."""
+        row = self._db.execute(
+            "SELECT seq FROM api_visits ORDER BY seq DESC LIMIT 1 OFFSET ?", (self.keep,)
+        ).fetchone()
+        if row is not None:
+            with self._tx() as db:
+                db.execute("DELETE FROM api_visits WHERE seq <= ?", (int(row[0]),))
+
+    def page(
+        self,
+        merchant_id: str,
+        *,
+        after: int = 0,
+        since: float | None = None,
+        store_id: str | None = None,
+        limit: int = 100,
+    ) -> list[VisitRow]:
+        """The merchant's visit events with id > ``after`` (and ts >= ``since``), oldest first."""
+        sql = "SELECT seq, payload FROM api_visits WHERE merchant_id = ? AND seq > ?"
+        args: list[Any] = [merchant_id, after]
+        if since is not None:
+            sql += " AND ts >= ?"
+            args.append(since)
+        if store_id is not None:
+            sql += " AND store_id = ?"
+            args.append(store_id)
+        sql += " ORDER BY seq LIMIT ?"
+        args.append(limit)
+        with self._lock, _sql(self.path):
+            rows = self._db.execute(sql, args).fetchall()
+        return [VisitRow(int(q), bytes(p)) for q, p in rows]
+
+    def open_visits(self, merchant_id: str, store_id: str | None = None) -> list[VisitRow]:
+        """The merchant's visits entered and not exited: their enter events, by store."""
+        sql = "SELECT seq, payload FROM api_visits_open WHERE merchant_id = ?"
+        args: list[Any] = [merchant_id]
+        if store_id is not None:
+            sql += " AND store_id = ?"
+            args.append(store_id)
+        with self._lock, _sql(self.path):
+            rows = self._db.execute(sql + " ORDER BY store_id, seq", args).fetchall()
+        return [VisitRow(int(q), bytes(p)) for q, p in rows]
+
+    def newest(self) -> int:
+        """The outbox's newest seq (a stream without a resume id starts after it)."""
+        with self._lock, _sql(self.path):
+            (top,) = self._db.execute(_TOP).fetchone()
+        return int(top)
+
+
+async def visit_copier(log: VisitLog, every: float = COPY_EVERY_S) -> None:
+    """Copy the outbox's new visit rows into the log every ``every`` seconds, in a thread."""
+    while True:
+        try:
+            await asyncio.to_thread(log.catch_up)
+        except StateError as exc:  # busy or failing file: the next round retries
+            logger.warning("visit log: %s", exc)
+        await asyncio.sleep(every)
+
+
+class _Row(Protocol):
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def payload(self) -> bytes: ...
+
+
+@dataclass(eq=False)
+class Subscriber:
+    """One SSE stream: its merchant and its bounded queue (None at the end: dropped)."""
+
+    merchant_id: str
+    queue: asyncio.Queue[tuple[int, bytes] | None] = field(
+        default_factory=lambda: asyncio.Queue(QUEUE_SIZE + 1)
+    )
+    dropped: bool = False
+
+
+class VisitHub:
+    """In-process fan-out of committed visit events to the SSE streams."""
+
+    def __init__(self, visits_topic: str, last_seq: Callable[[], int]) -> None:
+        self.prefix = visits_topic
+        self._last_seq = last_seq  # the seq of the newest outbox row committed
+        self._subs: dict[str, set[Subscriber]] = {}
+        self.dropped = 0
+
+    @property
+    def subscribers(self) -> int:
+        """Open streams."""
+        return sum(len(s) for s in self._subs.values())
+
+    def close(self) -> None:
+        """The server stops: end every stream (each client resumes from its last id)."""
+        for subs in list(self._subs.values()):
+            for sub in list(subs):
+                with contextlib.suppress(asyncio.QueueFull):
+                    sub.queue.put_nowait(None)
+        self._subs.clear()
+
+    def subscribe(self, merchant_id: str) -> Subscriber:
+        sub = Subscriber(merchant_id)
+        self._subs.setdefault(merchant_id, set()).add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        subs = self._subs.get(sub.merchant_id)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._subs[sub.merchant_id]
+
+    def committed(self, rows: Sequence[_Row]) -> None:
+        """A batch's outbox rows, just committed (called on the event loop, never waits)."""
+        if not self._subs or not rows:
+            return
+        first = self._last_seq() - len(rows) + 1
+        prefix, n = self.prefix, len(self.prefix)
+        for i, r in enumerate(rows):
+            topic = r.topic
+            if not topic.startswith(prefix):
+                continue
+            subs = self._subs.get(topic[n:])
+            if not subs:
+                continue
+            for sub in list(subs):
+                q = sub.queue
+                if q.qsize() >= QUEUE_SIZE:  # too slow: end its stream; it resumes from the log
+                    q.put_nowait(None)
+                    sub.dropped = True
+                    self.dropped += 1
+                    self.unsubscribe(sub)
+                else:
+                    q.put_nowait((first + i, r.payload))
+
+
+__all__ = ["VisitHub", "VisitLog", "VisitRow", "out_id_of", "visit_copier"]
