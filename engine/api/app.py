@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 
 from engine.api.errors import ApiError, AuthError
 from engine.api.live import FenceTarget, LiveStores
-from engine.api.routers import stores, tokens
+from engine.api.routers import campaigns, stores, tokens
 from engine.api.state import ApiState
 from engine.errors import StateError, TransportError
 from fences.errors import CatalogError, UnknownStoreError
@@ -86,6 +86,15 @@ _HANDLERS: dict[Any, Any] = {
 }
 
 
+def _live_campaigns(state: str | Path, target: FenceTarget, stores: LiveStores) -> Any:
+    """The campaigns' operations when the engine gives a campaign target (else None)."""
+    if target.campaigns is None:
+        return None
+    from engine.api.campaigns import CampaignLog, LiveCampaigns
+
+    return LiveCampaigns(target.campaigns, CampaignLog(state), lambda: stores.catalog)
+
+
 def create_app(state: str | Path, target: FenceTarget) -> FastAPI:
     """The API over the state file ``state`` (SQLite) and the live fence index of ``target``."""
 
@@ -96,9 +105,15 @@ def create_app(state: str | Path, target: FenceTarget) -> FastAPI:
         except Exception as exc:
             app.state.startup_error = exc  # uvicorn only logs it: ApiServer reports it
             raise
+        live: dict[str, Any] = {"api_state": api_state, "live_stores": LiveStores(target, api_state)}
+        camps = _live_campaigns(api_state.path, target, live["live_stores"])
+        if camps is not None:
+            live["live_campaigns"] = camps
         try:
-            yield {"api_state": api_state, "live_stores": LiveStores(target, api_state)}
+            yield live
         finally:
+            if camps is not None:
+                camps.log.close()
             api_state.close()
 
     app = FastAPI(
@@ -111,6 +126,7 @@ def create_app(state: str | Path, target: FenceTarget) -> FastAPI:
     v1 = APIRouter(prefix=API_PREFIX)
     v1.include_router(stores.router)
     v1.include_router(tokens.router)
+    v1.include_router(campaigns.router)
 
     @v1.get("/health", tags=["health"])
     async def health(request: Request) -> dict[str, Any]:
