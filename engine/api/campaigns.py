@@ -150,9 +150,13 @@ class CampaignLog:
 
     def record(
         self, campaign_id: str, merchant_id: str, action: str, body: dict[str, Any] | None,
-        paused: bool, who: Principal,
+        paused: bool, who: Principal, inventory_delta: int = 0,
     ) -> CampaignVersion:  # fmt: skip
-        """Append a version in one transaction."""
+        """Append a version in one transaction; ``inventory_delta``: moves the campaign's
+        coupons-left counter (the state store's ``inventory`` table, when it has one) by that
+        much in the same transaction, so an edit of ``inventory`` keeps what was spent. It may
+        go below zero (an inventory lowered below what was spent): nothing sells then
+        (``take_coupon`` needs ``left > 0``), and a later raise counts from the true spend."""
         now = round(time.time(), 3)
         with _sql(self.path):
             db = self._db
@@ -173,6 +177,13 @@ class CampaignLog:
                     ),
                 )  # fmt: skip
                 seq = cur.lastrowid
+                if inventory_delta and db.execute(
+                    "SELECT 1 FROM sqlite_master WHERE name = 'inventory'"
+                ).fetchone():
+                    db.execute(
+                        "UPDATE inventory SET left = left + ? WHERE campaign_id = ?",
+                        (inventory_delta, campaign_id),
+                    )
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
@@ -281,7 +292,7 @@ def campaign_to_raw(c: Campaign) -> dict[str, Any]:
     return raw
 
 
-def _nothing(_c: CampaignSet) -> None:
+def _nothing(_c: Any) -> None:
     return None
 
 
@@ -293,10 +304,13 @@ def _none() -> Any:
 class CampaignTarget:
     """Where campaign changes go: ``get()`` the live set, ``swap(new)`` installs one
     (``Core.reload(campaigns=new)``); ``config()`` / ``profiles()``: the live core's presence
-    settings and profile book, for forecasts (None: defaults / none)."""
+    settings and profile book, for forecasts (None: defaults / none); ``counter_changed(id)``:
+    the campaign's coupon counter was changed in the state file (the store drops its cached
+    value)."""
 
     get: Callable[[], CampaignSet]
     swap: Callable[[CampaignSet], None] = _nothing
+    counter_changed: Callable[[str], None] = _nothing
     config: Callable[[], Any] = _none
     profiles: Callable[[], Any] = _none
 
@@ -474,10 +488,30 @@ class LiveCampaigns:
             existing = self.target.get().get(campaign_id)
         if existing is not None and existing == c:
             return self.view(campaign_id, who.scope), False, warnings
+        # The coupons left move with the inventory (what was spent stays spent), also when the
+        # id is re-created after a delete: the counter is the id's.
+        before = existing if existing is not None else self._last_version(campaign_id)
+        delta = 0
+        if before is not None and before.inventory is not None and c.inventory is not None:
+            delta = c.inventory - before.inventory
         action = "create" if existing is None else "update"
-        version = self.log.record(campaign_id, c.merchant_id, action, raw, paused, who)
+        version = self.log.record(
+            campaign_id, c.merchant_id, action, raw, paused, who, inventory_delta=delta
+        )
+        if delta:
+            self.target.counter_changed(campaign_id)
         self._swap(campaign_id, None if paused else c)
         return _view(version), existing is None, warnings
+
+    def _last_version(self, campaign_id: str) -> Campaign | None:
+        """The campaign's last version before it was deleted (None: none)."""
+        for v in reversed(self.log.history(campaign_id)):
+            if v.body is not None:
+                try:
+                    return parse_campaign(v.body)
+                except CampaignError:
+                    return None
+        return None
 
     def delete(self, campaign_id: str, who: Principal) -> None:
         view = self.view(campaign_id, who.scope)

@@ -906,7 +906,12 @@ def campaign_target(core: Any) -> Any:
         swap=lambda cs: core.reload(campaigns=cs),
         config=lambda: getattr(core, "config", None),
         profiles=lambda: getattr(core, "profiles", None),
+        counter_changed=lambda cid: getattr(core.store, "forget_inventory", _noop)(cid),
     )
+
+
+def _noop(*_a: Any) -> None:
+    return None
 
 
 def real_core_factory(settings: Settings, warnings: list[str] | None = None) -> CoreFactory:

@@ -20,10 +20,11 @@ from engine.api.server import ApiServer
 from engine.api.state import ApiState
 from engine.campaigns import load_campaigns, parse_campaign, parse_campaigns
 from engine.core import Core
+from engine.daemon.pipeline import Renderer, Topics
 from engine.daemon.service import campaign_target
 from engine.events import Gps
 from engine.outputs import Push
-from engine.state import MemoryStore
+from engine.stores.sqlite_store import SQLiteStore
 from fences.catalog import load_catalog
 from fences.index import FenceIndex
 
@@ -45,7 +46,7 @@ FILE = {"campaigns": [campaign("file1", "m1", inventory=5), campaign("file2", "m
 class World:
     url: str
     core: Core
-    store: MemoryStore
+    store: SQLiteStore
     state: Path
     tokens: dict[str, str] = field(default_factory=dict)
     token_ids: dict[str, str] = field(default_factory=dict)
@@ -81,7 +82,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         "m2": st.create_token("merchant", "m2"),
     }
     st.close()
-    store = MemoryStore()
+    store = SQLiteStore(state, render=Renderer(Topics()))  # the daemon's state store
     core = Core(index, parse_campaigns(FILE), store)
     w = World("", core, store, state)
     for who, (info, secret) in made.items():
@@ -94,6 +95,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         yield w
     finally:
         await server.stop()
+        store.close()
 
 
 async def test_put_get_list_and_history_with_authors(world: World) -> None:
@@ -195,6 +197,18 @@ async def test_changes_reach_the_core_and_never_resell_spent_inventory(world: Wo
         # sold out: the next visit falls back to the file campaign, even after more edits
         await m1.put("/campaigns/c1", json=campaign(priority=6, inventory=2))
         assert [p.campaign_id for p in world.visit()] == ["file1"]
+        # more inventory: exactly the difference sells (2 spent of 3), and less than was spent
+        # sells nothing, even after a delete and re-create of the id
+        await m1.put("/campaigns/c1", json=campaign(priority=6, inventory=3))
+        assert [p.campaign_id for p in world.visit()] == ["c1"]
+        assert [p.campaign_id for p in world.visit()] == ["file1"]
+        await m1.delete("/campaigns/c1")
+        await m1.put("/campaigns/c1", json=campaign(priority=6, inventory=1))
+        assert world.store.inventory_left("c1", 1) == -2  # 3 spent of 1
+        assert [p.campaign_id for p in world.visit()] == ["file1"]
+        await m1.put("/campaigns/c1", json=campaign(priority=6, inventory=4))
+        assert world.store.inventory_left("c1", 4) == 1
+        await m1.delete("/campaigns/c1")
         # pause: gone from the decisions; resume: back
         await m1.put("/campaigns/c2", json=campaign("c2", priority=9))
         await m1.post("/campaigns/c2/pause")
