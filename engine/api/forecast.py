@@ -44,16 +44,17 @@ def parse_trace(body: bytes, max_problems: int = 20) -> tuple[Any, list[Event], 
     proposed: Any = None
     events: list[Event] = []
     problems: list[str] = []
+    first = True
     for no, line in enumerate(body.splitlines(), 1):
         line = line.strip()
         if not line:
             continue
-        if no == 1 and line.startswith(b'{"campaign"'):
-            try:
-                proposed = json.loads(line)["campaign"]
-            except (ValueError, KeyError) as exc:
-                problems.append(f"line 1: the proposed campaign is not valid JSON: {exc}")
-            continue
+        if first:
+            first = False
+            head = _campaign_line(line)
+            if head is not None:
+                proposed = head
+                continue
         try:
             events.extend(decode(line))
         except DecodeError as exc:
@@ -66,6 +67,19 @@ def parse_trace(body: bytes, max_problems: int = 20) -> tuple[Any, list[Event], 
             "the trace holds no events: send JSONL, one wire event per line (docs/protocol.md)"
         )
     return proposed, sort_events(events), problems
+
+
+def _campaign_line(line: bytes) -> Any:
+    """The proposed campaign of a ``{"campaign": {...}}`` line (None: an event line)."""
+    if b'"campaign"' not in line:
+        return None
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return None  # the decoder reports it as a bad line
+    if isinstance(obj, dict) and "campaign" in obj and "type" not in obj:
+        return obj["campaign"]
+    return None
 
 
 class _Counting(Core):

@@ -271,7 +271,7 @@ async def test_a_forecast_counts_pushes_and_binding_caps_without_touching_live_s
             json.dumps({"type": "gps", "user": "same", "ts": T0 + 1000 * i + dt, "lon": lon, "lat": S1[1], "acc": 5}).encode() + b"\n"
             for i in range(4) for dt, lon in ((0, S1[0]), (500, S1[0] - 0.01))
         )  # fmt: skip
-        body = json.dumps({"campaign": proposed}).encode() + b"\n" + again
+        body = b"\n" + json.dumps({"campaign": proposed}, indent=None, separators=(", ", ": ")).encode() + b"\n" + again
         r = await m1.post("/campaigns/c1/forecast", content=body)
         assert r.status_code == 200, r.text
         f = r.json()
