@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException
 
 from engine.api.errors import ApiError, AuthError
 from engine.api.live import FenceTarget, LiveStores
-from engine.api.routers import stores, tokens
+from engine.api.routers import campaigns, stores, tokens
 from engine.api.routers import visits as visits_router
 from engine.api.state import ApiState
 from engine.api.visits import VisitHub, VisitLog, visit_copier
@@ -89,6 +89,15 @@ _HANDLERS: dict[Any, Any] = {
 }
 
 
+def _live_campaigns(state: str | Path, target: FenceTarget, stores: LiveStores) -> Any:
+    """The campaigns' operations when the engine gives a campaign target (else None)."""
+    if target.campaigns is None:
+        return None
+    from engine.api.campaigns import CampaignLog, LiveCampaigns
+
+    return LiveCampaigns(target.campaigns, CampaignLog(state), lambda: stores.catalog)
+
+
 def create_app(state: str | Path, target: FenceTarget, *, visits: VisitHub | None = None) -> FastAPI:
     """The API over the state file ``state`` (SQLite) and the live fence index of ``target``;
     ``visits`` fans the daemon's committed visit events out to the SSE streams."""
@@ -107,18 +116,24 @@ def create_app(state: str | Path, target: FenceTarget, *, visits: VisitHub | Non
             api_state.close()
             app.state.startup_error = exc
             raise
+        live: dict[str, Any] = {
+            "api_state": api_state,
+            "live_stores": LiveStores(target, api_state),
+            "visit_log": visit_log,
+            "visit_hub": hub,
+        }
+        camps = _live_campaigns(api_state.path, target, live["live_stores"])
+        if camps is not None:
+            live["live_campaigns"] = camps
         copier = asyncio.create_task(visit_copier(visit_log), name="visit-log")
         try:
-            yield {
-                "api_state": api_state,
-                "live_stores": LiveStores(target, api_state),
-                "visit_log": visit_log,
-                "visit_hub": hub,
-            }
+            yield live
         finally:
             copier.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await copier
+            if camps is not None:
+                camps.log.close()
             visit_log.close()
             api_state.close()
 
@@ -133,6 +148,7 @@ def create_app(state: str | Path, target: FenceTarget, *, visits: VisitHub | Non
     v1.include_router(stores.router)
     v1.include_router(tokens.router)
     v1.include_router(visits_router.router)
+    v1.include_router(campaigns.router)
 
     @v1.get("/health", tags=["health"])
     async def health(request: Request) -> dict[str, Any]:
