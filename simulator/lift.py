@@ -157,6 +157,6 @@ def render_png(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
         n = sum(bool(r["covered"]) for r in rs)
         ax.set_title(f"{cid}: {n}/{len(rs)} intervals cover the truth")
         ax.set_xlabel("absolute lift, percentage points (95% Newcombe interval)")
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     fig.savefig(str(path), dpi=100, format="png")

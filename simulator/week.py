@@ -16,8 +16,9 @@ the loop"):
    first decision: the person converts (pays at the merchant within the attribution window) with
    probability ``p0_i`` when held out and ``p0_i + true_uplift`` when pushed, where ``p0_i =
    base_rate * (0.5 + loyalty_i)`` with loyalty uniform in [0, 1) (so the base rate varies by
-   person, the uplift does not: the true lift is ``true_uplift`` exactly). The delay is
-   exponential (mean 1 day) cut to the window; a pushed person who converts redeems the code with
+   person, the uplift does not: the true lift is ``true_uplift`` exactly). 30% pay during the
+   visit (90 s to 15 min after the decision), the others later: exponential delay (mean 1 day)
+   cut to the window (or to the coupon's expiry for redeemers); a pushed person who converts redeems the code with
    probability ``redeem_rate``, before the coupon expires: half of them at the till (``redeem``
    event, then the payment a minute later), half by paying with the code. 5% of redeemers first
    type a code with one wrong character (``invalid_code``), 5% scan it again afterwards
@@ -58,6 +59,7 @@ PITCH_M = 200.0
 EARTH_R = 6_371_008.8
 BEACON_UUID = "F7826DA6-4FA2-4E98-8024-BC5B71E0893E"
 MEAN_DELAY_S = 86400.0
+AT_ONCE_SHARE = 0.3  # converters who pay during the visit (90 s to 15 min after the decision)
 TYPO_RATE = 0.05
 DOUBLE_SCAN_RATE = 0.05
 
@@ -345,7 +347,10 @@ def responses(
             t["orders" if pushed else "held_out_orders"] += 1
             redeems = pushed and rng.random() < m.redeem_rate
             limit = min(model.window_s, float(m.expires_in_s)) if redeems else model.window_s
-            pay = round(o.ts + _delay(rng, limit), 3)
+            if rng.random() < AT_ONCE_SHARE:  # pays during the visit, at the till
+                pay = round(o.ts + rng.uniform(90.0, 900.0), 3)
+            else:
+                pay = round(o.ts + _delay(rng, limit), 3)
             amount = round(float(rng.lognormal(2.0, 0.5)), 2)
             if not redeems:
                 evs.append(Payment(user=user, ts=pay, merchant_id=m.id, amount=amount))
