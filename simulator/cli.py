@@ -425,6 +425,8 @@ def _cmd_score_lift(a: argparse.Namespace) -> int:
         print(json.dumps(res))
         return 0
     con = Console()
+    if not con.is_terminal:
+        con = Console(width=140)  # a file or pipe: do not squeeze the table to 80 columns
     con.print(_lift_table(rows))
     for line in _coverage_lines(res["coverage"]):
         con.print(line)

@@ -44,7 +44,7 @@ def score_week(truth_path: str | Path, run: str | Path) -> dict[str, Any]:
     rows = []
     for cid, t in sorted(truth["campaigns"].items()):
         c = camps.get(cid)
-        lf = c["lift"] if c else {"status": "no decisions", "pushed_users": 0, "holdout_users": 0,
+        lf: dict[str, Any] = c["lift"] if c else {"status": "no decisions", "pushed_users": 0, "holdout_users": 0,
                                  "pushed_converted": 0, "holdout_converted": 0}
         got = {
             "pushed_users": lf["pushed_users"],
