@@ -274,6 +274,12 @@ class Core:
             else:
                 handler = signals.get(t)
                 if handler is None:  # a payment or a profile: facts, applied even when late
+                    if st.visits and ts > st.last_ts:
+                        # dwells and timeouts due before the fact first: a dwell push due a
+                        # minute before a redemption at the till exists when the code is read
+                        advance(st, ts, timeout, dwells, trs)
+                        if trs:
+                            self._emit(st, trs, outs)
                     self._fact(ev, st, outs)
                     if ts <= st.last_ts:
                         continue

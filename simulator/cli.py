@@ -136,8 +136,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "delays per signal type (truth: strongest signal the phone produced, near-field > wifi "
         "> gps; detected: the visit's strongest signal).",
     )
-    sc.add_argument("--truth", required=True, help="truth.jsonl")
-    sc.add_argument("--visits", required=True, help="visits.jsonl")
+    sc.add_argument("--truth", help="truth.jsonl (required)")
+    sc.add_argument("--visits", help="visits.jsonl (required)")
     sc.add_argument("--min-stay", type=float, default=0.0,
                     help="truth stays shorter than this (s) are optional (default 0)")
     sc.add_argument("--tolerance", type=float, default=60.0,
@@ -152,6 +152,54 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                          help="score only stores without this catalog tag")
     sc.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     sc.set_defaults(func=_cmd_score)
+    sc_sub = sc.add_subparsers(title="other scores", metavar="WHAT")
+    lf = sc_sub.add_parser(
+        "lift",
+        help="the engine's estimated lift against a simulated week's true uplift",
+        description="Score lift on simulated weeks (`geopush simulate week`): per scored "
+        "campaign the report's lift (pushed vs held-out users, Newcombe 95%% interval) against "
+        "the truth model's true_uplift, and the counts attribution must get exactly (users and "
+        "converted users per arm, orders, redemptions, redemption answers). --week DIR replays "
+        "and scores one week; --seeds N simulates, replays and scores seeds 1..N with a progress "
+        "bar, prints the coverage and draws the intervals (--png).",
+        epilog="Example: geopush score lift --seeds 20 --png lift.png",
+        formatter_class=fmt,
+    )
+    one = lf.add_mutually_exclusive_group(required=True)
+    one.add_argument("--week", default=None,
+                     help="a week folder from `geopush simulate week`: replay it and score it")
+    one.add_argument("--seeds", type=_POS_INT, default=None,
+                     help="simulate, replay and score this many seeds (1..N; see --first-seed)")
+    lf.add_argument("--run", default=None,
+                    help="with --week: score this replay output folder instead of replaying "
+                    "into WEEK/run")
+    lf.add_argument("--first-seed", type=int, default=1, help="with --seeds: the first seed")
+    lf.add_argument("--users", type=_POS_INT, default=None,
+                    help="with --seeds: people per week (default 8000)")
+    lf.add_argument("--work", default=None,
+                    help="with --seeds: folder for the seeds' files (default: a temporary one)")
+    lf.add_argument("--keep", action="store_true",
+                    help="with --seeds: keep each seed's week and replay (large)")
+    lf.add_argument("--png", default=None, help="write the intervals against the truth here")
+    lf.add_argument("--json", action="store_true", help="print one JSON object")
+    lf.add_argument("--quiet", action="store_true", help="no progress bar")
+    lf.set_defaults(func=_cmd_score_lift)
+
+    wk = sim_sub.add_parser(
+        "week",
+        help="a simulated week that closes the loop: visits, pushes, redemptions, payments",
+        description="Generate a week of visits of a compact population, let the engine decide "
+        "pushes and holdouts on them, draw each decided person's response from the truth model "
+        "(conversion p0 held out, p0 + true_uplift pushed; redemption of the code) and write "
+        "the full trace and the truth. Model: docs/simulator.md, \"Closing the loop\".",
+        epilog="Next: geopush score lift --week OUT   (replays OUT/trace.jsonl into OUT/run, "
+        "scores)\nAll seeds: geopush score lift --seeds 20 --png lift.png",
+        formatter_class=fmt,
+    )
+    wk.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    wk.add_argument("--users", type=_POS_INT, default=8000, help="people (default 8000)")
+    wk.add_argument("--out", required=True, help="output directory (created if missing)")
+    wk.set_defaults(func=_cmd_week)
 
 
 def _city_start(start: Start | None, start_hour: float | None) -> tuple[float | None, float]:
@@ -251,6 +299,10 @@ def _cmd_beacon_rooms(a: argparse.Namespace) -> int:
 def _cmd_score(a: argparse.Namespace) -> int:
     from simulator.score import render_table, score_files, stores_with_tag
 
+    if not a.truth or not a.visits:
+        raise GeopushError("score: give --truth TRUTH.jsonl and --visits VISITS.jsonl "
+                           "(or `geopush score lift` for lift)")
+
     keep = drop = None
     if a.tag or a.without_tag:
         if not a.fences:
@@ -267,4 +319,120 @@ def _cmd_score(a: argparse.Namespace) -> int:
     from rich.console import Console
 
     Console().print(render_table(rep))
+    return 0
+
+
+def _cmd_week(a: argparse.Namespace) -> int:
+    from simulator.week import WeekModel, simulate_week
+
+    try:
+        t = simulate_week(a.seed, a.out, WeekModel(users=a.users))
+    except OSError as exc:
+        raise GeopushError(f"simulate week: {exc}") from exc
+    print(f"week: seed {a.seed}, {t['users']:,} people, {t['visits']:,} visits, "
+          f"{t['events']:,} events -> {a.out}")
+    for cid, c in t["campaigns"].items():
+        print(f"  {cid}: {c['pushed_users']:,} pushed, {c['holdout_users']:,} held out, true "
+              f"uplift {c['true_uplift'] * 100:+g} pp, {c['redemptions']} redemptions")
+    print(f"next: geopush score lift --week {a.out}")
+    return 0
+
+
+def _lift_table(rows: list[dict[str, Any]]) -> Any:
+    from rich.table import Table
+
+    tab = Table(title="lift: engine estimate vs truth")
+    for col in ("seed", "campaign", "pushed", "held out", "lift pp [95% CI]", "true pp",
+                "covered", "redeemed / truth", "counts exact"):
+        tab.add_column(col, justify="left" if col == "campaign" else "right")
+    for r in rows:
+        ci = r["ci95"]
+        est = (f"{r['estimate'] * 100:+.2f} [{ci[0] * 100:+.2f}, {ci[1] * 100:+.2f}]"
+               if ci else r["status"])
+        c = r["counts"]
+        tab.add_row(
+            str(r["seed"]), r["campaign_id"], f"{c['pushed_users']:,}", f"{c['holdout_users']:,}",
+            est, f"{r['true_uplift'] * 100:+.2f}",
+            {True: "yes", False: "[red]NO[/]", None: "-"}[r["covered"]],
+            f"{c['redemptions']} / {r['truth']['redemptions']}",
+            "yes" if r["exact"] else "[red]" + ", ".join(r["mismatched"]) + "[/]",
+        )
+    return tab
+
+
+def _coverage_lines(cov: dict[str, Any]) -> list[str]:
+    out = [f"{cid}: the 95% interval covers the true uplift in {v['covered']}/{v['of']} seeds"
+           for cid, v in cov["per_campaign"].items()]
+    out.append(f"all: {cov['covered']}/{cov['of']}; attribution counts equal the truth in "
+               f"{cov['exact']}/{cov['rows']}")
+    return out
+
+
+def _cmd_score_lift(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from simulator.lift import coverage, render_png, run_seeds, score_week
+    from simulator.week import WeekModel, replay_week
+
+    if a.week is not None:
+        week = Path(a.week)
+        run = Path(a.run) if a.run else week / "run"
+        if not a.run:
+            replay_week(week, run)
+        res = score_week(week / "truth.json", run)
+        rows = res["campaigns"]
+        res["coverage"] = coverage(rows)
+    else:
+        import tempfile
+
+        seeds = list(range(a.first_seed, a.first_seed + a.seeds))
+        model = WeekModel() if a.users is None else WeekModel(users=a.users)
+        work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="geopush-lift-"))
+        if a.quiet or a.json:
+            res = run_seeds(seeds, work, model=model, keep=a.keep)
+        else:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            with Progress(TextColumn("[bold]lift[/] {task.description}"), BarColumn(),
+                          MofNCompleteColumn(), TimeRemainingColumn(), TimeElapsedColumn(),
+                          console=Console(stderr=True)) as prog:
+                task = prog.add_task("", total=len(seeds))
+
+                def step(seed: int, phase: str) -> None:
+                    if phase == "done":
+                        prog.advance(task)
+                    else:
+                        prog.update(task, description=f"seed {seed}: {phase}")
+
+                res = run_seeds(seeds, work, model=model, keep=a.keep, on_step=step)
+        if not a.work and not a.keep:
+            import shutil
+
+            shutil.rmtree(work, ignore_errors=True)
+        rows = res["rows"]
+    if a.png:
+        render_png(rows, a.png)
+    if a.json:
+        print(json.dumps(res))
+        return 0
+    con = Console()
+    if not con.is_terminal:
+        con = Console(width=140)  # a file or pipe: do not squeeze the table to 80 columns
+    con.print(_lift_table(rows))
+    for line in _coverage_lines(res["coverage"]):
+        con.print(line)
+    if "seconds_per_seed" in res:
+        ts = res["seconds_per_seed"]
+        con.print(f"{len(ts)} seeds in {sum(ts):.0f} s ({sum(ts) / len(ts):.1f} s per seed)")
+    if a.png:
+        con.print(f"intervals drawn in {a.png}")
     return 0

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from engine import loop
 from engine.core import CoreConfig
-from engine.decisions import decide
+from engine.decisions import decide, push_id_for
 from engine.errors import CampaignError, DecodeError
 from engine.events import Payment, Redeem, decode, encode_event
 from engine.outputs import Coupon, Holdout, Order, Push, RedeemResult
@@ -208,6 +208,25 @@ def test_a_payment_carrying_a_code_redeems_and_attributes_to_it() -> None:
     (o,) = [o for o in outs if isinstance(o, Order)]
     assert r.status == "ok"
     assert (o.push_ref, o.via) == (first.push_id, "code")
+
+
+def test_a_dwell_due_before_a_redemption_is_decided_first() -> None:
+    """A dwell push due at enter + 600 s, not yet fired (no later location event, no sweep yet),
+    and the user redeems its code at the till a minute later in the same batch: the dwell is
+    decided before the redemption is looked up, so the code is found (found by the simulated
+    week: such redemptions answered not_found and their payments went unattributed)."""
+    camps = campaigns(campaign("a-stay", "m-A", "dwell", dwell_s=600))
+    w = World(STORES, camps, CoreConfig(coupon_secret="s3cret", attribution_window_s=3600.0))
+    w.run([gps("u1", T0, 0, 0)])
+    code = loop.coupon_code(b"s3cret", push_id_for("u1", "a-stay", w.visits()[0].visit_id, "dwell:600"))
+    outs = w.run([_redeem("u1", T0 + 660, "m-A", code, "till-1"), pay("u1", T0 + 700, "m-A")])
+    (push,) = [o for o in outs if isinstance(o, Push)]
+    assert (push.ts, push.code) == (T0 + 600, code)
+    (r,) = [o for o in outs if isinstance(o, RedeemResult)]
+    (o,) = [o for o in outs if isinstance(o, Order)]
+    assert (r.status, r.push_ref) == ("ok", push.push_id)
+    assert (o.push_ref, o.via) == (push.push_id, "redeemed")
+    assert outs.index(push) < outs.index(r)
 
 
 def test_offers_stay_bounded() -> None:

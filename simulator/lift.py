@@ -1,0 +1,162 @@
+"""Score the engine's lift against the simulation's truth (``geopush score lift``).
+
+``score_week(truth, run)``: per scored campaign of one simulated week (simulator/week.py), the
+report's lift (``engine.report.build_report`` over the replay's outputs: pushed versus held-out
+users, Newcombe 95% interval) against ``true_uplift``, whether the interval covers it, and the
+counts the attribution rules make exact, each compared with the truth: users per arm, converted
+users per arm, orders attributed to pushes, redemptions (``ok`` answers) and the redemption
+answers by status.
+
+``run_seeds(seeds, work)``: for each seed, simulate the week, replay it and score it; coverage per
+campaign and overall; ``render_png`` draws every interval against the truth.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from engine.outputs import RedeemResult
+from engine.report import build_report, load_outputs
+from simulator.week import WeekModel, load_truth, replay_week, simulate_week
+
+EXACT = ("pushed_users", "holdout_users", "pushed_converted", "holdout_converted", "orders",
+         "redemptions")
+
+
+def score_week(truth_path: str | Path, run: str | Path) -> dict[str, Any]:
+    """One week: per scored campaign the estimate, its interval, the truth and the exact counts."""
+    truth = load_truth(truth_path)
+    outs = load_outputs(run)
+    rep = build_report(outs)
+    answers: dict[str, dict[str, int]] = {}
+    seen: set[str] = set()
+    for o in outs:
+        if type(o) is RedeemResult and o.out_id not in seen:
+            seen.add(o.out_id)
+            by = answers.setdefault(o.merchant_id, {})
+            by[o.status] = by.get(o.status, 0) + 1
+    camps = {c["campaign_id"]: c for m in rep["merchants"] for c in m["campaigns"]}
+    rows = []
+    for cid, t in sorted(truth["campaigns"].items()):
+        c = camps.get(cid)
+        lf: dict[str, Any] = c["lift"] if c else {"status": "no decisions", "pushed_users": 0, "holdout_users": 0,
+                                 "pushed_converted": 0, "holdout_converted": 0}
+        got = {
+            "pushed_users": lf["pushed_users"],
+            "holdout_users": lf["holdout_users"],
+            "pushed_converted": lf["pushed_converted"],
+            "holdout_converted": lf["holdout_converted"],
+            "orders": c["orders"] if c else 0,
+            "redemptions": c["redemptions"] if c else 0,
+        }
+        got_answers = answers.get(t["merchant_id"], {})
+        exact = {k: got[k] == t[k] for k in EXACT}
+        exact["redeem_answers"] = all(
+            got_answers.get(s, 0) == n for s, n in t["redeem_answers"].items()
+        ) and set(got_answers) <= set(t["redeem_answers"])
+        row: dict[str, Any] = {
+            "seed": truth["seed"],
+            "campaign_id": cid,
+            "true_uplift": t["true_uplift"],
+            "status": lf["status"],
+            "estimate": lf.get("abs_lift"),
+            "ci95": lf.get("abs_lift_ci95"),
+            "covered": None,
+            "counts": got,
+            "truth": {k: t[k] for k in EXACT},
+            "redeem_answers": got_answers,
+            "truth_redeem_answers": t["redeem_answers"],
+            "exact": all(exact.values()),
+            "mismatched": sorted(k for k, ok in exact.items() if not ok),
+        }
+        if lf["status"] == "ok":
+            lo, hi = lf["abs_lift_ci95"]
+            row["covered"] = bool(lo <= t["true_uplift"] <= hi)
+        rows.append(row)
+    return {"seed": truth["seed"], "campaigns": rows}
+
+
+def coverage(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per campaign and overall: seeds whose interval covers the truth, out of seeds scored."""
+    per: dict[str, list[int]] = {}
+    for r in rows:
+        got = per.setdefault(r["campaign_id"], [0, 0])
+        if r["covered"] is not None:
+            got[1] += 1
+            got[0] += bool(r["covered"])
+    return {
+        "per_campaign": {c: {"covered": a, "of": b} for c, (a, b) in sorted(per.items())},
+        "covered": sum(a for a, _ in per.values()),
+        "of": sum(b for _, b in per.values()),
+        "exact": sum(bool(r["exact"]) for r in rows),
+        "rows": len(rows),
+    }
+
+
+def run_seeds(
+    seeds: Sequence[int],
+    work: str | Path,
+    *,
+    model: WeekModel | None = None,
+    keep: bool = False,
+    on_step: Callable[[int, str], None] | None = None,
+) -> dict[str, Any]:
+    """Simulate, replay and score each seed in ``work``/seed-N (removed after scoring unless
+    ``keep``). ``on_step(seed, phase)`` reports progress ("simulate", "replay", "score", "done")."""
+    work = Path(work)
+    rows: list[dict[str, Any]] = []
+    times: list[float] = []
+    for seed in seeds:
+        t0 = time.perf_counter()
+        d = work / f"seed-{seed}"
+        step = on_step or (lambda _s, _p: None)
+        step(seed, "simulate")
+        simulate_week(seed, d / "week", model)
+        step(seed, "replay")
+        replay_week(d / "week", d / "run")
+        step(seed, "score")
+        res = score_week(d / "week" / "truth.json", d / "run")
+        (d / "score.json").write_text(json.dumps(res, indent=1) + "\n")
+        rows.extend(res["campaigns"])
+        if not keep:
+            shutil.rmtree(d / "week", ignore_errors=True)
+            shutil.rmtree(d / "run", ignore_errors=True)
+        times.append(time.perf_counter() - t0)
+        step(seed, "done")
+    return {"seeds": list(seeds), "rows": rows, "coverage": coverage(rows),
+            "seconds_per_seed": [round(t, 2) for t in times]}
+
+
+def render_png(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
+    """One panel per campaign: each seed's estimate with its 95% interval, the truth as a line;
+    intervals that miss the truth in red."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    camps = sorted({r["campaign_id"] for r in rows})
+    fig = Figure(figsize=(6 * max(1, len(camps)), 5))
+    axes = fig.subplots(1, max(1, len(camps)), squeeze=False)[0]
+    for ax, cid in zip(axes, camps, strict=False):
+        rs = [r for r in rows if r["campaign_id"] == cid and r["ci95"] is not None]
+        truth = rs[0]["true_uplift"] if rs else 0.0
+        for k, r in enumerate(rs):
+            lo, hi = r["ci95"]
+            colour = "tab:blue" if r["covered"] else "tab:red"
+            ax.plot([lo * 100, hi * 100], [k, k], color=colour, lw=2)
+            ax.plot([r["estimate"] * 100], [k], "o", color=colour, ms=4)
+        ax.axvline(truth * 100, color="black", ls="--", lw=1, label=f"true uplift {truth * 100:g} pp")
+        ax.axvline(0, color="grey", lw=0.5)
+        ax.set_yticks(range(len(rs)), [f"seed {r['seed']}" for r in rs], fontsize=7)
+        n = sum(bool(r["covered"]) for r in rs)
+        ax.set_title(f"{cid}: {n}/{len(rs)} intervals cover the truth")
+        ax.set_xlabel("absolute lift, percentage points (95% Newcombe interval)")
+        ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(str(path), dpi=100, format="png")

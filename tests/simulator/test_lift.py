@@ -1,0 +1,147 @@
+"""The simulated week closes the loop: the engine's lift against the truth model, and the counts
+attribution must get exactly (simulator/week.py, simulator/lift.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.loop import in_holdout
+from engine.outputs import Holdout, Push, decode_output
+from engine.report import newcombe
+from simulator import cli
+from simulator.lift import coverage, render_png, run_seeds
+from simulator.week import (
+    DEFAULT_MERCHANTS,
+    Merchant,
+    WeekError,
+    WeekModel,
+    replay_week,
+    simulate_week,
+)
+
+SMALL = WeekModel(users=1500)
+
+
+def _main(argv: list[str]) -> int:
+    """The simulator's commands as `geopush` registers them (engine.cli loads them by entry
+    point; built here so that the test runs the worktree's code)."""
+    p = argparse.ArgumentParser(prog="geopush")
+    cli.register(p.add_subparsers())
+    a = p.parse_args(argv)
+    return int(a.func(a))
+
+
+@pytest.fixture(scope="module")
+def three(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return run_seeds([1, 2, 3], tmp_path_factory.mktemp("lift"), model=SMALL, keep=True)
+
+
+def test_counts_attribution_makes_exact_equal_the_truth(three: dict[str, Any]) -> None:
+    rows = three["rows"]
+    assert len(rows) == 6  # two scored campaigns x three seeds
+    for r in rows:
+        assert r["exact"], (r["seed"], r["campaign_id"], r["mismatched"], r["counts"], r["truth"])
+        assert r["counts"]["redemptions"] == r["truth"]["redemptions"] > 0
+        assert r["redeem_answers"] == {k: v for k, v in r["truth_redeem_answers"].items() if v}
+        assert r["counts"]["holdout_users"] > 0 and r["counts"]["pushed_users"] > 0
+
+
+def test_the_interval_is_the_reports_and_coverage_counts_it(three: dict[str, Any]) -> None:
+    for r in three["rows"]:
+        c = r["counts"]
+        n1, x1, n0, x0 = (c["pushed_users"], c["pushed_converted"], c["holdout_users"],
+                          c["holdout_converted"])
+        assert r["status"] == "ok"
+        assert math.isclose(r["estimate"], x1 / n1 - x0 / n0, abs_tol=1e-6)
+        lo, hi = newcombe(x1, n1, x0, n0)
+        assert r["ci95"] == pytest.approx([lo, hi], abs=1e-6)
+        assert r["covered"] == (r["ci95"][0] <= r["true_uplift"] <= r["ci95"][1])
+    cov = coverage(three["rows"])
+    assert cov["of"] == 6 and cov["covered"] == sum(bool(r["covered"]) for r in three["rows"])
+    assert set(cov["per_campaign"]) == {"cafe-welcome", "grocer-stay"}
+
+
+def test_arms_are_the_engines_holdout_draw(tmp_path: Path) -> None:
+    """The simulator reads who was held out from the engine's decisions: every held-out user is
+    in the engine's holdout draw, every pushed user outside it."""
+    simulate_week(4, tmp_path, SMALL)
+    truth = json.loads((tmp_path / "truth.json").read_text())
+    kinds = {d.split(":", 1)[0] for d in truth["decisions"]}
+    assert kinds == {"Holdout", "Push"}
+    camps = {m.campaign: m for m in DEFAULT_MERCHANTS}
+    run = tmp_path / "run"
+    replay_week(tmp_path, run)
+    for name in ("pushes.jsonl", "holdouts.jsonl"):
+        for line in (run / name).read_bytes().splitlines():
+            o = decode_output(line)
+            assert isinstance(o, Push | Holdout)
+            held = in_holdout(o.user, o.campaign_id, camps[o.campaign_id].holdout_pct)
+            assert held == (name == "holdouts.jsonl")
+
+
+def test_the_same_seed_gives_the_same_week(tmp_path: Path) -> None:
+    simulate_week(5, tmp_path / "a", WeekModel(users=300))
+    simulate_week(5, tmp_path / "b", WeekModel(users=300))
+    for name in ("trace.jsonl", "truth.json", "stores.geojson", "campaigns.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_a_bad_truth_model_is_refused(tmp_path: Path) -> None:
+    bad = Merchant("m-x", "x", stores=1, patrons=0.5, visits_per_week=1.0, holdout_pct=10.0,
+                   base_rate=0.6, true_uplift=0.2)
+    with pytest.raises(WeekError, match="1.5 x base_rate"):
+        simulate_week(1, tmp_path, WeekModel(users=100, merchants=(bad,)))
+
+
+def test_cli_week_then_score_and_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    week = tmp_path / "week"
+    assert _main(["simulate", "week", "--seed", "2", "--users", "1200", "--out", str(week)]) == 0
+    assert "next: geopush score lift --week" in capsys.readouterr().out
+    png = tmp_path / "lift.png"
+    assert _main(["score", "lift", "--week", str(week), "--png", str(png), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert {r["campaign_id"] for r in res["campaigns"]} == {"cafe-welcome", "grocer-stay"}
+    assert all(r["exact"] for r in res["campaigns"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a second scoring of the same replay (--run) gives the same figures
+    assert _main(["score", "lift", "--week", str(week), "--run", str(week / "run"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["campaigns"] == res["campaigns"]
+    with pytest.raises(SystemExit):
+        _main(["score", "lift"])  # --week or --seeds
+    assert "one of the arguments --week --seeds is required" in capsys.readouterr().err
+
+
+def test_render_png_marks_misses(tmp_path: Path) -> None:
+    rows = [
+        {"seed": 1, "campaign_id": "c", "true_uplift": 0.05, "estimate": 0.04, "ci95": [0.01, 0.07],
+         "covered": True},
+        {"seed": 2, "campaign_id": "c", "true_uplift": 0.05, "estimate": 0.09, "ci95": [0.06, 0.12],
+         "covered": False},
+    ]
+    render_png(rows, tmp_path / "x.png")
+    assert (tmp_path / "x.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_twenty_seeds_cover_the_true_lift(tmp_path: Path) -> None:
+    """20 seeds of a simulated week (8000 people; thousands pushed and hundreds held out per
+    scored campaign): every attribution count equals the truth, and the 95% intervals cover the
+    true lift as often as a 95% interval should. The issue's target, >= 19 of 20 per campaign,
+    happens with probability 0.74 even for an exact 95% interval, so it is not asserted (seeds
+    1-20 give 18/20 and 19/20, docs/simulator.md); asserted: >= 17/20 per campaign and >= 35/40
+    in all, which an exact 95% interval misses with probability 1.6% and 1.4%."""
+    res = run_seeds(range(1, 21), tmp_path)
+    cov = res["coverage"]
+    assert cov["exact"] == cov["rows"] == 40
+    for cid, v in cov["per_campaign"].items():
+        assert v["of"] == 20, cid
+        assert v["covered"] >= 17, (cid, v)
+    assert cov["covered"] >= 35, cov
+    for r in res["rows"]:
+        assert r["counts"]["pushed_users"] >= 1000 and r["counts"]["holdout_users"] >= 200, r
