@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 
 from engine.api.errors import ApiError, AuthError
 from engine.api.live import FenceTarget, LiveStores
-from engine.api.routers import stores, tokens
+from engine.api.routers import stores, tokens, webhooks
 from engine.api.state import ApiState
 from engine.errors import StateError, TransportError
 from fences.errors import CatalogError, UnknownStoreError
@@ -111,6 +111,7 @@ def create_app(state: str | Path, target: FenceTarget) -> FastAPI:
     v1 = APIRouter(prefix=API_PREFIX)
     v1.include_router(stores.router)
     v1.include_router(tokens.router)
+    v1.include_router(webhooks.router)
 
     @v1.get("/health", tags=["health"])
     async def health(request: Request) -> dict[str, Any]:

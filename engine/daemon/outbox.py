@@ -20,6 +20,7 @@ import contextlib
 import functools
 import logging
 import time
+from collections.abc import Callable
 
 from engine.daemon.metrics import Metrics
 from engine.errors import TransportError
@@ -63,6 +64,7 @@ class Outbox:
         self._push_marker = "/push/"
         self._running = False
         self._sending = False
+        self.on_push: Callable[[], None] | None = None  # told of committed rows (webhooks)
 
     @property
     def pending(self) -> int:
@@ -73,6 +75,8 @@ class Outbox:
         for r in rows:
             self._pending.append((r, received))
         if rows:
+            if self.on_push is not None:
+                self.on_push()
             self._idle.clear()
             # Hand them to paho right away (latency): the run task only mops up what the
             # in-flight limit held back, and marks rows sent.
