@@ -247,6 +247,10 @@ class WebhookStore:
         with self._sql():
             self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
             self._db.execute(f"PRAGMA busy_timeout={int(self.BUSY_TIMEOUT_MS)}")
+            # as the daemon's own connection: WAL, and a commit survives a killed process
+            # without an fsync each (SQLite's default in WAL mode would be FULL)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_TABLES)
 
     @contextlib.contextmanager
@@ -476,6 +480,7 @@ def headers_for(ep: Endpoint, d: Delivery, now: float | None = None) -> dict[str
 @dataclass
 class _Worker:
     endpoint_id: str
+    client: httpx.AsyncClient
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
@@ -484,6 +489,8 @@ class WebhookDispatcher:
     """Enqueues committed outputs and delivers them, one task per endpoint (see the module doc).
 
     ``transport``: an ``httpx.AsyncBaseTransport`` (tests, or a proxy); default: the network.
+    Each endpoint has a client (a connection pool) of its own, of ``per_endpoint`` connections:
+    endpoints share no limit, and httpcore's pool stays small (it scans it at each request).
     """
 
     def __init__(
@@ -496,12 +503,7 @@ class WebhookDispatcher:
         self.store = WebhookStore(state)
         self.metrics = metrics or Metrics()
         self.settings = settings or WebhookSettings.from_env()
-        self.client = httpx.AsyncClient(
-            transport=transport,
-            timeout=self.settings.timeout_s,
-            follow_redirects=False,
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
-        )
+        self._transport = transport
         self._wake = asyncio.Event()
         self._workers: dict[str, _Worker] = {}
         self._running = False
@@ -526,9 +528,20 @@ class WebhookDispatcher:
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        for w in self._workers.values():
+            with contextlib.suppress(Exception):
+                await w.client.aclose()
         self._workers.clear()
-        await self.client.aclose()
         self.store.close()
+
+    def _client(self) -> httpx.AsyncClient:
+        n = self.settings.per_endpoint
+        return httpx.AsyncClient(
+            transport=self._transport,
+            timeout=self.settings.timeout_s,
+            follow_redirects=False,
+            limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
+        )
 
     async def _run(self) -> None:
         cursor = self.store.cursor()
@@ -563,8 +576,9 @@ class WebhookDispatcher:
                 w = self._workers.pop(eid)
                 if w.task is not None:
                     w.task.cancel()
+                asyncio.get_running_loop().create_task(w.client.aclose())
         for eid, ep in live.items():
-            w = self._workers.get(eid) or self._workers.setdefault(eid, _Worker(eid))
+            w = self._workers.get(eid) or self._workers.setdefault(eid, _Worker(eid, self._client()))
             if (w.task is None or w.task.done()) and ep.paused is None:
                 w.task = asyncio.create_task(self._deliver_loop(w), name=f"webhook-{eid}")
                 w.wake.set()
@@ -575,13 +589,20 @@ class WebhookDispatcher:
             ep = self.store.get(w.endpoint_id, count=False)
             if ep is None or ep.paused is not None:
                 return  # deleted or paused: _sync_workers restarts it once resumed
-            batch = self.store.due(ep.endpoint_id, s.per_endpoint)
+            # a failing endpoint gets one probe at a time, a healthy one a window of requests
+            batch = self.store.due(ep.endpoint_id, 1 if ep.failures else s.per_endpoint * 8)
             if not batch:
                 w.wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(w.wake.wait(), 1.0)
                 continue
-            results = await asyncio.gather(*(self._send(ep, d) for d in batch))
+            gate = asyncio.Semaphore(s.per_endpoint)
+
+            async def one(d: Delivery, ep: Endpoint = ep, gate: asyncio.Semaphore = gate) -> str | None:
+                async with gate:
+                    return await self._send(w.client, ep, d)
+
+            results = await asyncio.gather(*(one(d) for d in batch))
             done = [d.id for d, err in zip(batch, results, strict=True) if err is None]
             failed = [(d.id, err) for d, err in zip(batch, results, strict=True) if err is not None]
             failures = 0 if not failed else ep.failures + 1
@@ -605,10 +626,10 @@ class WebhookDispatcher:
             if failed:
                 await asyncio.sleep(s.backoff(failures))
 
-    async def _send(self, ep: Endpoint, d: Delivery) -> str | None:
+    async def _send(self, client: httpx.AsyncClient, ep: Endpoint, d: Delivery) -> str | None:
         """One POST; None on a 2xx, else what failed (its status class is counted)."""
         try:
-            r = await self.client.post(ep.url, content=d.payload, headers=headers_for(ep, d))
+            r = await client.post(ep.url, content=d.payload, headers=headers_for(ep, d))
         except httpx.TimeoutException:
             err, cls = "timeout", "timeout"
         except httpx.HTTPError as exc:
