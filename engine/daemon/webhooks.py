@@ -21,7 +21,9 @@ Delivery (``WebhookDispatcher``): one task per endpoint with up to ``per_endpoin
 flight, so a slow or dead endpoint holds back only its own queue, never another endpoint nor the
 event path (the dispatcher runs on the daemon's loop but never waits on an endpoint there). A
 failed attempt (non-2xx, timeout, refused connection) puts the endpoint in backoff: exponential
-from ``retry_base_s``, capped at ``retry_cap_s``, with jitter; a 2xx clears it. An endpoint is
+from ``retry_base_s``, capped at ``retry_cap_s``, with jitter; while failing it gets one request
+at a time (a probe, its oldest output), and a 2xx clears it. With no endpoint registered the
+dispatcher does nothing per commit (its cursor follows the outbox's tail every 10 s). An endpoint is
 paused after ``pause_after`` consecutive failures or when its oldest undelivered output is older
 than ``max_age_s`` while failing; its queue is kept, and ``POST .../resume`` (or deleting and
 registering it again) restarts it. Delivery is at least once: the queue row goes after the 2xx,
@@ -404,6 +406,18 @@ class WebhookStore:
             db.execute("UPDATE webhook_cursor SET seq = ? WHERE name = 'outbox'", (last,))
         return last, len(rows), woke
 
+    def skip_idle(self, cursor: int) -> int:
+        """No endpoint: move the cursor to the outbox's tail (in one statement, so an endpoint
+        registered meanwhile keeps it where it was: its outputs come after its ``after_seq``)."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE webhook_cursor SET seq = (SELECT COALESCE(MAX(seq), ?) FROM outbox)"
+                " WHERE name = 'outbox' AND NOT EXISTS (SELECT 1 FROM webhook_endpoints)",
+                (cursor,),
+            )
+            (seq,) = db.execute("SELECT seq FROM webhook_cursor WHERE name = 'outbox'").fetchone()
+        return int(seq)
+
     def due(self, endpoint_id: str, limit: int) -> list[Delivery]:
         with self._sql():
             rows = self._db.execute(
@@ -545,7 +559,7 @@ class WebhookDispatcher:
 
     async def _run(self) -> None:
         cursor = self.store.cursor()
-        refresh = 0.0
+        refresh = idle_move = 0.0
         while self._running:
             self._wake.clear()
             try:
@@ -553,6 +567,13 @@ class WebhookDispatcher:
                 if now >= refresh:
                     self._sync_workers()
                     refresh = now + 1.0
+                if not self._workers:
+                    # no endpoint: no work per commit; the cursor follows the tail now and then
+                    if now >= idle_move:
+                        cursor = self.store.skip_idle(cursor)
+                        idle_move = now + 10.0
+                    await asyncio.sleep(0.5)  # registration is seen within ~1 s
+                    continue
                 while True:
                     cursor, n, woke = self.store.enqueue_after(cursor, self.settings.batch)
                     for eid in woke:

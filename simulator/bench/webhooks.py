@@ -8,7 +8,8 @@ commit), the dispatcher is told of each commit and enqueues and delivers them on
 * latency: ``--rate`` outputs/s committed in micro-batches for ``--duration`` seconds; from the
   commit's return to the receiver's arrival time (p50/p99/max);
 * throughput: a backlog of ``--backlog`` committed outputs delivered from scratch, over
-  ``--endpoints`` endpoints of the receiver: deliveries/s of this one process;
+  ``--endpoints`` endpoints of the receiver: deliveries/s of this one process; and, as the
+  ceiling, the same number of bare httpx POSTs (half the backlog) with the same concurrency;
 * a receiver down (``--down-s`` seconds, 0 to skip; default backoff: 1 s doubling, capped at
   300 s): outputs keep coming while it is down; once it is back, when the first delivery
   arrives, when the backlog is all in, how many attempts failed, and duplicates.
@@ -39,7 +40,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     )
     p.add_argument("--rate", type=float, default=200.0, help="outputs/s for the latency run (200)")
     p.add_argument("--duration", type=float, default=10.0, help="seconds of the latency run (10)")
-    p.add_argument("--backlog", type=int, default=20_000, help="outputs of the throughput run")
+    p.add_argument("--backlog", type=int, default=10_000, help="outputs of the throughput run (10000)")
     p.add_argument("--endpoints", type=int, default=4, help="endpoints of the throughput run (4)")
     p.add_argument("--down-s", type=float, default=60.0, help="receiver down for (60; 0: skip)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -213,6 +214,29 @@ async def _throughput(folder: Path, rec: Receiver, backlog: int, endpoints: int)
     }
 
 
+async def _ceiling(rec: Receiver, n: int, endpoints: int) -> dict[str, Any]:
+    """The same POSTs from bare httpx clients (one per endpoint, 8 in flight each): no queue,
+    no signing, no SQLite. What httpx and the receiver allow on this machine."""
+    import httpx
+
+    body = b'{"kind":"push"}'
+    clients = [httpx.AsyncClient(limits=httpx.Limits(max_connections=8)) for _ in range(endpoints)]
+
+    async def worker(c: httpx.AsyncClient, k: int) -> None:
+        for i in range(k):
+            await c.post(rec.url(), content=body, headers={"webhook-id": f"x{id(c)}-{i}"})
+
+    cpu0, t0 = time.process_time(), time.monotonic()
+    per = n // endpoints // 8
+    await asyncio.gather(*(worker(c, per) for c in clients for _ in range(8)))
+    elapsed, cpu = time.monotonic() - t0, time.process_time() - cpu0
+    for c in clients:
+        await c.aclose()
+    done = per * 8 * endpoints
+    return {"posts": done, "per_s": round(done / elapsed),
+            "cpu_us_per_post": round(1e6 * cpu / done, 1)}  # fmt: skip
+
+
 async def _down(folder: Path, rec: Receiver, down_s: float, rate: float) -> dict[str, Any]:
     from engine.daemon.metrics import Metrics
     from engine.daemon.webhooks import WebhookDispatcher
@@ -259,7 +283,7 @@ async def _down(folder: Path, rec: Receiver, down_s: float, rate: float) -> dict
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name in ("latency", "throughput", "down"):
+        for name in ("latency", "throughput", "ceiling", "down"):
             if name == "down" and not args.down_s:
                 continue
             folder = Path(tmp) / name
@@ -271,6 +295,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     out[name] = await _latency(folder, rec, args.rate, args.duration)
                 elif name == "throughput":
                     out[name] = await _throughput(folder, rec, args.backlog, args.endpoints)
+                elif name == "ceiling":
+                    out[name] = await _ceiling(rec, args.backlog // 2, args.endpoints)
                 else:
                     out[name] = await _down(folder, rec, args.down_s, args.rate)
             finally:
