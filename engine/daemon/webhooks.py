@@ -307,7 +307,9 @@ class WebhookStore:
             )  # fmt: skip
         return ep
 
-    def endpoints(self, merchant_id: str | None = None) -> list[Endpoint]:
+    def endpoints(self, merchant_id: str | None = None, count: bool = True) -> list[Endpoint]:
+        """The endpoints (of one merchant), with their queues' lengths unless ``count`` is False
+        (the dispatcher's once-a-second look: counting a long queue is a scan)."""
         sql = f"SELECT {_EP_COLS} FROM webhook_endpoints"
         args: tuple[Any, ...] = ()
         if merchant_id is not None:
@@ -315,12 +317,15 @@ class WebhookStore:
             args = (merchant_id,)
         with self._sql():
             rows = self._db.execute(sql + " ORDER BY created, endpoint_id", args).fetchall()
-            counts = dict(
-                self._db.execute(
-                    "SELECT endpoint_id, COUNT(*) FROM webhook_queue GROUP BY endpoint_id"
-                ).fetchall()
-            )
-        return [_endpoint(r, int(counts.get(r[0], 0))) for r in rows]
+            if not count:
+                return [_endpoint(r) for r in rows]
+            counts = {  # per endpoint: a range of the (endpoint_id, id) index each
+                r[0]: self._db.execute(
+                    "SELECT COUNT(*) FROM webhook_queue WHERE endpoint_id = ?", (r[0],)
+                ).fetchone()[0]
+                for r in rows
+            }
+        return [_endpoint(r, int(counts[r[0]])) for r in rows]
 
     def get(self, endpoint_id: str, count: bool = True) -> Endpoint | None:
         """One endpoint (with its queue's length unless ``count`` is False)."""
@@ -591,7 +596,7 @@ class WebhookDispatcher:
                 await asyncio.wait_for(self._wake.wait(), 0.2)
 
     def _sync_workers(self) -> None:
-        live = {e.endpoint_id: e for e in self.store.endpoints()}
+        live = {e.endpoint_id: e for e in self.store.endpoints(count=False)}
         for eid in list(self._workers):
             if eid not in live:
                 w = self._workers.pop(eid)
