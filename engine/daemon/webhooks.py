@@ -253,7 +253,11 @@ class WebhookStore:
             # without an fsync each (SQLite's default in WAL mode would be FULL)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            # no checkpoint inside our commits (an fsync of the main file on the event loop):
+            # the daemon's store checkpoints the shared WAL in a thread of its own
+            self._db.execute("PRAGMA wal_autocheckpoint=0")
             self._db.executescript(_TABLES)
+        self._writes = 0
 
     @contextlib.contextmanager
     def _sql(self) -> Iterator[None]:
@@ -272,6 +276,19 @@ class WebhookStore:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+        self._writes += 1
+        if self._writes % 256 == 0:
+            self._bound_wal()
+
+    def _bound_wal(self) -> None:
+        """A long backlog delivered while the daemon commits nothing (so its checkpointer
+        sleeps) would grow the WAL without end: past the store's limit, checkpoint it here
+        (PASSIVE: never waits for a reader)."""
+        from engine.stores.sqlite_store import WAL_LIMIT_BYTES
+
+        with contextlib.suppress(OSError, sqlite3.Error):
+            if os.stat(f"{self.path}-wal").st_size > WAL_LIMIT_BYTES:
+                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
@@ -610,48 +627,56 @@ class WebhookDispatcher:
                 w.wake.set()
 
     async def _deliver_loop(self, w: _Worker) -> None:
+        """Keep up to ``per_endpoint`` requests in flight (one, a probe, while failing), oldest
+        first; settle what finished at each wake-up (one transaction)."""
         s = self.settings
-        while self._running:
-            ep = self.store.get(w.endpoint_id, count=False)
-            if ep is None or ep.paused is not None:
-                return  # deleted or paused: _sync_workers restarts it once resumed
-            # a failing endpoint gets one probe at a time, a healthy one a window of requests
-            batch = self.store.due(ep.endpoint_id, 1 if ep.failures else s.per_endpoint * 8)
-            if not batch:
-                w.wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(w.wake.wait(), 1.0)
-                continue
-            gate = asyncio.Semaphore(s.per_endpoint)
-
-            async def one(d: Delivery, ep: Endpoint = ep, gate: asyncio.Semaphore = gate) -> str | None:
-                async with gate:
-                    return await self._send(w.client, ep, d)
-
-            results = await asyncio.gather(*(one(d) for d in batch))
-            done = [d.id for d, err in zip(batch, results, strict=True) if err is None]
-            failed = [(d.id, err) for d, err in zip(batch, results, strict=True) if err is not None]
-            failures = 0 if not failed else ep.failures + 1
-            pause = None
-            if failed:
-                oldest = min(d.enqueued for d in batch)
-                if failures >= s.pause_after:
-                    pause = f"{failures} consecutive failed attempts (last: {failed[0][1]})"
-                elif time.time() - oldest > s.max_age_s:
-                    pause = f"undelivered for over {s.max_age_s:.0f} s (last: {failed[0][1]})"
-            try:
-                self.store.settle(ep.endpoint_id, done, failed, failures, pause)
-            except StateError as exc:
-                log.warning("webhooks: %s; retrying", exc)
-                await asyncio.sleep(1.0)
-                continue
-            if pause is not None:
-                log.warning("webhook %s (%s) paused: %s", ep.endpoint_id, ep.url, pause)
-                self.metrics.webhook_paused.labels(ep.endpoint_id).inc()
-                return
-            if failed:
-                await asyncio.sleep(s.backoff(failures))
-
+        inflight: dict[asyncio.Task[str | None], Delivery] = {}
+        try:
+            while self._running:
+                ep = self.store.get(w.endpoint_id, count=False)
+                if ep is None or ep.paused is not None:
+                    return  # deleted or paused: _sync_workers restarts it once resumed
+                limit = 1 if ep.failures else s.per_endpoint
+                if len(inflight) < limit:
+                    busy = {d.id for d in inflight.values()}
+                    for d in self.store.due(ep.endpoint_id, limit + len(busy)):
+                        if d.id not in busy and len(inflight) < limit:
+                            inflight[asyncio.create_task(self._send(w.client, ep, d))] = d
+                if not inflight:
+                    w.wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(w.wake.wait(), 1.0)
+                    continue
+                await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+                finished = [(t, inflight.pop(t)) for t in [t for t in inflight if t.done()]]
+                done = [d.id for t, d in finished if t.result() is None]
+                failed = [(d, str(t.result())) for t, d in finished if t.result() is not None]
+                failures = ep.failures + 1 if failed else 0
+                pause = None
+                if failed:
+                    oldest = min(d.enqueued for d, _ in failed)
+                    last = failed[0][1]
+                    if failures >= s.pause_after:
+                        pause = f"{failures} consecutive failed attempts (last: {last})"
+                    elif time.time() - oldest > s.max_age_s:
+                        pause = f"undelivered for over {s.max_age_s:.0f} s (last: {last})"
+                try:
+                    self.store.settle(
+                        ep.endpoint_id, done, [(d.id, e) for d, e in failed], failures, pause
+                    )
+                except StateError as exc:
+                    log.warning("webhooks: %s; retrying", exc)
+                    await asyncio.sleep(1.0)
+                    continue
+                if pause is not None:
+                    log.warning("webhook %s (%s) paused: %s", ep.endpoint_id, ep.url, pause)
+                    self.metrics.webhook_paused.labels(ep.endpoint_id).inc()
+                    return
+                if failed:
+                    await asyncio.sleep(s.backoff(failures))
+        finally:
+            for t in inflight:
+                t.cancel()
     async def _send(self, client: httpx.AsyncClient, ep: Endpoint, d: Delivery) -> str | None:
         """One POST; None on a 2xx, else what failed (its status class is counted)."""
         try:
