@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException
 
 from engine.api.errors import ApiError, AuthError
 from engine.api.live import FenceTarget, LiveStores
-from engine.api.routers import campaigns, stores, tokens
+from engine.api.routers import campaigns, stores, tokens, webhooks
 from engine.api.routers import visits as visits_router
 from engine.api.state import ApiState
 from engine.api.visits import VisitHub, VisitLog, visit_copier
@@ -149,6 +149,7 @@ def create_app(state: str | Path, target: FenceTarget, *, visits: VisitHub | Non
     v1.include_router(tokens.router)
     v1.include_router(visits_router.router)
     v1.include_router(campaigns.router)
+    v1.include_router(webhooks.router)
 
     @v1.get("/health", tags=["health"])
     async def health(request: Request) -> dict[str, Any]:

@@ -94,3 +94,29 @@ class TokenOut(BaseModel):
 
 class TokenCreated(TokenOut):
     token: str = Field(description="the secret; shown once, only its SHA-256 is kept")
+
+
+class WebhookCreate(BaseModel):
+    url: str = Field(description="where to POST: an absolute http(s) URL")
+    events: list[str] | None = Field(
+        None,
+        description="event types to send: visit.enter, visit.dwell, visit.exit, push (omit: all)",
+    )
+    description: str = ""
+
+
+class WebhookOut(BaseModel):
+    endpoint_id: str
+    merchant_id: str
+    url: str
+    events: list[str]
+    description: str
+    created: float
+    failures: int = Field(description="consecutive failed attempts")
+    paused: float | None = Field(description="when it was paused as dead (POST .../resume)")
+    pause_reason: str | None
+    pending: int = Field(description="outputs queued for it, not yet delivered")
+
+
+class WebhookCreated(WebhookOut):
+    secret: str = Field(description="the signing secret (whsec_...); shown once")

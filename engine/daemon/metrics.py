@@ -110,6 +110,24 @@ class Metrics:
             "($SYS/broker/load/publish/dropped/15min; broker-wide)",
             registry=r,
         )
+        self.webhook_latency = Histogram(
+            "geopush_webhook_delivery_seconds",
+            "From an output's enqueue for a webhook (right after its commit) to the endpoint's 2xx",
+            registry=r, buckets=_LATENCY_BUCKETS,
+        )  # fmt: skip
+        self.webhook_delivered = Counter(
+            "geopush_webhook_deliveries", "Webhook deliveries answered 2xx, by endpoint",
+            ["endpoint"], registry=r,
+        )  # fmt: skip
+        self.webhook_failures = Counter(
+            "geopush_webhook_failures",
+            "Failed webhook attempts, by endpoint and class (4xx, 5xx, timeout, connection)",
+            ["endpoint", "status"], registry=r,
+        )  # fmt: skip
+        self.webhook_paused = Counter(
+            "geopush_webhook_paused", "Webhook endpoints paused as dead, by endpoint",
+            ["endpoint"], registry=r,
+        )  # fmt: skip
         # Plain totals for the status message and tests (prometheus counters are awkward to read).
         self.totals: PyCounter[str] = PyCounter()
         self.dropped_by_reason: PyCounter[str] = PyCounter()  # the status message's ``dropped``

@@ -66,6 +66,7 @@ class Outbox:
         self._sending = False
         # Called with each commit's rows as they are pushed (the HTTP API's live visit feed).
         self.on_commit: Callable[[list[OutRow]], None] | None = None
+        self.on_push: Callable[[], None] | None = None  # told of committed rows (webhooks)
 
     @property
     def pending(self) -> int:
@@ -78,6 +79,8 @@ class Outbox:
         for r in rows:
             self._pending.append((r, received))
         if rows:
+            if self.on_push is not None:
+                self.on_push()
             self._idle.clear()
             # Hand them to paho right away (latency): the run task only mops up what the
             # in-flight limit held back, and marks rows sent.

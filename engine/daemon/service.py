@@ -118,6 +118,7 @@ class Service:
         self.link: MqttLink | None = None
         self.outbox: Outbox | None = None
         self.api: Any = None  # engine.api.server.ApiServer with --http
+        self.webhooks: Any = None  # engine.daemon.webhooks.WebhookDispatcher (SQLite state)
         self.broker_watch: BrokerWatch | None = None
         self._last_full_gc = time.monotonic()
         self._inbox_warned = 0.0
@@ -202,6 +203,7 @@ class Service:
             self.outbox = Outbox(link, store, self.metrics, max_in_flight=s.max_in_flight)
             if self.api is not None:  # committed visit events to the API's SSE streams
                 self.outbox.on_commit = self.api.visits.committed
+            await self._start_webhooks()
             # the broker's own dropped-message counter ($SYS), on a connection (and login) of its own
             refusal = watch_refusal(s)
             if refusal is None:
@@ -225,6 +227,9 @@ class Service:
             if self.api is not None:
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     await self.api.stop()
+            if self.webhooks is not None:
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await self.webhooks.stop()
             if self._crumb is not None:
                 self._crumb.close()
             if watch is not None:
@@ -233,6 +238,17 @@ class Service:
                     await watch
             store.close()
             self._remove_pid()
+
+    async def _start_webhooks(self) -> None:
+        """Deliver committed outputs to registered webhooks (engine/daemon/webhooks.py): a
+        SQLite state only; the outbox tells it of each commit."""
+        if not isinstance(self.store, SQLiteStore):
+            return
+        from engine.daemon.webhooks import WebhookDispatcher
+
+        self.webhooks = WebhookDispatcher(self.settings.state, self.metrics)
+        await self.webhooks.start()
+        self._require_outbox().on_push = self.webhooks.wake
 
     async def _start_api(self) -> None:
         """Serve the HTTP API (--http) in this loop: its store changes reach the core's live
