@@ -24,12 +24,9 @@ Key layout (``P`` is the prefix, ``gp`` by default; ``{...}`` is a Redis Cluster
                                 of it is published (``mark_sent``)
 ``P:tok:{<worker>}``            token of the worker's last applied commit (idempotent retries)
 ``P:meta:{<worker>}``           hash: the worker's ``meta`` values (the core's watermark)
-<<<<<<< HEAD
 ``P:shared:<key>``              a group-wide setting made on first start (``coupon_secret``)
-=======
 ``P:holders``                   set: the workers holding events back (see "Holds" below)
 ``P:h:{<worker>}``              hash: user -> oldest event time the worker holds unapplied
->>>>>>> d2-redis
 ==============================  =================================================================
 
 Holds (per-user order across workers): the shared subscription hands a user's messages to the
