@@ -322,6 +322,14 @@ class ClusterStore:
         if val is not None:
             self._call(lambda: self._renew(keys=[self.key(p, "lease")], args=[val, 0]))
 
+    def shared(self, key: str, value: str) -> str:
+        """The cluster-wide value of ``key`` (``P:{shared}:<key>``), set to ``value`` by the
+        first worker that asks (``SET NX``), e.g. the coupon secret."""
+        k = f"{self.prefix}:{{shared}}:{key}"
+        self._call(lambda: self.r.set(k, value, nx=True))
+        got = self._call(lambda: self.r.get(k))
+        return value if got is None else bytes(got).decode()
+
     # --- the partition log -----------------------------------------------------------------------
 
     def append(self, user_topic: str, payload: bytes, p: int) -> bytes:
