@@ -139,6 +139,18 @@ redis.call('HSET', KEYS[2], ARGV[2], ARGV[3] .. ':' .. g)
 return g
 """
 
+# KEYS: lease, inv hash. ARGV: lease value, campaign, seq, granted. Credits reservation ``seq``
+# to the block if it is the next one. Reply: the block now, or -1 (lease lost).
+_CREDIT_LUA = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+local have = tonumber(redis.call('HGET', KEYS[2], ARGV[2] .. ':seq') or '0')
+if have == tonumber(ARGV[3]) then
+  redis.call('HINCRBY', KEYS[2], ARGV[2], ARGV[4])
+  redis.call('HSET', KEYS[2], ARGV[2] .. ':seq', have + 1)
+end
+return tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0')
+"""
+
 # KEYS: users hash, inv hash, off, meta, then digest keys. ARGV: users.
 # Reply: {user blobs, inv hash flat, offset or false, watermark or false, digest exists flags}.
 _LOAD_LUA = """
@@ -271,6 +283,8 @@ class ClusterStore:
         self._reserve = client.register_script(_RESERVE_LUA)
         self._load = client.register_script(_LOAD_LUA)
         self._commit = client.register_script(_COMMIT_LUA)
+        self._credit = client.register_script(_CREDIT_LUA)
+        self._settled: set[tuple[int, str]] = set()  # (partition, campaign) checked since adopted
         self.leases: dict[int, str] = {}  # partition -> "worker:epoch" held
         self.offsets: dict[int, str] = {}  # partition -> last applied log id ("" none)
         # Per batch:
@@ -309,6 +323,7 @@ class ClusterStore:
             self.leases.pop(p, None)
             return False
         self.leases[p] = bytes(val).decode()
+        self._settled = {pc for pc in self._settled if pc[0] != p}
         return True
 
     def renew(self, p: int) -> bool:
@@ -491,11 +506,32 @@ class ClusterStore:
 
     def _left(self, campaign_id: str, total: int) -> int:
         self._totals.setdefault(campaign_id, total)
+        if (self.p, campaign_id) not in self._settled:
+            self._settle(campaign_id)
         pool = self._pool.get(campaign_id)
         if pool is None:
             val = self._call(lambda: self.r.get(self.pool_key(campaign_id)))
             pool = self._pool[campaign_id] = total if val is None else int(val)
         return self._blocks.get(campaign_id, 0) + pool - self._taken.get(campaign_id, 0)
+
+    def _settle(self, campaign_id: str) -> None:
+        """Once per (partition, campaign) after taking a partition over: a reservation its
+        previous owner got but never committed (it died in between) is credited now, so the
+        coupons count as this partition's from the first decision on."""
+        p, c = self.p, campaign_id
+        last = self._call(lambda: self.r.hget(self.pool_key(c) + ":r", f"p{p}"))
+        self._settled.add((p, c))
+        if last is None:
+            return
+        seq, g = (int(x) for x in bytes(last).decode().split(":"))
+        if seq != self._seqs.get(c, 0) or p not in self.leases:
+            return
+        keys = [self.key(p, "lease"), self.key(p, "inv")]
+        now = int(self._call(lambda: self._credit(keys=keys, args=[self.leases[p], c, seq, g])))
+        if now < 0:
+            raise LeaseLost(p, self.leases.pop(p), None)
+        self._blocks[c] = now
+        self._seqs[c] = seq + 1
 
     def _reserve_missing(self) -> dict[str, tuple[int, int]]:
         """Reserve from the global pools what the batch takes beyond its blocks: campaign ->

@@ -1,0 +1,303 @@
+"""Partition-affine workers on a real Redis Cluster (3 masters + 3 replicas on free ports):
+leases and fencing, coupons reserved in blocks never oversold, and `geopush worker` processes
+deciding exactly what `geopush replay` decides, through kill -9, a join and a master failover.
+
+The trace goes into the partitions' logs the way `geopush bridge` puts it there
+(``bridge_message``; the bridge over mosquitto is tested in test_bridge.py). A partition's log
+keeps its users' events in order, so no round-by-round pacing is needed (unlike the `$share`
+group in test_workers.py).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from daemon.conftest import World  # the daemon's synthetic world (tests/daemon/conftest.py)
+
+from engine.daemon.partitioned import bridge_message
+from engine.daemon.pipeline import Renderer, Topics
+from engine.outputs import Coupon, Push, decode_output
+from engine.partitions import partition_of
+from engine.state import Output
+from engine.stores.cluster_store import ClusterStore, LeaseLost, connect_cluster
+from simulator.bench.redis_cluster import RedisClusterServer
+
+pytestmark = pytest.mark.cluster
+
+P = 16
+ROOT = Path(__file__).resolve().parents[2]
+TOPICS = Topics()
+
+
+def _store(cl: RedisClusterServer, worker: str, **kw: Any) -> ClusterStore:
+    return ClusterStore(connect_cluster(cl.url), worker=worker, partitions=P, render=Renderer(TOPICS), **kw)
+
+
+def _push(user: str, pid: str, campaign: str) -> Output:
+    return Push(push_id=pid, user=user, campaign_id=campaign, store_id="s1", merchant_id="m1",
+                visit_id="v1", trigger="enter", ts=1.0, coupon=Coupon("10% off", 10.0, "EUR", 3600))  # fmt: skip
+
+
+def _users_in(p: int, n: int) -> list[str]:
+    out, i = [], 0
+    while len(out) < n:
+        if partition_of(f"u{i}", P) == p:
+            out.append(f"u{i}")
+        i += 1
+    return out
+
+
+# --- leases ----------------------------------------------------------------------------------
+
+
+def test_a_worker_that_lost_its_lease_commits_nothing(redis_cluster: RedisClusterServer) -> None:
+    w1, w2 = _store(redis_cluster, "w1"), _store(redis_cluster, "w2")
+    assert w1.acquire(3) and not w2.acquire(3)
+    (u,) = _users_in(3, 1)
+    w1.begin(3, [u])
+    w1.user(u).last_ts = 42.0
+    # w1 stalls past its TTL (the key expires), w2 takes the partition over: a higher epoch.
+    w1.r.delete(w1.key(3, "lease"))
+    assert w2.acquire(3)
+    assert w1.leases[3] == "w1:1" and w2.leases[3] == "w2:2"
+    with pytest.raises(LeaseLost, match="lease 'w1:1' lost"):
+        w1.commit([], log_to="1-0")
+    assert 3 not in w1.leases and not w1.acquire(3)
+    w2.begin(3, [u])
+    assert w2.user(u).last_ts != 42.0  # nothing of w1's batch was applied
+    assert w2.offsets[3] == ""
+    w2.commit([], log_to="1-0")
+    assert w2.offsets[3] == "1-0"
+    w2.release(3)
+    assert w1.acquire(3) and w1.leases[3] == "w1:3"
+
+
+# --- coupons across partitions -----------------------------------------------------------------
+
+
+def _take(store: ClusterStore, p: int, users: list[str], campaign: str, total: int) -> int:
+    """One batch of partition ``p``: each user takes a coupon if any is left; how many were taken."""
+    got = 0
+    for _ in range(20):
+        store.begin(p, users)
+        outs = []
+        for u in users:
+            if store.take_coupon(campaign, total):
+                outs.append(_push(u, f"{campaign}:{u}", campaign))
+        try:
+            store.commit(outs)
+        except Exception as exc:  # Refused: re-run with the counts it learnt
+            if type(exc).__name__ != "Refused":
+                raise
+            continue
+        got = len(outs)
+        break
+    return got
+
+
+def _ledger(store: ClusterStore, campaign: str) -> tuple[int, int]:
+    """(coupons left in the pool, coupons sitting in partitions' blocks)."""
+    pool = int(store.r.get(store.pool_key(campaign)) or 0)
+    blocks = sum(int(store.r.hget(store.key(p, "inv"), campaign) or 0) for p in range(P))
+    return pool, blocks
+
+
+@pytest.mark.parametrize("inventory", [1, 2, 3])
+def test_coupons_are_never_oversold_across_partitions(
+    redis_cluster: RedisClusterServer, inventory: int
+) -> None:
+    stores = [_store(redis_cluster, f"w{i}", block=2) for i in range(4)]
+    taken = 0
+    for p in range(8):
+        st = stores[p % 4]
+        assert st.acquire(p)
+        taken += _take(st, p, _users_in(p, 2), "c1", inventory)
+    pool, blocks = _ledger(stores[0], "c1")
+    assert taken == inventory  # demand (16) > inventory: all of it used, none twice
+    assert pool + blocks + taken == inventory
+    pids = {k.decode() for k in _scan(stores[0], "*:p:c1:*")}
+    assert len(pids) == inventory
+
+
+def _scan(store: ClusterStore, pattern: str) -> Iterator[bytes]:
+    yield from store.r.scan_iter(match=f"{store.prefix}:{pattern}", count=1000)
+
+
+_CRASH = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+from test_cluster_child import crash_after_reserve
+crash_after_reserve({url!r}, {p}, {users!r})
+"""
+
+
+def test_kill_9_between_reservation_and_commit_loses_nothing(
+    redis_cluster: RedisClusterServer, tmp_path: Path
+) -> None:
+    """A worker reserves coupons from the pool for partition p, then dies (kill -9) before its
+    commit credits them. The partition's next owner asks for the same reservation and gets the
+    same grant back: nothing lost, nothing granted twice, never oversold."""
+    inventory, p = 3, 5
+    users = _users_in(p, 2)
+    code = _CRASH.format(tests=str(Path(__file__).parent), url=redis_cluster.url, p=p, users=users)
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                         capture_output=True, timeout=60, check=False)  # fmt: skip
+    assert res.returncode == -signal.SIGKILL, res.stderr.decode()[-2000:]
+    after = _store(redis_cluster, "w2", block=2)
+    pool, blocks = _ledger(after, "c1")
+    assert (pool, blocks) == (inventory - 2, 0)  # granted 2, credited to nobody yet
+    after.r.delete(after.key(p, "lease"))  # the dead worker's lease lapses
+    assert after.acquire(p)
+    assert _take(after, p, users, "c1", inventory) == 2
+    assert _ledger(after, "c1") == (inventory - 2, 0)  # the same grant, not a second one
+    q = next(x for x in range(P) if x != p)
+    assert after.acquire(q)
+    assert _take(after, q, _users_in(q, 3), "c1", inventory) == 1
+    assert _ledger(after, "c1") == (0, 0)
+
+
+# --- worker processes vs replay ----------------------------------------------------------------
+
+
+class Workers:
+    """`geopush worker` processes on the test's cluster (outputs stay in the outbox streams)."""
+
+    def __init__(self, cl: RedisClusterServer, world: World, folder: Path) -> None:
+        self.cl, self.world, self.folder = cl, world, folder
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str) -> None:
+        args = [sys.executable, "-m", "engine", "worker", "--state", self.cl.url, "--partitions", str(P),
+                "--client-id", name, "--fences", str(self.world.fences), "--campaigns",
+                str(self.world.campaigns), "--batch-size", "8", "--lease-ttl-ms", "1000"]  # fmt: skip
+        log = open(self.folder / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        self.procs[name] = subprocess.Popen(args, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                                            stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+
+    def kill(self, name: str) -> None:
+        self.procs[name].send_signal(signal.SIGKILL)
+        self.procs[name].wait()
+
+    def stop_all(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for name, p in self.procs.items():
+            try:
+                rc = p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+                raise AssertionError(f"worker {name} did not stop on SIGTERM") from None
+            assert rc in (0, -9), f"worker {name} exited {rc}:\n{self.log(name)}"
+
+    def log(self, name: str) -> str:
+        return (self.folder / f"{name}.log").read_text(errors="replace")[-3000:]
+
+
+def _feed(store: ClusterStore, messages: list[tuple[str, bytes]]) -> None:
+    for topic, payload in messages:
+        bridge_message(store, TOPICS, topic, payload)
+
+
+def _wait_applied(store: ClusterStore, workers: Workers, timeout: float = 90.0) -> None:
+    """Until every partition's applied offset is its log's last entry."""
+    deadline = time.monotonic() + timeout
+    while True:
+        late = []
+        for p in range(P):
+            try:
+                last = store.r.xrevrange(store.key(p, "log"), count=1)
+                off = store.r.get(store.key(p, "off"))
+            except Exception:  # a failover in progress: ask again
+                late.append(p)
+                continue
+            if last and (off is None or off != last[0][0]):
+                late.append(p)
+        if not late:
+            return
+        dead = {n: p.returncode for n, p in workers.procs.items() if p.poll() not in (None, -9)}
+        assert not dead, f"worker exited: {dead}\n" + "\n".join(workers.log(n) for n in dead)
+        if time.monotonic() > deadline:
+            logs = "\n".join(f"--- {n}\n{workers.log(n)}" for n in workers.procs)
+            raise AssertionError(f"partitions {late} not applied\n{logs}")
+        time.sleep(0.05)
+
+
+def _outputs(store: ClusterStore) -> tuple[dict[str, set[str]], Counter[str]]:
+    got: dict[str, set[str]] = {"pushes": set(), "visits": set()}
+    times: Counter[str] = Counter()
+    for p in range(P):
+        for _, rows in store.unsent(p):
+            for r in rows:
+                got["pushes" if isinstance(decode_output(r.payload), Push) else "visits"].add(r.out_id)
+                times[r.out_id] += 1
+    return got, times
+
+
+def _world(tmp_path: Path) -> tuple[World, dict[str, set[str]]]:
+    world = World(tmp_path, users=24, per_user=16, inventory={0: 10**6})
+    expected = world.oracle()
+    assert len(expected["pushes"]) > 50 and len(expected["visits"]) > 100
+    return world, expected
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_workers_decide_what_replay_decides(redis_cluster: RedisClusterServer, tmp_path: Path, n: int) -> None:
+    world, expected = _world(tmp_path)
+    feeder = _store(redis_cluster, "bridge")
+    workers = Workers(redis_cluster, world, tmp_path)
+    try:
+        for i in range(1, n + 1):
+            workers.start(f"w{i}")
+        _feed(feeder, world.messages)
+        _wait_applied(feeder, workers)
+    finally:
+        workers.stop_all()
+    got, times = _outputs(feeder)
+    assert got == expected
+    assert max(times.values()) == 1  # nothing decided twice
+    owners = {bytes(v).decode().split(":")[0] for p in range(P) if (v := feeder.r.get(feeder.key(p, "epoch")))}
+    assert owners  # leases were taken
+
+
+def test_kill_9_join_and_master_failover_mid_stream(
+    redis_cluster: RedisClusterServer, tmp_path: Path
+) -> None:
+    world, expected = _world(tmp_path)
+    feeder = _store(redis_cluster, "bridge")
+    workers = Workers(redis_cluster, world, tmp_path)
+    msgs = world.messages
+    k = len(msgs) // 4
+    try:
+        workers.start("w1")
+        workers.start("w2")
+        _feed(feeder, msgs[:k])
+        _wait_applied(feeder, workers)
+        workers.kill("w1")  # its partitions move to w2 once its heartbeat lapses
+        _feed(feeder, msgs[k : 2 * k])
+        _wait_applied(feeder, workers)
+        workers.start("w3")  # a join: partitions rebalance
+        _feed(feeder, msgs[2 * k : 3 * k])
+        # a master fails mid-stream: the one serving partition 0's slot
+        dead = redis_cluster.master_of_slot(feeder.r.keyslot(feeder.key(0, "u")))
+        redis_cluster.kill(dead)
+        redis_cluster.wait_failover(dead)
+        _feed(feeder, msgs[3 * k :])
+        _wait_applied(feeder, workers)
+        epochs = {p: int(feeder.r.get(feeder.key(p, "epoch")) or 0) for p in range(P)}
+    finally:
+        workers.stop_all()
+    got, times = _outputs(feeder)
+    assert got == expected
+    assert max(times.values()) == 1
+    assert max(epochs.values()) >= 2  # partitions did change hands
