@@ -144,3 +144,15 @@ def _bridge(args: argparse.Namespace) -> int:
 
 
 __all__ = ["register"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m engine.daemon.partitioned_cli worker|bridge ...`` (same as ``geopush``)."""
+    parser = argparse.ArgumentParser(prog="geopush")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -176,7 +176,7 @@ class Workers:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, name: str) -> None:
-        args = [sys.executable, "-m", "engine", "worker", "--state", self.cl.url, "--partitions", str(P),
+        args = [sys.executable, "-m", "engine.daemon.partitioned_cli", "worker", "--state", self.cl.url, "--partitions", str(P),
                 "--client-id", name, "--fences", str(self.world.fences), "--campaigns",
                 str(self.world.campaigns), "--batch-size", "8", "--lease-ttl-ms", "1000"]  # fmt: skip
         log = open(self.folder / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
@@ -233,6 +233,19 @@ def _wait_applied(store: ClusterStore, workers: Workers, timeout: float = 90.0) 
         time.sleep(0.05)
 
 
+def _wait_owners(store: ClusterStore, names: set[str], timeout: float = 30.0) -> None:
+    """Until the partitions' leases are held by exactly the workers ``names``, all of them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        vals = [store.r.get(store.key(p, "lease")) for p in range(P)]
+        owners = {bytes(v).decode().split(":")[0] for v in vals if v is not None}
+        if owners == names and all(v is not None for v in vals):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"lease owners {owners}, expected {names}")
+        time.sleep(0.05)
+
+
 def _outputs(store: ClusterStore) -> tuple[dict[str, set[str]], Counter[str]]:
     got: dict[str, set[str]] = {"pushes": set(), "visits": set()}
     times: Counter[str] = Counter()
@@ -261,13 +274,12 @@ def test_workers_decide_what_replay_decides(redis_cluster: RedisClusterServer, t
             workers.start(f"w{i}")
         _feed(feeder, world.messages)
         _wait_applied(feeder, workers)
+        _wait_owners(feeder, set(workers.procs))  # every worker holds partitions
     finally:
         workers.stop_all()
     got, times = _outputs(feeder)
     assert got == expected
     assert max(times.values()) == 1  # nothing decided twice
-    owners = {bytes(v).decode().split(":")[0] for p in range(P) if (v := feeder.r.get(feeder.key(p, "epoch")))}
-    assert owners  # leases were taken
 
 
 def test_kill_9_join_and_master_failover_mid_stream(
@@ -283,9 +295,11 @@ def test_kill_9_join_and_master_failover_mid_stream(
         workers.start("w2")
         _feed(feeder, msgs[:k])
         _wait_applied(feeder, workers)
+        _wait_owners(feeder, {"w1", "w2"})
         workers.kill("w1")  # its partitions move to w2 once its heartbeat lapses
         _feed(feeder, msgs[k : 2 * k])
         _wait_applied(feeder, workers)
+        _wait_owners(feeder, {"w2"})
         workers.start("w3")  # a join: partitions rebalance
         _feed(feeder, msgs[2 * k : 3 * k])
         # a master fails mid-stream: the one serving partition 0's slot
@@ -294,6 +308,7 @@ def test_kill_9_join_and_master_failover_mid_stream(
         redis_cluster.wait_failover(dead)
         _feed(feeder, msgs[3 * k :])
         _wait_applied(feeder, workers)
+        _wait_owners(feeder, {"w2", "w3"})
         epochs = {p: int(feeder.r.get(feeder.key(p, "epoch")) or 0) for p in range(P)}
     finally:
         workers.stop_all()

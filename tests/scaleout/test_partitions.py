@@ -6,6 +6,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,11 @@ def test_rendezvous_owners_move_only_what_a_join_takes() -> None:
     assert all(after[p] == "w3" for p in moved)
     assert 50 < len(moved) < 120, len(moved)
     assert owner_of(0, []) is None
+    for names in (["w1", "w2"], ["w1", "w2", "w3"], ["engine-1", "engine-2"]):
+        shares = Counter(owner_of(p, names) for p in range(256))
+        assert min(shares[n] for n in names) > 256 / len(names) * 0.7, shares
+        small = Counter(owner_of(p, names) for p in range(16))
+        assert all(small[n] >= 2 for n in names), small
 
 
 @pytest.mark.skipif(shutil.which("nats-server") is None, reason="needs the nats-server binary")
