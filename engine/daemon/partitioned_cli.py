@@ -10,11 +10,12 @@ import secrets
 import signal
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlparse
 
 from engine.errors import ConfigError
 from engine.partitions import DEFAULT_PARTITIONS, check_partitions
+from engine.state import StateStore
 
 log = logging.getLogger("geopush.partitioned")
 
@@ -60,7 +61,9 @@ def _mqtt(url: str, client_id: str, *, clean: bool) -> Any:
     u = urlparse(url)
     if u.scheme != "mqtt" or not u.hostname:
         raise ConfigError(f"--broker {url!r}: expected mqtt://HOST:PORT")
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean,
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean,
                     protocol=mqtt.MQTTv311)
     c.connect(u.hostname, u.port or 1883)
     return c
@@ -101,7 +104,8 @@ def _worker(args: argparse.Namespace) -> int:
             for i in infos:
                 i.wait_for_publish(timeout=30)
 
-    worker = PartitionWorker(store, lambda st: Core(index, campaigns, st, config), topics,
+    # ClusterStore.commit takes more and returns rows: a compatible extension of StateStore
+    worker = PartitionWorker(store, lambda st: Core(index, campaigns, cast("StateStore", st), config), topics,
                              batch=args.batch_size, publish=publish)  # fmt: skip
     log.info("worker %s: %d partitions, state %s", args.client_id, args.partitions, args.state)
     worker.run(_stop_on_signals())
@@ -118,15 +122,19 @@ def _bridge(args: argparse.Namespace) -> int:
     store = ClusterStore(connect_cluster(args.state), worker=args.client_id,
                          partitions=check_partitions(args.partitions))  # fmt: skip
     import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
 
     u = urlparse(args.broker)
     if u.scheme != "mqtt" or not u.hostname:
         raise ConfigError(f"--broker {args.broker!r}: expected mqtt://HOST:PORT")
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=args.client_id,
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=args.client_id,
                          clean_session=False, protocol=mqtt.MQTTv311, manual_ack=True)  # fmt: skip
 
     def on_connect(c: Any, _u: Any, _f: Any, _rc: Any, _p: Any = None) -> None:
         c.subscribe(f"$share/geopush-bridge/{topics.events_sub}", qos=1)
+
+    def on_subscribe(_c: Any, _u: Any, _mid: Any, codes: Any, _p: Any = None) -> None:
+        log.info("bridge %s: subscribed to %s (%s)", args.client_id, topics.events_sub, codes)
 
     def on_message(c: Any, _u: Any, msg: Any) -> None:
         bridge_message(store, topics, msg.topic, bytes(msg.payload))  # raises: no PUBACK
@@ -134,6 +142,7 @@ def _bridge(args: argparse.Namespace) -> int:
 
     client.on_connect = on_connect
     client.on_message = on_message
+    client.on_subscribe = on_subscribe
     client.connect(u.hostname, u.port or 1883)
     stop = _stop_on_signals()
     client.loop_start()

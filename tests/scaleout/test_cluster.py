@@ -135,7 +135,7 @@ def _scan(store: ClusterStore, pattern: str) -> Iterator[bytes]:
 _CRASH = """
 import os, signal, sys
 sys.path.insert(0, {tests!r})
-from test_cluster_child import crash_after_reserve
+from cluster_child import crash_after_reserve
 crash_after_reserve({url!r}, {p}, {users!r})
 """
 
@@ -174,11 +174,12 @@ class Workers:
     def __init__(self, cl: RedisClusterServer, world: World, folder: Path) -> None:
         self.cl, self.world, self.folder = cl, world, folder
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.extra: list[str] = []
 
     def start(self, name: str) -> None:
         args = [sys.executable, "-m", "engine.daemon.partitioned_cli", "worker", "--state", self.cl.url, "--partitions", str(P),
                 "--client-id", name, "--fences", str(self.world.fences), "--campaigns",
-                str(self.world.campaigns), "--batch-size", "8", "--lease-ttl-ms", "1000"]  # fmt: skip
+                str(self.world.campaigns), "--batch-size", "8", "--lease-ttl-ms", "1000", *self.extra]  # fmt: skip
         log = open(self.folder / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
         self.procs[name] = subprocess.Popen(args, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                                             stdout=log, stderr=subprocess.STDOUT)  # fmt: skip

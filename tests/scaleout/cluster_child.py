@@ -1,4 +1,4 @@
-"""Child process of test_cluster.py: reserve coupons for a partition, then die (kill -9)."""
+"""Child process of test_cluster.py (not a test module): reserve coupons for a partition, then die (kill -9)."""
 
 from __future__ import annotations
 
