@@ -206,4 +206,17 @@ def bridge_message(store: ClusterStore, topics: Topics, topic: str, payload: byt
     return p
 
 
-__all__ = ["PartitionWorker", "bridge_message"]
+def bridge_messages(store: ClusterStore, topics: Topics, items: Sequence[tuple[str, bytes]]) -> int:
+    """``bridge_message`` for many messages in one pipeline (per-partition order kept);
+    how many were appended."""
+    pfx = f"{topics.prefix}/events/"
+    batch = []
+    for topic, payload in items:
+        user = topic.rsplit("/", 1)[-1] if topic.startswith(pfx) else ""
+        if user:
+            batch.append((topic, payload, partition_of(user, store.partitions)))
+    store.append_many(batch)
+    return len(batch)
+
+
+__all__ = ["PartitionWorker", "bridge_message", "bridge_messages"]

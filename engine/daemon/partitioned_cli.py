@@ -9,11 +9,12 @@ import os
 import secrets
 import signal
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any, cast
 from urllib.parse import urlparse
 
-from engine.errors import ConfigError
+from engine.errors import ConfigError, StateError
 from engine.partitions import DEFAULT_PARTITIONS, check_partitions
 from engine.state import StateStore
 
@@ -52,6 +53,10 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                        "persistent session) and append each message to its user's partition log in "
                        "the Redis Cluster before acknowledging it. See docs/scaling.md.")
     b.add_argument("--broker", required=True, metavar="mqtt://HOST:PORT")
+    b.add_argument("--bridge-batch", type=int, default=500, metavar="N",
+                   help="messages appended per pipeline (default 500)")
+    b.add_argument("--bridge-wait-ms", type=float, default=5.0, metavar="MS",
+                   help="longest a message waits for its batch (default 5)")
     b.set_defaults(func=_bridge)
 
 
@@ -113,7 +118,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _bridge(args: argparse.Namespace) -> int:
-    from engine.daemon.partitioned import bridge_message
+    from engine.daemon.partitioned import bridge_messages
     from engine.daemon.pipeline import Topics
     from engine.stores.cluster_store import ClusterStore, connect_cluster
 
@@ -136,19 +141,51 @@ def _bridge(args: argparse.Namespace) -> int:
     def on_subscribe(_c: Any, _u: Any, _mid: Any, codes: Any, _p: Any = None) -> None:
         log.info("bridge %s: subscribed to %s (%s)", args.client_id, topics.events_sub, codes)
 
-    def on_message(c: Any, _u: Any, msg: Any) -> None:
-        bridge_message(store, topics, msg.topic, bytes(msg.payload))  # raises: no PUBACK
-        c.ack(msg.mid, msg.qos)
+    # Messages are appended in batches (one pipeline: a round trip per cluster node) by a
+    # flusher thread, and each is acknowledged (PUBACK) only after its batch is in Redis.
+    pending: list[Any] = []
+    cond = threading.Condition()
+
+    def on_message(_c: Any, _u: Any, msg: Any) -> None:
+        with cond:
+            pending.append(msg)
+            if len(pending) >= args.bridge_batch:
+                cond.notify()
+
+    def flusher() -> None:
+        while True:
+            with cond:
+                cond.wait_for(lambda: len(pending) >= args.bridge_batch or stop.is_set(),
+                              timeout=args.bridge_wait_ms / 1000)  # fmt: skip
+                batch = pending[:]
+                del pending[:]
+            if batch:
+                while True:
+                    try:
+                        bridge_messages(store, topics, [(m.topic, bytes(m.payload)) for m in batch])
+                        break
+                    except StateError as exc:  # Redis failing over: no PUBACK until appended
+                        log.warning("bridge: %s (retrying)", exc)
+                        time.sleep(0.2)
+                for m in batch:
+                    client.ack(m.mid, m.qos)
+            elif stop.is_set():
+                return
 
     client.on_connect = on_connect
     client.on_message = on_message
     client.on_subscribe = on_subscribe
-    client.connect(u.hostname, u.port or 1883)
     stop = _stop_on_signals()
+    client.connect(u.hostname, u.port or 1883)
+    thread = threading.Thread(target=flusher, name="bridge-flush", daemon=True)
+    thread.start()
     client.loop_start()
     stop.wait()
+    client.disconnect()  # unacked messages stay in the session: redelivered on reconnect
     client.loop_stop()
-    client.disconnect()
+    with cond:
+        cond.notify()
+    thread.join(10)
     return 0
 
 

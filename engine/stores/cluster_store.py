@@ -357,6 +357,16 @@ class ClusterStore:
         """Append one message to partition ``p``'s log (the ingest bridge)."""
         return bytes(self._call(lambda: self.r.xadd(self.key(p, "log"), {"t": user_topic, "p": payload})))
 
+    def append_many(self, items: Sequence[tuple[str, bytes, int]]) -> None:
+        """Append (topic, payload, partition) messages in order, in one pipeline: one round
+        trip per cluster node instead of one per message (the bridge's batches)."""
+        if not items:
+            return
+        pipe = self.r.pipeline()  # type: ignore[no-untyped-call]
+        for topic, payload, p in items:
+            pipe.xadd(self.key(p, "log"), {"t": topic, "p": payload})
+        self._call(pipe.execute)
+
     def read_log(self, p: int, count: int) -> list[tuple[str, str, bytes]]:
         """Up to ``count`` log entries after the partition's applied offset: (id, topic, payload)."""
         start = self.offsets.get(p, "")
