@@ -212,7 +212,6 @@ end
 for q = 1, ni do redis.call('SET', KEYS[7 + np + q], 1, 'EX', A[7]) end
 if A[3] ~= '' then redis.call('SET', KEYS[2], A[3]) end
 if A[8] ~= '' then redis.call('HSET', KEYS[7], 'wm', A[8]) end
-redis.call('PEXPIRE', KEYS[1], redis.call('PTTL', KEYS[1]))
 local id = false
 if ARGV[2] ~= '' then id = redis.call('XADD', KEYS[6], '*', 'r', ARGV[2]) end
 return {1, id, blocks}
