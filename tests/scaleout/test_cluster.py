@@ -132,6 +132,21 @@ def _scan(store: ClusterStore, pattern: str) -> Iterator[bytes]:
     yield from store.r.scan_iter(match=f"{store.prefix}:{pattern}", count=1000)
 
 
+def test_a_reservation_asked_again_is_granted_once(redis_cluster: RedisClusterServer) -> None:
+    """A commit lost after its reservation (Redis failed on the reply) is re-run: the re-run asks
+    for the same reservation number and gets the same grant, not a second one."""
+    st = _store(redis_cluster, "w1", block=2)
+    users = _users_in(2, 2)
+    assert st.acquire(2)
+    st.begin(2, users)
+    assert all(st.take_coupon("c1", 10) for _ in users)
+    st._reserve_missing()  # granted 2 (seq 0); then the commit "fails"
+    st.rollback()
+    assert _ledger(st, "c1") == (8, 0)
+    assert _take(st, 2, users, "c1", 10) == 2
+    assert _ledger(st, "c1") == (8, 0)  # the same 2 coupons, credited and taken
+
+
 _CRASH = """
 import os, signal, sys
 sys.path.insert(0, {tests!r})
