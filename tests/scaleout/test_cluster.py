@@ -199,6 +199,16 @@ class Workers:
         self.procs[name] = subprocess.Popen(args, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                                             stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
 
+    def freeze(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGCONT)
+
     def kill(self, name: str) -> None:
         self.procs[name].send_signal(signal.SIGKILL)
         self.procs[name].wait()
@@ -309,26 +319,34 @@ def test_kill_9_join_and_master_failover_mid_stream(
     try:
         workers.start("w1")
         workers.start("w2")
-        _feed(feeder, msgs[:k])
-        _wait_applied(feeder, workers)
         _wait_owners(feeder, {"w1", "w2"})
-        workers.kill("w1")  # its partitions move to w2 once its heartbeat lapses
+        # Each fault strikes while the workers have a backlog to apply: they are frozen
+        # (SIGSTOP) while a quarter of the trace is logged, then resumed and hit at once.
+        workers.freeze()
+        _feed(feeder, msgs[:k])
+        workers.thaw()
+        workers.kill("w1")  # mid-batch: its partitions move to w2 once its heartbeat lapses
         _feed(feeder, msgs[k : 2 * k])
         _wait_applied(feeder, workers)
         _wait_owners(feeder, {"w2"})
-        workers.start("w3")  # a join: partitions rebalance
+        workers.start("w3")  # a join: partitions rebalance while the stream goes on
         _feed(feeder, msgs[2 * k : 3 * k])
+        _wait_owners(feeder, {"w2", "w3"})
+        workers.freeze()
+        _feed(feeder, msgs[3 * k :])
         # a master fails mid-stream: the one serving partition 0's slot
         dead = redis_cluster.master_of_slot(feeder.r.keyslot(feeder.key(0, "u")))
+        workers.thaw()
         redis_cluster.kill(dead)
         redis_cluster.wait_failover(dead)
-        _feed(feeder, msgs[3 * k :])
         _wait_applied(feeder, workers)
         _wait_owners(feeder, {"w2", "w3"})
         epochs = {p: int(feeder.r.get(feeder.key(p, "epoch")) or 0) for p in range(P)}
+        errors = sum(workers.log(n).count("retrying") for n in ("w2", "w3"))
     finally:
         workers.stop_all()
     got, times = _outputs(feeder)
     assert got == expected
     assert max(times.values()) == 1
     assert max(epochs.values()) >= 2  # partitions did change hands
+    assert errors > 0  # the workers did see the failover
