@@ -77,6 +77,17 @@ def test_a_worker_that_lost_its_lease_commits_nothing(redis_cluster: RedisCluste
     assert w2.offsets[3] == ""
     w2.commit([], log_to="1-0")
     assert w2.offsets[3] == "1-0"
+    # A batch read from a stale offset (its entries were applied already) applies nothing.
+    w2.offsets[3] = ""
+    w2.begin(3, [u])
+    w2.offsets[3] = ""
+    w2.user(u).last_ts = 43.0
+    with pytest.raises(LeaseLost, match="offset moved to 1-0"):
+        w2.commit([], log_to="1-0")
+    assert w2.r.get(w2.key(3, "off")) == b"1-0"
+    assert w2.acquire(3)
+    w2.begin(3, [u])
+    assert w2.user(u).last_ts != 43.0
     w2.release(3)
     assert w1.acquire(3) and w1.leases[3] == "w1:3"
 
