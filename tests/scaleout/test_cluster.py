@@ -360,3 +360,76 @@ def test_kill_9_join_and_master_failover_mid_stream(
     assert got == expected
     assert max(times.values()) == 1
     assert max(epochs.values()) >= 2  # partitions did change hands
+
+
+def _silent_world(tmp_path: Path) -> World:
+    """A trace long enough for presence time-outs (15 min), where 8 of 24 users go silent
+    after 6 fixes, some of them inside a store: their exits come from the sweep, not a fix."""
+    world = World(tmp_path, users=24, per_user=110, inventory={0: 10**6})
+    seen: Counter[str] = Counter()
+    keep = []
+    for t, p in world.messages:
+        seen[t] += 1
+        if t.rsplit("/", 1)[1] in {f"u{i}" for i in range(8)} and seen[t] > 6:
+            continue
+        keep.append((t, p))
+    world.messages = keep
+    return world
+
+
+def test_a_moved_partition_times_out_its_silent_users(redis_cluster: RedisClusterServer, tmp_path: Path) -> None:
+    """Worker w1 applies the first half of the trace and dies; w2 takes its partitions over and
+    must re-arm the visit timers of users who went silent under w1, or their exits (by presence
+    time-out, from the sweep) are never decided. Two partitions: each has ~12 users, enough for
+    the core's watermark quorum."""
+    import threading
+
+    from engine.campaigns import load_campaigns
+    from engine.core import Core
+    from engine.daemon.partitioned import PartitionWorker, bridge_messages
+    from fences.catalog import load_catalog
+    from fences.index import FenceIndex
+
+    world = _silent_world(tmp_path)
+    expected = world.oracle()
+    assert sum(v.endswith(":exit") for v in expected["visits"]) > 100
+    index, campaigns = FenceIndex(load_catalog(world.fences)), load_campaigns(world.campaigns)
+    parts = 2
+
+    def store(name: str) -> ClusterStore:
+        return ClusterStore(connect_cluster(redis_cluster.url), worker=name, partitions=parts,
+                            render=Renderer(TOPICS), lease_ttl_ms=500)  # fmt: skip
+
+    feeder = store("bridge")
+
+    def run(name: str, msgs: list[tuple[str, bytes]]) -> None:
+        w = PartitionWorker(store(name), lambda s: Core(index, campaigns, s), TOPICS, batch=8)  # type: ignore[arg-type]
+        bridge_messages(feeder, TOPICS, msgs)
+        stop = threading.Event()
+        th = threading.Thread(target=w.run, args=(stop,))
+        th.start()
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                ends = [feeder.r.xrevrange(feeder.key(p, "log"), count=1) for p in range(parts)]
+                if all(not e or feeder.r.get(feeder.key(p, "off")) == e[0][0] for p, e in enumerate(ends)):
+                    return
+                assert time.monotonic() < deadline and th.is_alive(), "the worker did not apply the logs"
+                time.sleep(0.05)
+        finally:
+            w.leave = lambda: None  # type: ignore[method-assign]  # "dies": no release, leases lapse
+            stop.set()
+            th.join()
+
+    half = len(world.messages) // 2
+    run("w1", world.messages[:half])
+    for p in range(parts):  # w1's leases and heartbeat lapse (as after kill -9)
+        feeder.r.delete(feeder.key(p, "lease"))
+    feeder.r.delete(f"{feeder.prefix}:{{workers}}")
+    run("w2", world.messages[half:])
+    got: dict[str, set[str]] = {"pushes": set(), "visits": set()}
+    for p in range(parts):
+        for _, rows in feeder.unsent(p):
+            for r in rows:
+                got["pushes" if isinstance(decode_output(r.payload), Push) else "visits"].add(r.out_id)
+    assert got == expected
