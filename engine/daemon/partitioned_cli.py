@@ -8,15 +8,17 @@ import logging
 import os
 import secrets
 import signal
+import sys
 import threading
 import time
 from collections.abc import Sequence
 from typing import Any, cast
 from urllib.parse import urlparse
 
-from engine.errors import ConfigError, StateError
+from engine.errors import ConfigError, GeopushError, StateError
 from engine.partitions import DEFAULT_PARTITIONS, check_partitions
 from engine.state import StateStore
+from fences.errors import FencesError
 
 log = logging.getLogger("geopush.partitioned")
 
@@ -92,8 +94,9 @@ def _worker(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     topics = Topics(prefix=args.prefix, client_id=args.client_id)
+    partitions = check_partitions(args.partitions)  # before connecting: bad input fails fast
     store = ClusterStore(connect_cluster(args.state), worker=args.client_id,
-                         partitions=check_partitions(args.partitions), render=Renderer(topics),
+                         partitions=partitions, render=Renderer(topics),
                          lease_ttl_ms=args.lease_ttl_ms)  # fmt: skip
     index = FenceIndex(load_catalog(args.fences))
     campaigns = load_campaigns(args.campaigns)
@@ -124,8 +127,8 @@ def _bridge(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     topics = Topics(prefix=args.prefix, client_id=args.client_id)
-    store = ClusterStore(connect_cluster(args.state), worker=args.client_id,
-                         partitions=check_partitions(args.partitions))  # fmt: skip
+    partitions = check_partitions(args.partitions)
+    store = ClusterStore(connect_cluster(args.state), worker=args.client_id, partitions=partitions)
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
@@ -197,7 +200,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="geopush")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except (GeopushError, FencesError) as exc:
+        print(f"geopush: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

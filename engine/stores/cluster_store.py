@@ -60,7 +60,7 @@ from typing import Any
 
 import msgspec
 from redis.cluster import RedisCluster
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from engine.errors import ConfigError, StateError
 from engine.state import Output, UserState, decode_user, encode_user
@@ -237,8 +237,11 @@ def connect_cluster(url: str) -> RedisCluster:
         raise ConfigError(f"--state {url!r}: a Redis Cluster URL looks like redis://HOST:PORT (any node)")
     try:
         return RedisCluster.from_url(url, socket_connect_timeout=2.0, socket_timeout=10.0)
-    except (RedisError, ValueError) as exc:
-        raise StateError(f"cannot reach the Redis Cluster at {url}: {exc}") from exc
+    except (RedisError, RedisClusterException, ValueError) as exc:
+        raise StateError(
+            f"cannot reach the Redis Cluster at {url}: {exc} (is it running, and is this a "
+            "cluster node? a standalone Redis is --state for `geopush run --group`)"
+        ) from exc
 
 
 def owner_of(partition: int, workers: Sequence[str]) -> str | None:
@@ -590,7 +593,7 @@ class ClusterStore:
         self.stats.round_trips += 1
         try:
             return fn()
-        except RedisError as exc:
+        except (RedisError, RedisClusterException) as exc:
             raise StateError(f"redis cluster call failed: {exc}") from exc
 
     def close(self) -> None:

@@ -88,3 +88,16 @@ def test_engine_and_nats_subject_mapping_agree(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_worker_cli_says_what_is_wrong(redis_server: object, capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.daemon.partitioned_cli import main
+
+    base = ["worker", "--client-id", "w1", "--fences", "x", "--campaigns", "y"]
+    assert main([*base, "--state", "redis://127.0.0.1:1", "--partitions", "0"]) == 1
+    assert "--partitions 0: give a whole number" in capsys.readouterr().err
+    assert main([*base, "--state", "http://x"]) == 1
+    assert "looks like redis://HOST:PORT" in capsys.readouterr().err
+    url = redis_server.url.rsplit("/", 1)[0]  # type: ignore[attr-defined]
+    assert main([*base, "--state", url]) == 1
+    assert "Cluster mode is not enabled" in capsys.readouterr().err
