@@ -28,6 +28,7 @@ _OWN = [
     ("engine.report_cli", "register"),
     ("fences.cli", "register"),
     ("engine.api.cli", "register"),
+    ("engine.daemon.partitioned_cli", "register"),
 ]
 _PLUGIN_ORDER = {"demo": 0, "simulate": 2, "match": 0, "replay": 1, "e2e": 2}
 COMMANDS_GROUP = "geopush.commands"

@@ -94,6 +94,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(default %(default)s)",
     )  # fmt: skip
     g.add_argument(
+        "--cluster", action="store_true",
+        help="also measure 1..N partition-affine `geopush worker` processes on a Redis Cluster "
+        "(3 masters + 3 replicas started here), fed through the partitions' logs as "
+        "`geopush bridge` feeds them (docs/scaling.md)",
+    )  # fmt: skip
+    g.add_argument(
+        "--partitions", type=int, default=64, metavar="P",
+        help="partitions for --cluster (default %(default)s)",
+    )  # fmt: skip
+    g.add_argument(
         "--no-sqlite-baseline", action="store_true",
         help="skip the single-process SQLite run measured as the baseline",
     )  # fmt: skip
@@ -153,6 +163,8 @@ async def _main(args: argparse.Namespace) -> list[GroupRun]:
             )  # fmt: skip
             results.append(res)
         client.flushdb()
+        if getattr(args, "cluster", False):
+            results += _cluster_runs(args, files, messages, len(events))
         _report(results)
         return results
     finally:
@@ -160,6 +172,112 @@ async def _main(args: argparse.Namespace) -> list[GroupRun]:
             server.close()
         if broker is not None:
             broker.stop()
+
+
+def _cluster_runs(
+    args: argparse.Namespace, files: tuple[str, str], messages: list[tuple[str, bytes]], total: int
+) -> list[GroupRun]:
+    """1..N ``geopush worker`` processes on a fresh Redis Cluster per run: start them, wait
+    until every partition is leased, freeze them (SIGSTOP), fill the partitions' logs, resume
+    and time until every partition's applied offset reaches its log's end. Round trips: the
+    commands clients sent, counted by every master (``INFO commandstats``): EVALSHA (load,
+    commit, leases, reservations), XRANGE (log reads), SMEMBERS (restores), XDEL; the commands
+    scripts run inside Redis are not round trips."""
+    from engine.daemon.partitioned import bridge_messages
+    from engine.daemon.pipeline import Topics
+    from engine.stores.cluster_store import ClusterStore, connect_cluster
+    from simulator.bench.redis_cluster import RedisClusterServer
+
+    out: list[GroupRun] = []
+    parts = args.partitions
+    for n in range(1, args.workers + 1):
+        with RedisClusterServer() as cl:
+            feeder = ClusterStore(connect_cluster(cl.url), worker="bench", partitions=parts)
+            names = [f"cw{i}" for i in range(1, n + 1)]
+            procs = [
+                subprocess.Popen(
+                    [sys.executable, "-m", "engine.daemon.partitioned_cli", "worker", "--state",
+                     cl.url, "--partitions", str(parts), "--client-id", w, "--fences", files[0],
+                     "--campaigns", files[1], "--batch-size", str(args.group_batch_size)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                )  # fmt: skip
+                for w in names
+            ]
+            try:
+                _until_leased(feeder, names, procs)
+                for p in procs:
+                    os.kill(p.pid, signal.SIGSTOP)
+                topics = Topics()
+                t_feed = time.perf_counter()
+                for k in range(0, len(messages), 500):  # as `geopush bridge` batches them
+                    bridge_messages(feeder, topics, messages[k : k + 500])
+                feed_s = time.perf_counter() - t_feed
+                ends: dict[int, Any] = {}
+                for q in range(parts):
+                    last = feeder.r.xrevrange(feeder.key(q, "log"), count=1)
+                    if last:
+                        ends[q] = last[0][0]
+                masters = [m for m in cl.ports if "role:master" in cl.cmd(m, "INFO", "replication")]
+                for m in masters:
+                    cl.cmd(m, "CONFIG", "RESETSTAT")
+                cpu0 = sum(_cpu_s(p.pid) for p in procs)
+                t0 = time.perf_counter()
+                for p in procs:
+                    os.kill(p.pid, signal.SIGCONT)
+                while True:
+                    pending = [q for q, e in ends.items() if feeder.r.get(feeder.key(q, "off")) != e]
+                    if not pending:
+                        break
+                    for p in procs:
+                        if p.poll() is not None:
+                            err = p.stderr.read().decode(errors="replace") if p.stderr else ""
+                            raise GeopushError(f"a cluster worker exited:\n{err[-2000:]}")
+                    time.sleep(0.02)
+                secs = time.perf_counter() - t0
+                cpu = sum(_cpu_s(p.pid) for p in procs) - cpu0
+                calls: dict[str, int] = {}
+                for m in masters:
+                    for line in cl.cmd(m, "INFO", "commandstats").splitlines():
+                        if line.startswith("cmdstat_"):
+                            name, rest = line[8:].split(":", 1)
+                            calls[name] = calls.get(name, 0) + int(rest.split(",")[0].split("=")[1])
+            finally:
+                for p in procs:
+                    if p.poll() is None:
+                        p.terminate()
+                for p in procs:
+                    try:
+                        p.wait(30)
+                    except subprocess.TimeoutExpired:
+                        p.kill()
+                        p.wait()
+        rt = sum(calls.get(c, 0) for c in ("evalsha", "eval", "xrange", "smembers", "xdel"))
+        res = GroupRun(
+            f"redis cluster, {n} partition worker{'s' if n > 1 else ''}", n, total, len(messages),
+            round(secs, 3), round(total / secs, 1),
+            worker_cpu_us_per_event=round(cpu / total * 1e6, 1), round_trips=rt,
+            round_trips_per_event=round(rt / total, 4), commit_scripts=None,
+        )  # fmt: skip
+        _say(f"{res.label}: {res.events_per_s:,.0f} events/s ({secs:.2f} s); "
+             f"bridge-style log append {len(messages) / feed_s:,.0f} msg/s")  # fmt: skip
+        out.append(res)
+    return out
+
+
+def _until_leased(store: Any, names: list[str], procs: list[Any], timeout: float = 120.0) -> None:
+    deadline = time.perf_counter() + timeout
+    while True:
+        vals = [store.r.get(store.key(q, "lease")) for q in range(store.partitions)]
+        owners = {bytes(v).decode().split(":")[0] for v in vals if v is not None}
+        if all(v is not None for v in vals) and owners == set(names):
+            return
+        for p in procs:
+            if p.poll() is not None:
+                err = p.stderr.read().decode(errors="replace") if p.stderr else ""
+                raise GeopushError(f"a cluster worker exited:\n{err[-2000:]}")
+        if time.perf_counter() > deadline:
+            raise GeopushError(f"partitions not leased by {names} within {timeout:.0f} s")
+        time.sleep(0.05)
 
 
 def _redis(url: str) -> Any:

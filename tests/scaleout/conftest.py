@@ -36,3 +36,17 @@ def make_store(redis_server: RedisServer) -> Iterator[object]:
     yield make
     for s in made:
         s.close()
+
+
+@pytest.fixture
+def redis_cluster() -> Iterator[object]:
+    """A fresh 3-master / 3-replica Redis Cluster on free ports (simulator/bench/redis_cluster.py);
+    the test may kill nodes (``kill``, ``wait_failover``)."""
+    import shutil
+
+    from simulator.bench.redis_cluster import RedisClusterServer
+
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        pytest.skip("redis-server and redis-cli not found on PATH: the cluster tests need them")
+    with RedisClusterServer() as cl:
+        yield cl

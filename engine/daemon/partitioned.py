@@ -1,0 +1,222 @@
+"""Partition-affine workers and the ingest bridge (docs/scaling.md; state: engine/stores/cluster_store.py).
+
+**Why a bridge.** mosquitto cannot hand a subscriber only some users' messages (no partitioned
+subscriptions; ``$share`` dispatches round-robin), and the phones keep publishing to
+``<prefix>/events/{user}``. ``geopush bridge`` subscribes to those topics (``$share`` among
+bridges, QoS 1, persistent session) and appends each message to its partition's **log** in the
+Redis Cluster (``gp:{p<N>}:log``, ``partition_of(user, P)``), and only then lets the broker
+have its PUBACK. A worker reads only the logs of the partitions it holds a lease on. The log
+lives in the partition's slot beside its state, so the commit that applies a batch moves the
+log offset in the same atomic script: when a partition moves (a worker joins, leaves or dies)
+its next owner starts exactly after the last committed entry, nothing lost, nothing applied
+twice. (A broker with partitioned streams, NATS JetStream subjects ``geopush.p.<N>.<user>`` with
+the same ``partition()``, can replace the bridge: the offset then is the consumer's.)
+
+Each owned partition has its own ``Core`` (own sweep queue and watermark), so a timer never
+touches a user of another partition. Outputs go to the partition's outbox stream in the commit
+and are published after it (``publish``), then deleted; a new owner first publishes what the old
+one left unsent (repeats carry the same ids, as everywhere in geopush).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from engine.errors import DecodeError, StateError
+from engine.partitions import partition_of
+from engine.stores.cluster_store import ClusterStore, LeaseLost, Refused, owner_of
+from engine.stores.redis_store import Row
+
+from .pipeline import Decoder, Topics, digest
+
+log = logging.getLogger("geopush.partitioned")
+
+Publish = Callable[[Sequence[Row]], None]
+
+
+class PartitionWorker:
+    """One worker: holds leases, applies its partitions' logs batch by batch (module doc)."""
+
+    def __init__(
+        self,
+        store: ClusterStore,
+        core_factory: Callable[[ClusterStore], Any],
+        topics: Topics,
+        *,
+        batch: int = 200,
+        publish: Publish | None = None,
+    ) -> None:
+        self.store = store
+        self.core_factory = core_factory
+        self.decode = Decoder(topics)
+        self.batch = batch
+        self.publish = publish
+        self.cores: dict[int, Any] = {}
+        self.events = 0
+        self.dead_letters = 0
+        self.redis_errors = 0
+        self._renewed = 0.0
+
+    # --- ownership -------------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Heartbeat; take the partitions rendezvous hashing gives this worker, release the
+        others, renew what it keeps. Called every lease TTL / 4."""
+        st = self.store
+        live = st.heartbeat()
+        if st.worker not in live:
+            live = sorted([*live, st.worker])
+        want = {p for p in range(st.partitions) if owner_of(p, live) == st.worker}
+        for p in list(st.leases):
+            if p not in want:
+                self.cores.pop(p, None)
+                st.release(p)
+            elif not st.renew(p):
+                self.cores.pop(p, None)
+        for p in sorted(want):
+            if p not in st.leases:
+                if st.acquire(p):
+                    self.adopt(p)
+            elif p not in self.cores:  # a Redis error left its core behind the store: rebuild
+                self.adopt(p)
+
+    def adopt(self, p: int) -> None:
+        """A fresh core for partition ``p``: its open visits' timers and watermark re-armed,
+        and what the previous owner committed but did not publish, published."""
+        st = self.store
+        st.begin(p, [])
+        wm = st.watermark
+        st.rollback()
+        core = self.core_factory(st)
+        core.restore(st.open_visits(p), watermark=wm)
+        self.cores[p] = core
+        self._flush_outbox(p)
+
+    def leave(self) -> None:
+        for p in list(self.store.leases):
+            self.store.release(p)
+        self.cores.clear()
+        self.store.heartbeat(leave=True)
+
+    # --- applying the logs -----------------------------------------------------------------------
+
+    def step(self, p: int) -> int:
+        """Apply up to ``batch`` entries of partition ``p``'s log; how many were applied."""
+        st = self.store
+        start = st.offsets.get(p, "")
+        entries = st.read_log(p, self.batch)
+        if not entries:
+            return 0
+        msgs: list[tuple[bytes, list[Any]]] = []
+        for _id, topic, payload in entries:
+            try:
+                evs = self.decode(topic, payload)
+            except DecodeError as exc:
+                self.dead_letters += 1
+                log.warning("partition %d: dead letter %s: %s", p, topic, exc)
+                evs = []
+            msgs.append((digest(topic, payload), evs))
+        users = {e.user for _, evs in msgs for e in evs}
+        for _ in range(100):
+            core = self.cores.get(p)
+            if core is None:
+                return 0
+            try:
+                seen = st.begin(p, users, [d for d, _ in msgs])
+                if st.offsets.get(p, "") != start:
+                    # a commit whose reply was lost applied after all: read on from there
+                    st.rollback()
+                    self.cores.pop(p, None)
+                    return 0
+                fresh = [(d, evs) for d, evs in msgs if d not in seen]
+                evs = [e for _, es in fresh for e in es]
+                outs = core.process(evs) if evs else []
+                st.commit(outs, log_to=entries[-1][0], inputs=[d for d, _ in fresh],
+                          watermark=core.watermark)  # fmt: skip
+            except Refused:
+                self.adopt(p)  # the failed attempt consumed timers: rebuild the core
+                continue
+            except LeaseLost:
+                st.rollback()
+                self.cores.pop(p, None)
+                return 0
+            except StateError:
+                # Redis failed mid-batch (a failover): the core may be ahead of the store now;
+                # ``tick`` rebuilds it from the store once Redis answers again.
+                st.rollback()
+                self.cores.pop(p, None)
+                raise
+            except BaseException:
+                st.rollback()
+                raise
+            self.events += len(evs)
+            st.stats.events += len(evs)
+            st.stats.batches += 1
+            self._flush_outbox(p)
+            return len(entries)
+        raise StateError(f"partition {p}: batch refused 100 times")
+
+    def _flush_outbox(self, p: int) -> None:
+        if self.publish is None:
+            return
+        entries = self.store.unsent(p)
+        if not entries:
+            return
+        self.publish([r for _, rows in entries for r in rows])
+        self.store.mark_sent(p, [i for i, _ in entries])
+
+    def run(self, stop: threading.Event, *, idle_s: float = 0.01) -> None:
+        """Until ``stop`` is set: tick, then apply every owned partition's log."""
+        every = self.store.lease_ttl_ms / 4000
+        next_tick = 0.0
+        while not stop.is_set():
+            now = time.monotonic()
+            done = 0
+            try:
+                if now >= next_tick:
+                    self.tick()
+                    next_tick = now + every
+                for p in sorted(self.cores):
+                    done += self.step(p)
+                    if time.monotonic() >= next_tick:
+                        break
+            except StateError as exc:  # Redis down or failing over: retry soon
+                log.warning("redis: %s (retrying)", exc)
+                self.redis_errors += 1
+                next_tick = 0.0
+                stop.wait(0.2)
+                continue
+            if not done:
+                stop.wait(idle_s)
+        self.leave()
+
+
+def bridge_message(store: ClusterStore, topics: Topics, topic: str, payload: bytes) -> int | None:
+    """Append one phone message to its user's partition log; the partition, or None for a topic
+    that names no user (not forwarded: the worker would dead-letter it anyway)."""
+    user = topic.rsplit("/", 1)[-1] if topic.startswith(f"{topics.prefix}/events/") else ""
+    if not user:
+        return None
+    p = partition_of(user, store.partitions)
+    store.append(topic, payload, p)
+    return p
+
+
+def bridge_messages(store: ClusterStore, topics: Topics, items: Sequence[tuple[str, bytes]]) -> int:
+    """``bridge_message`` for many messages in one pipeline (per-partition order kept);
+    how many were appended."""
+    pfx = f"{topics.prefix}/events/"
+    batch = []
+    for topic, payload in items:
+        user = topic.rsplit("/", 1)[-1] if topic.startswith(pfx) else ""
+        if user:
+            batch.append((topic, payload, partition_of(user, store.partitions)))
+    store.append_many(batch)
+    return len(batch)
+
+
+__all__ = ["PartitionWorker", "bridge_message", "bridge_messages"]
