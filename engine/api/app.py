@@ -19,8 +19,8 @@ from starlette.exceptions import HTTPException
 
 from engine.api.errors import ApiError, AuthError
 from engine.api.live import FenceTarget, LiveStores
+from engine.api.redis_state import open_api_state
 from engine.api.routers import stores, tokens
-from engine.api.state import ApiState
 from engine.errors import StateError, TransportError
 from fences.errors import CatalogError, UnknownStoreError
 
@@ -92,7 +92,7 @@ def create_app(state: str | Path, target: FenceTarget) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         try:
-            api_state = ApiState(state)
+            api_state = open_api_state(state)  # SQLite, or Redis for a worker group
         except Exception as exc:
             app.state.startup_error = exc  # uvicorn only logs it: ApiServer reports it
             raise

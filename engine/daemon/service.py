@@ -29,6 +29,7 @@ import os
 import random
 import signal
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, cast
 
@@ -113,6 +114,7 @@ class Service:
         self.link: MqttLink | None = None
         self.outbox: Outbox | None = None
         self.api: Any = None  # engine.api.server.ApiServer with --http
+        self.follower: Any = None  # engine.api.redis_state.ChangeFollower in a group
         self.broker_watch: BrokerWatch | None = None
         self._last_full_gc = time.monotonic()
         self._inbox_warned = 0.0
@@ -161,6 +163,7 @@ class Service:
         s = self.settings
         self.store = store = open_store(s, Renderer(self.topics))  # SQLite, or Redis (--group)
         watch: asyncio.Task[None] | None = None
+        follow: asyncio.Task[None] | None = None
         try:
             self._open_breadcrumb(store)
             repairs = store.get_meta(REPAIRS_KEY)
@@ -169,6 +172,8 @@ class Service:
             if store.get_meta(REPAIRS_KEY) != repairs:
                 self.metrics.watermark_repairs.inc()
                 self.totals["watermark_repaired"] += 1
+            if s.redis_url is not None:
+                follow = self._follow_api_changes(s.redis_url)
             if s.http:
                 await self._start_api()
             self._write_pid()
@@ -213,18 +218,17 @@ class Service:
                     await self.api.stop()
             if self._crumb is not None:
                 self._crumb.close()
-            if watch is not None:
-                watch.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await watch
+            for task in (watch, follow):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
             store.close()
             self._remove_pid()
 
-    async def _start_api(self) -> None:
-        """Serve the HTTP API (--http) in this loop: its store changes reach the core's live
-        fence index between two micro-batches (engine/api/live.py)."""
+    def _fence_target(self) -> Any:
+        """engine.api.live.FenceTarget over the core's live fence index."""
         from engine.api.live import FenceTarget
-        from engine.api.server import ApiServer
 
         core = self._require_core()
 
@@ -239,9 +243,28 @@ class Service:
             if hook is not None:
                 hook(ids)
 
+        return FenceTarget(index, removed)
+
+    async def _start_api(self) -> None:
+        """Serve the HTTP API (--http) in this loop: its store changes reach the core's live
+        fence index between two micro-batches (engine/api/live.py)."""
+        from engine.api.server import ApiServer
+
         assert self.settings.http is not None
-        self.api = ApiServer(self.settings.http, self.settings.state, FenceTarget(index, removed))
+        self.api = ApiServer(self.settings.http, self.settings.state, self._fence_target())
         await self.api.start()
+
+    def _follow_api_changes(self, url: str) -> asyncio.Task[None] | None:
+        """A group's worker: apply the store changes made through any worker's API (kept in
+        Redis) to this worker's live fence index, from the last one laid over it at load
+        (engine/api/redis_state.py ``ChangeFollower``)."""
+        from engine.api.redis_state import ChangeFollower
+
+        index = getattr(self._require_core(), "index", None)
+        if index is None or not hasattr(index, "add"):
+            return None  # a stand-in core: no live fence index
+        self.follower = ChangeFollower(url, self._fence_target(), LOADED_SEQ.get(index, 0))
+        return asyncio.create_task(self.follower.run(), name="api-changes")
 
     async def _connection_loop(self) -> None:
         link, outbox = self._require_link(), self._require_outbox()
@@ -704,7 +727,7 @@ class Service:
             # Load in a thread: messages keep queueing (unacked) in the broker meanwhile.
             fresh = await asyncio.to_thread(self.reloader)
             seq = fresh.pop(API_SEQ, None)
-            if seq is not None and self.api is not None:
+            if seq is not None and (self.api is not None or self.follower is not None):
                 # store changes the API made while the files loaded: onto the new index too
                 from engine.api.live import overlay_state
 
@@ -858,13 +881,14 @@ def load_fences_and_campaigns(
         raise GeopushError("--fences and --campaigns are required (flags, GEOPUSH_* or config file)")
     catalog = load_catalog(settings.fences)
     loaded: dict[str, Any] = {}
-    if settings.redis_url is None:
-        from engine.api.live import overlay_state
+    from engine.api.live import overlay_state
 
-        # The file is the baseline; stores changed through the HTTP API are kept in the state.
-        # API_SEQ: the last change laid over (a reload catches up with later ones, _reload).
-        loaded[API_SEQ] = overlay_state(catalog, settings.state)
+    # The file is the baseline; stores changed through the HTTP API are kept in the state (the
+    # SQLite file, or a group's Redis). API_SEQ: the last change laid over (a reload catches up
+    # with later ones, _reload; a group's worker follows the later ones, _follow_api_changes).
+    loaded[API_SEQ] = overlay_state(catalog, settings.state)
     index = FenceIndex(catalog)
+    LOADED_SEQ[index] = loaded[API_SEQ]
     campaigns = load_campaigns(settings.campaigns)
     found = catalog_warnings(campaigns, (s for _, s in index.catalog.alive()))
     for w in found:
@@ -877,6 +901,9 @@ def load_fences_and_campaigns(
 
 
 API_SEQ = "api_seq"
+# fence index -> the last API store change laid over it at load (where a group's worker starts
+# following the changes of the other workers' APIs)
+LOADED_SEQ: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 
 
 def real_core_factory(settings: Settings, warnings: list[str] | None = None) -> CoreFactory:
