@@ -194,14 +194,19 @@ class RedisApiState(ApiState):
         if raw is None:
             return None
         d = json.loads(raw)
-        if not hmac.compare_digest(str(d.get("sha256", "")), digest) or d.get("revoked") is not None:
+        if (
+            not hmac.compare_digest(str(d.get("sha256", "")), digest)
+            or d.get("revoked") is not None
+        ):
             return None
         return Principal(token_id=d["token_id"], role=d["role"], merchant_id=d["merchant_id"],
                          name=d["name"])  # fmt: skip
 
 
 def _info(d: dict[str, Any]) -> TokenInfo:
-    return TokenInfo(d["token_id"], d["role"], d["merchant_id"], d["name"], d["created"], d["revoked"])
+    return TokenInfo(
+        d["token_id"], d["role"], d["merchant_id"], d["name"], d["created"], d["revoked"]
+    )
 
 
 def _safe(url: str) -> str:
@@ -230,7 +235,9 @@ class ChangeFollower:
 
     BLOCK_MS = 1000
 
-    def __init__(self, url: str, target: FenceTarget, after: int = 0, *, prefix: str = PREFIX) -> None:
+    def __init__(
+        self, url: str, target: FenceTarget, after: int = 0, *, prefix: str = PREFIX
+    ) -> None:
         self.url = url
         self.target = target
         self.applied = after
@@ -247,10 +254,11 @@ class ChangeFollower:
         fresh = [c for c in changes if c.seq > self.applied]
         if not fresh:
             return
+        newest = {c.store_id: c for c in fresh}  # only a store's newest change counts
         index = self.target.index()
         cat = index.catalog
         todo: list[StoreChange] = []
-        for c in fresh:
+        for c in sorted(newest.values(), key=lambda c: c.seq):
             slot = cat.slot_of(c.store_id)
             if c.feature is None:
                 if slot is not None:

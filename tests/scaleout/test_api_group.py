@@ -116,7 +116,9 @@ def _events(col: Collector, pid: int) -> int:
     return int(last[-1]["counters"].get("events", 0)) if last else 0
 
 
-async def _until_served(url: str, auth: dict[str, str], store_id: str, where: tuple[float, float]) -> None:
+async def _until_served(
+    url: str, auth: dict[str, str], store_id: str, where: tuple[float, float]
+) -> None:
     """Until the worker's API (its live index) shows the store at ``where`` (a sync point, not
     a timing assertion: the change travels through Redis)."""
     async with httpx.AsyncClient(base_url=url, headers=auth) as http:
@@ -159,7 +161,9 @@ async def test_a_store_changed_through_one_workers_api_reaches_every_worker(
 
             async def walk() -> None:  # events keep flowing while the store changes
                 for k in range(1, 40):
-                    await publish([("geopush/events/walker", gps("walker", T0 + k, FAR[1], FAR[0]))])
+                    await publish(
+                        [("geopush/events/walker", gps("walker", T0 + k, FAR[1], FAR[0]))]
+                    )
                     await asyncio.sleep(0.02)
 
             walker = asyncio.create_task(walk())
@@ -194,7 +198,9 @@ async def test_a_store_changed_through_one_workers_api_reaches_every_worker(
             await publish([(f"geopush/events/{u}", gps(u, T0 + 200, C[1], C[0])) for u in users2])
             await col.wait_for(lambda c: _enters(c, "s2") >= set(users2), 30)
             after = await _settled(col, pids, sent)
-            assert after[wa.pid] > before[wa.pid], "the restarted worker A handled some of the fixes"
+            assert after[wa.pid] > before[wa.pid], (
+                "the restarted worker A handled some of the fixes"
+            )
     finally:
         workers.stop_all()
 
@@ -221,3 +227,66 @@ def test_tokens_and_changes_in_redis(redis_server: RedisServer) -> None:
         assert st.authenticate(secret) is None
     finally:
         st.close()
+
+
+async def test_the_follower_catches_up_from_its_sequence_in_redis_order(
+    redis_server: RedisServer,
+) -> None:
+    """A worker's follower applies the changes after the one it last applied, in the order Redis
+    numbered them (its own too: an older change of another worker never wins), and catches up
+    from the hash when the stream was trimmed past it."""
+    from engine.api.live import FenceTarget
+    from engine.api.redis_state import ChangeFollower
+    from engine.api.state import StoreChange
+    from fences.catalog import load_catalog
+    from fences.index import FenceIndex
+
+    st = RedisApiState(redis_server.url)
+    index = FenceIndex(load_catalog_from([circle("s1", "m1", *A)], load_catalog))
+    removed: list[str] = []
+    target = FenceTarget(lambda: index, removed.extend)
+    follower = ChangeFollower(redis_server.url, target, after=0)
+
+    async def until(seq: int) -> None:
+        task = asyncio.create_task(follower.run())
+        try:
+            for _ in range(1000):
+                if follower.applied >= seq:
+                    return
+                await asyncio.sleep(0.01)
+            raise AssertionError(f"applied {follower.applied}, not {seq}")
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    try:
+        # this worker moved s1 to C itself (applied already) after another worker moved it to B:
+        # Redis numbered B first, so C stays
+        st.record([StoreChange("s1", "m1", circle("s1", "m1", *B, r=30))])
+        st.record([StoreChange("s1", "m1", circle("s1", "m1", *C, r=30))])
+        st.record([StoreChange("s2", "m1", circle("s2", "m1", *B, r=30))])
+        index.add(
+            next(iter(load_catalog_from([circle("s1", "m1", *C, r=30)], load_catalog).stores))
+        )
+        await until(3)
+        assert index.catalog.get("s1").center == C
+        assert index.catalog.get("s2").center == B
+
+        # down while two more changes come, and the stream is trimmed past its sequence
+        st.record([StoreChange("s2", "m1", None)])
+        st.record([StoreChange("s3", "m1", circle("s3", "m1", *A, r=30))])
+        st.r.xtrim(st.k_changes, maxlen=1, approximate=False)
+        await until(5)
+        assert index.catalog.slot_of("s2") is None and removed == ["s2"]
+        assert index.catalog.get("s3").center == A
+    finally:
+        st.close()
+
+
+def load_catalog_from(features: list[dict[str, Any]], load: Any) -> Any:
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".geojson", delete=False) as f:
+        json.dump(collection(*features), f)
+    return load(Path(f.name))
