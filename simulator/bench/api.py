@@ -46,18 +46,45 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         description=plain_help(__doc__ or ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--stores", type=int, default=500_000, metavar="N",
-                   help="stores in the catalog (default 500000)")
-    p.add_argument("--duration", type=float, default=3.0, metavar="S",
-                   help="seconds of backlog per throughput measurement (10,000 msgs/s; default 3)")
-    p.add_argument("--rounds", type=int, default=2, metavar="N",
-                   help="rounds of the three throughput configurations (default 2)")
-    p.add_argument("--rate", type=float, default=100.0, metavar="R",
-                   help="API requests/s under load (default 100)")
-    p.add_argument("--upserts", type=int, default=100, metavar="N",
-                   help="upsert-to-effect samples (default 100)")
+    p.add_argument(
+        "--stores",
+        type=int,
+        default=500_000,
+        metavar="N",
+        help="stores in the catalog (default 500000)",
+    )
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=3.0,
+        metavar="S",
+        help="seconds of backlog per throughput measurement (10,000 msgs/s; default 3)",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        metavar="N",
+        help="rounds of the three throughput configurations (default 2)",
+    )
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=100.0,
+        metavar="R",
+        help="API requests/s under load (default 100)",
+    )
+    p.add_argument(
+        "--upserts",
+        type=int,
+        default=100,
+        metavar="N",
+        help="upsert-to-effect samples (default 100)",
+    )
     p.add_argument("--publishers", type=int, default=1, metavar="N", help="publisher processes")
-    p.add_argument("--batch-size", type=int, default=1000, metavar="N", help="the engine's --batch-size")
+    p.add_argument(
+        "--batch-size", type=int, default=1000, metavar="N", help="the engine's --batch-size"
+    )
     p.add_argument("--broker", metavar="URL", help="use this broker instead of starting mosquitto")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=_main, uvloop=False, engine_arg=[])  # fmt: skip
@@ -213,7 +240,14 @@ async def _upserts(url: str, api: str, token: str, args: argparse.Namespace, wat
                     "properties": {"store_id": f"new{k}", "merchant_id": "m0", "radius_m": 30.0},
                 }
                 user = f"apiu{k}"
-                fix = {"type": "gps", "user": user, "ts": time.time(), "lon": lon, "lat": lat, "acc": 5.0}
+                fix = {
+                    "type": "gps",
+                    "user": user,
+                    "ts": time.time(),
+                    "lon": lon,
+                    "lat": lat,
+                    "acc": 5.0,
+                }
                 packets = RawPublisher.prepare(
                     [(f"geopush/events/{user}", json.dumps(fix).encode())]
                 )
@@ -308,7 +342,9 @@ def _main(args: argparse.Namespace) -> int:
         if url is None:
             from simulator.embedded_broker import MosquittoBroker
 
-            extra = "max_inflight_messages 2000\nset_tcp_nodelay true\n" + ("user root\n" if os.geteuid() == 0 else "")
+            extra = "max_inflight_messages 2000\nset_tcp_nodelay true\n" + (
+                "user root\n" if os.geteuid() == 0 else ""
+            )
             broker = MosquittoBroker(extra_config=extra, max_queued_messages=0)
             broker.start()
             url = broker.url
