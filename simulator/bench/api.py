@@ -27,6 +27,7 @@ import json
 import os
 import random
 import statistics
+import subprocess
 import tempfile
 import threading
 import time
@@ -85,6 +86,20 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument(
         "--batch-size", type=int, default=1000, metavar="N", help="the engine's --batch-size"
     )
+    p.add_argument(
+        "--mix",
+        default="get:60,list:20,put:20",
+        metavar="K:W,...",
+        help="the API calls under load and their weights: get (one store), list (a page of "
+        "GET /v1/stores?bbox=...), put (a filler store moved a little); default "
+        "get:60,list:20,put:20",
+    )
+    p.add_argument(
+        "--group",
+        action="store_true",
+        help="also time upserts across a worker group: PUT on worker A, until worker B's index "
+        "answers (two workers, a redis-server of their own)",
+    )
     p.add_argument("--broker", metavar="URL", help="use this broker instead of starting mosquitto")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=_main, uvloop=False, engine_arg=[])  # fmt: skip
@@ -124,8 +139,19 @@ def write_world(folder: Path, stores: int) -> int:
 class ApiLoad:
     """A thread sending mixed API calls at ``rate``/s over one keep-alive connection."""
 
-    def __init__(self, url: str, token: str, rate: float, fillers: int) -> None:
+    def __init__(
+        self, url: str, token: str, rate: float, fillers: int, mix: str = "get:60,list:20,put:20"
+    ) -> None:
         self.url, self.token, self.rate, self.fillers = url, token, rate, fillers
+        weights = {k: float(w) for k, w in (part.split(":") for part in mix.split(","))}
+        unknown = set(weights) - {"get", "list", "put"}
+        if unknown:
+            raise SystemExit(f"--mix: unknown call(s) {sorted(unknown)}; use get, list, put")
+        total = sum(weights.values())
+        self.cuts = (
+            weights.get("get", 0) / total,
+            (weights.get("get", 0) + weights.get("list", 0)) / total,
+        )
         self.stop = threading.Event()
         self.done = 0
         self.errors: list[str] = []
@@ -183,9 +209,9 @@ class ApiLoad:
         x = rnd.random()
         t = time.monotonic()
         try:
-            if x < 0.6:
+            if x < self.cuts[0]:
                 r = await http.get(f"/v1/stores/f{i}")
-            elif x < 0.8:
+            elif x < self.cuts[1]:
                 lon, lat = _filler(i)["geometry"]["coordinates"]
                 box = f"{lon - 0.002},{lat - 0.002},{lon + 0.002},{lat + 0.002}"
                 r = await http.get("/v1/stores", params={"bbox": box, "limit": 10})
@@ -295,7 +321,7 @@ async def _bench(url: str, args: argparse.Namespace, folder: Path, say: Any) -> 
     on = Engine(url, folder, on_args)
     rates: dict[str, list[float]] = {"off": [], "on_idle": [], "on_load": []}
     loads: list[dict[str, Any]] = []
-    res: dict[str, Any] = {"stores": args.stores, "rate": args.rate, "duration_s": args.duration,
+    res: dict[str, Any] = {"mix": args.mix, "stores": args.stores, "rate": args.rate, "duration_s": args.duration,
                            "publishers": args.publishers, "batch_size": args.batch_size}  # fmt: skip
     try:
         t = time.monotonic()
@@ -306,7 +332,7 @@ async def _bench(url: str, args: argparse.Namespace, folder: Path, say: Any) -> 
             rates["off"].append(await _drain(url, args, off, watch, say))
             off.stop()
             rates["on_idle"].append(await _drain(url, args, on, watch, say))
-            load = ApiLoad(api, token, args.rate, fillers)
+            load = ApiLoad(api, token, args.rate, fillers, args.mix)
             rates["on_load"].append(await _drain(url, args, on, watch, say, load))
             loads.append({"requests": load.done, "errors": len(load.errors),
                           "first_error": load.errors[0] if load.errors else None,
@@ -328,6 +354,80 @@ async def _bench(url: str, args: argparse.Namespace, folder: Path, say: Any) -> 
         on.stop()
         off.stop()
         await watch.stop()
+    if args.group:
+        res["group_upsert"] = await _group_upserts(url, args, folder, say)
+    return res
+
+
+async def _group_upserts(
+    url: str, args: argparse.Namespace, folder: Path, say: Any
+) -> dict[str, Any]:
+    """Two workers of a group over their own redis-server: PUT a new store on worker A, then
+    poll worker B's API until B's live index answers with it (every 1 ms)."""
+    import httpx
+
+    from engine.api.redis_state import RedisApiState
+    from simulator.bench.e2e import ENGINE_ID, Engine, Watch, _pct
+    from simulator.bench.redis_server import RedisServer
+    from simulator.embedded_broker import free_port
+
+    with RedisServer(fsync="everysec") as redis_srv:
+        st = RedisApiState(redis_srv.url)
+        _info, token = st.create_token("operator", name="bench")
+        st.close()
+        ports = {"a": free_port(), "b": free_port()}
+        common = [f"--state={redis_srv.url}", "--group=bench"]
+        a = Engine(url, folder, argparse.Namespace(**{**vars(args), "engine_arg": [
+            *common, f"--http=127.0.0.1:{ports['a']}"]}))  # fmt: skip
+        b = Engine(url, folder, argparse.Namespace(**{**vars(args), "engine_arg": [
+            *common, f"--http=127.0.0.1:{ports['b']}", f"--client-id={ENGINE_ID}-b"]}))  # fmt: skip
+        watch = Watch(url)
+        await watch.start()
+        headers = {"Authorization": f"Bearer {token}"}
+        seen: list[float] = []
+        put: list[float] = []
+        try:
+            await a.start(watch)
+            b.proc = subprocess.Popen(b.cmd, stdout=subprocess.DEVNULL)
+            hb = httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports['b']}", headers=headers)
+            ha = httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports['a']}", headers=headers)
+            async with ha, hb:
+                for _ in range(6000):  # worker B up (it loads the same catalog)
+                    try:
+                        if (await hb.get("/v1/health")).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    await asyncio.sleep(0.05)
+                for k in range(args.upserts):
+                    feat = {
+                        "type": "Feature",
+                        "geometry": {"type": "Point", "coordinates": [30.0 + k * 0.01, 41.0]},
+                        "properties": {"store_id": f"g{k}", "merchant_id": "m0", "radius_m": 30.0},
+                    }
+                    t0 = time.monotonic()
+                    r = await ha.put(f"/v1/stores/g{k}", json=feat)
+                    t1 = time.monotonic()
+                    if r.status_code != 201:
+                        raise RuntimeError(f"bench: PUT failed: {r.status_code} {r.text[:300]}")
+                    while (await hb.get(f"/v1/stores/g{k}")).status_code != 200:
+                        if time.monotonic() - t0 > 30:
+                            raise TimeoutError("bench: worker B never saw the change")
+                        await asyncio.sleep(0.001)
+                    seen.append((time.monotonic() - t0) * 1000)
+                    put.append((t1 - t0) * 1000)
+        finally:
+            b.stop()
+            a.stop()
+            await watch.stop()
+    res = {
+        "samples": len(seen),
+        "other_worker_p50_ms": round(_pct(seen, 0.5), 2),
+        "other_worker_p99_ms": round(_pct(seen, 0.99), 2),
+        "put_p50_ms": round(_pct(put, 0.5), 2),
+        "put_p99_ms": round(_pct(put, 0.99), 2),
+    }
+    say(f"[group upsert] {res}")
     return res
 
 
