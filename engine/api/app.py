@@ -7,6 +7,7 @@ errors become HTTP statuses here, once (``_HANDLERS``); every error body is ``Er
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -18,7 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from engine.api.errors import ApiError, AuthError
-from engine.api.live import FenceTarget, LiveStores
+from engine.api.live import FenceTarget, LiveStores, prepare_listing
 from engine.api.redis_state import open_api_state
 from engine.api.routers import stores, tokens
 from engine.errors import StateError, TransportError
@@ -96,8 +97,12 @@ def create_app(state: str | Path, target: FenceTarget) -> FastAPI:
         except Exception as exc:
             app.state.startup_error = exc  # uvicorn only logs it: ApiServer reports it
             raise
+        live = LiveStores(target, api_state)
+        with contextlib.suppress(Exception):  # (no live index: a stand-in engine)
+            # the filtered listing's tables, built off the loop before a page needs them
+            asyncio.get_running_loop().run_in_executor(None, prepare_listing, live.catalog)
         try:
-            yield {"api_state": api_state, "live_stores": LiveStores(target, api_state)}
+            yield {"api_state": api_state, "live_stores": live}
         finally:
             api_state.close()
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -311,8 +312,14 @@ def _listing(catalog: Catalog) -> _Listing:
 def prepare_listing(catalog: Catalog) -> None:
     """Build the catalog's listing table if it has none yet (seconds at 500k stores: the
     router runs this in a worker thread; changes made meanwhile are caught up from the log)."""
-    if catalog not in _LISTINGS:
-        _LISTINGS[catalog] = _Listing(catalog)
+    if catalog in _LISTINGS:
+        return
+    with _BUILDING:  # one build at a time: the requests that come meanwhile wait for it
+        if catalog not in _LISTINGS:
+            _LISTINGS[catalog] = _Listing(catalog)
+
+
+_BUILDING = threading.Lock()
 
 
 class LiveStores:
