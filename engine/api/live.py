@@ -231,17 +231,42 @@ class _Listing:
     stores) instead of a Python loop over every store (~80 ms) on the event loop. Kept up to
     date from the catalog's change log (``Catalog.changed``): only changed slots are re-read."""
 
+    # Boxes are widened by this (degrees) so the vector test never drops a store the exact test
+    # (``_intersects`` on ``store_bounds``, re-run on every candidate) would keep.
+    PAD = 1e-9
+
     def __init__(self, catalog: Catalog) -> None:
+        """Vectorised (~0.2 s at 500k circles): only polygons' boxes are read one by one."""
         self.codes: dict[str, int] = {}
-        n = len(catalog.stores)
-        self.box = np.empty((n, 4))
-        self.merchant = np.empty(n, dtype=np.int64)
+        self.pos = catalog.changed_base + len(catalog.changed)  # before reading: changes made
+        stores = list(catalog.stores)  # meanwhile (another thread) are caught up by ``sync``
+        n = self.n = len(stores)
+        centers = [s.center for s in stores]
+        radii = [s.radius_m for s in stores]
+        circ = [c is not None and r is not None for c, r in zip(centers, radii, strict=True)]
+        box = np.empty((n, 4))
+        idx = np.flatnonzero(np.array(circ, dtype=bool))
+        if len(idx):
+            c = np.array([centers[i] for i in idx], dtype=float).reshape(-1, 2)
+            dlat = np.array([radii[i] for i in idx], dtype=float) / _M_PER_DEG
+            cos = np.cos(np.radians(c[:, 1]))
+            dlon = np.where(cos < 1e-6, 180.0, np.minimum(180.0, dlat / np.maximum(cos, 1e-6)))
+            box[idx, 0] = c[:, 0] - dlon
+            box[idx, 1] = np.maximum(-90.0, c[:, 1] - dlat)
+            box[idx, 2] = c[:, 0] + dlon
+            box[idx, 3] = np.minimum(90.0, c[:, 1] + dlat)
+        for i, is_circle in enumerate(circ):
+            if not is_circle:
+                box[i] = store_bounds(stores[i])
+        box[:, :2] -= self.PAD
+        box[:, 2:] += self.PAD
+        self.box = box
+        codes = self.codes
+        self.merchant = np.array(
+            [codes.setdefault(s.merchant_id, len(codes)) for s in stores], dtype=np.int64
+        )
         self.alive = np.zeros(n, dtype=bool)
-        self.n = 0
-        self.pos = catalog.changed_base + len(catalog.changed)
-        self._grow(catalog, n)
-        for slot in range(n):
-            self._read(catalog, slot)
+        self.alive[[slot for slot, _ in catalog.alive() if slot < n]] = True
 
     def _grow(self, catalog: Catalog, n: int) -> None:
         if n > len(self.alive):
@@ -255,7 +280,8 @@ class _Listing:
 
     def _read(self, catalog: Catalog, slot: int) -> None:
         store = catalog.stores[slot]
-        self.box[slot] = store_bounds(store)
+        w, s, e, n = store_bounds(store)
+        self.box[slot] = (w - self.PAD, s - self.PAD, e + self.PAD, n + self.PAD)
         self.merchant[slot] = self.codes.setdefault(store.merchant_id, len(self.codes))
         self.alive[slot] = catalog.is_alive(slot)
 
