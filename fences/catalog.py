@@ -90,6 +90,11 @@ class Catalog:
         self.slot_of: Callable[[str], int | None] = self._by_id.get
         # Slots of live stores with any tags (few): a hot path can skip reading most stores.
         self.tagged: set[int] = set()
+        # The slots changed (added, replaced, removed), in order, for readers that keep their
+        # own per-slot tables up to date (engine/api/live.py's listing): entry i of the log is
+        # ``changed[i - changed_base]``; the oldest half is dropped past CHANGE_LOG entries.
+        self.changed: list[int] = []
+        self.changed_base = 0
         if isinstance(stores, list) and stores:
             ids = [s.store_id for s in stores]
             self._by_id.update(zip(ids, range(len(ids)), strict=True))
@@ -102,6 +107,8 @@ class Catalog:
             self._by_id.clear()
         for store in stores:
             self.add(store)
+        self.changed.clear()  # the initial stores are not changes
+        self.changed_base = 0
 
     @classmethod
     def _restored(
@@ -134,7 +141,17 @@ class Catalog:
         slot = len(self.stores)
         self.stores.append(store)
         self._link(slot, store)
+        self._changed(slot)
         return slot
+
+    CHANGE_LOG = 100_000
+
+    def _changed(self, slot: int) -> None:
+        self.changed.append(slot)
+        if len(self.changed) > self.CHANGE_LOG:
+            cut = len(self.changed) // 2
+            del self.changed[:cut]
+            self.changed_base += cut
 
     def replace(self, store: Store) -> int:
         slot = self.slot(store.store_id)
@@ -142,6 +159,7 @@ class Catalog:
         self.tagged.discard(slot)
         self.stores[slot] = store
         self._link(slot, store)
+        self._changed(slot)
         return slot
 
     def remove(self, store_id: str) -> int:
@@ -151,6 +169,7 @@ class Catalog:
         del self._by_id[store_id]
         self._removed.add(slot)
         self.tagged.discard(slot)
+        self._changed(slot)
         return slot
 
     def is_alive(self, slot: int) -> bool:

@@ -19,10 +19,10 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from engine.api.errors import ApiError, AuthError
-from engine.api.live import FenceTarget, LiveStores
+from engine.api.live import FenceTarget, LiveStores, prepare_listing
+from engine.api.redis_state import is_redis_url, open_api_state
 from engine.api.routers import campaigns, stores, tokens, webhooks
 from engine.api.routers import visits as visits_router
-from engine.api.state import ApiState
 from engine.api.visits import VisitHub, VisitLog, visit_copier
 from engine.errors import StateError, TransportError
 from fences.errors import CatalogError, UnknownStoreError
@@ -106,23 +106,31 @@ def create_app(state: str | Path, target: FenceTarget, *, visits: VisitHub | Non
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         try:
-            api_state = ApiState(state)
+            api_state = open_api_state(state)  # SQLite, or Redis for a worker group
         except Exception as exc:
             app.state.startup_error = exc  # uvicorn only logs it: ApiServer reports it
             raise
+        stores_live = LiveStores(target, api_state)
+        with contextlib.suppress(Exception):  # (no live index: a stand-in engine)
+            # the filtered listing's tables, built off the loop before a page needs them
+            asyncio.get_running_loop().run_in_executor(None, prepare_listing, stores_live.catalog)
+        live: dict[str, Any] = {"api_state": api_state, "live_stores": stores_live, "visit_hub": hub}
+        if is_redis_url(str(state)):
+            # a worker group: stores and tokens in Redis; the visit log, campaigns and
+            # webhooks live in a SQLite state file (their routes answer 503 here)
+            try:
+                yield live
+            finally:
+                api_state.close()
+            return
         try:
             visit_log = VisitLog(state, hub.prefix)
         except Exception as exc:
             api_state.close()
             app.state.startup_error = exc
             raise
-        live: dict[str, Any] = {
-            "api_state": api_state,
-            "live_stores": LiveStores(target, api_state),
-            "visit_log": visit_log,
-            "visit_hub": hub,
-        }
-        camps = _live_campaigns(api_state.path, target, live["live_stores"])
+        live["visit_log"] = visit_log
+        camps = _live_campaigns(api_state.path, target, stores_live)
         if camps is not None:
             live["live_campaigns"] = camps
         copier = asyncio.create_task(visit_copier(visit_log), name="visit-log")

@@ -15,7 +15,7 @@ from typing import Any
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--state", metavar="PATH", help="the daemon's SQLite state file (or GEOPUSH_STATE)")
+    p.add_argument("--state", metavar="PATH", help="the daemon's SQLite state file or a group's redis:// URL (or GEOPUSH_STATE)")
     p.add_argument("--config", type=Path, metavar="FILE", help="the daemon's TOML config file")
 
 
@@ -76,9 +76,9 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Any:
 
 
 def _state(args: argparse.Namespace) -> Any:
-    from engine.api.state import ApiState
+    from engine.api.redis_state import open_api_state
 
-    return ApiState(_settings(args).state)
+    return open_api_state(_settings(args).state)  # the SQLite file, or a group's Redis
 
 
 def _create(args: argparse.Namespace) -> int:

@@ -92,8 +92,8 @@ def _sqlite_path(state: str | Path) -> Path:
     text = str(state)
     if text.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(
-            "the HTTP API keeps its stores and tokens in a SQLite --state file; a Redis state "
-            "(--group) is not supported yet: run the API on a single worker with a SQLite state"
+            "ApiState keeps the API's stores and tokens in a SQLite --state file; for a Redis "
+            "state (--group) use engine.api.redis_state.open_api_state"
         )
     return Path(text)
 
@@ -258,11 +258,17 @@ def _change(row: tuple[Any, ...]) -> StoreChange:
 
 def read_store_changes(state: str | Path, after: int = 0) -> list[StoreChange]:
     """The persisted store changes of a state file numbered after ``after``, in order (reads
-    only); none when the file does not exist or predates the API's tables (nor in a Redis
-    state)."""
+    only); none when the file does not exist or predates the API's tables. A Redis state (a
+    worker group) is read from Redis (engine/api/redis_state.py)."""
     text = str(state)
     if text.startswith(("redis://", "rediss://", "unix://")):
-        return []
+        from engine.api.redis_state import RedisApiState
+
+        rs = RedisApiState(text)
+        try:
+            return rs.store_changes(after)
+        finally:
+            rs.close()
     path = Path(text)
     if not path.exists():
         return []

@@ -98,15 +98,6 @@ class Settings(BaseSettings):
         return v
 
     @model_validator(mode="after")
-    def _http_needs_sqlite(self) -> Settings:
-        if self.http is not None and self.redis_url is not None:
-            raise ValueError(
-                "--http keeps the API's stores and tokens in a SQLite --state file; a Redis "
-                "state (--group) is not supported by the API yet"
-            )
-        return self
-
-    @model_validator(mode="after")
     def _group_needs_redis(self) -> Settings:
         if self.group is not None and self.redis_url is None:
             raise ValueError(

@@ -29,6 +29,7 @@ import os
 import random
 import signal
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, cast
 
@@ -119,6 +120,7 @@ class Service:
         self.outbox: Outbox | None = None
         self.api: Any = None  # engine.api.server.ApiServer with --http
         self.webhooks: Any = None  # engine.daemon.webhooks.WebhookDispatcher (SQLite state)
+        self.follower: Any = None  # engine.api.redis_state.ChangeFollower in a group
         self.broker_watch: BrokerWatch | None = None
         self._last_full_gc = time.monotonic()
         self._inbox_warned = 0.0
@@ -170,6 +172,7 @@ class Service:
         s = self.settings
         self.store = store = open_store(s, Renderer(self.topics))  # SQLite, or Redis (--group)
         watch: asyncio.Task[None] | None = None
+        follow: asyncio.Task[None] | None = None
         try:
             self._open_breadcrumb(store)
             if self._group() is not None:
@@ -181,6 +184,8 @@ class Service:
             if store.get_meta(REPAIRS_KEY) != repairs:
                 self.metrics.watermark_repairs.inc()
                 self.totals["watermark_repaired"] += 1
+            if s.redis_url is not None:
+                follow = self._follow_api_changes(s.redis_url)
             if s.http:
                 await self._start_api()
             self._write_pid()
@@ -232,10 +237,11 @@ class Service:
                     await self.webhooks.stop()
             if self._crumb is not None:
                 self._crumb.close()
-            if watch is not None:
-                watch.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await watch
+            for task in (watch, follow):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
             store.close()
             self._remove_pid()
 
@@ -250,12 +256,9 @@ class Service:
         await self.webhooks.start()
         self._require_outbox().on_push = self.webhooks.wake
 
-    async def _start_api(self) -> None:
-        """Serve the HTTP API (--http) in this loop: its store changes reach the core's live
-        fence index between two micro-batches (engine/api/live.py)."""
+    def _fence_target(self) -> Any:
+        """engine.api.live.FenceTarget over the core's live fence index."""
         from engine.api.live import FenceTarget
-        from engine.api.server import ApiServer
-        from engine.api.visits import VisitHub
 
         core = self._require_core()
 
@@ -270,12 +273,33 @@ class Service:
             if hook is not None:
                 hook(ids)
 
+        return FenceTarget(index, removed)
+
+    async def _start_api(self) -> None:
+        """Serve the HTTP API (--http) in this loop: its store changes reach the core's live
+        fence index between two micro-batches (engine/api/live.py)."""
+        from engine.api.server import ApiServer
+        from engine.api.visits import VisitHub
+
         assert self.settings.http is not None
         store = self._require_store()
         hub = VisitHub(self.topics.visits(""), lambda: store.out_seq)  # the live visit feed
-        target = FenceTarget(index, removed, campaign_target(core))
+        target = self._fence_target()
+        target.campaigns = campaign_target(self._require_core())
         self.api = ApiServer(self.settings.http, self.settings.state, target, visits=hub)
         await self.api.start()
+
+    def _follow_api_changes(self, url: str) -> asyncio.Task[None] | None:
+        """A group's worker: apply the store changes made through any worker's API (kept in
+        Redis) to this worker's live fence index, from the last one laid over it at load
+        (engine/api/redis_state.py ``ChangeFollower``)."""
+        from engine.api.redis_state import ChangeFollower
+
+        index = getattr(self._require_core(), "index", None)
+        if index is None or not hasattr(index, "add"):
+            return None  # a stand-in core: no live fence index
+        self.follower = ChangeFollower(url, self._fence_target(), LOADED_SEQ.get(index, 0))
+        return asyncio.create_task(self.follower.run(), name="api-changes")
 
     async def _connection_loop(self) -> None:
         link, outbox = self._require_link(), self._require_outbox()
@@ -880,7 +904,7 @@ class Service:
             # Load in a thread: messages keep queueing (unacked) in the broker meanwhile.
             fresh = await asyncio.to_thread(self.reloader)
             seq = fresh.pop(API_SEQ, None)
-            if seq is not None and self.api is not None:
+            if seq is not None and (self.api is not None or self.follower is not None):
                 # store changes the API made while the files loaded: onto the new index too
                 from engine.api.live import overlay_state
 
@@ -1047,13 +1071,13 @@ def load_fences_and_campaigns(
         why = f"; {info.reason}" if info.reason else ""
         log.info("fences: %d stores loaded from %s (%s%s)", len(index), settings.fences, took, why)
     loaded: dict[str, Any] = {}
-    if settings.redis_url is None:
-        from engine.api.live import overlay_state
+    from engine.api.live import overlay_state
 
-        # The file (or its snapshot) is the baseline; stores changed through the HTTP API are kept
-        # in the state and laid over the index as live changes. API_SEQ: the last change laid
-        # over (a reload catches up with later ones, _reload).
-        loaded[API_SEQ] = overlay_state(index, settings.state)
+    # The file is the baseline; stores changed through the HTTP API are kept in the state (the
+    # SQLite file, or a group's Redis). API_SEQ: the last change laid over (a reload catches up
+    # with later ones, _reload; a group's worker follows the later ones, _follow_api_changes).
+    loaded[API_SEQ] = overlay_state(index, settings.state)
+    LOADED_SEQ[index] = loaded[API_SEQ]
     campaigns = load_campaigns(settings.campaigns)
     if settings.redis_url is None:
         from engine.api.campaigns import overlay_campaigns_state
@@ -1092,6 +1116,11 @@ def campaign_target(core: Any) -> Any:
 
 def _noop(*_a: Any) -> None:
     return None
+
+
+# fence index -> the last API store change laid over it at load (where a group's worker starts
+# following the changes of the other workers' APIs)
+LOADED_SEQ: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 
 
 def real_core_factory(settings: Settings, warnings: list[str] | None = None) -> CoreFactory:

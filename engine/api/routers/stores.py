@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response, status
 
 from engine.api.deps import MerchantScope, Stores
+from engine.api.live import prepare_listing
 from engine.api.models import (
     ErrorOut,
     ImportResult,
@@ -50,6 +51,9 @@ async def list_stores(
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
 ) -> dict[str, Any]:
     """Live stores (a merchant token sees its own), in pages: a FeatureCollection."""
+    if merchant_id is not None or bbox is not None or scope is not None:
+        # the filter's table is built off the event loop, once per catalog (engine/api/live.py)
+        await asyncio.to_thread(prepare_listing, stores.catalog)
     page, nxt = stores.find(
         scope, merchant_id=merchant_id, bbox=bbox, limit=limit, cursor=cursor
     )

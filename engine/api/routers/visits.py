@@ -19,6 +19,7 @@ from engine.api.deps import MerchantScope
 from engine.api.errors import AccessDenied, InvalidRequest
 from engine.api.models import ErrorOut
 from engine.api.visits import VisitHub, VisitLog
+from engine.errors import StateError
 
 router = APIRouter(prefix="/merchants", tags=["visits"])
 
@@ -34,7 +35,12 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def _log(request: Request) -> VisitLog:
-    log: VisitLog = request.state.visit_log
+    log: VisitLog | None = getattr(request.state, "visit_log", None)
+    if log is None:
+        raise StateError(
+            "the visit log lives in a SQLite state file; a worker group (Redis state) does not "
+            "keep one: read visits from the merchant's MQTT topic geopush/visits/{merchant_id}"
+        )
     return log
 
 
