@@ -10,11 +10,15 @@ Layout (FastAPI is imported only by the modules that need it, so the daemon and 
                persisted changes on the catalog file at start-up and on reload (no FastAPI);
 * ``visits``   merchants' visit events: the visit log copied from the outbox (history, resume,
                open visits) and ``VisitHub``, the live fan-out to SSE streams (no FastAPI);
+* ``campaigns`` campaigns as the API sees them: validated as the campaign file, versioned with
+               their authors (table ``api_campaigns``), scoped to a merchant, swapped into the
+               core live, laid over the campaign file at start-up and on reload (no FastAPI);
+* ``forecast`` what-if: a trace replayed against a snapshot with one campaign as proposed;
 * ``app``      ``create_app(settings, target)``: the FastAPI application (lifespan, routers,
                error mapping);
 * ``deps``     authentication as dependencies (``CurrentPrincipal``, ``OperatorPrincipal``);
 * ``models``   pydantic models of the JSON bodies (stores are GeoJSON Features, as in the file);
-* ``routers/`` one router per resource (stores, tokens);
+* ``routers/`` one router per resource (stores, tokens, campaigns);
 * ``server``   ``ApiServer``: uvicorn inside ``geopush run`` (the daemon owns the signals);
 * ``cli``      ``geopush tokens create|list|revoke`` and ``geopush stores export``.
 

@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException
 
 from engine.api.errors import ApiError, AuthError
 from engine.api.live import FenceTarget, LiveStores
-from engine.api.routers import stores, tokens
+from engine.api.routers import campaigns, stores, tokens
 from engine.api.routers import visits as visits_router
 from engine.api.state import ApiState
 from engine.api.visits import VisitHub, VisitLog, visit_copier
@@ -89,6 +89,15 @@ _HANDLERS: dict[Any, Any] = {
 }
 
 
+def _live_campaigns(state: str | Path, target: FenceTarget, stores: LiveStores) -> Any:
+    """The campaigns' operations when the engine gives a campaign target (else None)."""
+    if target.campaigns is None:
+        return None
+    from engine.api.campaigns import CampaignLog, LiveCampaigns
+
+    return LiveCampaigns(target.campaigns, CampaignLog(state), lambda: stores.catalog)
+
+
 def create_app(state: str | Path, target: FenceTarget, *, visits: VisitHub | None = None) -> FastAPI:
     """The API over the state file ``state`` (SQLite) and the live fence index of ``target``;
     ``visits`` fans the daemon's committed visit events out to the SSE streams."""
@@ -101,25 +110,29 @@ def create_app(state: str | Path, target: FenceTarget, *, visits: VisitHub | Non
         except Exception as exc:
             app.state.startup_error = exc  # uvicorn only logs it: ApiServer reports it
             raise
+        live: dict[str, Any] = {"api_state": api_state, "live_stores": LiveStores(target, api_state)}
+        camps = _live_campaigns(api_state.path, target, live["live_stores"])
+        if camps is not None:
+            live["live_campaigns"] = camps
         try:
             visit_log = VisitLog(state, hub.prefix)
         except Exception as exc:
+            if camps is not None:
+                camps.log.close()
             api_state.close()
             app.state.startup_error = exc
             raise
         copier = asyncio.create_task(visit_copier(visit_log), name="visit-log")
+        live.update(visit_log=visit_log, visit_hub=hub)
         try:
-            yield {
-                "api_state": api_state,
-                "live_stores": LiveStores(target, api_state),
-                "visit_log": visit_log,
-                "visit_hub": hub,
-            }
+            yield live
         finally:
             copier.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await copier
             visit_log.close()
+            if camps is not None:
+                camps.log.close()
             api_state.close()
 
     app = FastAPI(
@@ -133,6 +146,7 @@ def create_app(state: str | Path, target: FenceTarget, *, visits: VisitHub | Non
     v1.include_router(stores.router)
     v1.include_router(tokens.router)
     v1.include_router(visits_router.router)
+    v1.include_router(campaigns.router)
 
     @v1.get("/health", tags=["health"])
     async def health(request: Request) -> dict[str, Any]:

@@ -25,7 +25,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.api.errors import AccessDenied, Conflict, InvalidRequest, NotFound
 from engine.api.state import ApiState, StoreChange, read_store_changes
@@ -33,6 +33,9 @@ from fences import geojson
 from fences.catalog import Catalog, parse_stores, store_from_feature, to_feature
 from fences.errors import CatalogError, Problem
 from fences.store import Store
+
+if TYPE_CHECKING:
+    from engine.api.campaigns import CampaignTarget
 
 log = logging.getLogger("geopush.api")
 
@@ -58,10 +61,12 @@ def _nothing(_ids: list[str]) -> None:
 @dataclass
 class FenceTarget:
     """Where live changes go: ``index()`` returns the fence index in use now (a reload swaps
-    it), ``removed(ids)`` tells the engine that stores went (``Core.stores_removed``)."""
+    it), ``removed(ids)`` tells the engine that stores went (``Core.stores_removed``);
+    ``campaigns``: where campaign changes go (engine/api/campaigns.py; None: no campaigns)."""
 
     index: Callable[[], LiveIndex]
     removed: Callable[[list[str]], None] = _nothing
+    campaigns: CampaignTarget | None = None
 
 
 @dataclass

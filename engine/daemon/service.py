@@ -257,9 +257,8 @@ class Service:
         assert self.settings.http is not None
         store = self._require_store()
         hub = VisitHub(self.topics.visits(""), lambda: store.out_seq)  # the live visit feed
-        self.api = ApiServer(
-            self.settings.http, self.settings.state, FenceTarget(index, removed), visits=hub
-        )
+        target = FenceTarget(index, removed, campaign_target(core))
+        self.api = ApiServer(self.settings.http, self.settings.state, target, visits=hub)
         await self.api.start()
 
     async def _connection_loop(self) -> None:
@@ -870,6 +869,14 @@ class Service:
                 from engine.api.live import overlay_state
 
                 overlay_state(fresh["index"], self.settings.state, after=seq)
+            cseq = fresh.pop(API_CAMPAIGN_SEQ, None)
+            if cseq is not None and self.api is not None and "campaigns" in fresh:
+                # campaign changes the API made while the files loaded, likewise
+                from engine.api.campaigns import overlay_campaigns_state
+
+                fresh["campaigns"], _ = overlay_campaigns_state(
+                    fresh["campaigns"], self.settings.state, after=cseq
+                )
             reload = getattr(core, "reload", None)
             if reload is None:
                 raise GeopushError("this core does not support reload")
@@ -1032,6 +1039,11 @@ def load_fences_and_campaigns(
         # over (a reload catches up with later ones, _reload).
         loaded[API_SEQ] = overlay_state(index, settings.state)
     campaigns = load_campaigns(settings.campaigns)
+    if settings.redis_url is None:
+        from engine.api.campaigns import overlay_campaigns_state
+
+        # Likewise the campaign file is the baseline; the API's campaign changes are laid over.
+        campaigns, loaded[API_CAMPAIGN_SEQ] = overlay_campaigns_state(campaigns, settings.state)
     found = catalog_warnings(campaigns, index.catalog)
     for w in found:
         log.warning("%s", w)
@@ -1043,6 +1055,27 @@ def load_fences_and_campaigns(
 
 
 API_SEQ = "api_seq"
+API_CAMPAIGN_SEQ = "api_campaign_seq"
+
+
+def campaign_target(core: Any) -> Any:
+    """Where the HTTP API's campaign changes go: the core's live ``CampaignSet``, swapped by
+    ``core.reload(campaigns=...)`` (None for a core without campaigns)."""
+    from engine.api.campaigns import CampaignTarget
+
+    if not hasattr(core, "campaigns") or not hasattr(core, "reload"):
+        return None
+    return CampaignTarget(
+        get=lambda: core.campaigns,
+        swap=lambda cs: core.reload(campaigns=cs),
+        config=lambda: getattr(core, "config", None),
+        profiles=lambda: getattr(core, "profiles", None),
+        counter_changed=lambda cid: getattr(core.store, "forget_inventory", _noop)(cid),
+    )
+
+
+def _noop(*_a: Any) -> None:
+    return None
 
 
 def real_core_factory(settings: Settings, warnings: list[str] | None = None) -> CoreFactory:

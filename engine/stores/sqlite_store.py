@@ -273,6 +273,12 @@ class SQLiteStore:
         self._inv_dirty.add(campaign_id)
         return True
 
+    def forget_inventory(self, campaign_id: str) -> None:
+        """Drop the cached coupon counter of a campaign: another connection changed it (the
+        HTTP API, between two batches); the next use reads it from the file."""
+        if campaign_id not in self._inv_dirty:
+            self._inventory.pop(campaign_id, None)
+
     def seen_push(self, push_id: str) -> bool:
         if push_id in self._new_push_ids:
             return True
