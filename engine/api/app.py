@@ -20,7 +20,10 @@ from starlette.exceptions import HTTPException
 
 from engine.api.errors import ApiError, AuthError
 from engine.api.live import FenceTarget, LiveStores
+from engine.api.outcomes import OutcomeLog, outcome_copier
+from engine.api.redemptions import RedemptionDesk
 from engine.api.routers import campaigns, stores, tokens
+from engine.api.routers import redemptions as redemptions_router
 from engine.api.routers import visits as visits_router
 from engine.api.state import ApiState
 from engine.api.visits import VisitHub, VisitLog, visit_copier
@@ -98,10 +101,18 @@ def _live_campaigns(state: str | Path, target: FenceTarget, stores: LiveStores) 
     return LiveCampaigns(target.campaigns, CampaignLog(state), lambda: stores.catalog)
 
 
-def create_app(state: str | Path, target: FenceTarget, *, visits: VisitHub | None = None) -> FastAPI:
+def create_app(
+    state: str | Path,
+    target: FenceTarget,
+    *,
+    visits: VisitHub | None = None,
+    redemptions: RedemptionDesk | None = None,
+) -> FastAPI:
     """The API over the state file ``state`` (SQLite) and the live fence index of ``target``;
-    ``visits`` fans the daemon's committed visit events out to the SSE streams."""
+    ``visits`` fans the daemon's committed visit events out to the SSE streams; ``redemptions``
+    publishes redeem events and waits for their committed answers."""
     hub = visits or VisitHub("geopush/visits/", lambda: 0)
+    desk = redemptions or RedemptionDesk()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
@@ -122,15 +133,19 @@ def create_app(state: str | Path, target: FenceTarget, *, visits: VisitHub | Non
             api_state.close()
             app.state.startup_error = exc
             raise
+        outcome_log = OutcomeLog(state, desk.prefix)
         copier = asyncio.create_task(visit_copier(visit_log), name="visit-log")
-        live.update(visit_log=visit_log, visit_hub=hub)
+        copier2 = asyncio.create_task(outcome_copier(outcome_log), name="outcome-log")
+        live.update(visit_log=visit_log, visit_hub=hub, outcome_log=outcome_log, redemptions=desk)
         try:
             yield live
         finally:
-            copier.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await copier
+            for task in (copier, copier2):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             visit_log.close()
+            outcome_log.close()
             if camps is not None:
                 camps.log.close()
             api_state.close()
@@ -147,6 +162,7 @@ def create_app(state: str | Path, target: FenceTarget, *, visits: VisitHub | Non
     v1.include_router(tokens.router)
     v1.include_router(visits_router.router)
     v1.include_router(campaigns.router)
+    v1.include_router(redemptions_router.router)
 
     @v1.get("/health", tags=["health"])
     async def health(request: Request) -> dict[str, Any]:

@@ -201,7 +201,8 @@ class Service:
             )
             self.outbox = Outbox(link, store, self.metrics, max_in_flight=s.max_in_flight)
             if self.api is not None:  # committed visit events to the API's SSE streams
-                self.outbox.on_commit = self.api.visits.committed
+                self.outbox.on_commit = self.api.committed  # (and redemption answers)
+                self.api.redemptions.publish = lambda t, p: link.publish_nowait(t, p, qos=1)
             # the broker's own dropped-message counter ($SYS), on a connection (and login) of its own
             refusal = watch_refusal(s)
             if refusal is None:
@@ -258,7 +259,9 @@ class Service:
         store = self._require_store()
         hub = VisitHub(self.topics.visits(""), lambda: store.out_seq)  # the live visit feed
         target = FenceTarget(index, removed, campaign_target(core))
-        self.api = ApiServer(self.settings.http, self.settings.state, target, visits=hub)
+        self.api = ApiServer(
+            self.settings.http, self.settings.state, target, visits=hub, prefix=self.topics.prefix
+        )
         await self.api.start()
 
     async def _connection_loop(self) -> None:
