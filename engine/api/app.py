@@ -171,6 +171,10 @@ def create_app(
         return {"status": "ok", "stores": len(live.catalog)}
 
     app.include_router(v1)
+    from engine.api import console  # the merchant console (/console): HTML over the same data
+
+    app.include_router(console.router)
+    app.mount("/console/static", console.static, name="console-static")
     return app
 
 

@@ -200,6 +200,67 @@ class OutcomeLog:
         return out
 
 
+    def recent_enters(self, merchant_id: str, limit: int = 30) -> list[dict[str, Any]]:
+        """The merchant's newest enter events (the visit log), newest first, each with ``id``,
+        the pushes and holdout decisions of its visit (``pushes``; a push redeemed has
+        ``redeemed: true``)."""
+        import json
+
+        with self._lock, _sql(self.path):
+            has = self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'api_visits'").fetchone()
+            rows = (
+                self._db.execute(
+                    "SELECT seq, payload FROM api_visits WHERE merchant_id = ? AND event = 'enter'"
+                    " ORDER BY seq DESC LIMIT ?",
+                    (merchant_id, limit),
+                ).fetchall()
+                if has
+                else []
+            )
+        out = [{"id": int(q), **json.loads(p)} for q, p in rows]
+        pushes = self.pushes_for([v["visit_id"] for v in out])
+        ids = [p["push_id"] for ps in pushes.values() for p in ps if p.get("kind") == "push"]
+        redeemed: set[str] = set()
+        if ids:
+            marks = ",".join("?" * len(ids))
+            with self._lock, _sql(self.path):
+                redeemed = {
+                    str(r[0])
+                    for r in self._db.execute(
+                        "SELECT ref FROM (SELECT json_extract(CAST(payload AS TEXT), '$.push_ref')"
+                        " AS ref, json_extract(CAST(payload AS TEXT), '$.status') AS status"
+                        f" FROM api_outcomes WHERE merchant_id = ? AND kind = 'redeem')"
+                        f" WHERE status = 'ok' AND ref IN ({marks})",  # noqa: S608
+                        [merchant_id, *ids],
+                    )
+                }
+        for v in out:
+            v["pushes"] = pushes.get(v["visit_id"], [])
+            for p in v["pushes"]:
+                p["redeemed"] = p.get("push_id") in redeemed
+        return out
+
+    def last_fixes(self, users: list[str]) -> dict[str, tuple[float, float]]:
+        """Each user's last accepted GPS fix (lon, lat) from the daemon's user records (none for
+        a user seen only through WiFi, beacons or NFC)."""
+        from engine.state import decode_user
+
+        out: dict[str, tuple[float, float]] = {}
+        if not users:
+            return out
+        marks = ",".join("?" * len(users))
+        with self._lock, _sql(self.path):
+            rows = self._db.execute(
+                f"SELECT user, blob FROM users WHERE user IN ({marks})", users  # noqa: S608
+            ).fetchall()
+        for user, blob in rows:
+            with contextlib.suppress(Exception):  # a record the daemon will quarantine: no dot
+                fix = decode_user(bytes(blob)).last_fix
+                if fix is not None:
+                    out[str(user)] = (fix[0], fix[1])
+        return out
+
+
 def merchant_report(
     log: OutcomeLog, merchant_id: str, lo: float, hi: float, *, catch_up: bool = True
 ) -> dict[str, Any]:
@@ -236,6 +297,9 @@ async def outcome_copier(log: OutcomeLog, every: float = COPY_EVERY_S) -> None:
         except StateError as exc:
             logger.warning("outcome log: %s", exc)
         await asyncio.sleep(every)
+
+
+
 
 
 __all__ = ["KINDS", "OutcomeLog", "merchant_report", "outcome_copier"]
