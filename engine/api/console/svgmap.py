@@ -13,6 +13,7 @@ from fences.store import Store
 
 _M_PER_DEG = 111_195.0
 W, H, PAD = 640, 400, 28
+TOP, BOTTOM = 32, 56  # room for the labels above, the scale and legend below
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,13 +66,13 @@ def render(stores: Sequence[Store], dots: Sequence[Dot], counts: dict[str, int])
     ms = [xy(*p) for p in pts]
     span_x = max(40.0, max(m[0] for m in ms) - min(m[0] for m in ms))
     span_y = max(40.0, max(m[1] for m in ms) - min(m[1] for m in ms))
-    scale = min((W - 2 * PAD) / span_x, (H - 2 * PAD) / span_y)  # px per metre
+    scale = min((W - 2 * PAD) / span_x, (H - TOP - BOTTOM) / span_y)  # px per metre
     cx = (max(m[0] for m in ms) + min(m[0] for m in ms)) / 2
     cy = (max(m[1] for m in ms) + min(m[1] for m in ms)) / 2
 
     def px(lon: float, lat: float) -> tuple[float, float]:
         x, y = xy(lon, lat)
-        return W / 2 + (x - cx) * scale, H / 2 - (y - cy) * scale
+        return W / 2 + (x - cx) * scale, TOP + (H - TOP - BOTTOM) / 2 - (y - cy) * scale
 
     parts = [head]
     for s in stores:
@@ -99,7 +100,7 @@ def render(stores: Sequence[Store], dots: Sequence[Dot], counts: dict[str, int])
             parts.append(f'<g class="store" data-store="{sid}"><path d="{path}" class="fence"/>{title}')
         parts.append(
             f'<text x="{x:.1f}" y="{max(12.0, top - 6):.1f}" class="store-label">{name}</text>'
-            f'<text x="{x:.1f}" y="{min(H - 30.0, bottom + 14):.1f}" class="store-count">'
+            f'<text x="{x:.1f}" y="{min(H - 30.0, bottom + 15):.1f}" class="store-count">'
             f'{n} visit{"" if n == 1 else "s"}'
             "</text></g>"
         )
