@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote
 
+import jinja2
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
@@ -42,7 +43,12 @@ from engine.api.state import ApiState, Principal
 from engine.api.visits import VisitLog
 
 HERE = Path(__file__).parent
-templates = Jinja2Templates(directory=str(HERE / "templates"))
+templates = Jinja2Templates(
+    env=jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(HERE / "templates")),
+        autoescape=jinja2.select_autoescape(["html"]),  # every value escaped, but |safe (the SVG)
+    )
+)
 static = StaticFiles(directory=str(HERE / "static"))
 router = APIRouter(prefix="/console", include_in_schema=False)
 
@@ -84,8 +90,12 @@ def _window(rng: str) -> tuple[float, float]:
     return day - days * 86400, math.inf
 
 
-def _merchants(stores: LiveStores) -> list[str]:
-    return sorted({m for _, m in stores.catalog.owners()})
+def _merchants(stores: LiveStores) -> list[tuple[str, int]]:
+    """(merchant_id, live stores) for every merchant with a live store, by id."""
+    counts: dict[str, int] = {}
+    for _, m in stores.catalog.owners():
+        counts[m] = counts.get(m, 0) + 1
+    return sorted(counts.items())
 
 
 class _Session:
