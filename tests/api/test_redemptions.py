@@ -121,3 +121,11 @@ async def test_a_till_redeems_through_the_engine_exactly_once_and_the_report_cou
     keys = ("visits", "pushes", "delivered", "held_out", "redemptions", "orders", "revenue",
             "new_customers", "new_followers", "lift", "campaigns")  # fmt: skip
     assert {k: rep[k] for k in keys} == {k: m1[k] for k in keys}
+
+
+async def test_without_the_engine_connection_a_redemption_is_refused_and_nothing_is_redeemed(api):  # type: ignore[no-untyped-def]
+    # the API served alone (no daemon link): the broker never got the event
+    async with api.client("m1") as http:
+        r = await http.post("/v1/redemptions", json={"user": "u1", "code": "7MZ4K0Q2XH-R"})
+    assert r.status_code == 503
+    assert "retry" in r.json()["detail"]
