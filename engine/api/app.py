@@ -20,8 +20,11 @@ from starlette.exceptions import HTTPException
 
 from engine.api.errors import ApiError, AuthError
 from engine.api.live import FenceTarget, LiveStores, prepare_listing
+from engine.api.outcomes import OutcomeLog, outcome_copier
+from engine.api.redemptions import RedemptionDesk
 from engine.api.redis_state import is_redis_url, open_api_state
 from engine.api.routers import campaigns, stores, tokens, webhooks
+from engine.api.routers import redemptions as redemptions_router
 from engine.api.routers import visits as visits_router
 from engine.api.visits import VisitHub, VisitLog, visit_copier
 from engine.errors import StateError, TransportError
@@ -98,10 +101,18 @@ def _live_campaigns(state: str | Path, target: FenceTarget, stores: LiveStores) 
     return LiveCampaigns(target.campaigns, CampaignLog(state), lambda: stores.catalog)
 
 
-def create_app(state: str | Path, target: FenceTarget, *, visits: VisitHub | None = None) -> FastAPI:
+def create_app(
+    state: str | Path,
+    target: FenceTarget,
+    *,
+    visits: VisitHub | None = None,
+    redemptions: RedemptionDesk | None = None,
+) -> FastAPI:
     """The API over the state file ``state`` (SQLite) and the live fence index of ``target``;
-    ``visits`` fans the daemon's committed visit events out to the SSE streams."""
+    ``visits`` fans the daemon's committed visit events out to the SSE streams; ``redemptions``
+    publishes redeem events and waits for their committed answers."""
     hub = visits or VisitHub("geopush/visits/", lambda: 0)
+    desk = redemptions or RedemptionDesk()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
@@ -114,7 +125,9 @@ def create_app(state: str | Path, target: FenceTarget, *, visits: VisitHub | Non
         with contextlib.suppress(Exception):  # (no live index: a stand-in engine)
             # the filtered listing's tables, built off the loop before a page needs them
             asyncio.get_running_loop().run_in_executor(None, prepare_listing, stores_live.catalog)
-        live: dict[str, Any] = {"api_state": api_state, "live_stores": stores_live, "visit_hub": hub}
+        live: dict[str, Any] = {
+            "api_state": api_state, "live_stores": stores_live, "visit_hub": hub, "redemptions": desk,
+        }  # fmt: skip
         if is_redis_url(str(state)):
             # a worker group: stores and tokens in Redis; the visit log, campaigns and
             # webhooks live in a SQLite state file (their routes answer 503 here)
@@ -133,16 +146,21 @@ def create_app(state: str | Path, target: FenceTarget, *, visits: VisitHub | Non
         camps = _live_campaigns(api_state.path, target, stores_live)
         if camps is not None:
             live["live_campaigns"] = camps
+        outcome_log = OutcomeLog(state, desk.prefix)
+        live.update(outcome_log=outcome_log, redemptions=desk)
         copier = asyncio.create_task(visit_copier(visit_log), name="visit-log")
+        copier2 = asyncio.create_task(outcome_copier(outcome_log), name="outcome-log")
         try:
             yield live
         finally:
-            copier.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await copier
+            for task in (copier, copier2):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            visit_log.close()
+            outcome_log.close()
             if camps is not None:
                 camps.log.close()
-            visit_log.close()
             api_state.close()
 
     app = FastAPI(
@@ -158,6 +176,7 @@ def create_app(state: str | Path, target: FenceTarget, *, visits: VisitHub | Non
     v1.include_router(visits_router.router)
     v1.include_router(campaigns.router)
     v1.include_router(webhooks.router)
+    v1.include_router(redemptions_router.router)
 
     @v1.get("/health", tags=["health"])
     async def health(request: Request) -> dict[str, Any]:
@@ -166,6 +185,10 @@ def create_app(state: str | Path, target: FenceTarget, *, visits: VisitHub | Non
         return {"status": "ok", "stores": len(live.catalog)}
 
     app.include_router(v1)
+    from engine.api import console  # the merchant console (/console): HTML over the same data
+
+    app.include_router(console.router)
+    app.mount("/console/static", console.static, name="console-static")
     return app
 
 

@@ -21,6 +21,11 @@ from engine.api.state import ApiState, Principal
 
 _bearer = HTTPBearer(auto_error=False, description="an API token (`geopush tokens create`)")
 
+# The console's sign-in cookie (HttpOnly, SameSite=Strict; engine/api/console): it holds the token
+# and stands in for the Authorization header on GET requests only (the browser's EventSource
+# cannot send headers), so no cookie alone can change anything through /v1.
+CONSOLE_COOKIE = "geopush_console"
+
 
 async def get_state(request: Request) -> ApiState:
     state: ApiState = request.state.api_state
@@ -37,9 +42,14 @@ Stores = Annotated[LiveStores, Depends(get_stores)]
 
 
 async def get_principal(
+    request: Request,
     state: State,
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
+    if (creds is None or not creds.credentials) and request.method in ("GET", "HEAD"):
+        cookie = request.cookies.get(CONSOLE_COOKIE)
+        if cookie:
+            creds = HTTPAuthorizationCredentials(scheme="Bearer", credentials=cookie)
     if creds is None or not creds.credentials:
         raise AuthError(
             "no API token: send `Authorization: Bearer <token>` (create one with "

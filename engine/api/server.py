@@ -14,11 +14,13 @@ import logging
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
 from engine.api.app import create_app
 from engine.api.live import FenceTarget
+from engine.api.redemptions import RedemptionDesk
 from engine.api.visits import VisitHub
 from engine.daemon.config import parse_http
 from engine.errors import ConfigError
@@ -36,11 +38,18 @@ class ApiServer:
     """The HTTP API on ``HOST:PORT`` over ``state`` and the fence index of ``target``."""
 
     def __init__(
-        self, address: str, state: str | Path, target: FenceTarget, *, visits: VisitHub | None = None
+        self,
+        address: str,
+        state: str | Path,
+        target: FenceTarget,
+        *,
+        visits: VisitHub | None = None,
+        prefix: str = "geopush",
     ) -> None:
         self.host, self.port = parse_http(address)
-        self.visits = visits or VisitHub("geopush/visits/", lambda: 0)
-        self.app = create_app(state, target, visits=self.visits)
+        self.visits = visits or VisitHub(f"{prefix}/visits/", lambda: 0)
+        self.redemptions = RedemptionDesk(prefix)
+        self.app = create_app(state, target, visits=self.visits, redemptions=self.redemptions)
         config = uvicorn.Config(
             self.app,
             lifespan="on",
@@ -51,6 +60,11 @@ class ApiServer:
         self.server = _Server(config)
         self._task: asyncio.Task[None] | None = None
         self._sock: socket.socket | None = None
+
+    def committed(self, rows: Any) -> None:
+        """A batch's outbox rows, just committed: to the SSE streams and waiting redemptions."""
+        self.visits.committed(rows)
+        self.redemptions.committed(rows)
 
     async def start(self) -> None:
         """Bind, serve in this loop, return once accepting connections."""

@@ -207,7 +207,8 @@ class Service:
             )
             self.outbox = Outbox(link, store, self.metrics, max_in_flight=s.max_in_flight)
             if self.api is not None:  # committed visit events to the API's SSE streams
-                self.outbox.on_commit = self.api.visits.committed
+                self.outbox.on_commit = self.api.committed  # (and redemption answers)
+                self.api.redemptions.publish = lambda t, p: link.publish_nowait(t, p, qos=1)
             await self._start_webhooks()
             # the broker's own dropped-message counter ($SYS), on a connection (and login) of its own
             refusal = watch_refusal(s)
@@ -286,7 +287,9 @@ class Service:
         hub = VisitHub(self.topics.visits(""), lambda: store.out_seq)  # the live visit feed
         target = self._fence_target()
         target.campaigns = campaign_target(self._require_core())
-        self.api = ApiServer(self.settings.http, self.settings.state, target, visits=hub)
+        self.api = ApiServer(
+            self.settings.http, self.settings.state, target, visits=hub, prefix=self.topics.prefix
+        )
         await self.api.start()
 
     def _follow_api_changes(self, url: str) -> asyncio.Task[None] | None:

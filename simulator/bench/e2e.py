@@ -18,6 +18,13 @@ publishers' CPU. Latency is then measured live at 25/50/90% of the engine's maxi
 pace their sends, a collector subscribes to the pushes, and event-to-push latency is the time from
 the publisher handing a message to the socket to the collector receiving the push it caused.
 All of it for single-event messages and for batch messages of 50 events.
+
+``--loop`` runs it twice in the same run, each time on a fresh engine: the plain workload, then
+the same one with the loop closed ("loop"): after each visit that got a push, the user's second
+and third fixes outside are replaced by a ``redeem`` of that push's code and a ``payment`` at its
+merchant (the codes are known beforehand: the publishers replay their users' fixes through the
+core with the engine's coupon secret, ``LOOP_SECRET``). Same messages, same visits and pushes;
+1 event in 10 is a redemption or a payment, each answered and attributed by the engine.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ STAY = 2  # ... the last STAY of them inside a store: 10% of fixes inside, 5% en
 CITY_SIDE = 20
 LOADS = (0.25, 0.5, 0.9)
 ENGINE_ID = "bench-engine"
+LOOP_SECRET = "geopush-bench-e2e-loop-secret"  # the engine's coupon secret (--loop)
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -62,6 +70,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--transport", choices=["fast", "plain", "both"], default="fast",
                    help="the engine's MQTT path: fast (default), plain (`geopush run --mqtt-plain`), "
                         "or both, one after the other against the same broker and ceiling")
+    p.add_argument("--loop", action="store_true",
+                   help="also measure the workload with redemptions and payments (1 event in 10), "
+                        "in the same run on a fresh engine: results under plain and loop")
     p.add_argument("--engine-arg", action="append", default=[], metavar="ARG",
                    help="extra argument for `geopush run` (repeatable), e.g. --engine-arg=--state=redis://...")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -89,7 +100,49 @@ def plain_help(doc: str) -> str:
 # --- message generation (in the publisher processes) -----------------------------------------------
 
 
-def _messages(kind: str, prefix: str, users: int, count: int, topic_prefix: str) -> tuple[list[tuple[str, bytes]], list[list[tuple[str, float]]]]:
+def _close_loop(evs: list[list[dict[str, Any]]], per_msg: int) -> int:
+    """Replace, after each visit that gets a push, the user's 2nd and 3rd fixes outside with a
+    redemption of the push's code and a payment at its merchant (decisions and visits unchanged:
+    the users are outside by then, and the bench city's campaigns have no audience rules). The
+    pushes come from replaying the fixes through the core, in the order they are published, with
+    the engine's coupon secret. Returns the events replaced."""
+    import tempfile
+
+    from engine.campaigns import load_campaigns
+    from engine.core import Core, CoreConfig
+    from engine.events import decode
+    from engine.outputs import Push
+    from engine.state import MemoryStore
+    from fences.catalog import load_catalog
+    from fences.index import FenceIndex
+    from simulator.bench.workload import City
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fences, camps = City(CITY_SIDE).write(Path(tmp))
+        core = Core(FenceIndex(load_catalog(fences)), load_campaigns(camps), MemoryStore(),
+                    CoreConfig(coupon_secret=LOOP_SECRET))  # fmt: skip
+    where = {(e["user"], e["ts"]): (u, i) for u, ev in enumerate(evs) for i, e in enumerate(ev)}
+    pushes: list[Any] = []
+    longest = max(len(ev) for ev in evs)
+    for r in range(0, longest, per_msg):
+        chunk = [decode(json.dumps(e).encode())[0] for ev in evs for e in ev[r : r + per_msg]]
+        pushes += [o for o in core.process(chunk) if type(o) is Push]
+    n = 0
+    for p in pushes:
+        u, i = where[(p.user, p.ts)]  # the enter fix; i + STAY: the exit; then ours
+        ev = evs[u]
+        if i + STAY + 2 < len(ev):
+            t1, t2 = ev[i + STAY + 1]["ts"], ev[i + STAY + 2]["ts"]
+            ev[i + STAY + 1] = {"type": "redeem", "user": p.user, "ts": t1, "merchant_id": p.merchant_id,
+                                "code": p.code}  # fmt: skip
+            ev[i + STAY + 2] = {"type": "payment", "user": p.user, "ts": t2, "merchant_id": p.merchant_id,
+                                "amount": 12.5}  # fmt: skip
+            n += 2
+    return n
+
+
+def _messages(kind: str, prefix: str, users: int, count: int, topic_prefix: str,
+              loop: bool = False) -> tuple[list[tuple[str, bytes]], list[list[tuple[str, float]]]]:  # fmt: skip
     """``count`` messages for ``users`` fresh users, and per message the (user, ts) of the fixes
     inside a store (each causes an enter and, by the campaigns, a push)."""
     from simulator.bench.workload import City, user_events
@@ -101,6 +154,8 @@ def _messages(kind: str, prefix: str, users: int, count: int, topic_prefix: str)
     # the same round, a burst of pushes every PERIOD rounds that real phones do not produce.
     phase = [u % PERIOD for u in range(users)]
     evs = [user_events(city, f"{prefix}{u}", rounds * per_msg + PERIOD, seed=7, inside_every=PERIOD, stay=STAY)[phase[u]:] for u in range(users)]
+    if loop:
+        _close_loop(evs, per_msg)
     msgs: list[tuple[str, bytes]] = []
     keys: list[list[tuple[str, float]]] = []
     dumps = json.dumps
@@ -121,7 +176,7 @@ def _messages(kind: str, prefix: str, users: int, count: int, topic_prefix: str)
 
 
 def _publisher(url: str, kind: str, prefix: str, users: int, count: int, rate: float | None,
-               topic_prefix: str, out: Any, go: Any, abort: Any) -> None:  # fmt: skip
+               topic_prefix: str, out: Any, go: Any, abort: Any, loop: bool = False) -> None:  # fmt: skip
     """Child process: publish ``count`` messages (paced at ``rate`` msg/s, or flat out) through
     the raw-socket publisher (simulator.bench.pub: ~2-3 µs of CPU per message where the
     paho-based ``publish_paced`` took 6-17), every one acknowledged. Messages are generated and
@@ -132,7 +187,7 @@ def _publisher(url: str, kind: str, prefix: str, users: int, count: int, rate: f
 
     try:
         cpu0 = time.process_time()
-        msgs, keys = _messages(kind, prefix, users, count, topic_prefix)
+        msgs, keys = _messages(kind, prefix, users, count, topic_prefix, loop)
         packets = RawPublisher.prepare(msgs)
         setup = time.process_time() - cpu0
         with RawPublisher(url, client_id=f"bench-pub-{prefix}{os.getpid()}", max_in_flight=1000) as pub:
@@ -153,7 +208,8 @@ def _publisher(url: str, kind: str, prefix: str, users: int, count: int, rate: f
 
 
 def _publish(url: str, kind: str, tag: str, count: int, rate: float | None, procs: int,
-             topic_prefix: str = "geopush/events", on_start: Any = None) -> dict[str, Any]:  # fmt: skip
+             topic_prefix: str = "geopush/events", on_start: Any = None,
+             loop: bool = False) -> dict[str, Any]:  # fmt: skip
     """Run ``procs`` publisher processes sharing ``count`` messages and ``rate``; wait for all.
     ``on_start()`` runs when every publisher is ready (messages encoded, connected), just
     before they all start publishing."""
@@ -169,7 +225,7 @@ def _publish(url: str, kind: str, tag: str, count: int, rate: float | None, proc
         p = ctx.Process(
             target=_publisher,
             args=(url, kind, f"{tag}p{i}u", users, count // procs, rate / procs if rate else None,
-                  topic_prefix, q, go, abort),
+                  topic_prefix, q, go, abort, loop),
         )  # fmt: skip
         p.start()
         ps.append(p)
@@ -332,10 +388,12 @@ class Watch:
 
 
 class Engine:
-    def __init__(self, url: str, folder: Path, args: argparse.Namespace, transport: str = "fast") -> None:
+    def __init__(self, url: str, folder: Path, args: argparse.Namespace, transport: str = "fast",
+                 workload: str = "plain") -> None:  # fmt: skip
+        self.loop = workload == "loop"
         self.cmd = [
             sys.executable, "-m", "engine", "run", "--broker", url, "--client-id", ENGINE_ID,
-            "--state", str(folder / f"state-{transport}.sqlite"), "--fences", str(folder / "fences.geojson"),
+            "--state", str(folder / f"state-{transport}-{workload}.sqlite"), "--fences", str(folder / "fences.geojson"),
             "--campaigns", str(folder / "campaigns.json"), "--status-interval", "0.1",
             "--batch-size", str(args.batch_size), "--log-level", "WARNING", "--no-owntracks",
             *(["--uvloop"] if args.uvloop else []), *args.engine_arg,
@@ -360,7 +418,8 @@ class Engine:
         return out
 
     async def start(self, watch: Watch) -> int:
-        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL)
+        env = {**os.environ, "GEOPUSH_COUPON_SECRET": LOOP_SECRET}  # the codes _close_loop made
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, env=env)
         pid = self.proc.pid
         await watch.wait(
             lambda: any(s.get("pid") == pid and s["state"] == "online" for s in watch.status)
@@ -437,7 +496,7 @@ async def _measure_kind(url: str, kind: str, args: argparse.Namespace, engine: E
     n = _backlog(kind, args.duration)  # the same backlog the ceiling drained: same broker work
     engine.stop()
     say(f"[{kind}] preloading {n} messages for the engine")
-    await asyncio.to_thread(_publish, url, kind, f"max-{kind}-", n, None, args.publishers)
+    await asyncio.to_thread(_publish, url, kind, f"max-{kind}-", n, None, args.publishers, loop=engine.loop)
     pid = await engine.start(watch)
     # (no CPU figure here: the engine reports "online" only after its first batches, so the CPU
     # it used for the drain cannot be read from /proc; the live phases below give CPU per event)
@@ -465,7 +524,7 @@ async def _measure_kind(url: str, kind: str, args: argparse.Namespace, engine: E
             c0s.append((proc_cpu(pid), proc_cpu(broker_pid), time.monotonic(), time.process_time()))  # noqa: B023
 
         pub = await asyncio.to_thread(_publish, url, kind, f"l{int(frac * 100)}-{kind}-", count, rate,
-                                      args.publishers, on_start=start)  # fmt: skip
+                                      args.publishers, on_start=start, loop=engine.loop)  # fmt: skip
         c0 = c0s[0]
         await watch.wait(lambda: watch.idle(pid, base + pub["n"]), 120, "the engine to catch up")  # noqa: B023
         c1 = (proc_cpu(pid), proc_cpu(broker_pid), time.monotonic(), time.process_time())
@@ -525,13 +584,19 @@ async def _bench(url: str, args: argparse.Namespace, folder: Path, say: Any,
                                "uvloop": args.uvloop, "city_stores": CITY_SIDE**2,
                                "fixes_inside_fraction": STAY / PERIOD,
                                "enters_per_fix": 1 / PERIOD, "transport": args.transport}  # fmt: skip
+    workloads = ["plain", "loop"] if args.loop else ["plain"]
+    results["workloads"] = workloads
     try:
-        for transport in transports:
-            # one engine per transport, each on its own fresh state (same client id: the
-            # status topic the watch reads; the previous engine drained its session)
-            say(f"[engine] the {transport} MQTT path")
-            engine = Engine(url, folder, args, transport)
-            into = results if len(transports) == 1 else results.setdefault(transport, {})
+        for workload, transport in [(w, t) for w in workloads for t in transports]:
+            # one engine per transport and workload, each on its own fresh state (same client
+            # id: the status topic the watch reads; the previous engine drained its session)
+            say(f"[engine] the {transport} MQTT path, {workload} workload")
+            engine = Engine(url, folder, args, transport, workload)
+            into = results
+            if len(workloads) > 1:
+                into = into.setdefault(workload, {})
+            if len(transports) > 1:
+                into = into.setdefault(transport, {})
             try:
                 await engine.start(watch)
                 for kind in kinds:
@@ -572,11 +637,15 @@ def _main(args: argparse.Namespace) -> int:
                 broker.stop()
     if args.json:
         print(json.dumps(results, indent=2))
-    elif args.transport == "both":
-        for transport in ("fast", "plain"):
-            _table(results[transport], console, f" - the {transport} MQTT path")
-    else:
-        _table(results, console, f" - the {args.transport} MQTT path")
+        return 0
+    for workload in results["workloads"]:
+        r = results[workload] if args.loop else results
+        what = " - with redemptions and payments" if workload == "loop" else ""
+        if args.transport == "both":
+            for transport in ("fast", "plain"):
+                _table(r[transport], console, f" - the {transport} MQTT path{what}")
+        else:
+            _table(r, console, f" - the {args.transport} MQTT path{what}")
     return 0
 
 

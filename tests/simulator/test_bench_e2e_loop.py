@@ -1,0 +1,50 @@
+"""`geopush bench e2e --loop`: the loop workload redeems real codes and pays at their merchants,
+with the same messages, visits and pushes as the plain one."""
+
+from __future__ import annotations
+
+import collections
+import json
+
+from engine.campaigns import load_campaigns
+from engine.core import Core, CoreConfig
+from engine.events import decode
+from engine.outputs import Order, Push, RedeemResult, VisitEvent
+from engine.state import MemoryStore
+from fences.catalog import load_catalog
+from fences.index import FenceIndex
+from simulator.bench.e2e import CITY_SIDE, LOOP_SECRET, _messages
+from simulator.bench.workload import City
+
+
+def _run(tmp_path, msgs):  # type: ignore[no-untyped-def]
+    fences, camps = City(CITY_SIDE).write(tmp_path)
+    core = Core(FenceIndex(load_catalog(fences)), load_campaigns(camps), MemoryStore(),
+                CoreConfig(coupon_secret=LOOP_SECRET))  # fmt: skip
+    outs = []
+    for _, payload in msgs:
+        outs += core.process(decode(payload))
+    return outs
+
+
+def test_the_loop_workload_redeems_and_pays_without_changing_visits_or_pushes(tmp_path):
+    for kind in ("single", "batch"):
+        plain, keys_p = _messages(kind, "t", 20, 600, "geopush/events")
+        loop, keys_l = _messages(kind, "t", 20, 600, "geopush/events", loop=True)
+        assert len(plain) == len(loop) and keys_p == keys_l
+        events = collections.Counter(json.loads(p).get("type") for _, p in loop)
+        outs_p, outs_l = _run(tmp_path, plain), _run(tmp_path, loop)
+        pushes = [o.push_id for o in outs_p if type(o) is Push]
+        assert pushes and [o.push_id for o in outs_l if type(o) is Push] == pushes
+        enters = lambda outs: [o.out_id for o in outs if type(o) is VisitEvent]  # noqa: E731
+        assert enters(outs_l) == enters(outs_p)
+        answers = [o for o in outs_l if type(o) is RedeemResult]
+        orders = [o for o in outs_l if type(o) is Order]
+        assert answers and all(a.status == "ok" for a in answers), collections.Counter(a.status for a in answers)
+        # (a redemption in a user's last published message may lack its payment)
+        assert len(answers) - 20 <= len(orders) <= len(answers)
+        assert all(o.via == "redeemed" for o in orders)
+        assert {o.push_ref for o in orders} <= {a.push_ref for a in answers}
+        assert not [o for o in outs_p if type(o) in (RedeemResult, Order)]
+        if kind == "single":
+            assert (events["redeem"], events["payment"]) == (len(answers), len(orders))
