@@ -85,7 +85,7 @@ class CoreConfig:
     watermark_quorum: int = 3
     max_skew_s: float = 300.0
     # Closing the loop (engine/loop.py): payments at a merchant within this long after its push
-    # (or holdout decision) are attributed to it; the HMAC key of coupon codes.
+    # (or holdout decision) are attributed to it; the MAC key of coupon codes.
     attribution_window_s: float = loop.ATTRIBUTION_WINDOW_S
     coupon_secret: str = loop.DEFAULT_REPLAY_SECRET
 

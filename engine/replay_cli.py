@@ -60,7 +60,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "--coupon-secret",
         default=None,
         metavar="TEXT",
-        help="key of the coupon codes (HMAC); default: GEOPUSH_COUPON_SECRET, else a fixed public "
+        help="key of the coupon codes (MAC key); default: GEOPUSH_COUPON_SECRET, else a fixed public "
         "value so that replays are reproducible. Never reuse the daemon's secret in a replay "
         "you share",
     )

@@ -43,7 +43,7 @@ HELP: dict[str, str] = {
         "(clock_skew); also how close the watermark quorum's times must be"
     ),
     "watermark_quorum": "the sweep's event time moves only to a time this many distinct users reached",
-    "coupon_secret": "key of the coupon codes (HMAC, at least 16 characters; prefer GEOPUSH_COUPON_SECRET or the config file to a flag); none: generated on first start and kept in the state (SQLite meta, or shared by a Redis group)",
+    "coupon_secret": "key of the coupon codes (the MAC key, at least 16 characters; prefer GEOPUSH_COUPON_SECRET or the config file to a flag); none: generated on first start and kept in the state (SQLite meta, or shared by a Redis group)",
     "attribution_window_s": "a payment is attributed to the user's latest push from the merchant within this many seconds before it",
     "mqtt_fast": "--mqtt-plain (mqtt_fast = false, GEOPUSH_MQTT_FAST=0): run the plain aiomqtt path instead of the fast MQTT path that patches paho-mqtt's internals (exactly-once either way; the fast path falls back to the plain one by itself when the installed paho-mqtt/aiomqtt is not the tested version)",
 }
