@@ -1,0 +1,134 @@
+"""The guarantee, measured: phones publish over MQTT QoS 1 while a broker node is killed; every
+message the broker PUBACKed must reach the engine's consumer (tests and docs/scaling.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import time
+from dataclasses import dataclass, field
+
+import nats
+
+from engine.transport.jetstream import MSGS_STREAM, JetStreamLink, parse_nats_urls
+from engine.transport.mqtt import MqttLink, parse_broker_url
+from simulator.bench.nats_cluster import NatsCluster
+
+
+@dataclass
+class Outcome:
+    published: int = 0
+    acked: set[int] = field(default_factory=set)  # PUBACKed by the broker
+    consumed: collections.Counter[int] = field(default_factory=collections.Counter)
+    killed: str = ""
+    stalls: int = 0
+    seconds: float = 0.0
+
+    @property
+    def lost(self) -> set[int]:
+        return self.acked - set(self.consumed)
+
+    @property
+    def duplicates(self) -> int:
+        return sum(n - 1 for n in self.consumed.values() if n > 1)
+
+    def summary(self) -> str:
+        return (
+            f"published {self.published}, PUBACKed {len(self.acked)}, consumed "
+            f"{len(self.consumed)} distinct ({self.duplicates} redelivered twice), lost "
+            f"{len(self.lost)}; killed {self.killed}; {self.stalls} publisher stalls; {self.seconds:.1f} s"
+        )
+
+
+async def stream_leader(c: NatsCluster, stream: str) -> str:
+    nc = await nats.connect(servers=parse_nats_urls(c.nats_urls))
+    try:
+        msg = await nc.request(f"$JS.API.STREAM.INFO.{stream}", b"{}", timeout=5)
+        return str(json.loads(msg.data)["cluster"]["leader"])
+    finally:
+        await nc.close()
+
+
+async def publish_consume_kill(
+    c: NatsCluster,
+    n: int = 12_000,
+    users: int = 300,
+    window: int = 200,
+    settle_s: float = 60.0,
+    stall_s: float = 5.0,
+) -> Outcome:
+    """Publish ``n`` numbered messages at QoS 1 (``window`` in flight) to one node, consume all
+    partitions with a JetStreamLink on another, and SIGKILL the node leading $MQTT_msgs once a
+    third are PUBACKed. The publisher moves to a surviving node when its own connection drops."""
+    out = Outcome()
+    P = c.partitions
+    eng = JetStreamLink(
+        parse_broker_url(c.mqtt_url(1)), nats_urls=parse_nats_urls(c.nats_urls),
+        partitions=list(range(P)), partition_count=P, client_id="engine",
+        clean_session=False, manual_ack=True, max_inflight_out=0,
+    )  # fmt: skip
+    await eng.connect()
+    leader = await stream_leader(c, MSGS_STREAM)
+    victim = c.index_of(leader)
+    out.killed = f"{leader} (leader of {MSGS_STREAM})"
+    pub_nodes = [i for i in range(len(c.nodes)) if i != victim]
+
+    async def consume() -> None:
+        while True:
+            await eng.wait_inbound(0.5)
+            batch = eng.take(1000)
+            for m in batch:
+                out.consumed[int(m.payload.split(b'"seq":')[1].split(b"}")[0])] += 1
+            eng.ack_many(batch)  # after "commit": the counter above
+
+    consumer = asyncio.create_task(consume())
+    t0 = time.monotonic()
+    sem = asyncio.Semaphore(window)
+    link: MqttLink | None = None
+    killed = False
+    seq = 0
+    while seq < n:
+        if link is None or not link.connected:
+            if link is not None:
+                await link.disconnect()
+            node = pub_nodes[seq % len(pub_nodes)] if link is not None else pub_nodes[0]
+            link = MqttLink(
+                parse_broker_url(c.mqtt_url(node)), client_id=f"phones-{seq}", max_inflight_out=0
+            )
+            try:
+                await link.connect(timeout=5)
+            except Exception:  # noqa: BLE001
+                await asyncio.sleep(0.5)
+                continue
+        try:
+            await asyncio.wait_for(sem.acquire(), stall_s)
+        except TimeoutError:  # no PUBACK for a while: a phone gives up and reconnects elsewhere
+            out.stalls += 1
+            link.drop()  # fails what is in flight (their semaphore slots come back)
+            continue
+
+        def done(exc: BaseException | None, s: int = seq) -> None:
+            sem.release()
+            if exc is None:
+                out.acked.add(s)
+
+        link.publish_cb(f"geopush/events/u{seq % users}", b'{"seq":%d}' % seq, done)
+        seq += 1
+        out.published = seq
+        if not killed and len(out.acked) >= n // 3:
+            c.kill(victim)
+            killed = True
+    if link is not None:  # the last PUBACKs, or give up on them
+        end = time.monotonic() + stall_s
+        while link.publishes_in_flight and time.monotonic() < end:
+            await asyncio.sleep(0.1)
+    deadline = time.monotonic() + settle_s
+    while out.lost and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+    out.seconds = time.monotonic() - t0
+    consumer.cancel()
+    if link is not None:
+        await link.disconnect()
+    await eng.disconnect()
+    return out
