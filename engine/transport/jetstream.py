@@ -118,6 +118,18 @@ def internals_problems(version: tuple[int, int], stream_info: dict[str, Any] | N
     return problems
 
 
+async def _nats_error(exc: Exception) -> None:
+    log.warning("NATS intake: %s", exc or type(exc).__name__)  # nats-py reconnects by itself
+
+
+async def _nats_disconnected() -> None:
+    log.warning("NATS intake: disconnected (reconnecting; unacknowledged messages return)")
+
+
+async def _nats_reconnected() -> None:
+    log.warning("NATS intake: reconnected")
+
+
 class JetStreamLink(MqttLink):
     """An MQTT link (outputs, control, will) plus the intake of some partitions from JetStream."""
 
@@ -171,6 +183,9 @@ class JetStreamLink(MqttLink):
                 reconnect_time_wait=0.5,
                 allow_reconnect=True,
                 name=f"geopush-{self.client_id or 'engine'}",
+                error_cb=_nats_error,
+                disconnected_cb=_nats_disconnected,
+                reconnected_cb=_nats_reconnected,
             )
         except Exception as exc:  # noqa: BLE001  (nats-py raises several kinds)
             raise TransportError(f"cannot connect to NATS {self.nats_urls}: {exc}") from exc

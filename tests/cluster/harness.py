@@ -8,6 +8,7 @@ import collections
 import json
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import nats
 
@@ -41,11 +42,21 @@ class Outcome:
         )
 
 
-async def stream_leader(c: NatsCluster, stream: str) -> str:
+async def stream_leader(c: NatsCluster, stream: str = MSGS_STREAM) -> str:
+    """The server leading ``stream``; for $MQTT_msgs an MQTT connection creates it first."""
+    if stream == MSGS_STREAM:
+        link = MqttLink(parse_broker_url(c.mqtt_url(0)), client_id="stream-maker")
+        await link.connect()
+        await link.disconnect()
     nc = await nats.connect(servers=parse_nats_urls(c.nats_urls))
     try:
-        msg = await nc.request(f"$JS.API.STREAM.INFO.{stream}", b"{}", timeout=5)
-        return str(json.loads(msg.data)["cluster"]["leader"])
+        deadline = time.monotonic() + 20
+        while True:
+            msg = await nc.request(f"$JS.API.STREAM.INFO.{stream}", b"{}", timeout=5)
+            leader = json.loads(msg.data).get("cluster", {}).get("leader")
+            if leader or time.monotonic() > deadline:
+                return str(leader)
+            await asyncio.sleep(0.2)
     finally:
         await nc.close()
 
@@ -132,3 +143,47 @@ async def publish_consume_kill(
         await link.disconnect()
     await eng.disconnect()
     return out
+
+
+async def publish_rounds(
+    urls: list[str],
+    messages: list[tuple[str, bytes]],
+    users: int,
+    between: Any = None,
+    stall_s: float = 5.0,
+) -> int:
+    """Publish QoS 1 like phones do: round by round (one message per user, the round's PUBACKs
+    awaited before the next, so a user's messages stay in order); when PUBACKs stop coming
+    (a node died) reconnect, to the next URL, and send the round's unacknowledged ones again.
+    ``between(k)`` runs after round k. Returns the number of reconnections."""
+    link: MqttLink | None = None
+    reconnects, turn = 0, 0
+    for k in range(0, len(messages), users):
+        todo = dict(enumerate(messages[k : k + users]))
+        while todo:
+            if link is None or not link.connected:
+                if link is not None:
+                    await link.disconnect()
+                    reconnects += 1
+                    turn += 1
+                link = MqttLink(parse_broker_url(urls[turn % len(urls)]), max_inflight_out=0)
+                try:
+                    await link.connect(timeout=5)
+                except Exception:  # noqa: BLE001  (a dead node: try the next)
+                    link, turn = None, turn + 1
+                    await asyncio.sleep(0.2)
+                    continue
+            futs = {i: link.publish_nowait(t, p) for i, (t, p) in todo.items()}
+            await asyncio.wait(futs.values(), timeout=stall_s)
+            for i, f in futs.items():
+                if f.done() and f.exception() is None:
+                    del todo[i]
+                elif not f.done():
+                    f.cancel()
+            if todo:
+                link.drop()
+        if between is not None:
+            await between(k // users)
+    if link is not None:
+        await link.disconnect()
+    return reconnects

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from cluster.harness import publish_consume_kill
 from simulator.bench.nats_cluster import NatsCluster
-from tests.cluster.harness import publish_consume_kill
 
 pytestmark = pytest.mark.cluster
 
