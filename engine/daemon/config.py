@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     mqtt_fast: bool = True
     intake: str | None = None  # nats://... : consume partitions from a NATS JetStream cluster
     partitions: str = "all"
-    partition_count: int = Field(16, ge=1, le=4096)
+    partition_count: int = Field(256, ge=1, le=16384)  # engine.partitions.DEFAULT_PARTITIONS
 
     @field_validator("prefix")
     @classmethod
@@ -121,12 +121,11 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _partitions_ok(self) -> Settings:
         if self.intake is not None:
-            from engine.partitions import parse_partitions
-            from engine.transport.jetstream import parse_nats_urls
+            from engine.transport.jetstream import parse_nats_urls, parse_partition_list
 
             try:
                 parse_nats_urls(self.intake)
-                parse_partitions(self.partitions, self.partition_count)
+                parse_partition_list(self.partitions, self.partition_count)
             except (ConfigError, TransportError) as exc:
                 raise ValueError(str(exc)) from None
         return self

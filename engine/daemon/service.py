@@ -915,13 +915,16 @@ class Service:
         s = self.settings
         if s.intake is None:
             return MqttLink(address, **kw)
-        from engine.partitions import parse_partitions
-        from engine.transport.jetstream import JetStreamLink, parse_nats_urls
+        from engine.transport.jetstream import (
+            JetStreamLink,
+            parse_nats_urls,
+            parse_partition_list,
+        )
 
         return JetStreamLink(
             address,
             nats_urls=parse_nats_urls(s.intake),
-            partitions=parse_partitions(s.partitions, s.partition_count),
+            partitions=parse_partition_list(s.partitions, s.partition_count),
             partition_count=s.partition_count,
             prefix=s.prefix,
             **kw,

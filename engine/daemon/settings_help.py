@@ -47,7 +47,7 @@ HELP: dict[str, str] = {
     "mqtt_fast": "--mqtt-plain (mqtt_fast = false, GEOPUSH_MQTT_FAST=0): run the plain aiomqtt path instead of the fast MQTT path that patches paho-mqtt's internals (exactly-once either way; the fast path falls back to the plain one by itself when the installed paho-mqtt/aiomqtt is not the tested version)",
     "intake": "consume events from a NATS JetStream cluster instead of MQTT subscriptions: nats://HOST:PORT[,nats://...]; phones still publish over MQTT (to the cluster's MQTT listeners, which every node maps into partitions), and --broker is one of those listeners (pushes, control, status); docs/scaling.md",
     "partitions": "with --intake: the partitions this worker consumes, e.g. 0-7,12 or all",
-    "partition_count": "with --intake: the number of partitions P in the cluster's mapping {{partition(P,1)}} (the same on every node and worker)",
+    "partition_count": "with --intake: the number of partitions P in the cluster's mapping {{partition(P,1)}} (the same on every node and worker; NATS keeps one replicated consumer per partition, so 16-64 suit a small cluster)",
 }
 
 # The default of every setting as --help shows it (engine.daemon.config.Settings holds the values;
@@ -92,7 +92,7 @@ DEFAULTS: dict[str, str] = {
     "mqtt_fast": "true",
     "intake": "none",
     "partitions": "all",
-    "partition_count": "16",
+    "partition_count": "256",
 }
 
 

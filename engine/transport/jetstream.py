@@ -38,7 +38,7 @@ import nats
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from engine.errors import TransportError
+from engine.errors import ConfigError, TransportError
 from engine.transport.mqtt import BrokerAddress, Inbound, MqttLink
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,35 @@ def parse_nats_urls(spec: str) -> list[str]:
     return out
 
 
+def parse_partition_list(spec: str, count: int) -> list[int]:
+    """``--partitions`` of ``geopush run --intake``: ``"0-7,12,14-15"`` -> sorted partition
+    numbers, each below ``count``; ``"all"``: every one."""
+    if spec.strip() == "all":
+        return list(range(count))
+    out: set[int] = set()
+    for part in spec.split(","):
+        part = part.strip()
+        try:
+            if "-" in part:
+                lo_s, hi_s = part.split("-", 1)
+                lo, hi = int(lo_s), int(hi_s)
+            else:
+                lo = hi = int(part)
+        except ValueError:
+            raise ConfigError(
+                f"--partitions {spec!r}: expected numbers and ranges such as 0-7,12 or 'all'"
+            ) from None
+        if lo > hi or lo < 0 or hi >= count:
+            raise ConfigError(
+                f"--partitions {spec!r}: {part} is outside 0-{count - 1} "
+                f"(--partition-count is {count})"
+            )
+        out.update(range(lo, hi + 1))
+    if not out:
+        raise ConfigError(f"--partitions {spec!r} names no partition")
+    return sorted(out)
+
+
 @dataclass(slots=True)
 class JsInbound(Inbound):
     """A message of a partition: acknowledged on JetStream (``reply``: its ack subject)."""
@@ -91,8 +120,8 @@ def durable_name(prefix: str, partition: int) -> str:
     return f"{prefix.replace('/', '_').replace('.', '_')}-p{partition}"
 
 
-def filter_subject(prefix: str, partition: int) -> str:
-    return f"{MSGS_PREFIX}{prefix.replace('/', '.')}.p.{partition}.*"
+def filter_subject(prefix: str, partition: int, subject_prefix: str = MSGS_PREFIX) -> str:
+    return f"{subject_prefix}{prefix.replace('/', '.')}.p.{partition}.*"
 
 
 def internals_problems(version: tuple[int, int], stream_info: dict[str, Any] | None) -> list[str]:
@@ -133,6 +162,9 @@ async def _nats_reconnected() -> None:
 class JetStreamLink(MqttLink):
     """An MQTT link (outputs, control, will) plus the intake of some partitions from JetStream."""
 
+    stream = MSGS_STREAM  # the stream consumed, and the prefix of its subjects
+    subject_prefix = MSGS_PREFIX
+
     def __init__(
         self,
         address: BrokerAddress,
@@ -159,7 +191,7 @@ class JetStreamLink(MqttLink):
         self._keeper: asyncio.Task[None] | None = None
         self._acks: list[str] = []
         self._ack_task: asyncio.Task[None] | None = None
-        self._base = f"{MSGS_PREFIX}{prefix.replace('/', '.')}.p."
+        self._base = f"{self.subject_prefix}{prefix.replace('/', '.')}.p."
         self._by_durable = {durable_name(prefix, p): p for p in partitions}
         self.received = 0  # JetStream messages taken into the inbox (metrics, tests)
 
@@ -191,14 +223,7 @@ class JetStreamLink(MqttLink):
             raise TransportError(f"cannot connect to NATS {self.nats_urls}: {exc}") from exc
         self._nc = nc
         try:
-            v = nc.connected_server_version
-            info = await self._stream_info(timeout)
-            problems = internals_problems((v.major, v.minor), info)
-            if problems:
-                raise TransportError(
-                    "NATS intake refused: " + "; ".join(problems) + " (docs/scaling.md)"
-                )
-            await self._check_mapping()
+            await self._check_source(timeout)
             await self.ensure_consumers(self.partitions)
             self._inbox_subject = nc.new_inbox()
             await nc.subscribe(f"{self._inbox_subject}.*", cb=self._on_msg)
@@ -208,6 +233,20 @@ class JetStreamLink(MqttLink):
         except BaseException:
             await self._close_nats()
             raise
+
+    async def _check_source(self, timeout: float) -> None:
+        """Refuse a server whose internal stream is not laid out as tested, or a cluster without
+        the partition mapping."""
+        nc = self._nc
+        assert nc is not None
+        v = nc.connected_server_version
+        info = await self._stream_info(timeout)
+        problems = internals_problems((v.major, v.minor), info)
+        if problems:
+            raise TransportError(
+                "NATS intake refused: " + "; ".join(problems) + " (docs/scaling.md)"
+            )
+        await self._check_mapping()
 
     async def _request(self, subject: str, body: dict[str, Any], timeout: float = 5.0) -> Any:
         nc = self._nc
@@ -222,7 +261,7 @@ class JetStreamLink(MqttLink):
         """``$MQTT_msgs``'s info, waiting up to ``timeout`` for the MQTT listener to create it."""
         deadline = time.monotonic() + timeout
         while True:
-            resp = await self._request(f"$JS.API.STREAM.INFO.{MSGS_STREAM}", {})
+            resp = await self._request(f"$JS.API.STREAM.INFO.{self.stream}", {})
             if "error" not in resp:
                 return dict(resp)
             if time.monotonic() > deadline:
@@ -234,12 +273,13 @@ class JetStreamLink(MqttLink):
         (they would never reach a partition's consumer)."""
         p = self.prefix.replace("/", ".")
         resp = await self._request(
-            f"$JS.API.STREAM.INFO.{MSGS_STREAM}", {"subjects_filter": f"{MSGS_PREFIX}{p}.events.>"}
+            f"$JS.API.STREAM.INFO.{self.stream}",
+            {"subjects_filter": f"{self.subject_prefix}{p}.events.>"},
         )
         stray = resp.get("state", {}).get("subjects") or {}
         if stray:
             raise TransportError(
-                f"{sum(stray.values())} message(s) in {MSGS_STREAM} under {p}.events.* (not "
+                f"{sum(stray.values())} message(s) in {self.stream} under {p}.events.* (not "
                 "partitioned): every node needs the mapping "
                 f'"{p}.events.*": "{p}.p.{{{{partition({self.partition_count},1)}}}}.{{{{wildcard(1)}}}}" '
                 "(docs/scaling.md); they were published to a node without it"
@@ -252,8 +292,8 @@ class JetStreamLink(MqttLink):
 
     async def _ensure_consumer(self, part: int) -> None:
         name = durable_name(self.prefix, part)
-        want = filter_subject(self.prefix, part)
-        info = await self._request(f"$JS.API.CONSUMER.INFO.{MSGS_STREAM}.{name}", {})
+        want = filter_subject(self.prefix, part, self.subject_prefix)
+        info = await self._request(f"$JS.API.CONSUMER.INFO.{self.stream}.{name}", {})
         have = info.get("config", {}).get("filter_subject") if "error" not in info else None
         if have == want:
             return
@@ -268,8 +308,8 @@ class JetStreamLink(MqttLink):
                 "replay_policy": "instant",
             }
             resp = await self._request(
-                f"$JS.API.CONSUMER.DURABLE.CREATE.{MSGS_STREAM}.{name}",
-                {"stream_name": MSGS_STREAM, "config": cfg},
+                f"$JS.API.CONSUMER.DURABLE.CREATE.{self.stream}.{name}",
+                {"stream_name": self.stream, "config": cfg},
                 timeout=10.0,
             )
             err = resp.get("error")
@@ -277,7 +317,7 @@ class JetStreamLink(MqttLink):
                 return
             have = f"not created: {err.get('description')}"
         raise TransportError(
-            f"consumer {name} on {MSGS_STREAM}: filter {have!r}, expected {want!r} (delete it "
+            f"consumer {name} on {self.stream}: filter {have!r}, expected {want!r} (delete it "
             "with `nats consumer rm` if it belongs to an old layout)"
         )
 
@@ -330,7 +370,7 @@ class JetStreamLink(MqttLink):
                 body = {"batch": self.pull_batch, "expires": int(PULL_EXPIRES_S * 1e9)}
                 with contextlib.suppress(Exception):
                     await nc.publish(
-                        f"$JS.API.CONSUMER.MSG.NEXT.{MSGS_STREAM}.{durable_name(self.prefix, part)}",
+                        f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{durable_name(self.prefix, part)}",
                         json.dumps(body).encode(),
                         reply=f"{self._inbox_subject}.{part}",
                     )

@@ -68,21 +68,22 @@ async def publish_consume_kill(
     window: int = 200,
     settle_s: float = 60.0,
     stall_s: float = 5.0,
+    link_cls: type[JetStreamLink] = JetStreamLink,
 ) -> Outcome:
     """Publish ``n`` numbered messages at QoS 1 (``window`` in flight) to one node, consume all
     partitions with a JetStreamLink on another, and SIGKILL the node leading $MQTT_msgs once a
     third are PUBACKed. The publisher moves to a surviving node when its own connection drops."""
     out = Outcome()
     P = c.partitions
-    eng = JetStreamLink(
+    eng = link_cls(
         parse_broker_url(c.mqtt_url(1)), nats_urls=parse_nats_urls(c.nats_urls),
         partitions=list(range(P)), partition_count=P, client_id="engine",
         clean_session=False, manual_ack=True, max_inflight_out=0,
     )  # fmt: skip
     await eng.connect()
-    leader = await stream_leader(c, MSGS_STREAM)
+    leader = await stream_leader(c, link_cls.stream)
     victim = c.index_of(leader)
-    out.killed = f"{leader} (leader of {MSGS_STREAM})"
+    out.killed = f"{leader} (leader of {link_cls.stream})"
     pub_nodes = [i for i in range(len(c.nodes)) if i != victim]
 
     async def consume() -> None:
@@ -187,3 +188,19 @@ async def publish_rounds(
     if link is not None:
         await link.disconnect()
     return reconnects
+
+
+class UserStreamLink(JetStreamLink):
+    """The trap (docs/scaling.md): the same intake on a user stream ``GEOPUSH`` that captures
+    the partitioned subjects, which an MQTT PUBACK does not wait for. For the test that shows
+    what consuming ``$MQTT_msgs`` avoids."""
+
+    stream = "GEOPUSH"
+    subject_prefix = ""
+
+    async def _check_source(self, timeout: float) -> None:
+        cfg = {"name": self.stream, "subjects": ["geopush.p.>"], "num_replicas": 3,
+               "storage": "file", "retention": "limits"}  # fmt: skip
+        resp = await self._request(f"$JS.API.STREAM.CREATE.{self.stream}", cfg, timeout=10)
+        if "error" in resp and resp["error"].get("err_code") != 10058:  # 10058: exists
+            raise RuntimeError(resp)
