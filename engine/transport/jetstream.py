@@ -50,7 +50,10 @@ PULL_BATCH = 1000  # messages asked per pull request, per partition
 PULL_EXPIRES_S = 5.0  # a pull request's lifetime at the server (a new one follows)
 ACK_WAIT_S = 10.0  # unacknowledged for this long: the server delivers the message again
 MAX_ACK_PENDING = 20_000  # per partition: delivered, not yet acknowledged (after commit)
-HIGH_WATER = 20_000  # no new pull requests while the inbox holds this many messages
+# No new pull requests while the inbox holds this many messages; the pulls of all partitions
+# together ask for at most about as many, so nothing waits in the inbox near ACK_WAIT_S (it
+# would be delivered again, and the engine would only recognise the copy).
+HIGH_WATER = 8_000
 
 
 def parse_nats_urls(spec: str) -> list[str]:
@@ -182,7 +185,7 @@ class JetStreamLink(MqttLink):
         self.partitions = partitions
         self.partition_count = partition_count
         self.prefix = prefix
-        self.pull_batch = pull_batch
+        self.pull_batch = max(50, min(pull_batch, HIGH_WATER // max(1, len(partitions))))
         self._nc: NatsClient | None = None
         self._inbox_subject = ""
         self._credit: dict[int, int] = {}  # partition -> messages still due on its open pull

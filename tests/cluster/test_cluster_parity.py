@@ -72,7 +72,13 @@ async def test_cluster_workers_decide_what_replay_decides_through_a_node_kill(
             )
         async with Collector(url, OUT_TOPICS, client_id="collector") as col:
             for p in procs:
-                await wait_online(col, p.pid)
+                try:
+                    await wait_online(col, p.pid, timeout=60)
+                except AssertionError:
+                    for q in procs:
+                        q.terminate()
+                    errs = [q.communicate(timeout=20)[1].decode()[-1500:] for q in procs]
+                    raise AssertionError(f"a worker did not come online: {errs}") from None
 
             async def kill(k: int) -> None:
                 if k == PER_USER // 2:
