@@ -156,16 +156,17 @@ async def publish_rounds(
     """Publish QoS 1 like phones do: round by round (one message per user, the round's PUBACKs
     awaited before the next, so a user's messages stay in order); when PUBACKs stop coming
     (a node died) reconnect, to the next URL, and send the round's unacknowledged ones again.
-    ``between(k)`` runs after round k. Returns the number of reconnections."""
+    ``between(k)`` runs after round k. Returns how many messages were sent again (each may
+    be stored twice: a PUBACK lost with its connection; the engine counts such a copy as an
+    event and recognises its effects)."""
     link: MqttLink | None = None
-    reconnects, turn = 0, 0
+    resent, turn = 0, 0
     for k in range(0, len(messages), users):
         todo = dict(enumerate(messages[k : k + users]))
         while todo:
             if link is None or not link.connected:
                 if link is not None:
                     await link.disconnect()
-                    reconnects += 1
                     turn += 1
                 link = MqttLink(parse_broker_url(urls[turn % len(urls)]), max_inflight_out=0)
                 try:
@@ -182,12 +183,13 @@ async def publish_rounds(
                 elif not f.done():
                     f.cancel()
             if todo:
+                resent += len(todo)
                 link.drop()
         if between is not None:
             await between(k // users)
     if link is not None:
         await link.disconnect()
-    return reconnects
+    return resent
 
 
 class UserStreamLink(JetStreamLink):

@@ -85,7 +85,7 @@ async def test_cluster_workers_decide_what_replay_decides_through_a_node_kill(
                     c.kill(victim)  # the node leading $MQTT_msgs, mid-stream
 
             survivors = [c.mqtt_url(i) for i in range(len(c.nodes)) if i != victim]
-            await publish_rounds(survivors, world.messages, USERS, between=kill)
+            resent = await publish_rounds(survivors, world.messages, USERS, between=kill)
 
             def complete(col: Collector) -> bool:
                 got = received_outputs(col)
@@ -105,8 +105,9 @@ async def test_cluster_workers_decide_what_replay_decides_through_a_node_kill(
 
             await col.wait_for(lambda col: sum(events_by_worker(col).values()) >= len(world.events))
             counts = events_by_worker(col)
-            print(f"events per worker: {counts}")
-            assert sum(counts.values()) == len(world.events), counts
+            print(f"events per worker: {counts}; messages sent again: {resent}")
+            # every event once, plus at most the copies of messages the phones sent again
+            assert len(world.events) <= sum(counts.values()) <= len(world.events) + resent, counts
             assert all(counts.get(f"w{k}", 0) > 0 for k in range(workers)), counts
     finally:
         for p in procs:
