@@ -39,6 +39,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from engine.errors import ConfigError, TransportError
+from engine.partitions import partition_of
 from engine.transport.mqtt import BrokerAddress, Inbound, MqttLink
 
 log = logging.getLogger(__name__)
@@ -272,9 +273,25 @@ class JetStreamLink(MqttLink):
             await asyncio.sleep(0.2)
 
     async def _check_mapping(self) -> None:
-        """Messages stored under ``{prefix}.events.*`` mean some node lacks the partition mapping
-        (they would never reach a partition's consumer)."""
+        """The node we reach maps ``{prefix}.events.<user>`` to the partition ``partition_of``
+        computes for ``--partition-count`` (a plain NATS probe message, which no MQTT QoS 1
+        subscriber and no stream sees); and no message sits under ``{prefix}.events.*`` in the
+        stream (published on a node without the mapping: no partition's consumer reads it)."""
         p = self.prefix.replace("/", ".")
+        nc = self._nc
+        assert nc is not None
+        rule = f'"{p}.events.*": "{p}.p.{{{{partition({self.partition_count},1)}}}}.{{{{wildcard(1)}}}}"'
+        # Eight probe users: for P in 8, 16, ..., 4096 no other count up to 16384 puts all of
+        # them where P does (checked); one probe would agree with half the other counts.
+        for probe in (f"geopush-mapping-probe-{i}" for i in range(8)):
+            want = f"{p}.p.{partition_of(probe, self.partition_count)}.{probe}"
+            subject = await self._probe(nc, p, probe)
+            if subject != want:
+                raise TransportError(
+                    f"NATS intake refused: {p}.events.{probe} arrived as {subject}, not as "
+                    f"{want}: every node needs the mapping {rule} with P = --partition-count "
+                    f"({self.partition_count}); docs/scaling.md"
+                )
         resp = await self._request(
             f"$JS.API.STREAM.INFO.{self.stream}",
             {"subjects_filter": f"{self.subject_prefix}{p}.events.>"},
@@ -283,10 +300,30 @@ class JetStreamLink(MqttLink):
         if stray:
             raise TransportError(
                 f"{sum(stray.values())} message(s) in {self.stream} under {p}.events.* (not "
-                "partitioned): every node needs the mapping "
-                f'"{p}.events.*": "{p}.p.{{{{partition({self.partition_count},1)}}}}.{{{{wildcard(1)}}}}" '
-                "(docs/scaling.md); they were published to a node without it"
+                f"partitioned): every node needs the mapping {rule} (docs/scaling.md); they were "
+                "published to a node without it"
             )
+
+    @staticmethod
+    async def _probe(nc: NatsClient, p: str, probe: str) -> str:
+        """The subject a plain NATS publish to ``{p}.events.{probe}`` arrives as."""
+        got: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+        async def seen(msg: Msg) -> None:
+            if not got.done():
+                got.set_result(msg.subject)
+
+        subs = [await nc.subscribe(f"{p}.p.*.{probe}", cb=seen),
+                await nc.subscribe(f"{p}.events.{probe}", cb=seen)]  # fmt: skip
+        try:
+            await nc.publish(f"{p}.events.{probe}", b"")
+            return await asyncio.wait_for(got, 5.0)
+        except TimeoutError:
+            return "nothing"
+        finally:
+            for sub in subs:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
 
     async def ensure_consumers(self, partitions: list[int]) -> None:
         """One durable pull consumer per partition (idempotent). Create them for every partition

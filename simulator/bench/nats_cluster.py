@@ -66,7 +66,8 @@ class Node:
 
 
 class NatsCluster:
-    """Three (``size``) nats-server processes forming one JetStream cluster."""
+    """Three (``size``) nats-server processes forming one JetStream cluster (``partitions`` 0:
+    without the partition mapping)."""
 
     def __init__(self, size: int = 3, *, partitions: int = 16, prefix: str = "geopush") -> None:
         exe = find_nats_server()
@@ -89,10 +90,8 @@ class NatsCluster:
     def _config(self, node: Node) -> str:
         routes = [f"nats-route://127.0.0.1:{n.cluster_port}" for n in self.nodes if n is not node]
         store = self.dir / node.name
-        maps = "\n".join(
-            f"  {json.dumps(k)}: {json.dumps(v)}"
-            for k, v in mapping(self.prefix, self.partitions).items()
-        )
+        pairs = mapping(self.prefix, self.partitions).items() if self.partitions else []
+        maps = "\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in pairs)
         return f"""server_name: {node.name}
 listen: 127.0.0.1:{node.port}
 http: 127.0.0.1:{node.monitor_port}
