@@ -43,3 +43,18 @@ def test_partition_of_is_nats_fnv1a() -> None:
     # Go: fnv.New32a().Write([]byte("a")) = 0xe40c292c; "foobar" = 0xbf9cf968
     assert partition_of("a", 1 << 31) == 0xE40C292C % (1 << 31)
     assert partition_of("foobar", 16) == 0xBF9CF968 % 16
+
+
+def test_a_new_mqtt_connection_keeps_the_partitions_messages() -> None:
+    """The service clears the inbox on a new MQTT connection (the broker sends unacknowledged
+    MQTT messages again); a JetStream message's ack stays valid, so it stays (no 10 s wait for
+    a redelivery behind the user's later events)."""
+    from engine.transport.jetstream import JsInbound, _Inbox
+    from engine.transport.mqtt import Inbound
+
+    inbox = _Inbox()
+    mqtt = Inbound("geopush/control/e", b"{}", 1, 1, False, 0.0, 1)
+    js = JsInbound("geopush/events/u1", b"{}", 0, 1, False, 0.0, 1, False, "$JS.ACK.x", 3)
+    inbox.extend([mqtt, js])
+    inbox.clear()
+    assert list(inbox) == [js]
