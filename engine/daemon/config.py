@@ -21,7 +21,7 @@ from pydantic_settings import (
 )
 
 from engine.daemon.settings_help import HELP  # noqa: E402  (no pydantic: fast --help)
-from engine.errors import ConfigError
+from engine.errors import ConfigError, TransportError
 
 
 class Settings(BaseSettings):
@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     coupon_secret: str | None = Field(None, min_length=16)
     attribution_window_s: float = Field(604800.0, ge=0)
     mqtt_fast: bool = True
+    intake: str | None = None  # nats://... : consume partitions from a NATS JetStream cluster
+    partitions: str = "all"
+    partition_count: int = Field(256, ge=1, le=16384)  # engine.partitions.DEFAULT_PARTITIONS
 
     @field_validator("prefix")
     @classmethod
@@ -105,6 +108,18 @@ class Settings(BaseSettings):
                 'GEOPUSH_STATE, or `state = "redis://HOST:PORT/0"` in the config file); the state '
                 f"is now the SQLite file {self.state}, which belongs to one process"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _partitions_ok(self) -> Settings:
+        if self.intake is not None:
+            from engine.transport.jetstream import parse_nats_urls, parse_partition_list
+
+            try:
+                parse_nats_urls(self.intake)
+                parse_partition_list(self.partitions, self.partition_count)
+            except (ConfigError, TransportError) as exc:
+                raise ValueError(str(exc)) from None
         return self
 
     @property

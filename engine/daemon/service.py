@@ -44,7 +44,7 @@ from engine.errors import DecodeError, GeopushError, StateError, TransportError
 from engine.state import Output, StateStore
 from engine.stores.redis_store import HeldBack, RedisStore, commit_batch, open_store, rearm
 from engine.stores.sqlite_store import OutRow, SQLiteStore
-from engine.transport.mqtt import Inbound, MqttLink, Will, parse_broker_url
+from engine.transport.mqtt import BrokerAddress, Inbound, MqttLink, Will, parse_broker_url
 
 log = logging.getLogger("geopush.daemon")
 
@@ -192,7 +192,7 @@ class Service:
             if s.metrics_port:
                 self.metrics.serve(s.metrics_port)
             address = parse_broker_url(s.broker)
-            self.link = link = MqttLink(
+            self.link = link = self._make_link(
                 address,
                 client_id=s.client_id,
                 clean_session=False,
@@ -966,7 +966,30 @@ class Service:
 
     # --- helpers -------------------------------------------------------------------------------
 
+    def _make_link(self, address: BrokerAddress, **kw: Any) -> MqttLink:
+        """The MQTT link, or with ``--intake nats://...`` one that also consumes this worker's
+        partitions from the NATS cluster (engine/transport/jetstream.py)."""
+        s = self.settings
+        if s.intake is None:
+            return MqttLink(address, **kw)
+        from engine.transport.jetstream import (
+            JetStreamLink,
+            parse_nats_urls,
+            parse_partition_list,
+        )
+
+        return JetStreamLink(
+            address,
+            nats_urls=parse_nats_urls(s.intake),
+            partitions=parse_partition_list(s.partitions, s.partition_count),
+            partition_count=s.partition_count,
+            prefix=s.prefix,
+            **kw,
+        )
+
     def _subscriptions(self) -> list[str]:
+        if self.settings.intake is not None:  # events come from the partitions (JetStreamLink)
+            return [self.topics.control]
         subs = [self.topics.events_sub]
         if self.settings.owntracks:
             subs.append(self.topics.owntracks_sub)

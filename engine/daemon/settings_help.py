@@ -46,6 +46,9 @@ HELP: dict[str, str] = {
     "coupon_secret": "key of the coupon codes (the MAC key, at least 16 characters; prefer GEOPUSH_COUPON_SECRET or the config file to a flag); none: generated on first start and kept in the state (SQLite meta, or shared by a Redis group)",
     "attribution_window_s": "a payment is attributed to the user's latest push from the merchant within this many seconds before it",
     "mqtt_fast": "--mqtt-plain (mqtt_fast = false, GEOPUSH_MQTT_FAST=0): run the plain aiomqtt path instead of the fast MQTT path that patches paho-mqtt's internals (exactly-once either way; the fast path falls back to the plain one by itself when the installed paho-mqtt/aiomqtt is not the tested version)",
+    "intake": "consume events from a NATS JetStream cluster instead of MQTT subscriptions: nats://HOST:PORT[,nats://...]; phones still publish over MQTT (to the cluster's MQTT listeners, which every node maps into partitions), and --broker is one of those listeners (pushes, control, status); docs/scaling.md",
+    "partitions": "with --intake: the partitions this worker consumes, e.g. 0-7,12 or all",
+    "partition_count": "with --intake: the number of partitions P in the cluster's mapping {{partition(P,1)}} (the same on every node and worker; NATS keeps one replicated consumer per partition, so 16-64 suit a small cluster)",
 }
 
 # The default of every setting as --help shows it (engine.daemon.config.Settings holds the values;
@@ -89,6 +92,9 @@ DEFAULTS: dict[str, str] = {
     "coupon_secret": "none",
     "attribution_window_s": "604800.0",
     "mqtt_fast": "true",
+    "intake": "none",
+    "partitions": "all",
+    "partition_count": "256",
 }
 
 

@@ -49,6 +49,7 @@ class GroupRun:
     round_trips: int | None = None
     round_trips_per_event: float | None = None
     commit_scripts: int | None = None
+    events_per_s_per_worker: float = 0.0
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -104,6 +105,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="partitions for --cluster (default %(default)s)",
     )  # fmt: skip
     g.add_argument(
+        "--nats-cluster", type=int, default=0, metavar="P",
+        help="run against a 3-node NATS cluster started here (JetStream, MQTT listeners, P "
+        "partitions): the workers consume their share of the partitions (`geopush run --intake`; "
+        "docs/scaling.md) instead of a $share subscription on mosquitto (0 = mosquitto)",
+    )  # fmt: skip
+    g.add_argument(
         "--no-sqlite-baseline", action="store_true",
         help="skip the single-process SQLite run measured as the baseline",
     )  # fmt: skip
@@ -131,7 +138,16 @@ async def _main(args: argparse.Namespace) -> list[GroupRun]:
     broker_url = getattr(args, "broker", None)
     broker = None
     server = None
+    cluster = None
     try:
+        if args.nats_cluster:
+            from simulator.bench.nats_cluster import NatsCluster
+
+            cluster = NatsCluster(partitions=args.nats_cluster)
+            cluster.start()
+            broker_url = cluster.mqtt_url(0)
+            args.intake = cluster.nats_urls
+            _say(f"NATS cluster: 3 nodes, {args.nats_cluster} partitions, mqtt {broker_url}")
         if not broker_url:
             broker = MosquittoBroker()
             broker.start()
@@ -147,18 +163,19 @@ async def _main(args: argparse.Namespace) -> list[GroupRun]:
                 f"--state {redis_url}: the DB has keys; give the benchmark an empty DB"
             )
         files = (str(fences), str(campaigns))
+        via = f", NATS {args.nats_cluster} partitions" if args.nats_cluster else ""
         results: list[GroupRun] = []
         _say(f"trace: {len(events)} events in {len(messages)} messages, {args.group_users} users")
         if not args.no_sqlite_baseline:
             res = await _one_run(
-                "sqlite, 1 process", 1, broker_url, str(tmp / "base.sqlite"), None,
+                f"sqlite, 1 process{via}", 1, broker_url, str(tmp / "base.sqlite"), None,
                 files, messages, len(events), args,
             )  # fmt: skip
             results.append(res)
         for n in range(1, args.workers + 1):
             client.flushdb()
             res = await _one_run(
-                f"redis, {n} worker{'s' if n > 1 else ''}", n, broker_url, redis_url, client,
+                f"redis, {n} worker{'s' if n > 1 else ''}{via}", n, broker_url, redis_url, client,
                 files, messages, len(events), args,
             )  # fmt: skip
             results.append(res)
@@ -172,6 +189,8 @@ async def _main(args: argparse.Namespace) -> list[GroupRun]:
             server.close()
         if broker is not None:
             broker.stop()
+        if cluster is not None:
+            cluster.close()
 
 
 def _cluster_runs(
@@ -332,8 +351,9 @@ async def _one_run(
     mon = MqttLink(parse_broker_url(broker_url))
     await mon.connect()
     await mon.subscribe(["geopush/status/+"])
-    procs = [_spawn(broker_url, state, files, name, n > 1 or redis_client is not None, args)
-             for name in names]  # fmt: skip
+    procs = [_spawn(broker_url, state, files, name, n > 1 or redis_client is not None, args,
+                    _share(i, n, args))
+             for i, name in enumerate(names)]  # fmt: skip
     last: dict[str, dict[str, Any]] = {}
     try:
         await _until(
@@ -396,6 +416,7 @@ async def _one_run(
     res = GroupRun(
         label, n, total_events, len(messages), round(secs, 3), round(total_events / secs, 1),
         worker_cpu_us_per_event=round(cpu / total_events * 1e6, 1),
+        events_per_s_per_worker=round(total_events / secs / n, 1),
     )  # fmt: skip
     if redis_client is not None:
         res.redis_cpu_us_per_event = round(rcpu / total_events * 1e6, 2)
@@ -417,6 +438,7 @@ def _spawn(
     name: str,
     group: bool,
     args: argparse.Namespace,
+    partitions: str | None = None,
 ) -> subprocess.Popen[bytes]:
     cmd = [
         sys.executable, "-m", "engine", "run", "--broker", broker, "--state", state,
@@ -430,7 +452,19 @@ def _spawn(
         # shared group and queues that session's share of the messages for it (docs/operations.md),
         # so a previous run's stopped workers would strand part of this run's trace.
         cmd += ["--group", name.rsplit("-", 1)[0]]
+    if partitions is not None:
+        cmd += ["--intake", args.intake, "--partitions", partitions,
+                "--partition-count", str(args.nats_cluster)]  # fmt: skip
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _share(i: int, n: int, args: argparse.Namespace) -> str | None:
+    """Worker ``i`` of ``n``'s contiguous share of the NATS partitions (None: mosquitto)."""
+    p = int(getattr(args, "nats_cluster", 0) or 0)
+    if not p:
+        return None
+    lo, hi = i * p // n, (i + 1) * p // n - 1
+    return f"{lo}-{hi}"
 
 
 def _cpu_s(pid: int) -> float:
@@ -493,7 +527,7 @@ def _report(results: list[GroupRun]) -> None:
 
     base = results[0].events_per_s if results else 1.0
     table = Table(title="geopush bench e2e --workers (events handled per second, end to end)")
-    cols = ("run", "events/s", "vs first row", "worker CPU µs/event", "Redis CPU µs/event",
+    cols = ("run", "events/s", "events/s per worker", "vs first row", "worker CPU µs/event", "Redis CPU µs/event",
             "Redis round trips / event", "commits")  # fmt: skip
     for col in cols:
         table.add_column(col, justify="right" if col != "run" else "left")
@@ -501,6 +535,7 @@ def _report(results: list[GroupRun]) -> None:
         table.add_row(
             r.label,
             f"{r.events_per_s:,.0f}",
+            f"{r.events_per_s_per_worker:,.0f}",
             f"{r.events_per_s / base:.2f}x",
             f"{r.worker_cpu_us_per_event:.0f}",
             "-" if r.redis_cpu_us_per_event is None else f"{r.redis_cpu_us_per_event:.1f}",
