@@ -353,6 +353,11 @@ def prepare_listing(catalog: Catalog) -> None:
 _BUILDING = threading.Lock()
 
 
+def listing_ready(catalog: Catalog) -> bool:
+    """Whether the catalog's listing table is built (else ``prepare_listing`` in a thread)."""
+    return catalog in _LISTINGS
+
+
 class LiveStores:
     """The API's store operations over a live fence index and the state file.
 

@@ -333,14 +333,15 @@ async def _bench(url: str, args: argparse.Namespace, folder: Path, say: Any) -> 
     t = time.monotonic()
     fillers = write_world(folder, args.stores)
     say(f"[world] {args.stores:,} stores written in {time.monotonic() - t:.1f} s")
-    st = ApiState(folder / "state.sqlite")
-    _info, token = st.create_token("operator", name="bench")
-    st.close()
     port = free_port()
     api = f"http://127.0.0.1:{port}"
     watch = Watch(url)
     await watch.start()
     off = Engine(url, folder, args)
+    # the token in the state file the engine runs on (e2e's Engine names it)
+    st = ApiState(off.cmd[off.cmd.index("--state") + 1])
+    _info, token = st.create_token("operator", name="bench")
+    st.close()
     on_args = argparse.Namespace(**{**vars(args), "engine_arg": [f"--http=127.0.0.1:{port}"]})
     on = Engine(url, folder, on_args)
     rates: dict[str, list[float]] = {"off": [], "on_idle": [], "on_load": []}
