@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import random
 import statistics
@@ -397,8 +398,11 @@ async def _bench(url: str, args: argparse.Namespace, folder: Path, say: Any) -> 
                 f"{rates['on_idle'][-1]:,.0f}, on + {args.rate:.0f} req/s {rates['on_load'][-1]:,.0f} "
                 f"({loads[-1]})")  # fmt: skip
         med = {k: statistics.median(v) for k, v in rates.items()}
-        res["throughput_msgs_per_s"] = {k: round(v) for k, v in med.items()}
-        res["throughput_rounds"] = {k: [round(x) for x in v] for k, v in rates.items()}
+        def _int(x: float) -> int | None:  # a drain too short to time is NaN: null
+            return None if math.isnan(x) else round(x)
+
+        res["throughput_msgs_per_s"] = {k: _int(v) for k, v in med.items()}
+        res["throughput_rounds"] = {k: [_int(x) for x in v] for k, v in rates.items()}
         res["api_cost"] = {
             "on_idle": round(1 - med["on_idle"] / med["off"], 3),
             "on_load": round(1 - med["on_load"] / med["off"], 3),
