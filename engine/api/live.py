@@ -265,7 +265,8 @@ class _Listing:
                 box[i] = store_bounds(stores[i])
         box[:, :2] -= self.PAD
         box[:, 2:] += self.PAD
-        self.box = box
+        # one contiguous row per edge (west, south, east, north): a scan reads each as one block
+        self.box = np.ascontiguousarray(box.T)
         codes = self.codes
         self.merchant = np.array(
             [codes.setdefault(s.merchant_id, len(codes)) for s in stores], dtype=np.int64
@@ -276,17 +277,20 @@ class _Listing:
     def _grow(self, catalog: Catalog, n: int) -> None:
         if n > len(self.alive):
             size = max(n, 2 * len(self.alive), 64)
-            for name in ("box", "merchant", "alive"):
+            for name in ("merchant", "alive"):
                 old = getattr(self, name)
-                new = np.zeros((size, *old.shape[1:]), dtype=old.dtype)
+                new = np.zeros(size, dtype=old.dtype)
                 new[: len(old)] = old
                 setattr(self, name, new)
+            box = np.zeros((4, size))
+            box[:, : self.box.shape[1]] = self.box
+            self.box = box
         self.n = n
 
     def _read(self, catalog: Catalog, slot: int) -> None:
         store = catalog.stores[slot]
         w, s, e, n = store_bounds(store)
-        self.box[slot] = (w - self.PAD, s - self.PAD, e + self.PAD, n + self.PAD)
+        self.box[:, slot] = (w - self.PAD, s - self.PAD, e + self.PAD, n + self.PAD)
         self.merchant[slot] = self.codes.setdefault(store.merchant_id, len(self.codes))
         self.alive[slot] = catalog.is_alive(slot)
 
@@ -307,19 +311,21 @@ class _Listing:
     ) -> Any:
         """The live slots from ``start`` on that pass the filters, in slot order."""
         n = self.n
-        mask = self.alive[start:n].copy()
+        if box is not None:  # the latitude band first: the most selective, no copy
+            w, s, e, north = box
+            mask = self.box[1, start:n] <= north
+            mask &= self.box[3, start:n] >= s
+            mask &= self.alive[start:n]
+        else:
+            mask = self.alive[start:n].copy()
         if merchant_id is not None:
             code = self.codes.get(merchant_id)
             if code is None:
                 return np.empty(0, dtype=np.int64)
             mask &= self.merchant[start:n] == code
-        if box is not None:
-            w, s, e, north = box
-            mask &= self.box[start:n, 1] <= north
-            mask &= self.box[start:n, 3] >= s
         found = np.flatnonzero(mask) + start
         if box is not None and len(found):  # the longitudes only for the latitude band
-            b = self.box[found]
+            b = self.box[:, found].T
             spans = [(w, e)] if w <= e else [(w, 180.0), (-180.0, e)]
             hit = np.zeros(len(found), dtype=bool)
             for shift in (0.0, -360.0, 360.0):  # a circle near the antimeridian may reach past it
@@ -351,6 +357,11 @@ def prepare_listing(catalog: Catalog) -> None:
 
 
 _BUILDING = threading.Lock()
+
+
+def listing_ready(catalog: Catalog) -> bool:
+    """Whether the catalog's listing table is built (else ``prepare_listing`` in a thread)."""
+    return catalog in _LISTINGS
 
 
 class LiveStores:

@@ -98,6 +98,7 @@ class OutcomeLog:
         with _sql(self.path):
             self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA busy_timeout=5000")  # worker threads only
+            self._db.execute("PRAGMA wal_autocheckpoint=0")  # the daemon's checkpointer does
             self._db.executescript(_TABLES)
 
     def close(self) -> None:

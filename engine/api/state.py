@@ -124,6 +124,13 @@ class ApiState:
         with _sql(self.path):
             self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
             self._db.execute(f"PRAGMA busy_timeout={int(self.BUSY_TIMEOUT_MS)}")
+            # as the daemon's own connection (WAL, engine/stores/sqlite_store.py): a commit is
+            # in the WAL when it returns (survives a killed process) but does not fsync there,
+            # which would hold the event loop ~1 ms a write
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            # nor checkpoint the WAL inside a write (SQLite's automatic checkpoint: the whole WAL
+            # the engine wrote, ms to tens of ms on the loop): the daemon's checkpointer does
+            self._db.execute("PRAGMA wal_autocheckpoint=0")
 
     def _has_tables(self) -> bool:
         if not self.path.exists():

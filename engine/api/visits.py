@@ -129,6 +129,7 @@ class VisitLog:
             self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
             # in worker threads only: waiting for the daemon's commit blocks no event loop
             self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.execute("PRAGMA wal_autocheckpoint=0")  # the daemon's checkpointer does
             self._db.executescript(_TABLES)
 
     def close(self) -> None:
