@@ -11,11 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import queue
 import socket
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,134 +27,6 @@ from engine.daemon.config import parse_http
 from engine.errors import ConfigError
 
 log = logging.getLogger("geopush.api")
-
-
-class _Writer:
-    """One thread that sends the API's responses: a send to a local client costs ~0.1-0.4 ms of
-    kernel time (the receiver's side of loopback TCP runs in it), half of a request's cost,
-    and the event loop does not have to wait for it (the GIL is released while it runs)."""
-
-    _queue: queue.SimpleQueue[Callable[[], object]] | None = None
-    _guard = threading.Lock()
-
-    @classmethod
-    def put(cls, job: Callable[[], object]) -> None:
-        if cls._queue is None:
-            with cls._guard:
-                if cls._queue is None:
-                    q: queue.SimpleQueue[Callable[[], object]] = queue.SimpleQueue()
-                    threading.Thread(target=cls._run, args=(q,), name="http-send", daemon=True).start()
-                    cls._queue = q
-        cls._queue.put(job)
-
-    @staticmethod
-    def _run(q: queue.SimpleQueue[Callable[[], object]]) -> None:
-        while True:
-            job = q.get()
-            with contextlib.suppress(Exception):
-                job()
-
-
-class _Coalescing:
-    """A transport whose writes within one turn of the event loop go out in one ``send`` (a
-    response's head and body: one syscall and one packet, not two; TCP_NODELAY is on), sent by
-    ``_Writer`` on a duplicate of the socket's descriptor (so the descriptor cannot be closed
-    and reused under a send in progress). What the kernel does not take at once, and anything
-    written while the transport holds unsent data, goes through the transport as usual, in
-    order."""
-
-    def __init__(self, transport: Any) -> None:
-        self._transport = transport
-        self._buf: list[bytes] = []
-        self._lock = threading.Lock()
-        self._pending = False  # a send handed to the writer, not finished
-        self._close_wanted = False
-        self._loop = asyncio.get_running_loop()
-        sock = transport.get_extra_info("socket")
-        self._wsock: socket.socket | None = None
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                self._wsock = socket.socket(fileno=os.dup(sock.fileno()))
-
-    def write(self, data: bytes) -> None:
-        if not self._buf:
-            self._loop.call_soon(self._flush)
-        self._buf.append(bytes(data))
-
-    def _flush(self) -> None:
-        with self._lock:
-            if self._pending or not self._buf:
-                return  # (the writer's completion flushes what came meanwhile)
-            data = b"".join(self._buf)
-            self._buf.clear()
-            t = self._transport
-            direct = self._wsock is None or t.is_closing() or t.get_write_buffer_size() > 0
-            self._pending = not direct
-        wsock = self._wsock
-        if not direct and wsock is not None:
-            _Writer.put(lambda: self._send(wsock, data))
-        elif not self._transport.is_closing():
-            self._transport.write(data)
-
-    def _send(self, wsock: socket.socket, data: bytes) -> None:  # in the writer's thread
-        try:
-            n = wsock.send(data)
-        except BlockingIOError:
-            n = 0
-        except OSError:
-            n = len(data)  # a broken connection: the transport finds out by itself
-        rest = data[n:]
-        with self._lock:
-            done = not (rest or self._buf or self._close_wanted)
-            if done:
-                self._pending = False
-        if not done:
-            with contextlib.suppress(RuntimeError):  # (the loop is closed)
-                self._loop.call_soon_threadsafe(self._done, rest)
-
-    def _done(self, rest: bytes) -> None:
-        with self._lock:
-            self._pending = False
-        if rest and not self._transport.is_closing():
-            self._transport.write(rest)
-        if self._buf:
-            self._flush()
-        if self._close_wanted:
-            self.close()
-
-    def close(self) -> None:
-        self._flush()
-        with self._lock:
-            if self._pending:
-                self._close_wanted = True
-                return
-        self._transport.close()
-        self.release()
-
-    def release(self) -> None:
-        """The duplicate descriptor closes after the sends queued before."""
-        wsock, self._wsock = self._wsock, None
-        if wsock is not None:
-            _Writer.put(wsock.close)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
-
-
-def _protocol() -> type[asyncio.Protocol]:
-    """uvicorn's HTTP protocol (httptools when installed, else h11) over ``_Coalescing``."""
-    from uvicorn.protocols.http.auto import AutoHTTPProtocol
-
-    class Protocol(AutoHTTPProtocol):  # type: ignore[misc,valid-type]
-        def connection_made(self, transport: Any) -> None:
-            self._coalescing = _Coalescing(transport)
-            super().connection_made(self._coalescing)
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._coalescing.release()
-            super().connection_lost(exc)
-
-    return Protocol
 
 
 class _Server(uvicorn.Server):
@@ -184,7 +53,7 @@ class ApiServer:
         self.app = create_app(state, target, visits=self.visits, redemptions=self.redemptions)
         config = uvicorn.Config(
             FastStores(self.app, _HANDLERS),  # the hot store calls without FastAPI's overhead
-            http=_protocol(),
+            http="auto",  # httptools (declared) when installed, else h11
             lifespan="on",
             log_config=None,  # the daemon's logging setup applies
             access_log=False,

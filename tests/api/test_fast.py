@@ -3,7 +3,6 @@ FastAPI app does, and a response goes out in one write (engine/api/server.py).""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,6 @@ import httpx
 from engine.api.app import _HANDLERS
 from engine.api.fast import FastStores
 from engine.api.live import FenceTarget, LiveStores
-from engine.api.server import _Coalescing
 from engine.api.state import ApiState
 from fences.catalog import load_catalog
 from fences.index import FenceIndex
@@ -105,30 +103,3 @@ async def test_fast_answers_equal_fastapis(api) -> None:  # type: ignore[no-unty
             a, b = await fast.get(path, params=params), await slow.get(path, params=params)
             assert (a.status_code, a.json()) == (b.status_code, b.json()), (path, params)
             assert a.headers["content-type"] == b.headers["content-type"]
-
-
-async def test_a_response_goes_out_in_one_write() -> None:
-    class Transport:
-        def __init__(self) -> None:
-            self.writes: list[bytes] = []
-
-        def write(self, data: bytes) -> None:
-            self.writes.append(data)
-
-        def is_closing(self) -> bool:
-            return False
-
-        def get_extra_info(self, name: str) -> None:
-            return None  # no socket: written through the transport
-
-        def get_write_buffer_size(self) -> int:
-            return 0
-
-    t = Transport()
-    c = _Coalescing(t)
-    c.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
-    c.write(b"{}")
-    assert t.writes == []
-    await asyncio.sleep(0)  # the loop's next turn
-    assert t.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"]
-    assert c.is_closing() is False  # the rest is the transport's
