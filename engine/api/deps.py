@@ -78,3 +78,16 @@ async def get_scope(principal: CurrentPrincipal) -> str | None:
 
 
 MerchantScope = Annotated[str | None, Depends(get_scope)]
+
+
+def sqlite_only(state_path: object, what: str) -> None:
+    """Refuse, with a 503 that says why, what only a SQLite state file keeps (the visit and
+    outcome logs, campaigns' versions, webhooks) when the daemon runs on a group's Redis."""
+    from engine.api.redis_state import is_redis_url
+    from engine.errors import StateError
+
+    if is_redis_url(state_path):
+        raise StateError(
+            f"{what} need(s) a SQLite state file; a worker group (Redis state) serves stores and "
+            "tokens only (docs/api.md, \"In a worker group\")"
+        )

@@ -45,3 +45,16 @@ def test_tokens_are_kept_hashed_and_changes_numbered_in_order(tmp_path):
     changes = read_store_changes(tmp_path / "s.db")
     assert [(c.store_id, c.feature, c.seq) for c in changes] == [("a", None, 2), ("b", {"x": 2}, 3)]
     assert [c.store_id for c in read_store_changes(tmp_path / "s.db", after=2)] == ["b"]
+
+
+def test_what_only_a_sqlite_state_keeps_is_refused_with_a_reason_on_redis() -> None:
+    """A group's API (Redis state) serves stores and tokens; webhooks and reports say why not
+    (a 503 through the error table) instead of failing on a missing log or making a file."""
+    import pytest
+
+    from engine.api.deps import sqlite_only
+    from engine.errors import StateError
+
+    sqlite_only("/var/lib/geopush/state.sqlite", "webhooks")  # a SQLite file: fine
+    with pytest.raises(StateError, match="webhooks need.*SQLite state file.*stores and tokens"):
+        sqlite_only("redis://127.0.0.1:6379/0", "webhooks")

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
-from engine.api.deps import MerchantScope
+from engine.api.deps import MerchantScope, sqlite_only
 from engine.api.errors import InvalidRequest
 from engine.api.models import ErrorOut
 from engine.api.outcomes import OutcomeLog, merchant_report
@@ -91,6 +91,7 @@ async def report(
     hi = math.inf if hi is None else hi
     if hi <= lo:
         raise InvalidRequest(f"to ({to}) must be after from ({from_})")
+    sqlite_only(request.state.api_state.path, "reports")
     visits: VisitLog = request.state.visit_log
     outcomes: OutcomeLog = request.state.outcome_log
     await asyncio.to_thread(visits.catch_up)

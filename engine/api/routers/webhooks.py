@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Request, status
 
-from engine.api.deps import MerchantScope, State
+from engine.api.deps import MerchantScope, State, sqlite_only
 from engine.api.errors import AccessDenied, InvalidRequest, NotFound
 from engine.api.models import ErrorOut, WebhookCreate, WebhookCreated, WebhookOut
 from engine.daemon.webhooks import EVENT_TYPES, Endpoint, WebhookStore
@@ -26,6 +26,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 async def get_webhooks(request: Request, state: State) -> WebhookStore:
     """The webhook tables, on one connection of the app's (made at the first request)."""
+    sqlite_only(state.path, "webhooks")
     store: WebhookStore | None = getattr(request.app.state, "webhook_store", None)
     if store is None or store.path != state.path:
         store = request.app.state.webhook_store = WebhookStore(state.path)
