@@ -20,13 +20,13 @@ from starlette.exceptions import HTTPException
 
 from engine.api.errors import ApiError, AuthError
 from engine.api.live import FenceTarget, LiveStores, prepare_listing
-from engine.api.outcomes import OutcomeLog, outcome_copier
+from engine.api.outcomes import OutcomeLog
 from engine.api.redemptions import RedemptionDesk
 from engine.api.redis_state import is_redis_url, open_api_state
 from engine.api.routers import campaigns, stores, tokens, webhooks
 from engine.api.routers import redemptions as redemptions_router
 from engine.api.routers import visits as visits_router
-from engine.api.visits import VisitHub, VisitLog, visit_copier
+from engine.api.visits import VisitHub, VisitLog, outbox_copier
 from engine.errors import StateError, TransportError
 from fences.errors import CatalogError, UnknownStoreError
 
@@ -148,8 +148,8 @@ def create_app(
             live["live_campaigns"] = camps
         outcome_log = OutcomeLog(state, desk.prefix)
         live.update(outcome_log=outcome_log, redemptions=desk)
-        copier = asyncio.create_task(visit_copier(visit_log), name="visit-log")
-        copier2 = asyncio.create_task(outcome_copier(outcome_log), name="outcome-log")
+        copier = asyncio.create_task(outbox_copier(visit_log), name="visit-log")
+        copier2 = asyncio.create_task(outbox_copier(outcome_log), name="outcome-log")
         try:
             yield live
         finally:

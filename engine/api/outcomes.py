@@ -23,17 +23,14 @@ No FastAPI here.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import sqlite3
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from engine.api.state import _sql, _sqlite_path
-from engine.errors import DecodeError, StateError
+from engine.api.state import _sql
+from engine.api.visits import OutboxCopy
+from engine.errors import DecodeError
 from engine.outputs import AnyOutput, Push, decode_output
 from engine.report import build_report
 
@@ -42,7 +39,6 @@ logger = logging.getLogger("geopush.api")
 OUTCOME_LOG_KEEP = 2_000_000
 COPY_CHUNK = 5000
 PRUNE_EVERY = 10_000
-COPY_EVERY_S = 1.0
 KINDS = ("push", "holdout", "redeem", "order")
 
 _TABLES = """
@@ -79,8 +75,11 @@ _TOP = (
 )
 
 
-class OutcomeLog:
-    """The outcome table on a connection of its own (calls serialised: they run in threads)."""
+class OutcomeLog(OutboxCopy):
+    """The outcome table (``OutboxCopy``)."""
+
+    TABLES = _TABLES
+    name = "outcome log"
 
     def __init__(
         self,
@@ -90,31 +89,8 @@ class OutcomeLog:
         keep: int = OUTCOME_LOG_KEEP,
         prune_every: int = PRUNE_EVERY,
     ) -> None:
-        self.path = _sqlite_path(state)
         self.topics = tuple(f"{prefix}/{t}/" for t in ("push", "redemptions", "outcomes"))
-        self.keep = keep
-        self.prune_every = prune_every
-        self._lock = threading.Lock()
-        with _sql(self.path):
-            self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA busy_timeout=5000")  # worker threads only
-            self._db.execute("PRAGMA wal_autocheckpoint=0")  # the daemon's checkpointer does
-            self._db.executescript(_TABLES)
-
-    def close(self) -> None:
-        with self._lock, contextlib.suppress(sqlite3.Error):
-            self._db.close()
-
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        self._open(state, keep, prune_every)
 
     def catch_up(self) -> int:
         """Copy the outbox's outcome rows committed since the last copy; the rows read."""
@@ -288,19 +264,3 @@ def merchant_report(
         "min_users_per_arm": rep["min_users_per_arm"],
         "min_conversions": rep["min_conversions"],
     }
-
-
-async def outcome_copier(log: OutcomeLog, every: float = COPY_EVERY_S) -> None:
-    """Copy the outbox's new outcome rows into the log every ``every`` seconds, in a thread."""
-    while True:
-        try:
-            await asyncio.to_thread(log.catch_up)
-        except StateError as exc:
-            logger.warning("outcome log: %s", exc)
-        await asyncio.sleep(every)
-
-
-
-
-
-__all__ = ["KINDS", "OutcomeLog", "merchant_report", "outcome_copier"]

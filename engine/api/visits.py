@@ -108,29 +108,25 @@ def out_id_of(data: dict[str, Any]) -> str:
     return f"{data['visit_id']}:{data['event']}"
 
 
-class VisitLog:
-    """The visit tables on a connection of their own (calls are serialised by a lock: they run
-    in worker threads)."""
+class OutboxCopy:
+    """A log copied from the daemon's outbox into tables of the state file, on a connection of
+    its own (calls are serialised by a lock: they run in worker threads, so waiting for the
+    daemon's commit blocks no event loop). Subclasses give ``TABLES`` and ``catch_up``; the
+    visit log here and the outcome log (engine/api/outcomes.py) are the two."""
 
-    def __init__(
-        self,
-        state: str | Path,
-        visits_topic: str,
-        *,
-        keep: int = VISIT_LOG_KEEP,
-        prune_every: int = PRUNE_EVERY,
-    ) -> None:
+    TABLES = ""
+    name = "outbox copy"
+
+    def _open(self, state: str | Path, keep: int, prune_every: int) -> None:
         self.path = _sqlite_path(state)
-        self.prefix = visits_topic  # e.g. "geopush/visits/"
         self.keep = keep
         self.prune_every = prune_every
         self._lock = threading.Lock()
         with _sql(self.path):
             self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
-            # in worker threads only: waiting for the daemon's commit blocks no event loop
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.execute("PRAGMA wal_autocheckpoint=0")  # the daemon's checkpointer does
-            self._db.executescript(_TABLES)
+            self._db.executescript(self.TABLES)
 
     def close(self) -> None:
         with self._lock, contextlib.suppress(sqlite3.Error):
@@ -146,6 +142,38 @@ class VisitLog:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+
+    def catch_up(self) -> int:
+        """Copy the outbox's rows committed since the last copy; the outbox rows read."""
+        raise NotImplementedError
+
+
+async def outbox_copier(log: OutboxCopy, every: float = COPY_EVERY_S) -> None:
+    """Copy the outbox's new rows into ``log`` every ``every`` seconds, in a thread."""
+    while True:
+        try:
+            await asyncio.to_thread(log.catch_up)
+        except StateError as exc:  # busy or failing file: the next round retries
+            logger.warning("%s: %s", log.name, exc)
+        await asyncio.sleep(every)
+
+
+class VisitLog(OutboxCopy):
+    """The visit tables (``OutboxCopy``)."""
+
+    TABLES = _TABLES
+    name = "visit log"
+
+    def __init__(
+        self,
+        state: str | Path,
+        visits_topic: str,
+        *,
+        keep: int = VISIT_LOG_KEEP,
+        prune_every: int = PRUNE_EVERY,
+    ) -> None:
+        self.prefix = visits_topic  # e.g. "geopush/visits/"
+        self._open(state, keep, prune_every)
 
     def catch_up(self) -> int:
         """Copy the outbox's visit rows committed since the last copy; the outbox rows read."""
@@ -237,16 +265,6 @@ class VisitLog:
         return int(top)
 
 
-async def visit_copier(log: VisitLog, every: float = COPY_EVERY_S) -> None:
-    """Copy the outbox's new visit rows into the log every ``every`` seconds, in a thread."""
-    while True:
-        try:
-            await asyncio.to_thread(log.catch_up)
-        except StateError as exc:  # busy or failing file: the next round retries
-            logger.warning("visit log: %s", exc)
-        await asyncio.sleep(every)
-
-
 class _Row(Protocol):
     @property
     def topic(self) -> str: ...
@@ -324,4 +342,4 @@ class VisitHub:
                     q.put_nowait((first + i, r.payload))
 
 
-__all__ = ["VisitHub", "VisitLog", "VisitRow", "out_id_of", "visit_copier"]
+__all__ = ["OutboxCopy", "VisitHub", "VisitLog", "VisitRow", "out_id_of", "outbox_copier"]
