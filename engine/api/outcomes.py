@@ -24,7 +24,6 @@ No FastAPI here.
 from __future__ import annotations
 
 import contextlib
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,6 @@ from engine.errors import DecodeError
 from engine.outputs import AnyOutput, Push, decode_output
 from engine.report import build_report
 
-logger = logging.getLogger("geopush.api")
 
 OUTCOME_LOG_KEEP = 2_000_000
 COPY_CHUNK = 5000
