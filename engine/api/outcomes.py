@@ -33,7 +33,6 @@ from engine.errors import DecodeError
 from engine.outputs import AnyOutput, Push, decode_output
 from engine.report import build_report
 
-
 OUTCOME_LOG_KEEP = 2_000_000
 COPY_CHUNK = 5000
 PRUNE_EVERY = 10_000
