@@ -20,7 +20,8 @@ async def test_no_pubacked_message_lost_when_the_stream_leader_dies(
 
 
 @pytest.mark.xfail(
-    strict=True, reason="the trap: a user stream loses PUBACKed messages when its leader dies"
+    strict=False,  # the loss depends on where the kill lands; it did not show in 1 of ~6 runs
+    reason="the trap: a user stream loses PUBACKed messages when its leader dies"
 )
 async def test_a_user_stream_loses_pubacked_messages(nats_cluster: NatsCluster) -> None:
     """Why the intake reads $MQTT_msgs: the same run on a user stream capturing the partitioned
