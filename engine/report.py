@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from engine.errors import DecodeError, ReportError
+from engine.loop import ATTRIBUTION_WINDOW_S
 from engine.outputs import AnyOutput, Holdout, Order, Push, RedeemResult, VisitEvent, decode_output
 
 Z95: Final = 1.959963984540054
@@ -142,10 +143,23 @@ class _Unit:
     new_followers: int = 0
     pushed_users: set[str] = field(default_factory=set)
     holdout_users: set[str] = field(default_factory=set)
-    # per arm: user -> (orders, revenue) of orders attributed to this unit's pushes / holdouts
-    conv: dict[bool, dict[str, list[float]]] = field(default_factory=lambda: {False: {}, True: {}})
+    # user -> merchant -> time of the user's first decision (push or holdout) of this unit there:
+    # where the user's lift window starts, in either arm
+    first: dict[str, dict[str, float]] = field(default_factory=dict)
 
-    def figures(self, with_visits: bool, min_users: int, min_conversions: int) -> dict[str, Any]:
+    def decided(self, user: str, merchant_id: str, ts: float) -> None:
+        at = self.first.setdefault(user, {})
+        if ts < at.get(merchant_id, math.inf):
+            at[merchant_id] = ts
+
+    def figures(
+        self,
+        with_visits: bool,
+        orders: dict[str, list[tuple[str, float, float]]],
+        window_s: float,
+        min_users: int,
+        min_conversions: int,
+    ) -> dict[str, Any]:
         d: dict[str, Any] = {}
         if with_visits:
             d["visits"] = {"new": self.visits_new, "returning": self.visits_returning}
@@ -163,16 +177,21 @@ class _Unit:
         held = self.holdout_users - pushed  # a user pushed by any campaign counts as pushed
         arms = []
         for users in (pushed, held):
-            n_orders = 0.0
+            n_orders = 0
             revenue = 0.0
             converted = 0
             for u in users:
-                got = [g for g in (self.conv[False].get(u), self.conv[True].get(u)) if g]
+                starts = self.first[u]
+                got = [
+                    (m, ts, amount)
+                    for m, ts, amount in orders.get(u, ())
+                    if m in starts and starts[m] <= ts <= starts[m] + window_s
+                ]
                 if got:
                     converted += 1
-                    n_orders += sum(g[0] for g in got)
-                    revenue += sum(g[1] for g in got)
-            arms.append((len(users), converted, int(n_orders), revenue))
+                    n_orders += len(got)
+                    revenue += sum(g[2] for g in got)
+            arms.append((len(users), converted, n_orders, revenue))
         (n1, x1, o1, r1), (n0, x0, o0, r0) = arms
         d["lift"] = lift(
             n1, x1, n0, x0, o1, o0, r1, r0, min_users=min_users, min_conversions=min_conversions
@@ -186,12 +205,16 @@ def build_report(
     delivered: Collection[str] | None = None,
     min_users: int = MIN_ARM_USERS,
     min_conversions: int = MIN_CONVERSIONS,
+    window_s: float = ATTRIBUTION_WINDOW_S,
 ) -> dict[str, Any]:
     """The report over ``outputs``: ``{"merchants": [{"merchant_id", figures..., "campaigns":
     [{"campaign_id", figures...}]}], "total": {figures...}}``, sorted by id. Pure and
     deterministic (the same outputs in any order give the same report). ``delivered``: the
-    out_ids the broker acknowledged (``load_delivered``); None: unknown, figure ``null``."""
+    out_ids the broker acknowledged (``load_delivered``); None: unknown, figure ``null``.
+    ``window_s``: the lift window, which must be the engine's attribution window (a user
+    converted when they paid at the merchant within it after their first decision)."""
     seen: set[str] = set()
+    orders: dict[str, list[tuple[str, float, float]]] = {}  # user -> (merchant, ts, amount)
     merchants: dict[str, _Unit] = {}
     campaigns: dict[tuple[str, str], _Unit] = {}
     known = delivered is not None
@@ -218,6 +241,7 @@ def build_report(
                         u.visits_new += 1
         elif t is Push or t is Holdout:
             for u in units(o.merchant_id, o.campaign_id):  # type: ignore[union-attr]
+                u.decided(o.user, o.merchant_id, o.ts)  # type: ignore[union-attr]
                 if t is Push:
                     u.pushes += 1
                     u.pushed_users.add(o.user)
@@ -233,16 +257,19 @@ def build_report(
                     u.redeemed.add(r.push_ref)
         elif t is Order:
             od: Order = o  # type: ignore[assignment]
+            orders.setdefault(od.user, []).append((od.merchant_id, od.ts, od.amount))
             for u in units(od.merchant_id, od.campaign_id):
-                got = u.conv[od.held_out].setdefault(od.user, [0, 0.0])
-                got[0] += 1
-                got[1] += od.amount
                 if not od.held_out:
                     u.orders += 1
                     u.revenue += od.amount
                     u.new_customers += od.new_customer
                     u.new_followers += od.new_follower
-    kw = {"min_users": min_users, "min_conversions": min_conversions}
+    kw: dict[str, Any] = {
+        "orders": orders,
+        "window_s": window_s,
+        "min_users": min_users,
+        "min_conversions": min_conversions,
+    }
     rows = []
     for m in sorted(merchants):
         row = {"merchant_id": m, **merchants[m].figures(True, **kw)}
@@ -256,9 +283,11 @@ def build_report(
         "merchants": rows,
         "total": total.figures(True, **kw),
         "lift_method": (
-            "difference of conversion proportions, pushed vs held-out users; Newcombe hybrid "
+            "difference of conversion proportions, pushed vs held-out users (converted: paid at "
+            "the merchant within the window after the user's first decision); Newcombe hybrid "
             "score 95% interval (absolute), Katz log risk ratio (relative)"
         ),
+        "lift_window_s": window_s,
         "min_users_per_arm": min_users,
         "min_conversions": min_conversions,
     }

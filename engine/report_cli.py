@@ -41,6 +41,15 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         metavar="N",
         help="converted users needed in both arms together (default 5)",
     )
+    p.add_argument(
+        "--attribution-window-s",
+        type=float,
+        default=None,
+        metavar="S",
+        help="the engine's attribution window, where each user's lift window ends after their "
+        "first decision (default: the engine's default, 7 days; give the value the replay or "
+        "daemon ran with)",
+    )
     p.set_defaults(func=_run)
 
 
@@ -55,8 +64,13 @@ def _run(args: argparse.Namespace) -> int:
         render_png,
     )
 
+    from engine.loop import ATTRIBUTION_WINDOW_S
+
     if args.min_users < 1 or args.min_conversions < 0:
         raise ConfigError("--min-users must be at least 1 and --min-conversions at least 0")
+    window = ATTRIBUTION_WINDOW_S if args.attribution_window_s is None else args.attribution_window_s
+    if not window >= 0:
+        raise ConfigError("--attribution-window-s must be a number of seconds >= 0")
     outputs = load_outputs(args.source)
     delivered = load_delivered(args.source)
     rep = build_report(
@@ -64,6 +78,7 @@ def _run(args: argparse.Namespace) -> int:
         delivered=delivered,
         min_users=args.min_users,
         min_conversions=args.min_conversions,
+        window_s=window,
     )
     if args.pushes:
         lines = [json.dumps(r, sort_keys=True) + "\n" for r in push_records(outputs, delivered)]

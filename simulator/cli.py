@@ -343,7 +343,7 @@ def _lift_table(rows: list[dict[str, Any]]) -> Any:
 
     tab = Table(title="lift: engine estimate vs truth")
     for col in ("seed", "campaign", "pushed", "held out", "lift pp [95% CI]", "true pp",
-                "covered", "redeemed / truth", "counts exact"):
+                "realized pp", "covered", "redeemed / truth", "counts exact"):
         tab.add_column(col, justify="left" if col == "campaign" else "right")
     for r in rows:
         ci = r["ci95"]
@@ -353,6 +353,7 @@ def _lift_table(rows: list[dict[str, Any]]) -> Any:
         tab.add_row(
             str(r["seed"]), r["campaign_id"], f"{c['pushed_users']:,}", f"{c['holdout_users']:,}",
             est, f"{r['true_uplift'] * 100:+.2f}",
+            "-" if r.get("sample_uplift") is None else f"{r['sample_uplift'] * 100:+.2f}",
             {True: "yes", False: "[red]NO[/]", None: "-"}[r["covered"]],
             f"{c['redemptions']} / {r['truth']['redemptions']}",
             "yes" if r["exact"] else "[red]" + ", ".join(r["mismatched"]) + "[/]",
@@ -361,10 +362,16 @@ def _lift_table(rows: list[dict[str, Any]]) -> Any:
 
 
 def _coverage_lines(cov: dict[str, Any]) -> list[str]:
-    out = [f"{cid}: the 95% interval covers the true uplift in {v['covered']}/{v['of']} seeds"
-           for cid, v in cov["per_campaign"].items()]
-    out.append(f"all: {cov['covered']}/{cov['of']}; attribution counts equal the truth in "
-               f"{cov['exact']}/{cov['rows']}")
+    out = []
+    for cid, v in cov["per_campaign"].items():
+        z = ""
+        if v.get("z_mean") is not None and v.get("z_sd") is not None:
+            z = f"; standardised error mean {v['z_mean']:+.2f}, sd {v['z_sd']:.2f}"
+        out.append(f"{cid}: the 95% interval covers the configured uplift in "
+                   f"{v['covered']}/{v['of']} seeds, the week's realized uplift in "
+                   f"{v.get('covered_sample', 0)}/{v['of']}{z}")
+    out.append(f"all: {cov['covered']}/{cov['of']} (realized: {cov.get('covered_sample', 0)}/"
+               f"{cov['of']}); attribution counts equal the truth in {cov['exact']}/{cov['rows']}")
     return out
 
 

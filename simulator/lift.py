@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.outputs import RedeemResult
-from engine.report import build_report, load_outputs
+from engine.report import Z95, build_report, load_outputs
 from simulator.week import WeekModel, load_truth, replay_week, simulate_week
 
 EXACT = ("pushed_users", "holdout_users", "pushed_converted", "holdout_converted", "orders",
@@ -32,7 +32,7 @@ def score_week(truth_path: str | Path, run: str | Path) -> dict[str, Any]:
     """One week: per scored campaign the estimate, its interval, the truth and the exact counts."""
     truth = load_truth(truth_path)
     outs = load_outputs(run)
-    rep = build_report(outs)
+    rep = build_report(outs, window_s=float(truth["attribution_window_s"]))
     answers: dict[str, dict[str, int]] = {}
     seen: set[str] = set()
     for o in outs:
@@ -63,10 +63,13 @@ def score_week(truth_path: str | Path, run: str | Path) -> dict[str, Any]:
             "seed": truth["seed"],
             "campaign_id": cid,
             "true_uplift": t["true_uplift"],
+            "sample_uplift": t.get("sample_uplift"),
             "status": lf["status"],
             "estimate": lf.get("abs_lift"),
             "ci95": lf.get("abs_lift_ci95"),
             "covered": None,
+            "covered_sample": None,
+            "z": None,
             "counts": got,
             "truth": {k: t[k] for k in EXACT},
             "redeem_answers": got_answers,
@@ -77,22 +80,51 @@ def score_week(truth_path: str | Path, run: str | Path) -> dict[str, Any]:
         if lf["status"] == "ok":
             lo, hi = lf["abs_lift_ci95"]
             row["covered"] = bool(lo <= t["true_uplift"] <= hi)
+            row["z"] = zscore(lf["abs_lift"], lo, hi, t["true_uplift"])
+            if t.get("sample_uplift") is not None:
+                row["covered_sample"] = bool(lo <= t["sample_uplift"] <= hi)
         rows.append(row)
     return {"seed": truth["seed"], "campaigns": rows}
 
 
+def zscore(est: float, lo: float, hi: float, truth: float) -> float:
+    """The standardised error (est - truth) / SE, with SE the interval's half-width on the
+    truth's side over 1.96 (Newcombe's interval is not symmetric): |z| > 1.96 exactly when the
+    interval misses the truth. Over many seeds a calibrated interval gives mean ~0, sd ~1."""
+    half = (est - lo) if est >= truth else (hi - est)
+    return round((est - truth) / (half / Z95), 4) if half > 0 else 0.0
+
+
 def coverage(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Per campaign and overall: seeds whose interval covers the truth, out of seeds scored."""
+    """Per campaign and overall: seeds whose interval covers the configured uplift (``covered``)
+    and the week's realized sample uplift (``covered_sample``), out of seeds scored; the
+    standardised errors' mean and sd (against the configured uplift)."""
     per: dict[str, list[int]] = {}
+    zs: dict[str, list[float]] = {}
     for r in rows:
-        got = per.setdefault(r["campaign_id"], [0, 0])
+        got = per.setdefault(r["campaign_id"], [0, 0, 0])
         if r["covered"] is not None:
             got[1] += 1
             got[0] += bool(r["covered"])
+            got[2] += bool(r.get("covered_sample"))
+        if r.get("z") is not None:
+            zs.setdefault(r["campaign_id"], []).append(float(r["z"]))
+
+    def stats(z: list[float]) -> dict[str, float | None]:
+        if not z:
+            return {"z_mean": None, "z_sd": None}
+        mean = sum(z) / len(z)
+        sd = (sum((x - mean) ** 2 for x in z) / (len(z) - 1)) ** 0.5 if len(z) > 1 else None
+        return {"z_mean": round(mean, 3), "z_sd": None if sd is None else round(sd, 3)}
+
     return {
-        "per_campaign": {c: {"covered": a, "of": b} for c, (a, b) in sorted(per.items())},
-        "covered": sum(a for a, _ in per.values()),
-        "of": sum(b for _, b in per.values()),
+        "per_campaign": {
+            c: {"covered": a, "of": b, "covered_sample": s, **stats(zs.get(c, []))}
+            for c, (a, b, s) in sorted(per.items())
+        },
+        "covered": sum(v[0] for v in per.values()),
+        "covered_sample": sum(v[2] for v in per.values()),
+        "of": sum(v[1] for v in per.values()),
         "exact": sum(bool(r["exact"]) for r in rows),
         "rows": len(rows),
     }

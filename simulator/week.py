@@ -284,6 +284,7 @@ class Decisions:
 
     first: dict[str, dict[str, Push | Holdout]] = field(default_factory=dict)
     ids: set[tuple[str, str]] = field(default_factory=set)  # (kind, push_id), every campaign
+    times: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # every decision's ts
 
 
 def read_decisions(run: Path) -> Decisions:
@@ -296,6 +297,7 @@ def read_decisions(run: Path) -> Decisions:
                 o = decode_output(line)
                 assert isinstance(o, Push | Holdout)
                 d.ids.add((type(o).__name__, o.push_id))
+                d.times.setdefault(o.campaign_id, {}).setdefault(o.user, []).append(o.ts)
                 per = d.first.setdefault(o.campaign_id, {})
                 prev = per.get(o.user)
                 if prev is None or (o.ts, o.push_id) < (prev.ts, prev.push_id):
@@ -317,9 +319,13 @@ def _delay(rng: np.random.Generator, limit: float) -> float:
 
 
 def responses(
-    model: WeekModel, dec: Decisions, rng: np.random.Generator
+    model: WeekModel, dec: Decisions, rng: np.random.Generator,
+    later: np.random.Generator | None = None,
 ) -> tuple[list[Event], dict[str, dict[str, Any]]]:
-    """Payments and redemptions drawn from the truth model, and the true counts per campaign."""
+    """Payments and redemptions drawn from the truth model, and the true counts per campaign.
+    ``later`` draws the repeat payments after the window (its own stream, so that adding them
+    changed no other draw)."""
+    later = later or np.random.default_rng(0)
     evs: list[Event] = []
     truth: dict[str, dict[str, Any]] = {}
     till = 0
@@ -333,6 +339,10 @@ def responses(
             "orders": 0, "held_out_orders": 0, "redemptions": 0,
             "redeem_answers": {"ok": 0, "invalid_code": 0, "already_redeemed": 0},
             "background_payments": 0,
+            # potential outcomes of the decided users (the same draw decides both): converted
+            # if pushed, converted if held out; the realized (sample) lift is their difference
+            "decided_users": 0, "converted_if_pushed": 0, "converted_if_held_out": 0,
+            "later_payments": 0, "later_held_out_orders": 0,
         }
         truth[m.campaign] = t
         first = dec.first.get(m.campaign, {})
@@ -340,8 +350,12 @@ def responses(
             o = first[user]
             pushed = type(o) is Push
             t["pushed_users" if pushed else "holdout_users"] += 1
-            p = m.base_rate * (0.5 + rng.random()) + (m.true_uplift if pushed else 0.0)
-            if rng.random() >= p:
+            p0 = m.base_rate * (0.5 + rng.random())
+            draw = rng.random()  # converts if draw < p: with a push p = p0 + uplift, else p0
+            t["decided_users"] += 1
+            t["converted_if_pushed"] += draw < p0 + m.true_uplift
+            t["converted_if_held_out"] += draw < p0
+            if draw >= p0 + (m.true_uplift if pushed else 0.0):
                 continue
             t["pushed_converted" if pushed else "holdout_converted"] += 1
             t["orders" if pushed else "held_out_orders"] += 1
@@ -374,6 +388,25 @@ def responses(
                 evs.append(Redeem(user=user, ts=pay + 30.0, merchant_id=m.id, code=o.code,
                                   request_id=f"till:{till}:again"))
                 t["redeem_answers"]["already_redeemed"] += 1
+        t["sample_uplift"] = round(
+            (t["converted_if_pushed"] - t["converted_if_held_out"]) / max(1, t["decided_users"]),
+            9,
+        )
+        # decided people come back after their window too (a repeat purchase 1 hour to 7 days
+        # after it closed, at the base rate, in either arm): not a conversion. A held-out
+        # person's later holdout decision (holdouts spend no cap) can attract it as a held-out
+        # order; the report must not count it (its window starts at the first decision)
+        for user in sorted(first):
+            if later.random() >= m.base_rate:
+                continue
+            o = first[user]
+            pay = round(o.ts + model.window_s + later.uniform(3600.0, 7 * 86400.0), 3)
+            evs.append(Payment(user=user, ts=pay, merchant_id=m.id,
+                               amount=round(float(later.lognormal(2.0, 0.5)), 2)))
+            t["later_payments"] += 1
+            ts = dec.times.get(m.campaign, {}).get(user, [])
+            if type(o) is Holdout and any(d <= pay <= d + model.window_s for d in ts):
+                t["later_held_out_orders"] += 1
         # people the campaign never decided on pay too, at the base rate: no order may follow
         for u in range(model.users):
             name = f"u{u:06d}"
@@ -423,7 +456,8 @@ def simulate_week(seed: int, out: str | Path, model: WeekModel | None = None) ->
         dec = read_decisions(tmp / "run")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    resp, camps = responses(model, dec, np.random.default_rng([seed, 11]))
+    resp, camps = responses(model, dec, np.random.default_rng([seed, 11]),
+                            np.random.default_rng([seed, 13]))
     n = write_trace([*visits, *resp], out / "trace.jsonl")
     truth = {
         "seed": seed,
