@@ -241,7 +241,7 @@ def build_report(
                         u.visits_new += 1
         elif t is Push or t is Holdout:
             for u in units(o.merchant_id, o.campaign_id):  # type: ignore[union-attr]
-                u.decided(o.user, o.merchant_id, o.ts)  # type: ignore[union-attr]
+                u.decided(o.user, o.merchant_id, o.ts)
                 if t is Push:
                     u.pushes += 1
                     u.pushed_users.add(o.user)

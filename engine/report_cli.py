@@ -55,6 +55,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from engine.errors import ConfigError
+    from engine.loop import ATTRIBUTION_WINDOW_S
     from engine.report import (
         build_report,
         format_table,
@@ -64,11 +65,11 @@ def _run(args: argparse.Namespace) -> int:
         render_png,
     )
 
-    from engine.loop import ATTRIBUTION_WINDOW_S
-
     if args.min_users < 1 or args.min_conversions < 0:
         raise ConfigError("--min-users must be at least 1 and --min-conversions at least 0")
-    window = ATTRIBUTION_WINDOW_S if args.attribution_window_s is None else args.attribution_window_s
+    window = args.attribution_window_s
+    if window is None:
+        window = ATTRIBUTION_WINDOW_S
     if not window >= 0:
         raise ConfigError("--attribution-window-s must be a number of seconds >= 0")
     outputs = load_outputs(args.source)

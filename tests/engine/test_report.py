@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
-from _corekit import T0, campaign, circle, gps, pay
+from _corekit import T0, World, campaign, campaigns, circle, gps, pay
 from PIL import Image
 
 from engine import loop
@@ -249,3 +250,71 @@ def test_png_without_holdouts(tmp_path: Path) -> None:
     render_png(build_report([]), tmp_path / "empty.png")
     with Image.open(tmp_path / "empty.png") as im:
         assert im.format == "PNG"
+
+
+# --- what lift counts: the window after each user's first decision, whoever got the order -------
+
+DAY = 86400.0
+
+
+def _world_outputs(camps: list[dict[str, Any]], events: list[Any]) -> list[Any]:
+    w = World([circle("A", 0, 0, 50, merchant_id="m-A")], campaigns(*camps))
+    w.run(sorted(events, key=lambda e: e.ts))
+    return w.outs
+
+
+def test_lift_window_starts_at_the_first_decision_in_both_arms() -> None:
+    """A held-out user gets a holdout decision at every visit (holdouts spend no cap), a pushed
+    user one push (per_user 1): a payment 8 days after the first visit is attributed to the
+    held-out user's second decision (3 days later) but to nothing for the pushed user. Counting
+    it made the held-out arm look converted: lift is measured in the window after each user's
+    first decision, the same for both arms."""
+    cap = {"per_user": 1, "period_s": int(14 * DAY)}
+    evs: list[Any] = []
+    users = [f"u{i:03d}" for i in range(200)]
+    for i, u in enumerate(users):
+        for t in (T0, T0 + 3 * DAY):  # two visits
+            evs += [gps(u, t, 0, 0), gps(u, t + 600, 3000, 0)]
+        evs.append(pay(u, T0 + 8 * DAY, "m-A"))  # after the first window, in the second
+        if i % 4 == 0:
+            evs.append(pay(u, T0 + DAY, "m-A"))  # a conversion in either arm
+    outs = _world_outputs([campaign("a", "m-A", holdout_pct=30.0, caps=cap)], evs)
+    held = {u for u in users if loop.in_holdout(u, "a", 30.0)}
+    assert sum(type(o) is Holdout for o in outs) == 2 * len(held)  # every visit decided
+    assert sum(type(o) is Push for o in outs) == len(users) - len(held)
+    late = [o for o in outs if type(o) is Order and o.ts == T0 + 8 * DAY]
+    assert late and all(o.held_out for o in late)  # only held-out users' late payments attach
+    lf = build_report(outs)["merchants"][0]["campaigns"][0]["lift"]
+    conv = {u for i, u in enumerate(users) if i % 4 == 0}
+    assert (lf["pushed_users"], lf["pushed_converted"]) == (len(users) - len(held), len(conv - held))
+    assert (lf["holdout_users"], lf["holdout_converted"]) == (len(held), len(conv & held))
+    # a window longer than the engine's would count the late payment for held-out users only
+    # (pushed users' got no order): the report's window must be the engine's
+    lf9 = build_report(outs, window_s=9 * DAY)["merchants"][0]["campaigns"][0]["lift"]
+    assert lf9["holdout_converted"] == len(held) and lf9["pushed_converted"] == len(conv - held)
+
+
+def test_lift_counts_orders_another_campaign_of_the_merchant_took() -> None:
+    """Campaign b (exit) pushes everyone after campaign a (enter, 30% held out) decided: the
+    payment an hour later is attributed to b's push, the latest offer. It is still a payment at
+    the merchant within a's window, in both of a's arms: a's lift counts it (an intention-to-treat
+    comparison of a's arms), where counting only orders attributed to a left a with none."""
+    evs: list[Any] = []
+    users = [f"u{i:03d}" for i in range(200)]
+    for i, u in enumerate(users):
+        evs += [gps(u, T0 + i, 0, 0), gps(u, T0 + i + 600, 3000, 0)]
+        if i % 3 == 0:
+            evs.append(pay(u, T0 + i + 3600, "m-A"))
+    outs = _world_outputs(
+        [campaign("a", "m-A", holdout_pct=30.0), campaign("b", "m-A", trigger="exit")], evs
+    )
+    assert all(o.campaign_id == "b" for o in outs if type(o) is Order)
+    held = {u for u in users if loop.in_holdout(u, "a", 30.0)}
+    conv = {u for i, u in enumerate(users) if i % 3 == 0}
+    (m,) = build_report(outs)["merchants"]
+    (a,) = [c for c in m["campaigns"] if c["campaign_id"] == "a"]
+    lf = a["lift"]
+    assert lf["status"] == "ok"
+    assert (lf["pushed_users"], lf["pushed_converted"]) == (len(users) - len(held), len(conv - held))
+    assert (lf["holdout_users"], lf["holdout_converted"]) == (len(held), len(conv & held))
+    assert a["orders"] == 0  # attribution credit stays with b
