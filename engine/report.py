@@ -13,7 +13,10 @@ Figures (docs/architecture.md, "Closing the loop"):
 * pushes, held out (decisions a holdout kept back), redemptions (pushes whose code was redeemed);
 * orders and revenue: payments attributed to a push; new customers / new followers: those
   orders that were the user's first payment at the merchant / made the user a follower;
-* lift: pushed versus held-out users, see ``lift``.
+* lift: pushed versus held-out users, see ``lift``. A user converted when they paid at the
+  merchant (any attributed order there, whichever offer got it) within ``window_s`` (the engine's
+  attribution window) after their first decision of the campaign, push or holdout: both arms are
+  measured from the same moment over the same span (docs/campaigns.md, "Lift").
 """
 
 from __future__ import annotations
