@@ -13,7 +13,7 @@ import pytest
 
 from engine.loop import in_holdout
 from engine.outputs import Holdout, Push, decode_output
-from engine.report import newcombe
+from engine.report import Z95, newcombe
 from simulator import cli
 from simulator.lift import coverage, render_png, run_seeds
 from simulator.week import (
@@ -62,6 +62,9 @@ def test_the_interval_is_the_reports_and_coverage_counts_it(three: dict[str, Any
         lo, hi = newcombe(x1, n1, x0, n0)
         assert r["ci95"] == pytest.approx([lo, hi], abs=1e-6)
         assert r["covered"] == (r["ci95"][0] <= r["true_uplift"] <= r["ci95"][1])
+        assert r["covered_sample"] == (r["ci95"][0] <= r["sample_uplift"] <= r["ci95"][1])
+        assert (abs(r["z"]) <= Z95 + 1e-3) == r["covered"]  # |z| > 1.96 exactly on a miss
+        assert abs(r["sample_uplift"] - r["true_uplift"]) < 0.1
     cov = coverage(three["rows"])
     assert cov["of"] == 6 and cov["covered"] == sum(bool(r["covered"]) for r in three["rows"])
     assert set(cov["per_campaign"]) == {"cafe-welcome", "grocer-stay"}
@@ -135,13 +138,18 @@ def test_twenty_seeds_cover_the_true_lift(tmp_path: Path) -> None:
     true lift as often as a 95% interval should. The issue's target, >= 19 of 20 per campaign,
     happens with probability 0.74 even for an exact 95% interval, so it is not asserted (seeds
     1-20 give 18/20 and 19/20, docs/simulator.md); asserted: >= 17/20 per campaign and >= 35/40
-    in all, which an exact 95% interval misses with probability 1.6% and 1.4%."""
+    in all, which an exact 95% interval misses with probability 1.6% and 1.4%; and per campaign
+    the standardised errors (estimate - truth) / SE centred (|mean| <= 0.7, 3.1 standard errors
+    of a mean of 20) and of unit spread (sd in [0.5, 1.5]): a biased estimate (the lift counted by
+    attribution, whose held-out users had a longer window, gave means near -1.1) or a too narrow
+    interval fails. The realized (sample) uplift is reported beside the configured one."""
     res = run_seeds(range(1, 21), tmp_path)
     cov = res["coverage"]
     assert cov["exact"] == cov["rows"] == 40
     for cid, v in cov["per_campaign"].items():
         assert v["of"] == 20, cid
         assert v["covered"] >= 17, (cid, v)
+        assert abs(v["z_mean"]) <= 0.7 and 0.5 <= v["z_sd"] <= 1.5, (cid, v)
     assert cov["covered"] >= 35, cov
     for r in res["rows"]:
         assert r["counts"]["pushed_users"] >= 1000 and r["counts"]["holdout_users"] >= 200, r
