@@ -158,7 +158,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         help="the engine's estimated lift against a simulated week's true uplift",
         description="Score lift on simulated weeks (`geopush simulate week`): per scored "
         "campaign the report's lift (pushed vs held-out users, Newcombe 95%% interval) against "
-        "the truth model's true_uplift, and the counts attribution must get exactly (users and "
+        "the truth model's true_uplift (and the week's realized uplift among the decided people), "
+        "the standardised errors, and the counts attribution must get exactly (users and "
         "converted users per arm, orders, redemptions, redemption answers). --week DIR replays "
         "and scores one week; --seeds N simulates, replays and scores seeds 1..N with a progress "
         "bar, prints the coverage and draws the intervals (--png).",
@@ -333,7 +334,8 @@ def _cmd_week(a: argparse.Namespace) -> int:
           f"{t['events']:,} events -> {a.out}")
     for cid, c in t["campaigns"].items():
         print(f"  {cid}: {c['pushed_users']:,} pushed, {c['holdout_users']:,} held out, true "
-              f"uplift {c['true_uplift'] * 100:+g} pp, {c['redemptions']} redemptions")
+              f"uplift {c['true_uplift'] * 100:+g} pp (realized among these people "
+              f"{c['sample_uplift'] * 100:+.2f} pp), {c['redemptions']} redemptions")
     print(f"next: geopush score lift --week {a.out}")
     return 0
 
