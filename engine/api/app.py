@@ -28,6 +28,7 @@ from engine.api.routers import redemptions as redemptions_router
 from engine.api.routers import visits as visits_router
 from engine.api.visits import VisitHub, VisitLog, outbox_copier
 from engine.errors import StateError, TransportError
+from engine.loop import ATTRIBUTION_WINDOW_S
 from fences.errors import CatalogError, UnknownStoreError
 
 API_PREFIX = "/v1"
@@ -107,10 +108,12 @@ def create_app(
     *,
     visits: VisitHub | None = None,
     redemptions: RedemptionDesk | None = None,
+    attribution_window_s: float = ATTRIBUTION_WINDOW_S,
 ) -> FastAPI:
     """The API over the state file ``state`` (SQLite) and the live fence index of ``target``;
     ``visits`` fans the daemon's committed visit events out to the SSE streams; ``redemptions``
-    publishes redeem events and waits for their committed answers."""
+    publishes redeem events and waits for their committed answers; ``attribution_window_s``: the
+    engine's, where the merchant report's lift windows end."""
     hub = visits or VisitHub("geopush/visits/", lambda: 0)
     desk = redemptions or RedemptionDesk()
 
@@ -146,7 +149,7 @@ def create_app(
         camps = _live_campaigns(api_state.path, target, stores_live)
         if camps is not None:
             live["live_campaigns"] = camps
-        outcome_log = OutcomeLog(state, desk.prefix)
+        outcome_log = OutcomeLog(state, desk.prefix, window_s=attribution_window_s)
         live.update(outcome_log=outcome_log, redemptions=desk)
         copier = asyncio.create_task(outbox_copier(visit_log), name="visit-log")
         copier2 = asyncio.create_task(outbox_copier(outcome_log), name="outcome-log")

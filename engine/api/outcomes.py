@@ -30,6 +30,7 @@ from typing import Any
 from engine.api.state import _sql
 from engine.api.visits import OutboxCopy
 from engine.errors import DecodeError
+from engine.loop import ATTRIBUTION_WINDOW_S
 from engine.outputs import AnyOutput, Push, decode_output
 from engine.report import build_report
 
@@ -85,8 +86,10 @@ class OutcomeLog(OutboxCopy):
         *,
         keep: int = OUTCOME_LOG_KEEP,
         prune_every: int = PRUNE_EVERY,
+        window_s: float = ATTRIBUTION_WINDOW_S,
     ) -> None:
         self.topics = tuple(f"{prefix}/{t}/" for t in ("push", "redemptions", "outcomes"))
+        self.window_s = window_s  # the daemon's attribution window: where lift windows end
         self._open(state, keep, prune_every)
 
     def catch_up(self) -> int:
@@ -245,7 +248,7 @@ def merchant_report(
     outputs = log.outputs(merchant_id, lo, hi)
     unsent = log.unsent()
     delivered = {o.out_id for o in outputs if type(o) is Push and o.out_id not in unsent}
-    rep = build_report(outputs, delivered=delivered)
+    rep = build_report(outputs, delivered=delivered, window_s=log.window_s)
     rows = [m for m in rep["merchants"] if m["merchant_id"] == merchant_id]
     if rows:
         row = rows[0]

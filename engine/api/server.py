@@ -25,6 +25,7 @@ from engine.api.redemptions import RedemptionDesk
 from engine.api.visits import VisitHub
 from engine.daemon.config import parse_http
 from engine.errors import ConfigError
+from engine.loop import ATTRIBUTION_WINDOW_S
 
 log = logging.getLogger("geopush.api")
 
@@ -46,11 +47,18 @@ class ApiServer:
         *,
         visits: VisitHub | None = None,
         prefix: str = "geopush",
+        attribution_window_s: float = ATTRIBUTION_WINDOW_S,
     ) -> None:
         self.host, self.port = parse_http(address)
         self.visits = visits or VisitHub(f"{prefix}/visits/", lambda: 0)
         self.redemptions = RedemptionDesk(prefix)
-        self.app = create_app(state, target, visits=self.visits, redemptions=self.redemptions)
+        self.app = create_app(
+            state,
+            target,
+            visits=self.visits,
+            redemptions=self.redemptions,
+            attribution_window_s=attribution_window_s,
+        )
         config = uvicorn.Config(
             FastStores(self.app, _HANDLERS),  # the hot store calls without FastAPI's overhead
             http="auto",  # httptools (declared) when installed, else h11

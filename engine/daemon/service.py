@@ -288,7 +288,12 @@ class Service:
         target = self._fence_target()
         target.campaigns = campaign_target(self._require_core())
         self.api = ApiServer(
-            self.settings.http, self.settings.state, target, visits=hub, prefix=self.topics.prefix
+            self.settings.http,
+            self.settings.state,
+            target,
+            visits=hub,
+            prefix=self.topics.prefix,
+            attribution_window_s=self.settings.attribution_window_s,
         )
         await self.api.start()
 
