@@ -165,8 +165,9 @@ def run_seeds(
 
 
 def render_png(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
-    """One panel per campaign: each seed's estimate with its 95% interval, the truth as a line;
-    intervals that miss the truth in red."""
+    """One panel per campaign: each seed's estimate with its 95% interval, the configured truth
+    as a line, the week's realized uplift as a cross; intervals that miss the configured truth
+    in red."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -183,7 +184,10 @@ def render_png(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
             colour = "tab:blue" if r["covered"] else "tab:red"
             ax.plot([lo * 100, hi * 100], [k, k], color=colour, lw=2)
             ax.plot([r["estimate"] * 100], [k], "o", color=colour, ms=4)
-        ax.axvline(truth * 100, color="black", ls="--", lw=1, label=f"true uplift {truth * 100:g} pp")
+            if r.get("sample_uplift") is not None:
+                ax.plot([r["sample_uplift"] * 100], [k], "x", color="black", ms=4,
+                        label="realized uplift (the week's people)" if k == 0 else None)
+        ax.axvline(truth * 100, color="black", ls="--", lw=1, label=f"configured uplift {truth * 100:g} pp")
         ax.axvline(0, color="grey", lw=0.5)
         ax.set_yticks(range(len(rs)), [f"seed {r['seed']}" for r in rs], fontsize=7)
         n = sum(bool(r["covered"]) for r in rs)
