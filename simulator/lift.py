@@ -2,7 +2,8 @@
 
 ``score_week(truth, run)``: per scored campaign of one simulated week (simulator/week.py), the
 report's lift (``engine.report.build_report`` over the replay's outputs: pushed versus held-out
-users, Newcombe 95% interval) against ``true_uplift``, whether the interval covers it, and the
+users, Newcombe 95% interval) against ``true_uplift``, whether the interval covers it (and the
+week's realized ``sample_uplift``), the standardised error ``zscore``, and the
 counts the attribution rules make exact, each compared with the truth: users per arm, converted
 users per arm, orders attributed to pushes, redemptions (``ok`` answers) and the redemption
 answers by status.

@@ -23,7 +23,12 @@ the loop"):
    event, then the payment a minute later), half by paying with the code. 5% of redeemers first
    type a code with one wrong character (``invalid_code``), 5% scan it again afterwards
    (``already_redeemed``). People never decided on pay at the merchant at the base rate too (no
-   order may be attributed to those payments).
+   order may be attributed to those payments). One draw decides both potential outcomes of a
+   person (converts if pushed / if held out), so the truth also has the week's realized uplift
+   (``sample_uplift``, the mean individual effect over the decided people). Decided people pay
+   again after their window at the base rate (a repeat purchase 1 h to 7 days after it closed,
+   its own random stream): a held-out person's later holdout decision attracts some of those
+   payments, which the report's lift must not count as conversions.
 4. **The full trace** (visits, payments, redemptions) is what ``geopush replay`` then replays
    (pass 2). Payments and redemptions change no decision here (scored campaigns have segment
    ``all``, no merchant with a payment has a segment campaign, no daily limit); ``run_week``
