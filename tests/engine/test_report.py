@@ -193,6 +193,15 @@ def test_cli_report_table_json_png(tmp_path: Path, capsys: pytest.CaptureFixture
         assert im.format == "PNG" and im.size[0] > 600
     assert main(["report", str(out), "--min-users", "1000"]) == 0
     assert NOT_ENOUGH in capsys.readouterr().out
+    # the payments come 600 s after the decisions: outside a 60 s lift window
+    assert main(["report", str(out), "--json", "--attribution-window-s", "60"]) == 0
+    r60 = json.loads(capsys.readouterr().out)
+    assert rep["lift_window_s"] == 7 * 86400.0 and r60["lift_window_s"] == 60.0
+    (a60,) = [c for m in r60["merchants"] for c in m["campaigns"] if c["campaign_id"] == "a"]
+    assert a60["lift"]["pushed_converted"] == a60["lift"]["holdout_converted"] == 0
+    assert a60["orders"] == rep["total"]["orders"] > 0  # attribution credit is not lift
+    assert main(["report", str(out), "--attribution-window-s", "-1"]) == 1
+    assert "--attribution-window-s" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "nowhere")]) == 1
     assert "no such folder or file" in capsys.readouterr().err
     empty = tmp_path / "empty"
