@@ -1,0 +1,276 @@
+"""One stack: a 3-node NATS cluster as the broker (phones publish over MQTT QoS 1; each partition
+one durable consumer on ``$MQTT_msgs``) and a Redis Cluster (3 masters + 3 replicas) as the state,
+with `geopush worker --intake nats://...` processes holding leases on the partitions. They decide
+exactly what `geopush replay` decides on the same trace, with 1, 2 and 3 workers and through each
+fault: a worker killed (kill -9), a worker joining mid-stream, the NATS node leading
+``$MQTT_msgs`` killed, a Redis master failed over (docs/scaling.md, "One stack").
+
+The workers run without ``--broker``: what they decide stays in the partitions' outbox streams
+in Redis, one entry per commit, so "decided once" is read exactly (each output id in one entry).
+Phones publish round by round (a user's messages in order, as phones do); a round's messages
+whose PUBACK was lost with a node are sent again, and the engine recognises the copies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import nats
+import pytest
+from daemon.conftest import World
+
+from cluster.conftest import PARTITIONS
+from cluster.harness import publish_rounds, stream_leader
+from engine.daemon.pipeline import Renderer, Topics
+from engine.outputs import Push, decode_output
+from engine.stores.cluster_store import ClusterStore, connect_cluster
+from engine.transport.jetstream import MSGS_STREAM, durable_name, parse_nats_urls
+from simulator.bench.nats_cluster import NatsCluster
+from simulator.bench.redis_cluster import RedisClusterServer
+
+pytestmark = pytest.mark.cluster
+
+ROOT = Path(__file__).resolve().parents[2]
+USERS, PER_USER = 24, 16
+
+
+@pytest.fixture
+def redis_cluster() -> Iterator[RedisClusterServer]:
+    import shutil
+
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        pytest.skip("redis-server and redis-cli not found on PATH: the stack tests need them")
+    with RedisClusterServer() as cl:
+        yield cl
+
+
+class Stack:
+    """`geopush worker --intake` processes on the test's NATS cluster and Redis Cluster."""
+
+    def __init__(self, nc: NatsCluster, rc: RedisClusterServer, world: World, folder: Path) -> None:
+        self.nc, self.rc, self.world, self.folder = nc, rc, world, folder
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.store = ClusterStore(connect_cluster(rc.url), worker="test", partitions=PARTITIONS,
+                                  render=Renderer(Topics()))  # fmt: skip
+
+    def start(self, name: str) -> None:
+        args = [sys.executable, "-m", "engine.daemon.partitioned_cli", "worker", "--state", self.rc.url,
+                "--partitions", str(PARTITIONS), "--client-id", name, "--fences", str(self.world.fences),
+                "--campaigns", str(self.world.campaigns), "--batch-size", "8", "--lease-ttl-ms", "1000",
+                "--intake", self.nc.nats_urls]  # fmt: skip
+        log = open(self.folder / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        self.procs[name] = subprocess.Popen(args, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                                            stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+
+    def kill(self, name: str) -> None:
+        self.procs[name].send_signal(signal.SIGKILL)
+        self.procs[name].wait()
+
+    def stop_all(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for name, p in self.procs.items():
+            try:
+                rc = p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+                raise AssertionError(f"worker {name} did not stop on SIGTERM:\n{self.log(name)}") from None
+            assert rc in (0, -9), f"worker {name} exited {rc}:\n{self.log(name)}"
+
+    def log(self, name: str) -> str:
+        return (self.folder / f"{name}.log").read_text(errors="replace")[-3000:]
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {n}\n{self.log(n)}" for n in self.procs)
+
+    def check_alive(self) -> None:
+        dead = {n: p.returncode for n, p in self.procs.items() if p.poll() not in (None, -9)}
+        assert not dead, f"worker exited: {dead}\n{self.logs()}"
+
+    def wait_owners(self, names: set[str], timeout: float = 60.0) -> None:
+        """Until the partitions' leases are held by exactly the workers ``names``, all of them."""
+        deadline = time.monotonic() + timeout
+        owners: set[str] = set()
+        while True:
+            self.check_alive()
+            try:
+                vals = [self.store.r.get(self.store.key(p, "lease")) for p in range(PARTITIONS)]
+            except Exception:  # noqa: BLE001  (a failover in progress: ask again)
+                vals = [None]
+            owners = {bytes(v).decode().split(":")[0] for v in vals if v is not None}
+            if owners == names and all(v is not None for v in vals):
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"lease owners {owners}, expected {names}\n{self.logs()}")
+            time.sleep(0.1)
+
+    async def wait_applied(self, timeout: float = 120.0) -> None:
+        """Until every partition's consumer has nothing left to deliver and nothing unacknowledged
+        (a message is acknowledged after the commit that applied it)."""
+        nc = await nats.connect(servers=parse_nats_urls(self.nc.nats_urls), max_reconnect_attempts=-1)
+        deadline = time.monotonic() + timeout
+        late: list[int] = []
+        try:
+            while True:
+                self.check_alive()
+                late = []
+                for p in range(PARTITIONS):
+                    subject = f"$JS.API.CONSUMER.INFO.{MSGS_STREAM}.{durable_name('geopush', p)}"
+                    try:
+                        info = json.loads((await nc.request(subject, b"{}", timeout=5)).data)
+                    except Exception:  # noqa: BLE001  (a node failing over: ask again)
+                        late.append(p)
+                        continue
+                    if "error" in info or info["num_pending"] or info["num_ack_pending"]:
+                        late.append(p)
+                if not late:
+                    return
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"partitions {late} not applied\n{self.logs()}")
+                await asyncio.sleep(0.3)
+        finally:
+            await nc.close()
+
+    def outputs(self) -> tuple[dict[str, set[str]], Counter[str]]:
+        got: dict[str, set[str]] = {"pushes": set(), "visits": set()}
+        times: Counter[str] = Counter()
+        for p in range(PARTITIONS):
+            for _, rows in self.store.unsent(p):
+                for r in rows:
+                    got["pushes" if isinstance(decode_output(r.payload), Push) else "visits"].add(r.out_id)
+                    times[r.out_id] += 1
+        return got, times
+
+    def epochs(self) -> dict[int, int]:
+        return {p: int(self.store.r.get(self.store.key(p, "epoch")) or 0) for p in range(PARTITIONS)}
+
+
+async def _run(
+    nats_cluster: NatsCluster,
+    redis_cluster: RedisClusterServer,
+    tmp_path: Path,
+    workers: list[str],
+    fault: Callable[[Stack, int], Awaitable[None]] | None = None,
+    *,
+    phone_nodes: list[int] | None = None,
+    owners_after: set[str] | None = None,
+) -> Stack:
+    """Start ``workers``, publish the trace (``fault(stack, round)`` after each round), wait until
+    every message is applied and compare the decisions with replay's."""
+    world = World(tmp_path, users=USERS, per_user=PER_USER, inventory={0: 10**6})
+    expected = world.oracle()
+    assert len(expected["pushes"]) > 50 and len(expected["visits"]) > 100
+    await stream_leader(nats_cluster, MSGS_STREAM)  # an MQTT connection makes $MQTT_msgs
+    stack = Stack(nats_cluster, redis_cluster, world, tmp_path)
+    try:
+        for w in workers:
+            stack.start(w)
+        await asyncio.to_thread(stack.wait_owners, set(workers))
+        nodes = phone_nodes if phone_nodes is not None else range(len(nats_cluster.nodes))
+        urls = [nats_cluster.mqtt_url(i) for i in nodes]
+
+        async def between(k: int) -> None:
+            if fault is not None:
+                await fault(stack, k)
+
+        resent = await publish_rounds(urls, world.messages, USERS, between=between)
+        await stack.wait_applied()
+        await asyncio.to_thread(stack.wait_owners, owners_after or set(workers))
+        got, times = stack.outputs()
+        print(f"messages sent again: {resent}; epochs {stack.epochs()}")
+    finally:
+        await asyncio.to_thread(stack.stop_all)
+    assert got == expected
+    assert max(times.values()) == 1, [k for k, v in times.items() if v > 1][:5]  # decided once
+    return stack
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+async def test_workers_on_nats_and_redis_cluster_decide_what_replay_decides(
+    nats_cluster: NatsCluster, redis_cluster: RedisClusterServer, tmp_path: Path, n: int
+) -> None:
+    await _run(nats_cluster, redis_cluster, tmp_path, [f"w{i}" for i in range(1, n + 1)])
+
+
+async def test_a_worker_killed_mid_stream(
+    nats_cluster: NatsCluster, redis_cluster: RedisClusterServer, tmp_path: Path
+) -> None:
+    """kill -9 of a worker: its leases lapse, the other takes its partitions; what it had been
+    delivered and not acknowledged comes back after the ack wait, before anything newer."""
+
+    async def fault(stack: Stack, k: int) -> None:
+        if k == PER_USER // 3:
+            stack.kill("w1")
+
+    stack = await _run(nats_cluster, redis_cluster, tmp_path, ["w1", "w2"], fault, owners_after={"w2"})
+    assert max(stack.epochs().values()) >= 2  # partitions changed hands
+
+
+async def test_a_worker_joins_mid_stream(
+    nats_cluster: NatsCluster, redis_cluster: RedisClusterServer, tmp_path: Path
+) -> None:
+    """A third worker joins: rendezvous moves a share of the partitions to it; their old owners
+    stop pulling them and give back (NAK) what they held, in order, before it applies them."""
+
+    async def fault(stack: Stack, k: int) -> None:
+        if k == PER_USER // 3:
+            stack.start("w3")
+            await asyncio.to_thread(stack.wait_owners, {"w1", "w2", "w3"})
+
+    stack = await _run(nats_cluster, redis_cluster, tmp_path, ["w1", "w2"], fault,
+                       owners_after={"w1", "w2", "w3"})  # fmt: skip
+    assert max(stack.epochs().values()) >= 2
+
+
+async def test_the_nats_node_leading_the_stream_killed_mid_stream(
+    nats_cluster: NatsCluster, redis_cluster: RedisClusterServer, tmp_path: Path
+) -> None:
+    """The node leading ``$MQTT_msgs`` is killed (the phones publish to the other two)."""
+    victim = nats_cluster.index_of(await stream_leader(nats_cluster, MSGS_STREAM))
+
+    async def fault(stack: Stack, k: int) -> None:
+        if k == PER_USER // 2:
+            nats_cluster.kill(victim)
+
+    others = [i for i in range(len(nats_cluster.nodes)) if i != victim]
+    await _run(nats_cluster, redis_cluster, tmp_path, ["w1", "w2"], fault, phone_nodes=others)
+
+
+async def test_the_node_holding_the_phones_sessions_killed_mid_stream(
+    nats_cluster: NatsCluster, redis_cluster: RedisClusterServer, tmp_path: Path
+) -> None:
+    """The node the phones publish to is killed: they reconnect to another and send the round's
+    unacknowledged messages again (copies the workers recognise)."""
+    leader = nats_cluster.index_of(await stream_leader(nats_cluster, MSGS_STREAM))
+    victim = next(i for i in range(len(nats_cluster.nodes)) if i != leader)
+    order = [victim] + [i for i in range(len(nats_cluster.nodes)) if i != victim]
+
+    async def fault(stack: Stack, k: int) -> None:
+        if k == PER_USER // 2:
+            nats_cluster.kill(victim)
+
+    # the phones start on the victim (publish_rounds moves on to the next URL when it dies)
+    await _run(nats_cluster, redis_cluster, tmp_path, ["w1", "w2"], fault, phone_nodes=order)
+
+
+async def test_a_redis_master_failed_over_mid_stream(
+    nats_cluster: NatsCluster, redis_cluster: RedisClusterServer, tmp_path: Path
+) -> None:
+    async def fault(stack: Stack, k: int) -> None:
+        if k == PER_USER // 2:
+            dead = redis_cluster.master_of_slot(stack.store.r.keyslot(stack.store.key(0, "u")))
+            redis_cluster.kill(dead)
+            await asyncio.to_thread(redis_cluster.wait_failover, dead)
+
+    await _run(nats_cluster, redis_cluster, tmp_path, ["w1", "w2"], fault)
