@@ -71,6 +71,9 @@ class Stack:
         self.procs[name] = subprocess.Popen(args, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                                             stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
 
+    def freeze(self, name: str) -> None:
+        self.procs[name].send_signal(signal.SIGSTOP)
+
     def kill(self, name: str) -> None:
         self.procs[name].send_signal(signal.SIGKILL)
         self.procs[name].wait()
@@ -206,11 +209,15 @@ async def test_workers_on_nats_and_redis_cluster_decide_what_replay_decides(
 async def test_a_worker_killed_mid_stream(
     nats_cluster: NatsCluster, redis_cluster: RedisClusterServer, tmp_path: Path
 ) -> None:
-    """kill -9 of a worker: its leases lapse, the other takes its partitions; what it had been
-    delivered and not acknowledged comes back after the ack wait, before anything newer."""
+    """kill -9 of a worker holding a backlog: frozen (SIGSTOP) for three rounds, its open pull
+    requests fill with messages it never applies, then killed. Its leases lapse, the other worker
+    takes its partitions and holds their new messages until the dead one's come back (after the
+    ack wait), then applies them all in stream order."""
 
     async def fault(stack: Stack, k: int) -> None:
         if k == PER_USER // 3:
+            stack.freeze("w1")
+        if k == PER_USER // 3 + 3:
             stack.kill("w1")
 
     stack = await _run(nats_cluster, redis_cluster, tmp_path, ["w1", "w2"], fault, owners_after={"w2"})
