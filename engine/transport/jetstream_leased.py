@@ -36,6 +36,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import nats
 from nats.aio.client import Client as NatsClient
@@ -92,6 +93,7 @@ class PartitionIntake(JsPartitionSource):
         self._held: dict[int, dict[int, JsMessage]] = {}  # partition -> stream seq -> message
         self._gated: set[int] = set()
         self._checked: dict[int, float] = {}
+        self._asking: set[int] = set()
         self._credit: dict[int, int] = {}
         self._asked: dict[int, float] = {}
         self._need: asyncio.Event | None = None
@@ -178,19 +180,16 @@ class PartitionIntake(JsPartitionSource):
 
     def take(self, p: int, n: int) -> list[JsMessage]:
         """Up to ``n`` of partition ``p``'s messages in stream order, left held until ``done``;
-        none while the partition is gated (see the module doc)."""
+        none while the partition is gated (see the module doc; the gate is checked in the
+        background, so this never waits on the broker)."""
         with self._lock:
             if p not in self._owned:
                 return []
-            gated = p in self._gated
-            held = self._held[p]
-            if not held and not gated:
+            if p in self._gated:
+                self._check_gate_soon(p)
                 return []
-        if gated and not self._open_gate(p):
-            return []
-        with self._lock:
-            held = self._held.get(p, {})
-            return [held[s] for s in sorted(held)[:n]]
+            held = self._held[p]
+            return [held[s] for s in sorted(held)[:n]] if held else []
 
     def done(self, p: int, msgs: Sequence[JsMessage]) -> None:
         """``msgs`` are committed (or were applied before): acknowledge them."""
@@ -205,29 +204,43 @@ class PartitionIntake(JsPartitionSource):
         with self._lock:
             return sum(len(h) for h in self._held.values())
 
-    def _open_gate(self, p: int) -> bool:
-        now = time.monotonic()
-        if now - self._checked.get(p, 0.0) < GATE_EVERY_S:
-            return False
-        self._checked[p] = now
+    def _check_gate_soon(self, p: int) -> None:
+        """(under the lock) Ask the server about gated partition ``p`` unless asked lately."""
         loop = self._loop
-        if loop is None:
-            return False
-        fut = asyncio.run_coroutine_threadsafe(self._consumer_pending(p), loop)
+        now = time.monotonic()
+        if loop is None or p in self._asking or now - self._checked.get(p, 0.0) < GATE_EVERY_S:
+            return
+        self._asking.add(p)
+
+        def ask() -> None:
+            loop.create_task(self._check_gate(p))
+
+        loop.call_soon_threadsafe(ask)
+
+    async def _check_gate(self, p: int) -> None:
+        """Open partition ``p``'s gate if every message delivered and not acknowledged
+        (``num_ack_pending``) is held here. Only held messages up to the stream sequence the
+        server had delivered when it answered count (later ones are not in its count)."""
+        info: dict[str, Any] | None = None
         try:
-            pending = fut.result(15)
+            resp = await self._request(
+                f"$JS.API.CONSUMER.INFO.{self.stream}.{durable_name(self.prefix, p)}", {}
+            )
+            info = None if "error" in resp else resp
         except Exception as exc:  # noqa: BLE001  (a node failing over: ask again later)
             log.info("partition %d: consumer info failed (%r); asking again", p, exc)
-            return False
         with self._lock:
-            if p not in self._owned:
-                return False
-            have = len(self._held[p])
-            if pending is None or pending != have:
-                return False
+            self._asking.discard(p)
+            self._checked[p] = time.monotonic()
+            if info is None or p not in self._owned or p not in self._gated:
+                return
+            upto = int(info.get("delivered", {}).get("stream_seq", 0))
+            have = sum(1 for s in self._held[p] if s <= upto)
+            if int(info.get("num_ack_pending", -1)) != have:
+                return
             self._gated.discard(p)
         log.info("partition %d: every pending message is here (%d); applying", p, have)
-        return True
+        self.arrived.set()
 
     # --- the loop thread -------------------------------------------------------------------------
 
@@ -294,14 +307,6 @@ class PartitionIntake(JsPartitionSource):
                 await asyncio.wait_for(nc.flush(), 5.0)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(nc.close(), 5.0)
-
-    async def _consumer_pending(self, p: int) -> int | None:
-        resp = await self._request(
-            f"$JS.API.CONSUMER.INFO.{self.stream}.{durable_name(self.prefix, p)}", {}
-        )
-        if "error" in resp:
-            return None
-        return int(resp.get("num_ack_pending", 0))
 
     async def _keep_pulling(self) -> None:
         """One pull request open per owned partition while fewer than ``HIGH_WATER`` messages
