@@ -74,6 +74,9 @@ class Stack:
     def freeze(self, name: str) -> None:
         self.procs[name].send_signal(signal.SIGSTOP)
 
+    def thaw(self, name: str) -> None:
+        self.procs[name].send_signal(signal.SIGCONT)
+
     def kill(self, name: str) -> None:
         self.procs[name].send_signal(signal.SIGKILL)
         self.procs[name].wait()
@@ -206,22 +209,28 @@ async def test_workers_on_nats_and_redis_cluster_decide_what_replay_decides(
     await _run(nats_cluster, redis_cluster, tmp_path, [f"w{i}" for i in range(1, n + 1)])
 
 
-async def test_a_worker_killed_mid_stream(
+async def test_a_worker_paused_then_killed_mid_stream(
     nats_cluster: NatsCluster, redis_cluster: RedisClusterServer, tmp_path: Path
 ) -> None:
-    """kill -9 of a worker holding a backlog: frozen (SIGSTOP) for three rounds, its open pull
-    requests fill with messages it never applies, then killed. Its leases lapse, the other worker
-    takes its partitions and holds their new messages until the dead one's come back (after the
-    ack wait), then applies them all in stream order."""
+    """w1 is paused (SIGSTOP, as by a long GC pause) with a backlog in its open pull requests
+    until w2 holds every partition, then resumed: its leases are gone, so the batches it was
+    about to commit are fenced (nothing applied) and it gives back what it held; rendezvous
+    hands it half the partitions again. Three rounds later it is killed (kill -9) with work in
+    hand: w2 takes its partitions and holds their new messages until the dead one's come back
+    (after the ack wait), then applies them all in stream order."""
 
     async def fault(stack: Stack, k: int) -> None:
-        if k == PER_USER // 3:
+        if k == 3:
             stack.freeze("w1")
-        if k == PER_USER // 3 + 3:
+        if k == 6:
+            await asyncio.to_thread(stack.wait_owners, {"w2"})
+            stack.thaw("w1")
+            await asyncio.to_thread(stack.wait_owners, {"w1", "w2"})
+        if k == 9:
             stack.kill("w1")
 
     stack = await _run(nats_cluster, redis_cluster, tmp_path, ["w1", "w2"], fault, owners_after={"w2"})
-    assert max(stack.epochs().values()) >= 2  # partitions changed hands
+    assert max(stack.epochs().values()) >= 3  # partitions changed hands twice
 
 
 async def test_a_worker_joins_mid_stream(
