@@ -189,7 +189,8 @@ async def _main(args: argparse.Namespace) -> list[GroupRun]:
             )  # fmt: skip
             results.append(res)
             if stack:  # interleaved: the baseline and the stack see the same machine load
-                results.append(await _stack_run(n, stack, files, messages, len(events), args))
+                for out in (True, False):
+                    results.append(await _stack_run(n, stack, files, messages, len(events), args, out))
         client.flushdb()
         if getattr(args, "cluster", False):
             results += _cluster_runs(args, files, messages, len(events))
@@ -297,14 +298,15 @@ def _cluster_runs(
 
 async def _stack_run(
     n: int, parts: int, files: tuple[str, str], messages: list[tuple[str, bytes]], total: int,
-    args: argparse.Namespace,
+    args: argparse.Namespace, publish_outputs: bool = True,
 ) -> GroupRun:
     """``n`` ``geopush worker --intake`` processes on a fresh NATS cluster + Redis Cluster:
     start them, wait until every partition is leased, warm them up, freeze them (SIGSTOP),
     publish the trace to the NATS cluster's MQTT listener (QoS 1), resume and time until every
     partition's consumer has nothing left to deliver or acknowledge (a message is acknowledged
-    after its commit). Pushes and visits go out through the cluster's MQTT listener (QoS 1).
-    Round trips: as in ``_cluster_runs``, counted by every master."""
+    after its commit). Pushes and visits go out through the cluster's MQTT listener (QoS 1), or
+    with ``publish_outputs`` False stay in the partitions' outbox streams (no ``--broker``: the
+    workers' own pace, without the cluster's QoS 1 storage of every output). Round trips: as in ``_cluster_runs``, counted by every master."""
     import nats
 
     from engine.stores.cluster_store import ClusterStore, connect_cluster
@@ -314,6 +316,7 @@ async def _stack_run(
     from simulator.bench.redis_cluster import RedisClusterServer
 
     label = f"NATS cluster + Redis Cluster, {n} worker{'s' if n > 1 else ''}"
+    label += "" if publish_outputs else ", outputs kept in Redis"
     with NatsCluster(partitions=parts) as nc, RedisClusterServer() as cl:
         pub = MqttLink(parse_broker_url(nc.mqtt_url(0)), max_inflight_out=2000)
         await pub.connect()  # also makes $MQTT_msgs, which the workers check
@@ -325,7 +328,7 @@ async def _stack_run(
                 [sys.executable, "-m", "engine.daemon.partitioned_cli", "worker", "--state", cl.url,
                  "--partitions", str(parts), "--client-id", w, "--fences", files[0], "--campaigns",
                  files[1], "--batch-size", str(args.group_batch_size), "--intake", nc.nats_urls,
-                 "--broker", nc.mqtt_url(1 % len(nc.nodes))],
+                 *(["--broker", nc.mqtt_url(1 % len(nc.nodes))] if publish_outputs else [])],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             )  # fmt: skip
             for w in names
