@@ -139,10 +139,12 @@ class PartitionIntake(JsPartitionSource):
                 raise exc
             raise TransportError(f"NATS intake: {exc!r}") from exc
 
-    def stop(self) -> None:
-        """Give back every held message (NAK), close the connection."""
-        for p in list(self._owned):
-            self.disown(p)
+    def stop(self, give_back: bool = True) -> None:
+        """Give back every held message (NAK; ``give_back`` False: leave them pending, as a
+        crash does), close the connection."""
+        if give_back:
+            for p in list(self._owned):
+                self.disown(p)
         loop, thread = self._loop, self._thread
         if loop is not None and thread is not None and thread.is_alive():
             loop.call_soon_threadsafe(loop.stop)

@@ -290,3 +290,64 @@ async def test_a_redis_master_failed_over_mid_stream(
             await asyncio.to_thread(redis_cluster.wait_failover, dead)
 
     await _run(nats_cluster, redis_cluster, tmp_path, ["w1", "w2"], fault)
+
+
+def test_messages_applied_but_not_acknowledged_are_applied_once(
+    nats_cluster: NatsCluster, redis_cluster: RedisClusterServer, tmp_path: Path
+) -> None:
+    """Worker a commits every message and dies before acknowledging any (the window between
+    commit and ack); its leases lapse. Worker b takes the partitions: the server delivers all
+    of them again after the ack wait, and b recognises each by its digest: applied once."""
+    from engine.campaigns import load_campaigns
+    from engine.core import Core
+    from engine.daemon.partitioned import NatsPartitionWorker
+    from engine.transport.jetstream_leased import PartitionIntake
+    from fences.catalog import load_catalog
+    from fences.index import FenceIndex
+
+    world = World(tmp_path, users=USERS, per_user=4, inventory={0: 10**6})
+    index, campaigns = FenceIndex(load_catalog(world.fences)), load_campaigns(world.campaigns)
+    asyncio.run(stream_leader(nats_cluster, MSGS_STREAM))
+    urls = parse_nats_urls(nats_cluster.nats_urls)
+
+    def worker(name: str) -> NatsPartitionWorker:
+        intake = PartitionIntake(urls, partition_count=PARTITIONS, name=name)
+        intake.start()
+        store = ClusterStore(connect_cluster(redis_cluster.url), worker=name, partitions=PARTITIONS,
+                             render=Renderer(Topics()), lease_ttl_ms=1000)  # fmt: skip
+        w = NatsPartitionWorker(store, lambda s: Core(index, campaigns, s), Topics(), intake=intake,  # type: ignore[arg-type]
+                                batch=1000)  # fmt: skip
+        w.tick()
+        assert len(w.cores) == PARTITIONS
+        return w
+
+    a = worker("a")
+    asyncio.run(publish_rounds([nats_cluster.mqtt_url(0)], world.messages, USERS))
+    n = len(world.messages)
+    applied: set[int] = set()
+    deadline = time.monotonic() + 60
+    while len(applied) < n:  # apply and commit, never acknowledge (no ``done``)
+        assert time.monotonic() < deadline, f"a applied {len(applied)} of {n}"
+        a.tick()  # renews the leases
+        for p in sorted(a.cores):
+            msgs = [m for m in a.intake.take(p, 1000) if m.seq not in applied]
+            if msgs and a.apply(p, [(m.topic, m.payload) for m in msgs], str(msgs[-1].seq)):
+                applied.update(m.seq for m in msgs)
+        time.sleep(0.05)
+    assert a.events == len(world.events) and a.duplicates == 0
+    a.intake.stop(give_back=False)  # "kill -9": nothing acknowledged, nothing given back
+    for p in range(PARTITIONS):  # its leases and heartbeat lapse
+        a.store.r.delete(a.store.key(p, "lease"))
+    a.store.r.delete(f"{a.store.prefix}:{{workers}}")
+    decided = {k for k in a.store.r.scan_iter(match=f"{a.store.prefix}:*:p:*", count=1000)}
+    b = worker("b")
+    deadline = time.monotonic() + 60
+    while b.duplicates < n:
+        assert time.monotonic() < deadline, f"b recognised {b.duplicates} of {n}, applied {b.events} events; {b.intake.received} received"
+        b.tick()
+        for p in sorted(b.cores):
+            b.step(p)
+        time.sleep(0.05)
+    b.intake.stop()
+    assert b.events == 0 and b.duplicates == n  # every copy recognised, none applied again
+    assert {k for k in b.store.r.scan_iter(match=f"{b.store.prefix}:*:p:*", count=1000)} == decided
