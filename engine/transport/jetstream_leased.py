@@ -278,7 +278,9 @@ class PartitionIntake(JsPartitionSource):
 
         async def reconnected() -> None:
             # a pull answer may have been lost with the connection: gate every partition
-            log.warning("NATS intake: reconnected; partitions gated until their pending messages are here")
+            log.warning(
+                "NATS intake: reconnected; partitions gated until their pending messages are here"
+            )
             with self._lock:
                 self._gated.update(self._owned)
                 for p in self._owned:
@@ -373,7 +375,9 @@ class PartitionIntake(JsPartitionSource):
                 if tokens[4] != "1":
                     self.redelivered += 1
                     self._gated.add(part)  # something was lost or given back: order again
-                self._held[part][seq] = JsMessage(seq, f"{self.prefix}/events/{user}", msg.data, reply)
+                self._held[part][seq] = JsMessage(
+                    seq, f"{self.prefix}/events/{user}", msg.data, reply
+                )
                 self.received += 1
                 credit = self._credit.get(part, 0) - 1
                 self._credit[part] = credit

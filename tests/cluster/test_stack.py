@@ -8,7 +8,9 @@ fault: a worker killed (kill -9), a worker joining mid-stream, the NATS node lea
 The workers run without ``--broker``: what they decide stays in the partitions' outbox streams
 in Redis, one entry per commit, so "decided once" is read exactly (each output id in one entry).
 Phones publish round by round (a user's messages in order, as phones do); a round's messages
-whose PUBACK was lost with a node are sent again, and the engine recognises the copies.
+whose PUBACK was lost with a node are sent again, and the engine recognises the copies. The
+last test drives two workers in-process: one commits everything and dies before acknowledging,
+the next owner gets it all again and recognises every message by its digest.
 """
 
 from __future__ import annotations
@@ -91,7 +93,9 @@ class Stack:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-                raise AssertionError(f"worker {name} did not stop on SIGTERM:\n{self.log(name)}") from None
+                raise AssertionError(
+                    f"worker {name} did not stop on SIGTERM:\n{self.log(name)}"
+                ) from None
             assert rc in (0, -9), f"worker {name} exited {rc}:\n{self.log(name)}"
 
     def log(self, name: str) -> str:
@@ -124,7 +128,9 @@ class Stack:
     async def wait_applied(self, timeout: float = 120.0) -> None:
         """Until every partition's consumer has nothing left to deliver and nothing unacknowledged
         (a message is acknowledged after the commit that applied it)."""
-        nc = await nats.connect(servers=parse_nats_urls(self.nc.nats_urls), max_reconnect_attempts=-1)
+        nc = await nats.connect(
+            servers=parse_nats_urls(self.nc.nats_urls), max_reconnect_attempts=-1
+        )
         deadline = time.monotonic() + timeout
         late: list[int] = []
         try:
@@ -154,12 +160,16 @@ class Stack:
         for p in range(PARTITIONS):
             for _, rows in self.store.unsent(p):
                 for r in rows:
-                    got["pushes" if isinstance(decode_output(r.payload), Push) else "visits"].add(r.out_id)
+                    got["pushes" if isinstance(decode_output(r.payload), Push) else "visits"].add(
+                        r.out_id
+                    )
                     times[r.out_id] += 1
         return got, times
 
     def epochs(self) -> dict[int, int]:
-        return {p: int(self.store.r.get(self.store.key(p, "epoch")) or 0) for p in range(PARTITIONS)}
+        return {
+            p: int(self.store.r.get(self.store.key(p, "epoch")) or 0) for p in range(PARTITIONS)
+        }
 
 
 async def _run(
@@ -229,7 +239,9 @@ async def test_a_worker_paused_then_killed_mid_stream(
         if k == 9:
             stack.kill("w1")
 
-    stack = await _run(nats_cluster, redis_cluster, tmp_path, ["w1", "w2"], fault, owners_after={"w2"})
+    stack = await _run(
+        nats_cluster, redis_cluster, tmp_path, ["w1", "w2"], fault, owners_after={"w2"}
+    )
     assert max(stack.epochs().values()) >= 3  # partitions changed hands twice
 
 
@@ -343,7 +355,9 @@ def test_messages_applied_but_not_acknowledged_are_applied_once(
     b = worker("b")
     deadline = time.monotonic() + 60
     while b.duplicates < n:
-        assert time.monotonic() < deadline, f"b recognised {b.duplicates} of {n}, applied {b.events} events; {b.intake.received} received"
+        assert time.monotonic() < deadline, (
+            f"b recognised {b.duplicates} of {n}, applied {b.events} events; {b.intake.received} received"
+        )
         b.tick()
         for p in sorted(b.cores):
             b.step(p)
