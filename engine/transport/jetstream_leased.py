@@ -297,8 +297,19 @@ class PartitionIntake(JsPartitionSource):
             )  # fmt: skip
         except Exception as exc:  # noqa: BLE001  (nats-py raises several kinds)
             raise TransportError(f"cannot connect to NATS {self.nats_urls}: {exc}") from exc
-        await self._check_source(timeout)
-        await self.ensure_consumers(list(range(self.partition_count)))
+        # A JetStream API request may time out on a busy cluster (several workers starting at
+        # once, a leader election): ask again until ``2 x timeout``; a refusal is final.
+        deadline = time.monotonic() + 2 * timeout
+        while True:
+            try:
+                await self._check_source(timeout)
+                await self.ensure_consumers(list(range(self.partition_count)))
+                break
+            except TransportError as exc:
+                if not str(exc).startswith("NATS request") or time.monotonic() > deadline:
+                    raise
+                log.warning("NATS intake: %s (asking again)", exc)
+                await asyncio.sleep(1.0)
         self._need = asyncio.Event()
         self._inbox_subject = self._nc.new_inbox()
         await self._nc.subscribe(f"{self._inbox_subject}.*", cb=self._on_msg)
