@@ -59,6 +59,7 @@ class PartitionWorker:
         self.events = 0
         self.dead_letters = 0
         self.redis_errors = 0
+        self.duplicates = 0  # messages recognised as applied already (input digests)
         self._renewed = 0.0
 
     # --- ownership -------------------------------------------------------------------------------
@@ -75,8 +76,10 @@ class PartitionWorker:
             if p not in want:
                 self.cores.pop(p, None)
                 st.release(p)
+                self.lost(p)
             elif not st.renew(p):
                 self.cores.pop(p, None)
+                self.lost(p)
         for p in sorted(want):
             if p not in st.leases:
                 if st.acquire(p):
@@ -95,10 +98,18 @@ class PartitionWorker:
         core.restore(st.open_visits(p), watermark=wm)
         self.cores[p] = core
         self._flush_outbox(p)
+        self.owned(p)
+
+    def owned(self, p: int) -> None:
+        """Partition ``p`` was adopted (a hook for intakes that must start reading it)."""
+
+    def lost(self, p: int) -> None:
+        """Partition ``p``'s lease was released or lost (a hook: stop reading it)."""
 
     def leave(self) -> None:
         for p in list(self.store.leases):
             self.store.release(p)
+            self.lost(p)
         self.cores.clear()
         self.store.heartbeat(leave=True)
 
@@ -143,6 +154,7 @@ class PartitionWorker:
             except LeaseLost:
                 st.rollback()
                 self.cores.pop(p, None)
+                self.lost(p)
                 return 0
             except StateError:
                 # Redis failed mid-batch (a failover): the core may be ahead of the store now;
@@ -160,6 +172,55 @@ class PartitionWorker:
             return len(entries)
         raise StateError(f"partition {p}: batch refused 100 times")
 
+    def apply(self, p: int, msgs: Sequence[tuple[str, bytes]], offset: str) -> bool:
+        """Apply the messages ``msgs`` (topic, payload) of partition ``p`` in one commit, each
+        at most once (input digests), moving the partition's offset to ``offset``; False if
+        nothing was committed (the lease is lost, or the core is being rebuilt)."""
+        st = self.store
+        decoded: list[tuple[bytes, list[Any]]] = []
+        for topic, payload in msgs:
+            try:
+                evs = self.decode(topic, payload)
+            except DecodeError as exc:
+                self.dead_letters += 1
+                log.warning("partition %d: dead letter %s: %s", p, topic, exc)
+                evs = []
+            decoded.append((digest(topic, payload), evs))
+        users = {e.user for _, evs in decoded for e in evs}
+        for _ in range(100):
+            core = self.cores.get(p)
+            if core is None:
+                return False
+            try:
+                seen = st.begin(p, users, [d for d, _ in decoded])
+                fresh = [(d, evs) for d, evs in decoded if d not in seen]
+                evs = [e for _, es in fresh for e in es]
+                outs = core.process(evs) if evs else []
+                st.commit(outs, log_to=offset, inputs=[d for d, _ in fresh],
+                          watermark=core.watermark)  # fmt: skip
+            except Refused:
+                self.adopt(p)
+                continue
+            except LeaseLost:
+                st.rollback()
+                self.cores.pop(p, None)
+                self.lost(p)
+                return False
+            except StateError:
+                st.rollback()
+                self.cores.pop(p, None)
+                raise
+            except BaseException:
+                st.rollback()
+                raise
+            self.events += len(evs)
+            self.duplicates += len(decoded) - len(fresh)
+            st.stats.events += len(evs)
+            st.stats.batches += 1
+            self._flush_outbox(p)
+            return True
+        raise StateError(f"partition {p}: batch refused 100 times")
+
     def _flush_outbox(self, p: int) -> None:
         if self.publish is None:
             return
@@ -168,6 +229,9 @@ class PartitionWorker:
             return
         self.publish([r for _, rows in entries for r in rows])
         self.store.mark_sent(p, [i for i, _ in entries])
+
+    def idle(self, stop: threading.Event, idle_s: float) -> None:
+        stop.wait(idle_s)
 
     def run(self, stop: threading.Event, *, idle_s: float = 0.01) -> None:
         """Until ``stop`` is set: tick, then apply every owned partition's log."""
@@ -191,8 +255,40 @@ class PartitionWorker:
                 stop.wait(0.2)
                 continue
             if not done:
-                stop.wait(idle_s)
+                self.idle(stop, idle_s)
         self.leave()
+
+
+class NatsPartitionWorker(PartitionWorker):
+    """A ``PartitionWorker`` whose partitions' input comes from their NATS JetStream consumers
+    (``PartitionIntake``, engine/transport/jetstream_leased.py) instead of Redis logs: the same
+    leases, fencing and commits; a message is acknowledged on JetStream after the commit that
+    applied it (or found it applied: its digest). The partition's offset records the stream
+    sequence of the last message applied."""
+
+    def __init__(self, store: ClusterStore, core_factory: Callable[[ClusterStore], Any], topics: Topics,
+                 *, intake: Any, batch: int = 200, publish: Publish | None = None) -> None:  # fmt: skip
+        super().__init__(store, core_factory, topics, batch=batch, publish=publish)
+        self.intake = intake
+
+    def owned(self, p: int) -> None:
+        self.intake.own(p)
+
+    def lost(self, p: int) -> None:
+        self.intake.disown(p)
+
+    def step(self, p: int) -> int:
+        msgs = self.intake.take(p, self.batch)
+        if not msgs:
+            return 0
+        if not self.apply(p, [(m.topic, m.payload) for m in msgs], str(msgs[-1].seq)):
+            return 0
+        self.intake.done(p, msgs)
+        return len(msgs)
+
+    def idle(self, stop: threading.Event, idle_s: float) -> None:
+        self.intake.arrived.wait(idle_s)
+        self.intake.arrived.clear()
 
 
 def bridge_message(store: ClusterStore, topics: Topics, topic: str, payload: bytes) -> int | None:
@@ -219,4 +315,4 @@ def bridge_messages(store: ClusterStore, topics: Topics, items: Sequence[tuple[s
     return len(batch)
 
 
-__all__ = ["PartitionWorker", "bridge_message", "bridge_messages"]
+__all__ = ["NatsPartitionWorker", "PartitionWorker", "bridge_message", "bridge_messages"]

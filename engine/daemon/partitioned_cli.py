@@ -42,6 +42,10 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     w.add_argument("--campaigns", required=True, metavar="CAMPAIGNS")
     w.add_argument("--broker", metavar="mqtt://HOST:PORT", help="publish outputs there (else they stay "
                    "in the partitions' outbox streams)")
+    w.add_argument("--intake", metavar="NATS_URLS",
+                   help="read the partitions from a NATS JetStream cluster (nats://h1:4222,nats://h2:4222: "
+                   "one durable consumer per partition on $MQTT_msgs, the mapping's P = --partitions) "
+                   "instead of the Redis logs `geopush bridge` fills; see docs/scaling.md")
     w.add_argument("--batch-size", type=int, default=200, metavar="N", help="log entries per batch")
     w.add_argument("--lease-ttl-ms", type=int, default=2000, metavar="MS",
                    help="lease TTL: a dead worker's partitions move after about this (default 2000)")
@@ -72,6 +76,9 @@ def _mqtt(url: str, client_id: str, *, clean: bool) -> Any:
 
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean,
                     protocol=mqtt.MQTTv311)
+    # a batch's outputs go out together: paho's default window (20 unacknowledged QoS 1
+    # messages) would make a clustered broker's PUBACK latency (R3 storage) the pace
+    c.max_inflight_messages_set(1000)
     c.connect(u.hostname, u.port or 1883)
     return c
 
@@ -113,10 +120,30 @@ def _worker(args: argparse.Namespace) -> int:
                 i.wait_for_publish(timeout=30)
 
     # ClusterStore.commit takes more and returns rows: a compatible extension of StateStore
-    worker = PartitionWorker(store, lambda st: Core(index, campaigns, cast("StateStore", st), config), topics,
-                             batch=args.batch_size, publish=publish)  # fmt: skip
+    def make_core(st: Any) -> Any:
+        return Core(index, campaigns, cast("StateStore", st), config)
+
+    stop = _stop_on_signals()
+    if args.intake:
+        from engine.daemon.partitioned import NatsPartitionWorker
+        from engine.transport.jetstream import parse_nats_urls
+        from engine.transport.jetstream_leased import PartitionIntake
+
+        intake = PartitionIntake(parse_nats_urls(args.intake), partition_count=partitions,
+                                 prefix=args.prefix, name=args.client_id)  # fmt: skip
+        intake.start()
+        log.info("worker %s: NATS intake %s ready (%d consumers)", args.client_id, args.intake, partitions)
+        worker: PartitionWorker = NatsPartitionWorker(store, make_core, topics, intake=intake,
+                                                      batch=args.batch_size, publish=publish)  # fmt: skip
+        try:
+            log.info("worker %s: %d partitions, state %s", args.client_id, args.partitions, args.state)
+            worker.run(stop)
+        finally:
+            intake.stop()
+        return 0
+    worker = PartitionWorker(store, make_core, topics, batch=args.batch_size, publish=publish)
     log.info("worker %s: %d partitions, state %s", args.client_id, args.partitions, args.state)
-    worker.run(_stop_on_signals())
+    worker.run(stop)
     return 0
 
 

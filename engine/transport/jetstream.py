@@ -163,80 +163,16 @@ async def _nats_reconnected() -> None:
     log.warning("NATS intake: reconnected")
 
 
-class JetStreamLink(MqttLink):
-    """An MQTT link (outputs, control, will) plus the intake of some partitions from JetStream."""
+class JsPartitionSource:
+    """The checks and consumers shared by the intakes of ``$MQTT_msgs`` partitions
+    (``JetStreamLink`` here, ``PartitionIntake`` in engine/transport/jetstream_leased.py): needs
+    ``_nc``, ``prefix`` and ``partition_count``."""
 
     stream = MSGS_STREAM  # the stream consumed, and the prefix of its subjects
     subject_prefix = MSGS_PREFIX
-
-    def __init__(
-        self,
-        address: BrokerAddress,
-        *,
-        nats_urls: list[str],
-        partitions: list[int],
-        partition_count: int,
-        prefix: str = "geopush",
-        pull_batch: int = PULL_BATCH,
-        **kw: Any,
-    ) -> None:
-        super().__init__(address, **kw)
-        self.inbox = _Inbox()
-        self.nats_urls = nats_urls
-        self.partitions = partitions
-        self.partition_count = partition_count
-        self.prefix = prefix
-        self.pull_batch = max(50, min(pull_batch, HIGH_WATER // max(1, len(partitions))))
-        self._nc: NatsClient | None = None
-        self._inbox_subject = ""
-        self._credit: dict[int, int] = {}  # partition -> messages still due on its open pull
-        self._asked: dict[int, float] = {}  # partition -> when its open pull was sent
-        self._need = asyncio.Event()
-        self._keeper: asyncio.Task[None] | None = None
-        self._acks: list[str] = []
-        self._ack_task: asyncio.Task[None] | None = None
-        self._base = f"{self.subject_prefix}{prefix.replace('/', '.')}.p."
-        self._by_durable = {durable_name(prefix, p): p for p in partitions}
-        self.received = 0  # JetStream messages taken into the inbox (metrics, tests)
-
-    # --- connection ----------------------------------------------------------------------------
-
-    async def connect(self, timeout: float = 10.0) -> None:
-        await super().connect(timeout)  # the MQTT listener (creates $MQTT_msgs on first use)
-        if self._nc is None:
-            try:
-                await self._connect_nats(timeout)
-            except BaseException:
-                await super().disconnect()
-                raise
-
-    async def _connect_nats(self, timeout: float) -> None:
-        try:
-            nc = await nats.connect(
-                servers=self.nats_urls,
-                connect_timeout=min(timeout, 5.0),
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                allow_reconnect=True,
-                name=f"geopush-{self.client_id or 'engine'}",
-                error_cb=_nats_error,
-                disconnected_cb=_nats_disconnected,
-                reconnected_cb=_nats_reconnected,
-            )
-        except Exception as exc:  # noqa: BLE001  (nats-py raises several kinds)
-            raise TransportError(f"cannot connect to NATS {self.nats_urls}: {exc}") from exc
-        self._nc = nc
-        try:
-            await self._check_source(timeout)
-            await self.ensure_consumers(self.partitions)
-            self._inbox_subject = nc.new_inbox()
-            await nc.subscribe(f"{self._inbox_subject}.*", cb=self._on_msg)
-            self._credit = dict.fromkeys(self.partitions, 0)
-            self._asked = dict.fromkeys(self.partitions, 0.0)
-            self._keeper = asyncio.create_task(self._keep_pulling(), name="jetstream-pulls")
-        except BaseException:
-            await self._close_nats()
-            raise
+    _nc: NatsClient | None
+    prefix: str
+    partition_count: int
 
     async def _check_source(self, timeout: float) -> None:
         """Refuse a server whose internal stream is not laid out as tested, or a cluster without
@@ -360,6 +296,79 @@ class JetStreamLink(MqttLink):
             f"consumer {name} on {self.stream}: filter {have!r}, expected {want!r} (delete it "
             "with `nats consumer rm` if it belongs to an old layout)"
         )
+
+
+class JetStreamLink(MqttLink, JsPartitionSource):
+    """An MQTT link (outputs, control, will) plus the intake of some partitions from JetStream."""
+
+    def __init__(
+        self,
+        address: BrokerAddress,
+        *,
+        nats_urls: list[str],
+        partitions: list[int],
+        partition_count: int,
+        prefix: str = "geopush",
+        pull_batch: int = PULL_BATCH,
+        **kw: Any,
+    ) -> None:
+        super().__init__(address, **kw)
+        self.inbox = _Inbox()
+        self.nats_urls = nats_urls
+        self.partitions = partitions
+        self.partition_count = partition_count
+        self.prefix = prefix
+        self.pull_batch = max(50, min(pull_batch, HIGH_WATER // max(1, len(partitions))))
+        self._nc: NatsClient | None = None
+        self._inbox_subject = ""
+        self._credit: dict[int, int] = {}  # partition -> messages still due on its open pull
+        self._asked: dict[int, float] = {}  # partition -> when its open pull was sent
+        self._need = asyncio.Event()
+        self._keeper: asyncio.Task[None] | None = None
+        self._acks: list[str] = []
+        self._ack_task: asyncio.Task[None] | None = None
+        self._base = f"{self.subject_prefix}{prefix.replace('/', '.')}.p."
+        self._by_durable = {durable_name(prefix, p): p for p in partitions}
+        self.received = 0  # JetStream messages taken into the inbox (metrics, tests)
+
+    # --- connection ----------------------------------------------------------------------------
+
+    async def connect(self, timeout: float = 10.0) -> None:
+        await super().connect(timeout)  # the MQTT listener (creates $MQTT_msgs on first use)
+        if self._nc is None:
+            try:
+                await self._connect_nats(timeout)
+            except BaseException:
+                await super().disconnect()
+                raise
+
+    async def _connect_nats(self, timeout: float) -> None:
+        try:
+            nc = await nats.connect(
+                servers=self.nats_urls,
+                connect_timeout=min(timeout, 5.0),
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                allow_reconnect=True,
+                name=f"geopush-{self.client_id or 'engine'}",
+                error_cb=_nats_error,
+                disconnected_cb=_nats_disconnected,
+                reconnected_cb=_nats_reconnected,
+            )
+        except Exception as exc:  # noqa: BLE001  (nats-py raises several kinds)
+            raise TransportError(f"cannot connect to NATS {self.nats_urls}: {exc}") from exc
+        self._nc = nc
+        try:
+            await self._check_source(timeout)
+            await self.ensure_consumers(self.partitions)
+            self._inbox_subject = nc.new_inbox()
+            await nc.subscribe(f"{self._inbox_subject}.*", cb=self._on_msg)
+            self._credit = dict.fromkeys(self.partitions, 0)
+            self._asked = dict.fromkeys(self.partitions, 0.0)
+            self._keeper = asyncio.create_task(self._keep_pulling(), name="jetstream-pulls")
+        except BaseException:
+            await self._close_nats()
+            raise
 
     async def _close_nats(self) -> None:
         keeper, self._keeper = self._keeper, None

@@ -111,6 +111,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "docs/scaling.md) instead of a $share subscription on mosquitto (0 = mosquitto)",
     )  # fmt: skip
     g.add_argument(
+        "--stack", type=int, default=0, metavar="P",
+        help="interleaved with the mosquitto + single Redis group runs (the baseline), measure "
+        "1..N `geopush worker --intake` processes on ONE stack started here: a 3-node NATS "
+        "cluster (P partitions, phones publish to its MQTT listener, pushes go out through it) "
+        "and a Redis Cluster of 3 masters + 3 replicas for the state and leases (docs/scaling.md, "
+        "\"One stack\"; 0 = skip)",
+    )  # fmt: skip
+    g.add_argument(
         "--no-sqlite-baseline", action="store_true",
         help="skip the single-process SQLite run measured as the baseline",
     )  # fmt: skip
@@ -172,13 +180,17 @@ async def _main(args: argparse.Namespace) -> list[GroupRun]:
                 files, messages, len(events), args,
             )  # fmt: skip
             results.append(res)
+        stack = int(getattr(args, "stack", 0) or 0)
         for n in range(1, args.workers + 1):
             client.flushdb()
             res = await _one_run(
-                f"redis, {n} worker{'s' if n > 1 else ''}{via}", n, broker_url, redis_url, client,
-                files, messages, len(events), args,
+                f"{'mosquitto + ' if stack else ''}redis, {n} worker{'s' if n > 1 else ''}{via}", n,
+                broker_url, redis_url, client, files, messages, len(events), args,
             )  # fmt: skip
             results.append(res)
+            if stack:  # interleaved: the baseline and the stack see the same machine load
+                for out in (True, False):
+                    results.append(await _stack_run(n, stack, files, messages, len(events), args, out))
         client.flushdb()
         if getattr(args, "cluster", False):
             results += _cluster_runs(args, files, messages, len(events))
@@ -276,11 +288,128 @@ def _cluster_runs(
             round(secs, 3), round(total / secs, 1),
             worker_cpu_us_per_event=round(cpu / total * 1e6, 1), round_trips=rt,
             round_trips_per_event=round(rt / total, 4), commit_scripts=None,
+            events_per_s_per_worker=round(total / secs / n, 1),
         )  # fmt: skip
         _say(f"{res.label}: {res.events_per_s:,.0f} events/s ({secs:.2f} s); "
              f"bridge-style log append {len(messages) / feed_s:,.0f} msg/s")  # fmt: skip
         out.append(res)
     return out
+
+
+async def _stack_run(
+    n: int, parts: int, files: tuple[str, str], messages: list[tuple[str, bytes]], total: int,
+    args: argparse.Namespace, publish_outputs: bool = True,
+) -> GroupRun:
+    """``n`` ``geopush worker --intake`` processes on a fresh NATS cluster + Redis Cluster:
+    start them, wait until every partition is leased, warm them up, freeze them (SIGSTOP),
+    publish the trace to the NATS cluster's MQTT listener (QoS 1), resume and time until every
+    partition's consumer has nothing left to deliver or acknowledge (a message is acknowledged
+    after its commit). Pushes and visits go out through the cluster's MQTT listener (QoS 1), or
+    with ``publish_outputs`` False stay in the partitions' outbox streams (no ``--broker``: the
+    workers' own pace, without the cluster's QoS 1 storage of every output). Round trips: as in ``_cluster_runs``, counted by every master."""
+    import nats
+
+    from engine.stores.cluster_store import ClusterStore, connect_cluster
+    from engine.transport.jetstream import MSGS_STREAM, durable_name, parse_nats_urls
+    from engine.transport.mqtt import MqttLink, parse_broker_url
+    from simulator.bench.nats_cluster import NatsCluster
+    from simulator.bench.redis_cluster import RedisClusterServer
+
+    label = f"NATS cluster + Redis Cluster, {n} worker{'s' if n > 1 else ''}"
+    label += "" if publish_outputs else ", outputs kept in Redis"
+    with NatsCluster(partitions=parts) as nc, RedisClusterServer() as cl:
+        pub = MqttLink(parse_broker_url(nc.mqtt_url(0)), max_inflight_out=2000)
+        await pub.connect()  # also makes $MQTT_msgs, which the workers check
+        js = await nats.connect(servers=parse_nats_urls(nc.nats_urls), max_reconnect_attempts=-1)
+        feeder = ClusterStore(connect_cluster(cl.url), worker="bench", partitions=parts)
+        names = [f"sw{i}" for i in range(1, n + 1)]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "engine.daemon.partitioned_cli", "worker", "--state", cl.url,
+                 "--partitions", str(parts), "--client-id", w, "--fences", files[0], "--campaigns",
+                 files[1], "--batch-size", str(args.group_batch_size), "--intake", nc.nats_urls,
+                 *(["--broker", nc.mqtt_url(1 % len(nc.nodes))] if publish_outputs else [])],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            )  # fmt: skip
+            for w in names
+        ]
+
+        async def drained() -> bool:
+            for q in range(parts):
+                subject = f"$JS.API.CONSUMER.INFO.{MSGS_STREAM}.{durable_name('geopush', q)}"
+                try:
+                    info = json.loads((await js.request(subject, b"{}", timeout=5)).data)
+                except Exception:  # noqa: BLE001
+                    return False
+                if "error" in info or info["num_pending"] or info["num_ack_pending"]:
+                    return False
+            return True
+
+        async def until_drained(timeout: float) -> None:
+            deadline = time.perf_counter() + timeout
+            while not await drained():
+                for p in procs:
+                    if p.poll() is not None:
+                        err = p.stderr.read().decode(errors="replace") if p.stderr else ""
+                        raise GeopushError(f"a stack worker exited:\n{err[-2000:]}")
+                if time.perf_counter() > deadline:
+                    raise GeopushError(f"the stack's workers did not finish within {timeout:.0f} s")
+                await asyncio.sleep(0.05)
+
+        try:
+            await asyncio.to_thread(_until_leased, feeder, names, procs)
+            warm = [
+                (f"geopush/events/warm{i}", _dumps({"type": "gps", "user": f"warm{i}", "ts": 1.7e9,
+                                                     "lon": 0.0, "lat": 0.0, "acc": 10.0}))
+                for i in range(8 * n)
+            ]  # fmt: skip
+            await asyncio.gather(*[pub.publish_nowait(t, p, qos=1) for t, p in warm])
+            await until_drained(120)
+            for p in procs:
+                os.kill(p.pid, signal.SIGSTOP)
+            try:
+                t_pub = time.perf_counter()
+                await asyncio.gather(*[pub.publish_nowait(t, p, qos=1) for t, p in messages])
+                pub_s = time.perf_counter() - t_pub
+                masters = [m for m in cl.ports if "role:master" in cl.cmd(m, "INFO", "replication")]
+                for m in masters:
+                    cl.cmd(m, "CONFIG", "RESETSTAT")
+            finally:
+                cpu0 = sum(_cpu_s(p.pid) for p in procs)
+                t0 = time.perf_counter()
+                for p in procs:
+                    os.kill(p.pid, signal.SIGCONT)
+            await until_drained(600)
+            secs = time.perf_counter() - t0
+            cpu = sum(_cpu_s(p.pid) for p in procs) - cpu0
+            calls: dict[str, int] = {}
+            for m in masters:
+                for line in cl.cmd(m, "INFO", "commandstats").splitlines():
+                    if line.startswith("cmdstat_"):
+                        name, rest = line[8:].split(":", 1)
+                        calls[name] = calls.get(name, 0) + int(rest.split(",")[0].split("=")[1])
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.terminate()
+            for p in procs:
+                try:
+                    p.wait(30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+            await js.close()
+            await pub.disconnect()
+    rt = sum(calls.get(c, 0) for c in ("evalsha", "eval", "xrange", "smembers", "xdel"))
+    res = GroupRun(
+        label, n, total, len(messages), round(secs, 3), round(total / secs, 1),
+        worker_cpu_us_per_event=round(cpu / total * 1e6, 1), round_trips=rt,
+        round_trips_per_event=round(rt / total, 4), commit_scripts=None,
+        events_per_s_per_worker=round(total / secs / n, 1),
+    )  # fmt: skip
+    _say(f"{label}: {res.events_per_s:,.0f} events/s ({secs:.2f} s); "
+         f"MQTT QoS 1 ingest into the cluster {len(messages) / pub_s:,.0f} msg/s")  # fmt: skip
+    return res
 
 
 def _until_leased(store: Any, names: list[str], procs: list[Any], timeout: float = 120.0) -> None:
