@@ -28,7 +28,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 import shapely
@@ -36,6 +36,9 @@ import shapely
 from fences import antimeridian, geojson
 from fences.errors import CatalogError, Problem, UnknownStoreError
 from fences.store import Store, beacon_key, bssid_key
+
+if TYPE_CHECKING:
+    from fences.columns import StoreColumns
 
 MIN_RADIUS_M = 1.0
 MAX_RADIUS_M = 50_000.0
@@ -119,12 +122,17 @@ class Catalog:
         by_bssid: dict[str, int],
         by_beacon: dict[str, int],
         by_nfc: dict[str, int],
+        by_id: dict[str, int] | None = None,
     ) -> Catalog:
         """A catalog of ``stores`` (all live, slot k holding ``ids[k]``) without reading them:
-        fences.snapshot hands in a lazily made list and the look-ups as they were saved."""
+        fences.snapshot and fences.fastload hand in a lazily made list and the look-ups
+        (``by_id``: store_id -> slot, when already made)."""
         self = cls()
         self.stores = stores
-        self._by_id.update(zip(ids, range(len(ids)), strict=True))
+        if by_id is not None:
+            self._by_id.update(by_id)
+        else:
+            self._by_id.update(zip(ids, range(len(ids)), strict=True))
         self.tagged.update(tagged)
         self._by_bssid.update(by_bssid)
         self._by_beacon.update(by_beacon)
@@ -133,6 +141,14 @@ class Catalog:
 
     def __len__(self) -> int:
         return len(self._by_id)
+
+    def columns(self) -> StoreColumns | None:
+        """The stores as columns (fences.columns), while the catalog is as the bulk loader made
+        it (no store added, replaced or removed since); else None."""
+        cols: StoreColumns | None = getattr(self.stores, "columns", None)
+        if cols is None or self.changed or self.changed_base or len(cols) != len(self.stores):
+            return None
+        return cols
 
     def add(self, store: Store) -> int:
         """Append a store; returns its slot. Replaces an existing store with the same id."""
@@ -1036,9 +1052,14 @@ def load_catalog(path: str | os.PathLike[str], strict: bool = False, bulk: bool 
                     shallow["features"] = msgspec.json.decode(top["features"])
             del top
             if bulk:
-                from fences.fastload import parse_features
+                from fences.fastload import load_columns, parse_features
 
                 features, problems = _collection_problems(shallow)
+                del shallow
+                if not problems:
+                    catalog = load_columns(features)
+                    if catalog is not None:
+                        return catalog
                 stores, problems = _assemble(parse_features(features), problems)
             else:
                 stores, problems = _parse_stores(shallow, decode=msgspec.json.decode)
