@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
+import msgspec
 import numpy as np
 import shapely
 
@@ -927,8 +928,6 @@ def read_json(path: str | os.PathLike[str], strict: bool = False) -> Any:
     wins); it costs about twice the time, so ``geopush fences check`` uses it and loading for
     matching does not (the last value wins there, as in most JSON readers).
     """
-    import msgspec
-
     text = _read_bytes(path)
     try:
         with _gc_paused():
@@ -1004,7 +1003,7 @@ def _read_bytes(path: str | os.PathLike[str]) -> bytes:
     except OSError as exc:
         reason = f"cannot read {os.fspath(path)!r}: {exc.strerror}; check the path"
         raise CatalogError([Problem(None, None, reason)]) from exc
-    if not text.strip():
+    if not text or text.isspace():  # as ``not text.strip()``, without copying the text
         what = "empty" if not text else "blank (only white space)"
         raise CatalogError([Problem(None, None, f"the file is {what}; {CATALOG_SHAPE}")])
     return text
@@ -1022,6 +1021,13 @@ def _syntax(msg: str, text: bytes, pos: int | None) -> str:
     return f"not valid JSON{where}: {msg}{hint}; fix the syntax there"
 
 
+class _Collection(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """A FeatureCollection with nothing but a type and features (the usual catalog)."""
+
+    type: str
+    features: list[msgspec.Raw]
+
+
 def load_catalog(path: str | os.PathLike[str], strict: bool = False, bulk: bool = True) -> Catalog:
     """Read and validate a catalog file; raises CatalogError listing every problem.
 
@@ -1034,11 +1040,19 @@ def load_catalog(path: str | os.PathLike[str], strict: bool = False, bulk: bool 
     """
     if strict:
         return parse_catalog(read_json(path, strict=True))
-    import msgspec
-
     text = _read_bytes(path)
     try:
         with _gc_paused():
+            if bulk:  # the usual shape in one pass: a type and an array of features
+                with contextlib.suppress(msgspec.ValidationError):
+                    plain = msgspec.json.decode(text, type=_Collection)
+                    if plain.type == "FeatureCollection" and plain.features:
+                        from fences.fastload import load_columns
+
+                        catalog = load_columns(plain.features, text)
+                        if catalog is not None:
+                            return catalog
+                    del plain
             top = msgspec.json.decode(text, type=dict[str, msgspec.Raw])
             shallow: dict[str, Any] = {
                 k: msgspec.json.decode(v) for k, v in top.items() if k != "features"
@@ -1052,14 +1066,9 @@ def load_catalog(path: str | os.PathLike[str], strict: bool = False, bulk: bool 
                     shallow["features"] = msgspec.json.decode(top["features"])
             del top
             if bulk:
-                from fences.fastload import load_columns, parse_features
+                from fences.fastload import parse_features
 
                 features, problems = _collection_problems(shallow)
-                del shallow
-                if not problems:
-                    catalog = load_columns(features)
-                    if catalog is not None:
-                        return catalog
                 stores, problems = _assemble(parse_features(features), problems)
             else:
                 stores, problems = _parse_stores(shallow, decode=msgspec.json.decode)

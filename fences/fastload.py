@@ -71,10 +71,31 @@ class _Props(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     tags: Any = None
 
 
+class _RPoint(msgspec.Struct, tag_field="type", tag="Point", forbid_unknown_fields=True, gc=False):
+    coordinates: msgspec.Raw  # parsed in bulk by _numbers
+
+
+class _RPolygon(
+    msgspec.Struct, tag_field="type", tag="Polygon", forbid_unknown_fields=True, gc=False
+):
+    coordinates: msgspec.Raw
+
+
 class _SFeature(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """A feature for the columns: properties among the known ones, coordinates left encoded."""
+
     type: Literal["Feature"]
     properties: _Props
-    geometry: _Point | _Polygon
+    geometry: _RPoint | _RPolygon
+    id: str | int | float | msgspec.UnsetType = msgspec.UNSET
+
+
+class _DFeature(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """The same with any properties."""
+
+    type: Literal["Feature"]
+    properties: dict[str, Any]
+    geometry: _RPoint | _RPolygon
     id: str | int | float | msgspec.UnsetType = msgspec.UNSET
 
 
@@ -467,7 +488,7 @@ _FIELDS = ("store_id", "merchant_id", "name", "radius_m", *_RARE)
 _ALL_FIELDS = attrgetter(*_FIELDS)
 
 
-def _chunk_columns(feats: list[_Feature] | list[_SFeature]) -> tuple[_Cols, list[_Claims]] | None:
+def _chunk_columns(feats: list[_DFeature] | list[_SFeature]) -> tuple[_Cols, list[_Claims]] | None:
     """A chunk of typed features as columns, when ``_bulk`` would take every one of them (and so
     the reference would find nothing wrong with any); None otherwise."""
     n = len(feats)
@@ -496,7 +517,7 @@ def _chunk_columns(feats: list[_Feature] | list[_SFeature]) -> tuple[_Cols, list
     if not all(sids) or not all(mids) or not _all_str(names):
         return None
     radii = column("radius_m")
-    point = np.array([type(g) is _Point for g in geoms], dtype=bool)
+    point = np.array([type(g) is _RPoint for g in geoms], dtype=bool)
     out = _Cols(n)
     out.ids, out.merchants, out.names = sids, mids, names
     pi = np.flatnonzero(point).tolist()
@@ -510,11 +531,10 @@ def _chunk_columns(feats: list[_Feature] | list[_SFeature]) -> tuple[_Cols, list
             return None
         if not ((rad >= C.MIN_RADIUS_M) & (rad <= C.MAX_RADIUS_M)).all():
             return None
-        xy = np.fromiter(
-            chain.from_iterable([geoms[i].coordinates for i in pi]),
-            dtype=np.float64,
-            count=2 * len(pi),
-        ).reshape(-1, 2)
+        pts = _numbers([geoms[i].coordinates for i in pi], 1)
+        if pts is None:
+            return None
+        xy = pts[0]
         if not _in_range(xy).all():
             return None
         out.center[pi] = xy
@@ -523,17 +543,12 @@ def _chunk_columns(feats: list[_Feature] | list[_SFeature]) -> tuple[_Cols, list
     if qi:
         if any(radii[i] is not None for i in qi):
             return None
-        polys = [geoms[i].coordinates for i in qi]
-        nring = list(map(len, polys))
-        rings = list(chain.from_iterable(polys))
-        rlen = np.fromiter(map(len, rings), dtype=np.int64, count=len(rings))
-        if 0 in nring or (rlen < 4).any():
+        pgs = _numbers([geoms[i].coordinates for i in qi], 3)
+        if pgs is None:
             return None
-        xy = np.fromiter(
-            chain.from_iterable(chain.from_iterable(rings)),
-            dtype=np.float64,
-            count=2 * int(rlen.sum()),
-        ).reshape(-1, 2)
+        xy, rlen, nring = pgs
+        if (nring == 0).any() or (rlen < 4).any():
+            return None
         ring_off = np.concatenate([[0], np.cumsum(rlen)])
         first, last = ring_off[:-1], ring_off[1:] - 1
         if not (xy[first] == xy[last]).all() or not _in_range(xy).all():
@@ -573,6 +588,54 @@ def _chunk_columns(feats: list[_Feature] | list[_SFeature]) -> tuple[_Cols, list
     return out, claims
 
 
+_ARRAYS_OF_NUMBERS = b"0123456789.eE+-,[] \t\r\n"
+_FLOATS = msgspec.json.Decoder(list[float])
+
+
+def _numbers(
+    raws: list[msgspec.Raw], depth: int
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]] | None:
+    """Coordinates left encoded, read in bulk: ``raws`` are JSON values, each a position
+    (``depth`` 1: ``[x, y]``) or a Polygon's rings (``depth`` 3: arrays of rings of
+    positions). Returns the positions as an (n, 2) float array, the positions per ring and the
+    rings per polygon (depth 3); None unless every value is exactly that: arrays nested to
+    ``depth`` with two numbers in each innermost one and nothing else (what the typed decoder
+    of ``_Point`` and ``_Polygon`` accepts). The numbers are read by msgspec as one flat array."""
+    text = b",".join(raws)
+    if text.translate(None, _ARRAYS_OF_NUMBERS):  # anything else left: not only numbers
+        return None
+    u = np.frombuffer(text, dtype=np.uint8)
+    opens = np.flatnonzero(u == 0x5B)
+    closes = np.flatnonzero(u == 0x5D)
+    commas = np.flatnonzero(u == 0x2C)
+    if len(opens) == 0:
+        return None
+    # the depth of the array each '[' opens, and of the array holding each ','
+    at = np.arange(1, len(opens) + 1) - np.searchsorted(closes, opens)
+    if at.max() > depth:
+        return None
+    level = np.searchsorted(opens, commas) - np.searchsorted(closes, commas)
+    starts = [opens[at == d] for d in range(depth + 1)]
+    if len(starts[1]) != len(raws):
+        return None
+    pos = starts[depth]
+    owner = np.searchsorted(pos, commas[level == depth]) - 1
+    if not (np.bincount(owner, minlength=len(pos)) == 1).all():
+        return None  # an innermost array without exactly two elements
+    try:
+        flat = _FLOATS.decode(b"[" + text.translate(None, b"[]") + b"]")
+    except msgspec.DecodeError:  # an empty array left two commas side by side
+        return None
+    if len(flat) != 2 * len(pos):  # a number outside the innermost arrays
+        return None
+    xy = np.array(flat, dtype=np.float64).reshape(-1, 2)
+    if depth == 1:
+        return xy, np.zeros(0, np.int64), np.zeros(0, np.int64)
+    rlen = np.bincount(np.searchsorted(starts[2], pos) - 1, minlength=len(starts[2]))
+    nring = np.bincount(np.searchsorted(starts[1], starts[2]) - 1, minlength=len(starts[1]))
+    return xy, rlen.astype(np.int64), nring.astype(np.int64)
+
+
 def _stores_columns(stores: list[Store]) -> _Cols:
     """Stores (from ``_bulk``) as columns."""
     out = _Cols(len(stores))
@@ -591,27 +654,38 @@ def _stores_columns(stores: list[Store]) -> _Cols:
     return out
 
 
-def load_columns(raws: Sequence[msgspec.Raw]) -> C.Catalog | None:
+def load_columns(raws: Sequence[msgspec.Raw], text: bytes | None = None) -> C.Catalog | None:
     """The Catalog of encoded features that make a valid catalog, as columns (fences.columns:
     Store objects made on first access); None when the reference would report any problem
     (or might: then the caller runs the full validation, which explains it). Same stores as
     ``load_catalog(bulk=False)``: chunks of typed features become columns with C-speed checks,
-    a chunk with anything unusual goes through ``_bulk`` (and so the reference)."""
+    a chunk with anything unusual goes through ``_bulk`` (and so the reference). ``text``: the
+    JSON text the features were decoded from (each chunk is then decoded from its span of the
+    text, copied into one reused buffer, instead of a joined copy of its own)."""
+    chunks = [raws[start : start + CHUNK] for start in range(0, len(raws), CHUNK)]
+    spans = _spans(chunks, text)
+    buf = bytearray(max((b - a + 2 for a, b in spans), default=0))
     parts: list[_Cols] = []
     kinds: tuple[list[str], list[str], list[str]] = ([], [], [])
     owners: tuple[list[int], list[int], list[int]] = ([], [], [])
     base = 0
-    for start in range(0, len(raws), CHUNK):
-        chunk = raws[start : start + CHUNK]
+    for k, chunk in enumerate(chunks):
         got: tuple[_Cols, list[_Claims]] | None = None
         claims: list[_Claims]
-        text = b"[" + b",".join(chunk) + b"]"
+        if spans:
+            a, b = spans[k]
+            buf[0], buf[1 : b - a + 1], buf[b - a + 1] = 0x5B, memoryview(text)[a:b], 0x5D  # type: ignore[arg-type]
+            encoded: bytes | memoryview = memoryview(buf)[: b - a + 2]
+        else:
+            encoded = b"[" + b",".join(chunk) + b"]"
         try:
-            got = _chunk_columns(_STRUCTS.decode(text))
+            got = _chunk_columns(_STRUCTS.decode(encoded))
         except msgspec.ValidationError:  # other properties too (or anything else unusual)
             with contextlib.suppress(msgspec.ValidationError):
-                got = _chunk_columns(_DICTS.decode(text))
-        del text
+                got = _chunk_columns(_DICTS.decode(encoded))
+        if isinstance(encoded, memoryview):
+            encoded.release()
+        del encoded
         if got is not None:
             cols, claims = got
         else:
@@ -660,8 +734,26 @@ def load_columns(raws: Sequence[msgspec.Raw]) -> C.Catalog | None:
     return C.Catalog._restored(stores_, ids, tagged, maps[0], maps[1], maps[2], by_id=by_id)
 
 
+def _spans(chunks: list[Sequence[msgspec.Raw]], text: bytes | None) -> list[tuple[int, int]]:
+    """Where each chunk of features lies in ``text`` (from its first feature's first byte to
+    its last feature's last), when every feature was decoded from ``text`` without copying
+    (msgspec.Raw points into it); else []."""
+    if text is None or not chunks:
+        return []
+    base = np.frombuffer(text, dtype=np.uint8).ctypes.data
+    out: list[tuple[int, int]] = []
+    for chunk in chunks:
+        first, last = chunk[0], chunk[-1]
+        a = np.frombuffer(first, dtype=np.uint8).ctypes.data - base
+        b = np.frombuffer(last, dtype=np.uint8).ctypes.data - base + len(last)
+        if not 0 <= a < b <= len(text) or (out and a < out[-1][1]):
+            return []
+        out.append((a, b))
+    return out
+
+
 _STRUCTS = msgspec.json.Decoder(list[_SFeature])
-_DICTS = msgspec.json.Decoder(list[_Feature])
+_DICTS = msgspec.json.Decoder(list[_DFeature])
 
 
 __all__ = ["CHUNK", "load_columns", "parse_features"]

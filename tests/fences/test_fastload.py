@@ -527,3 +527,49 @@ def test_columns_step_aside_for_clashes_across_stores() -> None:
             feats[40]["properties"][key] = [v.upper() if key == "wifi" else v for v in values]
         for chunk in (7, 1000):
             assert _columns_vs_reference(feats, chunk) is None, key
+
+
+COORDINATES = [
+    "[24.5, 60.25]", "[24, 60]", "[-0.0, 1e-3]", "[1E2, -2.5e+1]", "[ 24.5 ,\n60.25 ]",
+    "[24.5]", "[24.5, 60, 3]", "[]", "[[24.5, 60]]", "[24.5, [60]]", '["24.5", 60]',
+    "[null, 60]", "[true, 60]", "[1e400, 60]", "5", "[{}, 1]",
+    "[[[0, 0], [1, 0], [1, 1], [0, 0]]]",
+    "[[[0, 0], [1, 0], [1, 1], [0, 0]], [[0.1, 0.1], [0.2, 0.1], [0.2, 0.2], [0.1, 0.1]]]",
+    "[[[0, 0], [1, 0], [1, 1]]]", "[[]]", "[]", "[[[]]]", "[[[0, 0, 1], [1, 0], [1, 1], [0, 0]]]",
+    "[[[0, 0], [1, 0], [1, 1], [0, 0]], [0, 0]]", "[[[0, 0], [1, 0], [1, 1], [0, 0]], 7]",
+    "[[[0, 0], [1, 0], [1, [1]], [0, 0]]]", "[[[[0, 0]], [1, 0], [1, 1], [0, 0]]]",
+    "[[[0, 0], [1, 0], [], [0, 0]]]", '[[[0, 0], [1, 0], [1, "1"], [0, 0]]]',
+]  # fmt: skip
+
+
+def test_numbers_reads_coordinates_as_the_typed_decoder_does() -> None:
+    """fastload._numbers (coordinates left encoded, read in bulk) against the typed decoder of
+    a Point's or a Polygon's coordinates: the same numbers and rings, or both refuse (or
+    _numbers an empty polygon or ring); alone and after a valid value (one bad value refuses
+    the batch)."""
+    point = msgspec.json.Decoder(tuple[float, float])
+    polygon = msgspec.json.Decoder(list[list[tuple[float, float]]])
+    good = {1: "[24.5, 60.25]", 3: "[[[0, 0], [1, 0], [1, 1], [0, 0]]]"}
+    for text in COORDINATES:
+        for depth, decoder in ((1, point), (3, polygon)):
+            try:
+                want: Any = decoder.decode(text)
+            except msgspec.ValidationError:
+                want = None
+            raws = [msgspec.json.decode(v, type=msgspec.Raw) for v in (good[depth], text)]
+            for batch in (raws[1:], raws):
+                got = fastload._numbers(batch, depth)
+                if want is None:
+                    assert got is None, (text, depth)
+                    continue
+                if got is None:  # only an empty polygon or ring, which the columns refuse anyway
+                    assert depth == 3 and (not want or not all(want)), text
+                    continue
+                xy, rlen, nring = got
+                if depth == 1:
+                    assert xy[-1].tolist() == list(want)
+                    continue
+                rings = [[tuple(v) for v in ring] for ring in want]
+                assert xy[-sum(map(len, rings)) :].tolist() == [list(v) for v in sum(rings, [])]
+                assert rlen[-len(rings) :].tolist() == [len(r) for r in rings]
+                assert nring[-1] == len(rings)
