@@ -130,14 +130,14 @@ class Catalog:
         (``by_id``: store_id -> slot, when already made)."""
         self = cls()
         self.stores = stores
-        if by_id is not None:
-            self._by_id.update(by_id)
-        else:
-            self._by_id.update(zip(ids, range(len(ids)), strict=True))
-        self.tagged.update(tagged)
-        self._by_bssid.update(by_bssid)
-        self._by_beacon.update(by_beacon)
-        self._by_nfc.update(by_nfc)
+        if by_id is None:
+            by_id = dict(zip(ids, range(len(ids)), strict=True))
+        self._by_id = by_id  # taken as they are, not copied
+        self.slot_of = by_id.get
+        self.tagged = tagged
+        self._by_bssid = by_bssid
+        self._by_beacon = by_beacon
+        self._by_nfc = by_nfc
         return self
 
     def __len__(self) -> int:
@@ -200,13 +200,16 @@ class Catalog:
 
     def owners(self) -> Iterator[tuple[str, str]]:
         """(store_id, merchant_id) of every live store in slot order, without making the Store
-        objects of a catalog restored from a snapshot (fences.snapshot.LazyStores)."""
+        objects of a catalog loaded as columns (fences.columns.LazyStores): at C speed while
+        no store has been made or changed (a zip of the columns, no generator)."""
         peek: Callable[[int], tuple[str, str]] | None = getattr(self.stores, "owner", None)
         if peek is not None and not self._removed:
             fast: Iterator[tuple[str, str]] | None = self.stores.owners()  # type: ignore[attr-defined]
             if fast is not None:
-                yield from fast
-                return
+                return fast
+        return self._owners(peek)
+
+    def _owners(self, peek: Callable[[int], tuple[str, str]] | None) -> Iterator[tuple[str, str]]:
         for slot in range(len(self.stores)):
             if slot in self._removed:
                 continue
