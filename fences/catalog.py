@@ -1031,22 +1031,26 @@ class _Collection(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     features: list[msgspec.Raw]
 
 
-def load_catalog(path: str | os.PathLike[str], strict: bool = False, bulk: bool = True) -> Catalog:
+def load_catalog(
+    path: str | os.PathLike[str], strict: bool = False, bulk: bool = True, *, columns: bool = True
+) -> Catalog:
     """Read and validate a catalog file; raises CatalogError listing every problem.
 
-    The default path decodes the FeatureCollection shallowly and each feature only when it is
-    validated, which keeps peak memory near the size of the file plus the stores; ``bulk``
-    validates the ordinary features in bulk (fences.fastload: typed decoding, vectorised
-    checks; ~5x faster), ``bulk=False`` feature by feature (the reference; same Catalog, same
-    problems). ``strict`` (refuse duplicate member names) decodes everything with the standard
-    library first.
+    The default path (``bulk`` and ``columns``) reads a valid catalog as columns
+    (fences.fastload.load_columns: chunks of features decoded by typed decoders, coordinates
+    read in bulk, every check at C speed; the Store objects made on first access,
+    fences.columns) and falls back, when anything would be reported, to validating the
+    features in bulk and one by one where needed (``columns=False``: fences.fastload's rows),
+    which explains every problem. ``bulk=False`` validates feature by feature (the reference;
+    the same Catalog and the same problems on every path). ``strict`` (refuse duplicate member
+    names) decodes everything with the standard library first.
     """
     if strict:
         return parse_catalog(read_json(path, strict=True))
     text = _read_bytes(path)
     try:
         with _gc_paused():
-            if bulk:  # the usual shape in one pass: a type and an array of features
+            if bulk and columns:  # the usual shape in one pass: a type and an array of features
                 with contextlib.suppress(msgspec.ValidationError):
                     plain = msgspec.json.decode(text, type=_Collection)
                     if plain.type == "FeatureCollection" and plain.features:
