@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import operator
 import os
 import re
 from collections import defaultdict
@@ -24,7 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -179,7 +180,9 @@ _HHMM = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 def _parse_hhmm(v: str) -> int:
     m = _HHMM.match(v) if isinstance(v, str) else None
     if m is None:
-        raise ValueError(f"{v!r} is not a time of day like '09:30' (00:00 to 23:59; end may be 24:00)")
+        raise ValueError(
+            f"{v!r} is not a time of day like '09:30' (00:00 to 23:59; end may be 24:00)"
+        )
     return int(m.group(1)) * 60 + int(m.group(2))
 
 
@@ -194,7 +197,9 @@ def _parse_instant(v: Any) -> float:
         try:
             dt = datetime.fromisoformat(v)
         except ValueError as exc:
-            raise ValueError(f"{v!r} is not an ISO 8601 date-time like '2026-01-31T00:00:00Z'") from exc
+            raise ValueError(
+                f"{v!r} is not an ISO 8601 date-time like '2026-01-31T00:00:00Z'"
+            ) from exc
     else:
         raise ValueError("expected an ISO 8601 date-time or epoch seconds")
     if dt.tzinfo is None:
@@ -338,7 +343,9 @@ def _rules(raw: dict[str, Any]) -> list[tuple[str, str]]:
             out.append(("schedule", "valid_until must be after valid_from"))
         start, end = sched.get("start", "00:00"), sched.get("end", "24:00")
         if isinstance(start, str) and start == end:
-            out.append(("schedule", "start and end are equal: an empty window (omit both for all day)"))
+            out.append(
+                ("schedule", "start and end are equal: an empty window (omit both for all day)")
+            )
     return out
 
 
@@ -397,7 +404,9 @@ def _check_campaign(raw: Any, where: str) -> tuple[Campaign | None, list[str]]:
         got = {list: "a list", str: "a string", int: "a number", float: "a number"}.get(
             type(raw), "null" if raw is None else type(raw).__name__
         )
-        return None, [f"{where}: a campaign must be an object of fields (id, merchant_id, trigger, coupon, ...), got {got}"]
+        return None, [
+            f"{where}: a campaign must be an object of fields (id, merchant_id, trigger, coupon, ...), got {got}"
+        ]
     problems: list[str] = []
     model: CampaignModel | None = None
     try:
@@ -431,7 +440,9 @@ def parse_campaigns(doc: Any, source: str = "campaigns") -> CampaignSet:
     if isinstance(doc, list):
         doc = {"campaigns": doc}
     if not isinstance(doc, dict):
-        raise CampaignError([f"{source}: expected a list of campaigns or an object with 'campaigns'"])
+        raise CampaignError(
+            [f"{source}: expected a list of campaigns or an object with 'campaigns'"]
+        )
     problems: list[str] = []
     top: CampaignFileModel | None = None
     try:
@@ -478,7 +489,9 @@ def load_campaigns(path: str | os.PathLike[str]) -> CampaignSet:
         else:
             doc = json.loads(text)
     except Exception as exc:  # yaml.YAMLError / json.JSONDecodeError: a syntax error
-        raise CampaignError([f"{p}: not valid {'YAML' if p.suffix.lower() in ('.yaml', '.yml') else 'JSON'}: {exc}"]) from exc
+        raise CampaignError(
+            [f"{p}: not valid {'YAML' if p.suffix.lower() in ('.yaml', '.yml') else 'JSON'}: {exc}"]
+        ) from exc
     return parse_campaigns(doc, str(p))
 
 
@@ -488,13 +501,26 @@ def catalog_warnings(campaigns: CampaignSet, stores: Iterable[Store] | Catalog) 
     Not errors (the catalog may be updated later): ``geopush replay`` and ``geopush run`` print
     them at load. ``stores``: the catalog's live stores, or the Catalog (which then need not
     make the Store objects of a snapshot)."""
-    owners: Iterable[tuple[str, str]] = (
-        stores.owners()
-        if hasattr(stores, "owners")  # a Catalog (not imported here: fast --help)
-        else ((s.store_id, s.merchant_id) for s in stores)
-    )
-    by_id = dict(owners)  # store_id -> merchant_id (built in C: 500k stores in a blink)
-    merchants = set(by_id.values())
+    owner_of: Callable[[str], str | None]
+    if hasattr(stores, "owners"):  # a Catalog (not imported here: fast --help)
+        catalog = cast("Catalog", stores)
+        merchants = set(map(operator.itemgetter(1), catalog.owners()))  # at C speed
+        peek = getattr(catalog.stores, "owner", None)  # no Store made (fences.columns)
+
+        def owner_of(sid: str) -> str | None:
+            slot = catalog.slot_of(sid)
+            if slot is None:
+                return None
+            return peek(slot)[1] if peek is not None else catalog.stores[slot].merchant_id
+
+        def pairs() -> Iterable[tuple[str, str]]:
+            return catalog.owners()
+
+    else:
+        by_id = {s.store_id: s.merchant_id for s in stores}
+        merchants = set(by_id.values())
+        owner_of = by_id.get
+        pairs = by_id.items
     out: list[str] = []
     for c in campaigns.campaigns:
         if c.merchant_id not in merchants:
@@ -504,9 +530,9 @@ def catalog_warnings(campaigns: CampaignSet, stores: Iterable[Store] | Catalog) 
             )
             continue
         for sid in sorted(c.stores or ()):
-            owner = by_id.get(sid)
+            owner = owner_of(sid)
             if owner is None:
-                own = [s for s, m in by_id.items() if m == c.merchant_id]
+                own = [s for s, m in pairs() if m == c.merchant_id]
                 out.append(
                     f"campaign {c.id!r}: store {sid!r} is not in the catalog, so the campaign "
                     f"never pushes there{_nearest(sid, own, f'stores of {c.merchant_id!r}')}"

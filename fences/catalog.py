@@ -28,14 +28,18 @@ import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
+import msgspec
 import numpy as np
 import shapely
 
 from fences import antimeridian, geojson
 from fences.errors import CatalogError, Problem, UnknownStoreError
 from fences.store import Store, beacon_key, bssid_key
+
+if TYPE_CHECKING:
+    from fences.columns import StoreColumns
 
 MIN_RADIUS_M = 1.0
 MAX_RADIUS_M = 50_000.0
@@ -119,20 +123,33 @@ class Catalog:
         by_bssid: dict[str, int],
         by_beacon: dict[str, int],
         by_nfc: dict[str, int],
+        by_id: dict[str, int] | None = None,
     ) -> Catalog:
         """A catalog of ``stores`` (all live, slot k holding ``ids[k]``) without reading them:
-        fences.snapshot hands in a lazily made list and the look-ups as they were saved."""
+        fences.snapshot and fences.fastload hand in a lazily made list and the look-ups
+        (``by_id``: store_id -> slot, when already made)."""
         self = cls()
         self.stores = stores
-        self._by_id.update(zip(ids, range(len(ids)), strict=True))
-        self.tagged.update(tagged)
-        self._by_bssid.update(by_bssid)
-        self._by_beacon.update(by_beacon)
-        self._by_nfc.update(by_nfc)
+        if by_id is None:
+            by_id = dict(zip(ids, range(len(ids)), strict=True))
+        self._by_id = by_id  # taken as they are, not copied
+        self.slot_of = by_id.get
+        self.tagged = tagged
+        self._by_bssid = by_bssid
+        self._by_beacon = by_beacon
+        self._by_nfc = by_nfc
         return self
 
     def __len__(self) -> int:
         return len(self._by_id)
+
+    def columns(self) -> StoreColumns | None:
+        """The stores as columns (fences.columns), while the catalog is as the bulk loader made
+        it (no store added, replaced or removed since); else None."""
+        cols: StoreColumns | None = getattr(self.stores, "columns", None)
+        if cols is None or self.changed or self.changed_base or len(cols) != len(self.stores):
+            return None
+        return cols
 
     def add(self, store: Store) -> int:
         """Append a store; returns its slot. Replaces an existing store with the same id."""
@@ -183,13 +200,16 @@ class Catalog:
 
     def owners(self) -> Iterator[tuple[str, str]]:
         """(store_id, merchant_id) of every live store in slot order, without making the Store
-        objects of a catalog restored from a snapshot (fences.snapshot.LazyStores)."""
+        objects of a catalog loaded as columns (fences.columns.LazyStores): at C speed while
+        no store has been made or changed (a zip of the columns, no generator)."""
         peek: Callable[[int], tuple[str, str]] | None = getattr(self.stores, "owner", None)
         if peek is not None and not self._removed:
             fast: Iterator[tuple[str, str]] | None = self.stores.owners()  # type: ignore[attr-defined]
             if fast is not None:
-                yield from fast
-                return
+                return fast
+        return self._owners(peek)
+
+    def _owners(self, peek: Callable[[int], tuple[str, str]] | None) -> Iterator[tuple[str, str]]:
         for slot in range(len(self.stores)):
             if slot in self._removed:
                 continue
@@ -911,8 +931,6 @@ def read_json(path: str | os.PathLike[str], strict: bool = False) -> Any:
     wins); it costs about twice the time, so ``geopush fences check`` uses it and loading for
     matching does not (the last value wins there, as in most JSON readers).
     """
-    import msgspec
-
     text = _read_bytes(path)
     try:
         with _gc_paused():
@@ -988,7 +1006,7 @@ def _read_bytes(path: str | os.PathLike[str]) -> bytes:
     except OSError as exc:
         reason = f"cannot read {os.fspath(path)!r}: {exc.strerror}; check the path"
         raise CatalogError([Problem(None, None, reason)]) from exc
-    if not text.strip():
+    if not text or text.isspace():  # as ``not text.strip()``, without copying the text
         what = "empty" if not text else "blank (only white space)"
         raise CatalogError([Problem(None, None, f"the file is {what}; {CATALOG_SHAPE}")])
     return text
@@ -1006,23 +1024,42 @@ def _syntax(msg: str, text: bytes, pos: int | None) -> str:
     return f"not valid JSON{where}: {msg}{hint}; fix the syntax there"
 
 
-def load_catalog(path: str | os.PathLike[str], strict: bool = False, bulk: bool = True) -> Catalog:
+class _Collection(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """A FeatureCollection with nothing but a type and features (the usual catalog)."""
+
+    type: str
+    features: list[msgspec.Raw]
+
+
+def load_catalog(
+    path: str | os.PathLike[str], strict: bool = False, bulk: bool = True, *, columns: bool = True
+) -> Catalog:
     """Read and validate a catalog file; raises CatalogError listing every problem.
 
-    The default path decodes the FeatureCollection shallowly and each feature only when it is
-    validated, which keeps peak memory near the size of the file plus the stores; ``bulk``
-    validates the ordinary features in bulk (fences.fastload: typed decoding, vectorised
-    checks; ~5x faster), ``bulk=False`` feature by feature (the reference; same Catalog, same
-    problems). ``strict`` (refuse duplicate member names) decodes everything with the standard
-    library first.
+    The default path (``bulk`` and ``columns``) reads a valid catalog as columns
+    (fences.fastload.load_columns: chunks of features decoded by typed decoders, coordinates
+    read in bulk, every check at C speed; the Store objects made on first access,
+    fences.columns) and falls back, when anything would be reported, to validating the
+    features in bulk and one by one where needed (``columns=False``: fences.fastload's rows),
+    which explains every problem. ``bulk=False`` validates feature by feature (the reference;
+    the same Catalog and the same problems on every path). ``strict`` (refuse duplicate member
+    names) decodes everything with the standard library first.
     """
     if strict:
         return parse_catalog(read_json(path, strict=True))
-    import msgspec
-
     text = _read_bytes(path)
     try:
         with _gc_paused():
+            if bulk and columns:  # the usual shape in one pass: a type and an array of features
+                with contextlib.suppress(msgspec.ValidationError):
+                    plain = msgspec.json.decode(text, type=_Collection)
+                    if plain.type == "FeatureCollection" and plain.features:
+                        from fences.fastload import load_columns
+
+                        catalog = load_columns(plain.features, text)
+                        if catalog is not None:
+                            return catalog
+                    del plain
             top = msgspec.json.decode(text, type=dict[str, msgspec.Raw])
             shallow: dict[str, Any] = {
                 k: msgspec.json.decode(v) for k, v in top.items() if k != "features"

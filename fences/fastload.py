@@ -17,12 +17,23 @@ messages. The checks across features (store_id and identifier clashes, polygon v
 order of problems) are the reference's own (``fences.catalog._assemble``).
 tests/fences/test_fastload.py holds the two paths to the same Catalog and the same problems on
 generated catalogs with invalid features mixed in.
+
+``load_columns`` goes further for a catalog with nothing to report (the usual case): chunks of
+features become columns (fences.columns) without a Store object or a per-feature Python step:
+properties decoded as a struct of the known ones (or a dict), coordinates left encoded and read
+in bulk (``_numbers``), every check a C-speed pass over a column. A chunk with anything unusual
+goes through ``_bulk`` above; a catalog with any problem gives None and is validated again on
+the row path, which explains it. The same tests hold the columns to the reference.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import chain
+from operator import attrgetter, methodcaller
 from typing import Any, Literal
 
 import msgspec
@@ -30,6 +41,7 @@ import numpy as np
 import shapely
 
 from fences import catalog as C
+from fences.columns import PLAIN, LazyStores, Row, StoreColumns
 from fences.store import Store
 
 
@@ -47,6 +59,50 @@ class _Feature(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     type: Literal["Feature"]
     properties: dict[str, Any]
     geometry: _Point | _Polygon
+    id: str | int | float | msgspec.UnsetType = msgspec.UNSET
+
+
+class _Props(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """A feature's properties when it has no others than these (None: absent or null, which
+    the reference treats alike for every one of them)."""
+
+    store_id: Any = None
+    merchant_id: Any = None
+    name: Any = None
+    radius_m: Any = None
+    wifi: Any = None
+    beacons: Any = None
+    nfc: Any = None
+    tz: Any = None
+    max_accuracy_m: Any = None
+    tags: Any = None
+
+
+class _RPoint(msgspec.Struct, tag_field="type", tag="Point", forbid_unknown_fields=True, gc=False):
+    coordinates: msgspec.Raw  # parsed in bulk by _numbers
+
+
+class _RPolygon(
+    msgspec.Struct, tag_field="type", tag="Polygon", forbid_unknown_fields=True, gc=False
+):
+    coordinates: msgspec.Raw
+
+
+class _SFeature(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """A feature for the columns: properties among the known ones, coordinates left encoded."""
+
+    type: Literal["Feature"]
+    properties: _Props
+    geometry: _RPoint | _RPolygon
+    id: str | int | float | msgspec.UnsetType = msgspec.UNSET
+
+
+class _DFeature(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """The same with any properties."""
+
+    type: Literal["Feature"]
+    properties: dict[str, Any]
+    geometry: _RPoint | _RPolygon
     id: str | int | float | msgspec.UnsetType = msgspec.UNSET
 
 
@@ -146,20 +202,20 @@ def parse_features(raws: Sequence[msgspec.Raw]) -> list[C._Parsed]:
     docstring): bulk-validated where possible, the reference validator elsewhere. Features go
     through in chunks of ``CHUNK``, so the temporaries (decoded features, vertex lists) stay
     small: the peak memory is the stores plus the file, as on the reference path."""
-    decode = _DECODER.decode
-
-    def each(chunk: Sequence[msgspec.Raw]) -> Iterator[_Feature | None]:
-        for raw in chunk:
-            try:
-                yield decode(raw)
-            except msgspec.ValidationError:
-                yield None
-
     out: list[C._Parsed] = []
     for start in range(0, len(raws), CHUNK):
         chunk = raws[start : start + CHUNK]
-        out.extend(_bulk(each(chunk), len(chunk), chunk.__getitem__))
+        out.extend(_bulk(_each(chunk), len(chunk), chunk.__getitem__))
     return out
+
+
+def _each(chunk: Sequence[msgspec.Raw]) -> Iterator[_Feature | None]:
+    decode = _DECODER.decode
+    for raw in chunk:
+        try:
+            yield decode(raw)
+        except msgspec.ValidationError:
+            yield None
 
 
 def _bulk(
@@ -289,4 +345,422 @@ def _polygons(
     return dict(zip(kept, geoms.tolist(), strict=True))
 
 
-__all__ = ["CHUNK", "parse_features"]
+# --------------------------------------------------------------------------------------------
+# Columns: a valid catalog without a Store object per feature
+
+
+class _Cols:
+    """One chunk of features as columns (chunk-local rows); see fences.columns.StoreColumns."""
+
+    def __init__(self, n: int) -> None:
+        self.ids: list[str] = []
+        self.merchants: list[str] = []
+        self.names: list[str] = []
+        self.center = np.full((n, 2), np.nan)
+        self.radius = np.full(n, np.nan)
+        self.polygons: np.ndarray[Any, Any] = np.full(n, None, dtype=object)
+        self.rare: dict[int, Row] = {}
+
+
+def _all_str(values: list[Any]) -> bool:
+    return set(map(type, values)) <= _STR
+
+
+_STR = {str}
+_NUM = {float, int}
+_DEFAULT_ACC = C.DEFAULT_MAX_ACCURACY_M
+
+
+_Claims = tuple[list[str], list[int]]  # identifier keys and the features claiming them
+
+
+def _idents(
+    vals: list[Any], norm: Callable[[list[str]], list[str] | None]
+) -> tuple[list[tuple[str, ...]], _Claims] | None:
+    """Per feature, the normalised keys of one identifier property (wifi, beacons or nfc) in
+    first-seen order without repeats, and every (key, feature) claim; None when the reference
+    would object (or might)."""
+    out: list[tuple[str, ...]] = [()] * len(vals)
+    have = [k for k, v in enumerate(vals) if v is not None]
+    if not have:
+        return out, ([], [])
+    lists = [vals[k] for k in have]
+    if set(map(type, lists)) != {list}:
+        return None
+    flat = list(chain.from_iterable(lists))
+    if not _all_str(flat):
+        return None
+    keys = norm(flat)
+    if keys is None:
+        return None
+    lens = list(map(len, lists))
+    if set(lens) == {1}:
+        for k, key in zip(have, keys, strict=True):
+            out[k] = (key,)
+        return out, (keys, have)
+    pos = 0
+    owners: list[int] = []
+    out_keys: list[str] = []
+    for k, m in zip(have, lens, strict=True):
+        t = tuple(dict.fromkeys(keys[pos : pos + m]))
+        out[k] = t
+        out_keys.extend(t)
+        owners.extend([k] * len(t))
+        pos += m
+    return out, (out_keys, owners)
+
+
+def _norm_wifi(flat: list[str]) -> list[str] | None:
+    keys = [raw.strip().lower().replace("-", ":") for raw in flat]
+    return keys if all(map(_BSSID_RE.match, keys)) else None
+
+
+def _beacon(raw: str) -> str | None:
+    parts = raw.strip().rsplit(":", 2)
+    if len(parts) != 3:
+        return None
+    uuid = parts[0].strip().upper()
+    if not _UUID_RE.match(uuid):
+        return None
+    try:
+        major, minor = int(parts[1]), int(parts[2])
+    except ValueError:
+        return None
+    if not (0 <= major <= 65535 and 0 <= minor <= 65535):
+        return None
+    return f"{uuid}:{major}:{minor}"
+
+
+_U16 = r"(?:0|[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+_CANONICAL_BEACON = re.compile(
+    r"[0-9A-F]{8}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{12}:" + _U16 + ":" + _U16 + r"\Z"
+)
+"""A beacon id written as its own normalised key (upper case, major and minor in 0..65535
+without leading zeros, no spaces): ``_beacon`` would return it unchanged."""
+
+
+def _norm_beacons(flat: list[str]) -> list[str] | None:
+    if all(map(_CANONICAL_BEACON.match, flat)):
+        return flat
+    keys = list(map(_beacon, flat))
+    return None if None in keys else keys  # type: ignore[return-value]
+
+
+def _norm_nfc(flat: list[str]) -> list[str] | None:
+    keys = [raw.strip() for raw in flat]
+    return keys if all(keys) else None
+
+
+def _acc(v: Any) -> float:
+    """max_accuracy_m as the store holds it, or -1.0 when the reference would object."""
+    if v is None:
+        return _DEFAULT_ACC
+    if type(v) is float:
+        return v if v > 0.0 and v != math.inf else -1.0  # NaN fails v > 0
+    if type(v) is int and 0 < v < 2**53:
+        return float(v)
+    return -1.0
+
+
+def _rows(
+    column: Callable[[str], list[Any]], extra: list[dict[str, Any]]
+) -> tuple[list[Row], list[_Claims]] | None:
+    """``_props`` of many properties objects at once (the same rows; None if any would be
+    None), and the identifier claims (wifi, beacons, nfc) by position. ``column(key)``: the
+    value of a property in each object (None when absent); ``extra``: their other properties."""
+    got_wifi = _idents(column("wifi"), _norm_wifi)
+    got_beacons = _idents(column("beacons"), _norm_beacons)
+    got_nfc = _idents(column("nfc"), _norm_nfc)
+    if got_wifi is None or got_beacons is None or got_nfc is None:
+        return None
+    (wifi, c1), (beacons, c2), (nfc, c3) = got_wifi, got_beacons, got_nfc
+    tags: list[tuple[str, ...]] = [()] * len(extra)
+    for k, v in enumerate(column("tags")):
+        if v is not None:
+            if type(v) is not list or not _all_str(v):
+                return None
+            tags[k] = tuple(v)
+    tzs = [C.DEFAULT_TZ if v is None else v for v in column("tz")]
+    if not _all_str(tzs) or not all(map(C._tz_ok, set(tzs))):
+        return None
+    accs = list(map(_acc, column("max_accuracy_m")))
+    if -1.0 in accs:
+        return None
+    rows = list(zip(wifi, beacons, nfc, tzs, accs, tags, extra, strict=True))
+    return rows, [c1, c2, c3]
+
+
+_RARE = ("wifi", "beacons", "nfc", "tz", "max_accuracy_m", "tags")
+_FIELDS = ("store_id", "merchant_id", "name", "radius_m", *_RARE)
+_ALL_FIELDS = attrgetter(*_FIELDS)
+
+
+def _chunk_columns(feats: list[_DFeature] | list[_SFeature]) -> tuple[_Cols, list[_Claims]] | None:
+    """A chunk of typed features as columns, when ``_bulk`` would take every one of them (and so
+    the reference would find nothing wrong with any); None otherwise."""
+    n = len(feats)
+    props: list[Any] = [f.properties for f in feats]
+    geoms: list[Any] = [f.geometry for f in feats]
+    typed = n > 0 and type(props[0]) is _Props
+    if typed:  # every property as a column in one pass
+        by_key = dict(zip(_FIELDS, zip(*map(_ALL_FIELDS, props), strict=True), strict=True))
+
+    def column(key: str, of: list[Any] | None = None) -> list[Any]:
+        if of is None:
+            if typed:
+                return list(by_key[key])
+            of = props
+        if typed:
+            return list(map(attrgetter(key), of))
+        return list(map(methodcaller("get", key), of))
+
+    sids = column("store_id")
+    mids = column("merchant_id")
+    if not _all_str(sids) or not _all_str(mids):
+        return None
+    sids = list(map(str.strip, sids))
+    mids = list(map(str.strip, mids))
+    names = [v or "" for v in column("name")]
+    if not all(sids) or not all(mids) or not _all_str(names):
+        return None
+    radii = column("radius_m")
+    point = np.array([type(g) is _RPoint for g in geoms], dtype=bool)
+    out = _Cols(n)
+    out.ids, out.merchants, out.names = sids, mids, names
+    pi = np.flatnonzero(point).tolist()
+    if pi:
+        r = [radii[i] for i in pi] if len(pi) < n else radii
+        if not set(map(type, r)) <= _NUM:
+            return None
+        try:
+            rad = np.array(r, dtype=np.float64)
+        except OverflowError:
+            return None
+        if not ((rad >= C.MIN_RADIUS_M) & (rad <= C.MAX_RADIUS_M)).all():
+            return None
+        pts = _numbers([geoms[i].coordinates for i in pi], 1)
+        if pts is None:
+            return None
+        xy = pts[0]
+        if not _in_range(xy).all():
+            return None
+        out.center[pi] = xy
+        out.radius[pi] = rad
+    qi = np.flatnonzero(~point).tolist()
+    if qi:
+        if any(radii[i] is not None for i in qi):
+            return None
+        pgs = _numbers([geoms[i].coordinates for i in qi], 3)
+        if pgs is None:
+            return None
+        xy, rlen, nring = pgs
+        if (nring == 0).any() or (rlen < 4).any():
+            return None
+        ring_off = np.concatenate([[0], np.cumsum(rlen)])
+        first, last = ring_off[:-1], ring_off[1:] - 1
+        if not (xy[first] == xy[last]).all() or not _in_range(xy).all():
+            return None
+        same_ring = np.ones(len(xy) - 1, dtype=bool)
+        same_ring[last[:-1]] = False  # the step from a ring's last vertex to the next ring's first
+        if (same_ring & (np.abs(np.diff(xy[:, 0])) > 180.0)).any():
+            return None  # may cross the antimeridian: the reference splits it
+        poly_off = np.concatenate([[0], np.cumsum(nring)])
+        out.polygons[qi] = shapely.from_ragged_array(
+            shapely.GeometryType.POLYGON, xy, (ring_off, poly_off)
+        )
+    claims: list[_Claims] = [([], []), ([], []), ([], [])]
+    if typed:  # only the known properties: a feature with any of the rarer ones set
+        has = np.zeros(n, dtype=bool)
+        for key in _RARE:
+            vals = by_key[key]
+            if vals.count(None) != n:
+                has |= np.array([v is not None for v in vals], dtype=bool)
+        ext = np.flatnonzero(has).tolist()
+        extra: list[dict[str, Any]] = [{} for _ in ext]
+    else:
+        ext = [i for i, known in enumerate(map(_BASIC.issuperset, props)) if not known]
+        known = _KNOWN.issuperset
+        extra = [
+            {} if known(p) else {k: x for k, x in p.items() if k not in _KNOWN}
+            for p in (props[i] for i in ext)
+        ]
+    if ext:
+        sub = [props[i] for i in ext]
+        got = _rows(lambda key: column(key, sub), extra)
+        if got is None:
+            return None
+        rows, by_pos = got
+        out.rare = dict(zip(ext, rows, strict=True))
+        claims = [(keys, [ext[j] for j in at]) for keys, at in by_pos]
+    return out, claims
+
+
+_ARRAYS_OF_NUMBERS = b"0123456789.eE+-,[] \t\r\n"
+_FLOATS = msgspec.json.Decoder(list[float])
+
+
+def _numbers(
+    raws: list[msgspec.Raw], depth: int
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]] | None:
+    """Coordinates left encoded, read in bulk: ``raws`` are JSON values, each a position
+    (``depth`` 1: ``[x, y]``) or a Polygon's rings (``depth`` 3: arrays of rings of
+    positions). Returns the positions as an (n, 2) float array, the positions per ring and the
+    rings per polygon (depth 3); None unless every value is exactly that: arrays nested to
+    ``depth`` with two numbers in each innermost one and nothing else (what the typed decoder
+    of ``_Point`` and ``_Polygon`` accepts). The numbers are read by msgspec as one flat array."""
+    text = b",".join(raws)
+    if text.translate(None, _ARRAYS_OF_NUMBERS):  # anything else left: not only numbers
+        return None
+    u = np.frombuffer(text, dtype=np.uint8)
+    opens = np.flatnonzero(u == 0x5B)
+    closes = np.flatnonzero(u == 0x5D)
+    commas = np.flatnonzero(u == 0x2C)
+    if len(opens) == 0:
+        return None
+    # the depth of the array each '[' opens, and of the array holding each ','
+    at = np.arange(1, len(opens) + 1) - np.searchsorted(closes, opens)
+    if at.max() > depth:
+        return None
+    level = np.searchsorted(opens, commas) - np.searchsorted(closes, commas)
+    starts = [opens[at == d] for d in range(depth + 1)]
+    if len(starts[1]) != len(raws):
+        return None
+    pos = starts[depth]
+    owner = np.searchsorted(pos, commas[level == depth]) - 1
+    if not (np.bincount(owner, minlength=len(pos)) == 1).all():
+        return None  # an innermost array without exactly two elements
+    try:
+        flat = _FLOATS.decode(b"[" + text.translate(None, b"[]") + b"]")
+    except msgspec.DecodeError:  # an empty array left two commas side by side
+        return None
+    if len(flat) != 2 * len(pos):  # a number outside the innermost arrays
+        return None
+    xy = np.array(flat, dtype=np.float64).reshape(-1, 2)
+    if depth == 1:
+        return xy, np.zeros(0, np.int64), np.zeros(0, np.int64)
+    rlen = np.bincount(np.searchsorted(starts[2], pos) - 1, minlength=len(starts[2]))
+    nring = np.bincount(np.searchsorted(starts[1], starts[2]) - 1, minlength=len(starts[1]))
+    return xy, rlen.astype(np.int64), nring.astype(np.int64)
+
+
+def _stores_columns(stores: list[Store]) -> _Cols:
+    """Stores (from ``_bulk``) as columns."""
+    out = _Cols(len(stores))
+    out.ids = [s.store_id for s in stores]
+    out.merchants = [s.merchant_id for s in stores]
+    out.names = [s.name for s in stores]
+    for k, s in enumerate(stores):
+        if s.center is not None:
+            out.center[k] = s.center
+            out.radius[k] = s.radius_m
+        else:
+            out.polygons[k] = s.polygon
+        row = (s.wifi, s.beacons, s.nfc, s.tz, s.max_accuracy_m, s.tags, s.properties)
+        if row[:6] != PLAIN or s.properties:
+            out.rare[k] = row
+    return out
+
+
+def load_columns(raws: Sequence[msgspec.Raw], text: bytes | None = None) -> C.Catalog | None:
+    """The Catalog of encoded features that make a valid catalog, as columns (fences.columns:
+    Store objects made on first access); None when the reference would report any problem
+    (or might: then the caller runs the full validation, which explains it). Same stores as
+    ``load_catalog(bulk=False)``: chunks of typed features become columns with C-speed checks,
+    a chunk with anything unusual goes through ``_bulk`` (and so the reference). ``text``: the
+    JSON text the features were decoded from (each chunk is then decoded from its span of the
+    text, copied into one reused buffer, instead of a joined copy of its own)."""
+    chunks = [raws[start : start + CHUNK] for start in range(0, len(raws), CHUNK)]
+    spans = _spans(chunks, text)
+    buf = bytearray(max((b - a + 2 for a, b in spans), default=0))
+    parts: list[_Cols] = []
+    kinds: tuple[list[str], list[str], list[str]] = ([], [], [])
+    owners: tuple[list[int], list[int], list[int]] = ([], [], [])
+    base = 0
+    for k, chunk in enumerate(chunks):
+        got: tuple[_Cols, list[_Claims]] | None = None
+        claims: list[_Claims]
+        if spans:
+            a, b = spans[k]
+            buf[0], buf[1 : b - a + 1], buf[b - a + 1] = 0x5B, memoryview(text)[a:b], 0x5D  # type: ignore[arg-type]
+            encoded: bytes | memoryview = memoryview(buf)[: b - a + 2]
+        else:
+            encoded = b"[" + b",".join(chunk) + b"]"
+        try:
+            got = _chunk_columns(_STRUCTS.decode(encoded))
+        except msgspec.ValidationError:  # other properties too (or anything else unusual)
+            with contextlib.suppress(msgspec.ValidationError):
+                got = _chunk_columns(_DICTS.decode(encoded))
+        if isinstance(encoded, memoryview):
+            encoded.release()
+        del encoded
+        if got is not None:
+            cols, claims = got
+        else:
+            parsed = _bulk(_each(chunk), len(chunk), chunk.__getitem__)
+            if any(p[2] or p[0] is None for p in parsed):
+                return None
+            stores: list[Store] = [p[0] for p in parsed]  # type: ignore[misc]
+            cols = _stores_columns(stores)
+            claims = [([], []), ([], []), ([], [])]
+            for k, p in enumerate(parsed):
+                for kind, keys in enumerate(p[3]):
+                    claims[kind][0].extend(keys)
+                    claims[kind][1].extend([k] * len(keys))
+        for kind, (claimed, at) in enumerate(claims):
+            kinds[kind].extend(claimed)
+            owners[kind].extend([base + k for k in at] if base else at)
+        parts.append(cols)
+        base += len(chunk)
+    ids = list(chain.from_iterable(c.ids for c in parts))
+    by_id = dict(zip(ids, range(len(ids)), strict=True))
+    if len(by_id) != len(ids):
+        return None  # a store_id used twice
+    maps = [dict(zip(keys, slots, strict=True)) for keys, slots in zip(kinds, owners, strict=True)]
+    if any(len(m) != len(keys) for m, keys in zip(maps, kinds, strict=True)):
+        return None  # an identifier claimed by two stores
+    polygons = np.concatenate([c.polygons for c in parts]) if parts else np.zeros(0, object)
+    poly_at = np.flatnonzero(~shapely.is_missing(polygons))
+    if not shapely.is_valid(polygons[poly_at]).all():
+        return None  # GEOS finds a polygon invalid
+    rare: dict[int, Row] = {}
+    offset = 0
+    for c in parts:
+        rare.update((offset + k, row) for k, row in c.rare.items())
+        offset += len(c.ids)
+    columns = StoreColumns(
+        ids=ids,
+        merchants=list(chain.from_iterable(c.merchants for c in parts)),
+        names=list(chain.from_iterable(c.names for c in parts)),
+        center=np.concatenate([c.center for c in parts]) if parts else np.zeros((0, 2)),
+        radius=np.concatenate([c.radius for c in parts]) if parts else np.zeros(0),
+        polygons=polygons,
+        rare=rare,
+    )
+    tagged = {k for k, row in rare.items() if row[5]}
+    stores_ = LazyStores(len(ids), columns.store, ids, columns.merchants, columns)
+    return C.Catalog._restored(stores_, ids, tagged, maps[0], maps[1], maps[2], by_id=by_id)
+
+
+def _spans(chunks: list[Sequence[msgspec.Raw]], text: bytes | None) -> list[tuple[int, int]]:
+    """Where each chunk of features lies in ``text`` (from its first feature's first byte to
+    its last feature's last), when every feature was decoded from ``text`` without copying
+    (msgspec.Raw points into it); else []."""
+    if text is None or not chunks:
+        return []
+    base = np.frombuffer(text, dtype=np.uint8).ctypes.data
+    out: list[tuple[int, int]] = []
+    for chunk in chunks:
+        first, last = chunk[0], chunk[-1]
+        a = np.frombuffer(first, dtype=np.uint8).ctypes.data - base
+        b = np.frombuffer(last, dtype=np.uint8).ctypes.data - base + len(last)
+        if not 0 <= a < b <= len(text) or (out and a < out[-1][1]):
+            return []
+        out.append((a, b))
+    return out
+
+
+_STRUCTS = msgspec.json.Decoder(list[_SFeature])
+_DICTS = msgspec.json.Decoder(list[_DFeature])
+
+
+__all__ = ["CHUNK", "load_columns", "parse_features"]

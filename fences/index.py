@@ -26,7 +26,7 @@ per-index scratch arrays: use one FenceIndex from one thread (give each thread i
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,37 +63,76 @@ class _Pack:
     ent_box: F64  # (ne, 4)
 
 
-def _bad(store: Store, reason: str) -> CatalogError:
-    return CatalogError([Problem(None, store.store_id, reason)])
+def _bad(store_id: str, reason: str) -> CatalogError:
+    return CatalogError([Problem(None, store_id, reason)])
 
 
-def _pack(stores: list[Store], slots: I64) -> _Pack:
-    """Pack stores in the given order; records are numbered 0..len-1 in that order."""
+@dataclass
+class _Shapes:
+    """Fences as arrays, row k for the k-th store: ``circle`` marks circles; ``center`` (n, 2)
+    and ``radius`` hold theirs (anything for a polygon), ``polygons`` (object) the shapely
+    geometry of the others; ``ids`` names row k in errors."""
+
+    circle: NDArray[np.bool_]
+    center: F64
+    radius: F64
+    polygons: NDArray[Any]
+    ids: Callable[[int], str]
+
+    def take(self, rows: I64) -> _Shapes:
+        ids = self.ids
+        return _Shapes(
+            self.circle[rows], self.center[rows], self.radius[rows], self.polygons[rows],
+            lambda k: ids(int(rows[k])),
+        )  # fmt: skip
+
+
+def _shapes(stores: list[Store]) -> _Shapes:
+    """The fences of Store objects as arrays."""
     n = len(stores)
-    recf = np.zeros((n, 4))
-    reci = np.zeros((n, 5), dtype=np.int64)
-    reci[:, 3] = slots
-    is_circle = np.array([s.center is not None for s in stores], dtype=bool)
     for s in stores:
         if (s.center is None) == (s.polygon is None):
             raise _bad(
-                s,
+                s.store_id,
                 "a store needs either center + radius_m (a circle) or a polygon, not both or neither",
             )
+    circle = np.array([s.center is not None for s in stores], dtype=bool)
+    center = np.full((n, 2), np.nan)
+    radius = np.full(n, np.nan)
+    polygons = np.full(n, None, dtype=object)
+    ci = np.flatnonzero(circle).tolist()
+    if ci:
+        center[ci] = np.array([stores[i].center for i in ci], dtype=np.float64).reshape(-1, 2)
+        radius[ci] = np.array(
+            [stores[i].radius_m if stores[i].radius_m is not None else np.nan for i in ci]
+        )
+    pi = np.flatnonzero(~circle).tolist()
+    if pi:
+        polygons[pi] = np.array([stores[i].polygon for i in pi], dtype=object)
+    return _Shapes(circle, center, radius, polygons, lambda k: stores[k].store_id)
+
+
+def _pack(sh: _Shapes, slots: I64) -> _Pack:
+    """Pack fences in the given order; records are numbered 0..len-1 in that order."""
+    n = len(sh.circle)
+    recf = np.zeros((n, 4))
+    reci = np.zeros((n, 5), dtype=np.int64)
+    reci[:, 3] = slots
+    is_circle = sh.circle
     ci = np.flatnonzero(is_circle)
     ent_rec: list[I64] = []
     ent_box: list[F64] = []
     if len(ci):
-        c = np.array([stores[i].center for i in ci], dtype=np.float64).reshape(-1, 2)
-        rad = np.array(
-            [stores[i].radius_m if stores[i].radius_m is not None else np.nan for i in ci]
-        )
+        c = sh.center[ci]
+        rad = sh.radius[ci]
         ok = (
             np.isfinite(c).all(axis=1) & (np.abs(c[:, 1]) <= 90.0) & np.isfinite(rad) & (rad >= 0.0)
         )
         if not ok.all():
-            s = stores[int(ci[np.flatnonzero(~ok)[0]])]
-            raise _bad(s, "circle needs a finite centre (lon, lat within range) and radius_m >= 0")
+            k = int(ci[np.flatnonzero(~ok)[0]])
+            raise _bad(
+                sh.ids(k), "circle needs a finite centre (lon, lat within range) and radius_m >= 0"
+            )
         lon = wrap_lon(c[:, 0])
         recf[ci, 0] = lon
         recf[ci, 1] = c[:, 1]
@@ -108,12 +147,14 @@ def _pack(stores: list[Store], slots: I64) -> _Pack:
     ring_len = np.zeros(0, dtype=np.int64)
     verts = np.zeros((0, 2))
     if len(pi):
-        geoms = np.array([stores[i].polygon for i in pi], dtype=object)
+        geoms = sh.polygons[pi]
         kinds = shapely.get_type_id(geoms)
         bad = ~np.isin(kinds, (3, 6)) | shapely.is_empty(geoms)
         if bad.any():
-            s = stores[int(pi[np.flatnonzero(bad)[0]])]
-            raise _bad(s, "polygon fence must be a non-empty shapely Polygon or MultiPolygon")
+            k = int(pi[np.flatnonzero(bad)[0]])
+            raise _bad(
+                sh.ids(k), "polygon fence must be a non-empty shapely Polygon or MultiPolygon"
+            )
         if (kinds == 6).any():
             parts, part_owner = shapely.get_parts(geoms, return_index=True)
         else:  # Polygons only: get_parts would copy each one (4 µs apiece) to return it as is
@@ -121,7 +162,7 @@ def _pack(stores: list[Store], slots: I64) -> _Pack:
         rings, ring_part = shapely.get_rings(parts, return_index=True)
         coords, coord_ring = shapely.get_coordinates(rings, return_index=True)
         if not np.isfinite(coords).all():
-            raise _bad(stores[int(pi[0])], "polygon coordinates must be finite numbers")
+            raise _bad(sh.ids(int(pi[0])), "polygon coordinates must be finite numbers")
         ring_len = np.bincount(coord_ring, minlength=len(rings)).astype(np.int64)
         ring_owner = part_owner[ring_part]
         lo = np.searchsorted(ring_owner, np.arange(len(pi)), side="left")
@@ -181,17 +222,17 @@ def _morton(x: F64, y: F64) -> NDArray[np.uint64]:
     return spread(x) | (spread(y) << np.uint64(1))
 
 
-def _store_points(stores: list[Store]) -> tuple[F64, F64]:
-    """A representative (lon, lat) per store for Morton ordering."""
-    x = np.zeros(len(stores))
-    y = np.zeros(len(stores))
-    circ = [i for i, s in enumerate(stores) if s.center is not None]
-    poly = [i for i, s in enumerate(stores) if s.center is None]
-    if circ:
-        c = np.array([stores[i].center for i in circ], dtype=np.float64).reshape(-1, 2)
-        x[circ], y[circ] = c[:, 0], c[:, 1]
-    if poly:
-        b = shapely.bounds(np.array([stores[i].polygon for i in poly], dtype=object))
+def _store_points(sh: _Shapes) -> tuple[F64, F64]:
+    """A representative (lon, lat) per fence for Morton ordering."""
+    n = len(sh.circle)
+    x = np.zeros(n)
+    y = np.zeros(n)
+    circ = np.flatnonzero(sh.circle)
+    poly = np.flatnonzero(~sh.circle)
+    if len(circ):
+        x[circ], y[circ] = sh.center[circ, 0], sh.center[circ, 1]
+    if len(poly):
+        b = shapely.bounds(sh.polygons[poly])
         x[poly], y[poly] = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
     ok = np.isfinite(x) & np.isfinite(y)
     return np.where(ok, x, 0.0), np.where(ok, y, 0.0)
@@ -302,18 +343,29 @@ class FenceIndex:
 
     # ----------------------------------------------------------------- build and compaction
     def _build(self) -> None:
-        stores = self.catalog.stores
-        alive = getattr(self.catalog, "is_alive", None)  # catalogs keep tombstones of removals
-        live = [
-            i for i in range(len(stores)) if i not in self._removed and (alive is None or alive(i))
-        ]
-        lst = [stores[i] for i in live]
-        x, y = _store_points(lst)
+        catalog = self.catalog
+        stores = catalog.stores
+        dead = self._removed | catalog._removed  # catalogs keep tombstones of removals
+        n = len(stores)
+        live = np.arange(n, dtype=np.int64)
+        if dead:
+            live = live[~np.isin(live, np.fromiter(dead, dtype=np.int64, count=len(dead)))]
+        cols = catalog.columns()
+        if cols is not None:  # the bulk loader's columns: no Store objects made
+            ids = cols.ids
+            sh = _Shapes(
+                cols.is_circle(), cols.center, cols.radius, cols.polygons, lambda k: ids[k]
+            ).take(live)
+        else:
+            lst = [stores[i] for i in live.tolist()]
+            sh = _shapes(lst)
+        x, y = _store_points(sh)
         order = np.argsort(_morton(x, y), kind="stable")
-        lst = [lst[i] for i in order]
-        slots = np.asarray(live, dtype=np.int64)[order] if live else np.zeros(0, dtype=np.int64)
-        pack = _pack(lst, slots)
-        big = _large(pack.ent_rec, pack.ent_box, len(lst), self._cell_m)
+        sh = sh.take(order)
+        slots = live[order]
+        pack = _pack(sh, slots)
+        nrec = len(slots)
+        big = _large(pack.ent_rec, pack.ent_box, nrec, self._cell_m)
         self._gp, self._cstart, self._occ = _grid(
             pack.ent_rec[~big], pack.ent_box[~big], pack.recf, pack.reci, self._cell_m
         )
@@ -330,7 +382,7 @@ class FenceIndex:
         self._verts = _Grow(pack.verts)
         self._slot_rec = np.full(len(stores), -1, dtype=np.int64)
         self._slot_rec[slots] = np.arange(len(slots), dtype=np.int64)
-        self._n_base = len(lst)
+        self._n_base = nrec
         self._delta = rtree_index.Index(interleaved=True)
         self._n_delta = 0
         # the delta's entry boxes (x0, y0, x1, y1, record) and a small grid over them, rebuilt
@@ -412,7 +464,7 @@ class FenceIndex:
             known = None
         if known is not None and known not in self._removed:
             return self.update(store)
-        pack = _pack([store], np.zeros(1, dtype=np.int64))  # validate before changing anything
+        pack = _pack(_shapes([store]), np.zeros(1, dtype=np.int64))  # validate first
         slot = self.catalog.add(store)
         self._removed.discard(slot)
         self._append(slot, pack)
@@ -421,7 +473,7 @@ class FenceIndex:
     def update(self, store: Store) -> int:
         """Replace the fence of an indexed store (same store_id); returns its (unchanged) slot."""
         slot = self._live_slot(store.store_id)
-        pack = _pack([store], np.zeros(1, dtype=np.int64))  # validate before changing anything
+        pack = _pack(_shapes([store]), np.zeros(1, dtype=np.int64))  # validate first
         self.catalog.replace(store)
         self._kill(slot)
         self._append(slot, pack)

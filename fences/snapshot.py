@@ -43,10 +43,10 @@ import os
 import struct
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, SupportsIndex, overload
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -54,6 +54,7 @@ import shapely
 from numpy.typing import NDArray
 
 from fences.catalog import Catalog, _gc_paused, load_catalog
+from fences.columns import PLAIN, LazyStores
 from fences.errors import FencesError
 from fences.index import FenceIndex
 from fences.store import Store
@@ -69,13 +70,21 @@ _ALIGN = 64
 def _code_digest() -> str:
     """A digest of the modules that define what a snapshot holds: any change invalidates it."""
     import fences.catalog
+    import fences.columns
     import fences.fastload
     import fences.index
     import fences.kernel
     import fences.store
 
     h = hashlib.sha256(f"{FORMAT}:{sys.byteorder}:{np.__version__}".encode())
-    for mod in (fences.catalog, fences.fastload, fences.index, fences.kernel, fences.store):
+    for mod in (
+        fences.catalog,
+        fences.columns,
+        fences.fastload,
+        fences.index,
+        fences.kernel,
+        fences.store,
+    ):
         h.update(Path(str(mod.__file__)).read_bytes())
     h.update(Path(__file__).read_bytes())
     return h.hexdigest()
@@ -84,11 +93,12 @@ def _code_digest() -> str:
 def source_digest(path: str | os.PathLike[str]) -> dict[str, Any]:
     """sha256 and size of a file's content."""
     h = hashlib.sha256()
-    size = 0
     with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 22):
-            h.update(chunk)
-            size += len(chunk)
+        size = os.fstat(fh.fileno()).st_size
+        if size:  # hashed where the page cache holds it: no copy (mmap of an empty file fails)
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                h.update(mm)
+                size = len(mm)
     return {"sha256": h.hexdigest(), "size": size}
 
 
@@ -106,59 +116,6 @@ class LoadInfo:
 # The catalog's columns and a lazily materialised store list
 
 
-class LazyStores(list[Store]):
-    """A catalog's store list whose Store objects are made on first access (from a snapshot's
-    columns). It is a list (the engine indexes ``catalog.stores[slot]``); slots not yet made hold
-    None underneath, which ``__getitem__`` and iteration never show. ``materialize()`` makes all."""
-
-    def __init__(
-        self, n: int, make: Callable[[int], Store], ids: list[str], merchants: list[str]
-    ) -> None:
-        super().__init__([None] * n)  # type: ignore[list-item]
-        self._make = make
-        self._ids = ids
-        self._merchants = merchants
-
-    def owner(self, k: int) -> tuple[str, str]:
-        """(store_id, merchant_id) of slot k, without making its Store."""
-        s = list.__getitem__(self, k)
-        return (self._ids[k], self._merchants[k]) if s is None else (s.store_id, s.merchant_id)
-
-    def owners(self) -> Iterator[tuple[str, str]] | None:
-        """(store_id, merchant_id) of every slot at C speed while no slot has been made or
-        replaced (as at start-up); None once some has (ask ``owner`` slot by slot)."""
-        if len(self) == len(self._ids) and self.count(None) == len(self):  # type: ignore[arg-type]
-            return zip(self._ids, self._merchants, strict=True)
-        return None
-
-    @overload
-    def __getitem__(self, i: SupportsIndex) -> Store: ...
-    @overload
-    def __getitem__(self, i: slice) -> list[Store]: ...
-    def __getitem__(self, i: SupportsIndex | slice) -> Store | list[Store]:
-        if isinstance(i, slice):
-            return [self[k] for k in range(*i.indices(len(self)))]
-        s = list.__getitem__(self, i)
-        if s is None:
-            k = i.__index__()
-            s = self._make(k if k >= 0 else k + len(self))
-            list.__setitem__(self, i, s)
-        return s
-
-    def __iter__(self) -> Iterator[Store]:
-        for k in range(len(self)):
-            yield self[k]
-
-    def materialize(self) -> None:
-        for k in range(len(self)):
-            self[k]
-
-    def __eq__(self, other: object) -> bool:
-        return list(self) == (list(other) if isinstance(other, list) else other)
-
-    __hash__ = None
-
-
 class _Meta(msgspec.Struct, array_like=True):
     ids: list[str]
     merchants: list[str]
@@ -171,7 +128,7 @@ class _Meta(msgspec.Struct, array_like=True):
 
 # a slot's rarer fields: wifi, beacons, nfc, tz, max_accuracy_m, tags, properties
 _Rare = tuple[list[str], list[str], list[str], str, float, list[str], dict[str, Any]]
-_PLAIN = ((), (), (), "UTC", 100.0, ())
+_PLAIN = PLAIN
 
 
 def _catalog_columns(catalog: Catalog) -> tuple[_Meta, dict[str, NDArray[Any]]]:
@@ -179,33 +136,45 @@ def _catalog_columns(catalog: Catalog) -> tuple[_Meta, dict[str, NDArray[Any]]]:
     n = len(stores)
     if len(catalog) != n:
         raise FencesError("a catalog with removed stores cannot be snapshotted")
-    center = np.full((n, 2), np.nan)
-    radius = np.full(n, np.nan)
-    poly_at: list[int] = []
-    rare_at: list[int] = []
-    rare: list[bytes] = []
     encode = msgspec.msgpack.encode
-    for k, s in enumerate(stores):
-        if s.center is not None:
-            center[k] = s.center
-            radius[k] = s.radius_m
-        else:
-            poly_at.append(k)
-        fields = (s.wifi, s.beacons, s.nfc, s.tz, s.max_accuracy_m, s.tags)
-        if fields != _PLAIN or s.properties:
-            rare_at.append(k)
-            rare.append(encode((*fields, s.properties)))
-    names = [s.name for s in stores]
+    given = catalog.columns()
+    if given is not None:  # the bulk loader's columns: no Store objects made
+        center, radius = given.center, given.radius
+        poly_at: list[int] = np.flatnonzero(~given.is_circle()).tolist()
+        rare_at = sorted(k for k, row in given.rare.items() if row[:6] != _PLAIN or row[6])
+        rare = [encode(given.rare[k]) for k in rare_at]
+        names, ids, merchants = given.names, given.ids, given.merchants
+        polygons = given.polygons[poly_at]
+    else:
+        center = np.full((n, 2), np.nan)
+        radius = np.full(n, np.nan)
+        poly_at = []
+        rare_at = []
+        rare = []
+        for k, s in enumerate(stores):
+            if s.center is not None:
+                center[k] = s.center
+                radius[k] = s.radius_m
+            else:
+                poly_at.append(k)
+            fields = (s.wifi, s.beacons, s.nfc, s.tz, s.max_accuracy_m, s.tags)
+            if fields != _PLAIN or s.properties:
+                rare_at.append(k)
+                rare.append(encode((*fields, s.properties)))
+        names = [s.name for s in stores]
+        ids = [s.store_id for s in stores]
+        merchants = [s.merchant_id for s in stores]
+        polygons = np.array([stores[k].polygon for k in poly_at], dtype=object)
     meta = _Meta(
-        ids=[s.store_id for s in stores],
-        merchants=[s.merchant_id for s in stores],
+        ids=ids,
+        merchants=merchants,
         names=names if any(names) else None,
         by_bssid=catalog._by_bssid,
         by_beacon=catalog._by_beacon,
         by_nfc=catalog._by_nfc,
         tagged=sorted(catalog.tagged),
     )
-    wkb = list(shapely.to_wkb(np.array([stores[k].polygon for k in poly_at], dtype=object)))
+    wkb = list(shapely.to_wkb(polygons))
     cols = {"cat_center": center, "cat_radius": radius}
     # slot k's WKB is cat_wkb[off[k]:off[k + 1]] (empty for a circle); its rare fields likewise
     cols["cat_poly_off"], cols["cat_wkb"] = _blobs(n, poly_at, wkb)

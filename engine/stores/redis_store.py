@@ -59,6 +59,7 @@ shard (see docs/operations.md, "Scaling out").
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 import uuid
 from collections import OrderedDict
@@ -67,12 +68,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import msgspec
-import redis
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
 from engine.errors import ConfigError, StateError
 from engine.state import Output, UserState, decode_user, encode_user
@@ -82,6 +77,8 @@ _MSGPACK = msgspec.msgpack.Encoder()
 _ROWS = msgspec.msgpack.Decoder(list[tuple[str, str, bytes]])
 
 if TYPE_CHECKING:
+    import redis
+
     from engine.daemon.config import Settings
 
 E = TypeVar("E")
@@ -298,22 +295,36 @@ class RedisStats:
         return self.round_trips / self.events if self.events else 0.0
 
 
-class _NotingRetry(Retry):
-    """redis-py's retry, counting the failures it retried: the store tells from the count that
-    Redis went away meanwhile (``RedisStore.outages``). Connections share this one object
-    (redis-py deep-copies a client's retry into every connection)."""
+def _redis_error() -> type[Exception]:
+    """redis-py's RedisError, imported when an ``except`` clause needs it: redis-py is imported
+    only by a process that uses Redis (a daemon on SQLite starts ~0.1 s sooner without it)."""
+    from redis.exceptions import RedisError
 
-    failures = 0
+    return RedisError
 
-    def __deepcopy__(self, memo: dict[int, Any]) -> _NotingRetry:
-        return self
 
-    def call_with_retry(self, do: Any, fail: Any, *args: Any, **kw: Any) -> Any:
-        def noted(*a: Any) -> Any:
-            self.failures += 1
-            return fail(*a)
+@functools.cache
+def _noting_retry() -> type[Any]:
+    from redis.retry import Retry
 
-        return super().call_with_retry(do, noted, *args, **kw)
+    class _NotingRetry(Retry):
+        """redis-py's retry, counting the failures it retried: the store tells from the count
+        that Redis went away meanwhile (``RedisStore.outages``). Connections share this one
+        object (redis-py deep-copies a client's retry into every connection)."""
+
+        failures = 0
+
+        def __deepcopy__(self, memo: dict[int, Any]) -> _NotingRetry:
+            return self
+
+        def call_with_retry(self, do: Any, fail: Any, *args: Any, **kw: Any) -> Any:
+            def noted(*a: Any) -> Any:
+                self.failures += 1
+                return fail(*a)
+
+            return super().call_with_retry(do, noted, *args, **kw)
+
+    return _NotingRetry
 
 
 def connect(url: str, *, reconnect_s: float = 30.0) -> redis.Redis:
@@ -325,11 +336,16 @@ def connect(url: str, *, reconnect_s: float = 30.0) -> redis.Redis:
     """
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f"--state {url!r}: a Redis URL looks like redis://HOST:PORT/DB")
+    import redis
+    from redis.backoff import ExponentialBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
     retries = max(1, int(reconnect_s / 0.5) + 6)
     try:
         client = redis.Redis.from_url(
             url,
-            retry=_NotingRetry(ExponentialBackoff(cap=0.5, base=0.01), retries),
+            retry=_noting_retry()(ExponentialBackoff(cap=0.5, base=0.01), retries),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
             socket_connect_timeout=2.0,
             socket_timeout=10.0,
@@ -403,7 +419,7 @@ class RedisStore:
     def ping(self, url: str = "") -> None:
         try:
             self.r.ping()
-        except RedisError as exc:
+        except _redis_error() as exc:
             where = url or "Redis"
             raise StateError(f"cannot reach {where}: {exc} (is redis-server running?)") from exc
 
@@ -659,7 +675,7 @@ class RedisStore:
         """Durability is Redis's (AOF); nothing to fold."""
 
     def close(self) -> None:
-        with contextlib.suppress(RedisError):
+        with contextlib.suppress(_redis_error()):
             self.r.close()
 
     # Introspection for tests and tools (SCAN: not for the hot path).
@@ -798,7 +814,7 @@ class RedisStore:
         self.stats.round_trips += 1
         try:
             return fn()
-        except RedisError as exc:
+        except _redis_error() as exc:
             raise StateError(f"redis {what} failed: {exc}") from exc
 
     def _scan(self, pattern: str) -> Iterator[bytes]:
@@ -907,7 +923,7 @@ def wait_for(store: RedisStore, timeout_s: float = 30.0) -> None:
         try:
             store.r.ping()
             return
-        except RedisError as exc:
+        except _redis_error() as exc:
             if time.monotonic() > deadline:
                 raise StateError(f"redis still unreachable after {timeout_s:.0f} s: {exc}") from exc
             time.sleep(0.05)

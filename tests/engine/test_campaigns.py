@@ -23,13 +23,20 @@ def test_example_yaml_and_its_json_twin_load_the_same(tmp_path: Path) -> None:
     for c in doc["campaigns"]:  # JSON has no datetime type: ISO strings
         for k in ("valid_from", "valid_until"):
             if k in c.get("schedule", {}):
-                c["schedule"][k] = c["schedule"][k].isoformat() if hasattr(c["schedule"][k], "isoformat") else c["schedule"][k]
+                c["schedule"][k] = (
+                    c["schedule"][k].isoformat()
+                    if hasattr(c["schedule"][k], "isoformat")
+                    else c["schedule"][k]
+                )
     p = tmp_path / "c.json"
     p.write_text(json.dumps(doc))
     b = load_campaigns(p)
     assert a.campaigns == b.campaigns
     assert len(a) == 3 and a.max_pushes_per_user_per_day == 3
-    assert a.quiet_hours is not None and (a.quiet_hours.start_min, a.quiet_hours.end_min) == (1320, 480)
+    assert a.quiet_hours is not None and (a.quiet_hours.start_min, a.quiet_hours.end_min) == (
+        1320,
+        480,
+    )
     welcome = a.get("coffee-welcome")
     assert welcome is not None and welcome.days == frozenset(range(5))
     assert (welcome.start_min, welcome.end_min) == (420, 660)
@@ -39,9 +46,27 @@ def test_example_yaml_and_its_json_twin_load_the_same(tmp_path: Path) -> None:
 def test_decision_order_is_priority_then_value_then_id() -> None:
     cs = parse_campaigns(
         [
-            {"id": "b", "merchant_id": "m", "trigger": "enter", "priority": 1, "coupon": {**COUPON, "value": 5}},
-            {"id": "a", "merchant_id": "m", "trigger": "enter", "priority": 1, "coupon": {**COUPON, "value": 5}},
-            {"id": "c", "merchant_id": "m", "trigger": "enter", "priority": 1, "coupon": {**COUPON, "value": 9}},
+            {
+                "id": "b",
+                "merchant_id": "m",
+                "trigger": "enter",
+                "priority": 1,
+                "coupon": {**COUPON, "value": 5},
+            },
+            {
+                "id": "a",
+                "merchant_id": "m",
+                "trigger": "enter",
+                "priority": 1,
+                "coupon": {**COUPON, "value": 5},
+            },
+            {
+                "id": "c",
+                "merchant_id": "m",
+                "trigger": "enter",
+                "priority": 1,
+                "coupon": {**COUPON, "value": 9},
+            },
             {"id": "d", "merchant_id": "m", "trigger": "enter", "priority": 2, "coupon": COUPON},
             {"id": "x", "merchant_id": "m", "trigger": "dwell", "dwell_s": 60, "coupon": COUPON},
         ]
@@ -57,14 +82,42 @@ def test_every_problem_is_reported() -> None:
         {"id": "a", "merchant_id": "m", "trigger": "dwell", "coupon": COUPON},  # no dwell_s
         {"id": "b", "merchant_id": "m", "trigger": "enter", "dwell_s": 5, "coupon": COUPON},
         {"id": "c", "merchant_id": "m", "trigger": "leave", "coupon": COUPON},
-        {"id": "d", "merchant_id": "m", "trigger": "enter", "coupon": COUPON, "caps": {"per_user": 1}},
-        {"id": "e", "merchant_id": "m", "trigger": "enter", "coupon": COUPON, "schedule": {"start": "25:00"}},
+        {
+            "id": "d",
+            "merchant_id": "m",
+            "trigger": "enter",
+            "coupon": COUPON,
+            "caps": {"per_user": 1},
+        },
+        {
+            "id": "e",
+            "merchant_id": "m",
+            "trigger": "enter",
+            "coupon": COUPON,
+            "schedule": {"start": "25:00"},
+        },
         {"id": "f", "merchant_id": "m", "trigger": "enter", "coupon": COUPON, "inventory": -1},
-        {"id": "g", "merchant_id": "m", "trigger": "enter", "coupon": COUPON, "audience": {"segment": "vip"}},
-        {"id": "a", "merchant_id": "m", "trigger": "enter", "coupon": COUPON},  # duplicate of [0]? [0] is invalid
+        {
+            "id": "g",
+            "merchant_id": "m",
+            "trigger": "enter",
+            "coupon": COUPON,
+            "audience": {"segment": "vip"},
+        },
+        {
+            "id": "a",
+            "merchant_id": "m",
+            "trigger": "enter",
+            "coupon": COUPON,
+        },  # duplicate of [0]? [0] is invalid
         {"id": "h", "merchant_id": "m", "trigger": "enter", "coupon": COUPON, "colour": "red"},
-        {"id": "i", "merchant_id": "m", "trigger": "enter", "coupon": COUPON,
-         "schedule": {"valid_from": "2026-02-01", "valid_until": "2026-01-01"}},
+        {
+            "id": "i",
+            "merchant_id": "m",
+            "trigger": "enter",
+            "coupon": COUPON,
+            "schedule": {"valid_from": "2026-02-01", "valid_until": "2026-01-01"},
+        },
     ]
     with pytest.raises(CampaignError) as ei:
         parse_campaigns(bad)
@@ -105,10 +158,20 @@ def test_unquoted_yaml_time_gets_an_actionable_error(tmp_path: Path) -> None:
 def test_instants_accept_epoch_iso_with_offset_and_naive_utc() -> None:
     cs = parse_campaigns(
         [
-            {"id": "a", "merchant_id": "m", "trigger": "exit", "coupon": COUPON,
-             "schedule": {"valid_from": 100, "valid_until": "2026-01-01T02:00:00+02:00"}},
-            {"id": "b", "merchant_id": "m", "trigger": "exit", "coupon": COUPON,
-             "schedule": {"valid_from": "2026-01-01T00:00:00", "end": "24:00", "start": "22:00"}},
+            {
+                "id": "a",
+                "merchant_id": "m",
+                "trigger": "exit",
+                "coupon": COUPON,
+                "schedule": {"valid_from": 100, "valid_until": "2026-01-01T02:00:00+02:00"},
+            },
+            {
+                "id": "b",
+                "merchant_id": "m",
+                "trigger": "exit",
+                "coupon": COUPON,
+                "schedule": {"valid_from": "2026-01-01T00:00:00", "end": "24:00", "start": "22:00"},
+            },
         ]
     )
     a, b = cs.campaigns
@@ -128,7 +191,9 @@ def test_profiles_file(tmp_path: Path) -> None:
     p.write_text('{"user":"u1"}\nnot json\n{"tags":[]}\n')
     with pytest.raises(ProfileError) as ei:
         load_profiles(p)
-    assert "line 2" in str(ei.value) and "line 3" in str(ei.value) and "line 1:" not in str(ei.value)
+    assert (
+        "line 2" in str(ei.value) and "line 3" in str(ei.value) and "line 1:" not in str(ei.value)
+    )
     with pytest.raises(ProfileError, match="cannot read"):
         load_profiles(tmp_path / "nope.jsonl")
 
@@ -156,14 +221,25 @@ def test_a_missing_field_is_reported_with_the_others() -> None:
     schedule's bounds) are reported in the same pass as field errors, not after they are fixed."""
     bad = [
         {"id": "a", "merchant_id": "m", "trigger": "dwell", "coupon": {**COUPON, "value": -1}},
-        {"id": "b", "trigger": "dwell", "caps": {"per_user": 0}, "coupon": COUPON,
-         "schedule": {"start": "10:00", "end": "10:00", "days": ["moon"]}},
+        {
+            "id": "b",
+            "trigger": "dwell",
+            "caps": {"per_user": 0},
+            "coupon": COUPON,
+            "schedule": {"start": "10:00", "end": "10:00", "days": ["moon"]},
+        },
     ]
     with pytest.raises(CampaignError) as ei:
         parse_campaigns(bad)
     probs = ei.value.problems
-    assert "campaigns: campaigns[0] (id 'a').coupon.value: Input should be greater than or equal to 0" in probs
-    assert "campaigns: campaigns[0] (id 'a'): trigger 'dwell' needs dwell_s (seconds the visit must last)" in probs
+    assert (
+        "campaigns: campaigns[0] (id 'a').coupon.value: Input should be greater than or equal to 0"
+        in probs
+    )
+    assert (
+        "campaigns: campaigns[0] (id 'a'): trigger 'dwell' needs dwell_s (seconds the visit must last)"
+        in probs
+    )
     text = "\n".join(probs)
     assert "(id 'b').merchant_id: Field required" in text
     assert "(id 'b'): trigger 'dwell' needs dwell_s" in text
@@ -177,15 +253,26 @@ def test_unknown_fields_suggest_the_nearest_name() -> None:
     doc = {
         "campaings": [],
         "campaigns": [
-            {"id": "a", "merchant_id": "m", "trigger": "enter", "priorty": 3,
-             "schedule": {"strat": "09:00"}, "coupon": {**COUPON, "colour": "red"}},
+            {
+                "id": "a",
+                "merchant_id": "m",
+                "trigger": "enter",
+                "priorty": 3,
+                "schedule": {"strat": "09:00"},
+                "coupon": {**COUPON, "colour": "red"},
+            },
         ],
     }
     with pytest.raises(CampaignError) as ei:
         parse_campaigns(doc, "c.yaml")
     probs = ei.value.problems
-    assert "c.yaml: campaigns[0] (id 'a'): unknown field 'priorty' (did you mean 'priority'?)" in probs
-    assert "c.yaml: campaigns[0] (id 'a').schedule: unknown field 'strat' (did you mean 'start'?)" in probs
+    assert (
+        "c.yaml: campaigns[0] (id 'a'): unknown field 'priorty' (did you mean 'priority'?)" in probs
+    )
+    assert (
+        "c.yaml: campaigns[0] (id 'a').schedule: unknown field 'strat' (did you mean 'start'?)"
+        in probs
+    )
     assert (
         "c.yaml: campaigns[0] (id 'a').coupon: unknown field 'colour' "
         "(known fields: title, value, currency, expires_in_s)" in probs
@@ -212,3 +299,42 @@ def test_one_campaign_is_validated_exactly_as_in_a_file() -> None:
     assert campaign_problems("x") == [
         "campaign: a campaign must be an object of fields (id, merchant_id, trigger, coupon, ...), got a string"
     ]
+
+
+def test_catalog_warnings_alike_for_a_catalog_and_its_stores(tmp_path: Path) -> None:
+    """The campaign check over a Catalog (loaded as columns: no Store made, looked up by
+    store_id) says what it says over the list of its stores, also after a store is removed."""
+    import json
+
+    from engine.campaigns import catalog_warnings, parse_campaigns
+    from fences.catalog import dump_catalog, load_catalog
+    from fences.synth import synth_city
+
+    stores = synth_city(300, seed=2).stores
+    path = tmp_path / "c.geojson"
+    dump_catalog(stores, path)
+    coupon = {"title": "t", "value": 1.0, "currency": "EUR", "expires_in_s": 60}
+    a, b = stores[0], stores[1]
+    camps = parse_campaigns(
+        {
+            "campaigns": [
+                {"id": "ok", "merchant_id": a.merchant_id, "trigger": "enter", "coupon": coupon,
+                 "stores": [a.store_id]},
+                {"id": "nobody", "merchant_id": "m-nobody", "trigger": "enter", "coupon": coupon},
+                {"id": "missing", "merchant_id": a.merchant_id, "trigger": "enter",
+                 "coupon": coupon, "stores": ["s-missing", a.store_id]},
+                {"id": "other", "merchant_id": a.merchant_id, "trigger": "enter",
+                 "coupon": coupon, "stores": [b.store_id]},
+            ]
+        },
+        "camps.json",
+    )  # fmt: skip
+    catalog = load_catalog(path)
+    assert catalog.columns() is not None
+    got = catalog_warnings(camps, catalog)
+    assert got == catalog_warnings(camps, stores) and len(got) == 3
+    assert list.count(catalog.stores, None) == len(stores)  # no Store made
+    catalog.remove(b.store_id)
+    live = [s for _, s in catalog.alive()]
+    assert catalog_warnings(camps, catalog) == catalog_warnings(camps, live)
+    assert json.dumps(catalog_warnings(camps, live)).count("is not in the catalog") == 2

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -347,3 +348,228 @@ def test_repeated_members_read_alike(tmp_path: Path) -> None:
     _same_stores(slow.stores, fast.stores)
     assert [s.store_id for s in fast.stores] == ["b", "c", "d"]
     assert fast.get("c").center == (24.8, 60.2)
+
+
+# --------------------------------------------------------------------------------------------
+# Columns (fastload.load_columns): a valid catalog without a Store object per feature
+
+
+def _columns_vs_reference(features: list[Any], chunk: int = 37) -> C.Catalog | None:
+    """load_columns over ``features`` held to the reference: None exactly when the reference
+    finds a problem, else the same stores (every field, properties, polygons by WKB) and the
+    same look-ups as ``Catalog(reference stores)``."""
+    raws = msgspec.json.decode(msgspec.json.encode(features), type=list[msgspec.Raw])
+    stores, problems = C._assemble((C._parse_feature(msgspec.json.decode(r)) for r in raws), [])
+    old, fastload.CHUNK = fastload.CHUNK, chunk
+    try:
+        got = fastload.load_columns(raws)
+    finally:
+        fastload.CHUNK = old
+    assert (got is None) == bool(problems), problems[:3]
+    if got is not None:
+        want = C.Catalog(stores)
+        assert got.columns() is not None
+        _same_stores(stores, list(got.stores))
+        assert got._by_id == want._by_id and got.tagged == want.tagged
+        assert got._by_bssid == want._by_bssid
+        assert got._by_beacon == want._by_beacon and got._by_nfc == want._by_nfc
+        assert list(got.owners()) == [(s.store_id, s.merchant_id) for s in stores]
+    return got
+
+
+def test_columns_every_mutation_alone() -> None:
+    """Each mutation on one circle, then on one polygon, in an otherwise valid catalog."""
+    base = _features(40, seed=3)
+    circle = next(i for i, f in enumerate(base) if f["geometry"]["type"] == "Point")
+    polygon = next(i for i, f in enumerate(base) if f["geometry"]["type"] == "Polygon")
+    for k, mutation in enumerate(MUTATIONS):
+        for i in (circle, polygon):
+            feats = copy.deepcopy(base)
+            mutation(feats[i], np.random.default_rng(k))
+            for chunk in (7, 1000):
+                _columns_vs_reference(feats, chunk)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**31 - 1), share=st.sampled_from([0.0, 0.01, 0.05, 0.3]))
+def test_columns_on_generated_catalogs(seed: int, share: float) -> None:
+    base = _features(300, seed=seed % 7)
+    _columns_vs_reference(_mutated(base, seed, share))
+
+
+VALID_VARIANTS: list[Mutation] = [
+    _coords(_ints),
+    _set("radius_m", 30),
+    _set("store_id", "  padded  "),
+    _set("name", 0),
+    _set("name", None),
+    _set("name", "Café Ünïcode"),
+    _set("wifi", ["A4-2B-B0-C1-D2-E3", "a4:2b:b0:c1:d2:e3", " a4:2b:b0:c1:d2:e4 "]),
+    _set("wifi", []),
+    _set("beacons", [f"{UUID.lower()}:7:1", f"{UUID}:0007:1", f"{UUID}: 65535:0"]),
+    _set("nfc", [" tag-a ", "tag-a", "tag-b"]),
+    _set("tz", "Europe/Helsinki"),
+    _set("tz", None),
+    _set("max_accuracy_m", 50),
+    _set("max_accuracy_m", 12.5),
+    _set("tags", ["umbrella", "x"]),
+    _set("tags", []),
+    _set("opening", {"mon": [9, 17]}),
+    _set("note", None),
+    _feature("id", 3),
+    _feature("id", "f-3"),
+    _feature("bbox", [0, 0, 1, 1]),
+    _geom("MultiPolygon", [SQUARE]),
+    _geom("Polygon", [SQUARE[0], HOLE]),
+    _geom("Polygon", ACROSS),
+    _geom("Polygon", [[[24, 60], [25, 60], [25, 61], [24, 61], [24, 60]]]),
+]
+
+
+def test_columns_valid_variants_one_per_store() -> None:
+    """Catalogs that are valid but written in every unusual way the loader accepts: one
+    variant per store (identifiers made unique), all chunk sizes: the same catalog."""
+    feats = _features(2 * len(VALID_VARIANTS), seed=4)
+    rng = np.random.default_rng(4)
+    for k, mutation in enumerate(VALID_VARIANTS):
+        mutation(feats[2 * k], rng)
+    for k, f in enumerate(feats):  # one store's identifiers never clash with another's
+        p = f["properties"]
+        for key in ("wifi", "nfc"):
+            if key in p:
+                p[key] = [
+                    re.sub("b0", f"{k:02x}", v, flags=re.I) if key == "wifi" else f"{v}-{k}"
+                    for v in p[key]
+                ]
+        if "beacons" in p:
+            p["beacons"] = [v.rsplit(":", 1)[0] + f":{k}" for v in p["beacons"]]
+    for chunk in (1, 3, 7, 1000):
+        assert _columns_vs_reference(feats, chunk) is not None
+
+
+def test_columns_take_the_fast_lane(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plain catalog and one whose stores carry other properties never go feature by
+    feature (``_bulk``), and the index built from the columns makes no Store object."""
+    calls: list[int] = []
+    real = fastload._bulk
+
+    def spy(*a: Any) -> Any:
+        calls.append(1)
+        return real(*a)
+
+    monkeypatch.setattr(fastload, "_bulk", spy)
+    feats = _features(500, seed=6)
+    for k in range(0, 500, 5):
+        feats[k]["properties"].update(
+            wifi=[f"00:00:00:00:{k >> 8:02x}:{k & 255:02x}"],
+            beacons=[f"{UUID}:1:{k}"],
+            nfc=[f"nfc-{k}"],
+            tz="Europe/Helsinki",
+            tags=["x"],
+            max_accuracy_m=40,
+        )
+    assert _columns_vs_reference(feats) is not None
+    extra = copy.deepcopy(feats)
+    for f in extra:
+        f["properties"]["address"] = "Main St 1"
+    assert _columns_vs_reference(extra) is not None
+    assert not calls
+    from fences.index import FenceIndex
+
+    got = fastload.load_columns(
+        msgspec.json.decode(msgspec.json.encode(feats), type=list[msgspec.Raw])
+    )
+    assert got is not None
+    index = FenceIndex(got)
+    assert list.count(got.stores, None) == len(got.stores)  # no Store object made
+    ref = FenceIndex(list(got.stores))
+    for name, a in ref.base_arrays().items():
+        assert np.array_equal(a, index.base_arrays()[name], equal_nan=True), name
+
+
+def test_columns_removal_and_compaction_read_the_stores() -> None:
+    """After a change the catalog is no longer as loaded: the index rebuilds from the stores."""
+    got = _columns_vs_reference(_features(200, seed=9))
+    assert got is not None
+    from fences.index import FenceIndex
+
+    index = FenceIndex(got)
+    first = got.stores[0]
+    index.remove(first.store_id)
+    assert got.columns() is None
+    index.compact()
+    assert first.store_id not in {got.stores[s].store_id for s, _ in index.query(*_near(first))}
+    assert len(index) == 199
+
+
+def _near(store: Store) -> tuple[float, float]:
+    if store.center is not None:
+        return store.center
+    pt = store.polygon.representative_point()  # type: ignore[union-attr]
+    return float(pt.x), float(pt.y)
+
+
+def test_columns_step_aside_for_clashes_across_stores() -> None:
+    """Every feature valid on its own: a store_id used twice, or one BSSID, beacon or NFC tag
+    claimed by two stores, and the columns step aside (the reference explains)."""
+    base = _features(60, seed=8)
+    for key, values in (
+        ("store_id", None),
+        ("wifi", ["a4:2b:b0:c1:d2:e3"]),
+        ("beacons", [f"{UUID}:1:2"]),
+        ("nfc", ["tag-1"]),
+    ):
+        feats = copy.deepcopy(base)
+        if values is None:
+            feats[40]["properties"]["store_id"] = feats[3]["properties"]["store_id"]
+        else:
+            feats[3]["properties"][key] = values
+            feats[40]["properties"][key] = [v.upper() if key == "wifi" else v for v in values]
+        for chunk in (7, 1000):
+            assert _columns_vs_reference(feats, chunk) is None, key
+
+
+COORDINATES = [
+    "[24.5, 60.25]", "[24, 60]", "[-0.0, 1e-3]", "[1E2, -2.5e+1]", "[ 24.5 ,\n60.25 ]",
+    "[24.5]", "[24.5, 60, 3]", "[]", "[[24.5, 60]]", "[24.5, [60]]", '["24.5", 60]',
+    "[null, 60]", "[true, 60]", "[1e400, 60]", "5", "[{}, 1]",
+    "[[[0, 0], [1, 0], [1, 1], [0, 0]]]",
+    "[[[0, 0], [1, 0], [1, 1], [0, 0]], [[0.1, 0.1], [0.2, 0.1], [0.2, 0.2], [0.1, 0.1]]]",
+    "[[[0, 0], [1, 0], [1, 1]]]", "[[]]", "[]", "[[[]]]", "[[[0, 0, 1], [1, 0], [1, 1], [0, 0]]]",
+    "[[[0, 0], [1, 0], [1, 1], [0, 0]], [0, 0]]", "[[[0, 0], [1, 0], [1, 1], [0, 0]], 7]",
+    "[[[0, 0], [1, 0], [1, [1]], [0, 0]]]", "[[[[0, 0]], [1, 0], [1, 1], [0, 0]]]",
+    "[[[0, 0], [1, 0], [], [0, 0]]]", '[[[0, 0], [1, 0], [1, "1"], [0, 0]]]',
+]  # fmt: skip
+
+
+def test_numbers_reads_coordinates_as_the_typed_decoder_does() -> None:
+    """fastload._numbers (coordinates left encoded, read in bulk) against the typed decoder of
+    a Point's or a Polygon's coordinates: the same numbers and rings, or both refuse (or
+    _numbers an empty polygon or ring); alone and after a valid value (one bad value refuses
+    the batch)."""
+    point = msgspec.json.Decoder(tuple[float, float])
+    polygon = msgspec.json.Decoder(list[list[tuple[float, float]]])
+    good = {1: "[24.5, 60.25]", 3: "[[[0, 0], [1, 0], [1, 1], [0, 0]]]"}
+    for text in COORDINATES:
+        for depth, decoder in ((1, point), (3, polygon)):
+            try:
+                want: Any = decoder.decode(text)
+            except msgspec.ValidationError:
+                want = None
+            raws = [msgspec.json.decode(v, type=msgspec.Raw) for v in (good[depth], text)]
+            for batch in (raws[1:], raws):
+                got = fastload._numbers(batch, depth)
+                if want is None:
+                    assert got is None, (text, depth)
+                    continue
+                if got is None:  # only an empty polygon or ring, which the columns refuse anyway
+                    assert depth == 3 and (not want or not all(want)), text
+                    continue
+                xy, rlen, nring = got
+                if depth == 1:
+                    assert xy[-1].tolist() == list(want)
+                    continue
+                rings = [[tuple(v) for v in ring] for ring in want]
+                assert xy[-sum(map(len, rings)) :].tolist() == [list(v) for v in sum(rings, [])]
+                assert rlen[-len(rings) :].tolist() == [len(r) for r in rings]
+                assert nring[-1] == len(rings)
