@@ -65,7 +65,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -230,13 +230,37 @@ def _endpoint(row: tuple[Any, ...], pending: int = 0) -> Endpoint:
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    id: int
+    id: Any  # the store's queue entry: a row id (SQLite), a stream entry id (Redis)
     endpoint_id: str
     out_id: str
     ce_type: str
     payload: bytes
     enqueued: float
     attempts: int
+
+
+class WebhookQueue(Protocol):
+    """Where endpoints and their queues are kept: ``WebhookStore`` (the SQLite state file, one
+    daemon) or ``engine.daemon.webhooks_redis.RedisWebhookStore`` (a worker group's Redis). The
+    API registers through it; ``WebhookDispatcher`` (signing, backoff, pausing) delivers through
+    it, the same code for both. A cursor is the store's own position in its committed outputs
+    (an outbox seq, a stream entry id); a delivery's ``id`` its own queue entry."""
+
+    def create(
+        self, merchant_id: str, url: str, events: list[str] | None = None, description: str = ""
+    ) -> Endpoint: ...
+    def endpoints(self, merchant_id: str | None = None, count: bool = True) -> list[Endpoint]: ...
+    def get(self, endpoint_id: str, count: bool = True) -> Endpoint | None: ...
+    def delete(self, endpoint_id: str) -> None: ...
+    def resume(self, endpoint_id: str) -> None: ...
+    def cursor(self) -> Any: ...
+    def enqueue_after(self, cursor: Any, limit: int) -> tuple[Any, int, set[str]]: ...
+    def skip_idle(self, cursor: Any) -> Any: ...
+    def due(self, endpoint_id: str, limit: int) -> list[Delivery]: ...
+    def settle(self, endpoint_id: str, done: list[Any], failed: list[tuple[Any, str]]) -> int: ...
+    def pause(self, endpoint_id: str, reason: str) -> None: ...
+    def pending(self) -> int: ...
+    def close(self) -> None: ...
 
 
 class WebhookStore:
@@ -410,7 +434,7 @@ class WebhookStore:
                 by_merchant.setdefault(ep.merchant_id, []).append(ep)
             queue: list[tuple[Any, ...]] = []
             for seq, oid, payload in rows:
-                kind = _classify(bytes(payload))
+                kind = classify(bytes(payload))
                 if kind is None:
                     continue
                 ce_type, merchant = kind
@@ -450,11 +474,10 @@ class WebhookStore:
         return [Delivery(r[0], r[1], r[2], r[3], bytes(r[4]), r[5], r[6]) for r in rows]
 
     def settle(
-        self, endpoint_id: str, done: list[int], failed: list[tuple[int, str]], failures: int,
-        pause: str | None,
-    ) -> None:  # fmt: skip
+        self, endpoint_id: str, done: list[Any], failed: list[tuple[Any, str]]
+    ) -> int:
         """One transaction: delivered rows go, failed ones count an attempt, the endpoint's
-        consecutive failures (and pause) are written."""
+        consecutive failures go up by one (any failed) or to zero; returns them."""
         with self._tx() as db:
             if done:
                 db.executemany("DELETE FROM webhook_queue WHERE id = ?", [(i,) for i in done])
@@ -464,10 +487,21 @@ class WebhookStore:
                     [(err, i) for i, err in failed],
                 )
             db.execute(
-                "UPDATE webhook_endpoints SET failures = ?,"
-                " paused = CASE WHEN ? IS NULL THEN paused ELSE ? END,"
-                " pause_reason = COALESCE(?, pause_reason) WHERE endpoint_id = ?",
-                (failures, pause, time.time() if pause else None, pause, endpoint_id),
+                "UPDATE webhook_endpoints SET failures = CASE WHEN ? THEN failures + 1 ELSE 0 END"
+                " WHERE endpoint_id = ?",
+                (bool(failed), endpoint_id),
+            )
+            row = db.execute(
+                "SELECT failures FROM webhook_endpoints WHERE endpoint_id = ?", (endpoint_id,)
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    def pause(self, endpoint_id: str, reason: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE webhook_endpoints SET paused = ?, pause_reason = ?"
+                " WHERE endpoint_id = ? AND paused IS NULL",
+                (time.time(), reason, endpoint_id),
             )
 
     def pending(self) -> int:
@@ -475,7 +509,7 @@ class WebhookStore:
             return int(self._db.execute("SELECT COUNT(*) FROM webhook_queue").fetchone()[0])
 
 
-def _classify(payload: bytes) -> tuple[str, str] | None:
+def classify(payload: bytes) -> tuple[str, str] | None:
     """(ce-type, merchant_id) of a visit event or push payload; None for anything else."""
     try:
         d = json.loads(payload)
@@ -531,12 +565,15 @@ class WebhookDispatcher:
 
     def __init__(
         self,
-        state: str | Path,
+        state: str | Path | WebhookQueue,
         metrics: Metrics | None = None,
         settings: WebhookSettings | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self.store = WebhookStore(state)
+        # a SQLite state file's path, or a store (a worker group's RedisWebhookStore)
+        self.store: WebhookQueue = (
+            WebhookStore(state) if isinstance(state, str | Path) else state
+        )
         self.metrics = metrics or Metrics()
         self.settings = settings or WebhookSettings.from_env()
         self._transport = transport
@@ -651,19 +688,20 @@ class WebhookDispatcher:
                 finished = [(t, inflight.pop(t)) for t in [t for t in inflight if t.done()]]
                 done = [d.id for t, d in finished if t.result() is None]
                 failed = [(d, str(t.result())) for t, d in finished if t.result() is not None]
-                failures = ep.failures + 1 if failed else 0
                 pause = None
-                if failed:
-                    oldest = min(d.enqueued for d, _ in failed)
-                    last = failed[0][1]
-                    if failures >= s.pause_after:
-                        pause = f"{failures} consecutive failed attempts (last: {last})"
-                    elif time.time() - oldest > s.max_age_s:
-                        pause = f"undelivered for over {s.max_age_s:.0f} s (last: {last})"
                 try:
-                    self.store.settle(
-                        ep.endpoint_id, done, [(d.id, e) for d, e in failed], failures, pause
+                    failures = self.store.settle(
+                        ep.endpoint_id, done, [(d.id, e) for d, e in failed]
                     )
+                    if failed:
+                        oldest = min(d.enqueued for d, _ in failed)
+                        last = failed[0][1]
+                        if failures >= s.pause_after:
+                            pause = f"{failures} consecutive failed attempts (last: {last})"
+                        elif time.time() - oldest > s.max_age_s:
+                            pause = f"undelivered for over {s.max_age_s:.0f} s (last: {last})"
+                        if pause is not None:
+                            self.store.pause(ep.endpoint_id, pause)
                 except StateError as exc:
                     log.warning("webhooks: %s; retrying", exc)
                     await asyncio.sleep(1.0)
@@ -677,6 +715,7 @@ class WebhookDispatcher:
         finally:
             for t in inflight:
                 t.cancel()
+
     async def _send(self, client: httpx.AsyncClient, ep: Endpoint, d: Delivery) -> str | None:
         """One POST; None on a 2xx, else what failed (its status class is counted)."""
         try:
@@ -702,8 +741,10 @@ __all__ = [
     "Delivery",
     "Endpoint",
     "WebhookDispatcher",
+    "WebhookQueue",
     "WebhookSettings",
     "WebhookStore",
+    "classify",
     "headers_for",
     "new_secret",
     "sign",
