@@ -1,5 +1,7 @@
 """Webhooks: a merchant's visit events and pushes POSTed to its HTTPS endpoints, signed, retried,
-from a durable queue in the daemon's SQLite state file.
+from a durable queue in the daemon's SQLite state file (``WebhookStore``, below) or, in a worker
+group, in Redis (``RedisWebhookStore``, engine/daemon/webhooks_redis.py): both are a
+``WebhookQueue``, and ``WebhookDispatcher`` delivers through either with the same code.
 
 Tables (made here with CREATE TABLE IF NOT EXISTS; the state file's schema version is not bumped):
 
