@@ -253,14 +253,14 @@ class Service:
         from engine.daemon.webhooks import WebhookDispatcher
 
         queue: Any  # the SQLite state file, or a WebhookQueue
-        group = self._group()
-        if isinstance(self.store, SQLiteStore):
+        store: Any = self.store
+        if isinstance(store, SQLiteStore):
             queue = self.settings.state
-        elif group is not None and self.settings.redis_url is not None:
+        elif isinstance(store, RedisStore) and self.settings.redis_url is not None:
             from engine.daemon.webhooks_redis import RedisWebhookStore
 
             queue = RedisWebhookStore(
-                self.settings.redis_url, worker=group.worker, outbox=group, prefix=group.prefix
+                self.settings.redis_url, worker=store.worker, outbox=store, prefix=store.prefix
             )
         else:
             return

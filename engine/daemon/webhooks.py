@@ -632,7 +632,7 @@ class WebhookDispatcher:
                     # no endpoint: no work per commit; the cursor follows the tail now and then
                     if now >= idle_move:
                         cursor = self.store.skip_idle(cursor)
-                        idle_move = now + 10.0
+                        idle_move = now + getattr(self.store, "idle_every_s", 10.0)
                     await asyncio.sleep(0.5)  # registration is seen within ~1 s
                     continue
                 while True:

@@ -156,6 +156,10 @@ class RedisWebhookStore:
     every move of the cursor, and at once of where it stands, so the outbox keeps what the
     webhooks have not taken yet."""
 
+    # With no endpoint, how often the cursor follows the outbox: until it does, a published
+    # entry stays in the stream (memory, and a repeat on MQTT after a kill).
+    idle_every_s = 1.0
+
     def __init__(
         self,
         url: str,
@@ -179,6 +183,7 @@ class RedisWebhookStore:
         self._skip_idle = self.r.register_script(_SKIP_IDLE_LUA)
         self._settle = self.r.register_script(_SETTLE_LUA)
         self._state = self.r.register_script(_STATE_LUA)
+        self._cached: tuple[list[Endpoint], int] | None = None  # (endpoints, version): enqueue
         if outbox is not None:
             if worker is None:
                 raise ValueError("a dispatcher's store needs its worker (client id)")
@@ -230,6 +235,14 @@ class RedisWebhookStore:
             )  # fmt: skip
         )
         return ep
+
+    def _endpoints_for_enqueue(self, fresh: bool) -> tuple[list[Endpoint], int]:
+        """The endpoints and their version, kept between enqueue steps (the enqueue script
+        refuses a stale version, then they are read again)."""
+        if fresh or self._cached is None:
+            eps, ver, _workers = self._snapshot()
+            self._cached = (eps, ver)
+        return self._cached
 
     def _snapshot(self) -> tuple[list[Endpoint], int, list[str]]:
         """Every endpoint, the endpoints' version and the workers, read at one instant."""
@@ -335,8 +348,8 @@ class RedisWebhookStore:
             return cursor, 0, set()
         last = bytes(entries[-1][0]).decode()
         now = repr(time.time())
-        for _ in range(_ENQUEUE_TRIES):
-            eps, ver, _workers = self._snapshot()
+        for attempt in range(_ENQUEUE_TRIES):
+            eps, ver = self._endpoints_for_enqueue(fresh=attempt > 0)
             by_merchant: dict[str, list[Endpoint]] = {}
             for ep in eps:
                 by_merchant.setdefault(ep.merchant_id, []).append(ep)
