@@ -607,7 +607,24 @@ class WebhookDispatcher:
             with contextlib.suppress(Exception):
                 await w.client.aclose()
         self._workers.clear()
+        try:
+            self.flush()
+        except StateError as exc:
+            log.warning("webhooks: %s (enqueued at the next start)", exc)
         self.store.close()
+
+    def flush(self) -> None:
+        """Enqueue everything committed so far (at a stop, after the outbox's last marks): a
+        worker's Redis outbox then keeps nothing back for the webhooks (nothing published is
+        published again at the next start)."""
+        cursor = self.store.cursor()
+        if not self.store.endpoints(count=False):
+            self.store.skip_idle(cursor)
+            return
+        while True:
+            cursor, n, _woke = self.store.enqueue_after(cursor, self.settings.batch)
+            if n < self.settings.batch:
+                return
 
     def _client(self) -> httpx.AsyncClient:
         n = self.settings.per_endpoint
@@ -648,6 +665,7 @@ class WebhookDispatcher:
                     await asyncio.sleep(0)  # a long backlog: let the event path run between steps
             except StateError as exc:
                 log.warning("webhooks: %s; retrying", exc)
+                await asyncio.sleep(1.0)  # (the state is down: do not spin on it)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 0.2)
 
