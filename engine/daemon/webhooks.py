@@ -63,11 +63,11 @@ import random
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import httpx
 
@@ -75,6 +75,7 @@ from engine.daemon.metrics import Metrics
 from engine.errors import ConfigError, StateError
 
 log = logging.getLogger("geopush.webhooks")
+T = TypeVar("T")
 
 EVENT_TYPES = ("visit.enter", "visit.dwell", "visit.exit", "push")
 CE_PREFIX = "com.geopush."
@@ -246,7 +247,11 @@ class WebhookQueue(Protocol):
     daemon) or ``engine.daemon.webhooks_redis.RedisWebhookStore`` (a worker group's Redis). The
     API registers through it; ``WebhookDispatcher`` (signing, backoff, pausing) delivers through
     it, the same code for both. A cursor is the store's own position in its committed outputs
-    (an outbox seq, a stream entry id); a delivery's ``id`` its own queue entry."""
+    (an outbox seq, a stream entry id); a delivery's ``id`` its own queue entry. ``threaded``:
+    the dispatcher may call it from threads (every method but ``passed``, which it calls on the
+    event loop after each move of the cursor)."""
+
+    threaded: bool
 
     def create(
         self, merchant_id: str, url: str, events: list[str] | None = None, description: str = ""
@@ -258,6 +263,7 @@ class WebhookQueue(Protocol):
     def cursor(self) -> Any: ...
     def enqueue_after(self, cursor: Any, limit: int) -> tuple[Any, int, set[str]]: ...
     def skip_idle(self, cursor: Any) -> Any: ...
+    def passed(self, cursor: Any) -> None: ...
     def due(self, endpoint_id: str, limit: int) -> list[Delivery]: ...
     def settle(self, endpoint_id: str, done: list[Any], failed: list[tuple[Any, str]]) -> int: ...
     def pause(self, endpoint_id: str, reason: str) -> None: ...
@@ -267,6 +273,8 @@ class WebhookQueue(Protocol):
 
 class WebhookStore:
     """The webhook tables on a connection of its own to the state file (WAL)."""
+
+    threaded = False  # one connection, its transactions on the event loop
 
     BUSY_TIMEOUT_MS = 250
 
@@ -466,6 +474,9 @@ class WebhookStore:
             (seq,) = db.execute("SELECT seq FROM webhook_cursor WHERE name = 'outbox'").fetchone()
         return int(seq)
 
+    def passed(self, cursor: int) -> None:
+        """Nothing to do: the outbox keeps its rows (``outbox_keep``)."""
+
     def due(self, endpoint_id: str, limit: int) -> list[Delivery]:
         with self._sql():
             rows = self._db.execute(
@@ -619,10 +630,11 @@ class WebhookDispatcher:
         published again at the next start)."""
         cursor = self.store.cursor()
         if not self.store.endpoints(count=False):
-            self.store.skip_idle(cursor)
+            self.store.passed(self.store.skip_idle(cursor))
             return
         while True:
             cursor, n, _woke = self.store.enqueue_after(cursor, self.settings.batch)
+            self.store.passed(cursor)
             if n < self.settings.batch:
                 return
 
@@ -636,27 +648,30 @@ class WebhookDispatcher:
         )
 
     async def _run(self) -> None:
-        cursor = self.store.cursor()
+        cursor = await self._io(self.store.cursor)
         refresh = idle_move = 0.0
         while self._running:
             self._wake.clear()
             try:
                 now = time.monotonic()
                 if now >= refresh:
-                    self._sync_workers()
+                    await self._sync_workers()
                     refresh = now + 1.0
                 if not self._workers:
                     # no endpoint: no work per commit; the cursor follows the tail now and then
                     if now >= idle_move:
-                        cursor = self.store.skip_idle(cursor)
+                        cursor = await self._io(self.store.skip_idle, cursor)
+                        self.store.passed(cursor)
                         idle_move = now + getattr(self.store, "idle_every_s", 10.0)
                     await asyncio.sleep(0.5)  # registration is seen within ~1 s
                     continue
                 while True:
-                    cursor, n, woke = self.store.enqueue_after(cursor, self.settings.batch)
+                    step = await self._io(self.store.enqueue_after, cursor, self.settings.batch)
+                    cursor, n, woke = step
+                    self.store.passed(cursor)
                     for eid in woke:
                         if eid not in self._workers:
-                            self._sync_workers()
+                            await self._sync_workers()
                         w = self._workers.get(eid)
                         if w is not None:
                             w.wake.set()
@@ -669,8 +684,15 @@ class WebhookDispatcher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 0.2)
 
-    def _sync_workers(self) -> None:
-        live = {e.endpoint_id: e for e in self.store.endpoints(count=False)}
+    async def _io(self, fn: Callable[..., T], *args: Any) -> T:
+        """A store call: in a thread when the store allows it (Redis: a write waits for its
+        AOF fsync, which must not stall the event loop), else here (SQLite: one connection)."""
+        if self.store.threaded:
+            return await asyncio.to_thread(fn, *args)
+        return fn(*args)
+
+    async def _sync_workers(self) -> None:
+        live = {e.endpoint_id: e for e in await self._io(self.store.endpoints, None, False)}
         for eid in list(self._workers):
             if eid not in live:
                 w = self._workers.pop(eid)
@@ -690,13 +712,13 @@ class WebhookDispatcher:
         inflight: dict[asyncio.Task[str | None], Delivery] = {}
         try:
             while self._running:
-                ep = self.store.get(w.endpoint_id, count=False)
+                ep = await self._io(self.store.get, w.endpoint_id, False)
                 if ep is None or ep.paused is not None:
                     return  # deleted or paused: _sync_workers restarts it once resumed
                 limit = 1 if ep.failures else s.per_endpoint
                 if len(inflight) < limit:
                     busy = {d.id for d in inflight.values()}
-                    for d in self.store.due(ep.endpoint_id, limit + len(busy)):
+                    for d in await self._io(self.store.due, ep.endpoint_id, limit + len(busy)):
                         if d.id not in busy and len(inflight) < limit:
                             inflight[asyncio.create_task(self._send(w.client, ep, d))] = d
                 if not inflight:
@@ -710,8 +732,8 @@ class WebhookDispatcher:
                 failed = [(d, str(t.result())) for t, d in finished if t.result() is not None]
                 pause = None
                 try:
-                    failures = self.store.settle(
-                        ep.endpoint_id, done, [(d.id, e) for d, e in failed]
+                    failures = await self._io(
+                        self.store.settle, ep.endpoint_id, done, [(d.id, e) for d, e in failed]
                     )
                     if failed:
                         oldest = min(d.enqueued for d, _ in failed)
@@ -721,7 +743,7 @@ class WebhookDispatcher:
                         elif time.time() - oldest > s.max_age_s:
                             pause = f"undelivered for over {s.max_age_s:.0f} s (last: {last})"
                         if pause is not None:
-                            self.store.pause(ep.endpoint_id, pause)
+                            await self._io(self.store.pause, ep.endpoint_id, pause)
                 except StateError as exc:
                     log.warning("webhooks: %s; retrying", exc)
                     await asyncio.sleep(1.0)

@@ -159,6 +159,7 @@ class RedisWebhookStore:
     # With no endpoint, how often the cursor follows the outbox: until it does, a published
     # entry stays in the stream (memory, and a repeat on MQTT after a kill).
     idle_every_s = 1.0
+    threaded = True  # its own connection pool: the dispatcher calls it from threads
 
     def __init__(
         self,
@@ -378,7 +379,6 @@ class RedisWebhookStore:
                 break
         else:
             raise StateError(f"webhook endpoints kept changing over {_ENQUEUE_TRIES} tries")
-        outbox.webhooks_passed(last)
         return last, len(entries), woke
 
     def skip_idle(self, cursor: str) -> str:
@@ -388,9 +388,12 @@ class RedisWebhookStore:
             "skip", self._skip_idle, keys=[self.k_eps, self._cur(), outbox.outbox_key],
             args=[cursor],
         )  # fmt: skip
-        cur = raw.decode() if isinstance(raw, bytes) else str(raw)
-        outbox.webhooks_passed(cur)
-        return cur
+        return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+    def passed(self, cursor: str) -> None:
+        """The cursor moved (its write is done): the worker's outbox deletes what it kept up
+        to it (on the event loop: the outbox's state is the loop's)."""
+        self._outbox().webhooks_passed(cursor)
 
     def due(self, endpoint_id: str, limit: int) -> list[Delivery]:
         q = self._q(endpoint_id)
