@@ -13,7 +13,8 @@ Keys (``P`` the prefix, ``gp`` as the Redis state store's; ``W`` a worker's MQTT
 ``P:wh:eps``               hash endpoint_id -> JSON (merchant_id, url, secret, events, description,
                            created)
 ``P:wh:after``             hash endpoint_id -> Redis time (ms) of its registration: it gets the
-                           outputs of outbox entries after that (an entry id starts with its ms)
+                           outputs of outbox entries from that ms on (an entry id starts with its
+                           ms; an entry of the same ms just before the registration is included)
 ``P:wh:fail``              hash endpoint_id -> consecutive failed attempts (all workers' together)
 ``P:wh:paused``            hash endpoint_id -> JSON [when, why] while paused
 ``P:wh:ver``               counter, moved by every registration and deletion
@@ -368,7 +369,7 @@ class RedisWebhookStore:
                         continue
                     ce_type, merchant = kind
                     for ep in by_merchant.get(merchant, ()):
-                        if ms > ep.after_seq and ep.wants(ce_type):
+                        if ms >= ep.after_seq and ep.wants(ce_type):  # (to the ms)
                             i = slot.get(ep.endpoint_id)
                             if i is None:
                                 keys.append(self._q(ep.endpoint_id))
