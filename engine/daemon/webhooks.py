@@ -633,10 +633,11 @@ class WebhookDispatcher:
             self.store.passed(self.store.skip_idle(cursor))
             return
         while True:
-            cursor, n, _woke = self.store.enqueue_after(cursor, self.settings.batch)
-            self.store.passed(cursor)
-            if n < self.settings.batch:
+            new, n, _woke = self.store.enqueue_after(cursor, self.settings.batch)
+            self.store.passed(new)
+            if n == 0 and new == cursor:
                 return
+            cursor = new
 
     def _client(self) -> httpx.AsyncClient:
         n = self.settings.per_endpoint

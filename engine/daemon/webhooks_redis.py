@@ -84,12 +84,14 @@ redis.call('INCR', KEYS[5])
 return 1
 """
 
-# KEYS: ver, cursor, workers, then the queues. ARGV: expected version, new cursor, worker, then per
-# queue entry: queue key index (into KEYS), out_id, ce-type, payload, enqueued. 0 = the
-# endpoints changed (nothing written), 1 = done.
+# KEYS: ver, cursor, workers, then the queues. ARGV: expected version, new cursor, worker, the
+# cursor read from, then per queue entry: queue key index (into KEYS), out_id, ce-type, payload,
+# enqueued. 0 = the endpoints changed, 2 = the cursor moved (a stop's flush beside the last
+# step): nothing written; 1 = done.
 _ENQUEUE_LUA = """
 if tostring(redis.call('GET', KEYS[1]) or '0') ~= ARGV[1] then return 0 end
-for i = 4, #ARGV, 5 do
+if (redis.call('GET', KEYS[2]) or '0-0') ~= ARGV[4] then return 2 end
+for i = 5, #ARGV, 5 do
   redis.call('XADD', KEYS[tonumber(ARGV[i])], '*', 'o', ARGV[i + 1], 't', ARGV[i + 2],
              'p', ARGV[i + 3], 'e', ARGV[i + 4])
 end
@@ -357,7 +359,7 @@ class RedisWebhookStore:
                 by_merchant.setdefault(ep.merchant_id, []).append(ep)
             keys: list[str] = [self.k_ver, self._cur(), self.k_workers]
             slot: dict[str, int] = {}
-            args: list[Any] = [ver, last, self.worker]
+            args: list[Any] = [ver, last, self.worker, cursor]
             woke: set[str] = set()
             for sid, fields in entries:
                 ms = stream_pos(bytes(sid))[0]
@@ -376,7 +378,10 @@ class RedisWebhookStore:
                                 i = slot[ep.endpoint_id] = len(keys)
                             args += [i, row.out_id, ce_type, row.payload, now]
                             woke.add(ep.endpoint_id)
-            if self._call("enqueue", self._enqueue, keys=keys, args=args):
+            done = int(self._call("enqueue", self._enqueue, keys=keys, args=args))
+            if done == 2:  # moved by another step meanwhile: go on from where it is
+                return self.cursor(), 0, set()
+            if done:
                 break
         else:
             raise StateError(f"webhook endpoints kept changing over {_ENQUEUE_TRIES} tries")
