@@ -13,11 +13,12 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from engine.api.deps import not_in_group
 from engine.api.errors import ApiError, AuthError
 from engine.api.live import FenceTarget, LiveStores, prepare_listing
 from engine.api.outcomes import OutcomeLog
@@ -132,8 +133,8 @@ def create_app(
             "api_state": api_state, "live_stores": stores_live, "visit_hub": hub, "redemptions": desk,
         }  # fmt: skip
         if is_redis_url(str(state)):
-            # a worker group: stores and tokens in Redis; the visit log, campaigns and
-            # webhooks live in a SQLite state file (their routes answer 503 here)
+            # a worker group: stores, tokens and webhooks in Redis; the visit log, campaigns,
+            # redemptions, reports and the console need a SQLite state file (503 here)
             try:
                 yield live
             finally:
@@ -173,13 +174,19 @@ def create_app(
         lifespan=lifespan,
         exception_handlers=_HANDLERS,
     )
+    group = is_redis_url(str(state))
+
+    def single(what: str) -> list[Any]:
+        """In a worker group: the router's routes answer 503 saying what to do."""
+        return [Depends(not_in_group(what))] if group else []
+
     v1 = APIRouter(prefix=API_PREFIX)
     v1.include_router(stores.router)
     v1.include_router(tokens.router)
-    v1.include_router(visits_router.router)
-    v1.include_router(campaigns.router)
+    v1.include_router(visits_router.router, dependencies=single("visits"))
+    v1.include_router(campaigns.router, dependencies=single("campaigns"))
     v1.include_router(webhooks.router)
-    v1.include_router(redemptions_router.router)
+    v1.include_router(redemptions_router.router, dependencies=single("redemptions and reports"))
 
     @v1.get("/health", tags=["health"])
     async def health(request: Request) -> dict[str, Any]:
@@ -190,7 +197,7 @@ def create_app(
     app.include_router(v1)
     from engine.api import console  # the merchant console (/console): HTML over the same data
 
-    app.include_router(console.router)
+    app.include_router(console.router, dependencies=single("the console"))
     app.mount("/console/static", console.static, name="console-static")
     return app
 

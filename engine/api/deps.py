@@ -10,12 +10,13 @@ micro-batches), never in a worker thread (FastAPI runs plain ``def`` ones in thr
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from engine.api.errors import AccessDenied, AuthError
+from engine.api.errors import AccessDenied, AuthError, NotInGroup
 from engine.api.live import LiveStores
 from engine.api.state import ApiState, Principal
 
@@ -80,14 +81,29 @@ async def get_scope(principal: CurrentPrincipal) -> str | None:
 MerchantScope = Annotated[str | None, Depends(get_scope)]
 
 
+def group_refusal(what: str) -> NotInGroup:
+    """The 503 a worker group answers for ``what`` it does not serve."""
+    return NotInGroup(
+        f"{what} need(s) a single daemon with a SQLite state file (--state FILE); a worker group "
+        "(--group, Redis state) serves stores, tokens and webhooks only: call a single daemon "
+        "for this (docs/api.md, \"In a worker group\")"
+    )
+
+
 def sqlite_only(state_path: object, what: str) -> None:
     """Refuse, with a 503 that says why, what only a SQLite state file keeps (the visit and
-    outcome logs, campaigns' versions, webhooks) when the daemon runs on a group's Redis."""
+    outcome logs, campaigns' versions) when the daemon runs on a group's Redis."""
     from engine.api.redis_state import is_redis_url
-    from engine.errors import StateError
 
     if is_redis_url(state_path):
-        raise StateError(
-            f"{what} need(s) a SQLite state file; a worker group (Redis state) serves stores and "
-            "tokens only (docs/api.md, \"In a worker group\")"
-        )
+        raise group_refusal(what)
+
+
+def not_in_group(what: str) -> Callable[[], Awaitable[None]]:
+    """A dependency for a router a worker group does not serve: every route answers 503 (with
+    what to do) before anything else runs (create_app adds it in a group)."""
+
+    async def refuse() -> None:
+        raise group_refusal(what)
+
+    return refuse

@@ -6,7 +6,9 @@
         ├── AccessDenied    403: the token may not do this (a merchant acting for another)
         ├── NotFound        404: no such store or token (for a merchant: none of its own)
         ├── Conflict        409: the store_id belongs to another merchant
-        └── InvalidRequest  422: the request is malformed; ``problems`` says what to fix
+        ├── InvalidRequest  422: the request is malformed; ``problems`` says what to fix
+        └── NotInGroup      503: a worker group does not serve this (it needs a single daemon
+                            with a SQLite state file); the detail says what to do
 
 Also mapped: fences' ``CatalogError`` (422, its problems), ``UnknownStoreError`` (404),
 ``StateError`` / ``TransportError`` (503).
@@ -45,4 +47,16 @@ class InvalidRequest(ApiError):
     status = 422
 
 
-__all__ = ["AccessDenied", "ApiError", "AuthError", "Conflict", "InvalidRequest", "NotFound"]
+class NotInGroup(ApiError):
+    status = 503
+
+
+__all__ = [
+    "AccessDenied",
+    "ApiError",
+    "AuthError",
+    "Conflict",
+    "InvalidRequest",
+    "NotFound",
+    "NotInGroup",
+]

@@ -119,7 +119,7 @@ class Service:
         self.link: MqttLink | None = None
         self.outbox: Outbox | None = None
         self.api: Any = None  # engine.api.server.ApiServer with --http
-        self.webhooks: Any = None  # engine.daemon.webhooks.WebhookDispatcher (SQLite state)
+        self.webhooks: Any = None  # engine.daemon.webhooks.WebhookDispatcher
         self.follower: Any = None  # engine.api.redis_state.ChangeFollower in a group
         self.broker_watch: BrokerWatch | None = None
         self._last_full_gc = time.monotonic()
@@ -247,13 +247,24 @@ class Service:
             self._remove_pid()
 
     async def _start_webhooks(self) -> None:
-        """Deliver committed outputs to registered webhooks (engine/daemon/webhooks.py): a
-        SQLite state only; the outbox tells it of each commit."""
-        if not isinstance(self.store, SQLiteStore):
-            return
+        """Deliver committed outputs to registered webhooks (engine/daemon/webhooks.py), from
+        the SQLite state file, or in a group from Redis (this worker's own outputs,
+        engine/daemon/webhooks_redis.py); the outbox tells it of each commit."""
         from engine.daemon.webhooks import WebhookDispatcher
 
-        self.webhooks = WebhookDispatcher(self.settings.state, self.metrics)
+        queue: Any  # the SQLite state file, or a WebhookQueue
+        store: Any = self.store
+        if isinstance(store, SQLiteStore):
+            queue = self.settings.state
+        elif isinstance(store, RedisStore) and self.settings.redis_url is not None:
+            from engine.daemon.webhooks_redis import RedisWebhookStore
+
+            queue = RedisWebhookStore(
+                self.settings.redis_url, worker=store.worker, outbox=store, prefix=store.prefix
+            )
+        else:
+            return
+        self.webhooks = WebhookDispatcher(queue, self.metrics)
         await self.webhooks.start()
         self._require_outbox().on_push = self.webhooks.wake
 

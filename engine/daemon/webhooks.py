@@ -1,5 +1,7 @@
 """Webhooks: a merchant's visit events and pushes POSTed to its HTTPS endpoints, signed, retried,
-from a durable queue in the daemon's SQLite state file.
+from a durable queue in the daemon's SQLite state file (``WebhookStore``, below) or, in a worker
+group, in Redis (``RedisWebhookStore``, engine/daemon/webhooks_redis.py): both are a
+``WebhookQueue``, and ``WebhookDispatcher`` delivers through either with the same code.
 
 Tables (made here with CREATE TABLE IF NOT EXISTS; the state file's schema version is not bumped):
 
@@ -61,11 +63,11 @@ import random
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import httpx
 
@@ -73,6 +75,7 @@ from engine.daemon.metrics import Metrics
 from engine.errors import ConfigError, StateError
 
 log = logging.getLogger("geopush.webhooks")
+T = TypeVar("T")
 
 EVENT_TYPES = ("visit.enter", "visit.dwell", "visit.exit", "push")
 CE_PREFIX = "com.geopush."
@@ -230,7 +233,7 @@ def _endpoint(row: tuple[Any, ...], pending: int = 0) -> Endpoint:
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    id: int
+    id: Any  # the store's queue entry: a row id (SQLite), a stream entry id (Redis)
     endpoint_id: str
     out_id: str
     ce_type: str
@@ -239,8 +242,39 @@ class Delivery:
     attempts: int
 
 
+class WebhookQueue(Protocol):
+    """Where endpoints and their queues are kept: ``WebhookStore`` (the SQLite state file, one
+    daemon) or ``engine.daemon.webhooks_redis.RedisWebhookStore`` (a worker group's Redis). The
+    API registers through it; ``WebhookDispatcher`` (signing, backoff, pausing) delivers through
+    it, the same code for both. A cursor is the store's own position in its committed outputs
+    (an outbox seq, a stream entry id); a delivery's ``id`` its own queue entry. ``threaded``:
+    the dispatcher may call it from threads (every method but ``passed``, which it calls on the
+    event loop after each move of the cursor)."""
+
+    threaded: bool
+
+    def create(
+        self, merchant_id: str, url: str, events: list[str] | None = None, description: str = ""
+    ) -> Endpoint: ...
+    def endpoints(self, merchant_id: str | None = None, count: bool = True) -> list[Endpoint]: ...
+    def get(self, endpoint_id: str, count: bool = True) -> Endpoint | None: ...
+    def delete(self, endpoint_id: str) -> None: ...
+    def resume(self, endpoint_id: str) -> None: ...
+    def cursor(self) -> Any: ...
+    def enqueue_after(self, cursor: Any, limit: int) -> tuple[Any, int, set[str]]: ...
+    def skip_idle(self, cursor: Any) -> Any: ...
+    def passed(self, cursor: Any) -> None: ...
+    def due(self, endpoint_id: str, limit: int) -> list[Delivery]: ...
+    def settle(self, endpoint_id: str, done: list[Any], failed: list[tuple[Any, str]]) -> int: ...
+    def pause(self, endpoint_id: str, reason: str) -> None: ...
+    def pending(self) -> int: ...
+    def close(self) -> None: ...
+
+
 class WebhookStore:
     """The webhook tables on a connection of its own to the state file (WAL)."""
+
+    threaded = False  # one connection, its transactions on the event loop
 
     BUSY_TIMEOUT_MS = 250
 
@@ -410,7 +444,7 @@ class WebhookStore:
                 by_merchant.setdefault(ep.merchant_id, []).append(ep)
             queue: list[tuple[Any, ...]] = []
             for seq, oid, payload in rows:
-                kind = _classify(bytes(payload))
+                kind = classify(bytes(payload))
                 if kind is None:
                     continue
                 ce_type, merchant = kind
@@ -440,6 +474,9 @@ class WebhookStore:
             (seq,) = db.execute("SELECT seq FROM webhook_cursor WHERE name = 'outbox'").fetchone()
         return int(seq)
 
+    def passed(self, cursor: int) -> None:
+        """Nothing to do: the outbox keeps its rows (``outbox_keep``)."""
+
     def due(self, endpoint_id: str, limit: int) -> list[Delivery]:
         with self._sql():
             rows = self._db.execute(
@@ -450,11 +487,10 @@ class WebhookStore:
         return [Delivery(r[0], r[1], r[2], r[3], bytes(r[4]), r[5], r[6]) for r in rows]
 
     def settle(
-        self, endpoint_id: str, done: list[int], failed: list[tuple[int, str]], failures: int,
-        pause: str | None,
-    ) -> None:  # fmt: skip
+        self, endpoint_id: str, done: list[Any], failed: list[tuple[Any, str]]
+    ) -> int:
         """One transaction: delivered rows go, failed ones count an attempt, the endpoint's
-        consecutive failures (and pause) are written."""
+        consecutive failures go up by one (any failed) or to zero; returns them."""
         with self._tx() as db:
             if done:
                 db.executemany("DELETE FROM webhook_queue WHERE id = ?", [(i,) for i in done])
@@ -464,10 +500,21 @@ class WebhookStore:
                     [(err, i) for i, err in failed],
                 )
             db.execute(
-                "UPDATE webhook_endpoints SET failures = ?,"
-                " paused = CASE WHEN ? IS NULL THEN paused ELSE ? END,"
-                " pause_reason = COALESCE(?, pause_reason) WHERE endpoint_id = ?",
-                (failures, pause, time.time() if pause else None, pause, endpoint_id),
+                "UPDATE webhook_endpoints SET failures = CASE WHEN ? THEN failures + 1 ELSE 0 END"
+                " WHERE endpoint_id = ?",
+                (bool(failed), endpoint_id),
+            )
+            row = db.execute(
+                "SELECT failures FROM webhook_endpoints WHERE endpoint_id = ?", (endpoint_id,)
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    def pause(self, endpoint_id: str, reason: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE webhook_endpoints SET paused = ?, pause_reason = ?"
+                " WHERE endpoint_id = ? AND paused IS NULL",
+                (time.time(), reason, endpoint_id),
             )
 
     def pending(self) -> int:
@@ -475,7 +522,7 @@ class WebhookStore:
             return int(self._db.execute("SELECT COUNT(*) FROM webhook_queue").fetchone()[0])
 
 
-def _classify(payload: bytes) -> tuple[str, str] | None:
+def classify(payload: bytes) -> tuple[str, str] | None:
     """(ce-type, merchant_id) of a visit event or push payload; None for anything else."""
     try:
         d = json.loads(payload)
@@ -531,12 +578,15 @@ class WebhookDispatcher:
 
     def __init__(
         self,
-        state: str | Path,
+        state: str | Path | WebhookQueue,
         metrics: Metrics | None = None,
         settings: WebhookSettings | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self.store = WebhookStore(state)
+        # a SQLite state file's path, or a store (a worker group's RedisWebhookStore)
+        self.store: WebhookQueue = (
+            WebhookStore(state) if isinstance(state, str | Path) else state
+        )
         self.metrics = metrics or Metrics()
         self.settings = settings or WebhookSettings.from_env()
         self._transport = transport
@@ -568,7 +618,26 @@ class WebhookDispatcher:
             with contextlib.suppress(Exception):
                 await w.client.aclose()
         self._workers.clear()
+        try:
+            self.flush()
+        except StateError as exc:
+            log.warning("webhooks: %s (enqueued at the next start)", exc)
         self.store.close()
+
+    def flush(self) -> None:
+        """Enqueue everything committed so far (at a stop, after the outbox's last marks): a
+        worker's Redis outbox then keeps nothing back for the webhooks (nothing published is
+        published again at the next start)."""
+        cursor = self.store.cursor()
+        if not self.store.endpoints(count=False):
+            self.store.passed(self.store.skip_idle(cursor))
+            return
+        while True:
+            new, n, _woke = self.store.enqueue_after(cursor, self.settings.batch)
+            self.store.passed(new)
+            if n == 0 and new == cursor:
+                return
+            cursor = new
 
     def _client(self) -> httpx.AsyncClient:
         n = self.settings.per_endpoint
@@ -580,27 +649,30 @@ class WebhookDispatcher:
         )
 
     async def _run(self) -> None:
-        cursor = self.store.cursor()
+        cursor = await self._io(self.store.cursor)
         refresh = idle_move = 0.0
         while self._running:
             self._wake.clear()
             try:
                 now = time.monotonic()
                 if now >= refresh:
-                    self._sync_workers()
+                    await self._sync_workers()
                     refresh = now + 1.0
                 if not self._workers:
                     # no endpoint: no work per commit; the cursor follows the tail now and then
                     if now >= idle_move:
-                        cursor = self.store.skip_idle(cursor)
-                        idle_move = now + 10.0
+                        cursor = await self._io(self.store.skip_idle, cursor)
+                        self.store.passed(cursor)
+                        idle_move = now + getattr(self.store, "idle_every_s", 10.0)
                     await asyncio.sleep(0.5)  # registration is seen within ~1 s
                     continue
                 while True:
-                    cursor, n, woke = self.store.enqueue_after(cursor, self.settings.batch)
+                    step = await self._io(self.store.enqueue_after, cursor, self.settings.batch)
+                    cursor, n, woke = step
+                    self.store.passed(cursor)
                     for eid in woke:
                         if eid not in self._workers:
-                            self._sync_workers()
+                            await self._sync_workers()
                         w = self._workers.get(eid)
                         if w is not None:
                             w.wake.set()
@@ -609,11 +681,19 @@ class WebhookDispatcher:
                     await asyncio.sleep(0)  # a long backlog: let the event path run between steps
             except StateError as exc:
                 log.warning("webhooks: %s; retrying", exc)
+                await asyncio.sleep(1.0)  # (the state is down: do not spin on it)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 0.2)
 
-    def _sync_workers(self) -> None:
-        live = {e.endpoint_id: e for e in self.store.endpoints(count=False)}
+    async def _io(self, fn: Callable[..., T], *args: Any) -> T:
+        """A store call: in a thread when the store allows it (Redis: a write waits for its
+        AOF fsync, which must not stall the event loop), else here (SQLite: one connection)."""
+        if self.store.threaded:
+            return await asyncio.to_thread(fn, *args)
+        return fn(*args)
+
+    async def _sync_workers(self) -> None:
+        live = {e.endpoint_id: e for e in await self._io(self.store.endpoints, None, False)}
         for eid in list(self._workers):
             if eid not in live:
                 w = self._workers.pop(eid)
@@ -633,13 +713,13 @@ class WebhookDispatcher:
         inflight: dict[asyncio.Task[str | None], Delivery] = {}
         try:
             while self._running:
-                ep = self.store.get(w.endpoint_id, count=False)
+                ep = await self._io(self.store.get, w.endpoint_id, False)
                 if ep is None or ep.paused is not None:
                     return  # deleted or paused: _sync_workers restarts it once resumed
                 limit = 1 if ep.failures else s.per_endpoint
                 if len(inflight) < limit:
                     busy = {d.id for d in inflight.values()}
-                    for d in self.store.due(ep.endpoint_id, limit + len(busy)):
+                    for d in await self._io(self.store.due, ep.endpoint_id, limit + len(busy)):
                         if d.id not in busy and len(inflight) < limit:
                             inflight[asyncio.create_task(self._send(w.client, ep, d))] = d
                 if not inflight:
@@ -651,19 +731,20 @@ class WebhookDispatcher:
                 finished = [(t, inflight.pop(t)) for t in [t for t in inflight if t.done()]]
                 done = [d.id for t, d in finished if t.result() is None]
                 failed = [(d, str(t.result())) for t, d in finished if t.result() is not None]
-                failures = ep.failures + 1 if failed else 0
                 pause = None
-                if failed:
-                    oldest = min(d.enqueued for d, _ in failed)
-                    last = failed[0][1]
-                    if failures >= s.pause_after:
-                        pause = f"{failures} consecutive failed attempts (last: {last})"
-                    elif time.time() - oldest > s.max_age_s:
-                        pause = f"undelivered for over {s.max_age_s:.0f} s (last: {last})"
                 try:
-                    self.store.settle(
-                        ep.endpoint_id, done, [(d.id, e) for d, e in failed], failures, pause
+                    failures = await self._io(
+                        self.store.settle, ep.endpoint_id, done, [(d.id, e) for d, e in failed]
                     )
+                    if failed:
+                        oldest = min(d.enqueued for d, _ in failed)
+                        last = failed[0][1]
+                        if failures >= s.pause_after:
+                            pause = f"{failures} consecutive failed attempts (last: {last})"
+                        elif time.time() - oldest > s.max_age_s:
+                            pause = f"undelivered for over {s.max_age_s:.0f} s (last: {last})"
+                        if pause is not None:
+                            await self._io(self.store.pause, ep.endpoint_id, pause)
                 except StateError as exc:
                     log.warning("webhooks: %s; retrying", exc)
                     await asyncio.sleep(1.0)
@@ -677,6 +758,7 @@ class WebhookDispatcher:
         finally:
             for t in inflight:
                 t.cancel()
+
     async def _send(self, client: httpx.AsyncClient, ep: Endpoint, d: Delivery) -> str | None:
         """One POST; None on a 2xx, else what failed (its status class is counted)."""
         try:
@@ -702,8 +784,10 @@ __all__ = [
     "Delivery",
     "Endpoint",
     "WebhookDispatcher",
+    "WebhookQueue",
     "WebhookSettings",
     "WebhookStore",
+    "classify",
     "headers_for",
     "new_secret",
     "sign",

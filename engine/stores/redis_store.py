@@ -21,7 +21,8 @@ Key layout (``P`` is the prefix, ``gp`` by default; ``{...}`` is a Redis Cluster
 ``P:in:{<digest hex>}``         input message committed (redelivery guard), ``input_ttl_s``
 ``P:out:{<worker>}``            the worker's outbox stream: one entry per commit, field ``r`` =
                                 msgpack [[out_id, topic, payload], ...]; deleted once every row
-                                of it is published (``mark_sent``)
+                                of it is published (``mark_sent``) and the worker's webhook
+                                dispatcher has enqueued it (``webhooks_passed``)
 ``P:tok:{<worker>}``            token of the worker's last applied commit (idempotent retries)
 ``P:meta:{<worker>}``           hash: the worker's ``meta`` values (the core's watermark)
 ``P:shared:<key>``              a group-wide setting made on first start (``coupon_secret``)
@@ -409,6 +410,16 @@ class RedisStore:
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._stream_ids: dict[str, bytes] = {}  # out_id -> outbox entry
         self._entry_rows: dict[bytes, set[str]] = {}  # outbox entry -> out_ids not yet sent
+        # Webhooks (engine/daemon/webhooks_redis.py): the dispatcher's cursor in the outbox
+        # stream once it runs; a published entry past it is kept (not deleted) until the
+        # dispatcher has enqueued it, so a kill -9 in between loses nothing (webhooks_passed).
+        self._wh_cursor: tuple[int, int] | None = None
+        self._wh_kept: set[bytes] = set()
+
+    @property
+    def outbox_key(self) -> str:
+        """This worker's outbox stream (module doc)."""
+        return self._outbox_key
 
     @classmethod
     def from_url(cls, url: str, *, reconnect_s: float = 30.0, **kw: Any) -> RedisStore:
@@ -637,7 +648,9 @@ class RedisStore:
         rows: list[Row] = []
         for sid_raw, fields in entries:
             sid = bytes(sid_raw)
-            decoded = [RedisRow(o, t, bytes(p)) for o, t, p in _ROWS.decode(fields[b"r"])]
+            if sid in self._wh_kept:  # published already, kept for the webhooks only
+                continue
+            decoded = decode_entry(fields)
             pending = self._entry_rows.get(sid)
             if pending is None:
                 self._track(sid, [r.out_id for r in decoded])
@@ -659,8 +672,24 @@ class RedisStore:
                 if not pending:
                     del self._entry_rows[sid]
                     done.append(sid)
+        if done and self._wh_cursor is not None:  # not yet enqueued for webhooks: kept
+            cur = self._wh_cursor
+            keep = {s for s in done if stream_pos(s) > cur}
+            if keep:
+                self._wh_kept |= keep
+                done = [s for s in done if s not in keep]
         if done:
             self._call("mark_sent", lambda: self.r.xdel(self._outbox_key, *done))
+
+    def webhooks_passed(self, cursor: str | bytes) -> None:
+        """The webhook dispatcher enqueued this worker's outbox entries up to ``cursor`` (an
+        entry id; its write to Redis is done): published entries up to it are deleted now,
+        later ones only once it passes them (``mark_sent`` keeps them)."""
+        cur = self._wh_cursor = stream_pos(cursor)
+        free = [s for s in self._wh_kept if stream_pos(s) <= cur]
+        if free:
+            self._call("mark_sent", lambda: self.r.xdel(self._outbox_key, *free))
+            self._wh_kept.difference_update(free)
 
     def _track(self, sid: bytes, out_ids: list[str]) -> None:
         self._entry_rows[sid] = set(out_ids)
@@ -821,6 +850,18 @@ class RedisStore:
         yield from self.r.scan_iter(match=pattern, count=1000)
 
 
+def stream_pos(entry_id: str | bytes) -> tuple[int, int]:
+    """A stream entry id (``<ms>-<seq>``) as a comparable pair."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def decode_entry(fields: dict[bytes, bytes]) -> list[RedisRow]:
+    """The rows of one outbox stream entry (its field ``r``)."""
+    return [RedisRow(o, t, bytes(p)) for o, t, p in _ROWS.decode(fields[b"r"])]
+
+
 def rearm(core: Any, states: Iterable[UserState]) -> int:
     """Put the open visits of ``states`` back on the core's sweep queue (dwell and time-out
     timers) through ``Core.restore``. A failed attempt's sweep may have consumed them; duplicates
@@ -938,8 +979,10 @@ __all__ = [
     "Row",
     "commit_batch",
     "connect",
+    "decode_entry",
     "rearm",
     "default_render",
     "open_store",
+    "stream_pos",
     "wait_for",
 ]

@@ -13,6 +13,10 @@ commit), the dispatcher is told of each commit and enqueues and delivers them on
 * a receiver down (``--down-s`` seconds, 0 to skip; default backoff: 1 s doubling, capped at
   300 s): outputs keep coming while it is down; once it is back, when the first delivery
   arrives, when the backlog is all in, how many attempts failed, and duplicates.
+
+``--queue redis``: as a worker of a group instead: outputs committed into a worker's outbox
+stream in a redis-server of its own (``RedisStore.commit``, then marked sent as after each
+PUBACK), queued and delivered through ``RedisWebhookStore`` (engine/daemon/webhooks_redis.py).
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--backlog", type=int, default=10_000, help="outputs of the throughput run (10000)")
     p.add_argument("--endpoints", type=int, default=4, help="endpoints of the throughput run (4)")
     p.add_argument("--down-s", type=float, default=60.0, help="receiver down for (60; 0: skip)")
+    p.add_argument("--queue", choices=("sqlite", "redis"), default="sqlite",
+                   help="the queue: a SQLite state file (one daemon), or Redis (a group's worker)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=main)
 
@@ -129,18 +135,47 @@ def _outputs(merchant: str, start: int, n: int) -> list[Any]:
     ]  # fmt: skip
 
 
-def _setup(folder: Path, urls: list[str]) -> tuple[Any, Path]:
-    from engine.daemon.pipeline import Renderer, Topics
-    from engine.daemon.webhooks import WebhookStore
-    from engine.stores.sqlite_store import SQLiteStore
+class _Side:
+    """Where outputs are committed and queued: a SQLite state file (``redis_url`` None), or a
+    group worker's outbox stream and webhook queues in Redis (flushed first)."""
 
-    state = folder / "state.db"
-    store = SQLiteStore(state, render=Renderer(Topics()))
-    hooks = WebhookStore(state)
-    for k, url in enumerate(urls):
-        hooks.create(f"m{k}", url)
-    hooks.close()
-    return store, state
+    def __init__(self, folder: Path, urls: list[str], redis_url: str | None) -> None:
+        from engine.daemon.pipeline import Renderer, Topics
+
+        self.redis = redis_url is not None
+        self.queue: Any
+        if redis_url is None:
+            from engine.daemon.webhooks import WebhookStore
+            from engine.stores.sqlite_store import SQLiteStore
+
+            state = folder / "state.db"
+            self.store: Any = SQLiteStore(state, render=Renderer(Topics()))
+            hooks: Any = WebhookStore(state)
+            self.queue = state
+        else:
+            from engine.daemon.webhooks_redis import RedisWebhookStore
+            from engine.stores.redis_store import RedisStore, connect
+
+            self.store = RedisStore(connect(redis_url), worker="w1", render=Renderer(Topics()))
+            self.store.r.flushall()
+            hooks = RedisWebhookStore(redis_url)
+            self.queue = RedisWebhookStore(redis_url, worker="w1", outbox=self.store)
+        for k, url in enumerate(urls):
+            hooks.create(f"m{k}", url)
+        hooks.close()
+
+    def commit(self, outs: list[Any]) -> list[Any]:
+        rows = list(self.store.commit(outs))
+        if self.redis:  # published: marked sent as after each PUBACK
+            self.store.mark_sent([r.out_id for r in rows])
+        return rows
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def _setup(folder: Path, urls: list[str], redis_url: str | None = None) -> _Side:
+    return _Side(folder, urls, redis_url)
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -148,12 +183,14 @@ def _pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
 
 
-async def _latency(folder: Path, rec: Receiver, rate: float, duration: float) -> dict[str, Any]:
+async def _latency(
+    folder: Path, rec: Receiver, rate: float, duration: float, redis_url: str | None = None
+) -> dict[str, Any]:
     from engine.daemon.metrics import Metrics
     from engine.daemon.webhooks import WebhookDispatcher
 
-    store, state = _setup(folder, [rec.url()])
-    disp = WebhookDispatcher(state, Metrics())
+    store = _setup(folder, [rec.url()], redis_url)
+    disp = WebhookDispatcher(store.queue, Metrics())
     await disp.start()
     committed: dict[str, float] = {}
     tick = 0.01  # micro-batches every 10 ms
@@ -185,17 +222,18 @@ async def _latency(folder: Path, rec: Receiver, rate: float, duration: float) ->
     }
 
 
-async def _throughput(folder: Path, rec: Receiver, backlog: int, endpoints: int) -> dict[str, Any]:
+async def _throughput(
+    folder: Path, rec: Receiver, backlog: int, endpoints: int, redis_url: str | None = None
+) -> dict[str, Any]:
     from engine.daemon.metrics import Metrics
     from engine.daemon.webhooks import WebhookDispatcher
 
-    store, state = _setup(folder, [rec.url(f"m{k}") for k in range(endpoints)])
+    store = _setup(folder, [rec.url(f"m{k}") for k in range(endpoints)], redis_url)
     per = backlog // endpoints
     for k in range(endpoints):
         for s in range(0, per, 1000):
             store.commit(_outputs(f"m{k}", s, min(1000, per - s)))
-    store.close()
-    disp = WebhookDispatcher(state, Metrics())
+    disp = WebhookDispatcher(store.queue, Metrics())
     cpu0, t0 = time.process_time(), time.monotonic()
     await disp.start()
     try:
@@ -204,6 +242,7 @@ async def _throughput(folder: Path, rec: Receiver, backlog: int, endpoints: int)
         elapsed, cpu = time.monotonic() - t0, time.process_time() - cpu0
     finally:
         await disp.stop()
+        store.close()
     n = len(rec.seen())
     return {
         "deliveries": n,
@@ -237,14 +276,16 @@ async def _ceiling(rec: Receiver, n: int, endpoints: int) -> dict[str, Any]:
             "cpu_us_per_post": round(1e6 * cpu / done, 1)}  # fmt: skip
 
 
-async def _down(folder: Path, rec: Receiver, down_s: float, rate: float) -> dict[str, Any]:
+async def _down(
+    folder: Path, rec: Receiver, down_s: float, rate: float, redis_url: str | None = None
+) -> dict[str, Any]:
     from engine.daemon.metrics import Metrics
     from engine.daemon.webhooks import WebhookDispatcher
 
-    store, state = _setup(folder, [rec.url()])
+    store = _setup(folder, [rec.url()], redis_url)
     rec.stop()
     metrics = Metrics()
-    disp = WebhookDispatcher(state, metrics)
+    disp = WebhookDispatcher(store.queue, metrics)
     await disp.start()
     ids: list[str] = []
     k = 0
@@ -281,8 +322,15 @@ async def _down(folder: Path, rec: Receiver, down_s: float, rate: float) -> dict
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as tmp:
+    import contextlib
+
+    out: dict[str, Any] = {"queue": args.queue}
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        redis_url = None
+        if args.queue == "redis":
+            from simulator.bench.redis_server import RedisServer
+
+            redis_url = stack.enter_context(RedisServer()).url
         for name in ("latency", "throughput", "ceiling", "down"):
             if name == "down" and not args.down_s:
                 continue
@@ -292,13 +340,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             rec.start()
             try:
                 if name == "latency":
-                    out[name] = await _latency(folder, rec, args.rate, args.duration)
+                    out[name] = await _latency(folder, rec, args.rate, args.duration, redis_url)
                 elif name == "throughput":
-                    out[name] = await _throughput(folder, rec, args.backlog, args.endpoints)
+                    out[name] = await _throughput(
+                        folder, rec, args.backlog, args.endpoints, redis_url
+                    )
                 elif name == "ceiling":
                     out[name] = await _ceiling(rec, args.backlog // 2, args.endpoints)
                 else:
-                    out[name] = await _down(folder, rec, args.down_s, args.rate)
+                    out[name] = await _down(folder, rec, args.down_s, args.rate, redis_url)
             finally:
                 rec.stop()
             if not args.json:

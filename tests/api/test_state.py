@@ -48,13 +48,13 @@ def test_tokens_are_kept_hashed_and_changes_numbered_in_order(tmp_path):
 
 
 def test_what_only_a_sqlite_state_keeps_is_refused_with_a_reason_on_redis() -> None:
-    """A group's API (Redis state) serves stores and tokens; webhooks and reports say why not
-    (a 503 through the error table) instead of failing on a missing log or making a file."""
+    """A group's API (Redis state) serves stores, tokens and webhooks; reports say why not and
+    what to do (a 503) instead of failing on a missing log or making a file."""
     import pytest
 
     from engine.api.deps import sqlite_only
-    from engine.errors import StateError
+    from engine.api.errors import NotInGroup
 
-    sqlite_only("/var/lib/geopush/state.sqlite", "webhooks")  # a SQLite file: fine
-    with pytest.raises(StateError, match="webhooks need.*SQLite state file.*stores and tokens"):
-        sqlite_only("redis://127.0.0.1:6379/0", "webhooks")
+    sqlite_only("/var/lib/geopush/state.sqlite", "reports")  # a SQLite file: fine
+    with pytest.raises(NotInGroup, match="reports need.*single daemon with a SQLite state file"):
+        sqlite_only("redis://127.0.0.1:6379/0", "reports")

@@ -105,20 +105,26 @@ class Receiver:
             return sum(1 for h in self.hits if h.status >= 300)
 
 
+def outputs_for(merchant: str, n: int, start: int = 0, user: str = "u", tag: str = "") -> list[Any]:
+    """``n`` visit enters and ``n`` pushes of ``merchant``, as the core makes them (``tag`` in
+    their ids)."""
+    outs: list[Any] = []
+    for i in range(start, start + n):
+        vid = f"{merchant}{tag}-v{i}"
+        outs.append(VisitEvent(visit_id=vid, user=f"{user}{i}", store_id="s1", merchant_id=merchant,
+                               event="enter", ts=1_700_000_000.0 + i, signal="gps"))
+        outs.append(Push(push_id=f"{merchant}{tag}-p{i}", user=f"{user}{i}", campaign_id="c1", store_id="s1",
+                         merchant_id=merchant, visit_id=vid, trigger="enter", ts=1_700_000_000.0 + i,
+                         coupon=Coupon(title="10%", value=10, currency="EUR", expires_in_s=3600)))
+    return outs
+
+
 def commit_outputs(state: Path, merchant: str, n: int, start: int = 0, user: str = "u") -> list[str]:
     """Commit ``n`` visit enters and ``n`` pushes of ``merchant`` into the state file's outbox,
     as the daemon does (SQLiteStore.commit); their out_ids."""
     store = SQLiteStore(state, render=Renderer(Topics()))
     try:
-        outs: list[Any] = []
-        for i in range(start, start + n):
-            vid = f"{merchant}-v{i}"
-            outs.append(VisitEvent(visit_id=vid, user=f"{user}{i}", store_id="s1", merchant_id=merchant,
-                                   event="enter", ts=1_700_000_000.0 + i, signal="gps"))
-            outs.append(Push(push_id=f"{merchant}-p{i}", user=f"{user}{i}", campaign_id="c1", store_id="s1",
-                             merchant_id=merchant, visit_id=vid, trigger="enter", ts=1_700_000_000.0 + i,
-                             coupon=Coupon(title="10%", value=10, currency="EUR", expires_in_s=3600)))
-        rows = store.commit(outs)
+        rows = store.commit(outputs_for(merchant, n, start, user))
         return [r.out_id for r in rows]
     finally:
         store.close()

@@ -1,5 +1,6 @@
 """/v1/merchants/{merchant_id}/webhooks: a merchant's webhook endpoints (engine/daemon/webhooks.py
-delivers to them). A merchant token manages its own merchant's; an operator token any."""
+delivers to them). A merchant token manages its own merchant's; an operator token any. In a
+worker group they are kept in Redis (engine/daemon/webhooks_redis.py), shared by every worker."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Request, status
 
-from engine.api.deps import MerchantScope, State, sqlite_only
+from engine.api.deps import MerchantScope, State
 from engine.api.errors import AccessDenied, InvalidRequest, NotFound
 from engine.api.models import ErrorOut, WebhookCreate, WebhookCreated, WebhookOut
-from engine.daemon.webhooks import EVENT_TYPES, Endpoint, WebhookStore
+from engine.api.redis_state import RedisApiState
+from engine.daemon.webhooks import EVENT_TYPES, Endpoint, WebhookQueue, WebhookStore
 
 router = APIRouter(prefix="/merchants/{merchant_id}/webhooks", tags=["webhooks"])
 
@@ -20,20 +22,26 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     403: {"model": ErrorOut, "description": "a merchant token acting for another merchant"},
     404: {"model": ErrorOut, "description": "no such endpoint for this merchant"},
     422: {"model": ErrorOut, "description": "invalid input: `problems` lists each one"},
-    503: {"model": ErrorOut, "description": "the state file failed"},
+    503: {"model": ErrorOut, "description": "the state (file or Redis) failed"},
 }
 
 
-async def get_webhooks(request: Request, state: State) -> WebhookStore:
-    """The webhook tables, on one connection of the app's (made at the first request)."""
-    sqlite_only(state.path, "webhooks")
-    store: WebhookStore | None = getattr(request.app.state, "webhook_store", None)
-    if store is None or store.path != state.path:
-        store = request.app.state.webhook_store = WebhookStore(state.path)
+async def get_webhooks(request: Request, state: State) -> WebhookQueue:
+    """The endpoints' store, on one connection of the app's (made at the first request): the
+    SQLite state file's tables, or a worker group's Redis."""
+    store: WebhookQueue | None = getattr(request.app.state, "webhook_store", None)
+    if store is None or getattr(store, "path", None) != state.path:
+        if isinstance(state, RedisApiState):
+            from engine.daemon.webhooks_redis import RedisWebhookStore
+
+            store = RedisWebhookStore(state.url)
+        else:
+            store = WebhookStore(state.path)
+        request.app.state.webhook_store = store
     return store
 
 
-Webhooks = Annotated[WebhookStore, Depends(get_webhooks)]
+Webhooks = Annotated[WebhookQueue, Depends(get_webhooks)]
 
 
 def _merchant(merchant_id: str, scope: str | None) -> str:
@@ -44,7 +52,7 @@ def _merchant(merchant_id: str, scope: str | None) -> str:
     return merchant_id
 
 
-def _own(store: WebhookStore, merchant_id: str, endpoint_id: str) -> Endpoint:
+def _own(store: WebhookQueue, merchant_id: str, endpoint_id: str) -> Endpoint:
     ep = store.get(endpoint_id)
     if ep is None or ep.merchant_id != merchant_id:
         raise NotFound(
