@@ -73,6 +73,10 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--loop", action="store_true",
                    help="also measure the workload with redemptions and payments (1 event in 10), "
                         "in the same run on a fresh engine: results under plain and loop")
+    p.add_argument("--rounds", type=int, default=1, metavar="N",
+                   help="with --loop: N rounds of both workloads, interleaved (plain, loop, then loop, "
+                        "plain, ...), each on a fresh engine at the same offered rates; the summary "
+                        "gives the median loop/plain ratio of engine CPU per event (default 1)")
     p.add_argument("--engine-arg", action="append", default=[], metavar="ARG",
                    help="extra argument for `geopush run` (repeatable), e.g. --engine-arg=--state=redis://...")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -389,11 +393,11 @@ class Watch:
 
 class Engine:
     def __init__(self, url: str, folder: Path, args: argparse.Namespace, transport: str = "fast",
-                 workload: str = "plain") -> None:  # fmt: skip
+                 workload: str = "plain", tag: str = "") -> None:  # fmt: skip
         self.loop = workload == "loop"
         self.cmd = [
             sys.executable, "-m", "engine", "run", "--broker", url, "--client-id", ENGINE_ID,
-            "--state", str(folder / f"state-{transport}-{workload}.sqlite"), "--fences", str(folder / "fences.geojson"),
+            "--state", str(folder / f"state-{transport}-{workload}{tag}.sqlite"), "--fences", str(folder / "fences.geojson"),
             "--campaigns", str(folder / "campaigns.json"), "--status-interval", "0.1",
             "--batch-size", str(args.batch_size), "--log-level", "WARNING", "--no-owntracks",
             *(["--uvloop"] if args.uvloop else []), *args.engine_arg,
@@ -490,7 +494,12 @@ def _pct(xs: list[float], q: float) -> float:
 
 
 async def _measure_kind(url: str, kind: str, args: argparse.Namespace, engine: Engine, watch: Watch,
-                        ceiling: float, say: Any, broker_pid: int | None = None) -> dict[str, Any]:  # fmt: skip
+                        ceiling: float, say: Any, broker_pid: int | None = None,
+                        base_max: float | None = None) -> dict[str, Any]:  # fmt: skip
+    """The drain (maximum) and the live phases of one message kind on one engine. The live
+    phases offer fractions of ``base_max`` msg/s when given (``--loop``: the plain workload's
+    maximum, so that both workloads are compared at the same offered rates), else of this
+    engine's own maximum."""
     per = 1 if kind == "single" else BATCH
     # 1) maximum: drain a preloaded backlog (engine stopped while the broker queues it)
     n = _backlog(kind, args.duration)  # the same backlog the ceiling drained: same broker work
@@ -510,10 +519,12 @@ async def _measure_kind(url: str, kind: str, args: argparse.Namespace, engine: E
         "ratio_to_ceiling": round(max_msgs / ceiling, 3),
         "loads": [],
     }
+    if base_max is not None:
+        res["rates_of_msgs_per_s"] = round(base_max)
     say(f"[{kind}] engine max {max_msgs:,.0f} msg/s = {max_msgs * per:,.0f} events/s ({max_msgs / ceiling:.0%} of ceiling {ceiling:,.0f} msg/s)")
     # 2) latency at fractions of the maximum, live
     for frac in LOADS:
-        rate = max_msgs * frac
+        rate = (base_max if base_max is not None else max_msgs) * frac
         count = int(rate * args.duration)
         watch.pushes.clear()
         base = watch.messages(pid)
@@ -586,26 +597,71 @@ async def _bench(url: str, args: argparse.Namespace, folder: Path, say: Any,
                                "enters_per_fix": 1 / PERIOD, "transport": args.transport}  # fmt: skip
     workloads = ["plain", "loop"] if args.loop else ["plain"]
     results["workloads"] = workloads
+    rounds = max(1, args.rounds) if args.loop else 1
+    # Round r runs the workloads in turn, the order reversed every other round (plain, loop,
+    # loop, plain, ...) so that neither always runs first. Every engine's live phases offer the
+    # same rates: fractions of the first plain engine's maximum (its drain), so that CPU per
+    # event (same events: the loop replaces fixes one for one) compares like with like.
+    base_max: dict[str, float] = {}
+    per_round: list[dict[str, Any]] = []
     try:
-        for workload, transport in [(w, t) for w in workloads for t in transports]:
-            # one engine per transport and workload, each on its own fresh state (same client
-            # id: the status topic the watch reads; the previous engine drained its session)
-            say(f"[engine] the {transport} MQTT path, {workload} workload")
-            engine = Engine(url, folder, args, transport, workload)
-            into = results
-            if len(workloads) > 1:
-                into = into.setdefault(workload, {})
-            if len(transports) > 1:
-                into = into.setdefault(transport, {})
-            try:
-                await engine.start(watch)
-                for kind in kinds:
-                    into[kind] = await _measure_kind(url, kind, args, engine, watch, ceilings[kind], say, broker_pid)
-            finally:
-                engine.stop()
+        for r in range(rounds):
+            order = workloads if r % 2 == 0 else workloads[::-1]
+            got: dict[str, Any] = {}
+            for workload, transport in [(w, t) for w in order for t in transports]:
+                # one engine per transport and workload, each on its own fresh state (same client
+                # id: the status topic the watch reads; the previous engine drained its session)
+                say(f"[engine] the {transport} MQTT path, {workload} workload" + (f", round {r + 1}" if rounds > 1 else ""))
+                engine = Engine(url, folder, args, transport, workload, tag=f"r{r}" if rounds > 1 else "")
+                into = got
+                if len(workloads) > 1:
+                    into = into.setdefault(workload, {})
+                if len(transports) > 1:
+                    into = into.setdefault(transport, {})
+                try:
+                    await engine.start(watch)
+                    for kind in kinds:
+                        into[kind] = await _measure_kind(url, kind, args, engine, watch, ceilings[kind], say,
+                                                         broker_pid, base_max.get(kind) if args.loop else None)  # fmt: skip
+                        if args.loop and kind not in base_max:
+                            base_max[kind] = float(into[kind]["max_msgs_per_s"])
+                finally:
+                    engine.stop()
+            per_round.append(got)
     finally:
         await watch.stop()
+    results.update(per_round[0])
+    if args.loop:
+        results["rounds"] = per_round
+        results["loop_vs_plain"] = loop_ratios(per_round, kinds, transports)
     return results
+
+
+def loop_ratios(per_round: list[dict[str, Any]], kinds: list[str], transports: list[str]) -> dict[str, Any]:
+    """Per transport, message kind and load: the loop workload's engine CPU per event over the
+    plain workload's, in each round (both at the same offered rate, on the same events but for
+    the loop's), and the median; likewise the drains' maxima (loop over plain)."""
+    import statistics
+
+    out: dict[str, Any] = {}
+    for transport in transports:
+        for kind in kinds:
+            def pick(rnd: dict[str, Any], w: str, t: str = transport, k: str = kind) -> dict[str, Any]:
+                return dict(rnd[w][t][k] if len(transports) > 1 else rnd[w][k])
+
+            key = f"{transport}/{kind}" if len(transports) > 1 else kind
+            drains = [pick(rnd, "loop")["max_msgs_per_s"] / pick(rnd, "plain")["max_msgs_per_s"] for rnd in per_round]
+            loads: dict[str, Any] = {}
+            for i, frac in enumerate(LOADS):
+                ratios = []
+                for rnd in per_round:
+                    p, lp = pick(rnd, "plain")["loads"][i], pick(rnd, "loop")["loads"][i]
+                    ratios.append(lp["cpu_us_per_event"]["engine"] / p["cpu_us_per_event"]["engine"])
+                loads[f"{frac:.0%}"] = {"engine_cpu_per_event_ratio": round(statistics.median(ratios), 3),
+                                        "per_round": [round(x, 3) for x in ratios]}  # fmt: skip
+            out[key] = {"loads": loads, "max_ratio": round(statistics.median(drains), 3),
+                        "max_ratio_per_round": [round(x, 3) for x in drains]}  # fmt: skip
+    return out
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -646,7 +702,22 @@ def _main(args: argparse.Namespace) -> int:
                 _table(r[transport], console, f" - the {transport} MQTT path{what}")
         else:
             _table(r, console, f" - the {args.transport} MQTT path{what}")
+    if args.loop:
+        _ratio_table(results["loop_vs_plain"], len(results["rounds"]), console)
     return 0
+
+
+def _ratio_table(ratios: dict[str, Any], rounds: int, console: Any) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"loop / plain, same offered rates: engine CPU per event (median of {rounds} round(s))")
+    for col in ("messages", "load", "ratio", "per round"):
+        t.add_column(col, justify="right")
+    for key, r in ratios.items():
+        t.add_row(key, "max (drain rate)", f"{r['max_ratio']:.3f}", " ".join(f"{x:.3f}" for x in r["max_ratio_per_round"]))
+        for load, x in r["loads"].items():
+            t.add_row("", load, f"{x['engine_cpu_per_event_ratio']:.3f}", " ".join(f"{v:.3f}" for v in x["per_round"]))
+    console.print(t)
 
 
 def _table(r: dict[str, Any], console: Any, title: str = "") -> None:
