@@ -77,6 +77,10 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                    help="with --loop: N rounds of both workloads, interleaved (plain, loop, then loop, "
                         "plain, ...), each on a fresh engine at the same offered rates; the summary "
                         "gives the median loop/plain ratio of engine CPU per event (default 1)")
+    p.add_argument("--rate", type=float, metavar="MSGS",
+                   help="with --loop: the live phases offer 25/50/90%% of MSGS messages/s to every "
+                        "engine (default: of the first plain engine's drain rate, which a busy "
+                        "machine can make small)")
     p.add_argument("--engine-arg", action="append", default=[], metavar="ARG",
                    help="extra argument for `geopush run` (repeatable), e.g. --engine-arg=--state=redis://...")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -622,9 +626,9 @@ async def _bench(url: str, args: argparse.Namespace, folder: Path, say: Any,
                     await engine.start(watch)
                     for kind in kinds:
                         into[kind] = await _measure_kind(url, kind, args, engine, watch, ceilings[kind], say,
-                                                         broker_pid, base_max.get(kind) if args.loop else None)  # fmt: skip
+                                                         broker_pid, (args.rate or base_max.get(kind)) if args.loop else None)  # fmt: skip
                         if args.loop and kind not in base_max:
-                            base_max[kind] = float(into[kind]["max_msgs_per_s"])
+                            base_max[kind] = args.rate or float(into[kind]["max_msgs_per_s"])
                 finally:
                     engine.stop()
             per_round.append(got)
