@@ -75,6 +75,8 @@ def _pair(v: int) -> tuple[str, int]:
 
 
 _PAIRS: Final = tuple(_pair(v) for v in range(1024))
+_PAIR_SHARE: Final = {chars: share for chars, share in _PAIRS}  # canonical pair -> Luhn share
+_CANONICAL: Final = {c: i for i, c in enumerate(ALPHABET)}
 
 
 def display_code(code: str) -> str:
@@ -86,6 +88,25 @@ def normalise_code(text: str) -> str | None:
     """The canonical code typed as ``text`` (any case, dashes and spaces ignored, I/L -> 1,
     O -> 0), or None when it is not a well-formed code (wrong length, a foreign character or a
     failing check character)."""
+    if len(text) == CODE_LEN:
+        # The common case, a code as the engine wrote it (a till scanning the QR code, a wallet
+        # passing it on): five canonical pairs, each with its share of the check sum, and the
+        # check character; ~5x cheaper than the character loop below, same answers.
+        shares = _PAIR_SHARE
+        p0 = shares.get(text[0:2])
+        p1 = shares.get(text[2:4])
+        p2 = shares.get(text[4:6])
+        p3 = shares.get(text[6:8])
+        p4 = shares.get(text[8:10])
+        last = _CANONICAL.get(text[10])
+        if p0 is not None and p1 is not None and p2 is not None and p3 is not None and p4 is not None and last is not None:  # fmt: skip
+            total = p0 + p1 + p2 + p3 + p4
+            return text if (32 - total % 32) % 32 == last else None
+    return _normalise_typed(text)
+
+
+def _normalise_typed(text: str) -> str | None:
+    """``normalise_code`` for any spelling: character by character."""
     vals: list[int] = []
     for ch in text:
         if ch in "- ":

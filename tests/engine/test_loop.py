@@ -65,6 +65,41 @@ def test_check_character_catches_adjacent_swaps(pid: str, pos: int) -> None:
         assert loop.normalise_code(swapped) is None
 
 
+def _normalise_oracle(text: str) -> str | None:
+    """Obviously right: drop dashes and spaces, read each character (ASCII, either case, I/L as
+    1, O as 0), require 11 of them with a right Luhn mod 32 check character (factors 2, 1, 2,
+    ... from the right of the 10 data characters), and spell them in the canonical alphabet."""
+    value = {c: i for i, c in enumerate(loop.ALPHABET)} | {"I": 1, "L": 1, "O": 0}
+    value |= {c.lower(): v for c, v in value.items()}
+    vals = [value.get(c) for c in text if c not in "- "]
+    if len(vals) != 11 or None in vals:
+        return None
+    total = 0
+    for i, v in enumerate(reversed(vals[:10])):
+        a = v * (2 if i % 2 == 0 else 1)  # type: ignore[operator]
+        total += a // 32 + a % 32
+    if (32 - total % 32) % 32 != vals[10]:
+        return None
+    return "".join(loop.ALPHABET[v] for v in vals)  # type: ignore[index]
+
+
+_CODE_CHARS = loop.ALPHABET + loop.ALPHABET.lower() + "IiLlOoUu- !é\u0130\u0131"
+
+
+@settings(max_examples=3000, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.one_of(
+        st.text(alphabet=_CODE_CHARS, max_size=14),
+        st.text(alphabet=loop.ALPHABET, min_size=11, max_size=11),
+        st.builds(lambda pid, i, c: (lambda k: k[:i] + c + k[i + 1 :])(loop.coupon_code(SECRET, pid)),
+                  st.text(max_size=8), st.integers(0, 10), st.sampled_from(_CODE_CHARS)),  # fmt: skip
+        st.builds(lambda pid: loop.coupon_code(SECRET, pid), st.text(max_size=8)),
+    )
+)
+def test_normalise_code_agrees_with_a_character_by_character_oracle(text: str) -> None:
+    assert loop.normalise_code(text) == _normalise_oracle(text)
+
+
 # --- holdouts --------------------------------------------------------------------------------------
 
 
