@@ -206,13 +206,15 @@ def redeem(
         elif o.merchant_id != merchant_id:
             status = "other_merchant"
         elif o.redeemed_ts is not None:
-            status = "ok" if o.redeem_req == req else "already_redeemed"
+            first = o.redeem_req if o.redeem_req is not None else f"{code}@{o.redeemed_ts!r}"
+            status = "ok" if first == req else "already_redeemed"
         elif ts > o.expires_ts:
             status = "expired"
         else:
             status = "ok"
             o.redeemed_ts = ts
-            o.redeem_req = req
+            # the default request id is not stored (the record stays smaller): it is derived
+            o.redeem_req = None if req == f"{code}@{ts!r}" else req
     return RedeemResult(
         request_id=req,
         user=st.user,

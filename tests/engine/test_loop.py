@@ -208,6 +208,24 @@ def test_redemption_survives_the_state_blob() -> None:
     assert r.status == "already_redeemed"
 
 
+def test_a_retry_without_request_id_answers_ok_after_the_record_is_stored() -> None:
+    """The default request id (``{code}@{ts}``) is not stored in the record, but derived: a
+    till's retry of the same redemption (same code, same time) answers ok again, across a
+    restart; another attempt is already_redeemed."""
+    w = _world()
+    w.run([gps("u1", T0, 0, 0)])
+    (p,) = w.pushes()
+    (r0,) = w.run([_redeem("u1", T0 + 5, "m-A", p.code)])
+    assert isinstance(r0, RedeemResult) and r0.status == "ok" and r0.request_id == f"{p.code}@{T0 + 5!r}"
+    st1 = decode_user(encode_user(w.store.user("u1")))
+    assert st1.offers is not None and st1.offers[p.code].redeem_req is None
+    retry = loop.redeem(st1, "m-A", loop.display_code(p.code), T0 + 5, None)
+    assert (retry.status, retry.out_id) == ("ok", r0.out_id)
+    assert loop.redeem(st1, "m-A", p.code, T0 + 5, f"{p.code}@{T0 + 5!r}").status == "ok"
+    assert loop.redeem(st1, "m-A", p.code, T0 + 6, None).status == "already_redeemed"
+    assert loop.redeem(st1, "m-A", p.code, T0 + 5, "till-9").status == "already_redeemed"
+
+
 def test_payment_attribution_through_the_core() -> None:
     w = _world()
     w.run([gps("u1", T0, 0, 0), gps("u2", T0, 0, 0), gps("u1", T0 + 60, 900, 0)])
@@ -351,7 +369,7 @@ def _oracle(actions: list[tuple]) -> list[tuple]:  # type: ignore[type-arg]
             offers.append(_Off(pid, code, merchant, campaign_id, ts, ts + exp, held))
         elif kind == "redeem":
             _, _, merchant, text = a
-            answers.append(do_redeem(merchant, text, ts, f"r@{ts}"))
+            answers.append(do_redeem(merchant, text, ts, _req(ts) or f"{loop.normalise_code(text) or text}@{ts!r}"))
         else:
             _, _, merchant, text = a
             target = None
@@ -414,7 +432,15 @@ def _histories(draw: st.DrawFn) -> list[tuple]:  # type: ignore[type-arg]
     return actions
 
 
+def _req(ts: float) -> str | None:
+    """The till's request id of a redemption in the oracle test: none (the default one) for half
+    of them."""
+    return None if int(ts) % 2 == 0 else f"r@{ts}"
+
+
 def _run_impl(actions: list[tuple]) -> tuple[list[tuple], list[float]]:  # type: ignore[type-arg]
+    """The implementation, its record stored and read back after every action (as across
+    restarts)."""
     stt = UserState(user="u")
     answers: list[tuple] = []  # type: ignore[type-arg]
     times: list[float] = []
@@ -432,7 +458,7 @@ def _run_impl(actions: list[tuple]) -> tuple[list[tuple], list[float]]:  # type:
             loop.record_offer(stt, out, 0.0 if held else exp, W)
         elif kind == "redeem":
             _, _, merchant, text = a
-            r = loop.redeem(stt, merchant, text, ts, f"r@{ts}")
+            r = loop.redeem(stt, merchant, text, ts, _req(ts))  # None: the default request id
             answers.append(("redeem", r.status, r.push_ref))
             times.append(ts)
         else:
@@ -446,6 +472,7 @@ def _run_impl(actions: list[tuple]) -> tuple[list[tuple], list[float]]:  # type:
             o = loop.attribute(stt, merchant, ts, 1.0, code, W, False, False)
             answers.append(("order", None) if o is None else ("order", o.push_ref, o.via, o.first, o.held_out))
             times.append(ts)
+        stt = decode_user(encode_user(stt))
     return answers, times
 
 
