@@ -24,7 +24,12 @@ the same one with the loop closed ("loop"): after each visit that got a push, th
 and third fixes outside are replaced by a ``redeem`` of that push's code and a ``payment`` at its
 merchant (the codes are known beforehand: the publishers replay their users' fixes through the
 core with the engine's coupon secret, ``LOOP_SECRET``). Same messages, same visits and pushes;
-1 event in 10 is a redemption or a payment, each answered and attributed by the engine.
+1 event in 10 is a redemption or a payment, each answered and attributed by the engine. Both
+workloads' live phases offer the same rates (fractions of ``--rate``, or of the first plain
+engine's drain), so CPU per event compares the same events at the same rate; ``--rounds N``
+repeats the pair N times, the order swapped every other round, and reports the median
+loop/plain ratio of engine CPU per event at each load, and of its per-event part once the
+engine's fixed CPU per second (status reports, timers) is fitted out over the three phases.
 """
 
 from __future__ import annotations
