@@ -28,8 +28,8 @@ core with the engine's coupon secret, ``LOOP_SECRET``). Same messages, same visi
 workloads' live phases offer the same rates (fractions of ``--rate``, or of the first plain
 engine's drain), so CPU per event compares the same events at the same rate; ``--rounds N``
 repeats the pair N times, the order swapped every other round, and reports the median
-loop/plain ratio of engine CPU per event at each load, and of its per-event part once the
-engine's fixed CPU per second (status reports, timers) is fitted out over the three phases.
+loop/plain ratio of engine CPU per event at each load. (CPU per event falls with the rate, as
+micro-batches grow: compare the workloads at the same rate, never at their own maxima.)
 """
 
 from __future__ import annotations
@@ -580,7 +580,7 @@ async def _measure_kind(url: str, kind: str, args: argparse.Namespace, engine: E
             "cores_busy": round(((c1[0] - c0[0]) + (c1[1] - c0[1]) + pub["cpu"] + (c1[3] - c0[3]))
                                 / (c1[2] - c0[2]), 2),  # fmt: skip
             # the phase's totals: events, wall seconds (publishing and catching up) and the
-            # engine's CPU seconds over them (loop_ratios fits fixed and per-event CPU on them)
+            # engine's CPU seconds over them
             "events": pub["n"] * per,
             "seconds": round(c1[2] - c0[2], 4),
             "engine_cpu_s": round(c1[0] - c0[0], 4),
@@ -651,21 +651,6 @@ async def _bench(url: str, args: argparse.Namespace, folder: Path, say: Any,
     return results
 
 
-def marginal_cpu(loads: list[dict[str, Any]]) -> float:
-    """The engine's CPU seconds per event over the live phases, without its fixed cost per
-    second (status reports, timers, the broker link; at low rates it dominates CPU per event):
-    the least-squares fit of ``engine_cpu_s = fixed * seconds + per_event * events`` over the
-    phases, ``per_event`` returned."""
-    xs = [(float(x["seconds"]), float(x["events"]), float(x["engine_cpu_s"])) for x in loads]
-    sww = sum(w * w for w, _, _ in xs)
-    swn = sum(w * n for w, n, _ in xs)
-    snn = sum(n * n for _, n, _ in xs)
-    swc = sum(w * c for w, _, c in xs)
-    snc = sum(n * c for _, n, c in xs)
-    det = sww * snn - swn * swn
-    return (sww * snc - swn * swc) / det if det else float("nan")
-
-
 def loop_ratios(per_round: list[dict[str, Any]], kinds: list[str], transports: list[str]) -> dict[str, Any]:
     """Per transport, message kind and load: the loop workload's engine CPU per event over the
     plain workload's, in each round (both at the same offered rate, on the same events but for
@@ -688,12 +673,8 @@ def loop_ratios(per_round: list[dict[str, Any]], kinds: list[str], transports: l
                     ratios.append(lp["cpu_us_per_event"]["engine"] / p["cpu_us_per_event"]["engine"])
                 loads[f"{frac:.0%}"] = {"engine_cpu_per_event_ratio": round(statistics.median(ratios), 3),
                                         "per_round": [round(x, 3) for x in ratios]}  # fmt: skip
-            marginal = [marginal_cpu(pick(rnd, "loop")["loads"]) / marginal_cpu(pick(rnd, "plain")["loads"])
-                        for rnd in per_round]  # fmt: skip
             out[key] = {"loads": loads, "max_ratio": round(statistics.median(drains), 3),
-                        "max_ratio_per_round": [round(x, 3) for x in drains],
-                        "marginal_cpu_ratio": round(statistics.median(marginal), 3),
-                        "marginal_cpu_ratio_per_round": [round(x, 3) for x in marginal]}  # fmt: skip
+                        "max_ratio_per_round": [round(x, 3) for x in drains]}  # fmt: skip
     return out
 
 
@@ -748,8 +729,6 @@ def _ratio_table(ratios: dict[str, Any], rounds: int, console: Any) -> None:
         t.add_column(col, justify="right")
     for key, r in ratios.items():
         t.add_row(key, "max (drain rate)", f"{r['max_ratio']:.3f}", " ".join(f"{x:.3f}" for x in r["max_ratio_per_round"]))
-        t.add_row("", "per event, fixed cost apart", f"{r['marginal_cpu_ratio']:.3f}",
-                  " ".join(f"{x:.3f}" for x in r["marginal_cpu_ratio_per_round"]))  # fmt: skip
         for load, x in r["loads"].items():
             t.add_row("", load, f"{x['engine_cpu_per_event_ratio']:.3f}", " ".join(f"{v:.3f}" for v in x["per_round"]))
     console.print(t)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import json
+from typing import Any
 
 from engine.campaigns import load_campaigns
 from engine.core import Core, CoreConfig
@@ -13,7 +14,7 @@ from engine.outputs import Order, Push, RedeemResult, VisitEvent
 from engine.state import MemoryStore
 from fences.catalog import load_catalog
 from fences.index import FenceIndex
-from simulator.bench.e2e import CITY_SIDE, LOOP_SECRET, _messages, loop_ratios, marginal_cpu
+from simulator.bench.e2e import CITY_SIDE, LOOP_SECRET, _messages, loop_ratios
 from simulator.bench.workload import City
 
 
@@ -55,16 +56,13 @@ def _phase(seconds: float, events: int, fixed: float, per_event: float) -> dict[
             "cpu_us_per_event": {"engine": (fixed * seconds + per_event * events) / events * 1e6}}  # type: ignore[dict-item]  # fmt: skip
 
 
-def test_the_loop_ratios_compare_per_event_cpu_without_the_fixed_cost() -> None:
-    """At low rates the engine's fixed CPU per second (status, timers) dominates CPU per event
-    and dilutes the loop/plain ratio toward 1; the fit takes it out: the loop's 24 µs against
-    plain's 20 µs per event is 1.2 whatever the fixed cost and rates."""
-    walls_events = [(2.1, 7_500), (2.2, 15_000), (2.9, 27_000)]
-    rnd = {
-        w: {"single": {"max_msgs_per_s": 30_000, "loads": [_phase(s, n, 0.25, us * 1e-6) for s, n in walls_events]}}
-        for w, us in (("plain", 20.0), ("loop", 24.0))
-    }  # fmt: skip
-    assert abs(marginal_cpu(rnd["plain"]["single"]["loads"]) - 20e-6) < 1e-12
-    r = loop_ratios([rnd, rnd], ["single"], ["fast"])["single"]
-    assert r["marginal_cpu_ratio"] == 1.2 and r["max_ratio"] == 1.0
-    assert 1.0 < r["loads"]["25%"]["engine_cpu_per_event_ratio"] < 1.1  # diluted
+def test_the_loop_ratios_are_medians_over_rounds_at_the_same_load() -> None:
+    """Per load, the loop's engine CPU per event over plain's in each round, and the median."""
+    def rnd(plain_us: list[float], loop_us: list[float]) -> dict[str, Any]:
+        return {w: {"single": {"max_msgs_per_s": 30_000, "loads": [_phase(2.0, 10_000, 0.0, us * 1e-6) for us in xs]}}
+                for w, xs in (("plain", plain_us), ("loop", loop_us))}  # fmt: skip
+
+    rounds = [rnd([40, 30, 20], [44, 33, 22]), rnd([40, 30, 20], [48, 36, 24]), rnd([40, 30, 20], [40, 30, 20])]
+    r = loop_ratios(rounds, ["single"], ["fast"])["single"]
+    assert [x["engine_cpu_per_event_ratio"] for x in r["loads"].values()] == [1.1, 1.1, 1.1]
+    assert r["loads"]["90%"]["per_round"] == [1.1, 1.2, 1.0] and r["max_ratio"] == 1.0
