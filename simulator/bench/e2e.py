@@ -82,6 +82,11 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                    help="with --loop: N rounds of both workloads, interleaved (plain, loop, then loop, "
                         "plain, ...), each on a fresh engine at the same offered rates; the summary "
                         "gives the median loop/plain ratio of engine CPU per event (default 1)")
+    p.add_argument("--in-process", action="store_true",
+                   help="with --loop: no broker, no engine process: the daemon's batch path in this "
+                        "process (decode, core, SQLite commit with the rendered outbox rows, the "
+                        "previous batch's rows marked sent in it) on the same messages, micro-batches "
+                        "of 16 and 256 messages, --rounds interleaved: CPU per event, plain and loop")
     p.add_argument("--rate", type=float, metavar="MSGS",
                    help="with --loop: the live phases offer 25/50/90%% of MSGS messages/s to every "
                         "engine (default: of the first plain engine's drain rate, which a busy "
@@ -678,12 +683,107 @@ def loop_ratios(per_round: list[dict[str, Any]], kinds: list[str], transports: l
     return out
 
 
+def batch_path(messages: dict[str, list[tuple[str, bytes]]], batch: int, rounds: int,
+               folder: Path) -> dict[str, Any]:  # fmt: skip
+    """CPU µs per event of the daemon's batch path over each workload's ``messages``, in
+    micro-batches of ``batch`` messages: decode (``Decoder``), ``Core.process``, the SQLite
+    commit with the outputs rendered as outbox rows (``Renderer``) and the previous batch's rows
+    marked sent in it (as the outbox's PUBACKs are). No MQTT: what the loop costs the engine
+    apart from publishing its extra outputs. ``rounds`` of each, interleaved (the order swapped
+    every other round), each on a fresh state file; per round the parts (decode, core, commit)
+    and the loop/plain ratio of the total, and the median ratio."""
+    import gc
+    import statistics
+
+    from engine.campaigns import load_campaigns
+    from engine.core import Core, CoreConfig
+    from engine.daemon.pipeline import Decoder, Renderer, Topics
+    from engine.stores.sqlite_store import SQLiteStore
+    from fences.catalog import load_catalog
+    from fences.index import FenceIndex
+    from simulator.bench.workload import City
+
+    fences, camps = City(CITY_SIDE).write(folder)
+    index, campaigns = FenceIndex(load_catalog(fences)), load_campaigns(camps)
+    topics = Topics()
+    decoder, render = Decoder(topics), Renderer(topics)
+    clock = time.process_time
+
+    def run(workload: str, tag: str) -> dict[str, float]:
+        store = SQLiteStore(folder / f"batch-{workload}-{batch}-{tag}.sqlite", render=render)
+        core = Core(index, campaigns, store, CoreConfig(coupon_secret=LOOP_SECRET))  # type: ignore[arg-type]
+        msgs = messages[workload]
+        parts = [0.0, 0.0, 0.0]
+        n_events = outputs = 0
+        gc.collect()
+        for i in range(0, len(msgs), batch):
+            t0 = clock()
+            events: list[Any] = []
+            for topic, payload in msgs[i : i + batch]:
+                events.extend(decoder(topic, payload))
+            t1 = clock()
+            outs = core.process(events)
+            t2 = clock()
+            rows = store.commit(outs)
+            store.defer_sent([r.out_id for r in rows])  # acknowledged: marked in the next commit
+            t3 = clock()
+            gc.freeze()  # as the daemon does after each batch
+            parts[0] += t1 - t0
+            parts[1] += t2 - t1
+            parts[2] += t3 - t2
+            n_events += len(events)
+            outputs += len(rows)
+        store.close()
+        us = [x / n_events * 1e6 for x in parts]
+        return {"decode": round(us[0], 2), "core": round(us[1], 2), "commit": round(us[2], 2),
+                "total": round(sum(us), 2), "outputs_per_event": round(outputs / n_events, 3)}  # fmt: skip
+
+    per_round: list[dict[str, Any]] = []
+    for r in range(rounds):
+        got: dict[str, Any] = {w: run(w, f"r{r}") for w in (("plain", "loop") if r % 2 == 0 else ("loop", "plain"))}
+        got["ratio"] = round(got["loop"]["total"] / got["plain"]["total"], 3)
+        per_round.append(got)
+    return {"batch_messages": batch, "rounds": per_round,
+            "ratio_median": round(statistics.median(x["ratio"] for x in per_round), 3)}  # fmt: skip
+
+
+def _in_process(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=True)
+    count = int(10_000 * args.duration)
+    messages = {w: _messages("single", "b", 500, count, "geopush/events", loop=w == "loop")[0] for w in ("plain", "loop")}
+    results = []
+    with tempfile.TemporaryDirectory(prefix="geopush-batch-") as tmp:
+        for batch in (16, 256):
+            console.print(f"[batch path] {count:,} single-event messages, micro-batches of {batch}")
+            results.append(batch_path(messages, batch, max(1, args.rounds), Path(tmp)))
+    if args.json:
+        print(json.dumps({"in_process": results, "messages": count}, indent=2))
+        return 0
+    t = Table(title=f"the daemon's batch path in one process, {count:,} messages: CPU µs per event")
+    for col in ("batch", "round", "plain (decode/core/commit)", "loop (decode/core/commit)", "loop/plain"):
+        t.add_column(col, justify="right")
+    for res in results:
+        for i, x in enumerate(res["rounds"]):
+            p, lp = x["plain"], x["loop"]
+            t.add_row(str(res["batch_messages"]), str(i + 1),
+                      f"{p['total']} ({p['decode']}/{p['core']}/{p['commit']})",
+                      f"{lp['total']} ({lp['decode']}/{lp['core']}/{lp['commit']})", f"{x['ratio']:.3f}")  # fmt: skip
+        t.add_row(str(res["batch_messages"]), "median", "", "", f"{res['ratio_median']:.3f}")
+    console.print(t)
+    return 0
+
+
 def _main(args: argparse.Namespace) -> int:
     if args.workers:  # the worker group over Redis instead (scale-out)
         from simulator.bench.workers import run_group_bench
 
         run_group_bench(args)
         return 0
+    if args.in_process:
+        return _in_process(args)
     from rich.console import Console
 
     console = Console(stderr=True)

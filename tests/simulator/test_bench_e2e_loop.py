@@ -14,7 +14,7 @@ from engine.outputs import Order, Push, RedeemResult, VisitEvent
 from engine.state import MemoryStore
 from fences.catalog import load_catalog
 from fences.index import FenceIndex
-from simulator.bench.e2e import CITY_SIDE, LOOP_SECRET, _messages, loop_ratios
+from simulator.bench.e2e import CITY_SIDE, LOOP_SECRET, _messages, batch_path, loop_ratios
 from simulator.bench.workload import City
 
 
@@ -66,3 +66,13 @@ def test_the_loop_ratios_are_medians_over_rounds_at_the_same_load() -> None:
     r = loop_ratios(rounds, ["single"], ["fast"])["single"]
     assert [x["engine_cpu_per_event_ratio"] for x in r["loads"].values()] == [1.1, 1.1, 1.1]
     assert r["loads"]["90%"]["per_round"] == [1.1, 1.2, 1.0] and r["max_ratio"] == 1.0
+
+
+def test_the_in_process_batch_path_measures_both_workloads(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    msgs = {w: _messages("single", "t", 20, 400, "geopush/events", loop=w == "loop")[0] for w in ("plain", "loop")}
+    res = batch_path(msgs, 16, 2, tmp_path)
+    assert len(res["rounds"]) == 2 and res["ratio_median"] > 0
+    for rnd in res["rounds"]:
+        # the loop's answers and orders: more outputs per event, from the same events
+        assert rnd["loop"]["outputs_per_event"] > rnd["plain"]["outputs_per_event"] > 0
+        assert rnd["ratio"] == round(rnd["loop"]["total"] / rnd["plain"]["total"], 3)
