@@ -45,9 +45,9 @@ class Offer(msgspec.Struct, kw_only=True, gc=False, omit_defaults=True, array_li
     attribution (engine/loop.py). Kept until its coupon expired and the attribution window
     after it (and after its redemption) passed; see ``engine.loop.record_offer``.
 
-    Stored as an array (``array_like``: the field values in this order, trailing defaults left
-    out), not a map: a record is encoded and written at every commit that touches its user, and
-    the field names were ~45% of a redeemed offer's bytes. Records written with offers as maps
+    Stored as an array (``array_like``: the field values in this order), not a map: a record
+    is encoded and written at every commit that touches its user, and the field names were ~45%
+    of a redeemed offer's bytes. Records written with offers as maps
     (before 2026-12-07 evening) still read back the same (``decode_user``). New fields go at the
     end, with defaults."""
 

@@ -748,6 +748,7 @@ class SQLiteStore:
 
 
 _MARK_SENT = "UPDATE outbox SET sent = 1 WHERE seq BETWEEN ? AND ?"
+_DELETE_SENT = "DELETE FROM outbox WHERE seq = ?"
 
 
 def seq_runs(seqs: Sequence[int]) -> list[tuple[int, int]]:
@@ -761,7 +762,8 @@ def seq_runs(seqs: Sequence[int]) -> list[tuple[int, int]]:
         else:
             runs.append((q, q))
     return runs
-_DELETE_SENT = "DELETE FROM outbox WHERE seq = ?"
+
+
 _QUARANTINE = """CREATE TABLE IF NOT EXISTS quarantine (
     user TEXT NOT NULL, blob BLOB, error TEXT NOT NULL, at REAL NOT NULL
 )"""
