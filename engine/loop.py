@@ -75,6 +75,8 @@ def _pair(v: int) -> tuple[str, int]:
 
 
 _PAIRS: Final = tuple(_pair(v) for v in range(1024))
+_PAIR_SHARE: Final = {chars: share for chars, share in _PAIRS}  # canonical pair -> Luhn share
+_CANONICAL: Final = {c: i for i, c in enumerate(ALPHABET)}
 
 
 def display_code(code: str) -> str:
@@ -86,6 +88,25 @@ def normalise_code(text: str) -> str | None:
     """The canonical code typed as ``text`` (any case, dashes and spaces ignored, I/L -> 1,
     O -> 0), or None when it is not a well-formed code (wrong length, a foreign character or a
     failing check character)."""
+    if len(text) == CODE_LEN:
+        # The common case, a code as the engine wrote it (a till scanning the QR code, a wallet
+        # passing it on): five canonical pairs, each with its share of the check sum, and the
+        # check character; ~5x cheaper than the character loop below, same answers.
+        shares = _PAIR_SHARE
+        p0 = shares.get(text[0:2])
+        p1 = shares.get(text[2:4])
+        p2 = shares.get(text[4:6])
+        p3 = shares.get(text[6:8])
+        p4 = shares.get(text[8:10])
+        last = _CANONICAL.get(text[10])
+        if p0 is not None and p1 is not None and p2 is not None and p3 is not None and p4 is not None and last is not None:  # fmt: skip
+            total = p0 + p1 + p2 + p3 + p4
+            return text if (32 - total % 32) % 32 == last else None
+    return _normalise_typed(text)
+
+
+def _normalise_typed(text: str) -> str | None:
+    """``normalise_code`` for any spelling: character by character."""
     vals: list[int] = []
     for ch in text:
         if ch in "- ":
@@ -185,13 +206,15 @@ def redeem(
         elif o.merchant_id != merchant_id:
             status = "other_merchant"
         elif o.redeemed_ts is not None:
-            status = "ok" if o.redeem_req == req else "already_redeemed"
+            first = o.redeem_req if o.redeem_req is not None else f"{code}@{o.redeemed_ts!r}"
+            status = "ok" if first == req else "already_redeemed"
         elif ts > o.expires_ts:
             status = "expired"
         else:
             status = "ok"
             o.redeemed_ts = ts
-            o.redeem_req = req
+            # the default request id is not stored (the record stays smaller): it is derived
+            o.redeem_req = None if req == f"{code}@{ts!r}" else req
     return RedeemResult(
         request_id=req,
         user=st.user,

@@ -168,7 +168,11 @@ def _utf8_prefix(part: bytes, *, cut: bool) -> str | None:
 
 
 class Renderer:
-    """Output -> outbox row (topic from the output's kind; payload ``encode_output``)."""
+    """Output -> outbox row (topic from the output's kind; payload ``encode_output``).
+
+    One call per output on the daemon's hot path: dispatch on the exact type through a dict,
+    topics from prefixes made once (what ``Topics.push`` and friends return, without a method
+    call and a format per output); a subclass of an output type takes the general path."""
 
     def __init__(self, topics: Topics) -> None:
         from engine import outputs
@@ -179,8 +183,38 @@ class Renderer:
         self._Visit = outputs.VisitEvent
         self._Redeem = outputs.RedeemResult
         self._Outcome = (outputs.Order, outputs.Holdout)
+        enc = outputs.encode_output
+        push, visits = topics.push(""), topics.visits("")
+        redemptions, outcomes = topics.redemptions("", "")[:-1], topics.outcomes("")
+
+        def render_push(o: Any) -> OutRow:
+            return OutRow(o.push_id, push + o.user, enc(o))
+
+        def render_visit(o: Any) -> OutRow:
+            return OutRow(o.out_id, visits + o.merchant_id, enc(o))
+
+        def render_redeem(o: Any) -> OutRow:
+            return OutRow(o.out_id, f"{redemptions}{o.merchant_id}/{o.user}", enc(o))
+
+        def render_outcome(o: Any) -> OutRow:
+            return OutRow(o.out_id, outcomes + o.merchant_id, enc(o))
+
+        self._by_type: dict[type, Any] = {
+            outputs.Push: render_push,
+            outputs.VisitEvent: render_visit,
+            outputs.RedeemResult: render_redeem,
+            outputs.Order: render_outcome,
+            outputs.Holdout: render_outcome,
+        }
 
     def __call__(self, out: Output) -> OutRow:
+        f = self._by_type.get(type(out))
+        if f is not None:
+            return f(out)  # type: ignore[no-any-return]
+        return self.render_slow(out)
+
+    def render_slow(self, out: Output) -> OutRow:
+        """The general path (and the reference the fast one is tested against)."""
         if isinstance(out, self._Push):
             return OutRow(out.out_id, self._topics.push(out.user), self._encode(out))
         if isinstance(out, self._Visit):

@@ -24,7 +24,12 @@ the same one with the loop closed ("loop"): after each visit that got a push, th
 and third fixes outside are replaced by a ``redeem`` of that push's code and a ``payment`` at its
 merchant (the codes are known beforehand: the publishers replay their users' fixes through the
 core with the engine's coupon secret, ``LOOP_SECRET``). Same messages, same visits and pushes;
-1 event in 10 is a redemption or a payment, each answered and attributed by the engine.
+1 event in 10 is a redemption or a payment, each answered and attributed by the engine. Both
+workloads' live phases offer the same rates (fractions of ``--rate``, or of the first plain
+engine's drain), so CPU per event compares the same events at the same rate; ``--rounds N``
+repeats the pair N times, the order swapped every other round, and reports the median
+loop/plain ratio of engine CPU per event at each load. (CPU per event falls with the rate, as
+micro-batches grow: compare the workloads at the same rate, never at their own maxima.)
 """
 
 from __future__ import annotations
@@ -73,6 +78,19 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--loop", action="store_true",
                    help="also measure the workload with redemptions and payments (1 event in 10), "
                         "in the same run on a fresh engine: results under plain and loop")
+    p.add_argument("--rounds", type=int, default=1, metavar="N",
+                   help="with --loop: N rounds of both workloads, interleaved (plain, loop, then loop, "
+                        "plain, ...), each on a fresh engine at the same offered rates; the summary "
+                        "gives the median loop/plain ratio of engine CPU per event (default 1)")
+    p.add_argument("--in-process", action="store_true",
+                   help="with --loop: no broker, no engine process: the daemon's batch path in this "
+                        "process (decode, core, SQLite commit with the rendered outbox rows, the "
+                        "previous batch's rows marked sent in it) on the same messages, micro-batches "
+                        "of 16 and 256 messages, --rounds interleaved: CPU per event, plain and loop")
+    p.add_argument("--rate", type=float, metavar="MSGS",
+                   help="with --loop: the live phases offer 25/50/90%% of MSGS messages/s to every "
+                        "engine (default: of the first plain engine's drain rate, which a busy "
+                        "machine can make small)")
     p.add_argument("--engine-arg", action="append", default=[], metavar="ARG",
                    help="extra argument for `geopush run` (repeatable), e.g. --engine-arg=--state=redis://...")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -389,11 +407,11 @@ class Watch:
 
 class Engine:
     def __init__(self, url: str, folder: Path, args: argparse.Namespace, transport: str = "fast",
-                 workload: str = "plain") -> None:  # fmt: skip
+                 workload: str = "plain", tag: str = "") -> None:  # fmt: skip
         self.loop = workload == "loop"
         self.cmd = [
             sys.executable, "-m", "engine", "run", "--broker", url, "--client-id", ENGINE_ID,
-            "--state", str(folder / f"state-{transport}-{workload}.sqlite"), "--fences", str(folder / "fences.geojson"),
+            "--state", str(folder / f"state-{transport}-{workload}{tag}.sqlite"), "--fences", str(folder / "fences.geojson"),
             "--campaigns", str(folder / "campaigns.json"), "--status-interval", "0.1",
             "--batch-size", str(args.batch_size), "--log-level", "WARNING", "--no-owntracks",
             *(["--uvloop"] if args.uvloop else []), *args.engine_arg,
@@ -490,7 +508,12 @@ def _pct(xs: list[float], q: float) -> float:
 
 
 async def _measure_kind(url: str, kind: str, args: argparse.Namespace, engine: Engine, watch: Watch,
-                        ceiling: float, say: Any, broker_pid: int | None = None) -> dict[str, Any]:  # fmt: skip
+                        ceiling: float, say: Any, broker_pid: int | None = None,
+                        base_max: float | None = None) -> dict[str, Any]:  # fmt: skip
+    """The drain (maximum) and the live phases of one message kind on one engine. The live
+    phases offer fractions of ``base_max`` msg/s when given (``--loop``: the plain workload's
+    maximum, so that both workloads are compared at the same offered rates), else of this
+    engine's own maximum."""
     per = 1 if kind == "single" else BATCH
     # 1) maximum: drain a preloaded backlog (engine stopped while the broker queues it)
     n = _backlog(kind, args.duration)  # the same backlog the ceiling drained: same broker work
@@ -510,10 +533,12 @@ async def _measure_kind(url: str, kind: str, args: argparse.Namespace, engine: E
         "ratio_to_ceiling": round(max_msgs / ceiling, 3),
         "loads": [],
     }
+    if base_max is not None:
+        res["rates_of_msgs_per_s"] = round(base_max)
     say(f"[{kind}] engine max {max_msgs:,.0f} msg/s = {max_msgs * per:,.0f} events/s ({max_msgs / ceiling:.0%} of ceiling {ceiling:,.0f} msg/s)")
     # 2) latency at fractions of the maximum, live
     for frac in LOADS:
-        rate = max_msgs * frac
+        rate = (base_max if base_max is not None else max_msgs) * frac
         count = int(rate * args.duration)
         watch.pushes.clear()
         base = watch.messages(pid)
@@ -559,6 +584,11 @@ async def _measure_kind(url: str, kind: str, args: argparse.Namespace, engine: E
             },
             "cores_busy": round(((c1[0] - c0[0]) + (c1[1] - c0[1]) + pub["cpu"] + (c1[3] - c0[3]))
                                 / (c1[2] - c0[2]), 2),  # fmt: skip
+            # the phase's totals: events, wall seconds (publishing and catching up) and the
+            # engine's CPU seconds over them
+            "events": pub["n"] * per,
+            "seconds": round(c1[2] - c0[2], 4),
+            "engine_cpu_s": round(c1[0] - c0[0], 4),
         }
         res["loads"].append(row)
         say(f"[{kind}] {frac:.0%} load: {row['achieved_events_per_s']:,} events/s, p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms ({len(lat)} pushes); in the engine p50 <= {row['engine_p50_ms_le']} ms, p99 <= {row['engine_p99_ms_le']} ms, CPU µs/event {row['cpu_us_per_event']}, cores busy {row['cores_busy']}")
@@ -586,26 +616,164 @@ async def _bench(url: str, args: argparse.Namespace, folder: Path, say: Any,
                                "enters_per_fix": 1 / PERIOD, "transport": args.transport}  # fmt: skip
     workloads = ["plain", "loop"] if args.loop else ["plain"]
     results["workloads"] = workloads
+    rounds = max(1, args.rounds) if args.loop else 1
+    # Round r runs the workloads in turn, the order reversed every other round (plain, loop,
+    # loop, plain, ...) so that neither always runs first. Every engine's live phases offer the
+    # same rates: fractions of the first plain engine's maximum (its drain), so that CPU per
+    # event (same events: the loop replaces fixes one for one) compares like with like.
+    base_max: dict[str, float] = {}
+    per_round: list[dict[str, Any]] = []
     try:
-        for workload, transport in [(w, t) for w in workloads for t in transports]:
-            # one engine per transport and workload, each on its own fresh state (same client
-            # id: the status topic the watch reads; the previous engine drained its session)
-            say(f"[engine] the {transport} MQTT path, {workload} workload")
-            engine = Engine(url, folder, args, transport, workload)
-            into = results
-            if len(workloads) > 1:
-                into = into.setdefault(workload, {})
-            if len(transports) > 1:
-                into = into.setdefault(transport, {})
-            try:
-                await engine.start(watch)
-                for kind in kinds:
-                    into[kind] = await _measure_kind(url, kind, args, engine, watch, ceilings[kind], say, broker_pid)
-            finally:
-                engine.stop()
+        for r in range(rounds):
+            order = workloads if r % 2 == 0 else workloads[::-1]
+            got: dict[str, Any] = {}
+            for workload, transport in [(w, t) for w in order for t in transports]:
+                # one engine per transport and workload, each on its own fresh state (same client
+                # id: the status topic the watch reads; the previous engine drained its session)
+                say(f"[engine] the {transport} MQTT path, {workload} workload" + (f", round {r + 1}" if rounds > 1 else ""))
+                engine = Engine(url, folder, args, transport, workload, tag=f"r{r}" if rounds > 1 else "")
+                into = got
+                if len(workloads) > 1:
+                    into = into.setdefault(workload, {})
+                if len(transports) > 1:
+                    into = into.setdefault(transport, {})
+                try:
+                    await engine.start(watch)
+                    for kind in kinds:
+                        into[kind] = await _measure_kind(url, kind, args, engine, watch, ceilings[kind], say,
+                                                         broker_pid, (args.rate or base_max.get(kind)) if args.loop else None)  # fmt: skip
+                        if args.loop and kind not in base_max:
+                            base_max[kind] = args.rate or float(into[kind]["max_msgs_per_s"])
+                finally:
+                    engine.stop()
+            per_round.append(got)
     finally:
         await watch.stop()
+    results.update(per_round[0])
+    if args.loop:
+        results["rounds"] = per_round
+        results["loop_vs_plain"] = loop_ratios(per_round, kinds, transports)
     return results
+
+
+def loop_ratios(per_round: list[dict[str, Any]], kinds: list[str], transports: list[str]) -> dict[str, Any]:
+    """Per transport, message kind and load: the loop workload's engine CPU per event over the
+    plain workload's, in each round (both at the same offered rate, on the same events but for
+    the loop's), and the median; likewise the drains' maxima (loop over plain)."""
+    import statistics
+
+    out: dict[str, Any] = {}
+    for transport in transports:
+        for kind in kinds:
+            def pick(rnd: dict[str, Any], w: str, t: str = transport, k: str = kind) -> dict[str, Any]:
+                return dict(rnd[w][t][k] if len(transports) > 1 else rnd[w][k])
+
+            key = f"{transport}/{kind}" if len(transports) > 1 else kind
+            drains = [pick(rnd, "loop")["max_msgs_per_s"] / pick(rnd, "plain")["max_msgs_per_s"] for rnd in per_round]
+            loads: dict[str, Any] = {}
+            for i, frac in enumerate(LOADS):
+                ratios = []
+                for rnd in per_round:
+                    p, lp = pick(rnd, "plain")["loads"][i], pick(rnd, "loop")["loads"][i]
+                    ratios.append(lp["cpu_us_per_event"]["engine"] / p["cpu_us_per_event"]["engine"])
+                loads[f"{frac:.0%}"] = {"engine_cpu_per_event_ratio": round(statistics.median(ratios), 3),
+                                        "per_round": [round(x, 3) for x in ratios]}  # fmt: skip
+            out[key] = {"loads": loads, "max_ratio": round(statistics.median(drains), 3),
+                        "max_ratio_per_round": [round(x, 3) for x in drains]}  # fmt: skip
+    return out
+
+
+def batch_path(messages: dict[str, list[tuple[str, bytes]]], batch: int, rounds: int,
+               folder: Path) -> dict[str, Any]:  # fmt: skip
+    """CPU µs per event of the daemon's batch path over each workload's ``messages``, in
+    micro-batches of ``batch`` messages: decode (``Decoder``), ``Core.process``, the SQLite
+    commit with the outputs rendered as outbox rows (``Renderer``) and the previous batch's rows
+    marked sent in it (as the outbox's PUBACKs are). No MQTT: what the loop costs the engine
+    apart from publishing its extra outputs. ``rounds`` of each, interleaved (the order swapped
+    every other round), each on a fresh state file; per round the parts (decode, core, commit)
+    and the loop/plain ratio of the total, and the median ratio."""
+    import gc
+    import statistics
+
+    from engine.campaigns import load_campaigns
+    from engine.core import Core, CoreConfig
+    from engine.daemon.pipeline import Decoder, Renderer, Topics
+    from engine.stores.sqlite_store import SQLiteStore
+    from fences.catalog import load_catalog
+    from fences.index import FenceIndex
+    from simulator.bench.workload import City
+
+    fences, camps = City(CITY_SIDE).write(folder)
+    index, campaigns = FenceIndex(load_catalog(fences)), load_campaigns(camps)
+    topics = Topics()
+    decoder, render = Decoder(topics), Renderer(topics)
+    clock = time.process_time
+
+    def run(workload: str, tag: str) -> dict[str, float]:
+        store = SQLiteStore(folder / f"batch-{workload}-{batch}-{tag}.sqlite", render=render)
+        core = Core(index, campaigns, store, CoreConfig(coupon_secret=LOOP_SECRET))  # type: ignore[arg-type]
+        msgs = messages[workload]
+        parts = [0.0, 0.0, 0.0]
+        n_events = outputs = 0
+        gc.collect()
+        for i in range(0, len(msgs), batch):
+            t0 = clock()
+            events: list[Any] = []
+            for topic, payload in msgs[i : i + batch]:
+                events.extend(decoder(topic, payload))
+            t1 = clock()
+            outs = core.process(events)
+            t2 = clock()
+            rows = store.commit(outs)
+            store.defer_sent([r.out_id for r in rows])  # acknowledged: marked in the next commit
+            t3 = clock()
+            gc.freeze()  # as the daemon does after each batch
+            parts[0] += t1 - t0
+            parts[1] += t2 - t1
+            parts[2] += t3 - t2
+            n_events += len(events)
+            outputs += len(rows)
+        store.close()
+        us = [x / n_events * 1e6 for x in parts]
+        return {"decode": round(us[0], 2), "core": round(us[1], 2), "commit": round(us[2], 2),
+                "total": round(sum(us), 2), "outputs_per_event": round(outputs / n_events, 3)}  # fmt: skip
+
+    per_round: list[dict[str, Any]] = []
+    for r in range(rounds):
+        got: dict[str, Any] = {w: run(w, f"r{r}") for w in (("plain", "loop") if r % 2 == 0 else ("loop", "plain"))}
+        got["ratio"] = round(got["loop"]["total"] / got["plain"]["total"], 3)
+        per_round.append(got)
+    return {"batch_messages": batch, "rounds": per_round,
+            "ratio_median": round(statistics.median(x["ratio"] for x in per_round), 3)}  # fmt: skip
+
+
+def _in_process(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=True)
+    count = int(10_000 * args.duration)
+    messages = {w: _messages("single", "b", 500, count, "geopush/events", loop=w == "loop")[0] for w in ("plain", "loop")}
+    results = []
+    with tempfile.TemporaryDirectory(prefix="geopush-batch-") as tmp:
+        for batch in (16, 256):
+            console.print(f"[batch path] {count:,} single-event messages, micro-batches of {batch}")
+            results.append(batch_path(messages, batch, max(1, args.rounds), Path(tmp)))
+    if args.json:
+        print(json.dumps({"in_process": results, "messages": count}, indent=2))
+        return 0
+    t = Table(title=f"the daemon's batch path in one process, {count:,} messages: CPU µs per event")
+    for col in ("batch", "round", "plain (decode/core/commit)", "loop (decode/core/commit)", "loop/plain"):
+        t.add_column(col, justify="right")
+    for res in results:
+        for i, x in enumerate(res["rounds"]):
+            p, lp = x["plain"], x["loop"]
+            t.add_row(str(res["batch_messages"]), str(i + 1),
+                      f"{p['total']} ({p['decode']}/{p['core']}/{p['commit']})",
+                      f"{lp['total']} ({lp['decode']}/{lp['core']}/{lp['commit']})", f"{x['ratio']:.3f}")  # fmt: skip
+        t.add_row(str(res["batch_messages"]), "median", "", "", f"{res['ratio_median']:.3f}")
+    console.print(t)
+    return 0
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -614,6 +782,8 @@ def _main(args: argparse.Namespace) -> int:
 
         run_group_bench(args)
         return 0
+    if args.in_process:
+        return _in_process(args)
     from rich.console import Console
 
     console = Console(stderr=True)
@@ -646,7 +816,22 @@ def _main(args: argparse.Namespace) -> int:
                 _table(r[transport], console, f" - the {transport} MQTT path{what}")
         else:
             _table(r, console, f" - the {args.transport} MQTT path{what}")
+    if args.loop:
+        _ratio_table(results["loop_vs_plain"], len(results["rounds"]), console)
     return 0
+
+
+def _ratio_table(ratios: dict[str, Any], rounds: int, console: Any) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"loop / plain, same offered rates: engine CPU per event (median of {rounds} round(s))")
+    for col in ("messages", "load", "ratio", "per round"):
+        t.add_column(col, justify="right")
+    for key, r in ratios.items():
+        t.add_row(key, "max (drain rate)", f"{r['max_ratio']:.3f}", " ".join(f"{x:.3f}" for x in r["max_ratio_per_round"]))
+        for load, x in r["loads"].items():
+            t.add_row("", load, f"{x['engine_cpu_per_event_ratio']:.3f}", " ".join(f"{v:.3f}" for v in x["per_round"]))
+    console.print(t)
 
 
 def _table(r: dict[str, Any], console: Any, title: str = "") -> None:

@@ -8,7 +8,7 @@ import sqlite3
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.stores.sqlite_store import SCHEMA_VERSION, OutRow, SQLiteStore
+from engine.stores.sqlite_store import SCHEMA_VERSION, OutRow, SQLiteStore, seq_runs
 
 ids = st.sampled_from([f"o{i}" for i in range(12)])  # few ids: repeats happen
 
@@ -55,6 +55,18 @@ def test_each_acknowledgement_marks_one_written_row(tmp_path_factory, steps):
     assert [r.out_id for r in store.unsent()] == unsent
     assert store.count("outbox", "WHERE sent = 0") == len(unsent)
     store.close()
+
+
+@settings(max_examples=500)
+@given(st.lists(st.integers(1, 60), max_size=40))
+def test_marks_go_by_runs_that_hold_exactly_the_acknowledged_seqs(seqs):
+    """The mark statement's ranges (one UPDATE per run of consecutive seqs) against the obvious:
+    the numbers they cover are the given ones, each once, in as few runs as possible."""
+    runs = seq_runs(seqs)
+    covered = [q for a, b in runs for q in range(a, b + 1)]
+    assert covered == sorted(set(seqs))
+    assert all(b + 1 < a2 for (_, b), (a2, _) in zip(runs, runs[1:], strict=False))  # maximal
+    assert len(runs) == len({q for q in seqs if q - 1 not in seqs})
 
 
 def test_an_acknowledgement_of_an_unknown_id_marks_nothing(tmp_path):

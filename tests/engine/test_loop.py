@@ -65,6 +65,41 @@ def test_check_character_catches_adjacent_swaps(pid: str, pos: int) -> None:
         assert loop.normalise_code(swapped) is None
 
 
+def _normalise_oracle(text: str) -> str | None:
+    """Obviously right: drop dashes and spaces, read each character (ASCII, either case, I/L as
+    1, O as 0), require 11 of them with a right Luhn mod 32 check character (factors 2, 1, 2,
+    ... from the right of the 10 data characters), and spell them in the canonical alphabet."""
+    value = {c: i for i, c in enumerate(loop.ALPHABET)} | {"I": 1, "L": 1, "O": 0}
+    value |= {c.lower(): v for c, v in value.items()}
+    vals = [value.get(c) for c in text if c not in "- "]
+    if len(vals) != 11 or None in vals:
+        return None
+    total = 0
+    for i, v in enumerate(reversed(vals[:10])):
+        a = v * (2 if i % 2 == 0 else 1)  # type: ignore[operator]
+        total += a // 32 + a % 32
+    if (32 - total % 32) % 32 != vals[10]:
+        return None
+    return "".join(loop.ALPHABET[v] for v in vals)  # type: ignore[index]
+
+
+_CODE_CHARS = loop.ALPHABET + loop.ALPHABET.lower() + "IiLlOoUu- !é\u0130\u0131"
+
+
+@settings(max_examples=3000, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.one_of(
+        st.text(alphabet=_CODE_CHARS, max_size=14),
+        st.text(alphabet=loop.ALPHABET, min_size=11, max_size=11),
+        st.builds(lambda pid, i, c: (lambda k: k[:i] + c + k[i + 1 :])(loop.coupon_code(SECRET, pid)),
+                  st.text(max_size=8), st.integers(0, 10), st.sampled_from(_CODE_CHARS)),  # fmt: skip
+        st.builds(lambda pid: loop.coupon_code(SECRET, pid), st.text(max_size=8)),
+    )
+)
+def test_normalise_code_agrees_with_a_character_by_character_oracle(text: str) -> None:
+    assert loop.normalise_code(text) == _normalise_oracle(text)
+
+
 # --- holdouts --------------------------------------------------------------------------------------
 
 
@@ -171,6 +206,24 @@ def test_redemption_survives_the_state_blob() -> None:
     assert st1 == st0
     r = loop.redeem(st1, "m-A", p.code, T0 + 6, "again")
     assert r.status == "already_redeemed"
+
+
+def test_a_retry_without_request_id_answers_ok_after_the_record_is_stored() -> None:
+    """The default request id (``{code}@{ts}``) is not stored in the record, but derived: a
+    till's retry of the same redemption (same code, same time) answers ok again, across a
+    restart; another attempt is already_redeemed."""
+    w = _world()
+    w.run([gps("u1", T0, 0, 0)])
+    (p,) = w.pushes()
+    (r0,) = w.run([_redeem("u1", T0 + 5, "m-A", p.code)])
+    assert isinstance(r0, RedeemResult) and r0.status == "ok" and r0.request_id == f"{p.code}@{T0 + 5!r}"
+    st1 = decode_user(encode_user(w.store.user("u1")))
+    assert st1.offers is not None and st1.offers[p.code].redeem_req is None
+    retry = loop.redeem(st1, "m-A", loop.display_code(p.code), T0 + 5, None)
+    assert (retry.status, retry.out_id) == ("ok", r0.out_id)
+    assert loop.redeem(st1, "m-A", p.code, T0 + 5, f"{p.code}@{T0 + 5!r}").status == "ok"
+    assert loop.redeem(st1, "m-A", p.code, T0 + 6, None).status == "already_redeemed"
+    assert loop.redeem(st1, "m-A", p.code, T0 + 5, "till-9").status == "already_redeemed"
 
 
 def test_payment_attribution_through_the_core() -> None:
@@ -316,7 +369,7 @@ def _oracle(actions: list[tuple]) -> list[tuple]:  # type: ignore[type-arg]
             offers.append(_Off(pid, code, merchant, campaign_id, ts, ts + exp, held))
         elif kind == "redeem":
             _, _, merchant, text = a
-            answers.append(do_redeem(merchant, text, ts, f"r@{ts}"))
+            answers.append(do_redeem(merchant, text, ts, _req(ts) or f"{loop.normalise_code(text) or text}@{ts!r}"))
         else:
             _, _, merchant, text = a
             target = None
@@ -379,7 +432,15 @@ def _histories(draw: st.DrawFn) -> list[tuple]:  # type: ignore[type-arg]
     return actions
 
 
+def _req(ts: float) -> str | None:
+    """The till's request id of a redemption in the oracle test: none (the default one) for half
+    of them."""
+    return None if int(ts) % 2 == 0 else f"r@{ts}"
+
+
 def _run_impl(actions: list[tuple]) -> tuple[list[tuple], list[float]]:  # type: ignore[type-arg]
+    """The implementation, its record stored and read back after every action (as across
+    restarts)."""
     stt = UserState(user="u")
     answers: list[tuple] = []  # type: ignore[type-arg]
     times: list[float] = []
@@ -397,7 +458,7 @@ def _run_impl(actions: list[tuple]) -> tuple[list[tuple], list[float]]:  # type:
             loop.record_offer(stt, out, 0.0 if held else exp, W)
         elif kind == "redeem":
             _, _, merchant, text = a
-            r = loop.redeem(stt, merchant, text, ts, f"r@{ts}")
+            r = loop.redeem(stt, merchant, text, ts, _req(ts))  # None: the default request id
             answers.append(("redeem", r.status, r.push_ref))
             times.append(ts)
         else:
@@ -411,6 +472,7 @@ def _run_impl(actions: list[tuple]) -> tuple[list[tuple], list[float]]:  # type:
             o = loop.attribute(stt, merchant, ts, 1.0, code, W, False, False)
             answers.append(("order", None) if o is None else ("order", o.push_ref, o.via, o.first, o.held_out))
             times.append(ts)
+        stt = decode_user(encode_user(stt))
     return answers, times
 
 

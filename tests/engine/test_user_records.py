@@ -1,5 +1,6 @@
 """Stored user records (engine.state.encode_user): defaults are left out of the blob, and a blob
-written with every field (as before ``omit_defaults``) reads back to the same record."""
+written with every field (as before ``omit_defaults``), offers as maps (as before they were
+arrays), reads back to the same record."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.state import UserState, Visit, decode_user, encode_user
+from engine.state import Offer, UserState, Visit, decode_user, encode_user
 
 finite = st.floats(-1e9, 1e9)
 visits = st.dictionaries(
@@ -22,6 +23,17 @@ visits = st.dictionaries(
     ),
     max_size=3,
 )  # fmt: skip
+opt_finite = st.none() | finite
+offers = st.dictionaries(
+    st.text(min_size=1, max_size=11),
+    st.builds(
+        Offer, push_id=st.text(max_size=8), campaign_id=st.text(max_size=4),
+        merchant_id=st.text(max_size=4), ts=finite, expires_ts=finite, held_out=st.booleans(),
+        redeemed_ts=opt_finite, redeem_req=st.none() | st.text(max_size=8), order_ts=opt_finite,
+        order_value=opt_finite,
+    ),
+    max_size=3,
+)  # fmt: skip
 records = st.builds(
     UserState, user=st.text(min_size=1, max_size=12), last_ts=finite,
     last_fix=st.none() | st.tuples(finite, finite, finite), visits=visits,
@@ -29,11 +41,13 @@ records = st.builds(
     opt_out=st.booleans(), payments=st.none() | st.dictionaries(st.text(max_size=4), st.integers(0, 9)),
     near=st.none() | st.dictionaries(st.text(max_size=4), st.lists(finite, min_size=2, max_size=2)),
     claim_store=st.text(max_size=6), claim_rank=st.integers(-1, 3), version=st.integers(0, 99),
+    offers=st.none() | offers,
 )  # fmt: skip
 
 
 def _every_field(x: Any) -> Any:
-    """The record as the encoder wrote it before: every field, defaults included."""
+    """The record as the encoder wrote it before: every field, defaults included, every struct
+    (offers too) a map."""
     if isinstance(x, msgspec.Struct):
         return {f: _every_field(getattr(x, f)) for f in x.__struct_fields__}
     if isinstance(x, dict):

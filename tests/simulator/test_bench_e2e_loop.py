@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import json
+from typing import Any
 
 from engine.campaigns import load_campaigns
 from engine.core import Core, CoreConfig
@@ -13,7 +14,7 @@ from engine.outputs import Order, Push, RedeemResult, VisitEvent
 from engine.state import MemoryStore
 from fences.catalog import load_catalog
 from fences.index import FenceIndex
-from simulator.bench.e2e import CITY_SIDE, LOOP_SECRET, _messages
+from simulator.bench.e2e import CITY_SIDE, LOOP_SECRET, _messages, batch_path, loop_ratios
 from simulator.bench.workload import City
 
 
@@ -48,3 +49,30 @@ def test_the_loop_workload_redeems_and_pays_without_changing_visits_or_pushes(tm
         assert not [o for o in outs_p if type(o) in (RedeemResult, Order)]
         if kind == "single":
             assert (events["redeem"], events["payment"]) == (len(answers), len(orders))
+
+
+def _phase(seconds: float, events: int, fixed: float, per_event: float) -> dict[str, float]:
+    return {"seconds": seconds, "events": events, "engine_cpu_s": fixed * seconds + per_event * events,
+            "cpu_us_per_event": {"engine": (fixed * seconds + per_event * events) / events * 1e6}}  # type: ignore[dict-item]  # fmt: skip
+
+
+def test_the_loop_ratios_are_medians_over_rounds_at_the_same_load() -> None:
+    """Per load, the loop's engine CPU per event over plain's in each round, and the median."""
+    def rnd(plain_us: list[float], loop_us: list[float]) -> dict[str, Any]:
+        return {w: {"single": {"max_msgs_per_s": 30_000, "loads": [_phase(2.0, 10_000, 0.0, us * 1e-6) for us in xs]}}
+                for w, xs in (("plain", plain_us), ("loop", loop_us))}  # fmt: skip
+
+    rounds = [rnd([40, 30, 20], [44, 33, 22]), rnd([40, 30, 20], [48, 36, 24]), rnd([40, 30, 20], [40, 30, 20])]
+    r = loop_ratios(rounds, ["single"], ["fast"])["single"]
+    assert [x["engine_cpu_per_event_ratio"] for x in r["loads"].values()] == [1.1, 1.1, 1.1]
+    assert r["loads"]["90%"]["per_round"] == [1.1, 1.2, 1.0] and r["max_ratio"] == 1.0
+
+
+def test_the_in_process_batch_path_measures_both_workloads(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    msgs = {w: _messages("single", "t", 20, 400, "geopush/events", loop=w == "loop")[0] for w in ("plain", "loop")}
+    res = batch_path(msgs, 16, 2, tmp_path)
+    assert len(res["rounds"]) == 2 and res["ratio_median"] > 0
+    for rnd in res["rounds"]:
+        # the loop's answers and orders: more outputs per event, from the same events
+        assert rnd["loop"]["outputs_per_event"] > rnd["plain"]["outputs_per_event"] > 0
+        assert rnd["ratio"] == round(rnd["loop"]["total"] / rnd["plain"]["total"], 3)
