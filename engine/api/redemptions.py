@@ -77,13 +77,16 @@ class RedemptionDesk:
             return
         n = len(self.answers)
         for r in rows:
-            if r.topic[:n] != self.answers:
-                continue
-            data = json.loads(r.payload)
-            futs = self._waiting.pop((data.get("user"), data.get("request_id")), None)
-            for f in futs or ():
-                if not f.done():
-                    f.set_result(data)
+            if r.topic[:n] == self.answers:
+                self.answered(json.loads(r.payload))
+
+    def answered(self, data: dict[str, Any]) -> None:
+        """The engine's committed answer to a redemption (a RedeemResult's JSON): to the requests
+        waiting for it (the API's process gets these from the engine: engine/api/process.py)."""
+        futs = self._waiting.pop((data.get("user"), data.get("request_id")), None)
+        for f in futs or ():
+            if not f.done():
+                f.set_result(data)
 
     async def redeem(
         self, user: str, merchant_id: str, code: str, request_id: str | None

@@ -323,9 +323,15 @@ class VisitHub:
         if not self._subs or not rows:
             return
         first = self._last_seq() - len(rows) + 1
+        self.rows([(first + i, r.topic, r.payload) for i, r in enumerate(rows)])
+
+    def rows(self, rows: Sequence[tuple[int, str, bytes]]) -> None:
+        """Committed outbox rows as (seq, topic, payload): the merchants' visit rows go to their
+        streams (the API's process reads them from the outbox: ``OutboxFollower``)."""
+        if not self._subs:
+            return
         prefix, n = self.prefix, len(self.prefix)
-        for i, r in enumerate(rows):
-            topic = r.topic
+        for seq, topic, payload in rows:
             if not topic.startswith(prefix):
                 continue
             subs = self._subs.get(topic[n:])
@@ -339,7 +345,62 @@ class VisitHub:
                     self.dropped += 1
                     self.unsubscribe(sub)
                 else:
-                    q.put_nowait((first + i, r.payload))
+                    q.put_nowait((seq, payload))
 
 
-__all__ = ["OutboxCopy", "VisitHub", "VisitLog", "VisitRow", "out_id_of", "outbox_copier"]
+class OutboxFollower:
+    """The API's process follows the engine's committed outbox rows on a read connection of its
+    own: every ``every`` seconds (a worker thread), the visit rows after the last one read go to
+    ``hub`` (its SSE streams). With no stream open it only notes where the outbox ends.
+
+    Dead letters are deleted once published and their numbers may be taken again, but only by
+    the next engine process (engine/daemon/webhooks.py): this follower lives and dies with the
+    engine that writes, so it reads each visit row once."""
+
+    def __init__(self, state: str | Path, hub: VisitHub, every: float = 0.05) -> None:
+        self.path = _sqlite_path(state)
+        self.hub = hub
+        self.every = every
+        with _sql(self.path):
+            self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA busy_timeout=1000")
+        self.last = self._top()
+
+    def _top(self) -> int:
+        with _sql(self.path):
+            (top,) = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetchone()
+        return int(top)
+
+    def read(self) -> list[tuple[int, str, bytes]]:
+        """The visit rows committed since the last read (none while no stream is open)."""
+        top = self._top()
+        if not self.hub.subscribers or top < self.last:  # (< : the outbox started over)
+            self.last = top
+            return []
+        p = self.hub.prefix
+        with _sql(self.path):
+            rows = self._db.execute(
+                "SELECT seq, topic, payload FROM outbox WHERE seq > ? AND seq <= ?"
+                " AND substr(topic, 1, ?) = ? ORDER BY seq",
+                (self.last, top, len(p), p),
+            ).fetchall()
+        self.last = top
+        return [(int(q), str(t), bytes(b)) for q, t, b in rows]
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._db.close()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                found = await asyncio.to_thread(self.read)
+            except StateError as exc:
+                logger.warning("following the outbox: %s", exc)
+                found = []
+            if found:
+                self.hub.rows(found)
+            await asyncio.sleep(self.every)
+
+
+__all__ = ["OutboxCopy", "OutboxFollower", "VisitHub", "VisitLog", "VisitRow", "out_id_of", "outbox_copier"]
