@@ -446,19 +446,24 @@ async def _child(listen_fd: int, control_fd: int) -> int:
     loop.add_signal_handler(signal.SIGHUP, lambda: None)  # the daemon says when to reload
 
     async def control() -> None:
-        while True:
-            raw = await reader.readline()
-            if not raw:
+        try:
+            while True:
+                raw = await reader.readline()
+                if not raw:
+                    break
+                msg = json.loads(raw)
+                if "answer" in msg:
+                    server.redemptions.answered(msg["answer"])
+                elif msg.get("reload"):
+                    await view.reload()
+                else:
+                    relay.settle(msg)
+        except (OSError, ValueError) as exc:  # a daemon killed with -9: a reset connection
+            log.debug("control channel: %r", exc)
+        finally:  # the daemon is gone (or broke the channel): never outlive it
+            if not stop.is_set():
                 log.warning("the daemon is gone: the API's process stops")
-                stop.set()
-                return
-            msg = json.loads(raw)
-            if "answer" in msg:
-                server.redemptions.answered(msg["answer"])
-            elif msg.get("reload"):
-                await view.reload()
-            else:
-                relay.settle(msg)
+            stop.set()
 
     ctl_task = asyncio.create_task(control(), name="control")
     writer.write(_line({"ready": True, "pid": os.getpid()}))
