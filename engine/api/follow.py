@@ -95,7 +95,9 @@ class StateFollower:
         self.stores_applied = 0
         self.campaigns_applied = 0
         with _sql(self.path):
-            self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+            self._db = sqlite3.connect(
+                str(self.path), isolation_level=None, check_same_thread=False
+            )
             self._db.execute("PRAGMA busy_timeout=250")
             self._db.executescript(_SCHEMA)  # (api_campaigns: made by the API on first use)
             # the newest change's number by an index, not a scan of every store changed

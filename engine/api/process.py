@@ -125,7 +125,10 @@ class ApiProcess:
             raise
         self._task = asyncio.create_task(self._supervise(), name="api-process")
         log.info(
-            "HTTP API on http://%s:%d/v1 (docs at /docs), process %s", self.host, self.port, self.pid
+            "HTTP API on http://%s:%d/v1 (docs at /docs), process %s",
+            self.host,
+            self.port,
+            self.pid,
         )
 
     async def _spawn(self) -> None:
@@ -284,7 +287,9 @@ class ApiProcess:
             self._sends.discard(f)
             exc = None if f.cancelled() else f.exception()
             if f.cancelled() or exc is not None:
-                self._send({"failed": n, "error": f"{type(exc).__name__}: {exc}" if exc else "cancelled"})
+                self._send(
+                    {"failed": n, "error": f"{type(exc).__name__}: {exc}" if exc else "cancelled"}
+                )
             else:
                 self._send({"published": n})
 

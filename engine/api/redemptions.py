@@ -83,7 +83,7 @@ class RedemptionDesk:
     def answered(self, data: dict[str, Any]) -> None:
         """The engine's committed answer to a redemption (a RedeemResult's JSON): to the requests
         waiting for it (the API's process gets these from the engine: engine/api/process.py)."""
-        futs = self._waiting.pop((data.get("user"), data.get("request_id")), None)
+        futs = self._waiting.pop((str(data.get("user")), str(data.get("request_id"))), None)
         for f in futs or ():
             if not f.done():
                 f.set_result(data)

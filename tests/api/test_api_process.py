@@ -55,10 +55,9 @@ def _children(pid: int) -> list[int]:
     out = []
     for d in os.listdir("/proc"):
         if d.isdigit():
-            with contextlib.suppress(OSError):
-                with open(f"/proc/{d}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        out.append(int(d))
+            with contextlib.suppress(OSError), open(f"/proc/{d}/stat") as f:
+                if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(d))
     return out
 
 
