@@ -2,13 +2,15 @@
 path, so the single-writer rules of the ``redeem`` event apply unchanged.
 
 **How.** The API publishes the ``redeem`` event (QoS 1) on the user's events topic,
-``{prefix}/events/{user}``, over the daemon's own MQTT connection, exactly as a till logged in
-to the broker would, with ``merchant_id`` taken from the caller's merchant token. The broker
+``{prefix}/events/{user}``, over the daemon's own MQTT connection (``publish``: from the API's
+process, relayed by the daemon, engine/api/process.py), exactly as a till logged in to the
+broker would, with ``merchant_id`` taken from the caller's merchant token. The broker
 hands it back to the daemon (or, in a worker group, to the worker owning the user), which
 decides it against the user's record (engine/loop.py ``redeem``) and commits the answer, a
-``RedeemResult``, with the record, in one transaction. ``RedemptionDesk.committed`` sees each
-commit's outbox rows (the daemon calls it right after the commit, as for the visit feed) and
-resolves the request waiting for that answer (by user and ``request_id``).
+``RedeemResult``, with the record, in one transaction. ``RedemptionDesk.answered`` gets that
+answer (the daemon finds it among each commit's outbox rows and passes it to the API's
+process; in-process, ``committed`` takes the rows) and resolves the request waiting for it (by
+user and ``request_id``).
 
 **Exactly once across crashes.** Nothing is redeemed before that commit. Once the broker has
 acknowledged the publish the event is the broker's (persisted, redelivered to the engine after a

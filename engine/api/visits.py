@@ -19,10 +19,11 @@ payload is byte for byte the MQTT one (its ``visit_id``/``event``/``dwell_s`` gi
   the state file; this table is answered by an index.
 * ``api_visits_cursor``: the outbox seq copied up to.
 
-**Live** (``VisitHub``): the daemon hands every committed batch's rows to ``committed`` right
-after the commit (engine/daemon/outbox.py ``on_commit``); it pushes the merchant's visit rows
-into each subscribed stream's bounded asyncio queue (``put_nowait``, no wait on the event
-path). A stream whose queue is full is dropped: it ends after the events it holds, and the
+**Live** (``VisitHub``): the API's process reads the visit rows the engine committed to the
+outbox (``OutboxFollower``, every 50 ms while a stream is open, its own read connection) and
+hands them to ``rows``; in-process, ``committed`` takes a batch's rows right after its commit.
+Either pushes the merchant's visit rows into each subscribed stream's bounded asyncio queue
+(``put_nowait``, never waiting). A stream whose queue is full is dropped: it ends after the events it holds, and the
 client resumes from its last id (``Last-Event-ID``) out of the log.
 """
 
