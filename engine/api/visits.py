@@ -73,15 +73,19 @@ CREATE INDEX IF NOT EXISTS api_visits_open_merchant ON api_visits_open (merchant
 CREATE TABLE IF NOT EXISTS api_visits_cursor (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER);
 """
 
-# The outbox rows of visit events in (after, upto], their fields out of the payload (JSON text).
-_COPY = """
-INSERT OR IGNORE INTO api_visits (seq, merchant_id, store_id, visit_id, event, ts, payload)
+# The outbox rows of visit events in (after, upto], their fields out of the payload (JSON text):
+# read outside the write transaction (WAL: a reader never holds the engine's commits back)
+_READ = """
 SELECT seq, json_extract(t, '$.merchant_id'), json_extract(t, '$.store_id'),
        json_extract(t, '$.visit_id'), json_extract(t, '$.event'), json_extract(t, '$.ts'), payload
 FROM (SELECT seq, payload, CAST(payload AS TEXT) AS t FROM outbox
       WHERE seq > ? AND seq <= ? AND substr(topic, 1, ?) = ?)
 WHERE json_valid(t) AND json_extract(t, '$.kind') = 'visit'
 """
+_INSERT = (
+    "INSERT OR IGNORE INTO api_visits (seq, merchant_id, store_id, visit_id, event, ts, payload)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 # The highest outbox seq ever written (sent dead letters are deleted; their numbers are not reused).
@@ -124,7 +128,9 @@ class OutboxCopy:
         self.prune_every = prune_every
         self._lock = threading.Lock()
         with _sql(self.path):
-            self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+            self._db = sqlite3.connect(
+                str(self.path), isolation_level=None, check_same_thread=False
+            )
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.execute("PRAGMA wal_autocheckpoint=0")  # the daemon's checkpointer does
             self._db.executescript(self.TABLES)
@@ -177,32 +183,42 @@ class VisitLog(OutboxCopy):
         self._open(state, keep, prune_every)
 
     def catch_up(self) -> int:
-        """Copy the outbox's visit rows committed since the last copy; the outbox rows read."""
+        """Copy the outbox's visit rows committed since the last copy; the outbox rows read.
+
+        Each chunk is read (the scan of the outbox and the JSON) outside any write transaction;
+        the write transaction then only inserts what was read and moves the cursor, so the
+        engine's batch commits wait for it (SQLite has one writer) as short a time as can be."""
         done = 0
         with self._lock, _sql(self.path):
+            db = self._db
             while True:
+                after = stored = self._cursor(db)
+                (top,) = db.execute(_TOP).fetchone()
+                top = int(top)
+                if top < after:  # an outbox started over (not the file we copied from)
+                    after = 0
+                upto = min(top, after + COPY_CHUNK)
+                rows = (
+                    db.execute(_READ, (after, upto, len(self.prefix), self.prefix)).fetchall()
+                    if upto > after
+                    else []
+                )
                 with self._tx() as db:
-                    row = db.execute("SELECT seq FROM api_visits_cursor WHERE id = 1").fetchone()
-                    after = int(row[0]) if row and row[0] is not None else 0
-                    (top,) = db.execute(_TOP).fetchone()
-                    top = int(top)
-                    if top < after:  # an outbox started over (not the file we copied from)
-                        after = 0
-                    upto = min(top, after + COPY_CHUNK)
-                    if upto > after:
-                        db.execute(_COPY, (after, upto, len(self.prefix), self.prefix))
-                        db.execute(
-                            "INSERT OR REPLACE INTO api_visits_open"
-                            " (visit_id, merchant_id, store_id, seq, payload)"
-                            " SELECT visit_id, merchant_id, store_id, seq, payload FROM api_visits"
-                            " WHERE seq > ? AND seq <= ? AND event = 'enter'",
-                            (after, upto),
-                        )
-                        db.execute(
-                            "DELETE FROM api_visits_open WHERE visit_id IN (SELECT visit_id"
-                            " FROM api_visits WHERE seq > ? AND seq <= ? AND event = 'exit')",
-                            (after, upto),
-                        )
+                    if self._cursor(db) != stored:
+                        continue  # another copier moved the cursor meanwhile: read again
+                    if rows:
+                        db.executemany(_INSERT, rows)
+                        enters = [(r[3], r[1], r[2], r[0], r[6]) for r in rows if r[4] == "enter"]
+                        if enters:
+                            db.executemany(
+                                "INSERT OR REPLACE INTO api_visits_open"
+                                " (visit_id, merchant_id, store_id, seq, payload)"
+                                " VALUES (?, ?, ?, ?, ?)",
+                                enters,
+                            )
+                        exits = [(r[3],) for r in rows if r[4] == "exit"]
+                        if exits:
+                            db.executemany("DELETE FROM api_visits_open WHERE visit_id = ?", exits)
                     db.execute(
                         "INSERT INTO api_visits_cursor (id, seq) VALUES (1, ?)"
                         " ON CONFLICT (id) DO UPDATE SET seq = excluded.seq",
@@ -213,6 +229,11 @@ class VisitLog(OutboxCopy):
                     self._prune()
                 if upto >= top:
                     return done
+
+    @staticmethod
+    def _cursor(db: sqlite3.Connection) -> int:
+        row = db.execute("SELECT seq FROM api_visits_cursor WHERE id = 1").fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
 
     def _prune(self) -> None:
         """Keep the newest ``keep`` events: the cut found by a read (no write lock held while
@@ -363,7 +384,9 @@ class OutboxFollower:
         self.hub = hub
         self.every = every
         with _sql(self.path):
-            self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+            self._db = sqlite3.connect(
+                str(self.path), isolation_level=None, check_same_thread=False
+            )
             self._db.execute("PRAGMA busy_timeout=1000")
         self.last = self._top()
 
@@ -404,4 +427,12 @@ class OutboxFollower:
             await asyncio.sleep(self.every)
 
 
-__all__ = ["OutboxCopy", "OutboxFollower", "VisitHub", "VisitLog", "VisitRow", "out_id_of", "outbox_copier"]
+__all__ = [
+    "OutboxCopy",
+    "OutboxFollower",
+    "VisitHub",
+    "VisitLog",
+    "VisitRow",
+    "out_id_of",
+    "outbox_copier",
+]
