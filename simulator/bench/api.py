@@ -236,10 +236,22 @@ class _Http:
 
     async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
         if self.idle:
-            reader, writer = self.idle.pop()
-        else:
-            reader, writer = await asyncio.open_connection(self.host, self.port)
-            self.all.append(writer)
+            try:
+                return await self._request(self.idle.pop(), method, path, body)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass  # a kept-alive connection the server closed meanwhile (idle 5 s): anew
+        conn = await asyncio.open_connection(self.host, self.port)
+        self.all.append(conn[1])
+        return await self._request(conn, method, path, body)
+
+    async def _request(
+        self,
+        conn: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+        method: str,
+        path: str,
+        body: bytes,
+    ) -> tuple[int, bytes]:
+        reader, writer = conn
         head = f"{method} {path} HTTP/1.1\r\n".encode() + self.auth
         if body:
             head += b"Content-Type: application/json\r\n"

@@ -214,3 +214,26 @@ def test_a_port_in_use_stops_geopush_run_with_a_clear_error(broker, tmp_path):  
         busy.close()
     assert proc.returncode != 0
     assert b"cannot listen" in err and b"pick a free port" in err, err
+
+
+async def test_a_reload_reaches_the_api_process(broker, tmp_path):  # noqa: F811
+    from .conftest import circle, collection
+    from .test_daemon_api import Files
+
+    files = Files(tmp_path)
+    state = tmp_path / "state.db"
+    op = _token(state, "operator")
+    async with running_service(broker.url, state, world=files, http="127.0.0.1:0") as svc:  # type: ignore[arg-type]
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{svc.api.port}/v1", headers=op) as http:
+            assert (await http.get("/stores/s9")).status_code == 404
+            files.fences.write_text(json.dumps(collection(
+                circle("s1", "m1", 24.94, 60.17, r=30), circle("s9", "m1", 24.96, 60.17, r=30),
+            )))  # fmt: skip
+            svc.request_reload()  # (SIGHUP, or `reload` on the control topic)
+            await _until(lambda: svc.totals["reloads"] == 1, "the engine's reload")
+            assert svc.core.index.catalog.get("s9") is not None
+            for _ in range(300):  # the API's process reloads its own copy
+                if (await http.get("/stores/s9")).status_code == 200:
+                    break
+                await asyncio.sleep(0.05)
+            assert (await http.get("/stores/s9")).json()["properties"]["store_id"] == "s9"
