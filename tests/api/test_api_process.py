@@ -224,7 +224,8 @@ async def test_a_reload_reaches_the_api_process(broker, tmp_path):  # noqa: F811
     state = tmp_path / "state.db"
     op = _token(state, "operator")
     async with running_service(broker.url, state, world=files, http="127.0.0.1:0") as svc:  # type: ignore[arg-type]
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{svc.api.port}/v1", headers=op) as http:
+        http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{svc.api.port}/v1", headers=op)
+        async with http:
             assert (await http.get("/stores/s9")).status_code == 404
             files.fences.write_text(json.dumps(collection(
                 circle("s1", "m1", 24.94, 60.17, r=30), circle("s9", "m1", 24.96, 60.17, r=30),
