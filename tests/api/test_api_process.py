@@ -238,3 +238,26 @@ async def test_a_reload_reaches_the_api_process(broker, tmp_path):  # noqa: F811
                     break
                 await asyncio.sleep(0.05)
             assert (await http.get("/stores/s9")).json()["properties"]["store_id"] == "s9"
+
+
+async def test_a_store_deleted_through_the_api_exits_its_open_visits_in_the_engine(broker, tmp_path):  # noqa: F811
+    from .test_daemon_api import Files
+
+    files = Files(tmp_path)
+    state = tmp_path / "state.db"
+    op = _token(state, "operator")
+    t0 = 1_700_000_000.0
+    a = (24.9400, 60.1700)  # s1's place (Files)
+    async with (
+        Collector(broker.url, ["geopush/visits/#"]) as col,
+        running_service(broker.url, state, world=files, http="127.0.0.1:0") as svc,  # type: ignore[arg-type]
+    ):
+        await publish_all(broker.url, [("geopush/events/u1", gps("u1", t0, a[1], a[0]))])
+        await col.wait_for(lambda c: [d["event"] for d in c.json_on("geopush/visits/m1")] == ["enter"])
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{svc.api.port}/v1", headers=op) as http:
+            assert (await http.delete("/stores/s1")).status_code in (200, 204)
+        await _until(lambda: svc.core.index.catalog.slot_of("s1") is None, "the engine's index")
+        # the user's next fix, still where the store was: its visit exits as the store's removal
+        await publish_all(broker.url, [("geopush/events/u1", gps("u1", t0 + 5, a[1], a[0]))])
+        await col.wait_for(lambda c: [d["event"] for d in c.json_on("geopush/visits/m1")] == ["enter", "exit"])
+        assert svc.core.stats.exits_by_cause == {"removed": 1}
