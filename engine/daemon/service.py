@@ -286,14 +286,14 @@ class Service:
 
         s = self.settings
         assert s.http is not None
-        if s.redis_url is None:
+        core = self._require_core()
+        index = getattr(core, "index", None)
+        if s.redis_url is None and index is not None and hasattr(index, "add"):
             from engine.api.follow import StateFollower
 
-            core = self._require_core()
-            index = getattr(core, "index", None)
             target = self._fence_target()
             target.campaigns = campaign_target(core)
-            seqs = LOADED_SEQS.get(index, (0, 0)) if index is not None else (0, 0)
+            seqs = LOADED_SEQS.get(index, (0, 0))
             self.api_follow = StateFollower(
                 s.state, target, store_seq=seqs[0], campaign_seq=seqs[1],
                 every=s.api_follow_ms / 1000.0,
