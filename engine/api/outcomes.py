@@ -34,7 +34,7 @@ from engine.outputs import AnyOutput, Push, decode_output
 from engine.report import build_report
 
 OUTCOME_LOG_KEEP = 2_000_000
-COPY_CHUNK = 5000
+COPY_CHUNK = 1000  # short write transactions (see engine/api/visits.py)
 PRUNE_EVERY = 10_000
 KINDS = ("push", "holdout", "redeem", "order")
 

@@ -10,7 +10,8 @@ payload is byte for byte the MQTT one (its ``visit_id``/``event``/``dwell_s`` gi
 
 * ``api_visits(seq PRIMARY KEY, merchant_id, store_id, visit_id, event, ts, payload)``: the
   visit rows of the outbox, copied by ``catch_up`` off the event loop (a worker thread, on its
-  own connection: a short transaction per 5,000 rows) every second and before each read. The
+  own connection: each chunk of 1,000 outbox rows read, then inserted in a short transaction)
+  every second and before each read. The
   daemon's hot path pays nothing for it. The outbox keeps only the newest 100,000 sent outputs
   (pushes and visits together): the log keeps the newest ``keep`` (1,000,000) visit events.
 * ``api_visits_open(visit_id PRIMARY KEY, merchant_id, store_id, seq, payload)``: the visits
@@ -46,7 +47,7 @@ from engine.errors import StateError
 logger = logging.getLogger("geopush.api")
 
 VISIT_LOG_KEEP = 1_000_000  # visit events kept in api_visits (newest)
-COPY_CHUNK = 5000  # outbox rows copied per transaction
+COPY_CHUNK = 1000  # outbox rows copied per transaction (short: the engine commits wait for it)
 PRUNE_EVERY = 10_000  # outbox rows between two prunes of the log
 COPY_EVERY_S = 1.0  # how often the log copies the outbox's new visit rows
 QUEUE_SIZE = 1000  # events buffered per SSE stream before it is dropped
