@@ -12,7 +12,8 @@ raw-socket publishers, its Watch on the engine's status and pushes, its backlog-
    calls (60% GET one store, 20% a page of ``GET /v1/stores?bbox=...``, 20% PUT of a filler
    store moved a little). ``--rounds`` rounds, the configurations interleaved; the median of
    each is reported, and the API's cost relative to off.
-2. **upsert to effect**: ``--upserts`` times, with the engine idle and the API on: PUT a new
+2. **upsert to effect**: ``--upserts`` times, with the engine idle and the API on (3 s after its
+   start, as a drain): PUT a new
    store (a new place, merchant m0, whose campaign pushes on enter) through HTTP, then publish
    one fix inside it for a fresh user, and time from the PUT's start until the push that fix
    caused reaches the Watch (so it includes the fix's trip through the broker, the engine's
@@ -456,6 +457,7 @@ async def _bench(url: str, args: argparse.Namespace, folder: Path, say: Any) -> 
         res["cpu_cores"] = {k: statistics.median(v) for k, v in cpu.items()}
         res["cpu_cores_rounds"] = cpu
         await on.start(watch)
+        await asyncio.sleep(3.0)  # settle, as before a drain: the API's start-up work done
         res["upsert"] = await _upserts(url, api, token, args, watch, say)
     finally:
         on.stop()
