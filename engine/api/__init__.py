@@ -1,4 +1,5 @@
-"""geopush's HTTP API (``geopush run --http HOST:PORT``), served by the daemon in its own loop.
+"""geopush's HTTP API (``geopush run --http HOST:PORT``), served by a process of its own that
+the daemon supervises (``process``).
 
 Layout (FastAPI is imported only by the modules that need it, so the daemon and ``geopush
 --help`` do not pay for it when the API is off):
@@ -19,7 +20,12 @@ Layout (FastAPI is imported only by the modules that need it, so the daemon and 
 * ``deps``     authentication as dependencies (``CurrentPrincipal``, ``OperatorPrincipal``);
 * ``models``   pydantic models of the JSON bodies (stores are GeoJSON Features, as in the file);
 * ``routers/`` one router per resource (stores, tokens, campaigns);
-* ``server``   ``ApiServer``: uvicorn inside ``geopush run`` (the daemon owns the signals);
+* ``server``   ``ApiServer``: uvicorn over a fence target in this process (the API's process,
+               tests);
+* ``process``  the API's process: ``ApiProcess`` (the daemon's side: start, restart, stop,
+               redemptions relayed to its MQTT link) and the child's ``child_main``;
+* ``follow``   ``StateFollower``: the engine applies the changes the API's process persisted,
+               between two micro-batches (no FastAPI);
 * ``cli``      ``geopush tokens create|list|revoke`` and ``geopush stores export``.
 
 Docs: docs/api.md.

@@ -190,9 +190,10 @@ def create_app(
 
     @v1.get("/health", tags=["health"])
     async def health(request: Request) -> dict[str, Any]:
-        """No token needed: the API is up; how many stores are live."""
+        """No token needed: the API is up; how many stores are live, how many visit streams
+        (SSE) are open."""
         live: LiveStores = request.state.live_stores
-        return {"status": "ok", "stores": len(live.catalog)}
+        return {"status": "ok", "stores": len(live.catalog), "streams": hub.subscribers}
 
     app.include_router(v1)
     from engine.api import console  # the merchant console (/console): HTML over the same data

@@ -8,9 +8,10 @@ campaign changed, in table ``api_campaigns`` (created here, ``CREATE TABLE IF NO
 the action (``create``, ``update``, ``delete``, ``pause``, ``resume``), the campaign's body as
 sent (NULL for a deletion), whether it is paused, who made the change (token id and name, role,
 the token's merchant) and when. The newest row of a campaign is its live state: the daemon lays
-those over the file's campaigns at start-up and on reload (``overlay_campaigns``), and the API
-swaps the core's ``CampaignSet`` (``Core.reload(campaigns=...)``) at each change, on the
-daemon's event loop between two micro-batches: the next batch decides with it.
+those over the file's campaigns at start-up and on reload (``overlay_campaigns``). The API swaps
+its target's ``CampaignSet`` at each change (the API process's copy); the engine reads the new
+versions between two micro-batches and swaps its core's set (``Core.reload(campaigns=...)``,
+engine/api/follow.py).
 
 A paused or deleted campaign is left out of the live set. Caps and inventory are counted by
 campaign id in the state store (engine/decisions.py), so a change (an edit, a pause, even a

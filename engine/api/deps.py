@@ -4,8 +4,9 @@ operation, which refuses what lies outside it) and ``OperatorPrincipal`` (an ope
 
 Tokens come as ``Authorization: Bearer <token>``; each request hashes the token and looks the
 hash up in the state file, so a token created or revoked by ``geopush tokens`` counts at once.
-Every dependency and handler is ``async``: they run on the daemon's event loop (between two
-micro-batches), never in a worker thread (FastAPI runs plain ``def`` ones in threads).
+Every dependency and handler is ``async``: they run on the API's event loop (its own process
+under ``geopush run --http``), never in a worker thread (FastAPI runs plain ``def`` ones in
+threads), so the live catalog is only ever changed from that loop.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """``FastStores``: the API's hot store calls answered without FastAPI's per-request machinery.
 
-The API shares the engine's event loop, so every microsecond a request spends in Python is a
-microsecond the event path waits. FastAPI's routing, dependency injection and response-model
+The API's process serves the requests on one event loop (and shares the machine's cores with the
+engine), so every microsecond a request spends in Python counts. FastAPI's routing, dependency injection and response-model
 validation cost ~1 ms a request; the three calls an integration makes all the time (`GET
 /v1/stores/{id}`, a page of `GET /v1/stores`, `PUT /v1/stores/{id}`) are answered here, in
 front of the FastAPI app, with the same operations (``LiveStores``), the same token check

@@ -4,12 +4,13 @@ A change (PUT, DELETE, bulk import) is validated as ``geopush fences check`` val
 catalog (fences.catalog: ``store_from_feature`` for one Feature, ``parse_stores`` for a
 FeatureCollection; the body is parsed refusing repeated member names, as ``fences check`` reads
 a file), plus what only the live catalog can tell: a BSSID, beacon or NFC tag already claimed
-by another live store. It is then applied to the daemon's live fence index in place
-(``FenceIndex.add``/``remove``: no rebuild; removals are told to the core so open visits
-there exit) and persisted in the state file (engine/api/state.py) in one transaction. Applying
-and persisting happen together on the daemon's event loop, between two micro-batches (the
-batch path has no await inside a batch), so the next batch is matched against the new fences.
-If persisting fails the index change is undone.
+by another live store. It is then applied to the API's live fence index in place
+(``FenceIndex.add``/``remove``: no rebuild; removals are told to ``FenceTarget.removed``) and
+persisted in the state file (engine/api/state.py) in one transaction; if persisting fails the
+index change is undone. Under ``geopush run --http`` that index is the API process's own copy
+(engine/api/process.py) and the engine applies the persisted change to its index between two
+micro-batches (engine/api/follow.py; removals reach ``Core.stores_removed`` there, so open
+visits exit); a test may give the engine's own index as the target.
 
 At start-up and on reload the daemon lays the persisted changes over the catalog file
 (``overlay``): the file is the baseline, the state file the changes made live.

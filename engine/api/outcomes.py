@@ -35,7 +35,7 @@ from engine.outputs import AnyOutput, Push, decode_output
 from engine.report import build_report
 
 OUTCOME_LOG_KEEP = 2_000_000
-COPY_CHUNK = 5000
+COPY_CHUNK = 1000  # short write transactions (see engine/api/visits.py)
 PRUNE_EVERY = 10_000
 KINDS = ("push", "holdout", "redeem", "order")
 
@@ -55,8 +55,8 @@ CREATE INDEX IF NOT EXISTS api_outcomes_visit ON api_outcomes (visit_id) WHERE v
 CREATE TABLE IF NOT EXISTS api_outcomes_cursor (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER);
 """
 
-_COPY = """
-INSERT OR IGNORE INTO api_outcomes (seq, merchant_id, kind, ts, user, campaign_id, visit_id, payload)
+# read outside the write transaction (see VisitLog.catch_up)
+_READ = """
 SELECT seq, json_extract(t, '$.merchant_id'), json_extract(t, '$.kind'), json_extract(t, '$.ts'),
        json_extract(t, '$.user'), json_extract(t, '$.campaign_id'), json_extract(t, '$.visit_id'),
        payload
@@ -66,6 +66,11 @@ FROM (SELECT seq, payload, CAST(payload AS TEXT) AS t FROM outbox
 WHERE json_valid(t) AND json_extract(t, '$.kind') IN ('push', 'holdout', 'redeem', 'order')
   AND json_extract(t, '$.merchant_id') IS NOT NULL
 """
+_INSERT = (
+    "INSERT OR IGNORE INTO api_outcomes"
+    " (seq, merchant_id, kind, ts, user, campaign_id, visit_id, payload)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 _TOP = (
     "SELECT MAX(COALESCE((SELECT MAX(seq) FROM outbox), 0),"
@@ -99,17 +104,20 @@ class OutcomeLog(OutboxCopy):
             args += [len(t), t]
         done = 0
         with self._lock, _sql(self.path):
+            db = self._db
             while True:
+                after = stored = self._cursor(db)
+                (top,) = db.execute(_TOP).fetchone()
+                top = int(top)
+                if top < after:  # an outbox started over
+                    after = 0
+                upto = min(top, after + COPY_CHUNK)
+                rows = db.execute(_READ, (after, upto, *args)).fetchall() if upto > after else []
                 with self._tx() as db:
-                    row = db.execute("SELECT seq FROM api_outcomes_cursor WHERE id = 1").fetchone()
-                    after = int(row[0]) if row and row[0] is not None else 0
-                    (top,) = db.execute(_TOP).fetchone()
-                    top = int(top)
-                    if top < after:  # an outbox started over
-                        after = 0
-                    upto = min(top, after + COPY_CHUNK)
-                    if upto > after:
-                        db.execute(_COPY, (after, upto, *args))
+                    if self._cursor(db) != stored:
+                        continue  # another copier moved the cursor meanwhile: read again
+                    if rows:
+                        db.executemany(_INSERT, rows)
                     db.execute(
                         "INSERT INTO api_outcomes_cursor (id, seq) VALUES (1, ?)"
                         " ON CONFLICT (id) DO UPDATE SET seq = excluded.seq",
@@ -120,6 +128,11 @@ class OutcomeLog(OutboxCopy):
                     self._prune()
                 if upto >= top:
                     return done
+
+    @staticmethod
+    def _cursor(db: Any) -> int:
+        row = db.execute("SELECT seq FROM api_outcomes_cursor WHERE id = 1").fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
 
     def _prune(self) -> None:
         row = self._db.execute(
@@ -176,7 +189,6 @@ class OutcomeLog(OutboxCopy):
             out.setdefault(str(vid), []).append(json.loads(payload))
         return out
 
-
     def recent_enters(self, merchant_id: str, limit: int = 30) -> list[dict[str, Any]]:
         """The merchant's newest enter events (the visit log), newest first, each with ``id``,
         the pushes and holdout decisions of its visit (``pushes``; a push redeemed has
@@ -184,7 +196,9 @@ class OutcomeLog(OutboxCopy):
         import json
 
         with self._lock, _sql(self.path):
-            has = self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'api_visits'").fetchone()
+            has = self._db.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = 'api_visits'"
+            ).fetchone()
             rows = (
                 self._db.execute(
                     "SELECT seq, payload FROM api_visits WHERE merchant_id = ? AND event = 'enter'"
@@ -228,7 +242,8 @@ class OutcomeLog(OutboxCopy):
         marks = ",".join("?" * len(users))
         with self._lock, _sql(self.path):
             rows = self._db.execute(
-                f"SELECT user, blob FROM users WHERE user IN ({marks})", users  # noqa: S608
+                f"SELECT user, blob FROM users WHERE user IN ({marks})",
+                users,  # noqa: S608
             ).fetchall()
         for user, blob in rows:
             with contextlib.suppress(Exception):  # a record the daemon will quarantine: no dot

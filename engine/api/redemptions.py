@@ -2,13 +2,15 @@
 path, so the single-writer rules of the ``redeem`` event apply unchanged.
 
 **How.** The API publishes the ``redeem`` event (QoS 1) on the user's events topic,
-``{prefix}/events/{user}``, over the daemon's own MQTT connection, exactly as a till logged in
-to the broker would, with ``merchant_id`` taken from the caller's merchant token. The broker
+``{prefix}/events/{user}``, over the daemon's own MQTT connection (``publish``: from the API's
+process, relayed by the daemon, engine/api/process.py), exactly as a till logged in to the
+broker would, with ``merchant_id`` taken from the caller's merchant token. The broker
 hands it back to the daemon (or, in a worker group, to the worker owning the user), which
 decides it against the user's record (engine/loop.py ``redeem``) and commits the answer, a
-``RedeemResult``, with the record, in one transaction. ``RedemptionDesk.committed`` sees each
-commit's outbox rows (the daemon calls it right after the commit, as for the visit feed) and
-resolves the request waiting for that answer (by user and ``request_id``).
+``RedeemResult``, with the record, in one transaction. ``RedemptionDesk.answered`` gets that
+answer (the daemon finds it among each commit's outbox rows and passes it to the API's
+process; in-process, ``committed`` takes the rows) and resolves the request waiting for it (by
+user and ``request_id``).
 
 **Exactly once across crashes.** Nothing is redeemed before that commit. Once the broker has
 acknowledged the publish the event is the broker's (persisted, redelivered to the engine after a
@@ -77,13 +79,16 @@ class RedemptionDesk:
             return
         n = len(self.answers)
         for r in rows:
-            if r.topic[:n] != self.answers:
-                continue
-            data = json.loads(r.payload)
-            futs = self._waiting.pop((data.get("user"), data.get("request_id")), None)
-            for f in futs or ():
-                if not f.done():
-                    f.set_result(data)
+            if r.topic[:n] == self.answers:
+                self.answered(json.loads(r.payload))
+
+    def answered(self, data: dict[str, Any]) -> None:
+        """The engine's committed answer to a redemption (a RedeemResult's JSON): to the requests
+        waiting for it (the API's process gets these from the engine: engine/api/process.py)."""
+        futs = self._waiting.pop((str(data.get("user")), str(data.get("request_id"))), None)
+        for f in futs or ():
+            if not f.done():
+                f.set_result(data)
 
     async def redeem(
         self, user: str, merchant_id: str, code: str, request_id: str | None

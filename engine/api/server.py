@@ -1,9 +1,11 @@
-"""uvicorn inside the daemon: ``ApiServer`` serves the API in the daemon's own event loop.
+"""uvicorn in an event loop: ``ApiServer`` serves the API over a fence target in this process.
 
-The daemon owns the process's signals (SIGTERM/SIGINT drain, SIGHUP reloads): ``_Server`` is a
-``uvicorn.Server`` whose ``capture_signals`` does nothing, and the daemon stops it when it stops.
-The socket is bound before serving, so a port in use is a clear ``ConfigError`` at start-up, and
-a failed lifespan start-up (uvicorn calls ``sys.exit`` then) becomes one too.
+The daemon runs it in the API's own process (engine/api/process.py), over that process's copy
+of the catalog; tests run it beside a stand-in engine. The process's owner handles the signals:
+``_Server`` is a ``uvicorn.Server`` whose ``capture_signals`` does nothing, and ``stop`` stops
+it. The socket is bound before serving (``bind_listener``: a port in use is a clear
+``ConfigError`` at start-up; the daemon binds it and hands it to the API's process), and a failed
+lifespan start-up (uvicorn calls ``sys.exit`` then) becomes a ``ConfigError`` too.
 """
 
 from __future__ import annotations
@@ -34,6 +36,25 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield  # the daemon handles SIGTERM/SIGINT and stops us (Service.request_stop)
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (port 0: a free one); ConfigError when taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on sockets that say so (with proto 0
+    # every response waited ~40 ms for the client's delayed ACK: Nagle)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"--http {host}:{port}: cannot listen ({exc.strerror}); pick a free port"
+        ) from exc
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
 
 
 class ApiServer:
@@ -76,21 +97,11 @@ class ApiServer:
         self.visits.committed(rows)
         self.redemptions.committed(rows)
 
-    async def start(self) -> None:
-        """Bind, serve in this loop, return once accepting connections."""
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on sockets that say so (with proto 0
-        # every response waited ~40 ms for the client's delayed ACK: Nagle)
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((self.host, self.port))
-        except OSError as exc:
-            sock.close()
-            raise ConfigError(
-                f"--http {self.host}:{self.port}: cannot listen ({exc.strerror}); pick a free port"
-            ) from exc
-        sock.listen(128)
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Bind (or serve ``sock``, bound already), serve in this loop, return once accepting
+        connections."""
+        if sock is None:
+            sock = bind_listener(self.host, self.port)
         sock.setblocking(False)
         self._sock = sock
         self.port = sock.getsockname()[1]
@@ -132,4 +143,4 @@ class ApiServer:
             self._sock = None
 
 
-__all__ = ["ApiServer", "parse_http"]
+__all__ = ["ApiServer", "bind_listener", "parse_http"]

@@ -110,8 +110,8 @@ def _sql(path: Path) -> Iterator[None]:
 class ApiState:
     """The API's tables on their own connection. Creates (or migrates) the state file if needed."""
 
-    # How long a write waits for another writer (`geopush tokens` in another process, a few ms):
-    # the API runs on the daemon's event loop, so it must not wait long; past this it is a 503.
+    # How long a write waits for another writer (the engine's batch commit, `geopush tokens` in
+    # another process: a few ms); past this it is a 503.
     BUSY_TIMEOUT_MS = 250
 
     def __init__(self, state: str | Path) -> None:

@@ -10,7 +10,8 @@ payload is byte for byte the MQTT one (its ``visit_id``/``event``/``dwell_s`` gi
 
 * ``api_visits(seq PRIMARY KEY, merchant_id, store_id, visit_id, event, ts, payload)``: the
   visit rows of the outbox, copied by ``catch_up`` off the event loop (a worker thread, on its
-  own connection: a short transaction per 5,000 rows) every second and before each read. The
+  own connection: each chunk of 1,000 outbox rows read, then inserted in a short transaction)
+  every second and before each read. The
   daemon's hot path pays nothing for it. The outbox keeps only the newest 100,000 sent outputs
   (pushes and visits together): the log keeps the newest ``keep`` (1,000,000) visit events.
 * ``api_visits_open(visit_id PRIMARY KEY, merchant_id, store_id, seq, payload)``: the visits
@@ -19,10 +20,11 @@ payload is byte for byte the MQTT one (its ``visit_id``/``event``/``dwell_s`` gi
   the state file; this table is answered by an index.
 * ``api_visits_cursor``: the outbox seq copied up to.
 
-**Live** (``VisitHub``): the daemon hands every committed batch's rows to ``committed`` right
-after the commit (engine/daemon/outbox.py ``on_commit``); it pushes the merchant's visit rows
-into each subscribed stream's bounded asyncio queue (``put_nowait``, no wait on the event
-path). A stream whose queue is full is dropped: it ends after the events it holds, and the
+**Live** (``VisitHub``): the API's process reads the visit rows the engine committed to the
+outbox (``OutboxFollower``, every 50 ms while a stream is open, its own read connection) and
+hands them to ``rows``; in-process, ``committed`` takes a batch's rows right after its commit.
+Either pushes the merchant's visit rows into each subscribed stream's bounded asyncio queue
+(``put_nowait``, never waiting). A stream whose queue is full is dropped: it ends after the events it holds, and the
 client resumes from its last id (``Last-Event-ID``) out of the log.
 """
 
@@ -45,7 +47,7 @@ from engine.errors import StateError
 logger = logging.getLogger("geopush.api")
 
 VISIT_LOG_KEEP = 1_000_000  # visit events kept in api_visits (newest)
-COPY_CHUNK = 5000  # outbox rows copied per transaction
+COPY_CHUNK = 1000  # outbox rows copied per transaction (short: the engine commits wait for it)
 PRUNE_EVERY = 10_000  # outbox rows between two prunes of the log
 COPY_EVERY_S = 1.0  # how often the log copies the outbox's new visit rows
 QUEUE_SIZE = 1000  # events buffered per SSE stream before it is dropped
@@ -72,15 +74,19 @@ CREATE INDEX IF NOT EXISTS api_visits_open_merchant ON api_visits_open (merchant
 CREATE TABLE IF NOT EXISTS api_visits_cursor (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER);
 """
 
-# The outbox rows of visit events in (after, upto], their fields out of the payload (JSON text).
-_COPY = """
-INSERT OR IGNORE INTO api_visits (seq, merchant_id, store_id, visit_id, event, ts, payload)
+# The outbox rows of visit events in (after, upto], their fields out of the payload (JSON text):
+# read outside the write transaction (WAL: a reader never holds the engine's commits back)
+_READ = """
 SELECT seq, json_extract(t, '$.merchant_id'), json_extract(t, '$.store_id'),
        json_extract(t, '$.visit_id'), json_extract(t, '$.event'), json_extract(t, '$.ts'), payload
 FROM (SELECT seq, payload, CAST(payload AS TEXT) AS t FROM outbox
       WHERE seq > ? AND seq <= ? AND substr(topic, 1, ?) = ?)
 WHERE json_valid(t) AND json_extract(t, '$.kind') = 'visit'
 """
+_INSERT = (
+    "INSERT OR IGNORE INTO api_visits (seq, merchant_id, store_id, visit_id, event, ts, payload)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 # The highest outbox seq ever written (sent dead letters are deleted; their numbers are not reused).
@@ -123,7 +129,9 @@ class OutboxCopy:
         self.prune_every = prune_every
         self._lock = threading.Lock()
         with _sql(self.path):
-            self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+            self._db = sqlite3.connect(
+                str(self.path), isolation_level=None, check_same_thread=False
+            )
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.execute("PRAGMA wal_autocheckpoint=0")  # the daemon's checkpointer does
             self._db.executescript(self.TABLES)
@@ -176,32 +184,42 @@ class VisitLog(OutboxCopy):
         self._open(state, keep, prune_every)
 
     def catch_up(self) -> int:
-        """Copy the outbox's visit rows committed since the last copy; the outbox rows read."""
+        """Copy the outbox's visit rows committed since the last copy; the outbox rows read.
+
+        Each chunk is read (the scan of the outbox and the JSON) outside any write transaction;
+        the write transaction then only inserts what was read and moves the cursor, so the
+        engine's batch commits wait for it (SQLite has one writer) as short a time as can be."""
         done = 0
         with self._lock, _sql(self.path):
+            db = self._db
             while True:
+                after = stored = self._cursor(db)
+                (top,) = db.execute(_TOP).fetchone()
+                top = int(top)
+                if top < after:  # an outbox started over (not the file we copied from)
+                    after = 0
+                upto = min(top, after + COPY_CHUNK)
+                rows = (
+                    db.execute(_READ, (after, upto, len(self.prefix), self.prefix)).fetchall()
+                    if upto > after
+                    else []
+                )
                 with self._tx() as db:
-                    row = db.execute("SELECT seq FROM api_visits_cursor WHERE id = 1").fetchone()
-                    after = int(row[0]) if row and row[0] is not None else 0
-                    (top,) = db.execute(_TOP).fetchone()
-                    top = int(top)
-                    if top < after:  # an outbox started over (not the file we copied from)
-                        after = 0
-                    upto = min(top, after + COPY_CHUNK)
-                    if upto > after:
-                        db.execute(_COPY, (after, upto, len(self.prefix), self.prefix))
-                        db.execute(
-                            "INSERT OR REPLACE INTO api_visits_open"
-                            " (visit_id, merchant_id, store_id, seq, payload)"
-                            " SELECT visit_id, merchant_id, store_id, seq, payload FROM api_visits"
-                            " WHERE seq > ? AND seq <= ? AND event = 'enter'",
-                            (after, upto),
-                        )
-                        db.execute(
-                            "DELETE FROM api_visits_open WHERE visit_id IN (SELECT visit_id"
-                            " FROM api_visits WHERE seq > ? AND seq <= ? AND event = 'exit')",
-                            (after, upto),
-                        )
+                    if self._cursor(db) != stored:
+                        continue  # another copier moved the cursor meanwhile: read again
+                    if rows:
+                        db.executemany(_INSERT, rows)
+                        enters = [(r[3], r[1], r[2], r[0], r[6]) for r in rows if r[4] == "enter"]
+                        if enters:
+                            db.executemany(
+                                "INSERT OR REPLACE INTO api_visits_open"
+                                " (visit_id, merchant_id, store_id, seq, payload)"
+                                " VALUES (?, ?, ?, ?, ?)",
+                                enters,
+                            )
+                        exits = [(r[3],) for r in rows if r[4] == "exit"]
+                        if exits:
+                            db.executemany("DELETE FROM api_visits_open WHERE visit_id = ?", exits)
                     db.execute(
                         "INSERT INTO api_visits_cursor (id, seq) VALUES (1, ?)"
                         " ON CONFLICT (id) DO UPDATE SET seq = excluded.seq",
@@ -212,6 +230,11 @@ class VisitLog(OutboxCopy):
                     self._prune()
                 if upto >= top:
                     return done
+
+    @staticmethod
+    def _cursor(db: sqlite3.Connection) -> int:
+        row = db.execute("SELECT seq FROM api_visits_cursor WHERE id = 1").fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
 
     def _prune(self) -> None:
         """Keep the newest ``keep`` events: the cut found by a read (no write lock held while
@@ -323,9 +346,15 @@ class VisitHub:
         if not self._subs or not rows:
             return
         first = self._last_seq() - len(rows) + 1
+        self.rows([(first + i, r.topic, r.payload) for i, r in enumerate(rows)])
+
+    def rows(self, rows: Sequence[tuple[int, str, bytes]]) -> None:
+        """Committed outbox rows as (seq, topic, payload): the merchants' visit rows go to their
+        streams (the API's process reads them from the outbox: ``OutboxFollower``)."""
+        if not self._subs:
+            return
         prefix, n = self.prefix, len(self.prefix)
-        for i, r in enumerate(rows):
-            topic = r.topic
+        for seq, topic, payload in rows:
             if not topic.startswith(prefix):
                 continue
             subs = self._subs.get(topic[n:])
@@ -339,7 +368,72 @@ class VisitHub:
                     self.dropped += 1
                     self.unsubscribe(sub)
                 else:
-                    q.put_nowait((first + i, r.payload))
+                    q.put_nowait((seq, payload))
 
 
-__all__ = ["OutboxCopy", "VisitHub", "VisitLog", "VisitRow", "out_id_of", "outbox_copier"]
+class OutboxFollower:
+    """The API's process follows the engine's committed outbox rows on a read connection of its
+    own: every ``every`` seconds (a worker thread), the visit rows after the last one read go to
+    ``hub`` (its SSE streams). With no stream open it only notes where the outbox ends.
+
+    Dead letters are deleted once published and their numbers may be taken again, but only by
+    the next engine process (engine/daemon/webhooks.py): this follower lives and dies with the
+    engine that writes, so it reads each visit row once."""
+
+    def __init__(self, state: str | Path, hub: VisitHub, every: float = 0.05) -> None:
+        self.path = _sqlite_path(state)
+        self.hub = hub
+        self.every = every
+        with _sql(self.path):
+            self._db = sqlite3.connect(
+                str(self.path), isolation_level=None, check_same_thread=False
+            )
+            self._db.execute("PRAGMA busy_timeout=1000")
+        self.last = self._top()
+
+    def _top(self) -> int:
+        with _sql(self.path):
+            (top,) = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetchone()
+        return int(top)
+
+    def read(self) -> list[tuple[int, str, bytes]]:
+        """The visit rows committed since the last read (none while no stream is open)."""
+        top = self._top()
+        if not self.hub.subscribers or top < self.last:  # (< : the outbox started over)
+            self.last = top
+            return []
+        p = self.hub.prefix
+        with _sql(self.path):
+            rows = self._db.execute(
+                "SELECT seq, topic, payload FROM outbox WHERE seq > ? AND seq <= ?"
+                " AND substr(topic, 1, ?) = ? ORDER BY seq",
+                (self.last, top, len(p), p),
+            ).fetchall()
+        self.last = top
+        return [(int(q), str(t), bytes(b)) for q, t, b in rows]
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._db.close()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                found = await asyncio.to_thread(self.read)
+            except StateError as exc:
+                logger.warning("following the outbox: %s", exc)
+                found = []
+            if found:
+                self.hub.rows(found)
+            await asyncio.sleep(self.every)
+
+
+__all__ = [
+    "OutboxCopy",
+    "OutboxFollower",
+    "VisitHub",
+    "VisitLog",
+    "VisitRow",
+    "out_id_of",
+    "outbox_copier",
+]

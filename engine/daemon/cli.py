@@ -44,6 +44,7 @@ _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--client-id", "client_id", {}),
     ("--metrics-port", "metrics_port", {"type": int, "metavar": "PORT"}),
     ("--http", "http", {"metavar": "HOST:PORT"}),
+    ("--api-follow-ms", "api_follow_ms", {"type": float, "metavar": "MS"}),
     ("--batch-size", "batch_size", {"type": int, "metavar": "N"}),
     ("--linger-ms", "linger_ms", {"type": float, "metavar": "MS"}),
     ("--linger-batch", "linger_batch", {"type": int, "metavar": "N"}),

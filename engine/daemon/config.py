@@ -56,6 +56,7 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     input_window: int = Field(100_000, ge=1000)
     http: str | None = None  # HOST:PORT of the HTTP API (engine/api), off when None
+    api_follow_ms: float = Field(20.0, ge=1, le=1000)  # how often the engine reads the API's changes
     deadletter_payload: int = Field(4096, ge=0, le=65536)
     deadletter_rate: float = Field(100.0, ge=0)
     max_skew: float = Field(300.0, gt=0)

@@ -67,6 +67,14 @@ class Metrics:
         self.reloads = Counter(
             "geopush_reloads", "Fence/campaign reloads, by result", ["result"], registry=r
         )
+        self.api_up = Gauge(
+            "geopush_api_process_up", "1 while the HTTP API's process is serving (--http)",
+            registry=r,
+        )
+        self.api_restarts = Counter(
+            "geopush_api_process_restarts", "HTTP API processes restarted after they died",
+            registry=r,
+        )
         self.inbox = Gauge(
             "geopush_inbox_depth", "Received messages waiting for a batch", registry=r
         )

@@ -118,8 +118,9 @@ class Service:
         self.core: CoreLike | None = None
         self.link: MqttLink | None = None
         self.outbox: Outbox | None = None
-        self.api: Any = None  # engine.api.server.ApiServer with --http
-        self.webhooks: Any = None  # engine.daemon.webhooks.WebhookDispatcher
+        self.api: Any = None  # engine.api.process.ApiProcess with --http
+        self.api_follow: Any = None  # engine.api.follow.StateFollower (--http, SQLite state)
+        self.webhooks: Any = None  # engine.daemon.webhooks.WebhookDispatcher (SQLite state)
         self.follower: Any = None  # engine.api.redis_state.ChangeFollower in a group
         self.broker_watch: BrokerWatch | None = None
         self._last_full_gc = time.monotonic()
@@ -206,9 +207,9 @@ class Service:
                 fast=s.mqtt_fast,
             )
             self.outbox = Outbox(link, store, self.metrics, max_in_flight=s.max_in_flight)
-            if self.api is not None:  # committed visit events to the API's SSE streams
-                self.outbox.on_commit = self.api.committed  # (and redemption answers)
-                self.api.redemptions.publish = lambda t, p: link.publish_nowait(t, p, qos=1)
+            if self.api is not None:  # the API's redemptions: published here, answers to it
+                self.outbox.on_commit = self.api.committed
+                self.api.publish = lambda t, p: link.publish_nowait(t, p, qos=1)
             await self._start_webhooks()
             # the broker's own dropped-message counter ($SYS), on a connection (and login) of its own
             refusal = watch_refusal(s)
@@ -243,6 +244,8 @@ class Service:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await task
+            if self.api_follow is not None:
+                self.api_follow.close()
             store.close()
             self._remove_pid()
 
@@ -288,24 +291,26 @@ class Service:
         return FenceTarget(index, removed)
 
     async def _start_api(self) -> None:
-        """Serve the HTTP API (--http) in this loop: its store changes reach the core's live
-        fence index between two micro-batches (engine/api/live.py)."""
-        from engine.api.server import ApiServer
-        from engine.api.visits import VisitHub
+        """Start the HTTP API's process (--http, engine/api/process.py); with a SQLite state,
+        follow the changes it makes between two micro-batches (engine/api/follow.py)."""
+        from engine.api.process import ApiProcess
 
-        assert self.settings.http is not None
-        store = self._require_store()
-        hub = VisitHub(self.topics.visits(""), lambda: store.out_seq)  # the live visit feed
-        target = self._fence_target()
-        target.campaigns = campaign_target(self._require_core())
-        self.api = ApiServer(
-            self.settings.http,
-            self.settings.state,
-            target,
-            visits=hub,
-            prefix=self.topics.prefix,
-            attribution_window_s=self.settings.attribution_window_s,
-        )
+        s = self.settings
+        assert s.http is not None
+        core = self._require_core()
+        index = getattr(core, "index", None)
+        if s.redis_url is None and index is not None and hasattr(index, "add"):
+            from engine.api.follow import StateFollower
+
+            target = self._fence_target()
+            target.campaigns = campaign_target(core)
+            seqs = LOADED_SEQS.get(index, (0, 0))
+            self.api_follow = StateFollower(
+                s.state, target, store_seq=seqs[0], campaign_seq=seqs[1],
+                every=s.api_follow_ms / 1000.0,
+            )  # fmt: skip
+            self.api_follow.check()  # what changed since the files were loaded
+        self.api = ApiProcess(s, self.metrics)
         await self.api.start()
 
     def _follow_api_changes(self, url: str) -> asyncio.Task[None] | None:
@@ -413,6 +418,9 @@ class Service:
                     if not self.handle(link.take(s.batch_size)):
                         break  # held back: the broker re-delivers it to this session later
                 return
+            follow = self.api_follow
+            if follow is not None and follow.due(time.monotonic()):
+                follow.check()
             if not link.inbox:
                 waiter = asyncio.ensure_future(link.wait_inbound(s.idle_flush or 1.0))
                 woke = asyncio.ensure_future(self._wake.wait())
@@ -421,6 +429,8 @@ class Service:
                 for f in (waiter, woke, disc):
                     f.cancel()
                 self._wake.clear()
+                if follow is not None:  # the first batch after a pause sees every API change
+                    follow.check()
             if s.linger_ms and len(link.inbox) < enough:
                 await self._linger(link, enough, s.linger_ms / 1000.0)
             if len(link.inbox) < s.batch_size:
@@ -923,23 +933,29 @@ class Service:
             # Load in a thread: messages keep queueing (unacked) in the broker meanwhile.
             fresh = await asyncio.to_thread(self.reloader)
             seq = fresh.pop(API_SEQ, None)
-            if seq is not None and (self.api is not None or self.follower is not None):
+            follow = self.api_follow
+            if seq is not None and (follow is not None or self.follower is not None):
                 # store changes the API made while the files loaded: onto the new index too
                 from engine.api.live import overlay_state
 
-                overlay_state(fresh["index"], self.settings.state, after=seq)
+                seq = overlay_state(fresh["index"], self.settings.state, after=seq)
             cseq = fresh.pop(API_CAMPAIGN_SEQ, None)
-            if cseq is not None and self.api is not None and "campaigns" in fresh:
+            if cseq is not None and follow is not None and "campaigns" in fresh:
                 # campaign changes the API made while the files loaded, likewise
                 from engine.api.campaigns import overlay_campaigns_state
 
-                fresh["campaigns"], _ = overlay_campaigns_state(
+                fresh["campaigns"], cseq = overlay_campaigns_state(
                     fresh["campaigns"], self.settings.state, after=cseq
                 )
             reload = getattr(core, "reload", None)
             if reload is None:
                 raise GeopushError("this core does not support reload")
             reload(**fresh)
+            if follow is not None:  # the fresh index and campaigns hold the changes up to these
+                follow.store_seq = seq if seq is not None else follow.store_seq
+                follow.campaign_seq = cseq if cseq is not None else follow.campaign_seq
+            if self.api is not None:
+                self.api.reload()  # the API's process reloads its own copy
         except Exception as exc:  # noqa: BLE001  (a bad file must not stop the daemon)
             self.metrics.reloads.labels("error").inc()
             self.totals["reload_errors"] += 1
@@ -973,6 +989,8 @@ class Service:
         }
         if self.outbox is not None:
             body["outbox_pending"] = self.outbox.pending
+        if self.api is not None:
+            body["api"] = self.api.status()
         redis_stats = getattr(self.store, "stats", None)  # a worker group's Redis store
         if redis_stats is not None:
             body["redis"] = {k: getattr(redis_stats, k) for k in ("round_trips", "commits", "conflicts")}
@@ -1126,6 +1144,7 @@ def load_fences_and_campaigns(
 
         # Likewise the campaign file is the baseline; the API's campaign changes are laid over.
         campaigns, loaded[API_CAMPAIGN_SEQ] = overlay_campaigns_state(campaigns, settings.state)
+        LOADED_SEQS[index] = (loaded[API_SEQ], loaded[API_CAMPAIGN_SEQ])
     found = catalog_warnings(campaigns, index.catalog)
     for w in found:
         log.warning("%s", w)
@@ -1163,6 +1182,9 @@ def _noop(*_a: Any) -> None:
 # fence index -> the last API store change laid over it at load (where a group's worker starts
 # following the changes of the other workers' APIs)
 LOADED_SEQ: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+# fence index -> (store, campaign) API changes laid over the files at load (SQLite state): where
+# the engine starts following the API process's changes (engine/api/follow.py)
+LOADED_SEQS: weakref.WeakKeyDictionary[Any, tuple[int, int]] = weakref.WeakKeyDictionary()
 
 
 def real_core_factory(settings: Settings, warnings: list[str] | None = None) -> CoreFactory:

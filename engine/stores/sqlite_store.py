@@ -211,6 +211,11 @@ class SQLiteStore:
         self._touched: dict[str, UserState] = {}
         self._inventory: dict[str, int] = {}
         self._inv_dirty: set[str] = set()
+        # coupons taken per campaign since the last commit: the commit writes the counter
+        # relative to the file (``left - taken``), so a change the HTTP API's process made to it
+        # meanwhile (an inventory edit, engine/api/campaigns.py) is kept, never overwritten
+        self._inv_taken: dict[str, int] = {}
+        self._inv_stale: set[str] = set()  # forgotten while dirty: dropped after the commit
         self._new_push_ids: set[str] = set()
         self._input_seq = self._scalar("SELECT COALESCE(MAX(seq), 0) FROM input_log")
         self._inputs_since_prune = 0
@@ -271,12 +276,16 @@ class SQLiteStore:
             return False
         self._inventory[campaign_id] = left - 1
         self._inv_dirty.add(campaign_id)
+        self._inv_taken[campaign_id] = self._inv_taken.get(campaign_id, 0) + 1
         return True
 
     def forget_inventory(self, campaign_id: str) -> None:
         """Drop the cached coupon counter of a campaign: another connection changed it (the
-        HTTP API, between two batches); the next use reads it from the file."""
-        if campaign_id not in self._inv_dirty:
+        HTTP API's process); the next use reads it from the file (after this batch's commit,
+        when the batch already took from it)."""
+        if campaign_id in self._inv_dirty:
+            self._inv_stale.add(campaign_id)
+        else:
             self._inventory.pop(campaign_id, None)
 
     def seen_push(self, push_id: str) -> bool:
@@ -320,8 +329,8 @@ class SQLiteStore:
             if self._inv_dirty:
                 db.executemany(
                     "INSERT INTO inventory (campaign_id, left) VALUES (?, ?)"
-                    " ON CONFLICT (campaign_id) DO UPDATE SET left = excluded.left",
-                    [(c, self._inventory[c]) for c in self._inv_dirty],
+                    " ON CONFLICT (campaign_id) DO UPDATE SET left = left - ?",
+                    [(c, self._inventory[c], self._inv_taken.get(c, 0)) for c in self._inv_dirty],
                 )
             if self._new_push_ids:
                 db.executemany(
@@ -380,6 +389,10 @@ class SQLiteStore:
             self._cache_put(u, st)
         self._touched.clear()
         self._inv_dirty.clear()
+        self._inv_taken.clear()
+        for c in self._inv_stale:
+            self._inventory.pop(c, None)
+        self._inv_stale.clear()
         self._new_push_ids.clear()
         return rows
 
@@ -398,6 +411,8 @@ class SQLiteStore:
         for c in self._inv_dirty:
             self._inventory.pop(c, None)
         self._inv_dirty.clear()
+        self._inv_taken.clear()
+        self._inv_stale.clear()
         self._new_push_ids.clear()
 
     def seen_inputs(self, digests: Iterable[bytes]) -> set[bytes]:

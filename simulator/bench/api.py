@@ -12,7 +12,8 @@ raw-socket publishers, its Watch on the engine's status and pushes, its backlog-
    calls (60% GET one store, 20% a page of ``GET /v1/stores?bbox=...``, 20% PUT of a filler
    store moved a little). ``--rounds`` rounds, the configurations interleaved; the median of
    each is reported, and the API's cost relative to off.
-2. **upsert to effect**: ``--upserts`` times, with the engine idle and the API on: PUT a new
+2. **upsert to effect**: ``--upserts`` times, with the engine idle and the API on (3 s after its
+   start, as a drain): PUT a new
    store (a new place, merchant m0, whose campaign pushes on enter) through HTTP, then publish
    one fix inside it for a fresh user, and time from the PUT's start until the push that fix
    caused reaches the Watch (so it includes the fix's trip through the broker, the engine's
@@ -236,10 +237,22 @@ class _Http:
 
     async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
         if self.idle:
-            reader, writer = self.idle.pop()
-        else:
-            reader, writer = await asyncio.open_connection(self.host, self.port)
-            self.all.append(writer)
+            try:
+                return await self._request(self.idle.pop(), method, path, body)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass  # a kept-alive connection the server closed meanwhile (idle 5 s): anew
+        conn = await asyncio.open_connection(self.host, self.port)
+        self.all.append(conn[1])
+        return await self._request(conn, method, path, body)
+
+    async def _request(
+        self,
+        conn: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+        method: str,
+        path: str,
+        body: bytes,
+    ) -> tuple[int, bytes]:
+        reader, writer = conn
         head = f"{method} {path} HTTP/1.1\r\n".encode() + self.auth
         if body:
             head += b"Content-Type: application/json\r\n"
@@ -257,8 +270,23 @@ class _Http:
             writer.close()
 
 
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (the engine's API process), from /proc."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = Path(f"/proc/{d}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(d))
+    return out
+
+
 async def _drain(url: str, args: argparse.Namespace, engine: Any, watch: Any, say: Any,
-                 load: ApiLoad | None = None) -> float:  # fmt: skip
+                 load: ApiLoad | None = None, cpu: dict[str, list[float]] | None = None,
+                 key: str = "") -> float:  # fmt: skip
     """The engine's maximum msgs/s draining a backlog (e2e's method), without a restart: the
     running engine is frozen (SIGSTOP) while the broker takes the backlog, then thawed and
     timed from its own status, 10% -> 100% with every output acknowledged. (A restart would
@@ -279,7 +307,11 @@ async def _drain(url: str, args: argparse.Namespace, engine: Any, watch: Any, sa
         await asyncio.to_thread(_publish, url, "single", tag, n, None, args.publishers)
     finally:
         os.kill(pid, signal.SIGCONT)
+    from simulator.bench.e2e import proc_cpu
+
     k0 = len(watch.status)
+    kids = _children(pid)  # the API's process (--http)
+    t0, e0, a0 = time.monotonic(), proc_cpu(pid), sum(proc_cpu(k) for k in kids)
     if load is not None:
         load.__enter__()
     try:
@@ -289,6 +321,16 @@ async def _drain(url: str, args: argparse.Namespace, engine: Any, watch: Any, sa
     finally:
         if load is not None:
             load.__exit__()
+    wall = time.monotonic() - t0
+    if cpu is not None and wall > 0:  # CPU shares over the drain (1.0: one core all along)
+        used = proc_cpu(pid) - e0
+        cpu.setdefault(f"{key}_engine", []).append(round(used / wall, 3))
+        # the engine's CPU per message: what the API costs the event path even when the
+        # machine's cores are shared (throughput then also measures the neighbours)
+        cpu.setdefault(f"{key}_engine_us_per_msg", []).append(round(used / n * 1e6, 2))
+        if kids:
+            api = sum(proc_cpu(k) for k in kids) - a0
+            cpu.setdefault(f"{key}_api", []).append(round(api / wall, 3))
     pts = [
         (st["ts"], st["counters"].get("messages", 0) - base, st.get("outbox_pending", 0))
         for st in watch.status[k0:]
@@ -376,6 +418,7 @@ async def _bench(url: str, args: argparse.Namespace, folder: Path, say: Any) -> 
     on = Engine(url, folder, on_args)
     rates: dict[str, list[float]] = {"off": [], "on_idle": [], "on_load": []}
     loads: list[dict[str, Any]] = []
+    cpu: dict[str, list[float]] = {}  # CPU shares (cores) of the engine and its API process
     res: dict[str, Any] = {"mix": args.mix, "stores": args.stores, "rate": args.rate, "duration_s": args.duration,
                            "publishers": args.publishers, "batch_size": args.batch_size}  # fmt: skip
     try:
@@ -384,16 +427,19 @@ async def _bench(url: str, args: argparse.Namespace, folder: Path, say: Any) -> 
         say(f"[engine] started with {args.stores:,} stores in {time.monotonic() - t:.1f} s")
         for rnd in range(args.rounds):
             on.stop()
-            rates["off"].append(await _drain(url, args, off, watch, say))
+            rates["off"].append(await _drain(url, args, off, watch, say, cpu=cpu, key="off"))
             off.stop()
-            rates["on_idle"].append(await _drain(url, args, on, watch, say))
+            rates["on_idle"].append(await _drain(url, args, on, watch, say, cpu=cpu, key="on_idle"))
             load = ApiLoad(api, token, args.rate, fillers, args.mix)
-            rates["on_load"].append(await _drain(url, args, on, watch, say, load))
+            rates["on_load"].append(
+                await _drain(url, args, on, watch, say, load, cpu=cpu, key="on_load")
+            )
             on.stop()  # the next round starts with the API off
             loads.append({"requests": load.done, "errors": len(load.errors),
                           "first_error": load.errors[0] if load.errors else None,
                           "request_p50_ms": round(statistics.median(load.latency) * 1000, 2)
                           if load.latency else None})  # fmt: skip
+            say(f"[round {rnd + 1}] cpu {({k: v[-1] for k, v in cpu.items()})}")
             say(f"[round {rnd + 1}] msgs/s off {rates['off'][-1]:,.0f}, on idle "
                 f"{rates['on_idle'][-1]:,.0f}, on + {args.rate:.0f} req/s {rates['on_load'][-1]:,.0f} "
                 f"({loads[-1]})")  # fmt: skip
@@ -408,7 +454,10 @@ async def _bench(url: str, args: argparse.Namespace, folder: Path, say: Any) -> 
             "on_load": round(1 - med["on_load"] / med["off"], 3),
         }
         res["api_load"] = loads
+        res["cpu_cores"] = {k: statistics.median(v) for k, v in cpu.items()}
+        res["cpu_cores_rounds"] = cpu
         await on.start(watch)
+        await asyncio.sleep(3.0)  # settle, as before a drain: the API's start-up work done
         res["upsert"] = await _upserts(url, api, token, args, watch, say)
     finally:
         on.stop()

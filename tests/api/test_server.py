@@ -93,7 +93,7 @@ async def test_sigterm_stops_the_daemon_and_its_api(broker, tmp_path):  # noqa: 
                 except httpx.TransportError:
                     assert time.monotonic() < deadline, "the API never came up"
                     await asyncio.sleep(0.1)
-        assert r.json() == {"status": "ok", "stores": 1}
+        assert r.json() == {"status": "ok", "stores": 1, "streams": 0}
         proc.send_signal(signal.SIGTERM)  # the daemon's handler: drain, then the API stops
         assert proc.wait(30) == 0, proc.communicate()
         with pytest.raises(httpx.TransportError):

@@ -195,7 +195,7 @@ async def test_tokens_over_the_api_and_the_docs(api):
         spec = (await op.get("/openapi.json")).json()
         assert {"/v1/stores", "/v1/stores/{store_id}", "/v1/stores/import", "/v1/tokens"} <= set(spec["paths"])
         assert (await op.get("/docs")).status_code == 200
-        assert (await op.get("/v1/health")).json() == {"status": "ok", "stores": 4}
+        assert (await op.get("/v1/health")).json() == {"status": "ok", "stores": 4, "streams": 0}
 
 
 async def test_a_state_file_that_cannot_be_written_is_a_503_and_the_index_stays(api):

@@ -203,3 +203,26 @@ def test_a_rollback_forgets_changes_to_cached_records(tmp_path):
         assert [again.user(u).visit_seq for u in "abcd"] == [1, 2, 1, 0]
     finally:
         again.close()
+
+
+def test_coupon_counters_are_written_relative_to_the_file(tmp_path):
+    """The HTTP API's process moves a campaign's counter in the file (an inventory edit) while
+    the engine holds it cached and takes coupons: the engine's commit keeps both changes."""
+    path = tmp_path / "s.db"
+    store = SQLiteStore(path)
+    try:
+        assert store.take_coupon("c1", 5)  # 4 left, the row made by this commit
+        store.commit([])
+        assert store.take_coupon("c1", 5)  # 3 left (cached)
+        other = sqlite3.connect(str(path), isolation_level=None)
+        other.execute("UPDATE inventory SET left = left + 10 WHERE campaign_id = 'c1'")  # the API
+        store.commit([])  # the batch's coupon: 4 + 10 - 1 in the file, not the cached 3
+        assert other.execute("SELECT left FROM inventory").fetchone() == (13,)
+        assert store.take_coupon("c1", 5)
+        store.forget_inventory("c1")  # the engine learns of the API's edit mid-batch
+        store.commit([])
+        assert other.execute("SELECT left FROM inventory").fetchone() == (12,)
+        assert store.inventory_left("c1", 5) == 12  # read again from the file after the commit
+        other.close()
+    finally:
+        store.close()
