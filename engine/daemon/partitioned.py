@@ -152,6 +152,11 @@ class PartitionWorker:
         """Heartbeat; take the partitions rendezvous hashing gives this worker, release the
         others, renew what it keeps. Called every lease TTL / 4."""
         st = self.store
+        now = time.monotonic()
+        if self._renewed and now - self._renewed > st.lease_ttl_ms / 1000:
+            log.warning("leases renewed %.1f s after the last renewal (TTL %d ms): the worker's "
+                        "thread was held up", now - self._renewed, st.lease_ttl_ms)  # fmt: skip
+        self._renewed = now
         live = st.heartbeat()
         if st.worker not in live:
             live = sorted([*live, st.worker])
@@ -162,6 +167,7 @@ class PartitionWorker:
                 st.release(p)
                 self.lost(p)
             elif not st.renew(p):
+                log.warning("partition %d: lease lost (lapsed or taken)", p)
                 self.cores.pop(p, None)
                 self.lost(p)
         for p in sorted(want):
