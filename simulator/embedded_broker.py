@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -175,11 +176,23 @@ class MosquittoBroker(EmbeddedBroker):
         """SIGKILL, for crash tests."""
         self._stop_proc(kill=True)
 
+    def pause(self) -> None:
+        """SIGSTOP: the broker keeps its connections but answers nothing (no PUBACK) until
+        ``resume``; for tests of a broker that stalls."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGCONT)
+
     def _stop_proc(self, kill: bool) -> str:
         proc, self._proc = self._proc, None
         if proc is None:
             return ""
         if proc.poll() is None:
+            if not kill:
+                proc.send_signal(signal.SIGCONT)  # a paused broker must see the SIGTERM
             (proc.kill if kill else proc.terminate)()
         try:
             _, err = proc.communicate(timeout=5)

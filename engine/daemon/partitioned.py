@@ -13,9 +13,17 @@ twice. (A broker with partitioned streams, NATS JetStream subjects ``geopush.p.<
 the same ``partition()``, can replace the bridge: the offset then is the consumer's.)
 
 Each owned partition has its own ``Core`` (own sweep queue and watermark), so a timer never
-touches a user of another partition. Outputs go to the partition's outbox stream in the commit
-and are published after it (``publish``), then deleted; a new owner first publishes what the old
-one left unsent (repeats carry the same ids, as everywhere in geopush).
+touches a user of another partition. Outputs go to the partition's outbox stream in the commit;
+an ``OutboxPublisher`` thread publishes them (``publish``) and deletes them from the outbox only
+once the broker acknowledged them; a new owner first publishes what the old one left unsent
+(repeats carry the same ids, as everywhere in geopush).
+
+**The worker's thread never waits on the broker.** Lease renewals (``tick``), log reads and
+commits run on it; only the publisher thread waits for PUBACKs. A broker that stops
+acknowledging (a node dying, a leader election, a paused process) only lets outputs pile up in
+the outboxes (durable, in Redis): the worker keeps its leases and goes on committing, and the
+publisher sends the backlog when the broker answers again. Fencing is unchanged (a commit checks
+the lease's epoch); publishing needs none: it only sends outputs already committed, by id.
 """
 
 from __future__ import annotations
@@ -35,7 +43,82 @@ from .pipeline import Decoder, Topics, digest
 
 log = logging.getLogger("geopush.partitioned")
 
-Publish = Callable[[Sequence[Row]], None]
+Acked = Callable[[float], bool]
+"""``acked(timeout_s)``: True once the broker acknowledged every row of the publish."""
+Publish = Callable[[Sequence[Row]], Acked]
+"""Send rows to the broker (QoS 1); returns how to wait for their acknowledgements."""
+
+
+class OutboxPublisher:
+    """Drains owned partitions' outboxes to the broker on its own thread (module doc): a
+    partition marked ``due`` is read (``unsent``), published, and its entries deleted
+    (``mark_sent``) once the broker acknowledged all of them. While it waits, more commits only
+    mark the partition due again: the next round sends everything still in the outbox."""
+
+    def __init__(self, store: ClusterStore, publish: Publish, owns: Callable[[int], bool]) -> None:
+        self.store, self.publish, self.owns = store, publish, owns
+        self._due: set[int] = set()
+        self._cond = threading.Condition()
+        self._closing = False
+        self._abort = threading.Event()
+        self.published = 0  # rows acknowledged by the broker
+        self.redis_errors = 0
+        self.thread = threading.Thread(target=self._run, name="outbox-publisher", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def due(self, p: int) -> None:
+        """Partition ``p``'s outbox may hold something to publish."""
+        with self._cond:
+            self._due.add(p)
+            self._cond.notify()
+
+    def close(self, drain_s: float) -> None:
+        """Publish what is due if the broker acknowledges it within ``drain_s``, then stop; what
+        is left stays in the outboxes (the partitions' next owners publish it)."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self.thread.join(drain_s)
+        self._abort.set()
+        self.thread.join(5)
+
+    def _run(self) -> None:
+        while not self._abort.is_set():
+            with self._cond:
+                self._cond.wait_for(lambda: bool(self._due) or self._closing, timeout=1.0)
+                if not self._due and self._closing:
+                    return
+                todo, self._due = sorted(self._due), set()
+            for p in todo:
+                if self._abort.is_set():
+                    return
+                if not self.owns(p):  # moved: its new owner publishes it
+                    continue
+                try:
+                    self._flush(p)
+                except StateError as exc:  # Redis failing over: try again soon
+                    log.warning("outbox of partition %d: %s (retrying)", p, exc)
+                    self.redis_errors += 1
+                    self.due(p)
+                    self._abort.wait(0.2)
+                except Exception:  # noqa: BLE001 - the thread must outlive a broker client's error
+                    log.exception("outbox of partition %d: publish failed (retrying)", p)
+                    self.due(p)
+                    self._abort.wait(1.0)
+
+    def _flush(self, p: int) -> None:
+        entries = self.store.unsent(p)
+        if not entries:
+            return
+        rows = [r for _, rows in entries for r in rows]
+        acked = self.publish(rows)
+        while not acked(0.2):
+            if self._abort.is_set():
+                return  # not acknowledged: it stays in the outbox
+        self.store.mark_sent(p, [i for i, _ in entries])
+        self.published += len(rows)
 
 
 class PartitionWorker:
@@ -55,6 +138,7 @@ class PartitionWorker:
         self.decode = Decoder(topics)
         self.batch = batch
         self.publish = publish
+        self.publisher = None if publish is None else OutboxPublisher(store, publish, self.owns)
         self.cores: dict[int, Any] = {}
         self.events = 0
         self.dead_letters = 0
@@ -68,6 +152,11 @@ class PartitionWorker:
         """Heartbeat; take the partitions rendezvous hashing gives this worker, release the
         others, renew what it keeps. Called every lease TTL / 4."""
         st = self.store
+        now = time.monotonic()
+        if self._renewed and now - self._renewed > st.lease_ttl_ms / 1000:
+            log.warning("leases renewed %.1f s after the last renewal (TTL %d ms): the worker's "
+                        "thread was held up", now - self._renewed, st.lease_ttl_ms)  # fmt: skip
+        self._renewed = now
         live = st.heartbeat()
         if st.worker not in live:
             live = sorted([*live, st.worker])
@@ -78,6 +167,7 @@ class PartitionWorker:
                 st.release(p)
                 self.lost(p)
             elif not st.renew(p):
+                log.warning("partition %d: lease lost (lapsed or taken)", p)
                 self.cores.pop(p, None)
                 self.lost(p)
         for p in sorted(want):
@@ -99,6 +189,9 @@ class PartitionWorker:
         self.cores[p] = core
         self._flush_outbox(p)
         self.owned(p)
+
+    def owns(self, p: int) -> bool:
+        return p in self.cores
 
     def owned(self, p: int) -> None:
         """Partition ``p`` was adopted (a hook for intakes that must start reading it)."""
@@ -222,19 +315,26 @@ class PartitionWorker:
         raise StateError(f"partition {p}: batch refused 100 times")
 
     def _flush_outbox(self, p: int) -> None:
-        if self.publish is None:
-            return
-        entries = self.store.unsent(p)
-        if not entries:
-            return
-        self.publish([r for _, rows in entries for r in rows])
-        self.store.mark_sent(p, [i for i, _ in entries])
+        """Hand partition ``p``'s outbox to the publisher thread (never waits on the broker)."""
+        if self.publisher is not None:
+            self.publisher.due(p)
 
     def idle(self, stop: threading.Event, idle_s: float) -> None:
         stop.wait(idle_s)
 
     def run(self, stop: threading.Event, *, idle_s: float = 0.01) -> None:
-        """Until ``stop`` is set: tick, then apply every owned partition's log."""
+        """Until ``stop`` is set: tick, then apply every owned partition's log; the outboxes
+        are published meanwhile by the publisher thread."""
+        if self.publisher is not None:
+            self.publisher.start()
+        try:
+            self._loop(stop, idle_s)
+        finally:
+            if self.publisher is not None:  # while the leases are still held: half a TTL
+                self.publisher.close(drain_s=self.store.lease_ttl_ms / 2000)
+        self.leave()
+
+    def _loop(self, stop: threading.Event, idle_s: float) -> None:
         every = self.store.lease_ttl_ms / 4000
         next_tick = 0.0
         while not stop.is_set():
@@ -256,7 +356,6 @@ class PartitionWorker:
                 continue
             if not done:
                 self.idle(stop, idle_s)
-        self.leave()
 
 
 class NatsPartitionWorker(PartitionWorker):
@@ -315,4 +414,4 @@ def bridge_messages(store: ClusterStore, topics: Topics, items: Sequence[tuple[s
     return len(batch)
 
 
-__all__ = ["NatsPartitionWorker", "PartitionWorker", "bridge_message", "bridge_messages"]
+__all__ = ["NatsPartitionWorker", "OutboxPublisher", "PartitionWorker", "bridge_message", "bridge_messages"]

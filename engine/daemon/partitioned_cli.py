@@ -83,6 +83,43 @@ def _mqtt(url: str, client_id: str, *, clean: bool) -> Any:
     return c
 
 
+def _publisher(url: str, client_id: str) -> Any:
+    """A ``Publish`` for the worker's ``OutboxPublisher`` (engine/daemon/partitioned.py): rows go
+    out at QoS 1 and ``acked(timeout)`` says whether the broker acknowledged all of them. paho
+    keeps what is unacknowledged across reconnections and sends it again, so a caller only waits
+    (a worker's publisher thread waits; the worker's own thread never does)."""
+    client = _mqtt(url, client_id, clean=True)
+    cond = threading.Condition()
+    done: set[int] = set()  # message ids PUBACKed and not yet claimed by a waiter
+
+    def on_publish(_c: Any, _u: Any, mid: int, _rc: Any = None, _p: Any = None) -> None:
+        with cond:  # (paho calls this under its own lock: never publish while holding cond)
+            done.add(mid)
+            cond.notify_all()
+
+    client.on_publish = on_publish
+    client.loop_start()
+
+    def publish(rows: Sequence[Any]) -> Any:
+        waiting = {client.publish(r.topic, r.payload, qos=1).mid for r in rows}
+
+        def acked(timeout_s: float) -> bool:
+            deadline = time.monotonic() + timeout_s
+            with cond:
+                while True:
+                    hit = waiting & done
+                    waiting.difference_update(hit)
+                    done.difference_update(hit)
+                    left = deadline - time.monotonic()
+                    if not waiting or left <= 0:
+                        return not waiting
+                    cond.wait(left)
+
+        return acked
+
+    return publish
+
+
 def _stop_on_signals() -> threading.Event:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -111,13 +148,7 @@ def _worker(args: argparse.Namespace) -> int:
     config = CoreConfig(coupon_secret=secret)
     publish = None
     if args.broker:
-        client = _mqtt(args.broker, f"{args.client_id}-out", clean=True)
-        client.loop_start()
-
-        def publish(rows: Sequence[Any]) -> None:
-            infos = [client.publish(r.topic, r.payload, qos=1) for r in rows]
-            for i in infos:
-                i.wait_for_publish(timeout=30)
+        publish = _publisher(args.broker, f"{args.client_id}-out")
 
     # ClusterStore.commit takes more and returns rows: a compatible extension of StateStore
     def make_core(st: Any) -> Any:

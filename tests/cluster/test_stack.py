@@ -302,16 +302,21 @@ async def test_the_nats_node_leading_the_stream_killed_mid_stream(
 ) -> None:
     """The node leading ``$MQTT_msgs`` is killed (the phones publish to the other two). Here the
     workers publish their outputs to a surviving node's MQTT listener and a subscriber there
-    collects them: what reaches the phones equals replay's decisions, one payload per push id."""
+    collects them: what reaches the phones equals replay's decisions, one payload per push id.
+    While the election stalls their PUBACKs the workers keep their leases: no partition moves
+    (the outputs wait in the outboxes; docs/scaling.md "Leases")."""
     victim = nats_cluster.index_of(await stream_leader(nats_cluster, MSGS_STREAM))
+    before: dict[int, int] = {}
 
     async def fault(stack: Stack, k: int) -> None:
         if k == PER_USER // 2:
+            before.update(stack.epochs())
             nats_cluster.kill(victim)
 
     others = [i for i in range(len(nats_cluster.nodes)) if i != victim]
-    await _run(nats_cluster, redis_cluster, tmp_path, ["w1", "w2"], fault, phone_nodes=others,
-               wire_node=others[0])  # fmt: skip
+    stack = await _run(nats_cluster, redis_cluster, tmp_path, ["w1", "w2"], fault, phone_nodes=others,
+                       wire_node=others[0])  # fmt: skip
+    assert stack.epochs() == before, f"partitions moved: {before} -> {stack.epochs()}\n{stack.logs()}"
 
 
 async def test_the_node_holding_the_phones_sessions_killed_mid_stream(
