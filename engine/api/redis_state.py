@@ -289,8 +289,10 @@ class ChangeFollower:
                     log.exception("applying the API's store changes from Redis failed; retrying")
                     await asyncio.sleep(1.0)
         finally:
+            # bounded: redis-py's aclose can wait for ever on a connection whose blocking XREAD
+            # was cancelled (redis/redis-py#3941); a test saw the follower's stop hang
             with contextlib.suppress(Exception):
-                await client.aclose()
+                await asyncio.wait_for(client.aclose(), timeout=2.0)
 
     async def _follow(self, client: redis.asyncio.Redis) -> None:
         while True:
