@@ -393,25 +393,30 @@ class MqttLink:
             self._lost.set()
 
     async def disconnect(self) -> None:
-        client, self._client, self._paho = self._client, None, None
-        self._fail_publishes(TransportError("disconnected"))
-        self._stop_watcher()
-        if client is not None:
-            with contextlib.suppress(aiomqtt.MqttError, asyncio.TimeoutError, OSError):
-                await asyncio.wait_for(client.__aexit__(None, None, None), 5.0)
-            _retrieve(client)
-
-    def drop(self) -> None:
-        """Forget the connection without a DISCONNECT packet (so the broker publishes the will)."""
         client, pc = self._client, self._paho
         self._client = self._paho = None
         self._fail_publishes(TransportError("disconnected"))
         self._stop_watcher()
+        self._held = None
+        self._readable = None
+        if client is not None:
+            with contextlib.suppress(aiomqtt.MqttError, asyncio.TimeoutError, OSError):
+                await asyncio.wait_for(client.__aexit__(None, None, None), 5.0)
+            if pc is not None:  # a connection that died without paho closing it (a read error)
+                _close_socket(client, pc)
+            _retrieve(client)
+
+    def drop(self) -> None:
+        """Forget the connection without a DISCONNECT packet (so the broker publishes the will).
+        The link is left as after ``disconnect``: ``connect`` works again (same path)."""
+        client, pc = self._client, self._paho
+        self._client = self._paho = None
+        self._held = None
+        self._readable = None
+        self._fail_publishes(TransportError("disconnected"))
+        self._stop_watcher()
         if client is not None and pc is not None:
-            sock = pc.socket()
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.close()
+            _close_socket(client, pc)
             _retrieve(client)
 
     @property
@@ -1003,6 +1008,32 @@ async def _watch(client: aiomqtt.Client, lost: asyncio.Event) -> None:
         pass
     finally:
         lost.set()
+
+
+def _close_socket(client: aiomqtt.Client, pc: paho.Client) -> None:
+    """Close the connection's socket, if paho has not, as paho's own close would: the event loop
+    stops watching it first (aiomqtt's ``on_socket_close``, reached through paho's public callback
+    property: the reader and aiomqtt's keepalive task go). A socket closed while still watched
+    leaves its file number in the event loop's selector, and the next connection's socket, which
+    gets the same number, is never watched: its CONNACK never read (``drop`` then ``connect``
+    timed out). Anyone waiting on the connection hears that it is gone."""
+    sock = pc.socket()
+    if sock is not None:
+        fileno = sock.fileno()
+        if fileno >= 0:
+            with contextlib.suppress(RuntimeError):  # no running loop: nothing watches it
+                loop = asyncio.get_running_loop()
+                loop.remove_writer(fileno)
+                loop.remove_reader(fileno)
+            on_close = pc.on_socket_close
+            if on_close is not None:
+                with contextlib.suppress(Exception):
+                    on_close(pc, pc.user_data_get(), sock)
+        with contextlib.suppress(OSError):
+            sock.close()
+    disconnected = getattr(client, "_disconnected", None)  # aiomqtt's: its pending calls end
+    if isinstance(disconnected, asyncio.Future) and not disconnected.done():
+        disconnected.set_exception(aiomqtt.MqttError("connection dropped"))
 
 
 def _retrieve(client: aiomqtt.Client) -> None:
