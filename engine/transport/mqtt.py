@@ -9,10 +9,23 @@ the daemon needs and aiomqtt 2.5 does not expose:
   only after the micro-batch holding it is committed to SQLite: a message the broker considers
   delivered is always durable.
 * **bounded intake without drops.** aiomqtt's own queue is unbounded and, if bounded with
-  ``max_queued_incoming_messages``, *discards* messages. We do neither: with manual acks the broker
-  stops sending once its in-flight window for this client (mosquitto ``max_inflight_messages``) is
-  full of unacked messages, so our inbox never holds more than that window; everything else waits
-  in the broker's persistent session. Backpressure reaches the broker, nothing is dropped.
+  ``max_queued_incoming_messages``, *discards* messages. We do neither. The broker's in-flight
+  window (mosquitto ``max_inflight_messages``) is not the bound it seems: mosquitto 2.0.11/2.0.12
+  (the Ubuntu 22.04 and Debian 12 packages; fixed in 2.0.13, eclipse/mosquitto#2306) let up to a
+  whole window more into flight at each PUBACK of the oldest message, so a subscriber acking after
+  each commit is sent its whole backlog. With ``max_inbox`` set (the daemon: 4 x ``batch_size``)
+  the link bounds the inbox itself: at ``max_inbox`` messages it stops reading the socket (the
+  event loop stops watching it; the fast reader stops before the next PUBLISH in its buffer) and
+  reads again once ``take`` has brought it down to half. What the broker sends meanwhile waits in
+  the kernel's socket buffers, then in the broker (TCP backpressure); acks still follow commits,
+  nothing is dropped. The fast path never holds more than ``max_inbox``; the plain path up to
+  ``max_inbox`` + the QoS 1 outputs awaiting PUBACK (paho's ``loop_read`` reads one packet per
+  output in flight before the link can stop it). The bound is lifted (``read_past_bound``) only
+  while the owner waits for a reply of the broker that may come behind PUBLISHes it has not
+  read: ``publish`` awaiting its PUBACK, the outbox waiting for its PUBACKs while intake is
+  stopped (engine/daemon/outbox.py); ``subscribe`` returns once the inbox fills instead (a
+  persistent session's messages come before the SUBACK) and lets the SUBACK be read later. While
+  lifted, only the broker's window bounds the inbox.
 * **cheap intake.** We take paho's ``on_message`` callback directly and keep (topic, payload, mid,
   dup) instead of building an aiomqtt ``Message`` and an iterator task per message.
 * **cheap writes.** paho sends every queued packet with its own ``send`` call: after a batch
@@ -383,7 +396,12 @@ class MqttLink:
         if fast:
             _coalesce_writes(pc)
             _fast_reads(
-                pc, deliver, self._raw_acked, manual_ack=self.manual_ack, inbox=inbox, cap=cap,
+                pc,
+                deliver,
+                self._raw_acked,
+                manual_ack=self.manual_ack,
+                inbox=inbox,
+                cap=cap,
                 full=full,
             )
             _lean_pubacks(pc, self._raw_acked)
