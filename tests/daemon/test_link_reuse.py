@@ -1,7 +1,8 @@
-"""One MqttLink over several connections (engine/transport/mqtt.py), on both MQTT paths against a
-real broker: ``drop`` (no DISCONNECT: the broker publishes the will) leaves the link ready to
+"""The MqttLink's lifecycle and its inbox (engine/transport/mqtt.py), on both MQTT paths against a
+real mosquitto: ``drop`` (no DISCONNECT: the broker publishes the will) leaves the link ready to
 ``connect`` again, with no socket, event-loop reader or task of the dropped connection left, and
-QoS 1 messages still arrive exactly once."""
+QoS 1 messages still arrive exactly once; the daemon's inbox stays within the link's bound while
+it drains a backlog larger than the broker's window, every message processed exactly once."""
 
 from __future__ import annotations
 
