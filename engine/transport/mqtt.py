@@ -271,7 +271,10 @@ class MqttLink:
     """One connection to the broker (reusable: ``connect`` again after a disconnect; one owner:
     ``connect`` while connected raises). ``async with MqttLink(...) as link:`` connects and
     disconnects. ``fast`` (None: ``GEOPUSH_MQTT_FAST``, default on) tries the fast path; each
-    connection says which one it runs in ``fast_path`` (module doc)."""
+    connection says which one it runs in ``fast_path`` (module doc). ``max_inbox`` (0: none)
+    bounds the inbox: reads stop there until ``take`` brings it down to half (module doc, "bounded
+    intake"); an owner that sets it must keep taking, or await broker replies inside
+    ``read_past_bound``. ``drop`` or ``disconnect`` leave the link ready to ``connect`` again."""
 
     def __init__(
         self,
