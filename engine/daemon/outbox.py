@@ -113,16 +113,20 @@ class Outbox:
         return len(rows)
 
     async def wait_below(self, limit: int) -> None:
-        """Backpressure for the intake: wait while more than ``limit`` rows are pending."""
-        while self.pending > limit and self.link.connected:
-            self._idle.clear()
-            await asyncio.sleep(0.001)
+        """Backpressure for the intake: wait while more than ``limit`` rows are pending. The
+        link reads on meanwhile, past its inbox's bound: the PUBACKs this waits for come behind
+        the PUBLISHes a paused read would leave unread (engine/transport/mqtt.py)."""
+        with self.link.read_past_bound():
+            while self.pending > limit and self.link.connected:
+                self._idle.clear()
+                await asyncio.sleep(0.001)
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until everything pushed has been acknowledged; False on timeout."""
         deadline = time.monotonic() + timeout
-        while self.pending and time.monotonic() < deadline and self.link.connected:
-            await asyncio.sleep(0.01)
+        with self.link.read_past_bound():  # (as wait_below)
+            while self.pending and time.monotonic() < deadline and self.link.connected:
+                await asyncio.sleep(0.01)
         self.flush_marks()
         return self.pending == 0
 

@@ -1004,8 +1004,8 @@ class Service:
         """The MQTT link, or with ``--intake nats://...`` one that also consumes this worker's
         partitions from the NATS cluster (engine/transport/jetstream.py)."""
         s = self.settings
-        if s.intake is None:
-            return MqttLink(address, **kw)
+        if s.intake is None:  # the inbox's bound: 4 batches (reads pause there, resume at 2)
+            return MqttLink(address, max_inbox=4 * s.batch_size, **kw)
         from engine.transport.jetstream import (
             JetStreamLink,
             parse_nats_urls,

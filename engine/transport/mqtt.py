@@ -9,10 +9,23 @@ the daemon needs and aiomqtt 2.5 does not expose:
   only after the micro-batch holding it is committed to SQLite: a message the broker considers
   delivered is always durable.
 * **bounded intake without drops.** aiomqtt's own queue is unbounded and, if bounded with
-  ``max_queued_incoming_messages``, *discards* messages. We do neither: with manual acks the broker
-  stops sending once its in-flight window for this client (mosquitto ``max_inflight_messages``) is
-  full of unacked messages, so our inbox never holds more than that window; everything else waits
-  in the broker's persistent session. Backpressure reaches the broker, nothing is dropped.
+  ``max_queued_incoming_messages``, *discards* messages. We do neither. The broker's in-flight
+  window (mosquitto ``max_inflight_messages``) is not the bound it seems: mosquitto 2.0.11/2.0.12
+  (the Ubuntu 22.04 and Debian 12 packages; fixed in 2.0.13, eclipse/mosquitto#2306) let up to a
+  whole window more into flight at each PUBACK of the oldest message, so a subscriber acking after
+  each commit is sent its whole backlog. With ``max_inbox`` set (the daemon: 4 x ``batch_size``)
+  the link bounds the inbox itself: at ``max_inbox`` messages it stops reading the socket (the
+  event loop stops watching it; the fast reader stops before the next PUBLISH in its buffer) and
+  reads again once ``take`` has brought it down to half. What the broker sends meanwhile waits in
+  the kernel's socket buffers, then in the broker (TCP backpressure); acks still follow commits,
+  nothing is dropped. The fast path never holds more than ``max_inbox``; the plain path up to
+  ``max_inbox`` + the QoS 1 outputs awaiting PUBACK (paho's ``loop_read`` reads one packet per
+  output in flight before the link can stop it). The bound is lifted (``read_past_bound``) only
+  while the owner waits for a reply of the broker that may come behind PUBLISHes it has not
+  read: ``publish`` awaiting its PUBACK, the outbox waiting for its PUBACKs while intake is
+  stopped (engine/daemon/outbox.py); ``subscribe`` returns once the inbox fills instead (a
+  persistent session's messages come before the SUBACK) and lets the SUBACK be read later. While
+  lifted, only the broker's window bounds the inbox.
 * **cheap intake.** We take paho's ``on_message`` callback directly and keep (topic, payload, mid,
   dup) instead of building an aiomqtt ``Message`` and an iterator task per message.
 * **cheap writes.** paho sends every queued packet with its own ``send`` call: after a batch
@@ -57,13 +70,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import os
 import re
 import socket
 import struct
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -257,7 +271,10 @@ class MqttLink:
     """One connection to the broker (reusable: ``connect`` again after a disconnect; one owner:
     ``connect`` while connected raises). ``async with MqttLink(...) as link:`` connects and
     disconnects. ``fast`` (None: ``GEOPUSH_MQTT_FAST``, default on) tries the fast path; each
-    connection says which one it runs in ``fast_path`` (module doc)."""
+    connection says which one it runs in ``fast_path`` (module doc). ``max_inbox`` (0: none)
+    bounds the inbox: reads stop there until ``take`` brings it down to half (module doc, "bounded
+    intake"); an owner that sets it must keep taking, or await broker replies inside
+    ``read_past_bound``. ``drop`` or ``disconnect`` leave the link ready to ``connect`` again."""
 
     def __init__(
         self,
@@ -272,6 +289,7 @@ class MqttLink:
         username: str | None = None,
         password: str | None = None,
         fast: bool | None = None,
+        max_inbox: int = 0,
     ) -> None:
         self.address = address
         self.fast = fast_path_default() if fast is None else fast
@@ -285,6 +303,14 @@ class MqttLink:
         self.username = username if username is not None else address.username
         self.password = password if password is not None else address.password
         self.inbox: collections.deque[Inbound] = collections.deque()
+        # The inbox's bound (0: none): reads stop while it holds max_inbox messages and start
+        # again once it is down to half (``take``); see "bounded intake" in the module doc.
+        self.max_inbox = max_inbox
+        self._cap = [max_inbox or _NO_CAP]  # what deliver/the fast reader compare against
+        self._reads_paused = False  # reads stopped for the bound (not by hold_reads)
+        self._unread = False  # resumed while held: release_reads reads the fast reader's buffer
+        self._full = asyncio.Event()  # set while reads are paused for the bound
+        self._read_on = 0  # nesting of read_past_bound(): the bound is off meanwhile
         self.epoch = 0
         self._wakeup = asyncio.Event()
         self._client: aiomqtt.Client | None = None
@@ -355,16 +381,32 @@ class MqttLink:
         wakeup = self._wakeup
         now = time.time
 
+        cap = self._cap
+        full = self._pause_reads
+        self._reads_paused = False
+        self._full.clear()
+        self._held = None
+
         def deliver(topic: str, payload: bytes, mid: int, qos: int, dup: bool, retain: bool) -> None:
             inbox.append(Inbound(topic, payload, mid, qos, dup, now(), epoch, retain))
             wakeup.set()
+            if len(inbox) >= cap[0]:
+                full()
 
         def on_message(_c: Any, _u: Any, m: paho.MQTTMessage) -> None:
             deliver(m.topic, bytes(m.payload), m.mid, m.qos, bool(m.dup), bool(m.retain))
 
         if fast:
             _coalesce_writes(pc)
-            _fast_reads(pc, deliver, self._raw_acked, manual_ack=self.manual_ack)
+            _fast_reads(
+                pc,
+                deliver,
+                self._raw_acked,
+                manual_ack=self.manual_ack,
+                inbox=inbox,
+                cap=cap,
+                full=full,
+            )
             _lean_pubacks(pc, self._raw_acked)
         pc.on_message = on_message
         self._aiomqtt_on_publish = pc.on_publish
@@ -382,7 +424,7 @@ class MqttLink:
             self._readable = _socket_reader(client, pc)
         else:
             self._lost = asyncio.Event()
-            self._readable = None
+            self._readable = _plain_reader(pc, self._lost)
             self._watcher = asyncio.create_task(_watch(client, self._lost), name="mqtt-watch")
 
     def _stop_watcher(self) -> None:
@@ -393,25 +435,34 @@ class MqttLink:
             self._lost.set()
 
     async def disconnect(self) -> None:
-        client, self._client, self._paho = self._client, None, None
-        self._fail_publishes(TransportError("disconnected"))
-        self._stop_watcher()
-        if client is not None:
-            with contextlib.suppress(aiomqtt.MqttError, asyncio.TimeoutError, OSError):
-                await asyncio.wait_for(client.__aexit__(None, None, None), 5.0)
-            _retrieve(client)
-
-    def drop(self) -> None:
-        """Forget the connection without a DISCONNECT packet (so the broker publishes the will)."""
         client, pc = self._client, self._paho
         self._client = self._paho = None
         self._fail_publishes(TransportError("disconnected"))
         self._stop_watcher()
+        self._held = None
+        self._readable = None
+        self._reads_paused = False
+        self._full.clear()
+        if client is not None:
+            with contextlib.suppress(aiomqtt.MqttError, asyncio.TimeoutError, OSError):
+                await asyncio.wait_for(client.__aexit__(None, None, None), 5.0)
+            if pc is not None:  # a connection that died without paho closing it (a read error)
+                _close_socket(client, pc)
+            _retrieve(client)
+
+    def drop(self) -> None:
+        """Forget the connection without a DISCONNECT packet (so the broker publishes the will).
+        The link is left as after ``disconnect``: ``connect`` works again (same path)."""
+        client, pc = self._client, self._paho
+        self._client = self._paho = None
+        self._held = None
+        self._readable = None
+        self._reads_paused = False
+        self._full.clear()
+        self._fail_publishes(TransportError("disconnected"))
+        self._stop_watcher()
         if client is not None and pc is not None:
-            sock = pc.socket()
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.close()
+            _close_socket(client, pc)
             _retrieve(client)
 
     @property
@@ -434,9 +485,27 @@ class MqttLink:
             await asyncio.shield(self._client._disconnected)  # noqa: SLF001
 
     async def subscribe(self, topics: list[str], qos: int = 1) -> None:
+        """Subscribe; return on the SUBACK, or, with a bounded inbox, once the inbox is full: a
+        persistent session's messages come before the SUBACK, and the owner must take some for
+        the link to read on to it. The SUBSCRIBE then completes meanwhile (a failure is logged;
+        a lost connection ends it)."""
         client = self._require()
+        sub = asyncio.ensure_future(client.subscribe([(t, qos) for t in topics]))
+        if self.max_inbox and not sub.done():
+            full = asyncio.ensure_future(self._full.wait())
+            try:
+                await asyncio.wait({sub, full}, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                sub.cancel()
+                raise
+            finally:
+                full.cancel()
+            if not sub.done():
+                sub.add_done_callback(functools.partial(_late_suback, topics))
+                log.debug("subscribe %s: the inbox filled before the SUBACK", topics)
+                return
         try:
-            await client.subscribe([(t, qos) for t in topics])
+            await sub
         except aiomqtt.MqttError as exc:
             raise TransportError(f"subscribe {topics} failed: {exc}") from exc
         except ValueError as exc:  # paho's check of a filter or QoS
@@ -472,8 +541,12 @@ class MqttLink:
             return 0
         inbox = self.inbox
         start = len(inbox)
+        cap = self._cap
         for _ in range(limit):
             before = len(inbox)
+            if before >= cap[0]:  # the bound: leave the rest in the socket (TCP backpressure)
+                self._pause_reads()
+                break
             try:
                 pc.loop_read()
             except Exception:  # noqa: BLE001  (aiomqtt's own reader sees and reports it next turn)
@@ -503,19 +576,78 @@ class MqttLink:
         is gone meanwhile (its file number may be reused: never watch that)."""
         held, self._held = self._held, None
         pc, readable = self._paho, self._readable
-        if held is None or pc is None or readable is None:
-            return
+        if held is None or pc is None or readable is None or self._reads_paused:
+            return  # (paused for the inbox's bound: ``take`` watches it again)
         sock, epoch = held
         current = pc.socket()
         if epoch != self.epoch or current is None or current is not sock or current.fileno() < 0:
             return
-        asyncio.get_running_loop().add_reader(current.fileno(), readable)
+        loop = asyncio.get_running_loop()
+        loop.add_reader(current.fileno(), readable)
+        if self._unread:
+            self._unread = False
+            loop.call_soon(readable)
+
+    # --- the inbox's bound ---------------------------------------------------------------------
+
+    @property
+    def reads_paused(self) -> bool:
+        """Whether reads are stopped because the inbox holds ``max_inbox`` messages."""
+        return self._reads_paused
+
+    def _pause_reads(self) -> None:
+        """The inbox is full: stop watching the socket (the broker's further packets wait in the
+        kernel's buffers, then in the broker: TCP backpressure). ``take`` resumes."""
+        if self._reads_paused or self._read_on:
+            return
+        pc = self._paho
+        sock = pc.socket() if pc is not None else None
+        if sock is None or sock.fileno() < 0:
+            return
+        self._reads_paused = True
+        self._full.set()
+        if self._held is None:  # (hold_reads removed the reader already)
+            asyncio.get_running_loop().remove_reader(sock.fileno())
+
+    def _resume_reads(self) -> None:
+        self._reads_paused = False
+        self._full.clear()
+        pc, readable = self._paho, self._readable
+        sock = pc.socket() if pc is not None else None
+        if sock is None or readable is None or sock.fileno() < 0:
+            return
+        if self._held is not None:  # release_reads watches it again
+            self._unread = True
+            return
+        loop = asyncio.get_running_loop()
+        loop.add_reader(sock.fileno(), readable)
+        # What the fast reader left in its buffer makes no socket readable: read it now.
+        loop.call_soon(readable)
+
+    @contextlib.contextmanager
+    def read_past_bound(self) -> Iterator[None]:
+        """Read on whatever the inbox holds, inside this block: for a caller that waits for
+        PUBACKs (they come on the same stream, behind the PUBLISHes a paused read leaves in the
+        socket) while nothing takes from the inbox. Meanwhile only the broker bounds it."""
+        self._read_on += 1
+        self._cap[0] = _NO_CAP
+        if self._reads_paused:
+            self._resume_reads()
+        try:
+            yield
+        finally:
+            self._read_on -= 1
+            if not self._read_on:
+                self._cap[0] = self.max_inbox or _NO_CAP
 
     def take(self, limit: int) -> list[Inbound]:
         """Up to ``limit`` messages from the inbox, oldest first, without waiting."""
         inbox = self.inbox
         n = min(limit, len(inbox))
-        return [inbox.popleft() for _ in range(n)]
+        got = [inbox.popleft() for _ in range(n)]
+        if self._reads_paused and len(inbox) <= self.max_inbox // 2:
+            self._resume_reads()
+        return got
 
     def ack(self, msg: Inbound) -> bool:
         """Send the PUBACK of a QoS 1 message now. False when the connection that received it is
@@ -614,7 +746,10 @@ class MqttLink:
         return fut
 
     async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
-        await self.publish_nowait(topic, payload, qos, retain)
+        """Publish and wait for the PUBACK (reading past the inbox's bound meanwhile: it may come
+        behind received PUBLISHes)."""
+        with self.read_past_bound():
+            await self.publish_nowait(topic, payload, qos, retain)
 
     @property
     def publishes_in_flight(self) -> int:
@@ -719,6 +854,9 @@ async def publish_paced(
     return n
 
 
+_NO_CAP = 1 << 62  # the inbox's cap when it has none
+
+
 def _coalesce_writes(pc: paho.Client) -> None:
     """Replace paho's per-packet ``_packet_write`` with one that sends runs of queued packets in
     one ``send``. Packets whose completion paho must act on (QoS 0 PUBLISH: on_publish;
@@ -813,6 +951,9 @@ def _fast_reads(
     acked: Callable[[int], bool],
     *,
     manual_ack: bool,
+    inbox: collections.deque[Inbound] | None = None,
+    cap: list[int] | None = None,
+    full: Callable[[], None] | None = None,
 ) -> None:
     """Serve paho's reads from one 64 KiB ``recv`` and handle the common packets ourselves.
 
@@ -824,7 +965,10 @@ def _fast_reads(
     The first packet of any other kind (or one paho is already halfway through) is read by paho
     from the same buffer, through ``_sock_recv``, and parsing resumes after it. Bytes left in the
     buffer make no socket readable, so nothing returns while paho could still take some: nothing
-    received ever waits for the next packet to arrive."""
+    received ever waits for the next packet to arrive. Except for the inbox's bound: once
+    ``inbox`` holds ``cap[0]`` messages, parsing stops before the next PUBLISH (left in the
+    buffer), nothing more is read and ``full()`` stops the event loop's watch until the owner
+    resumes it and reads the buffer (``MqttLink._resume_reads``)."""
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
     from paho.mqtt.reasoncodes import ReasonCode
@@ -837,6 +981,8 @@ def _fast_reads(
     props = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]
     ok = MQTTErrorCode.MQTT_ERR_SUCCESS
     monotonic = time.monotonic
+    if inbox is None or cap is None or full is None:
+        inbox, cap, full = collections.deque(), [_NO_CAP], lambda: None
     buf = bytearray()
     served = [0]  # bytes consumed so far (by paho or the parser)
 
@@ -890,6 +1036,8 @@ def _fast_reads(
                 qos = (cmd >> 1) & 3
                 if qos > 1 or length < 2:
                     return
+                if len(inbox) >= cap[0]:
+                    return  # the inbox is full: this PUBLISH waits in the buffer
                 j = i + 2 + ((buf[i] << 8) | buf[i + 1])
                 if j + (2 if qos else 0) > stop:
                     return  # malformed: paho reports it
@@ -915,6 +1063,9 @@ def _fast_reads(
                 _queue_bytes(pc, paho.PUBACK, struct.pack(f">{len(pubacks)}I", *pubacks))
 
     def fast_loop_read(max_packets: int = 1) -> MQTTErrorCode:
+        if len(inbox) >= cap[0]:
+            full()
+            return ok
         if pc._in_packet["command"] == 0:  # noqa: SLF001  (paho is not inside a packet)
             if not buf:
                 try:
@@ -929,6 +1080,9 @@ def _fast_reads(
             parse()
             if not buf:
                 return ok
+            if len(inbox) >= cap[0]:
+                full()
+                return ok
         # paho reads the packet we leave (or finishes its own, reading the socket when the buffer
         # is empty); then parse again. Loop on bytes consumed, not on the buffer's size: a read
         # may refill it (a large packet).
@@ -940,6 +1094,9 @@ def _fast_reads(
             if buf and pc._in_packet["command"] == 0:  # noqa: SLF001
                 parse()
             if not buf:
+                return rc
+            if len(inbox) >= cap[0]:
+                full()
                 return rc
 
     pc._sock_recv = sock_recv  # type: ignore[method-assign,assignment]  # noqa: SLF001
@@ -993,6 +1150,30 @@ def _socket_reader(client: aiomqtt.Client, pc: paho.Client) -> Callable[[], None
     return readable
 
 
+def _late_suback(topics: list[str], sub: asyncio.Future[Any]) -> None:
+    """A SUBSCRIBE that ``subscribe`` left to complete: log its failure (a lost connection's
+    too: the next connection subscribes again)."""
+    if sub.cancelled():
+        return
+    exc = sub.exception()
+    if exc is not None:
+        log.warning("subscribe %s failed: %s", topics, exc)
+
+
+def _plain_reader(pc: paho.Client, lost: asyncio.Event) -> Callable[[], None]:
+    """The plain path's socket reader, for watching the socket again after the inbox's bound
+    paused it (aiomqtt's own is out of reach): paho's public ``loop_read``; a failure ends the
+    connection (paho closes the socket on a lost connection itself)."""
+
+    def readable() -> None:
+        try:
+            pc.loop_read()
+        except Exception:  # noqa: BLE001  (the connection broke)
+            lost.set()
+
+    return readable
+
+
 async def _watch(client: aiomqtt.Client, lost: asyncio.Event) -> None:
     """The plain path's watch over the connection: aiomqtt's public message iterator (empty: our
     ``on_message`` takes every message) ends with ``MqttError`` when the connection is lost."""
@@ -1003,6 +1184,32 @@ async def _watch(client: aiomqtt.Client, lost: asyncio.Event) -> None:
         pass
     finally:
         lost.set()
+
+
+def _close_socket(client: aiomqtt.Client, pc: paho.Client) -> None:
+    """Close the connection's socket, if paho has not, as paho's own close would: the event loop
+    stops watching it first (aiomqtt's ``on_socket_close``, reached through paho's public callback
+    property: the reader and aiomqtt's keepalive task go). A socket closed while still watched
+    leaves its file number in the event loop's selector, and the next connection's socket, which
+    gets the same number, is never watched: its CONNACK never read (``drop`` then ``connect``
+    timed out). Anyone waiting on the connection hears that it is gone."""
+    sock = pc.socket()
+    if sock is not None:
+        fileno = sock.fileno()
+        if fileno >= 0:
+            with contextlib.suppress(RuntimeError):  # no running loop: nothing watches it
+                loop = asyncio.get_running_loop()
+                loop.remove_writer(fileno)
+                loop.remove_reader(fileno)
+            on_close = pc.on_socket_close
+            if on_close is not None:
+                with contextlib.suppress(Exception):
+                    on_close(pc, pc.user_data_get(), sock)
+        with contextlib.suppress(OSError):
+            sock.close()
+    disconnected = getattr(client, "_disconnected", None)  # aiomqtt's: its pending calls end
+    if isinstance(disconnected, asyncio.Future) and not disconnected.done():
+        disconnected.set_exception(aiomqtt.MqttError("connection dropped"))
 
 
 def _retrieve(client: aiomqtt.Client) -> None:
