@@ -420,6 +420,7 @@ async def _child(listen_fd: int, control_fd: int) -> int:
     setup_logging(settings.log_format, settings.log_level)
     listener = socket.socket(fileno=listen_fd)
     followers: list[asyncio.Task[None]] = []
+    stoppers: list[Callable[[], None]] = []
     try:
         from engine.daemon.service import load_fences_and_campaigns
 
@@ -441,6 +442,7 @@ async def _child(listen_fd: int, control_fd: int) -> int:
         from engine.daemon.service import LOADED_SEQ
 
         follower = ChangeFollower(settings.state, target, LOADED_SEQ.get(view.index, 0))
+        stoppers.append(follower.stop)
         followers.append(asyncio.create_task(follower.run(), name="api-changes"))
     else:
         outbox = OutboxFollower(settings.state, server.visits)
@@ -476,6 +478,8 @@ async def _child(listen_fd: int, control_fd: int) -> int:
     await writer.drain()
     await stop.wait()
     await server.stop()
+    for stop_follower in stoppers:
+        stop_follower()
     for t in (*followers, ctl_task):
         t.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -245,6 +245,7 @@ class ChangeFollower:
         self.k_changes = f"{prefix}:api:changes"
         self.applied_changes = 0  # counters for tests and the status
         self.errors = 0
+        self._stopping = False
 
     def catch_up(self, changes: Sequence[StoreChange]) -> None:
         """Apply ``changes`` (in sequence order) to the live index."""
@@ -274,13 +275,25 @@ class ChangeFollower:
         self.applied = max(c.seq for c in fresh)
         self.applied_changes += len(todo)
 
+    def stop(self) -> None:
+        """End the current ``run`` after the read in progress (at most ``BLOCK_MS``), cancelled or
+        not."""
+        self._stopping = True
+
     async def run(self) -> None:
+        """Follow until ``stop`` or cancellation. A cancellation that redis-py turns into a
+        connection or timeout error while a blocking XREAD is cut short is re-raised, not
+        retried (a test's stop hung for ever on it under load), and ``stop`` ends the loop even
+        then."""
+        self._stopping = False
         client = redis.asyncio.Redis.from_url(self.url, socket_connect_timeout=2.0)
         try:
-            while True:
+            while not self._stopping:
                 try:
                     await self._follow(client)
                 except (RedisError, OSError) as exc:
+                    if _cancelling():
+                        raise asyncio.CancelledError() from exc
                     self.errors += 1
                     log.warning("following the API's store changes in Redis: %s; retrying", exc)
                     await asyncio.sleep(1.0)
@@ -295,7 +308,7 @@ class ChangeFollower:
                 await asyncio.wait_for(client.aclose(), timeout=2.0)
 
     async def _follow(self, client: redis.asyncio.Redis) -> None:
-        while True:
+        while not self._stopping:
             reply: Any = await client.xread(
                 {self.k_changes: f"{self.applied}-0"}, count=1000, block=self.BLOCK_MS
             )
@@ -317,6 +330,11 @@ class ChangeFollower:
                 )
                 for eid, f in entries
             ])  # fmt: skip
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 __all__ = [

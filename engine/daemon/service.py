@@ -239,6 +239,8 @@ class Service:
                     await self.webhooks.stop()
             if self._crumb is not None:
                 self._crumb.close()
+            if self.follower is not None:
+                self.follower.stop()
             for task in (watch, follow):
                 if task is not None:
                     task.cancel()

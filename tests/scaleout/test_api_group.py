@@ -256,9 +256,10 @@ async def test_the_follower_catches_up_from_its_sequence_in_redis_order(
                 await asyncio.sleep(0.01)
             raise AssertionError(f"applied {follower.applied}, not {seq}")
         finally:
+            follower.stop()
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
+                await asyncio.wait_for(task, 30)  # bounded: a follower that cannot stop fails
 
     try:
         # this worker moved s1 to C itself (applied already) after another worker moved it to B:
