@@ -36,13 +36,14 @@ from typing import Any, Protocol, cast
 from engine.daemon.broker_watch import META_KEY as BROKER_META_KEY
 from engine.daemon.broker_watch import BrokerWatch, watch_refusal
 from engine.daemon.config import Settings
+from engine.daemon.holds import GroupHolds
 from engine.daemon.metrics import Metrics
 from engine.daemon.outbox import Outbox
 from engine.daemon.pipeline import Decoder, Renderer, Topics, deadletter_row, digest
 from engine.daemon.poison import Breadcrumb, Budget
 from engine.errors import DecodeError, GeopushError, StateError, TransportError
 from engine.state import Output, StateStore
-from engine.stores.redis_store import HeldBack, RedisStore, commit_batch, open_store, rearm
+from engine.stores.redis_store import HeldBack, RedisStore, commit_batch, open_store
 from engine.stores.sqlite_store import OutRow, SQLiteStore
 from engine.transport.mqtt import BrokerAddress, Inbound, MqttLink, Will, parse_broker_url
 
@@ -50,11 +51,6 @@ log = logging.getLogger("geopush.daemon")
 
 DEADLETTER_SAMPLE = 10  # dropped events copied to the dead-letter topic, per reason and minute
 FULL_GC_EVERY_S = 600.0  # an unfrozen full collection, at most this often, when the feed is idle
-# A worker group after a Redis restart: every worker the restart stalled is back (its retries
-# back off to 0.5 s at most) and has registered its holds before any worker applies its backlog
-# once Redis has been up this long (docs/operations.md, "Scaling out").
-RESYNC_GRACE_S = 3.0
-HOLD_WAIT_S = 10.0  # waiting this long for a hold (its worker stuck?), a worker applies without
 _TS = operator.attrgetter("ts")
 
 
@@ -136,9 +132,7 @@ class Service:
         # Dead letters carrying a payload excerpt: at most deadletter_rate/s (bursts of 10 s).
         self._excerpts = Budget(settings.deadletter_rate, 10 * settings.deadletter_rate)
         self._dl_sampled: dict[str, tuple[int, int]] = {}  # reason -> (minute, dead letters sent)
-        self._outages = 0  # the group store's failed-and-retried Redis calls seen so far
-        self._held_since: float | None = None  # since when the inbox's head waits for a hold
-        self._holds_ignored_until = 0.0
+        self.holds: GroupHolds | None = None  # a worker group's holds (engine/daemon/holds.py)
         self.ready = asyncio.Event()  # set once connected and subscribed (tests wait on it)
 
     # --- control -------------------------------------------------------------------------------
@@ -176,9 +170,10 @@ class Service:
         follow: asyncio.Task[None] | None = None
         try:
             self._open_breadcrumb(store)
-            if self._group() is not None:
-                self._group_store().set_holds({})  # a previous run's holds (it died holding)
-                self._outages = self._group_store().outages
+            group = self._group()
+            if group is not None:
+                self.holds = GroupHolds(group, self.decoder, self.topics.control)
+                self.holds.start()  # a previous run's holds (it died holding)
             repairs = store.get_meta(REPAIRS_KEY)
             self.core = self.core_factory(store)  # restore_core: may repair a poisoned watermark
             log.info("%s", start_summary(s, self.core, store))
@@ -384,9 +379,8 @@ class Service:
         store.checkpoint()
         if self._crumb is not None:
             self._crumb.clear()  # a clean stop: nothing was in hand
-        if self._group() is not None:  # what this worker held back is left to the broker
-            with contextlib.suppress(GeopushError):
-                self._group_store().set_holds({})
+        if self.holds is not None:  # what this worker held back is left to the broker
+            self.holds.release()
         if link.connected:
             self.state = "offline"
             with contextlib.suppress(Exception):
@@ -435,12 +429,13 @@ class Service:
                 await self._linger(link, enough, s.linger_ms / 1000.0)
             if len(link.inbox) < s.batch_size:
                 link.pump(s.batch_size - len(link.inbox))
-            if self._group() is not None and self._group_store().outages != self._outages:
-                await self._resync()  # before anything more of the backlog is applied
+            holds = self.holds
+            if holds is not None and holds.outage_seen():
+                await holds.resync(link)  # before anything more of the backlog is applied
             batch = link.take(s.batch_size)
             held = False
-            if batch and self._holding():
-                batch = self._cut_held(batch)
+            if batch and holds is not None and holds.holding():
+                batch = holds.cut(batch, link.inbox)
                 held = not batch
             if batch:
                 self.handle(batch)
@@ -638,16 +633,11 @@ class Service:
             self._drop_rejected(rejected, per_msg, dead)
         self._require_outbox().fold_marks()  # outputs acked since the last batch: same commit
         # commit_batch: a shared (Redis) store may report a conflict; the batch is then re-run.
-        group = self._group()
+        holds = self.holds
         order: dict[str, float] | None = None
-        if group is not None:
-            if time.monotonic() >= self._holds_ignored_until:  # (see _cut_held)
-                order = {}
-                for ev in events:
-                    if ev.ts > order.get(ev.user, -1.0):
-                        order[ev.user] = ev.ts
-            if group.holds or group.others_holding:  # keep this worker's holds current
-                group.next_holds = self._inbox_holds(list(link.inbox))
+        if holds is not None:
+            order = holds.order(events)
+            holds.refresh(link.inbox)  # keep this worker's holds current
         try:
             outputs, rows = commit_batch(
                 core, store, events, outputs, extra=dead, inputs=inputs,
@@ -655,11 +645,9 @@ class Service:
             )  # fmt: skip
         except HeldBack as exc:
             # Another worker holds older events of some of our users: nothing was applied; the
-            # batch goes back to the inbox (unacked) and waits for them (_cut_held).
-            assert group is not None
-            group.users(exc.touched)
-            rearm(core, [group.peek(u) for u in exc.touched])
-            group.rollback()
+            # batch goes back to the inbox (unacked) and waits for them (GroupHolds.cut).
+            assert holds is not None
+            holds.held_back(exc, core)
             link.inbox.extendleft(reversed(batch))
             return False
         m.messages.inc(len(batch))
@@ -776,7 +764,8 @@ class Service:
                 "the previous process died with %d uncommitted messages in hand: each will be "
                 "processed alone", len(left),
             )  # fmt: skip
-    # --- a worker group: per-user order across workers (holds) ----------------------------------
+
+    # --- a worker group ---------------------------------------------------------------------------
 
     def _group(self) -> RedisStore | None:
         """The store of a worker group (``--group``: Redis), else None (one process)."""
@@ -784,91 +773,6 @@ class Service:
         if self.settings.group is None or not isinstance(store, RedisStore):
             return None
         return store
-
-    def _group_store(self) -> RedisStore:
-        group = self._group()
-        assert group is not None
-        return group
-
-    def _holding(self) -> bool:
-        group = self._group()
-        if group is None or time.monotonic() < self._holds_ignored_until:
-            return False
-        return bool(group.holds or group.others_holding)
-
-    def _user_span(self, x: Inbound) -> tuple[str, float, float] | None:
-        """(user, oldest, newest event time) of a message; None for one without events."""
-        if x.topic == self.topics.control:
-            return None
-        try:
-            evs = self.decoder(x.topic, x.payload)
-        except DecodeError:
-            return None
-        if not evs:
-            return None
-        ts = [ev.ts for ev in evs]
-        return str(evs[0].user), min(ts), max(ts)
-
-    def _inbox_holds(self, msgs: Sequence[Inbound]) -> dict[str, float]:
-        """user -> the oldest event time of the user among ``msgs`` (received, not applied)."""
-        holds: dict[str, float] = {}
-        for x in msgs:
-            span = self._user_span(x)
-            if span is not None and span[1] < holds.get(span[0], float("inf")):
-                holds[span[0]] = span[1]
-        return holds
-
-    def _cut_held(self, batch: list[Inbound]) -> list[Inbound]:
-        """The longest head of ``batch`` whose users no other worker holds an older event of;
-        the rest goes back to the inbox, in order (a user's events then apply in event-time
-        order across the group, whichever worker received them)."""
-        group, link = self._group_store(), self._require_link()
-        spans = [self._user_span(x) for x in batch]
-        others = group.others_holds(sorted({sp[0] for sp in spans if sp is not None}))
-        n = 0
-        for sp in spans:
-            if sp is not None and sp[2] > others.get(sp[0], float("inf")):
-                break
-            n += 1
-        if n == 0:
-            now = time.monotonic()
-            if self._held_since is None:
-                self._held_since = now
-            elif now - self._held_since > HOLD_WAIT_S:
-                log.warning(
-                    "waited %.0f s for another worker's older events of %s: applying without",
-                    HOLD_WAIT_S, spans[0][0] if spans[0] else "?",
-                )  # fmt: skip
-                self._held_since = None
-                self._holds_ignored_until = now + HOLD_WAIT_S
-                return batch
-        else:
-            self._held_since = None
-        link.inbox.extendleft(reversed(batch[n:]))
-        return batch[:n]
-
-    async def _resync(self) -> None:
-        """Redis was unreachable (a restart, a failover, the network): every worker of the group
-        may have a backlog that holds some user's older events while another worker holds their
-        newer ones. Register this worker's holds (its whole backlog), and after a restart wait
-        until every stalled worker did too (RESYNC_GRACE_S), before applying anything more."""
-        group, link = self._group_store(), self._require_link()
-        self._outages = group.outages
-        uptime = group.uptime_s()
-        misses = 0
-        for _ in range(10_000):  # all the socket holds (pump stops at a PUBACK among them)
-            misses = 0 if link.pump(1 << 16) else misses + 1
-            if misses == 3:
-                break
-        holds = self._inbox_holds(list(link.inbox))
-        group.set_holds(holds)
-        self._outages = group.outages
-        log.warning(
-            "redis was unreachable (up %.1f s): %d users held back for the group's order",
-            uptime, len(holds),
-        )  # fmt: skip
-        if uptime < RESYNC_GRACE_S:
-            await asyncio.sleep(RESYNC_GRACE_S - uptime)
 
     def _idle_flush(self) -> None:
         """The feed went quiet: time out visits up to the wall clock (minus the core's lateness
