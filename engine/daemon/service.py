@@ -48,7 +48,7 @@ from engine.daemon.loading import (
 from engine.daemon.metrics import Metrics
 from engine.daemon.outbox import Outbox
 from engine.daemon.pipeline import Decoder, Renderer, Topics, deadletter_row, digest
-from engine.daemon.poison import Breadcrumb, Budget
+from engine.daemon.poison import POISON_DETAIL, Budget, CrashGuard
 from engine.errors import DecodeError, GeopushError, StateError, TransportError
 from engine.state import Output, StateStore
 from engine.stores.redis_store import HeldBack, RedisStore, commit_batch, open_store
@@ -131,12 +131,7 @@ class Service:
         self._inbox_warned = 0.0
         # Crash-loop protection (engine/daemon/poison.py): the batch in hand, the messages the
         # previous process died on (run alone), the ones it died on alone (quarantined).
-        self._crumb: Breadcrumb | None = None
-        self._suspects: set[bytes] = set()
-        self._quarantine: set[bytes] = set()
-        # The broker redelivers the unacknowledged messages first: both sets are forgotten after
-        # this many more messages (a message the broker lost must not cost a look-up forever).
-        self._watch_left = 0
+        self.guard: CrashGuard | None = None
         # Dead letters carrying a payload excerpt: at most deadletter_rate/s (bursts of 10 s).
         self._excerpts = Budget(settings.deadletter_rate, 10 * settings.deadletter_rate)
         self._dl_sampled: dict[str, tuple[int, int]] = {}  # reason -> (minute, dead letters sent)
@@ -177,7 +172,8 @@ class Service:
         watch: asyncio.Task[None] | None = None
         follow: asyncio.Task[None] | None = None
         try:
-            self._open_breadcrumb(store)
+            self.guard = CrashGuard(s.inflight_path, s.batch_size)
+            self.guard.load(store.seen_inputs)
             group = self._group()
             if group is not None:
                 self.holds = GroupHolds(group, self.decoder, self.topics.control)
@@ -240,8 +236,8 @@ class Service:
             if self.webhooks is not None:
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     await self.webhooks.stop()
-            if self._crumb is not None:
-                self._crumb.close()
+            if self.guard is not None:
+                self.guard.close()
             for task in (watch, follow):
                 if task is not None:
                     task.cancel()
@@ -385,8 +381,8 @@ class Service:
         link, outbox, store = self._require_link(), self._require_outbox(), self._require_store()
         outbox.flush_marks()
         store.checkpoint()
-        if self._crumb is not None:
-            self._crumb.clear()  # a clean stop: nothing was in hand
+        if self.guard is not None:
+            self.guard.clear()  # a clean stop: nothing was in hand
         if self.holds is not None:  # what this worker held back is left to the broker
             self.holds.release()
         if link.connected:
@@ -510,61 +506,18 @@ class Service:
         False: a worker group's commit was held back (``HeldBack``); the batch (or what was
         left of it) is back in the inbox, unacked."""
         keys = [digest(x.topic, x.payload) for x in batch]
-        if self._suspects or self._quarantine:
-            self._watch_left -= len(keys)
-            if self._watch_left < 0:
-                n = len(self._suspects) + len(self._quarantine)
-                log.warning("%d suspect messages never came back: forgotten", n)
-                self._suspects.clear()
-                self._quarantine.clear()
-            elif self._suspects and not self._suspects.isdisjoint(keys):
-                return self._handle_suspects(batch, keys)
-        if self._crumb is not None:
-            self._crumb.mark(keys)  # survives a crash of the process: see poison.py
-        return self._handle(batch, keys)
-
-    def _handle_suspects(self, batch: list[Inbound], keys: list[bytes]) -> bool:
-        """The previous process died with some of these messages in hand: each of those goes
-        alone, marked so (dying on it again quarantines it); the others, in between, in
-        batches, in their order."""
-        crumb, suspects = self._crumb, self._suspects
-        run: list[tuple[Inbound, bytes]] = []
-        pairs = [*zip(batch, keys, strict=True), (None, b"")]
-        for i, (x, k) in enumerate(pairs):
-            if x is not None and k not in suspects:
-                run.append((x, k))
-                continue
-            if run:
-                sub, run = run, []
-                if not self._mark_and_handle(crumb, [y for y, _ in sub], [j for _, j in sub], False):
-                    return self._held_rest(len(sub), pairs[i:])  # a group's hold: keep the order
-            if x is not None:
-                log.warning("processing alone a message the last process died with (%s)", x.topic)
-                if not self._mark_and_handle(crumb, [x], [k], True):
-                    return self._held_rest(1, pairs[i + 1 :])
-                suspects.discard(k)
-        return True
-
-    def _held_rest(self, held: int, rest: list[tuple[Inbound | None, bytes]]) -> bool:
-        """A group's hold sent the last ``held`` messages back to the inbox's head: what followed
-        them in this batch goes back right behind them, so the order is kept."""
-        inbox = self._require_link().inbox
-        head = [inbox.popleft() for _ in range(held)]
-        inbox.extendleft(reversed([*head, *(x for x, _ in rest if x is not None)]))
-        return False
-
-    def _mark_and_handle(
-        self, crumb: Breadcrumb | None, batch: list[Inbound], keys: list[bytes], isolated: bool
-    ) -> bool:
-        if crumb is not None:
-            crumb.mark(keys, isolated=isolated)
+        guard = self.guard
+        if guard is not None:
+            if guard.has_suspects(keys):
+                return guard.handle_suspects(batch, keys, self._handle, self._require_link().inbox)
+            guard.mark(keys)  # survives a crash of the process: see poison.py
         return self._handle(batch, keys)
 
     def _handle(self, batch: list[Inbound], keys: list[bytes]) -> bool:
         store, core, link = self._require_store(), self._require_core(), self._require_link()
         m, totals = self.metrics, self.totals
         control = self.topics.control
-        quarantine = self._quarantine
+        guard = self.guard
         # Redeliveries (dup) and retained messages the broker re-sends at a (re)subscription
         # may have been applied already: look their digests up.
         dup_keys = [k for x, k in zip(batch, keys, strict=True) if x.dup or x.retain]
@@ -591,10 +544,8 @@ class Service:
                     continue
                 retained_meta[RETAINED_KEY + x.topic] = k.hex()  # committed with the batch
             inputs.append(k)
-            if quarantine and k in quarantine:
-                quarantine.discard(k)
-                log.error("quarantined a message from %s: the process died on it twice", x.topic)
-                dead.append(self._dead_letter(x, k, "poison", _POISON_DETAIL))
+            if guard is not None and guard.quarantined(k, x.topic):
+                dead.append(self._dead_letter(x, k, "poison", POISON_DETAIL))
                 continue
             try:
                 evs = self.decoder(x.topic, x.payload)
@@ -748,30 +699,6 @@ class Service:
         return deadletter_row(
             self.topics, x.topic, x.payload, reason, detail, k, x.received, limit=limit
         )
-
-    def _open_breadcrumb(self, store: SQLiteStore) -> None:
-        """Read what the previous process had in hand when it ended (poison.py): suspects to
-        process alone, or the one message it died on alone, to quarantine."""
-        self._crumb = crumb = Breadcrumb(self.settings.inflight_path, self.settings.batch_size)
-        isolated, left = crumb.previous
-        if left:
-            done = store.seen_inputs(left)
-            left = [d for d in left if d not in done]
-        if not left:
-            return
-        self._watch_left = 10_000 + 20 * self.settings.batch_size
-        if isolated and len(left) == 1:
-            self._quarantine.update(left)
-            log.error(
-                "the previous process died on a message it was processing alone, for the second "
-                "time: it will be dead-lettered as poison, not processed"
-            )
-        else:
-            self._suspects.update(left)
-            log.warning(
-                "the previous process died with %d uncommitted messages in hand: each will be "
-                "processed alone", len(left),
-            )  # fmt: skip
 
     # --- a worker group ---------------------------------------------------------------------------
 
@@ -984,12 +911,6 @@ class Service:
 
 
 __all__ = ["CoreFactory", "CoreLike", "Reloader", "Service"]
-
-_POISON_DETAIL = (
-    "the engine process died twice while handling this message (the second time with it alone): "
-    "quarantined, not processed; report it with the engine's log"
-)
-
 
 def _exc_detail(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
