@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import functools
 import gc
 import json
@@ -85,6 +86,18 @@ class CoreLike(Protocol):
 
 
 CoreFactory = Callable[[SQLiteStore], CoreLike]
+
+
+@dataclasses.dataclass
+class _Sorted:
+    """A micro-batch sorted out (``Service._sort``)."""
+
+    events: list[Any] = dataclasses.field(default_factory=list)
+    per_msg: list[tuple[Inbound, bytes, list[Any]]] = dataclasses.field(default_factory=list)
+    dead: list[OutRow] = dataclasses.field(default_factory=list)  # dead letters
+    inputs: list[bytes] = dataclasses.field(default_factory=list)  # digests committed
+    retained_meta: dict[str, str] = dataclasses.field(default_factory=dict)
+
 # Loads fresh fences/campaigns for a hot reload: returns kwargs for ``core.reload``.
 Reloader = Callable[[], dict[str, Any]]
 
@@ -514,105 +527,25 @@ class Service:
         return self._handle(batch, keys)
 
     def _handle(self, batch: list[Inbound], keys: list[bytes]) -> bool:
-        store, core, link = self._require_store(), self._require_core(), self._require_link()
-        m, totals = self.metrics, self.totals
-        control = self.topics.control
-        guard = self.guard
-        # Redeliveries (dup) and retained messages the broker re-sends at a (re)subscription
-        # may have been applied already: look their digests up.
-        dup_keys = [k for x, k in zip(batch, keys, strict=True) if x.dup or x.retain]
-        seen = store.seen_inputs(dup_keys) if dup_keys else set()
-        retained_meta: dict[str, str] = {}
-        events: list[Any] = []
-        dead: list[OutRow] = []
-        inputs: list[bytes] = []
-        per_msg: list[tuple[Inbound, bytes, list[Any]]] = []
-        skew = self.settings.max_skew
-        for x, k in zip(batch, keys, strict=True):
-            if k in seen:
-                m.duplicates.inc()
-                totals["duplicates"] += 1
-                continue
-            if x.topic == control:
-                self._control(x.payload)
-                continue
-            if x.retain:
-                if store.get_meta(RETAINED_KEY + x.topic) == k.hex():
-                    m.duplicates.inc()
-                    totals["duplicates"] += 1
-                    totals["retained_seen"] += 1
-                    continue
-                retained_meta[RETAINED_KEY + x.topic] = k.hex()  # committed with the batch
-            inputs.append(k)
-            if guard is not None and guard.quarantined(k, x.topic):
-                dead.append(self._dead_letter(x, k, "poison", POISON_DETAIL))
-                continue
-            try:
-                evs = self.decoder(x.topic, x.payload)
-            except DecodeError as exc:
-                dead.append(self._dead_letter(x, k, exc.reason, exc.detail))
-                m.rejects.labels(exc.reason).inc()
-                totals["rejects"] += 1
-                totals[f"reject:{exc.reason}"] += 1
-                continue
-            except Exception as exc:  # noqa: BLE001  (any failure on one message: its dead letter)
-                log.error("decoding a message from %s failed: %r", x.topic, exc)
-                dead.append(self._dead_letter(x, k, "decode_error", _exc_detail(exc)))
-                m.rejects.labels("decode_error").inc()
-                totals["rejects"] += 1
-                totals["reject:decode_error"] += 1
-                continue
-            # A device's clock must not reach anyone else: a message with an event further
-            # ahead of the receiving clock than --max-skew is dead-lettered whole.
-            ahead = (evs[0].ts if len(evs) == 1 else max(e.ts for e in evs)) if evs else 0.0
-            if ahead > x.received + skew:
-                detail = (
-                    f"event time {ahead:.3f} is {ahead - x.received:.0f} s ahead of the receiving "
-                    f"clock (--max-skew {skew:g} s): fix the device's clock"
-                )
-                self._drop("clock_skew", len(evs), x, k, detail, dead)
-                continue
-            events.extend(evs)
-            per_msg.append((x, k, evs))
+        """Decode (``_sort``), run the core (``_run_core``), commit (``_commit``), ack, and
+        hand the committed rows to the outbox. False: held back (see ``handle``)."""
+        sorted_ = self._sort(batch, keys)
+        events, per_msg, dead = sorted_.events, sorted_.per_msg, sorted_.dead
         t0 = time.perf_counter()
-        try:
-            outputs = core.process(events) if events else []
-        except GeopushError:
-            raise
-        except Exception:
-            log.exception(
-                "core failed on a batch of %d events; retrying message by message", len(events)
-            )
-            store.rollback()
-            self._process_one_by_one(per_msg, dead)
-            outputs = []  # committed and queued message by message
+        outputs = self._run_core(events, per_msg, dead)
         t1 = time.perf_counter()
-        rejected = getattr(core, "rejected", None) if events else None  # this batch's
+        rejected = getattr(self.core, "rejected", None) if events else None  # this batch's
         if rejected:
             self._drop_rejected(rejected, per_msg, dead)
-        self._require_outbox().fold_marks()  # outputs acked since the last batch: same commit
-        # commit_batch: a shared (Redis) store may report a conflict; the batch is then re-run.
-        holds = self.holds
-        order: dict[str, float] | None = None
-        if holds is not None:
-            order = holds.order(events)
-            holds.refresh(link.inbox)  # keep this worker's holds current
-        try:
-            outputs, rows = commit_batch(
-                core, store, events, outputs, extra=dead, inputs=inputs,
-                meta=lambda: _with(watermark_meta(core), retained_meta), order=order,
-            )  # fmt: skip
-        except HeldBack as exc:
-            # Another worker holds older events of some of our users: nothing was applied; the
-            # batch goes back to the inbox (unacked) and waits for them (GroupHolds.cut).
-            assert holds is not None
-            holds.held_back(exc, core)
-            link.inbox.extendleft(reversed(batch))
+        committed = self._commit(batch, sorted_, outputs)
+        if committed is None:
             return False
+        outputs, rows = committed
+        m, totals = self.metrics, self.totals
         m.messages.inc(len(batch))
         totals["messages"] += len(batch)
         t2 = time.perf_counter()
-        link.ack_many(batch)  # the batch's PUBACKs as one buffer
+        self._require_link().ack_many(batch)  # the batch's PUBACKs as one buffer
         self._account(events, outputs)
         m.match.observe(t1 - t0)
         m.commit.observe(t2 - t1)
@@ -627,6 +560,127 @@ class Service:
         # by the occasional full collection at an idle moment (_collect_when_idle).
         gc.freeze()
         return True
+
+    def _sort(self, batch: list[Inbound], keys: list[bytes]) -> _Sorted:
+        """A batch's messages sorted out: redeliveries already applied and control messages
+        skipped, quarantined, undecodable and clock-skewed ones dead-lettered, the rest decoded
+        into events."""
+        store, m, totals = self._require_store(), self.metrics, self.totals
+        control = self.topics.control
+        guard = self.guard
+        # Redeliveries (dup) and retained messages the broker re-sends at a (re)subscription
+        # may have been applied already: look their digests up.
+        dup_keys = [k for x, k in zip(batch, keys, strict=True) if x.dup or x.retain]
+        seen = store.seen_inputs(dup_keys) if dup_keys else set()
+        out = _Sorted()
+        dead = out.dead
+        for x, k in zip(batch, keys, strict=True):
+            if k in seen:
+                m.duplicates.inc()
+                totals["duplicates"] += 1
+                continue
+            if x.topic == control:
+                self._control(x.payload)
+                continue
+            if x.retain:
+                if store.get_meta(RETAINED_KEY + x.topic) == k.hex():
+                    m.duplicates.inc()
+                    totals["duplicates"] += 1
+                    totals["retained_seen"] += 1
+                    continue
+                out.retained_meta[RETAINED_KEY + x.topic] = k.hex()  # committed with the batch
+            out.inputs.append(k)
+            if guard is not None and guard.quarantined(k, x.topic):
+                dead.append(self._dead_letter(x, k, "poison", POISON_DETAIL))
+                continue
+            evs = self._decode(x, k, dead)
+            if evs is None:
+                continue
+            out.events.extend(evs)
+            out.per_msg.append((x, k, evs))
+        return out
+
+    def _decode(self, x: Inbound, k: bytes, dead: list[OutRow]) -> list[Any] | None:
+        """A message's events; None when it was dead-lettered (undecodable, or an event too far
+        ahead of the receiving clock)."""
+        m, totals = self.metrics, self.totals
+        try:
+            evs = self.decoder(x.topic, x.payload)
+        except DecodeError as exc:
+            dead.append(self._dead_letter(x, k, exc.reason, exc.detail))
+            m.rejects.labels(exc.reason).inc()
+            totals["rejects"] += 1
+            totals[f"reject:{exc.reason}"] += 1
+            return None
+        except Exception as exc:  # noqa: BLE001  (any failure on one message: its dead letter)
+            log.error("decoding a message from %s failed: %r", x.topic, exc)
+            dead.append(self._dead_letter(x, k, "decode_error", _exc_detail(exc)))
+            m.rejects.labels("decode_error").inc()
+            totals["rejects"] += 1
+            totals["reject:decode_error"] += 1
+            return None
+        # A device's clock must not reach anyone else: a message with an event further
+        # ahead of the receiving clock than --max-skew is dead-lettered whole.
+        skew = self.settings.max_skew
+        ahead = (evs[0].ts if len(evs) == 1 else max(e.ts for e in evs)) if evs else 0.0
+        if ahead > x.received + skew:
+            detail = (
+                f"event time {ahead:.3f} is {ahead - x.received:.0f} s ahead of the receiving "
+                f"clock (--max-skew {skew:g} s): fix the device's clock"
+            )
+            self._drop("clock_skew", len(evs), x, k, detail, dead)
+            return None
+        return evs
+
+    def _run_core(
+        self,
+        events: list[Any],
+        per_msg: list[tuple[Inbound, bytes, list[Any]]],
+        dead: list[OutRow],
+    ) -> list[Output]:
+        """The core's outputs of the batch's events; a core failure falls back to committing
+        message by message (``_process_one_by_one``: its outputs are then committed already)."""
+        store, core = self._require_store(), self._require_core()
+        try:
+            outputs = core.process(events) if events else []
+        except GeopushError:
+            raise
+        except Exception:
+            log.exception(
+                "core failed on a batch of %d events; retrying message by message", len(events)
+            )
+            store.rollback()
+            self._process_one_by_one(per_msg, dead)
+            outputs = []  # committed and queued message by message
+        return outputs
+
+    def _commit(
+        self, batch: list[Inbound], sorted_: _Sorted, outputs: list[Output]
+    ) -> tuple[list[Output], list[OutRow]] | None:
+        """Commit the batch (one transaction) with its dead letters, input digests and meta;
+        None when a worker group's hold sent it back to the inbox (nothing applied)."""
+        store, core, link = self._require_store(), self._require_core(), self._require_link()
+        events = sorted_.events
+        self._require_outbox().fold_marks()  # outputs acked since the last batch: same commit
+        # commit_batch: a shared (Redis) store may report a conflict; the batch is then re-run.
+        holds = self.holds
+        order: dict[str, float] | None = None
+        if holds is not None:
+            order = holds.order(events)
+            holds.refresh(link.inbox)  # keep this worker's holds current
+        retained_meta = sorted_.retained_meta
+        try:
+            return commit_batch(
+                core, store, events, outputs, extra=sorted_.dead, inputs=sorted_.inputs,
+                meta=lambda: _with(watermark_meta(core), retained_meta), order=order,
+            )  # fmt: skip
+        except HeldBack as exc:
+            # Another worker holds older events of some of our users: nothing was applied; the
+            # batch goes back to the inbox (unacked) and waits for them (GroupHolds.cut).
+            assert holds is not None
+            holds.held_back(exc, core)
+            link.inbox.extendleft(reversed(batch))
+            return None
 
     def _drop(
         self, reason: str, n: int, x: Inbound, key: bytes, detail: str, dead: list[OutRow]
