@@ -185,18 +185,7 @@ class Service:
         watch: asyncio.Task[None] | None = None
         follow: asyncio.Task[None] | None = None
         try:
-            self.guard = CrashGuard(s.inflight_path, s.batch_size)
-            self.guard.load(store.seen_inputs)
-            group = self._group()
-            if group is not None:
-                self.holds = GroupHolds(group, self.decoder, self.topics.control)
-                self.holds.start()  # a previous run's holds (it died holding)
-            repairs = store.get_meta(REPAIRS_KEY)
-            self.core = self.core_factory(store)  # restore_core: may repair a poisoned watermark
-            log.info("%s", start_summary(s, self.core, store))
-            if store.get_meta(REPAIRS_KEY) != repairs:
-                self.metrics.watermark_repairs.inc()
-                self.totals["watermark_repaired"] += 1
+            self._open_state(store)
             if s.redis_url is not None:
                 follow = self._follow_api_changes(s.redis_url)
             if s.http:
@@ -204,35 +193,9 @@ class Service:
             self._write_pid()
             if s.metrics_port:
                 self.metrics.serve(s.metrics_port)
-            address = parse_broker_url(s.broker)
-            self.link = link = self._make_link(
-                address,
-                client_id=s.client_id,
-                clean_session=False,
-                manual_ack=True,
-                will=Will(self.topics.status, self._status_payload("offline", "connection lost")),
-                # Unlimited in paho: the outbox bounds what is in flight (--max-in-flight), and
-                # with a paho limit every PUBACK scans paho's whole in-flight table.
-                max_inflight_out=0,
-                username=s.username,
-                password=s.password,
-                fast=s.mqtt_fast,
-            )
-            self.outbox = Outbox(link, store, self.metrics, max_in_flight=s.max_in_flight)
-            if self.api is not None:  # the API's redemptions: published here, answers to it
-                self.outbox.on_commit = self.api.committed
-                self.api.publish = lambda t, p: link.publish_nowait(t, p, qos=1)
+            self._open_link(store)
             await self._start_webhooks()
-            # the broker's own dropped-message counter ($SYS), on a connection (and login) of its own
-            refusal = watch_refusal(s)
-            if refusal is None:
-                self.broker_watch = BrokerWatch(
-                    s, self.metrics, load=lambda: store.get_meta(BROKER_META_KEY),
-                    save=lambda v: store.commit([], meta={BROKER_META_KEY: v}),
-                )  # fmt: skip
-                watch = asyncio.create_task(self.broker_watch.run(), name="broker-watch")
-            else:
-                log.warning("%s", refusal)
+            watch = self._start_broker_watch(store)
             await self._connection_loop()
             await self._drain()
             return 0
@@ -243,23 +206,83 @@ class Service:
                 self.api.stop_now()
             return 1
         finally:
-            if self.api is not None:
-                with contextlib.suppress(Exception, asyncio.CancelledError):
-                    await self.api.stop()
-            if self.webhooks is not None:
-                with contextlib.suppress(Exception, asyncio.CancelledError):
-                    await self.webhooks.stop()
-            if self.guard is not None:
-                self.guard.close()
-            for task in (watch, follow):
-                if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await task
-            if self.api_follow is not None:
-                self.api_follow.close()
-            store.close()
-            self._remove_pid()
+            await self._close(store, (watch, follow))
+
+    def _open_state(self, store: SQLiteStore) -> None:
+        """What the previous process left (the breadcrumb, a group's holds), then the core over
+        the state (``restore_core`` may repair a poisoned watermark: counted)."""
+        s = self.settings
+        self.guard = CrashGuard(s.inflight_path, s.batch_size)
+        self.guard.load(store.seen_inputs)
+        group = self._group()
+        if group is not None:
+            self.holds = GroupHolds(group, self.decoder, self.topics.control)
+            self.holds.start()  # a previous run's holds (it died holding)
+        repairs = store.get_meta(REPAIRS_KEY)
+        self.core = self.core_factory(store)  # restore_core: may repair a poisoned watermark
+        log.info("%s", start_summary(s, self.core, store))
+        if store.get_meta(REPAIRS_KEY) != repairs:
+            self.metrics.watermark_repairs.inc()
+            self.totals["watermark_repaired"] += 1
+
+    def _open_link(self, store: SQLiteStore) -> None:
+        """The broker link (not connected yet) and the outbox over it; the API's redemptions
+        are published here and answered to it."""
+        s = self.settings
+        address = parse_broker_url(s.broker)
+        self.link = link = self._make_link(
+            address,
+            client_id=s.client_id,
+            clean_session=False,
+            manual_ack=True,
+            will=Will(self.topics.status, self._status_payload("offline", "connection lost")),
+            # Unlimited in paho: the outbox bounds what is in flight (--max-in-flight), and
+            # with a paho limit every PUBACK scans paho's whole in-flight table.
+            max_inflight_out=0,
+            username=s.username,
+            password=s.password,
+            fast=s.mqtt_fast,
+        )
+        self.outbox = Outbox(link, store, self.metrics, max_in_flight=s.max_in_flight)
+        if self.api is not None:  # the API's redemptions: published here, answers to it
+            self.outbox.on_commit = self.api.committed
+            self.api.publish = lambda t, p: link.publish_nowait(t, p, qos=1)
+
+    def _start_broker_watch(self, store: SQLiteStore) -> asyncio.Task[None] | None:
+        """The broker's own dropped-message counter ($SYS), on a connection (and login) of its
+        own (engine/daemon/broker_watch.py), unless the settings rule it out."""
+        s = self.settings
+        refusal = watch_refusal(s)
+        if refusal is not None:
+            log.warning("%s", refusal)
+            return None
+        self.broker_watch = BrokerWatch(
+            s, self.metrics, load=lambda: store.get_meta(BROKER_META_KEY),
+            save=lambda v: store.commit([], meta={BROKER_META_KEY: v}),
+        )  # fmt: skip
+        return asyncio.create_task(self.broker_watch.run(), name="broker-watch")
+
+    async def _close(
+        self, store: SQLiteStore, tasks: Sequence[asyncio.Task[None] | None]
+    ) -> None:
+        """Stop the API's process, the webhooks and the helper tasks; close the state."""
+        if self.api is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await self.api.stop()
+        if self.webhooks is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await self.webhooks.stop()
+        if self.guard is not None:
+            self.guard.close()
+        for task in tasks:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        if self.api_follow is not None:
+            self.api_follow.close()
+        store.close()
+        self._remove_pid()
 
     async def _start_webhooks(self) -> None:
         """Deliver committed outputs to registered webhooks (engine/daemon/webhooks.py), from
