@@ -40,9 +40,6 @@ from engine.daemon.holds import GroupHolds
 from engine.daemon.loading import (
     API_CAMPAIGN_SEQ,
     API_SEQ,
-    LOADED_SEQ,
-    LOADED_SEQS,
-    campaign_target,
     load_fences_and_campaigns,
     warm_up,
 )
@@ -50,7 +47,8 @@ from engine.daemon.metrics import Metrics
 from engine.daemon.outbox import Outbox
 from engine.daemon.pipeline import Decoder, Renderer, Topics, deadletter_row, digest
 from engine.daemon.poison import POISON_DETAIL, Budget, CrashGuard
-from engine.errors import DecodeError, GeopushError, StateError, TransportError
+from engine.daemon.wiring import change_follower, state_follower, webhook_dispatcher
+from engine.errors import DecodeError, GeopushError, TransportError
 from engine.state import Output, StateStore
 from engine.stores.redis_store import HeldBack, RedisStore, commit_batch, open_store
 from engine.stores.sqlite_store import OutRow, SQLiteStore
@@ -285,79 +283,30 @@ class Service:
         self._remove_pid()
 
     async def _start_webhooks(self) -> None:
-        """Deliver committed outputs to registered webhooks (engine/daemon/webhooks.py), from
-        the SQLite state file, or in a group from Redis (this worker's own outputs,
-        engine/daemon/webhooks_redis.py); the outbox tells it of each commit."""
-        from engine.daemon.webhooks import WebhookDispatcher
-
-        queue: Any  # the SQLite state file, or a WebhookQueue
-        store: Any = self.store
-        if isinstance(store, SQLiteStore):
-            queue = self.settings.state
-        elif isinstance(store, RedisStore) and self.settings.redis_url is not None:
-            from engine.daemon.webhooks_redis import RedisWebhookStore
-
-            queue = RedisWebhookStore(
-                self.settings.redis_url, worker=store.worker, outbox=store, prefix=store.prefix
-            )
-        else:
+        """Deliver committed outputs to registered webhooks (engine/daemon/wiring.py); the
+        outbox tells the dispatcher of each commit."""
+        self.webhooks = webhook_dispatcher(self.settings, self.store, self.metrics)
+        if self.webhooks is None:
             return
-        self.webhooks = WebhookDispatcher(queue, self.metrics)
         await self.webhooks.start()
         self._require_outbox().on_push = self.webhooks.wake
-
-    def _fence_target(self) -> Any:
-        """engine.api.live.FenceTarget over the core's live fence index."""
-        from engine.api.live import FenceTarget
-
-        core = self._require_core()
-
-        def index() -> Any:
-            idx = getattr(core, "index", None)
-            if idx is None or not hasattr(idx, "add"):
-                raise StateError("this engine has no live fence index to change")
-            return idx
-
-        def removed(ids: list[str]) -> None:
-            hook = getattr(core, "stores_removed", None)
-            if hook is not None:
-                hook(ids)
-
-        return FenceTarget(index, removed)
 
     async def _start_api(self) -> None:
         """Start the HTTP API's process (--http, engine/api/process.py); with a SQLite state,
         follow the changes it makes between two micro-batches (engine/api/follow.py)."""
         from engine.api.process import ApiProcess
 
-        s = self.settings
-        assert s.http is not None
-        core = self._require_core()
-        index = getattr(core, "index", None)
-        if s.redis_url is None and index is not None and hasattr(index, "add"):
-            from engine.api.follow import StateFollower
-
-            target = self._fence_target()
-            target.campaigns = campaign_target(core)
-            seqs = LOADED_SEQS.get(index, (0, 0))
-            self.api_follow = StateFollower(
-                s.state, target, store_seq=seqs[0], campaign_seq=seqs[1],
-                every=s.api_follow_ms / 1000.0,
-            )  # fmt: skip
-            self.api_follow.check()  # what changed since the files were loaded
-        self.api = ApiProcess(s, self.metrics)
+        assert self.settings.http is not None
+        self.api_follow = state_follower(self.settings, self._require_core())
+        self.api = ApiProcess(self.settings, self.metrics)
         await self.api.start()
 
     def _follow_api_changes(self, url: str) -> asyncio.Task[None] | None:
         """A group's worker: apply the store changes made through any worker's API (kept in
-        Redis) to this worker's live fence index, from the last one laid over it at load
-        (engine/api/redis_state.py ``ChangeFollower``)."""
-        from engine.api.redis_state import ChangeFollower
-
-        index = getattr(self._require_core(), "index", None)
-        if index is None or not hasattr(index, "add"):
+        Redis) to this worker's live fence index (engine/api/redis_state.py)."""
+        self.follower = change_follower(url, self._require_core())
+        if self.follower is None:
             return None  # a stand-in core: no live fence index
-        self.follower = ChangeFollower(url, self._fence_target(), LOADED_SEQ.get(index, 0))
         return asyncio.create_task(self.follower.run(), name="api-changes")
 
     async def _connection_loop(self) -> None:
