@@ -297,7 +297,7 @@ def warm_up_engine(settings: Any) -> None:
     event-to-push latencies. Best effort: a failure here only costs that warm-up."""
     try:
         from engine.core import Core
-        from engine.daemon.service import load_fences_and_campaigns
+        from engine.daemon.loading import load_fences_and_campaigns
         from engine.events import decode
         from engine.state import MemoryStore
 

@@ -383,7 +383,7 @@ class _View:
         )  # fmt: skip
 
     async def reload(self) -> None:
-        from engine.daemon.service import load_fences_and_campaigns
+        from engine.daemon.loading import load_fences_and_campaigns
 
         try:
             fresh = await asyncio.to_thread(load_fences_and_campaigns, self.settings)
@@ -422,7 +422,7 @@ async def _child(listen_fd: int, control_fd: int) -> int:
     followers: list[asyncio.Task[None]] = []
     stoppers: list[Callable[[], None]] = []
     try:
-        from engine.daemon.service import load_fences_and_campaigns
+        from engine.daemon.loading import load_fences_and_campaigns
 
         loaded = await asyncio.to_thread(load_fences_and_campaigns, settings)
         view = _View(settings, loaded)
@@ -439,7 +439,7 @@ async def _child(listen_fd: int, control_fd: int) -> int:
         raise
     if is_redis_url(settings.state):
         from engine.api.redis_state import ChangeFollower
-        from engine.daemon.service import LOADED_SEQ
+        from engine.daemon.loading import LOADED_SEQ
 
         follower = ChangeFollower(settings.state, target, LOADED_SEQ.get(view.index, 0))
         stoppers.append(follower.stop)

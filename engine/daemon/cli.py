@@ -126,8 +126,9 @@ def _run(args: argparse.Namespace) -> int:
     import asyncio
 
     from engine.daemon.config import load_settings
+    from engine.daemon.loading import load_fences_and_campaigns
     from engine.daemon.logs import setup_logging
-    from engine.daemon.service import Service, load_fences_and_campaigns, real_core_factory
+    from engine.daemon.service import Service, real_core_factory
 
     flags = {field: getattr(args, field, None) for _f, field, _k in _FLAGS}
     flags["owntracks"] = args.owntracks

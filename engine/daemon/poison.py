@@ -32,8 +32,13 @@ import mmap
 import os
 import struct
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.transport.mqtt import Inbound
 
 log = logging.getLogger("geopush.daemon")
 
@@ -129,4 +134,122 @@ class Budget:
         return False
 
 
-__all__ = ["Breadcrumb", "Budget"]
+POISON_DETAIL = (
+    "the engine process died twice while handling this message (the second time with it alone): "
+    "quarantined, not processed; report it with the engine's log"
+)
+
+# Handles a (sub-)batch: False when a worker group's hold sent it back to the inbox's head.
+BatchHandler = Callable[[list["Inbound"], list[bytes]], bool]
+
+
+class CrashGuard:
+    """The daemon's side of the crash-loop protection (see the module doc): the breadcrumb, and
+    what the previous process left in it, the suspects (run alone) and the quarantine."""
+
+    def __init__(self, path: str | Path, batch_size: int) -> None:
+        self.crumb = Breadcrumb(path, batch_size)
+        self.batch_size = batch_size
+        self.suspects: set[bytes] = set()
+        self.quarantine: set[bytes] = set()
+        # The broker redelivers the unacknowledged messages first: both sets are forgotten after
+        # this many more messages (a message the broker lost must not cost a look-up forever).
+        self._watch_left = 0
+
+    def load(self, seen_inputs: Callable[[list[bytes]], set[bytes]]) -> None:
+        """Read what the previous process had in hand when it ended: suspects to process alone,
+        or the one message it died on alone, to quarantine (``seen_inputs``: the digests among
+        those the state committed since)."""
+        isolated, left = self.crumb.previous
+        if left:
+            done = seen_inputs(left)
+            left = [d for d in left if d not in done]
+        if not left:
+            return
+        self._watch_left = 10_000 + 20 * self.batch_size
+        if isolated and len(left) == 1:
+            self.quarantine.update(left)
+            log.error(
+                "the previous process died on a message it was processing alone, for the second "
+                "time: it will be dead-lettered as poison, not processed"
+            )
+        else:
+            self.suspects.update(left)
+            log.warning(
+                "the previous process died with %d uncommitted messages in hand: each will be "
+                "processed alone", len(left),
+            )  # fmt: skip
+
+    def has_suspects(self, keys: list[bytes]) -> bool:
+        """Whether the batch of ``keys`` holds a suspect (then ``handle_suspects`` runs it);
+        counts the messages seen since the start, and forgets the suspects after enough."""
+        if not (self.suspects or self.quarantine):
+            return False
+        self._watch_left -= len(keys)
+        if self._watch_left < 0:
+            n = len(self.suspects) + len(self.quarantine)
+            log.warning("%d suspect messages never came back: forgotten", n)
+            self.suspects.clear()
+            self.quarantine.clear()
+            return False
+        return bool(self.suspects) and not self.suspects.isdisjoint(keys)
+
+    def quarantined(self, key: bytes, topic: str) -> bool:
+        """True (once) for the message the previous process died on twice: dead-letter it."""
+        if not self.quarantine or key not in self.quarantine:
+            return False
+        self.quarantine.discard(key)
+        log.error("quarantined a message from %s: the process died on it twice", topic)
+        return True
+
+    def handle_suspects(
+        self,
+        batch: list[Inbound],
+        keys: list[bytes],
+        handle: BatchHandler,
+        inbox: deque[Inbound],
+    ) -> bool:
+        """The previous process died with some of these messages in hand: each of those goes
+        alone, marked so (dying on it again quarantines it); the others, in between, in
+        batches, in their order. False: a group's hold sent part back to ``inbox``."""
+        crumb, suspects = self.crumb, self.suspects
+        run: list[tuple[Inbound, bytes]] = []
+        pairs: list[tuple[Inbound | None, bytes]] = [*zip(batch, keys, strict=True), (None, b"")]
+        for i, (x, k) in enumerate(pairs):
+            if x is not None and k not in suspects:
+                run.append((x, k))
+                continue
+            if run:
+                sub, run = run, []
+                crumb.mark([j for _, j in sub])
+                if not handle([y for y, _ in sub], [j for _, j in sub]):
+                    return _held_rest(inbox, len(sub), pairs[i:])  # a group's hold: keep the order
+            if x is not None:
+                log.warning("processing alone a message the last process died with (%s)", x.topic)
+                crumb.mark([k], isolated=True)
+                if not handle([x], [k]):
+                    return _held_rest(inbox, 1, pairs[i + 1 :])
+                suspects.discard(k)
+        return True
+
+    def mark(self, keys: Sequence[bytes]) -> None:
+        """Name the batch about to be processed (survives a crash of the process)."""
+        self.crumb.mark(keys)
+
+    def clear(self) -> None:
+        """A clean stop: nothing was in hand."""
+        self.crumb.clear()
+
+    def close(self) -> None:
+        self.crumb.close()
+
+
+def _held_rest(inbox: deque[Inbound], held: int, rest: list[tuple[Inbound | None, bytes]]) -> bool:
+    """A group's hold sent the last ``held`` messages back to the inbox's head: what followed
+    them in this batch goes back right behind them, so the order is kept."""
+    head = [inbox.popleft() for _ in range(held)]
+    inbox.extendleft(reversed([*head, *(x for x, _ in rest if x is not None)]))
+    return False
+
+
+__all__ = ["POISON_DETAIL", "Breadcrumb", "Budget", "CrashGuard"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import functools
 import gc
 import json
@@ -29,20 +30,27 @@ import os
 import random
 import signal
 import time
-import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, cast
 
 from engine.daemon.broker_watch import META_KEY as BROKER_META_KEY
 from engine.daemon.broker_watch import BrokerWatch, watch_refusal
 from engine.daemon.config import Settings
+from engine.daemon.holds import GroupHolds
+from engine.daemon.loading import (
+    API_CAMPAIGN_SEQ,
+    API_SEQ,
+    load_fences_and_campaigns,
+    warm_up,
+)
 from engine.daemon.metrics import Metrics
 from engine.daemon.outbox import Outbox
 from engine.daemon.pipeline import Decoder, Renderer, Topics, deadletter_row, digest
-from engine.daemon.poison import Breadcrumb, Budget
-from engine.errors import DecodeError, GeopushError, StateError, TransportError
+from engine.daemon.poison import POISON_DETAIL, Budget, CrashGuard
+from engine.daemon.wiring import change_follower, state_follower, webhook_dispatcher
+from engine.errors import DecodeError, GeopushError, TransportError
 from engine.state import Output, StateStore
-from engine.stores.redis_store import HeldBack, RedisStore, commit_batch, open_store, rearm
+from engine.stores.redis_store import HeldBack, RedisStore, commit_batch, open_store
 from engine.stores.sqlite_store import OutRow, SQLiteStore
 from engine.transport.mqtt import BrokerAddress, Inbound, MqttLink, Will, parse_broker_url
 
@@ -50,11 +58,6 @@ log = logging.getLogger("geopush.daemon")
 
 DEADLETTER_SAMPLE = 10  # dropped events copied to the dead-letter topic, per reason and minute
 FULL_GC_EVERY_S = 600.0  # an unfrozen full collection, at most this often, when the feed is idle
-# A worker group after a Redis restart: every worker the restart stalled is back (its retries
-# back off to 0.5 s at most) and has registered its holds before any worker applies its backlog
-# once Redis has been up this long (docs/operations.md, "Scaling out").
-RESYNC_GRACE_S = 3.0
-HOLD_WAIT_S = 10.0  # waiting this long for a hold (its worker stuck?), a worker applies without
 _TS = operator.attrgetter("ts")
 
 
@@ -81,6 +84,18 @@ class CoreLike(Protocol):
 
 
 CoreFactory = Callable[[SQLiteStore], CoreLike]
+
+
+@dataclasses.dataclass
+class _Sorted:
+    """A micro-batch sorted out (``Service._sort``)."""
+
+    events: list[Any] = dataclasses.field(default_factory=list)
+    per_msg: list[tuple[Inbound, bytes, list[Any]]] = dataclasses.field(default_factory=list)
+    dead: list[OutRow] = dataclasses.field(default_factory=list)  # dead letters
+    inputs: list[bytes] = dataclasses.field(default_factory=list)  # digests committed
+    retained_meta: dict[str, str] = dataclasses.field(default_factory=dict)
+
 # Loads fresh fences/campaigns for a hot reload: returns kwargs for ``core.reload``.
 Reloader = Callable[[], dict[str, Any]]
 
@@ -127,18 +142,11 @@ class Service:
         self._inbox_warned = 0.0
         # Crash-loop protection (engine/daemon/poison.py): the batch in hand, the messages the
         # previous process died on (run alone), the ones it died on alone (quarantined).
-        self._crumb: Breadcrumb | None = None
-        self._suspects: set[bytes] = set()
-        self._quarantine: set[bytes] = set()
-        # The broker redelivers the unacknowledged messages first: both sets are forgotten after
-        # this many more messages (a message the broker lost must not cost a look-up forever).
-        self._watch_left = 0
+        self.guard: CrashGuard | None = None
         # Dead letters carrying a payload excerpt: at most deadletter_rate/s (bursts of 10 s).
         self._excerpts = Budget(settings.deadletter_rate, 10 * settings.deadletter_rate)
         self._dl_sampled: dict[str, tuple[int, int]] = {}  # reason -> (minute, dead letters sent)
-        self._outages = 0  # the group store's failed-and-retried Redis calls seen so far
-        self._held_since: float | None = None  # since when the inbox's head waits for a hold
-        self._holds_ignored_until = 0.0
+        self.holds: GroupHolds | None = None  # a worker group's holds (engine/daemon/holds.py)
         self.ready = asyncio.Event()  # set once connected and subscribed (tests wait on it)
 
     # --- control -------------------------------------------------------------------------------
@@ -175,16 +183,7 @@ class Service:
         watch: asyncio.Task[None] | None = None
         follow: asyncio.Task[None] | None = None
         try:
-            self._open_breadcrumb(store)
-            if self._group() is not None:
-                self._group_store().set_holds({})  # a previous run's holds (it died holding)
-                self._outages = self._group_store().outages
-            repairs = store.get_meta(REPAIRS_KEY)
-            self.core = self.core_factory(store)  # restore_core: may repair a poisoned watermark
-            log.info("%s", start_summary(s, self.core, store))
-            if store.get_meta(REPAIRS_KEY) != repairs:
-                self.metrics.watermark_repairs.inc()
-                self.totals["watermark_repaired"] += 1
+            self._open_state(store)
             if s.redis_url is not None:
                 follow = self._follow_api_changes(s.redis_url)
             if s.http:
@@ -192,35 +191,9 @@ class Service:
             self._write_pid()
             if s.metrics_port:
                 self.metrics.serve(s.metrics_port)
-            address = parse_broker_url(s.broker)
-            self.link = link = self._make_link(
-                address,
-                client_id=s.client_id,
-                clean_session=False,
-                manual_ack=True,
-                will=Will(self.topics.status, self._status_payload("offline", "connection lost")),
-                # Unlimited in paho: the outbox bounds what is in flight (--max-in-flight), and
-                # with a paho limit every PUBACK scans paho's whole in-flight table.
-                max_inflight_out=0,
-                username=s.username,
-                password=s.password,
-                fast=s.mqtt_fast,
-            )
-            self.outbox = Outbox(link, store, self.metrics, max_in_flight=s.max_in_flight)
-            if self.api is not None:  # the API's redemptions: published here, answers to it
-                self.outbox.on_commit = self.api.committed
-                self.api.publish = lambda t, p: link.publish_nowait(t, p, qos=1)
+            self._open_link(store)
             await self._start_webhooks()
-            # the broker's own dropped-message counter ($SYS), on a connection (and login) of its own
-            refusal = watch_refusal(s)
-            if refusal is None:
-                self.broker_watch = BrokerWatch(
-                    s, self.metrics, load=lambda: store.get_meta(BROKER_META_KEY),
-                    save=lambda v: store.commit([], meta={BROKER_META_KEY: v}),
-                )  # fmt: skip
-                watch = asyncio.create_task(self.broker_watch.run(), name="broker-watch")
-            else:
-                log.warning("%s", refusal)
+            watch = self._start_broker_watch(store)
             await self._connection_loop()
             await self._drain()
             return 0
@@ -231,100 +204,111 @@ class Service:
                 self.api.stop_now()
             return 1
         finally:
-            if self.api is not None:
-                with contextlib.suppress(Exception, asyncio.CancelledError):
-                    await self.api.stop()
-            if self.webhooks is not None:
-                with contextlib.suppress(Exception, asyncio.CancelledError):
-                    await self.webhooks.stop()
-            if self._crumb is not None:
-                self._crumb.close()
-            if self.follower is not None:
-                self.follower.stop()
-            for task in (watch, follow):
-                if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await task
-            if self.api_follow is not None:
-                self.api_follow.close()
-            store.close()
-            self._remove_pid()
+            await self._close(store, (watch, follow))
+
+    def _open_state(self, store: SQLiteStore) -> None:
+        """What the previous process left (the breadcrumb, a group's holds), then the core over
+        the state (``restore_core`` may repair a poisoned watermark: counted)."""
+        s = self.settings
+        self.guard = CrashGuard(s.inflight_path, s.batch_size)
+        self.guard.load(store.seen_inputs)
+        group = self._group()
+        if group is not None:
+            self.holds = GroupHolds(group, self.decoder, self.topics.control)
+            self.holds.start()  # a previous run's holds (it died holding)
+        repairs = store.get_meta(REPAIRS_KEY)
+        self.core = self.core_factory(store)  # restore_core: may repair a poisoned watermark
+        log.info("%s", start_summary(s, self.core, store))
+        if store.get_meta(REPAIRS_KEY) != repairs:
+            self.metrics.watermark_repairs.inc()
+            self.totals["watermark_repaired"] += 1
+
+    def _open_link(self, store: SQLiteStore) -> None:
+        """The broker link (not connected yet) and the outbox over it; the API's redemptions
+        are published here and answered to it."""
+        s = self.settings
+        address = parse_broker_url(s.broker)
+        self.link = link = self._make_link(
+            address,
+            client_id=s.client_id,
+            clean_session=False,
+            manual_ack=True,
+            will=Will(self.topics.status, self._status_payload("offline", "connection lost")),
+            # Unlimited in paho: the outbox bounds what is in flight (--max-in-flight), and
+            # with a paho limit every PUBACK scans paho's whole in-flight table.
+            max_inflight_out=0,
+            username=s.username,
+            password=s.password,
+            fast=s.mqtt_fast,
+        )
+        self.outbox = Outbox(link, store, self.metrics, max_in_flight=s.max_in_flight)
+        if self.api is not None:  # the API's redemptions: published here, answers to it
+            self.outbox.on_commit = self.api.committed
+            self.api.publish = lambda t, p: link.publish_nowait(t, p, qos=1)
+
+    def _start_broker_watch(self, store: SQLiteStore) -> asyncio.Task[None] | None:
+        """The broker's own dropped-message counter ($SYS), on a connection (and login) of its
+        own (engine/daemon/broker_watch.py), unless the settings rule it out."""
+        s = self.settings
+        refusal = watch_refusal(s)
+        if refusal is not None:
+            log.warning("%s", refusal)
+            return None
+        self.broker_watch = BrokerWatch(
+            s, self.metrics, load=lambda: store.get_meta(BROKER_META_KEY),
+            save=lambda v: store.commit([], meta={BROKER_META_KEY: v}),
+        )  # fmt: skip
+        return asyncio.create_task(self.broker_watch.run(), name="broker-watch")
+
+    async def _close(
+        self, store: SQLiteStore, tasks: Sequence[asyncio.Task[None] | None]
+    ) -> None:
+        """Stop the API's process, the webhooks and the helper tasks; close the state."""
+        if self.api is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await self.api.stop()
+        if self.webhooks is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await self.webhooks.stop()
+        if self.guard is not None:
+            self.guard.close()
+        if self.follower is not None:
+            self.follower.stop()  # ends even where redis-py swallows the cancellation
+        for task in tasks:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        if self.api_follow is not None:
+            self.api_follow.close()
+        store.close()
+        self._remove_pid()
 
     async def _start_webhooks(self) -> None:
-        """Deliver committed outputs to registered webhooks (engine/daemon/webhooks.py), from
-        the SQLite state file, or in a group from Redis (this worker's own outputs,
-        engine/daemon/webhooks_redis.py); the outbox tells it of each commit."""
-        from engine.daemon.webhooks import WebhookDispatcher
-
-        queue: Any  # the SQLite state file, or a WebhookQueue
-        store: Any = self.store
-        if isinstance(store, SQLiteStore):
-            queue = self.settings.state
-        elif isinstance(store, RedisStore) and self.settings.redis_url is not None:
-            from engine.daemon.webhooks_redis import RedisWebhookStore
-
-            queue = RedisWebhookStore(
-                self.settings.redis_url, worker=store.worker, outbox=store, prefix=store.prefix
-            )
-        else:
+        """Deliver committed outputs to registered webhooks (engine/daemon/wiring.py); the
+        outbox tells the dispatcher of each commit."""
+        self.webhooks = webhook_dispatcher(self.settings, self.store, self.metrics)
+        if self.webhooks is None:
             return
-        self.webhooks = WebhookDispatcher(queue, self.metrics)
         await self.webhooks.start()
         self._require_outbox().on_push = self.webhooks.wake
-
-    def _fence_target(self) -> Any:
-        """engine.api.live.FenceTarget over the core's live fence index."""
-        from engine.api.live import FenceTarget
-
-        core = self._require_core()
-
-        def index() -> Any:
-            idx = getattr(core, "index", None)
-            if idx is None or not hasattr(idx, "add"):
-                raise StateError("this engine has no live fence index to change")
-            return idx
-
-        def removed(ids: list[str]) -> None:
-            hook = getattr(core, "stores_removed", None)
-            if hook is not None:
-                hook(ids)
-
-        return FenceTarget(index, removed)
 
     async def _start_api(self) -> None:
         """Start the HTTP API's process (--http, engine/api/process.py); with a SQLite state,
         follow the changes it makes between two micro-batches (engine/api/follow.py)."""
         from engine.api.process import ApiProcess
 
-        s = self.settings
-        assert s.http is not None
-        core = self._require_core()
-        index = getattr(core, "index", None)
-        if s.redis_url is None and index is not None and hasattr(index, "add"):
-            from engine.api.follow import StateFollower
-
-            target = self._fence_target()
-            target.campaigns = campaign_target(core)
-            seqs = LOADED_SEQS.get(index, (0, 0))
-            self.api_follow = StateFollower(
-                s.state, target, store_seq=seqs[0], campaign_seq=seqs[1],
-                every=s.api_follow_ms / 1000.0,
-            )  # fmt: skip
-            self.api_follow.check()  # what changed since the files were loaded
-        self.api = ApiProcess(s, self.metrics)
+        assert self.settings.http is not None
+        self.api_follow = state_follower(self.settings, self._require_core())
+        self.api = ApiProcess(self.settings, self.metrics)
         await self.api.start()
 
     def _follow_api_changes(self, url: str) -> asyncio.Task[None] | None:
         """A group's worker: apply the store changes made through any worker's API (kept in
-        Redis) to this worker's live fence index, from the last one laid over it at load
-        (engine/api/redis_state.py ``ChangeFollower``)."""
-        from engine.api.redis_state import ChangeFollower
-
-        index = getattr(self._require_core(), "index", None)
-        if index is None or not hasattr(index, "add"):
+        Redis) to this worker's live fence index (engine/api/redis_state.py)."""
+        self.follower = change_follower(url, self._require_core())
+        if self.follower is None:
             return None  # a stand-in core: no live fence index
-        self.follower = ChangeFollower(url, self._fence_target(), LOADED_SEQ.get(index, 0))
         return asyncio.create_task(self.follower.run(), name="api-changes")
 
     async def _connection_loop(self) -> None:
@@ -384,11 +368,10 @@ class Service:
         link, outbox, store = self._require_link(), self._require_outbox(), self._require_store()
         outbox.flush_marks()
         store.checkpoint()
-        if self._crumb is not None:
-            self._crumb.clear()  # a clean stop: nothing was in hand
-        if self._group() is not None:  # what this worker held back is left to the broker
-            with contextlib.suppress(GeopushError):
-                self._group_store().set_holds({})
+        if self.guard is not None:
+            self.guard.clear()  # a clean stop: nothing was in hand
+        if self.holds is not None:  # what this worker held back is left to the broker
+            self.holds.release()
         if link.connected:
             self.state = "offline"
             with contextlib.suppress(Exception):
@@ -437,12 +420,13 @@ class Service:
                 await self._linger(link, enough, s.linger_ms / 1000.0)
             if len(link.inbox) < s.batch_size:
                 link.pump(s.batch_size - len(link.inbox))
-            if self._group() is not None and self._group_store().outages != self._outages:
-                await self._resync()  # before anything more of the backlog is applied
+            holds = self.holds
+            if holds is not None and holds.outage_seen():
+                await holds.resync(link)  # before anything more of the backlog is applied
             batch = link.take(s.batch_size)
             held = False
-            if batch and self._holding():
-                batch = self._cut_held(batch)
+            if batch and holds is not None and holds.holding():
+                batch = holds.cut(batch, link.inbox)
                 held = not batch
             if batch:
                 self.handle(batch)
@@ -509,165 +493,33 @@ class Service:
         False: a worker group's commit was held back (``HeldBack``); the batch (or what was
         left of it) is back in the inbox, unacked."""
         keys = [digest(x.topic, x.payload) for x in batch]
-        if self._suspects or self._quarantine:
-            self._watch_left -= len(keys)
-            if self._watch_left < 0:
-                n = len(self._suspects) + len(self._quarantine)
-                log.warning("%d suspect messages never came back: forgotten", n)
-                self._suspects.clear()
-                self._quarantine.clear()
-            elif self._suspects and not self._suspects.isdisjoint(keys):
-                return self._handle_suspects(batch, keys)
-        if self._crumb is not None:
-            self._crumb.mark(keys)  # survives a crash of the process: see poison.py
-        return self._handle(batch, keys)
-
-    def _handle_suspects(self, batch: list[Inbound], keys: list[bytes]) -> bool:
-        """The previous process died with some of these messages in hand: each of those goes
-        alone, marked so (dying on it again quarantines it); the others, in between, in
-        batches, in their order."""
-        crumb, suspects = self._crumb, self._suspects
-        run: list[tuple[Inbound, bytes]] = []
-        pairs = [*zip(batch, keys, strict=True), (None, b"")]
-        for i, (x, k) in enumerate(pairs):
-            if x is not None and k not in suspects:
-                run.append((x, k))
-                continue
-            if run:
-                sub, run = run, []
-                if not self._mark_and_handle(crumb, [y for y, _ in sub], [j for _, j in sub], False):
-                    return self._held_rest(len(sub), pairs[i:])  # a group's hold: keep the order
-            if x is not None:
-                log.warning("processing alone a message the last process died with (%s)", x.topic)
-                if not self._mark_and_handle(crumb, [x], [k], True):
-                    return self._held_rest(1, pairs[i + 1 :])
-                suspects.discard(k)
-        return True
-
-    def _held_rest(self, held: int, rest: list[tuple[Inbound | None, bytes]]) -> bool:
-        """A group's hold sent the last ``held`` messages back to the inbox's head: what followed
-        them in this batch goes back right behind them, so the order is kept."""
-        inbox = self._require_link().inbox
-        head = [inbox.popleft() for _ in range(held)]
-        inbox.extendleft(reversed([*head, *(x for x, _ in rest if x is not None)]))
-        return False
-
-    def _mark_and_handle(
-        self, crumb: Breadcrumb | None, batch: list[Inbound], keys: list[bytes], isolated: bool
-    ) -> bool:
-        if crumb is not None:
-            crumb.mark(keys, isolated=isolated)
+        guard = self.guard
+        if guard is not None:
+            if guard.has_suspects(keys):
+                return guard.handle_suspects(batch, keys, self._handle, self._require_link().inbox)
+            guard.mark(keys)  # survives a crash of the process: see poison.py
         return self._handle(batch, keys)
 
     def _handle(self, batch: list[Inbound], keys: list[bytes]) -> bool:
-        store, core, link = self._require_store(), self._require_core(), self._require_link()
-        m, totals = self.metrics, self.totals
-        control = self.topics.control
-        quarantine = self._quarantine
-        # Redeliveries (dup) and retained messages the broker re-sends at a (re)subscription
-        # may have been applied already: look their digests up.
-        dup_keys = [k for x, k in zip(batch, keys, strict=True) if x.dup or x.retain]
-        seen = store.seen_inputs(dup_keys) if dup_keys else set()
-        retained_meta: dict[str, str] = {}
-        events: list[Any] = []
-        dead: list[OutRow] = []
-        inputs: list[bytes] = []
-        per_msg: list[tuple[Inbound, bytes, list[Any]]] = []
-        skew = self.settings.max_skew
-        for x, k in zip(batch, keys, strict=True):
-            if k in seen:
-                m.duplicates.inc()
-                totals["duplicates"] += 1
-                continue
-            if x.topic == control:
-                self._control(x.payload)
-                continue
-            if x.retain:
-                if store.get_meta(RETAINED_KEY + x.topic) == k.hex():
-                    m.duplicates.inc()
-                    totals["duplicates"] += 1
-                    totals["retained_seen"] += 1
-                    continue
-                retained_meta[RETAINED_KEY + x.topic] = k.hex()  # committed with the batch
-            inputs.append(k)
-            if quarantine and k in quarantine:
-                quarantine.discard(k)
-                log.error("quarantined a message from %s: the process died on it twice", x.topic)
-                dead.append(self._dead_letter(x, k, "poison", _POISON_DETAIL))
-                continue
-            try:
-                evs = self.decoder(x.topic, x.payload)
-            except DecodeError as exc:
-                dead.append(self._dead_letter(x, k, exc.reason, exc.detail))
-                m.rejects.labels(exc.reason).inc()
-                totals["rejects"] += 1
-                totals[f"reject:{exc.reason}"] += 1
-                continue
-            except Exception as exc:  # noqa: BLE001  (any failure on one message: its dead letter)
-                log.error("decoding a message from %s failed: %r", x.topic, exc)
-                dead.append(self._dead_letter(x, k, "decode_error", _exc_detail(exc)))
-                m.rejects.labels("decode_error").inc()
-                totals["rejects"] += 1
-                totals["reject:decode_error"] += 1
-                continue
-            # A device's clock must not reach anyone else: a message with an event further
-            # ahead of the receiving clock than --max-skew is dead-lettered whole.
-            ahead = (evs[0].ts if len(evs) == 1 else max(e.ts for e in evs)) if evs else 0.0
-            if ahead > x.received + skew:
-                detail = (
-                    f"event time {ahead:.3f} is {ahead - x.received:.0f} s ahead of the receiving "
-                    f"clock (--max-skew {skew:g} s): fix the device's clock"
-                )
-                self._drop("clock_skew", len(evs), x, k, detail, dead)
-                continue
-            events.extend(evs)
-            per_msg.append((x, k, evs))
+        """Decode (``_sort``), run the core (``_run_core``), commit (``_commit``), ack, and
+        hand the committed rows to the outbox. False: held back (see ``handle``)."""
+        sorted_ = self._sort(batch, keys)
+        events, per_msg, dead = sorted_.events, sorted_.per_msg, sorted_.dead
         t0 = time.perf_counter()
-        try:
-            outputs = core.process(events) if events else []
-        except GeopushError:
-            raise
-        except Exception:
-            log.exception(
-                "core failed on a batch of %d events; retrying message by message", len(events)
-            )
-            store.rollback()
-            self._process_one_by_one(per_msg, dead)
-            outputs = []  # committed and queued message by message
+        outputs = self._run_core(events, per_msg, dead)
         t1 = time.perf_counter()
-        rejected = getattr(core, "rejected", None) if events else None  # this batch's
+        rejected = getattr(self.core, "rejected", None) if events else None  # this batch's
         if rejected:
             self._drop_rejected(rejected, per_msg, dead)
-        self._require_outbox().fold_marks()  # outputs acked since the last batch: same commit
-        # commit_batch: a shared (Redis) store may report a conflict; the batch is then re-run.
-        group = self._group()
-        order: dict[str, float] | None = None
-        if group is not None:
-            if time.monotonic() >= self._holds_ignored_until:  # (see _cut_held)
-                order = {}
-                for ev in events:
-                    if ev.ts > order.get(ev.user, -1.0):
-                        order[ev.user] = ev.ts
-            if group.holds or group.others_holding:  # keep this worker's holds current
-                group.next_holds = self._inbox_holds(list(link.inbox))
-        try:
-            outputs, rows = commit_batch(
-                core, store, events, outputs, extra=dead, inputs=inputs,
-                meta=lambda: _with(watermark_meta(core), retained_meta), order=order,
-            )  # fmt: skip
-        except HeldBack as exc:
-            # Another worker holds older events of some of our users: nothing was applied; the
-            # batch goes back to the inbox (unacked) and waits for them (_cut_held).
-            assert group is not None
-            group.users(exc.touched)
-            rearm(core, [group.peek(u) for u in exc.touched])
-            group.rollback()
-            link.inbox.extendleft(reversed(batch))
+        committed = self._commit(batch, sorted_, outputs)
+        if committed is None:
             return False
+        outputs, rows = committed
+        m, totals = self.metrics, self.totals
         m.messages.inc(len(batch))
         totals["messages"] += len(batch)
         t2 = time.perf_counter()
-        link.ack_many(batch)  # the batch's PUBACKs as one buffer
+        self._require_link().ack_many(batch)  # the batch's PUBACKs as one buffer
         self._account(events, outputs)
         m.match.observe(t1 - t0)
         m.commit.observe(t2 - t1)
@@ -682,6 +534,127 @@ class Service:
         # by the occasional full collection at an idle moment (_collect_when_idle).
         gc.freeze()
         return True
+
+    def _sort(self, batch: list[Inbound], keys: list[bytes]) -> _Sorted:
+        """A batch's messages sorted out: redeliveries already applied and control messages
+        skipped, quarantined, undecodable and clock-skewed ones dead-lettered, the rest decoded
+        into events."""
+        store, m, totals = self._require_store(), self.metrics, self.totals
+        control = self.topics.control
+        guard = self.guard
+        # Redeliveries (dup) and retained messages the broker re-sends at a (re)subscription
+        # may have been applied already: look their digests up.
+        dup_keys = [k for x, k in zip(batch, keys, strict=True) if x.dup or x.retain]
+        seen = store.seen_inputs(dup_keys) if dup_keys else set()
+        out = _Sorted()
+        dead = out.dead
+        for x, k in zip(batch, keys, strict=True):
+            if k in seen:
+                m.duplicates.inc()
+                totals["duplicates"] += 1
+                continue
+            if x.topic == control:
+                self._control(x.payload)
+                continue
+            if x.retain:
+                if store.get_meta(RETAINED_KEY + x.topic) == k.hex():
+                    m.duplicates.inc()
+                    totals["duplicates"] += 1
+                    totals["retained_seen"] += 1
+                    continue
+                out.retained_meta[RETAINED_KEY + x.topic] = k.hex()  # committed with the batch
+            out.inputs.append(k)
+            if guard is not None and guard.quarantined(k, x.topic):
+                dead.append(self._dead_letter(x, k, "poison", POISON_DETAIL))
+                continue
+            evs = self._decode(x, k, dead)
+            if evs is None:
+                continue
+            out.events.extend(evs)
+            out.per_msg.append((x, k, evs))
+        return out
+
+    def _decode(self, x: Inbound, k: bytes, dead: list[OutRow]) -> list[Any] | None:
+        """A message's events; None when it was dead-lettered (undecodable, or an event too far
+        ahead of the receiving clock)."""
+        m, totals = self.metrics, self.totals
+        try:
+            evs = self.decoder(x.topic, x.payload)
+        except DecodeError as exc:
+            dead.append(self._dead_letter(x, k, exc.reason, exc.detail))
+            m.rejects.labels(exc.reason).inc()
+            totals["rejects"] += 1
+            totals[f"reject:{exc.reason}"] += 1
+            return None
+        except Exception as exc:  # noqa: BLE001  (any failure on one message: its dead letter)
+            log.error("decoding a message from %s failed: %r", x.topic, exc)
+            dead.append(self._dead_letter(x, k, "decode_error", _exc_detail(exc)))
+            m.rejects.labels("decode_error").inc()
+            totals["rejects"] += 1
+            totals["reject:decode_error"] += 1
+            return None
+        # A device's clock must not reach anyone else: a message with an event further
+        # ahead of the receiving clock than --max-skew is dead-lettered whole.
+        skew = self.settings.max_skew
+        ahead = (evs[0].ts if len(evs) == 1 else max(e.ts for e in evs)) if evs else 0.0
+        if ahead > x.received + skew:
+            detail = (
+                f"event time {ahead:.3f} is {ahead - x.received:.0f} s ahead of the receiving "
+                f"clock (--max-skew {skew:g} s): fix the device's clock"
+            )
+            self._drop("clock_skew", len(evs), x, k, detail, dead)
+            return None
+        return evs
+
+    def _run_core(
+        self,
+        events: list[Any],
+        per_msg: list[tuple[Inbound, bytes, list[Any]]],
+        dead: list[OutRow],
+    ) -> list[Output]:
+        """The core's outputs of the batch's events; a core failure falls back to committing
+        message by message (``_process_one_by_one``: its outputs are then committed already)."""
+        store, core = self._require_store(), self._require_core()
+        try:
+            outputs = core.process(events) if events else []
+        except GeopushError:
+            raise
+        except Exception:
+            log.exception(
+                "core failed on a batch of %d events; retrying message by message", len(events)
+            )
+            store.rollback()
+            self._process_one_by_one(per_msg, dead)
+            outputs = []  # committed and queued message by message
+        return outputs
+
+    def _commit(
+        self, batch: list[Inbound], sorted_: _Sorted, outputs: list[Output]
+    ) -> tuple[list[Output], list[OutRow]] | None:
+        """Commit the batch (one transaction) with its dead letters, input digests and meta;
+        None when a worker group's hold sent it back to the inbox (nothing applied)."""
+        store, core, link = self._require_store(), self._require_core(), self._require_link()
+        events = sorted_.events
+        self._require_outbox().fold_marks()  # outputs acked since the last batch: same commit
+        # commit_batch: a shared (Redis) store may report a conflict; the batch is then re-run.
+        holds = self.holds
+        order: dict[str, float] | None = None
+        if holds is not None:
+            order = holds.order(events)
+            holds.refresh(link.inbox)  # keep this worker's holds current
+        retained_meta = sorted_.retained_meta
+        try:
+            return commit_batch(
+                core, store, events, outputs, extra=sorted_.dead, inputs=sorted_.inputs,
+                meta=lambda: _with(watermark_meta(core), retained_meta), order=order,
+            )  # fmt: skip
+        except HeldBack as exc:
+            # Another worker holds older events of some of our users: nothing was applied; the
+            # batch goes back to the inbox (unacked) and waits for them (GroupHolds.cut).
+            assert holds is not None
+            holds.held_back(exc, core)
+            link.inbox.extendleft(reversed(batch))
+            return None
 
     def _drop(
         self, reason: str, n: int, x: Inbound, key: bytes, detail: str, dead: list[OutRow]
@@ -755,30 +728,7 @@ class Service:
             self.topics, x.topic, x.payload, reason, detail, k, x.received, limit=limit
         )
 
-    def _open_breadcrumb(self, store: SQLiteStore) -> None:
-        """Read what the previous process had in hand when it ended (poison.py): suspects to
-        process alone, or the one message it died on alone, to quarantine."""
-        self._crumb = crumb = Breadcrumb(self.settings.inflight_path, self.settings.batch_size)
-        isolated, left = crumb.previous
-        if left:
-            done = store.seen_inputs(left)
-            left = [d for d in left if d not in done]
-        if not left:
-            return
-        self._watch_left = 10_000 + 20 * self.settings.batch_size
-        if isolated and len(left) == 1:
-            self._quarantine.update(left)
-            log.error(
-                "the previous process died on a message it was processing alone, for the second "
-                "time: it will be dead-lettered as poison, not processed"
-            )
-        else:
-            self._suspects.update(left)
-            log.warning(
-                "the previous process died with %d uncommitted messages in hand: each will be "
-                "processed alone", len(left),
-            )  # fmt: skip
-    # --- a worker group: per-user order across workers (holds) ----------------------------------
+    # --- a worker group ---------------------------------------------------------------------------
 
     def _group(self) -> RedisStore | None:
         """The store of a worker group (``--group``: Redis), else None (one process)."""
@@ -786,91 +736,6 @@ class Service:
         if self.settings.group is None or not isinstance(store, RedisStore):
             return None
         return store
-
-    def _group_store(self) -> RedisStore:
-        group = self._group()
-        assert group is not None
-        return group
-
-    def _holding(self) -> bool:
-        group = self._group()
-        if group is None or time.monotonic() < self._holds_ignored_until:
-            return False
-        return bool(group.holds or group.others_holding)
-
-    def _user_span(self, x: Inbound) -> tuple[str, float, float] | None:
-        """(user, oldest, newest event time) of a message; None for one without events."""
-        if x.topic == self.topics.control:
-            return None
-        try:
-            evs = self.decoder(x.topic, x.payload)
-        except DecodeError:
-            return None
-        if not evs:
-            return None
-        ts = [ev.ts for ev in evs]
-        return str(evs[0].user), min(ts), max(ts)
-
-    def _inbox_holds(self, msgs: Sequence[Inbound]) -> dict[str, float]:
-        """user -> the oldest event time of the user among ``msgs`` (received, not applied)."""
-        holds: dict[str, float] = {}
-        for x in msgs:
-            span = self._user_span(x)
-            if span is not None and span[1] < holds.get(span[0], float("inf")):
-                holds[span[0]] = span[1]
-        return holds
-
-    def _cut_held(self, batch: list[Inbound]) -> list[Inbound]:
-        """The longest head of ``batch`` whose users no other worker holds an older event of;
-        the rest goes back to the inbox, in order (a user's events then apply in event-time
-        order across the group, whichever worker received them)."""
-        group, link = self._group_store(), self._require_link()
-        spans = [self._user_span(x) for x in batch]
-        others = group.others_holds(sorted({sp[0] for sp in spans if sp is not None}))
-        n = 0
-        for sp in spans:
-            if sp is not None and sp[2] > others.get(sp[0], float("inf")):
-                break
-            n += 1
-        if n == 0:
-            now = time.monotonic()
-            if self._held_since is None:
-                self._held_since = now
-            elif now - self._held_since > HOLD_WAIT_S:
-                log.warning(
-                    "waited %.0f s for another worker's older events of %s: applying without",
-                    HOLD_WAIT_S, spans[0][0] if spans[0] else "?",
-                )  # fmt: skip
-                self._held_since = None
-                self._holds_ignored_until = now + HOLD_WAIT_S
-                return batch
-        else:
-            self._held_since = None
-        link.inbox.extendleft(reversed(batch[n:]))
-        return batch[:n]
-
-    async def _resync(self) -> None:
-        """Redis was unreachable (a restart, a failover, the network): every worker of the group
-        may have a backlog that holds some user's older events while another worker holds their
-        newer ones. Register this worker's holds (its whole backlog), and after a restart wait
-        until every stalled worker did too (RESYNC_GRACE_S), before applying anything more."""
-        group, link = self._group_store(), self._require_link()
-        self._outages = group.outages
-        uptime = group.uptime_s()
-        misses = 0
-        for _ in range(10_000):  # all the socket holds (pump stops at a PUBACK among them)
-            misses = 0 if link.pump(1 << 16) else misses + 1
-            if misses == 3:
-                break
-        holds = self._inbox_holds(list(link.inbox))
-        group.set_holds(holds)
-        self._outages = group.outages
-        log.warning(
-            "redis was unreachable (up %.1f s): %d users held back for the group's order",
-            uptime, len(holds),
-        )  # fmt: skip
-        if uptime < RESYNC_GRACE_S:
-            await asyncio.sleep(RESYNC_GRACE_S - uptime)
 
     def _idle_flush(self) -> None:
         """The feed went quiet: time out visits up to the wall clock (minus the core's lateness
@@ -1075,12 +940,6 @@ class Service:
 
 __all__ = ["CoreFactory", "CoreLike", "Reloader", "Service"]
 
-_POISON_DETAIL = (
-    "the engine process died twice while handling this message (the second time with it alone): "
-    "quarantined, not processed; report it with the engine's log"
-)
-
-
 def _exc_detail(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
@@ -1112,81 +971,6 @@ def start_summary(settings: Settings, core: Any, store: Any) -> str:
     address = parse_broker_url(settings.broker)
     parts.append(f"broker mqtt://{address.host}:{address.port} as {settings.client_id}")
     return "starting: " + "; ".join(parts)
-
-
-def load_fences_and_campaigns(
-    settings: Settings, warnings: list[str] | None = None
-) -> dict[str, Any]:
-    """Fresh fence index and campaigns from the configured files (also the SIGHUP reloader).
-    Campaigns that match nothing in the catalog are logged as warnings (and appended to
-    ``warnings``)."""
-    from engine.campaigns import catalog_warnings, load_campaigns
-    from fences.snapshot import load_index
-
-    if settings.fences is None or settings.campaigns is None:
-        raise GeopushError("--fences and --campaigns are required (flags, GEOPUSH_* or config file)")
-    index, info = load_index(settings.fences, settings.fences_snapshot_path)
-    took = ", ".join(f"{k} {v:.2f} s" for k, v in info.seconds.items())
-    if info.source == "snapshot":
-        log.info("fences: %d stores from the snapshot %s (%s)", len(index), info.snapshot, took)
-    else:
-        why = f"; {info.reason}" if info.reason else ""
-        log.info("fences: %d stores loaded from %s (%s%s)", len(index), settings.fences, took, why)
-    loaded: dict[str, Any] = {}
-    from engine.api.live import overlay_state
-
-    # The file is the baseline; stores changed through the HTTP API are kept in the state (the
-    # SQLite file, or a group's Redis). API_SEQ: the last change laid over (a reload catches up
-    # with later ones, _reload; a group's worker follows the later ones, _follow_api_changes).
-    loaded[API_SEQ] = overlay_state(index, settings.state)
-    LOADED_SEQ[index] = loaded[API_SEQ]
-    campaigns = load_campaigns(settings.campaigns)
-    if settings.redis_url is None:
-        from engine.api.campaigns import overlay_campaigns_state
-
-        # Likewise the campaign file is the baseline; the API's campaign changes are laid over.
-        campaigns, loaded[API_CAMPAIGN_SEQ] = overlay_campaigns_state(campaigns, settings.state)
-        LOADED_SEQS[index] = (loaded[API_SEQ], loaded[API_CAMPAIGN_SEQ])
-    found = catalog_warnings(campaigns, index.catalog)
-    for w in found:
-        log.warning("%s", w)
-    if warnings is not None:
-        warnings.extend(found)
-    loaded["index"] = index
-    loaded["campaigns"] = campaigns
-    return loaded
-
-
-API_SEQ = "api_seq"
-API_CAMPAIGN_SEQ = "api_campaign_seq"
-
-
-def campaign_target(core: Any) -> Any:
-    """Where the HTTP API's campaign changes go: the core's live ``CampaignSet``, swapped by
-    ``core.reload(campaigns=...)`` (None for a core without campaigns)."""
-    from engine.api.campaigns import CampaignTarget
-
-    if not hasattr(core, "campaigns") or not hasattr(core, "reload"):
-        return None
-    return CampaignTarget(
-        get=lambda: core.campaigns,
-        swap=lambda cs: core.reload(campaigns=cs),
-        config=lambda: getattr(core, "config", None),
-        profiles=lambda: getattr(core, "profiles", None),
-        counter_changed=lambda cid: getattr(core.store, "forget_inventory", _noop)(cid),
-    )
-
-
-def _noop(*_a: Any) -> None:
-    return None
-
-
-# fence index -> the last API store change laid over it at load (where a group's worker starts
-# following the changes of the other workers' APIs)
-LOADED_SEQ: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
-# fence index -> (store, campaign) API changes laid over the files at load (SQLite state): where
-# the engine starts following the API process's changes (engine/api/follow.py)
-LOADED_SEQS: weakref.WeakKeyDictionary[Any, tuple[int, int]] = weakref.WeakKeyDictionary()
 
 
 def real_core_factory(settings: Settings, warnings: list[str] | None = None) -> CoreFactory:
@@ -1236,29 +1020,6 @@ def _outcome(o: Any) -> tuple[str]:
     """The kind of an output that is neither a push nor a visit event, as a 1-tuple (so that it
     cannot be mistaken for a visit event's ``event``)."""
     return (str(type(o).__struct_config__.tag),)
-
-
-def warm_up(index: Any, campaigns: Any) -> None:
-    """Run a throwaway core over a few fixes before connecting: numba compiles (or loads) the
-    match kernels on first use, 1-2 s during which the first real events would wait."""
-    from engine.core import Core
-    from engine.events import Gps
-    from engine.state import MemoryStore
-
-    stores = index.catalog.stores
-    if not stores:
-        return
-    st = stores[0]
-    if st.center is not None:
-        lon, lat = st.center
-    else:
-        pt = st.polygon.representative_point()
-        lon, lat = pt.x, pt.y
-    core = Core(index, campaigns, MemoryStore())
-    fixes = [Gps(user="~warmup", ts=1.0 + i, lon=lon, lat=lat, acc=10.0) for i in range(3)]
-    for batch in (fixes[:1], fixes[1:]):  # one-fix and many-fix paths
-        core.process(batch)
-    core.flush(1e9)
 
 
 WATERMARK_KEY = "core.watermark"

@@ -40,8 +40,9 @@ backlog: ``P:h:{<worker>}`` maps each user it holds unapplied events of to the o
 (the worker joins the ``P:holders`` set; the hash lapses after ``HOLD_TTL_S`` without a commit of
 that worker). The commit script refuses (``HeldBack``, nothing applied) a batch that applies an
 event of a user newer than an event another worker holds of that user; the daemon then applies
-its inbox only up to the first such message (``Service._cut_held``). While anyone holds, every
-worker keeps its own holds current with each commit; they go when the backlogs are applied.
+its inbox only up to the first such message (``GroupHolds.cut``, engine/daemon/holds.py). While
+anyone holds, every worker keeps its own holds current with each commit; they go when the
+backlogs are applied.
 
 Round trips: ``users`` 1 (plus coupon counters near exhaustion in the same ``MGET``),
 ``seen_inputs`` 1, ``commit`` 1, ``mark_sent`` 1; a conflict costs one reload and one commit

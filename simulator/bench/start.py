@@ -51,7 +51,7 @@ mark = {}
 def lap(name):
     mark[name] = (time.perf_counter() - w0, time.process_time() - c0)
 from engine.campaigns import catalog_warnings, load_campaigns
-from engine.daemon.service import warm_up
+from engine.daemon.loading import warm_up
 from fences.catalog import load_catalog
 from fences.index import FenceIndex
 from fences.snapshot import load_index

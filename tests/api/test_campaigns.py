@@ -20,8 +20,8 @@ from engine.api.server import ApiServer
 from engine.api.state import ApiState
 from engine.campaigns import load_campaigns, parse_campaign, parse_campaigns
 from engine.core import Core
+from engine.daemon.loading import campaign_target
 from engine.daemon.pipeline import Renderer, Topics
-from engine.daemon.service import campaign_target
 from engine.events import Gps
 from engine.outputs import Push
 from engine.stores.sqlite_store import SQLiteStore

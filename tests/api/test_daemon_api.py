@@ -101,7 +101,7 @@ async def test_a_fence_moved_through_the_api_decides_the_next_fix_and_survives_a
 async def test_a_reload_keeps_the_api_changes_even_those_made_while_it_loads(broker, tmp_path):  # noqa: F811
     """SIGHUP reloads the files: the API's changes are laid over them again, including a change
     that lands while the files load (in a thread, the loop serving the API meanwhile)."""
-    from engine.daemon.service import load_fences_and_campaigns
+    from engine.daemon.loading import load_fences_and_campaigns
 
     files = Files(tmp_path)
     state = tmp_path / "state.db"

@@ -76,7 +76,7 @@ async def _visit(broker_url: str, col: Collector, user: str, ts: float) -> None:
 
 
 async def test_a_campaign_put_paused_and_resumed_while_events_flow_survives_reload_and_restart(broker, tmp_path):  # noqa: F811
-    from engine.daemon.service import load_fences_and_campaigns
+    from engine.daemon.loading import load_fences_and_campaigns
 
     files = Files(tmp_path)
     state = tmp_path / "state.db"

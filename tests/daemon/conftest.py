@@ -171,7 +171,8 @@ async def running_service(
     world: World | None = None, **flags: Any,
 ) -> AsyncIterator[Service]:
     """The daemon as a task in this loop: the stand-in core, or the real one over ``world``."""
-    from engine.daemon.service import load_fences_and_campaigns, real_core_factory
+    from engine.daemon.loading import load_fences_and_campaigns
+    from engine.daemon.service import real_core_factory
 
     if world is not None:
         flags.update(fences=world.fences, campaigns=world.campaigns)

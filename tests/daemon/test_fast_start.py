@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from engine.daemon.config import load_settings
-from engine.daemon.service import load_fences_and_campaigns, warm_up
+from engine.daemon.loading import load_fences_and_campaigns, warm_up
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

@@ -235,10 +235,10 @@ async def test_breadcrumb_suspects_run_alone_and_a_lone_isolated_one_is_quaranti
     crumb.close()
     async with Collector(broker.url, ["geopush/push/#", "geopush/deadletter"]) as col:
         async with running_service(broker.url, state) as svc:
-            assert len(svc._suspects) == 2  # noqa: SLF001
+            assert len(svc.guard.suspects) == 2
             await publish_all(broker.url, [m1, m2])
             await col.wait_for(lambda c: len(c.on("geopush/push/")) == 2)
-            assert not svc._suspects  # noqa: SLF001
+            assert not svc.guard.suspects
         assert Breadcrumb(crumb_path).previous == (False, [])  # a clean stop clears it
         crumb = Breadcrumb(crumb_path)
         crumb.mark([digest(*m3)], isolated=True)  # died on m3 while it was alone
