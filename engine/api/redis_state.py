@@ -224,31 +224,14 @@ class ChangeFollower:
 
     def catch_up(self, changes: Sequence[StoreChange]) -> None:
         """Apply ``changes`` (in sequence order) to the live index."""
-        from engine.api.live import overlay
-        from fences.catalog import to_feature
+        from engine.api.follow import apply_store_changes
 
         fresh = [c for c in changes if c.seq > self.applied]
         if not fresh:
             return
-        newest = {c.store_id: c for c in fresh}  # only a store's newest change counts
-        index = self.target.index()
-        cat = index.catalog
-        todo: list[StoreChange] = []
-        for c in sorted(newest.values(), key=lambda c: c.seq):
-            slot = cat.slot_of(c.store_id)
-            if c.feature is None:
-                if slot is not None:
-                    todo.append(c)
-            elif slot is None or to_feature(cat.stores[slot]) != c.feature:
-                todo.append(c)
-        present = {c.store_id for c in todo if c.feature is None}
-        for w in overlay(index, todo):
-            log.warning("%s", w)
-        gone = [sid for sid in present if cat.slot_of(sid) is None]
-        if gone:
-            self.target.removed(gone)
+        done = apply_store_changes(self.target, fresh, log)
         self.applied = max(c.seq for c in fresh)
-        self.applied_changes += len(todo)
+        self.applied_changes += done
 
     async def run(self) -> None:
         client = redis.asyncio.Redis.from_url(self.url, socket_connect_timeout=2.0)
