@@ -148,21 +148,10 @@ def _props(props: dict[str, Any]) -> _Row | None:
             return None
         keys = []
         for raw in v:
-            if type(raw) is not str:
+            key = _beacon(raw) if type(raw) is str else None
+            if key is None:
                 return None
-            parts = raw.strip().rsplit(":", 2)
-            if len(parts) != 3:
-                return None
-            uuid = parts[0].strip().upper()
-            if not _UUID_RE.match(uuid):
-                return None
-            try:
-                major, minor = int(parts[1]), int(parts[2])
-            except ValueError:
-                return None
-            if not (0 <= major <= 65535 and 0 <= minor <= 65535):
-                return None
-            keys.append(f"{uuid}:{major}:{minor}")
+            keys.append(key)
         beacons = tuple(dict.fromkeys(keys))
     v = props.get("nfc")
     if v is not None:

@@ -43,10 +43,13 @@ _TOPS = (
 )
 
 
-def apply_store_changes(target: FenceTarget, changes: Sequence[StoreChange]) -> int:
+def apply_store_changes(
+    target: FenceTarget, changes: Sequence[StoreChange], logger: logging.Logger = log
+) -> int:
     """Apply persisted store changes (in ``seq`` order) to the live index of ``target``: each
     store's newest change, skipped when the live store already equals it; removals told to
-    ``target.removed``. Returns the number of stores changed."""
+    ``target.removed``; overlay warnings go to ``logger``. Returns the number of stores changed.
+    Serves both the SQLite follower here and the Redis one (engine/api/redis_state.py)."""
     from fences.catalog import to_feature
 
     if not changes:
@@ -64,7 +67,7 @@ def apply_store_changes(target: FenceTarget, changes: Sequence[StoreChange]) -> 
             todo.append(c)
     present = [c.store_id for c in todo if c.feature is None]
     for w in overlay(index, todo):
-        log.warning("%s", w)
+        logger.warning("%s", w)
     gone = [sid for sid in present if cat.slot_of(sid) is None]
     if gone:
         target.removed(gone)

@@ -28,10 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
-import secrets
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -40,15 +38,16 @@ import redis
 import redis.asyncio
 from redis.exceptions import RedisError
 
-from engine.api.errors import InvalidRequest, NotFound
 from engine.api.state import (
-    ROLES,
-    TOKEN_PREFIX,
     ApiState,
     Principal,
     StoreChange,
     TokenInfo,
     hash_token,
+    live_token,
+    new_token,
+    no_token,
+    token_time,
 )
 from engine.errors import StateError
 
@@ -151,21 +150,7 @@ class RedisApiState(ApiState):
     def create_token(
         self, role: str, merchant_id: str | None = None, name: str = ""
     ) -> tuple[TokenInfo, str]:
-        if role not in ROLES:
-            raise InvalidRequest(f"role {role!r} is unknown; use 'operator' or 'merchant'")
-        if role == "merchant" and not (merchant_id and merchant_id.strip()):
-            raise InvalidRequest("a merchant token needs the merchant_id it is limited to")
-        if role == "operator" and merchant_id:
-            raise InvalidRequest("an operator token sees every merchant: give no merchant_id")
-        secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        info = TokenInfo(
-            token_id="tok_" + secrets.token_hex(8),
-            role=role,  # type: ignore[arg-type,unused-ignore]
-            merchant_id=merchant_id.strip() if merchant_id else None,
-            name=name,
-            created=round(time.time(), 3),
-            revoked=None,
-        )
+        info, secret = new_token(role, merchant_id, name)
         digest = hash_token(secret)
         pipe = self.r.pipeline(transaction=True)
         pipe.hset(self.k_tokens, info.token_id, json.dumps({**info.to_dict(), "sha256": digest}))
@@ -175,18 +160,18 @@ class RedisApiState(ApiState):
 
     def list_tokens(self) -> list[TokenInfo]:
         raw: dict[bytes, bytes] = self._call("HGETALL", self.r.hgetall, self.k_tokens)
-        infos = [_info(json.loads(v)) for v in raw.values()]
+        infos = [TokenInfo.from_dict(json.loads(v)) for v in raw.values()]
         return sorted(infos, key=lambda t: (t.created, t.token_id))
 
     def revoke(self, token_id: str) -> TokenInfo:
         raw = self._call("HGET", self.r.hget, self.k_tokens, token_id)
         if raw is None:
-            raise NotFound(f"no token {token_id!r}; `geopush tokens list` shows the token ids")
+            raise no_token(token_id)
         d = json.loads(raw)
         if d.get("revoked") is None:
-            d["revoked"] = round(time.time(), 3)
+            d["revoked"] = token_time()
             self._call("HSET", self.r.hset, self.k_tokens, token_id, json.dumps(d))
-        return _info(d)
+        return TokenInfo.from_dict(d)
 
     def authenticate(self, secret: str) -> Principal | None:
         digest = hash_token(secret)
@@ -194,19 +179,10 @@ class RedisApiState(ApiState):
         if raw is None:
             return None
         d = json.loads(raw)
-        if (
-            not hmac.compare_digest(str(d.get("sha256", "")), digest)
-            or d.get("revoked") is not None
-        ):
+        if not live_token(d.get("sha256", ""), digest, d.get("revoked")):
             return None
         return Principal(token_id=d["token_id"], role=d["role"], merchant_id=d["merchant_id"],
                          name=d["name"])  # fmt: skip
-
-
-def _info(d: dict[str, Any]) -> TokenInfo:
-    return TokenInfo(
-        d["token_id"], d["role"], d["merchant_id"], d["name"], d["created"], d["revoked"]
-    )
 
 
 def _safe(url: str) -> str:
@@ -249,31 +225,14 @@ class ChangeFollower:
 
     def catch_up(self, changes: Sequence[StoreChange]) -> None:
         """Apply ``changes`` (in sequence order) to the live index."""
-        from engine.api.live import overlay
-        from fences.catalog import to_feature
+        from engine.api.follow import apply_store_changes
 
         fresh = [c for c in changes if c.seq > self.applied]
         if not fresh:
             return
-        newest = {c.store_id: c for c in fresh}  # only a store's newest change counts
-        index = self.target.index()
-        cat = index.catalog
-        todo: list[StoreChange] = []
-        for c in sorted(newest.values(), key=lambda c: c.seq):
-            slot = cat.slot_of(c.store_id)
-            if c.feature is None:
-                if slot is not None:
-                    todo.append(c)
-            elif slot is None or to_feature(cat.stores[slot]) != c.feature:
-                todo.append(c)
-        present = {c.store_id for c in todo if c.feature is None}
-        for w in overlay(index, todo):
-            log.warning("%s", w)
-        gone = [sid for sid in present if cat.slot_of(sid) is None]
-        if gone:
-            self.target.removed(gone)
+        done = apply_store_changes(self.target, fresh, log)
         self.applied = max(c.seq for c in fresh)
-        self.applied_changes += len(todo)
+        self.applied_changes += done
 
     def stop(self) -> None:
         """End the current ``run`` after the read in progress (at most ``BLOCK_MS``), cancelled or

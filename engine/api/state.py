@@ -73,6 +73,13 @@ class TokenInfo:
             "revoked": self.revoked,
         }
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TokenInfo:
+        """The inverse of ``to_dict`` (extra keys, such as a stored hash, are ignored)."""
+        return cls(
+            d["token_id"], d["role"], d["merchant_id"], d["name"], d["created"], d["revoked"]
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class StoreChange:
@@ -86,6 +93,41 @@ class StoreChange:
 
 def hash_token(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def new_token(role: str, merchant_id: str | None, name: str) -> tuple[TokenInfo, str]:
+    """A new token's info and secret, checked (both API state backends keep only its hash)."""
+    if role not in ROLES:
+        raise InvalidRequest(f"role {role!r} is unknown; use 'operator' or 'merchant'")
+    if role == "merchant" and not (merchant_id and merchant_id.strip()):
+        raise InvalidRequest("a merchant token needs the merchant_id it is limited to")
+    if role == "operator" and merchant_id:
+        raise InvalidRequest("an operator token sees every merchant: give no merchant_id")
+    secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    info = TokenInfo(
+        token_id="tok_" + secrets.token_hex(8),
+        role=role,  # type: ignore[arg-type,unused-ignore]
+        merchant_id=merchant_id.strip() if merchant_id else None,
+        name=name,
+        created=token_time(),
+        revoked=None,
+    )
+    return info, secret
+
+
+def token_time() -> float:
+    """The timestamp a token's ``created`` / ``revoked`` holds: now, to the millisecond."""
+    return round(time.time(), 3)
+
+
+def live_token(stored_sha256: object, digest: str, revoked: object) -> bool:
+    """Whether a stored token row answers the presented secret's ``digest`` (compared in
+    constant time) and is not revoked."""
+    return hmac.compare_digest(str(stored_sha256), digest) and revoked is None
+
+
+def no_token(token_id: str) -> NotFound:
+    return NotFound(f"no token {token_id!r}; `geopush tokens list` shows the token ids")
 
 
 def _sqlite_path(state: str | Path) -> Path:
@@ -193,21 +235,7 @@ class ApiState:
         self, role: str, merchant_id: str | None = None, name: str = ""
     ) -> tuple[TokenInfo, str]:
         """A new token: its info and its secret (shown once; only its hash is kept)."""
-        if role not in ROLES:
-            raise InvalidRequest(f"role {role!r} is unknown; use 'operator' or 'merchant'")
-        if role == "merchant" and not (merchant_id and merchant_id.strip()):
-            raise InvalidRequest("a merchant token needs the merchant_id it is limited to")
-        if role == "operator" and merchant_id:
-            raise InvalidRequest("an operator token sees every merchant: give no merchant_id")
-        secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        info = TokenInfo(
-            token_id="tok_" + secrets.token_hex(8),
-            role=role,  # type: ignore[arg-type,unused-ignore]
-            merchant_id=merchant_id.strip() if merchant_id else None,
-            name=name,
-            created=round(time.time(), 3),
-            revoked=None,
-        )
+        info, secret = new_token(role, merchant_id, name)
         with self._tx() as db:
             db.execute(
                 "INSERT INTO api_tokens (token_id, sha256, role, merchant_id, name, created)"
@@ -229,7 +257,7 @@ class ApiState:
         with self._tx() as db:
             db.execute(
                 "UPDATE api_tokens SET revoked = ? WHERE token_id = ? AND revoked IS NULL",
-                (round(time.time(), 3), token_id),
+                (token_time(), token_id),
             )
             row = db.execute(
                 "SELECT token_id, role, merchant_id, name, created, revoked FROM api_tokens"
@@ -237,7 +265,7 @@ class ApiState:
                 (token_id,),
             ).fetchone()
         if row is None:
-            raise NotFound(f"no token {token_id!r}; `geopush tokens list` shows the token ids")
+            raise no_token(token_id)
         return TokenInfo(*row)
 
     def authenticate(self, secret: str) -> Principal | None:
@@ -249,7 +277,7 @@ class ApiState:
                 " WHERE sha256 = ?",
                 (digest,),
             ).fetchone()
-        if row is None or not hmac.compare_digest(str(row[1]), digest) or row[5] is not None:
+        if row is None or not live_token(row[1], digest, row[5]):
             return None
         return Principal(token_id=row[0], role=row[2], merchant_id=row[3], name=row[4])
 

@@ -215,15 +215,7 @@ class PartitionWorker:
         entries = st.read_log(p, self.batch)
         if not entries:
             return 0
-        msgs: list[tuple[bytes, list[Any]]] = []
-        for _id, topic, payload in entries:
-            try:
-                evs = self.decode(topic, payload)
-            except DecodeError as exc:
-                self.dead_letters += 1
-                log.warning("partition %d: dead letter %s: %s", p, topic, exc)
-                evs = []
-            msgs.append((digest(topic, payload), evs))
+        msgs = self._decoded(p, [(topic, payload) for _id, topic, payload in entries])
         users = {e.user for _, evs in msgs for e in evs}
         for _ in range(100):
             core = self.cores.get(p)
@@ -270,15 +262,7 @@ class PartitionWorker:
         at most once (input digests), moving the partition's offset to ``offset``; False if
         nothing was committed (the lease is lost, or the core is being rebuilt)."""
         st = self.store
-        decoded: list[tuple[bytes, list[Any]]] = []
-        for topic, payload in msgs:
-            try:
-                evs = self.decode(topic, payload)
-            except DecodeError as exc:
-                self.dead_letters += 1
-                log.warning("partition %d: dead letter %s: %s", p, topic, exc)
-                evs = []
-            decoded.append((digest(topic, payload), evs))
+        decoded = self._decoded(p, msgs)
         users = {e.user for _, evs in decoded for e in evs}
         for _ in range(100):
             core = self.cores.get(p)
@@ -313,6 +297,20 @@ class PartitionWorker:
             self._flush_outbox(p)
             return True
         raise StateError(f"partition {p}: batch refused 100 times")
+
+    def _decoded(self, p: int, msgs: Sequence[tuple[str, bytes]]) -> list[tuple[bytes, list[Any]]]:
+        """Each message (topic, payload) of partition ``p`` as (input digest, its events); one
+        that does not decode is a dead letter (logged, counted) with no events."""
+        out: list[tuple[bytes, list[Any]]] = []
+        for topic, payload in msgs:
+            try:
+                evs = self.decode(topic, payload)
+            except DecodeError as exc:
+                self.dead_letters += 1
+                log.warning("partition %d: dead letter %s: %s", p, topic, exc)
+                evs = []
+            out.append((digest(topic, payload), evs))
+        return out
 
     def _flush_outbox(self, p: int) -> None:
         """Hand partition ``p``'s outbox to the publisher thread (never waits on the broker)."""

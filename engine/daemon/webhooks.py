@@ -217,6 +217,23 @@ class Endpoint:
     def wants(self, ce_type: str) -> bool:
         return ce_type.removeprefix(CE_PREFIX) in self.events
 
+    @classmethod
+    def new(
+        cls, merchant_id: str, url: str, events: list[str] | None, description: str, after_seq: int
+    ) -> Endpoint:
+        """A new endpoint with a fresh id and signing secret, created now; ``events`` empty or
+        None means every event type. Both webhook stores register endpoints made here."""
+        return cls(
+            endpoint_id="wh_" + secrets.token_hex(8),
+            merchant_id=merchant_id,
+            url=url,
+            secret=new_secret(),
+            events=tuple(events) if events else EVENT_TYPES,
+            description=description,
+            created=round(time.time(), 3),
+            after_seq=after_seq,
+        )
+
 
 _EP_COLS = (
     "endpoint_id, merchant_id, url, secret, events, description, created, after_seq, failures,"
@@ -339,21 +356,11 @@ class WebhookStore:
     def create(
         self, merchant_id: str, url: str, events: list[str] | None = None, description: str = ""
     ) -> Endpoint:
-        ev = tuple(events) if events else EVENT_TYPES
         with self._tx() as db:
-            ep = Endpoint(
-                endpoint_id="wh_" + secrets.token_hex(8),
-                merchant_id=merchant_id,
-                url=url,
-                secret=new_secret(),
-                events=ev,
-                description=description,
-                created=round(time.time(), 3),
-                after_seq=self._outbox_tail(db),
-            )
+            ep = Endpoint.new(merchant_id, url, events, description, self._outbox_tail(db))
             db.execute(
                 f"INSERT INTO webhook_endpoints ({_EP_COLS}) VALUES (?,?,?,?,?,?,?,?,0,NULL,NULL)",
-                (ep.endpoint_id, merchant_id, url, ep.secret, json.dumps(list(ev)), description,
+                (ep.endpoint_id, merchant_id, url, ep.secret, json.dumps(list(ep.events)), description,
                  ep.created, ep.after_seq),
             )  # fmt: skip
         return ep

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import secrets
 import time
 from typing import Any
 
@@ -51,11 +50,9 @@ import redis
 from redis.exceptions import RedisError
 
 from engine.daemon.webhooks import (
-    EVENT_TYPES,
     Delivery,
     Endpoint,
     classify,
-    new_secret,
 )
 from engine.errors import StateError
 from engine.stores.redis_store import RedisStore, connect, decode_entry, stream_pos
@@ -217,19 +214,9 @@ class RedisWebhookStore:
     def create(
         self, merchant_id: str, url: str, events: list[str] | None = None, description: str = ""
     ) -> Endpoint:
-        ev = tuple(events) if events else EVENT_TYPES
-        ep = Endpoint(
-            endpoint_id="wh_" + secrets.token_hex(8),
-            merchant_id=merchant_id,
-            url=url,
-            secret=new_secret(),
-            events=ev,
-            description=description,
-            created=round(time.time(), 3),
-            after_seq=0,
-        )
+        ep = Endpoint.new(merchant_id, url, events, description, 0)
         doc = json.dumps({
-            "merchant_id": merchant_id, "url": url, "secret": ep.secret, "events": list(ev),
+            "merchant_id": merchant_id, "url": url, "secret": ep.secret, "events": list(ep.events),
             "description": description, "created": ep.created,
         })  # fmt: skip
         ep.after_seq = int(

@@ -64,7 +64,14 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from engine.errors import ConfigError, StateError
 from engine.state import Output, UserState, decode_user, encode_user
-from engine.stores.redis_store import RedisRow, Renderer, Row, _lua_str, default_render
+from engine.stores.redis_store import (
+    BatchCoupons,
+    RedisRow,
+    Renderer,
+    Row,
+    _lua_str,
+    default_render,
+)
 
 _MSGPACK = msgspec.msgpack.Encoder()
 _ROWS = msgspec.msgpack.Decoder(list[tuple[str, str, bytes]])
@@ -258,7 +265,7 @@ def owner_of(partition: int, workers: Sequence[str]) -> str | None:
     return max(workers, key=score)
 
 
-class ClusterStore:
+class ClusterStore(BatchCoupons):
     """``StateStore`` for one partition's batch at a time (``begin``), plus leases, the input
     log, reservations and the outbox (see the module doc). Not thread-safe: one per worker."""
 
@@ -415,22 +422,6 @@ class ClusterStore:
             st = UserState(user=user) if raw is None else decode_user(raw)
             self._touched[user] = st
         return st
-
-    def inventory_left(self, campaign_id: str, total: int | None) -> int | None:
-        if total is None:
-            return None
-        return self._left(campaign_id, total)
-
-    def take_coupon(self, campaign_id: str, total: int | None) -> bool:
-        if total is None:
-            return True
-        if self._left(campaign_id, total) <= 0:
-            return False
-        self._taken[campaign_id] = self._taken.get(campaign_id, 0) + 1
-        return True
-
-    def seen_push(self, push_id: str) -> bool:
-        return push_id in self._new_push or push_id in self._seen
 
     def commit(
         self,

@@ -123,6 +123,35 @@ def default_render(out: Output) -> Row:
     return RedisRow(out_id(out), "", encode_output(out))
 
 
+class BatchCoupons:
+    """The coupon and push-id answers both Redis stores give during a batch: ``_left`` (what
+    the store still believes is left) less what this batch has ``_taken``; a push is seen when
+    this batch wrote it (``_new_push``) or an earlier one did (``_seen``)."""
+
+    _taken: dict[str, int]
+    _new_push: dict[str, str]
+    _seen: OrderedDict[str, None]
+
+    def _left(self, campaign_id: str, total: int) -> int:
+        raise NotImplementedError
+
+    def inventory_left(self, campaign_id: str, total: int | None) -> int | None:
+        if total is None:
+            return None
+        return self._left(campaign_id, total)
+
+    def take_coupon(self, campaign_id: str, total: int | None) -> bool:
+        if total is None:
+            return True
+        if self._left(campaign_id, total) <= 0:
+            return False
+        self._taken[campaign_id] = self._taken.get(campaign_id, 0) + 1
+        return True
+
+    def seen_push(self, push_id: str) -> bool:
+        return push_id in self._new_push or push_id in self._seen
+
+
 class CommitConflict(StateError):
     """The commit applied nothing: re-run the batch from fresh state (``run_batch`` does)."""
 
@@ -358,7 +387,7 @@ def connect(url: str, *, reconnect_s: float = 30.0) -> redis.Redis:
     return client
 
 
-class RedisStore:
+class RedisStore(BatchCoupons):
     """StateStore shared by several workers through one Redis primary (see module doc)."""
 
     in_memory = False  # records are loaded per batch and may change under other workers
@@ -477,22 +506,6 @@ class RedisStore:
             if v is not None:
                 self._inv_est[c] = int(v)
         self._inv_fresh = True
-
-    def inventory_left(self, campaign_id: str, total: int | None) -> int | None:
-        if total is None:
-            return None
-        return self._left(campaign_id, total)
-
-    def take_coupon(self, campaign_id: str, total: int | None) -> bool:
-        if total is None:
-            return True
-        if self._left(campaign_id, total) <= 0:
-            return False
-        self._taken[campaign_id] = self._taken.get(campaign_id, 0) + 1
-        return True
-
-    def seen_push(self, push_id: str) -> bool:
-        return push_id in self._new_push or push_id in self._seen
 
     def peek(self, user: str) -> UserState:
         """The user's record as loaded for this batch, NOT marked touched (a fresh copy)."""

@@ -173,6 +173,20 @@ class JsPartitionSource:
     _nc: NatsClient | None
     prefix: str
     partition_count: int
+    pull_batch: int
+    _inbox_subject: str  # pulled messages arrive on ``<this>.<partition>``
+
+    async def _pull(self, nc: NatsClient, part: int) -> None:
+        """Ask partition ``part``'s consumer for its next ``pull_batch`` messages (a request
+        that lives ``PULL_EXPIRES_S`` at the server); one that fails to go out is dropped: its
+        credit runs out and it is asked again."""
+        body = {"batch": self.pull_batch, "expires": int(PULL_EXPIRES_S * 1e9)}
+        with contextlib.suppress(Exception):
+            await nc.publish(
+                f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{durable_name(self.prefix, part)}",
+                json.dumps(body).encode(),
+                reply=f"{self._inbox_subject}.{part}",
+            )
 
     async def _check_source(self, timeout: float) -> None:
         """Refuse a server whose internal stream is not laid out as tested, or a cluster without
@@ -416,13 +430,7 @@ class JetStreamLink(MqttLink, JsPartitionSource):
                     continue
                 self._credit[part] = self.pull_batch
                 self._asked[part] = now
-                body = {"batch": self.pull_batch, "expires": int(PULL_EXPIRES_S * 1e9)}
-                with contextlib.suppress(Exception):
-                    await nc.publish(
-                        f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{durable_name(self.prefix, part)}",
-                        json.dumps(body).encode(),
-                        reply=f"{self._inbox_subject}.{part}",
-                    )
+                await self._pull(nc, part)
 
     async def _on_msg(self, msg: Msg) -> None:
         reply = msg.reply

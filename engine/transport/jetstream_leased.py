@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import threading
 import time
@@ -347,13 +346,7 @@ class PartitionIntake(JsPartitionSource):
                     self._asked[p] = now
                     todo.append(p)
             for p in todo:
-                body = {"batch": self.pull_batch, "expires": int(PULL_EXPIRES_S * 1e9)}
-                with contextlib.suppress(Exception):
-                    await nc.publish(
-                        f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{durable_name(self.prefix, p)}",
-                        json.dumps(body).encode(),
-                        reply=f"{self._inbox_subject}.{p}",
-                    )
+                await self._pull(nc, p)
 
     async def _on_msg(self, msg: Msg) -> None:
         reply = msg.reply

@@ -266,22 +266,9 @@ def _cluster_runs(
                     time.sleep(0.02)
                 secs = time.perf_counter() - t0
                 cpu = sum(_cpu_s(p.pid) for p in procs) - cpu0
-                calls: dict[str, int] = {}
-                for m in masters:
-                    for line in cl.cmd(m, "INFO", "commandstats").splitlines():
-                        if line.startswith("cmdstat_"):
-                            name, rest = line[8:].split(":", 1)
-                            calls[name] = calls.get(name, 0) + int(rest.split(",")[0].split("=")[1])
+                calls = _command_calls(cl, masters)
             finally:
-                for p in procs:
-                    if p.poll() is None:
-                        p.terminate()
-                for p in procs:
-                    try:
-                        p.wait(30)
-                    except subprocess.TimeoutExpired:
-                        p.kill()
-                        p.wait()
+                _stop(procs)
         rt = sum(calls.get(c, 0) for c in ("evalsha", "eval", "xrange", "smembers", "xdel"))
         res = GroupRun(
             f"redis cluster, {n} partition worker{'s' if n > 1 else ''}", n, total, len(messages),
@@ -382,22 +369,9 @@ async def _stack_run(
             await until_drained(600)
             secs = time.perf_counter() - t0
             cpu = sum(_cpu_s(p.pid) for p in procs) - cpu0
-            calls: dict[str, int] = {}
-            for m in masters:
-                for line in cl.cmd(m, "INFO", "commandstats").splitlines():
-                    if line.startswith("cmdstat_"):
-                        name, rest = line[8:].split(":", 1)
-                        calls[name] = calls.get(name, 0) + int(rest.split(",")[0].split("=")[1])
+            calls = _command_calls(cl, masters)
         finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.terminate()
-            for p in procs:
-                try:
-                    p.wait(30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+            _stop(procs)
             await js.close()
             await pub.disconnect()
     rt = sum(calls.get(c, 0) for c in ("evalsha", "eval", "xrange", "smembers", "xdel"))
@@ -531,15 +505,7 @@ async def _one_run(
         cpu = sum(_cpu_s(p.pid) for p in procs) - cpu0
         rcpu = _redis_cpu_s(redis_client) - rcpu0
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        _stop(procs)
         await mon.disconnect()
     secs = t1 - t0
     res = GroupRun(
@@ -594,6 +560,30 @@ def _share(i: int, n: int, args: argparse.Namespace) -> str | None:
         return None
     lo, hi = i * p // n, (i + 1) * p // n - 1
     return f"{lo}-{hi}"
+
+
+def _stop(procs: list[Any]) -> None:
+    """SIGTERM the worker processes still running, then wait for each (killed after 30 s)."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def _command_calls(cl: Any, masters: list[int]) -> dict[str, int]:
+    """Calls per Redis command summed over the cluster's ``masters`` (INFO commandstats)."""
+    calls: dict[str, int] = {}
+    for m in masters:
+        for line in cl.cmd(m, "INFO", "commandstats").splitlines():
+            if line.startswith("cmdstat_"):
+                name, rest = line[8:].split(":", 1)
+                calls[name] = calls.get(name, 0) + int(rest.split(",")[0].split("=")[1])
+    return calls
 
 
 def _cpu_s(pid: int) -> float:

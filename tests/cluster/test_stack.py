@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 import nats
 import pytest
 from daemon.conftest import Collector, World, received_outputs
+from scaleout.procs import WorkerProcs
 
 from cluster.conftest import PARTITIONS
 from cluster.harness import publish_rounds, stream_leader
@@ -56,14 +56,16 @@ def redis_cluster() -> Iterator[RedisClusterServer]:
         yield cl
 
 
-class Stack:
+class Stack(WorkerProcs):
     """`geopush worker --intake` processes on the test's NATS cluster and Redis Cluster."""
+
+    stop_wait_s = 30.0
 
     def __init__(self, nc: NatsCluster, rc: RedisClusterServer, world: World, folder: Path,
                  broker: str | None = None) -> None:  # fmt: skip
+        super().__init__()
         self.nc, self.rc, self.world, self.folder = nc, rc, world, folder
         self.broker = broker
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.store = ClusterStore(connect_cluster(rc.url), worker="test", partitions=PARTITIONS,
                                   render=Renderer(Topics()))  # fmt: skip
 
@@ -77,31 +79,6 @@ class Stack:
         log = open(self.folder / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
         self.procs[name] = subprocess.Popen(args, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                                             stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
-
-    def freeze(self, name: str) -> None:
-        self.procs[name].send_signal(signal.SIGSTOP)
-
-    def thaw(self, name: str) -> None:
-        self.procs[name].send_signal(signal.SIGCONT)
-
-    def kill(self, name: str) -> None:
-        self.procs[name].send_signal(signal.SIGKILL)
-        self.procs[name].wait()
-
-    def stop_all(self) -> None:
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for name, p in self.procs.items():
-            try:
-                rc = p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-                raise AssertionError(
-                    f"worker {name} did not stop on SIGTERM:\n{self.log(name)}"
-                ) from None
-            assert rc in (0, -9), f"worker {name} exited {rc}:\n{self.log(name)}"
 
     def log(self, name: str) -> str:
         return (self.folder / f"{name}.log").read_text(errors="replace")[-3000:]

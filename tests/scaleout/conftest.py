@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from daemon.conftest import AS_ROOT
 
 from engine.stores.redis_store import RedisStore, connect
 from simulator.bench.redis_server import RedisServer, find_redis_server
+from simulator.embedded_broker import MosquittoBroker
 
 
 def _need_redis() -> None:
@@ -50,3 +52,14 @@ def redis_cluster() -> Iterator[object]:
         pytest.skip("redis-server and redis-cli not found on PATH: the cluster tests need them")
     with RedisClusterServer() as cl:
         yield cl
+
+
+@pytest.fixture
+def group_broker() -> Iterator[MosquittoBroker]:
+    """A mosquitto (persistent sessions, ``$share`` subscriptions) for a group of workers."""
+    b = MosquittoBroker(persistence=True, extra_config=AS_ROOT + "max_inflight_messages 100\n")
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()

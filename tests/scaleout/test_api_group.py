@@ -9,16 +9,15 @@ import asyncio
 import contextlib
 import json
 import signal
-import socket
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from api.conftest import circle, collection
-from daemon.conftest import AS_ROOT, Collector, gps, publish_all, spawn_daemon, wait_online
+from daemon.conftest import Collector, gps, publish_all, spawn_daemon, wait_online
+from webhooks.conftest import free_port
 
 from engine.api.redis_state import RedisApiState
 from simulator.bench.redis_server import RedisServer
@@ -38,16 +37,6 @@ OUT = ["geopush/visits/#", "geopush/push/#", "geopush/status/#"]
 USERS = 12
 
 
-@pytest.fixture
-def group_broker() -> Iterator[MosquittoBroker]:
-    b = MosquittoBroker(persistence=True, extra_config=AS_ROOT + "max_inflight_messages 100\n")
-    b.start()
-    try:
-        yield b
-    finally:
-        b.stop()
-
-
 class Files:
     def __init__(self, folder: Path) -> None:
         self.fences = folder / "fences.geojson"
@@ -59,12 +48,6 @@ class Files:
         ]}))  # fmt: skip
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Workers:
     def __init__(self, broker: str, redis_url: str, files: Files) -> None:
         self.broker, self.redis_url, self.files = broker, redis_url, files
@@ -72,7 +55,7 @@ class Workers:
         self.ports: dict[str, int] = {}
 
     def start(self, name: str) -> subprocess.Popen[bytes]:
-        self.ports[name] = port = _free_port()
+        self.ports[name] = port = free_port()
         self.procs[name] = p = spawn_daemon(
             self.broker, self.redis_url, self.files,  # type: ignore[arg-type]
             "--group", "g", "--client-id", name, "--batch-size", "8", "--http", f"127.0.0.1:{port}",

@@ -9,11 +9,10 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon.conftest import AS_ROOT, Collector, World, publish_all, received_outputs
+from daemon.conftest import Collector, World, publish_all, received_outputs
 
 from scaleout.test_cluster import ROOT, P, Workers, _store, _wait_applied
 from simulator.bench.redis_cluster import RedisClusterServer
@@ -23,16 +22,6 @@ pytestmark = [
     pytest.mark.cluster,
     pytest.mark.skipif(find_mosquitto() is None, reason="needs the mosquitto binary ($share, sessions)"),
 ]
-
-
-@pytest.fixture
-def broker() -> Iterator[MosquittoBroker]:
-    b = MosquittoBroker(persistence=True, extra_config=AS_ROOT + "max_inflight_messages 100\n")
-    b.start()
-    try:
-        yield b
-    finally:
-        b.stop()
 
 
 def _bridge(url: str, state: str, folder: Path, name: str = "bridge-1") -> subprocess.Popen[bytes]:
@@ -55,26 +44,26 @@ async def _wait_logged(store: object, n: int, timeout: float = 60.0) -> None:
 
 
 async def test_phones_topics_unchanged_bridge_killed_mid_stream(
-    broker: MosquittoBroker, redis_cluster: RedisClusterServer, tmp_path: Path
+    group_broker: MosquittoBroker, redis_cluster: RedisClusterServer, tmp_path: Path
 ) -> None:
     world = World(tmp_path, users=24, per_user=16, inventory={0: 10**6})
     expected = world.oracle()
     reader = _store(redis_cluster, "reader")
     workers = Workers(redis_cluster, world, tmp_path)
-    workers.extra = ["--broker", broker.url]
-    bridge = _bridge(broker.url, redis_cluster.url, tmp_path)
+    workers.extra = ["--broker", group_broker.url]
+    bridge = _bridge(group_broker.url, redis_cluster.url, tmp_path)
     try:
-        async with Collector(broker.url, ["geopush/push/#", "geopush/visits/#"]) as col:
+        async with Collector(group_broker.url, ["geopush/push/#", "geopush/visits/#"]) as col:
             workers.start("w1")
             workers.start("w2")
             await _wait_subscribed(tmp_path, bridge)
             half = len(world.messages) // 2
-            await publish_all(broker.url, world.messages[:half])
+            await publish_all(group_broker.url, world.messages[:half])
             await _wait_logged(reader, half)
             bridge.send_signal(signal.SIGKILL)
             bridge.wait()
-            await publish_all(broker.url, world.messages[half:])  # queued in its session
-            bridge = _bridge(broker.url, redis_cluster.url, tmp_path)
+            await publish_all(group_broker.url, world.messages[half:])  # queued in its session
+            bridge = _bridge(group_broker.url, redis_cluster.url, tmp_path)
             await _wait_subscribed(tmp_path, bridge, times=2)
             await _wait_logged(reader, len(world.messages))
             await asyncio.to_thread(_wait_applied, reader, workers)

@@ -29,6 +29,7 @@ from engine.outputs import Coupon, Push, decode_output
 from engine.partitions import partition_of
 from engine.state import Output
 from engine.stores.cluster_store import ClusterStore, LeaseLost, connect_cluster
+from scaleout.procs import WorkerProcs
 from simulator.bench.redis_cluster import RedisClusterServer
 
 pytestmark = pytest.mark.cluster
@@ -194,12 +195,12 @@ def test_kill_9_between_reservation_and_commit_loses_nothing(
 # --- worker processes vs replay ----------------------------------------------------------------
 
 
-class Workers:
+class Workers(WorkerProcs):
     """`geopush worker` processes on the test's cluster (outputs stay in the outbox streams)."""
 
     def __init__(self, cl: RedisClusterServer, world: World, folder: Path) -> None:
+        super().__init__()
         self.cl, self.world, self.folder = cl, world, folder
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.extra: list[str] = []
 
     def start(self, name: str) -> None:
@@ -219,23 +220,6 @@ class Workers:
         for p in self.procs.values():
             if p.poll() is None:
                 p.send_signal(signal.SIGCONT)
-
-    def kill(self, name: str) -> None:
-        self.procs[name].send_signal(signal.SIGKILL)
-        self.procs[name].wait()
-
-    def stop_all(self) -> None:
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for name, p in self.procs.items():
-            try:
-                rc = p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-                raise AssertionError(f"worker {name} did not stop on SIGTERM") from None
-            assert rc in (0, -9), f"worker {name} exited {rc}:\n{self.log(name)}"
 
     def log(self, name: str) -> str:
         return (self.folder / f"{name}.log").read_text(errors="replace")[-3000:]

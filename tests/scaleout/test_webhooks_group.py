@@ -10,18 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
-import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from daemon.conftest import (
-    AS_ROOT,
     Collector,
     World,
     publish_all,
@@ -29,10 +25,11 @@ from daemon.conftest import (
     spawn_daemon,
     wait_online,
 )
-from webhooks.conftest import Receiver
+from webhooks.conftest import Receiver, free_port
 
 from engine.api.redis_state import RedisApiState
 from engine.stores.redis_store import connect
+from scaleout.procs import WorkerProcs
 from simulator.bench.redis_server import RedisServer
 from simulator.embedded_broker import MosquittoBroker, find_mosquitto
 
@@ -46,16 +43,6 @@ MERCHANTS = [f"m{i}" for i in range(16)]  # the city's merchants
 
 
 @pytest.fixture
-def group_broker() -> Iterator[MosquittoBroker]:
-    b = MosquittoBroker(persistence=True, extra_config=AS_ROOT + "max_inflight_messages 100\n")
-    b.start()
-    try:
-        yield b
-    finally:
-        b.stop()
-
-
-@pytest.fixture
 def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     """The workers' webhook backoff in tens of ms (their environment), never paused."""
     monkeypatch.setenv("GEOPUSH_WEBHOOK_RETRY_BASE_S", "0.05")
@@ -63,22 +50,16 @@ def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GEOPUSH_WEBHOOK_PAUSE_AFTER", "100000")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Group:
+class Group(WorkerProcs):
     """Worker processes of group ``g``, each with its API on a port of its own."""
 
     def __init__(self, broker: str, redis_url: str, world: World) -> None:
+        super().__init__()
         self.broker, self.redis_url, self.world = broker, redis_url, world
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.ports: dict[str, int] = {}
 
     def start(self, name: str) -> subprocess.Popen[bytes]:
-        self.ports.setdefault(name, _free_port())
+        self.ports.setdefault(name, free_port())
         self.procs[name] = p = spawn_daemon(
             self.broker, self.redis_url, self.world,  # type: ignore[arg-type]
             "--group", "g", "--client-id", name, "--batch-size", "8",
@@ -89,25 +70,6 @@ class Group:
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.ports[name]}/v1"
-
-    def kill(self, name: str) -> None:
-        p = self.procs[name]
-        p.send_signal(signal.SIGKILL)
-        p.wait()
-
-    def stop_all(self) -> None:
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for name, p in self.procs.items():
-            try:
-                rc = p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-                raise AssertionError(f"worker {name} did not stop on SIGTERM") from None
-            err = p.stderr.read().decode() if p.stderr else ""
-            assert rc in (0, -9), f"worker {name} exited {rc}:\n{err[-3000:]}"
 
 
 def _tokens(url: str) -> dict[str, str]:

@@ -16,13 +16,11 @@ import contextlib
 import json
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from daemon.conftest import (  # the daemon's fixtures and helpers (tests/daemon/conftest.py)
-    AS_ROOT,
     Collector,
     World,
     publish_all,
@@ -32,6 +30,7 @@ from daemon.conftest import (  # the daemon's fixtures and helpers (tests/daemon
 )
 
 from engine.stores.redis_store import RedisStore, _decode, connect
+from scaleout.procs import WorkerProcs
 from simulator.bench.redis_server import RedisServer
 from simulator.embedded_broker import MosquittoBroker, find_mosquitto
 
@@ -44,22 +43,12 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture
-def group_broker() -> Iterator[MosquittoBroker]:
-    b = MosquittoBroker(persistence=True, extra_config=AS_ROOT + "max_inflight_messages 100\n")
-    b.start()
-    try:
-        yield b
-    finally:
-        b.stop()
-
-
-class Group:
+class Group(WorkerProcs):
     """Worker processes w1..wN of group ``g`` sharing one Redis."""
 
     def __init__(self, broker: str, redis_url: str, world: World, n: int) -> None:
+        super().__init__()
         self.broker, self.redis_url, self.world = broker, redis_url, world
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
         for i in range(1, n + 1):
             self.start(f"w{i}")
 
@@ -74,25 +63,6 @@ class Group:
     async def online(self, col: Collector) -> None:
         for p in self.procs.values():
             await wait_online(col, p.pid)
-
-    def kill(self, name: str) -> None:
-        p = self.procs[name]
-        p.send_signal(signal.SIGKILL)
-        p.wait()
-
-    def stop_all(self) -> None:
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for name, p in self.procs.items():
-            try:
-                rc = p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-                raise AssertionError(f"worker {name} did not stop on SIGTERM") from None
-            err = p.stderr.read().decode() if p.stderr else ""
-            assert rc in (0, -9), f"worker {name} exited {rc}:\n{err[-2000:]}"
 
 
 def round_marks(world: World, users: int) -> list[dict[str, float]]:
