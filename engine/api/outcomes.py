@@ -35,7 +35,6 @@ from engine.outputs import AnyOutput, Push, decode_output
 from engine.report import build_report
 
 OUTCOME_LOG_KEEP = 2_000_000
-COPY_CHUNK = 1000  # short write transactions (see engine/api/visits.py)
 PRUNE_EVERY = 10_000
 KINDS = ("push", "holdout", "redeem", "order")
 
@@ -72,17 +71,13 @@ _INSERT = (
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
-_TOP = (
-    "SELECT MAX(COALESCE((SELECT MAX(seq) FROM outbox), 0),"
-    " COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'outbox'), 0))"
-)
-
 
 class OutcomeLog(OutboxCopy):
     """The outcome table (``OutboxCopy``)."""
 
     TABLES = _TABLES
     name = "outcome log"
+    CURSOR = "api_outcomes_cursor"
 
     def __init__(
         self,
@@ -94,45 +89,16 @@ class OutcomeLog(OutboxCopy):
         window_s: float = ATTRIBUTION_WINDOW_S,
     ) -> None:
         self.topics = tuple(f"{prefix}/{t}/" for t in ("push", "redemptions", "outcomes"))
+        self._args: list[Any] = [x for t in self.topics for x in (len(t), t)]  # _READ's topics
         self.window_s = window_s  # the daemon's attribution window: where lift windows end
         self._open(state, keep, prune_every)
 
-    def catch_up(self) -> int:
-        """Copy the outbox's outcome rows committed since the last copy; the rows read."""
-        args: list[Any] = []
-        for t in self.topics:
-            args += [len(t), t]
-        done = 0
-        with self._lock, _sql(self.path):
-            db = self._db
-            while True:
-                after = stored = self._cursor(db)
-                (top,) = db.execute(_TOP).fetchone()
-                top = int(top)
-                if top < after:  # an outbox started over
-                    after = 0
-                upto = min(top, after + COPY_CHUNK)
-                rows = db.execute(_READ, (after, upto, *args)).fetchall() if upto > after else []
-                with self._tx() as db:
-                    if self._cursor(db) != stored:
-                        continue  # another copier moved the cursor meanwhile: read again
-                    if rows:
-                        db.executemany(_INSERT, rows)
-                    db.execute(
-                        "INSERT INTO api_outcomes_cursor (id, seq) VALUES (1, ?)"
-                        " ON CONFLICT (id) DO UPDATE SET seq = excluded.seq",
-                        (upto,),
-                    )
-                done += upto - after
-                if upto // self.prune_every != after // self.prune_every:
-                    self._prune()
-                if upto >= top:
-                    return done
+    def _read(self, db: Any, after: int, upto: int) -> list[Any]:
+        rows: list[Any] = db.execute(_READ, (after, upto, *self._args)).fetchall()
+        return rows
 
-    @staticmethod
-    def _cursor(db: Any) -> int:
-        row = db.execute("SELECT seq FROM api_outcomes_cursor WHERE id = 1").fetchone()
-        return int(row[0]) if row and row[0] is not None else 0
+    def _write(self, db: Any, rows: list[Any]) -> None:
+        db.executemany(_INSERT, rows)
 
     def _prune(self) -> None:
         row = self._db.execute(

@@ -151,9 +151,55 @@ class OutboxCopy:
             raise
         db.execute("COMMIT")
 
-    def catch_up(self) -> int:
-        """Copy the outbox's rows committed since the last copy; the outbox rows read."""
+    CURSOR = ""  # the table holding the outbox seq copied up to
+
+    def _read(self, db: sqlite3.Connection, after: int, upto: int) -> list[Any]:
+        """This log's rows of the outbox in (after, upto]."""
         raise NotImplementedError
+
+    def _write(self, db: sqlite3.Connection, rows: list[Any]) -> None:
+        """Insert what ``_read`` returned (inside the write transaction)."""
+        raise NotImplementedError
+
+    def _prune(self) -> None:
+        raise NotImplementedError
+
+    def _cursor(self, db: sqlite3.Connection) -> int:
+        row = db.execute(f"SELECT seq FROM {self.CURSOR} WHERE id = 1").fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def catch_up(self) -> int:
+        """Copy the outbox's rows committed since the last copy; the outbox rows read.
+
+        Each chunk is read (the scan of the outbox and the JSON) outside any write transaction;
+        the write transaction then only inserts what was read and moves the cursor, so the
+        engine's batch commits wait for it (SQLite has one writer) as short a time as can be."""
+        done = 0
+        with self._lock, _sql(self.path):
+            db = self._db
+            while True:
+                after = stored = self._cursor(db)
+                (top,) = db.execute(_TOP).fetchone()
+                top = int(top)
+                if top < after:  # an outbox started over (not the file we copied from)
+                    after = 0
+                upto = min(top, after + COPY_CHUNK)
+                rows = self._read(db, after, upto) if upto > after else []
+                with self._tx() as db:
+                    if self._cursor(db) != stored:
+                        continue  # another copier moved the cursor meanwhile: read again
+                    if rows:
+                        self._write(db, rows)
+                    db.execute(
+                        f"INSERT INTO {self.CURSOR} (id, seq) VALUES (1, ?)"
+                        " ON CONFLICT (id) DO UPDATE SET seq = excluded.seq",
+                        (upto,),
+                    )
+                done += upto - after
+                if upto // self.prune_every != after // self.prune_every:
+                    self._prune()
+                if upto >= top:
+                    return done
 
 
 async def outbox_copier(log: OutboxCopy, every: float = COPY_EVERY_S) -> None:
@@ -170,6 +216,7 @@ class VisitLog(OutboxCopy):
     """The visit tables (``OutboxCopy``)."""
 
     TABLES = _TABLES
+    CURSOR = "api_visits_cursor"
     name = "visit log"
 
     def __init__(
@@ -183,58 +230,23 @@ class VisitLog(OutboxCopy):
         self.prefix = visits_topic  # e.g. "geopush/visits/"
         self._open(state, keep, prune_every)
 
-    def catch_up(self) -> int:
-        """Copy the outbox's visit rows committed since the last copy; the outbox rows read.
+    def _read(self, db: sqlite3.Connection, after: int, upto: int) -> list[Any]:
+        return db.execute(_READ, (after, upto, len(self.prefix), self.prefix)).fetchall()
 
-        Each chunk is read (the scan of the outbox and the JSON) outside any write transaction;
-        the write transaction then only inserts what was read and moves the cursor, so the
-        engine's batch commits wait for it (SQLite has one writer) as short a time as can be."""
-        done = 0
-        with self._lock, _sql(self.path):
-            db = self._db
-            while True:
-                after = stored = self._cursor(db)
-                (top,) = db.execute(_TOP).fetchone()
-                top = int(top)
-                if top < after:  # an outbox started over (not the file we copied from)
-                    after = 0
-                upto = min(top, after + COPY_CHUNK)
-                rows = (
-                    db.execute(_READ, (after, upto, len(self.prefix), self.prefix)).fetchall()
-                    if upto > after
-                    else []
-                )
-                with self._tx() as db:
-                    if self._cursor(db) != stored:
-                        continue  # another copier moved the cursor meanwhile: read again
-                    if rows:
-                        db.executemany(_INSERT, rows)
-                        enters = [(r[3], r[1], r[2], r[0], r[6]) for r in rows if r[4] == "enter"]
-                        if enters:
-                            db.executemany(
-                                "INSERT OR REPLACE INTO api_visits_open"
-                                " (visit_id, merchant_id, store_id, seq, payload)"
-                                " VALUES (?, ?, ?, ?, ?)",
-                                enters,
-                            )
-                        exits = [(r[3],) for r in rows if r[4] == "exit"]
-                        if exits:
-                            db.executemany("DELETE FROM api_visits_open WHERE visit_id = ?", exits)
-                    db.execute(
-                        "INSERT INTO api_visits_cursor (id, seq) VALUES (1, ?)"
-                        " ON CONFLICT (id) DO UPDATE SET seq = excluded.seq",
-                        (upto,),
-                    )
-                done += upto - after
-                if upto // self.prune_every != after // self.prune_every:
-                    self._prune()
-                if upto >= top:
-                    return done
-
-    @staticmethod
-    def _cursor(db: sqlite3.Connection) -> int:
-        row = db.execute("SELECT seq FROM api_visits_cursor WHERE id = 1").fetchone()
-        return int(row[0]) if row and row[0] is not None else 0
+    def _write(self, db: sqlite3.Connection, rows: list[Any]) -> None:
+        """The visit rows, and the open visits: an enter adds, an exit removes."""
+        db.executemany(_INSERT, rows)
+        enters = [(r[3], r[1], r[2], r[0], r[6]) for r in rows if r[4] == "enter"]
+        if enters:
+            db.executemany(
+                "INSERT OR REPLACE INTO api_visits_open"
+                " (visit_id, merchant_id, store_id, seq, payload)"
+                " VALUES (?, ?, ?, ?, ?)",
+                enters,
+            )
+        exits = [(r[3],) for r in rows if r[4] == "exit"]
+        if exits:
+            db.executemany("DELETE FROM api_visits_open WHERE visit_id = ?", exits)
 
     def _prune(self) -> None:
         """Keep the newest ``keep`` events: the cut found by a read (no write lock held while
