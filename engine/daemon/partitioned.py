@@ -215,23 +215,52 @@ class PartitionWorker:
         entries = st.read_log(p, self.batch)
         if not entries:
             return 0
+
+        def offset_moved() -> bool:  # a commit whose reply was lost applied after all
+            return st.offsets.get(p, "") != start
+
         msgs = self._decoded(p, [(topic, payload) for _id, topic, payload in entries])
-        users = {e.user for _, evs in msgs for e in evs}
+        done = self._commit(p, msgs, entries[-1][0], stale=offset_moved)
+        return len(entries) if done is not None else 0
+
+    def apply(self, p: int, msgs: Sequence[tuple[str, bytes]], offset: str) -> bool:
+        """Apply the messages ``msgs`` (topic, payload) of partition ``p`` in one commit, each
+        at most once (input digests), moving the partition's offset to ``offset``; False if
+        nothing was committed (the lease is lost, or the core is being rebuilt)."""
+        decoded = self._decoded(p, msgs)
+        fresh = self._commit(p, decoded, offset)
+        if fresh is None:
+            return False
+        self.duplicates += len(decoded) - fresh
+        return True
+
+    def _commit(
+        self,
+        p: int,
+        decoded: list[tuple[bytes, list[Any]]],
+        offset: str,
+        stale: Callable[[], bool] = lambda: False,
+    ) -> int | None:
+        """Decide the inputs ``decoded`` not seen before and commit them with partition ``p``'s
+        offset moved to ``offset``, retrying a refused commit on a rebuilt core; the number of
+        fresh inputs, or None if nothing was committed (no core, the lease lost, or ``stale()``
+        once the batch began: read on from the store's offset)."""
+        st = self.store
+        users = {e.user for _, evs in decoded for e in evs}
         for _ in range(100):
             core = self.cores.get(p)
             if core is None:
-                return 0
+                return None
             try:
-                seen = st.begin(p, users, [d for d, _ in msgs])
-                if st.offsets.get(p, "") != start:
-                    # a commit whose reply was lost applied after all: read on from there
+                seen = st.begin(p, users, [d for d, _ in decoded])
+                if stale():
                     st.rollback()
                     self.cores.pop(p, None)
-                    return 0
-                fresh = [(d, evs) for d, evs in msgs if d not in seen]
+                    return None
+                fresh = [(d, evs) for d, evs in decoded if d not in seen]
                 evs = [e for _, es in fresh for e in es]
                 outs = core.process(evs) if evs else []
-                st.commit(outs, log_to=entries[-1][0], inputs=[d for d, _ in fresh],
+                st.commit(outs, log_to=offset, inputs=[d for d, _ in fresh],
                           watermark=core.watermark)  # fmt: skip
             except Refused:
                 self.adopt(p)  # the failed attempt consumed timers: rebuild the core
@@ -240,7 +269,7 @@ class PartitionWorker:
                 st.rollback()
                 self.cores.pop(p, None)
                 self.lost(p)
-                return 0
+                return None
             except StateError:
                 # Redis failed mid-batch (a failover): the core may be ahead of the store now;
                 # ``tick`` rebuilds it from the store once Redis answers again.
@@ -254,48 +283,7 @@ class PartitionWorker:
             st.stats.events += len(evs)
             st.stats.batches += 1
             self._flush_outbox(p)
-            return len(entries)
-        raise StateError(f"partition {p}: batch refused 100 times")
-
-    def apply(self, p: int, msgs: Sequence[tuple[str, bytes]], offset: str) -> bool:
-        """Apply the messages ``msgs`` (topic, payload) of partition ``p`` in one commit, each
-        at most once (input digests), moving the partition's offset to ``offset``; False if
-        nothing was committed (the lease is lost, or the core is being rebuilt)."""
-        st = self.store
-        decoded = self._decoded(p, msgs)
-        users = {e.user for _, evs in decoded for e in evs}
-        for _ in range(100):
-            core = self.cores.get(p)
-            if core is None:
-                return False
-            try:
-                seen = st.begin(p, users, [d for d, _ in decoded])
-                fresh = [(d, evs) for d, evs in decoded if d not in seen]
-                evs = [e for _, es in fresh for e in es]
-                outs = core.process(evs) if evs else []
-                st.commit(outs, log_to=offset, inputs=[d for d, _ in fresh],
-                          watermark=core.watermark)  # fmt: skip
-            except Refused:
-                self.adopt(p)
-                continue
-            except LeaseLost:
-                st.rollback()
-                self.cores.pop(p, None)
-                self.lost(p)
-                return False
-            except StateError:
-                st.rollback()
-                self.cores.pop(p, None)
-                raise
-            except BaseException:
-                st.rollback()
-                raise
-            self.events += len(evs)
-            self.duplicates += len(decoded) - len(fresh)
-            st.stats.events += len(evs)
-            st.stats.batches += 1
-            self._flush_outbox(p)
-            return True
+            return len(fresh)
         raise StateError(f"partition {p}: batch refused 100 times")
 
     def _decoded(self, p: int, msgs: Sequence[tuple[str, bytes]]) -> list[tuple[bytes, list[Any]]]:
