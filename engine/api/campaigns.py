@@ -537,6 +537,17 @@ class LiveCampaigns:
             out[campaign_id] = campaign
         self.target.swap(_with(live, out))
 
+    def forecast_target(
+        self, campaign_id: str, proposed: Any, who: Principal
+    ) -> tuple[Campaign, int | str]:
+        """What a forecast runs: the campaign as ``proposed`` (checked as a PUT would be), or
+        its live version when nothing is proposed; with that version (or ``"proposed"``)."""
+        if proposed is None:
+            view = self.view(campaign_id, who.scope)
+            return parse_campaign(view.body), view.version
+        target, _warnings = self.check(campaign_id, proposed, who)
+        return target, "proposed"
+
     def with_campaign(self, campaign: Campaign) -> CampaignSet:
         """The live set with ``campaign`` in it (for a forecast)."""
         live = self.target.get()

@@ -326,7 +326,6 @@ async def _forecast(live: Any, campaign_id: str, body: bytes, who: Principal) ->
     """The what-if of POST /v1/campaigns/{id}/forecast, for a trace pasted in the form."""
     from engine.api import forecast
     from engine.api.routers.campaigns import _forecasting
-    from engine.campaigns import parse_campaign
 
     if not body.strip():
         return {"error": "paste a trace: JSONL wire events, one per line (as geopush replay reads)"}
@@ -336,13 +335,7 @@ async def _forecast(live: Any, campaign_id: str, body: bytes, who: Principal) ->
         proposed, events, problems = await asyncio.to_thread(forecast.parse_trace, body)
         if problems:
             return {"error": f"{len(problems)} problem(s) in the trace", "problems": problems}
-        if proposed is None:
-            view = live.view(campaign_id, who.scope)
-            target = parse_campaign(view.body)
-            version: Any = view.version
-        else:
-            target, _w = live.check(campaign_id, proposed, who)
-            version = "proposed"
+        target, version = live.forecast_target(campaign_id, proposed, who)
         result = await asyncio.to_thread(
             forecast.run_forecast, live.stores_snapshot(), live.with_campaign(target), target,
             events, config=live.target.config(), profiles=live.target.profiles(),

@@ -13,7 +13,6 @@ from engine.api.campaigns import LiveCampaigns
 from engine.api.deps import CurrentPrincipal, MerchantScope
 from engine.api.errors import ApiError, InvalidRequest
 from engine.api.models import ErrorOut
-from engine.campaigns import parse_campaign
 
 router = APIRouter(prefix="/campaigns", tags=["campaigns"])
 
@@ -153,13 +152,7 @@ async def forecast_campaign(
         proposed, events, problems = await asyncio.to_thread(forecast.parse_trace, b"".join(chunks))
         if problems:
             raise InvalidRequest(f"{len(problems)} problem(s) in the trace", problems)
-        if proposed is None:
-            view = campaigns.view(campaign_id, who.scope)
-            target = parse_campaign(view.body)
-            version: Any = view.version
-        else:
-            target, _w = campaigns.check(campaign_id, proposed, who)
-            version = "proposed"
+        target, version = campaigns.forecast_target(campaign_id, proposed, who)
         live = campaigns.with_campaign(target)
         index = campaigns.stores_snapshot()
         result = await asyncio.to_thread(
