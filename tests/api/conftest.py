@@ -40,6 +40,20 @@ def collection(*features: dict[str, Any]) -> dict[str, Any]:
     return {"type": "FeatureCollection", "features": list(features)}
 
 
+def tokens(state: Path) -> dict[str, dict[str, str]]:
+    """An operator token and merchant tokens for m1 and m2 in ``state``, as request headers."""
+    from engine.api.state import ApiState
+
+    st = ApiState(state)
+    made = {
+        "op": st.create_token("operator")[1],
+        "m1": st.create_token("merchant", "m1")[1],
+        "m2": st.create_token("merchant", "m2")[1],
+    }
+    st.close()
+    return {who: {"Authorization": f"Bearer {secret}"} for who, secret in made.items()}
+
+
 # Two merchants in Helsinki, one in Tampere.
 SEED = collection(
     circle("s1", "m1", 24.9400, 60.1700, wifi=["a4:2b:b0:c1:d2:e3"]),

@@ -19,11 +19,10 @@ from daemon.conftest import (  # noqa: F401  (broker: the daemon's real-broker f
     running_service,
 )
 
-from engine.api.state import ApiState
 from engine.loop import display_code
 from engine.report import build_report, load_delivered, load_outputs
 
-from .conftest import circle, collection
+from .conftest import circle, collection, tokens
 
 A = (24.9400, 60.1700)
 
@@ -35,17 +34,6 @@ def files(folder: Path) -> SimpleNamespace:
     coupon = {"title": "2 for 1", "value": 3, "currency": "EUR", "expires_in_s": 3600}
     camps.write_text(json.dumps([{"id": "c1", "merchant_id": "m1", "trigger": "enter", "coupon": coupon}]))
     return SimpleNamespace(fences=fences, campaigns=camps)
-
-
-def tokens(state: Path) -> dict[str, dict[str, str]]:
-    st = ApiState(state)
-    made = {
-        "op": st.create_token("operator")[1],
-        "m1": st.create_token("merchant", "m1")[1],
-        "m2": st.create_token("merchant", "m2")[1],
-    }
-    st.close()
-    return {who: {"Authorization": f"Bearer {secret}"} for who, secret in made.items()}
 
 
 async def test_a_till_redeems_through_the_engine_exactly_once_and_the_report_counts_it(broker, tmp_path):  # noqa: F811

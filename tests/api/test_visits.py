@@ -19,11 +19,10 @@ from daemon.conftest import (  # noqa: F401  (broker: the daemon's real-broker f
     running_service,
 )
 
-from engine.api.state import ApiState
 from engine.api.visits import QUEUE_SIZE, VisitHub
 from engine.stores.sqlite_store import OutRow
 
-from .conftest import circle, collection
+from .conftest import circle, collection, tokens
 
 T0 = 1_700_000_000.0
 A = (24.9400, 60.1700)  # s1 (m1)
@@ -40,17 +39,6 @@ class Files:
             circle("s1", "m1", *A, r=30), circle("s2", "m1", *B, r=30), circle("s3", "m2", *C, r=30),
         )))  # fmt: skip
         self.campaigns.write_text(json.dumps({"campaigns": []}))
-
-
-def tokens(state: Path) -> dict[str, dict[str, str]]:
-    st = ApiState(state)
-    made = {
-        "op": st.create_token("operator")[1],
-        "m1": st.create_token("merchant", "m1")[1],
-        "m2": st.create_token("merchant", "m2")[1],
-    }
-    st.close()
-    return {who: {"Authorization": f"Bearer {secret}"} for who, secret in made.items()}
 
 
 async def walk(url: str, user: str, ts: float, at: tuple[float, float]) -> None:
