@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -259,10 +260,7 @@ def _cluster_runs(
                     pending = [q for q, e in ends.items() if feeder.r.get(feeder.key(q, "off")) != e]
                     if not pending:
                         break
-                    for p in procs:
-                        if p.poll() is not None:
-                            err = p.stderr.read().decode(errors="replace") if p.stderr else ""
-                            raise GeopushError(f"a cluster worker exited:\n{err[-2000:]}")
+                    _all_alive(procs, "a cluster worker")
                     time.sleep(0.02)
                 secs = time.perf_counter() - t0
                 cpu = sum(_cpu_s(p.pid) for p in procs) - cpu0
@@ -335,10 +333,7 @@ async def _stack_run(
         async def until_drained(timeout: float) -> None:
             deadline = time.perf_counter() + timeout
             while not await drained():
-                for p in procs:
-                    if p.poll() is not None:
-                        err = p.stderr.read().decode(errors="replace") if p.stderr else ""
-                        raise GeopushError(f"a stack worker exited:\n{err[-2000:]}")
+                _all_alive(procs, "a stack worker")
                 if time.perf_counter() > deadline:
                     raise GeopushError(f"the stack's workers did not finish within {timeout:.0f} s")
                 await asyncio.sleep(0.05)
@@ -393,10 +388,7 @@ def _until_leased(store: Any, names: list[str], procs: list[Any], timeout: float
         owners = {bytes(v).decode().split(":")[0] for v in vals if v is not None}
         if all(v is not None for v in vals) and owners == set(names):
             return
-        for p in procs:
-            if p.poll() is not None:
-                err = p.stderr.read().decode(errors="replace") if p.stderr else ""
-                raise GeopushError(f"a cluster worker exited:\n{err[-2000:]}")
+        _all_alive(procs, "a cluster worker")
         if time.perf_counter() > deadline:
             raise GeopushError(f"partitions not leased by {names} within {timeout:.0f} s")
         time.sleep(0.05)
@@ -562,6 +554,14 @@ def _share(i: int, n: int, args: argparse.Namespace) -> str | None:
     return f"{lo}-{hi}"
 
 
+
+def _all_alive(procs: Sequence[subprocess.Popen[bytes]], what: str) -> None:
+    """Raise with its stderr's tail if one of ``procs`` (``what``: "a stack worker") exited."""
+    for p in procs:
+        if p.poll() is not None:
+            err = p.stderr.read().decode(errors="replace") if p.stderr else ""
+            raise GeopushError(f"{what} exited with {p.returncode}:\n{err[-2000:]}")
+
 def _stop(procs: list[Any]) -> None:
     """SIGTERM the worker processes still running, then wait for each (killed after 30 s)."""
     for p in procs:
@@ -619,10 +619,7 @@ async def _until(
             next_note += 5.0
             done = {w: _events(s) for w, s in sorted(last.items())}
             _say(f"  ... events handled so far: {done}")
-        for p in procs:
-            if p.poll() is not None:
-                err = p.stderr.read().decode(errors="replace") if p.stderr else ""
-                raise GeopushError(f"a worker exited with {p.returncode}:\n{err[-2000:]}")
+        _all_alive(procs, "a worker")
         if time.perf_counter() > deadline:
             raise GeopushError(f"workers did not finish within {timeout:.0f} s")
         await mon.wait_inbound(0.05)
