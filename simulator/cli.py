@@ -370,11 +370,19 @@ def _coverage_lines(cov: dict[str, Any]) -> list[str]:
         if v.get("z_mean") is not None and v.get("z_sd") is not None:
             z = f"; standardised error mean {v['z_mean']:+.2f}, sd {v['z_sd']:.2f}"
         out.append(f"{cid}: the 95% interval covers the configured uplift in "
-                   f"{v['covered']}/{v['of']} seeds, the week's realized uplift in "
-                   f"{v.get('covered_sample', 0)}/{v['of']}{z}")
-    out.append(f"all: {cov['covered']}/{cov['of']} (realized: {cov.get('covered_sample', 0)}/"
-               f"{cov['of']}); attribution counts equal the truth in {cov['exact']}/{cov['rows']}")
+                   f"{v['covered']}/{v['of']} seeds{_calibrated(v)}, the week's realized uplift "
+                   f"in {v.get('covered_sample', 0)}/{v['of']}{z}")
+    out.append(f"all: {cov['covered']}/{cov['of']}{_calibrated(cov)} (realized: "
+               f"{cov.get('covered_sample', 0)}/{cov['of']}); attribution counts equal the truth "
+               f"in {cov['exact']}/{cov['rows']}")
     return out
+
+
+def _calibrated(v: dict[str, Any]) -> str:
+    if v.get("expected") is None:
+        return ""
+    return (f" (an exact 95% interval at these sizes: {v['expected']:.1f} expected, "
+            f"P(<= {v['covered']}) = {v['p_at_most']:.3f})")
 
 
 def _cmd_score_lift(a: argparse.Namespace) -> int:

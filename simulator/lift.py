@@ -10,19 +10,30 @@ answers by status.
 
 ``run_seeds(seeds, work)``: for each seed, simulate the week, replay it and score it; coverage per
 campaign and overall; ``render_png`` draws every interval against the truth.
+
+``exact_coverage(n1, p1, n0, p0)``: how often the report's interval covers p1 - p0 when the two
+arms' converted counts are independent binomials, Bin(n1, p1) and Bin(n0, p0), as the truth model
+makes them (each decided person converts by an independent draw; docs/simulator.md): the
+coverage a calibrated interval has at one seed's sizes, summed over the enumerated outcomes, not
+sampled. ``score_week`` gives it per row (``expected_coverage``) and ``coverage`` adds it up over
+seeds, with the probability of covering as few times as observed (``p_at_most``), so a count like
+18/20 is read against what a calibrated 95% interval does at those sizes.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from engine.outputs import RedeemResult
-from engine.report import Z95, build_report, load_outputs
+from engine.report import Z95, build_report, load_outputs, newcombe
 from simulator.week import WeekModel, load_truth, replay_week, simulate_week
 
 EXACT = ("pushed_users", "holdout_users", "pushed_converted", "holdout_converted", "orders",
@@ -79,6 +90,9 @@ def score_week(truth_path: str | Path, run: str | Path) -> dict[str, Any]:
             "mismatched": sorted(k for k, ok in exact.items() if not ok),
         }
         if lf["status"] == "ok":
+            p0 = float(t["base_rate"])
+            row["expected_coverage"] = round(exact_coverage(
+                lf["pushed_users"], p0 + t["true_uplift"], lf["holdout_users"], p0), 6)
             lo, hi = lf["abs_lift_ci95"]
             row["covered"] = bool(lo <= t["true_uplift"] <= hi)
             row["z"] = zscore(lf["abs_lift"], lo, hi, t["true_uplift"])
@@ -86,6 +100,44 @@ def score_week(truth_path: str | Path, run: str | Path) -> dict[str, Any]:
                 row["covered_sample"] = bool(lo <= t["sample_uplift"] <= hi)
         rows.append(row)
     return {"seed": truth["seed"], "campaigns": rows}
+
+
+def binom_pmf(n: int, p: float) -> np.ndarray:
+    """P(X = k) for k = 0..n, X ~ Bin(n, p) (0 < p < 1), from the ratios of successive terms."""
+    k = np.arange(1, n + 1, dtype=float)
+    steps = np.log((n - k + 1) / k) + math.log(p / (1.0 - p))
+    logs = np.concatenate(([n * math.log1p(-p)], n * math.log1p(-p) + np.cumsum(steps)))
+    out: np.ndarray = np.exp(logs)
+    return out
+
+
+def exact_coverage(n1: int, p1: float, n0: int, p0: float, *, tail: float = 1e-11) -> float:
+    """The probability that the report's interval (``engine.report.newcombe``, called on every
+    outcome) covers p1 - p0 when X1 ~ Bin(n1, p1) and X0 ~ Bin(n0, p0) are independent, summed
+    over the outcomes; outcomes of an arm less likely than ``tail`` each are left out (their
+    mass, at most (n + 1) x ``tail`` per arm, is counted as a miss)."""
+    truth = p1 - p0
+    w1, w0 = binom_pmf(n1, p1), binom_pmf(n0, p0)
+    xs1, xs0 = np.flatnonzero(w1 >= tail), np.flatnonzero(w0 >= tail)
+    total = 0.0
+    for x1 in xs1.tolist():
+        inside = 0.0
+        for x0 in xs0.tolist():
+            lo, hi = newcombe(x1, n1, x0, n0)
+            if lo <= truth <= hi:
+                inside += float(w0[x0])
+        total += float(w1[x1]) * inside
+    return total
+
+
+def at_most(k: int, probs: Sequence[float]) -> float:
+    """P(at most ``k`` successes) of independent trials with success probabilities ``probs``."""
+    dist = np.zeros(len(probs) + 1)
+    dist[0] = 1.0
+    for q in probs:
+        dist[1:] = dist[1:] * (1.0 - q) + dist[:-1] * q
+        dist[0] *= 1.0 - q
+    return float(min(1.0, dist[: k + 1].sum()))
 
 
 def zscore(est: float, lo: float, hi: float, truth: float) -> float:
@@ -99,15 +151,20 @@ def zscore(est: float, lo: float, hi: float, truth: float) -> float:
 def coverage(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Per campaign and overall: seeds whose interval covers the configured uplift (``covered``)
     and the week's realized sample uplift (``covered_sample``), out of seeds scored; the
-    standardised errors' mean and sd (against the configured uplift)."""
+    standardised errors' mean and sd (against the configured uplift); what a calibrated interval
+    gives at the seeds' sizes (``expected``: the sum of the rows' ``expected_coverage``) and the
+    probability of ``covered`` or fewer (``p_at_most``; None without expected coverages)."""
     per: dict[str, list[int]] = {}
     zs: dict[str, list[float]] = {}
+    exp: dict[str, list[float]] = {}
     for r in rows:
         got = per.setdefault(r["campaign_id"], [0, 0, 0])
         if r["covered"] is not None:
             got[1] += 1
             got[0] += bool(r["covered"])
             got[2] += bool(r.get("covered_sample"))
+            if r.get("expected_coverage") is not None:
+                exp.setdefault(r["campaign_id"], []).append(float(r["expected_coverage"]))
         if r.get("z") is not None:
             zs.setdefault(r["campaign_id"], []).append(float(r["z"]))
 
@@ -118,14 +175,23 @@ def coverage(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         sd = (sum((x - mean) ** 2 for x in z) / (len(z) - 1)) ** 0.5 if len(z) > 1 else None
         return {"z_mean": round(mean, 3), "z_sd": None if sd is None else round(sd, 3)}
 
+    def calibrated(covered: int, of: int, qs: list[float]) -> dict[str, float | None]:
+        if not qs or len(qs) != of:
+            return {"expected": None, "p_at_most": None}
+        return {"expected": round(sum(qs), 2), "p_at_most": round(at_most(covered, qs), 4)}
+
+    every = [q for c in sorted(exp) for q in exp[c]]
+    n_cov, n_of = sum(v[0] for v in per.values()), sum(v[1] for v in per.values())
     return {
         "per_campaign": {
-            c: {"covered": a, "of": b, "covered_sample": s, **stats(zs.get(c, []))}
+            c: {"covered": a, "of": b, "covered_sample": s, **stats(zs.get(c, [])),
+                **calibrated(a, b, exp.get(c, []))}
             for c, (a, b, s) in sorted(per.items())
         },
-        "covered": sum(v[0] for v in per.values()),
+        "covered": n_cov,
         "covered_sample": sum(v[2] for v in per.values()),
-        "of": sum(v[1] for v in per.values()),
+        "of": n_of,
+        **calibrated(n_cov, n_of, every),
         "exact": sum(bool(r["exact"]) for r in rows),
         "rows": len(rows),
     }

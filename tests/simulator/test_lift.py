@@ -9,19 +9,22 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from engine.loop import in_holdout
 from engine.outputs import Holdout, Push, decode_output
 from engine.report import Z95, newcombe
 from simulator import cli
-from simulator.lift import coverage, render_png, run_seeds
+from simulator.lift import at_most, coverage, exact_coverage, render_png, run_seeds
 from simulator.week import (
     DEFAULT_MERCHANTS,
     Merchant,
     WeekError,
     WeekModel,
+    read_decisions,
     replay_week,
+    responses,
     simulate_week,
 )
 
@@ -39,7 +42,8 @@ def _main(argv: list[str]) -> int:
 
 @pytest.fixture(scope="module")
 def three(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return run_seeds([1, 2, 3], tmp_path_factory.mktemp("lift"), model=SMALL, keep=True)
+    work = tmp_path_factory.mktemp("lift")
+    return {**run_seeds([1, 2, 3], work, model=SMALL, keep=True), "work": work}
 
 
 def test_counts_attribution_makes_exact_equal_the_truth(three: dict[str, Any]) -> None:
@@ -65,9 +69,81 @@ def test_the_interval_is_the_reports_and_coverage_counts_it(three: dict[str, Any
         assert r["covered_sample"] == (r["ci95"][0] <= r["sample_uplift"] <= r["ci95"][1])
         assert (abs(r["z"]) <= Z95 + 1e-3) == r["covered"]  # |z| > 1.96 exactly on a miss
         assert abs(r["sample_uplift"] - r["true_uplift"]) < 0.1
+        base = {m.campaign: m for m in DEFAULT_MERCHANTS}[r["campaign_id"]].base_rate
+        assert r["expected_coverage"] == pytest.approx(
+            exact_coverage(n1, base + r["true_uplift"], n0, base), abs=1e-6)
+        assert 0.93 < r["expected_coverage"] < 0.97
     cov = coverage(three["rows"])
     assert cov["of"] == 6 and cov["covered"] == sum(bool(r["covered"]) for r in three["rows"])
     assert set(cov["per_campaign"]) == {"cafe-welcome", "grocer-stay"}
+    for cid, v in cov["per_campaign"].items():
+        qs = [r["expected_coverage"] for r in three["rows"] if r["campaign_id"] == cid]
+        assert v["expected"] == pytest.approx(sum(qs), abs=0.01)
+        assert v["p_at_most"] == pytest.approx(at_most(v["covered"], qs), abs=1e-4)
+    assert cov["expected"] == pytest.approx(
+        sum(r["expected_coverage"] for r in three["rows"]), abs=0.01)
+
+
+def test_the_truth_model_draws_independent_binomial_arms(three: dict[str, Any]) -> None:
+    """Why the interval's coverage is computable (``exact_coverage``): given the engine's arms,
+    each decided person converts by an independent draw, with probability base_rate held out and
+    base_rate + true_uplift pushed, so the counts are binomial. The responses of 300 weeks are
+    drawn on one seed's real arms: per campaign and arm the mean rate is the model's and the
+    spread across weeks the binomial one, and the arms (and campaigns) are uncorrelated. A shared
+    shock per week (a merchant's good or bad week), people converting together (households) or
+    who converts depending on the arm's make-up would widen the spread or correlate the arms."""
+    dec = read_decisions(Path(three["work"]) / "seed-1" / "run")
+    weeks = 300
+    counts: dict[tuple[str, str], list[int]] = {}
+    sizes: dict[tuple[str, str], int] = {}
+    for w in range(weeks):
+        _, truth = responses(SMALL, dec, np.random.default_rng([1000 + w, 11]),
+                             np.random.default_rng([1000 + w, 13]))
+        for cid, t in truth.items():
+            for arm in ("pushed", "holdout"):
+                counts.setdefault((cid, arm), []).append(t[f"{arm}_converted"])
+                sizes[(cid, arm)] = t[f"{arm}_users"]
+    assert len(counts) == 4
+    resid = {}
+    for (cid, arm), xs in counts.items():
+        m = {m.campaign: m for m in DEFAULT_MERCHANTS}[cid]
+        p = m.base_rate + (m.true_uplift if arm == "pushed" else 0.0)
+        n = sizes[(cid, arm)]
+        assert n >= 40, (cid, arm, n)
+        x = np.array(xs, dtype=float)
+        sd = math.sqrt(n * p * (1 - p))
+        # the mean within 4 standard errors, the variance within [0.7, 1.35] of the binomial's
+        # (its standard error with 300 weeks is 0.08)
+        assert abs(x.mean() - n * p) <= 4 * sd / math.sqrt(weeks), (cid, arm, x.mean(), n * p)
+        ratio = x.var(ddof=1) / sd**2
+        assert 0.7 <= ratio <= 1.35, (cid, arm, ratio)
+        resid[(cid, arm)] = (x - n * p) / sd
+    keys = sorted(resid)
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            r = float(np.corrcoef(resid[a], resid[b])[0, 1])
+            assert abs(r) <= 0.25, (a, b, r)  # standard error 0.06
+
+
+def test_exact_coverage_sums_the_reports_interval_over_the_binomials() -> None:
+    # by brute force at small sizes: every outcome, the report's own interval, math.comb
+    n1, p1, n0, p0 = 40, 0.3, 30, 0.1
+    brute = sum(
+        math.comb(n1, x1) * p1**x1 * (1 - p1) ** (n1 - x1)
+        * math.comb(n0, x0) * p0**x0 * (1 - p0) ** (n0 - x0)
+        for x1 in range(n1 + 1)
+        for x0 in range(n0 + 1)
+        if newcombe(x1, n1, x0, n0)[0] <= p1 - p0 <= newcombe(x1, n1, x0, n0)[1]
+    )
+    assert exact_coverage(n1, p1, n0, p0) == pytest.approx(brute, abs=1e-9)
+    # the simulated week's sizes (docs/simulator.md): Newcombe is calibrated there; these values
+    # were computed independently (a vectorised Newcombe over the full grid of outcomes)
+    assert exact_coverage(3000, 0.15, 340, 0.10) == pytest.approx(0.9503, abs=5e-5)
+    assert exact_coverage(2100, 0.23, 370, 0.20) == pytest.approx(0.9500, abs=5e-5)
+    # at most k of independent trials; equal probabilities give the binomial tail
+    assert at_most(18, [0.95] * 20) == pytest.approx(1 - 0.95**20 - 20 * 0.05 * 0.95**19)
+    assert at_most(20, [0.95] * 20) == pytest.approx(1.0)
+    assert at_most(0, [0.5, 0.25]) == pytest.approx(0.375)
 
 
 def test_arms_are_the_engines_holdout_draw(tmp_path: Path) -> None:
