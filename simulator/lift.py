@@ -234,7 +234,7 @@ def run_seeds(
 def render_png(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
     """One panel per campaign: each seed's estimate with its 95% interval, the configured truth
     as a line, the week's realized uplift as a cross; intervals that miss the configured truth
-    in red."""
+    in red; in the title, how many cover it and how many an exact 95% interval would."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -258,7 +258,9 @@ def render_png(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
         ax.axvline(0, color="grey", lw=0.5)
         ax.set_yticks(range(len(rs)), [f"seed {r['seed']}" for r in rs], fontsize=7)
         n = sum(bool(r["covered"]) for r in rs)
-        ax.set_title(f"{cid}: {n}/{len(rs)} intervals cover the truth")
+        qs = [r["expected_coverage"] for r in rs if r.get("expected_coverage") is not None]
+        exp = f" ({sum(qs):.1f} expected)" if rs and len(qs) == len(rs) else ""
+        ax.set_title(f"{cid}: {n}/{len(rs)} intervals cover the truth{exp}")
         ax.set_xlabel("absolute lift, percentage points (95% Newcombe interval)")
         ax.legend(fontsize=8, loc="best")
     fig.tight_layout()

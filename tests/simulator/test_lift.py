@@ -191,6 +191,10 @@ def test_cli_week_then_score_and_png(tmp_path: Path, capsys: pytest.CaptureFixtu
     # a second scoring of the same replay (--run) gives the same figures
     assert _main(["score", "lift", "--week", str(week), "--run", str(week / "run"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["campaigns"] == res["campaigns"]
+    # the table says what an exact 95% interval gives at these sizes beside each coverage count
+    assert _main(["score", "lift", "--week", str(week), "--run", str(week / "run")]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "an exact 95% interval at these sizes" in text and "P(<=" in text
     with pytest.raises(SystemExit):
         _main(["score", "lift"])  # --week or --seeds
     assert "one of the arguments --week --seeds is required" in capsys.readouterr().err
