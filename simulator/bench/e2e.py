@@ -94,7 +94,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                    help="with --loop: no broker, no engine process: the daemon's batch path in this "
                         "process (decode, core, SQLite commit with the rendered outbox rows, the "
                         "previous batch's rows marked sent in it) on the same messages, micro-batches "
-                        "of 16 and 256 messages, --rounds interleaved: CPU per event, plain and loop")
+                        "of 16 and 256 single-event messages and of 20 batch messages, --rounds "
+                        "interleaved: CPU per event, plain and loop")
     p.add_argument("--rate", type=float, metavar="MSGS",
                    help="with --loop: the live phases offer 25/50/90%% of MSGS messages/s to every "
                         "engine (default: of the first plain engine's drain rate, which a busy "
@@ -782,25 +783,33 @@ def _in_process(args: argparse.Namespace) -> int:
     count = int(10_000 * args.duration)
     messages = {w: _messages("single", "b", 500, count, "geopush/events", loop=w == "loop", share=args.loop_share)[0]
                 for w in ("plain", "loop")}  # fmt: skip
+    # and batch messages (BATCH events of one user each), as `--only batch` sends them
+    n_batch = max(1, count // 10)
+    batches = {w: _messages("batch", "b", 200, n_batch, "geopush/events", loop=w == "loop", share=args.loop_share)[0]
+               for w in ("plain", "loop")}  # fmt: skip
     results = []
     with tempfile.TemporaryDirectory(prefix="geopush-batch-") as tmp:
         for batch in (16, 256):
             console.print(f"[batch path] {count:,} single-event messages, micro-batches of {batch}")
-            results.append(batch_path(messages, batch, max(1, args.rounds), Path(tmp)))
+            results.append({"events_per_message": 1, **batch_path(messages, batch, max(1, args.rounds), Path(tmp))})
+        console.print(f"[batch path] {n_batch:,} batch messages of {BATCH} events, micro-batches of 20")
+        results.append({"events_per_message": BATCH, **batch_path(batches, 20, max(1, args.rounds), Path(tmp))})
     if args.json:
-        print(json.dumps({"in_process": results, "messages": count, "loop_share": args.loop_share}, indent=2))
+        print(json.dumps({"in_process": results, "messages": count, "batch_messages": n_batch,
+                          "loop_share": args.loop_share}, indent=2))  # fmt: skip
         return 0
-    t = Table(title=f"the daemon's batch path in one process, {count:,} messages, loop share "
-                    f"{args.loop_share:g}: CPU µs per event")
-    for col in ("batch", "round", "plain (decode/core/commit)", "loop (decode/core/commit)", "loop/plain"):
+    t = Table(title=f"the daemon's batch path in one process, {count:,} single-event messages or "
+                    f"{n_batch:,} of {BATCH} events, loop share {args.loop_share:g}: CPU µs per event")
+    for col in ("messages x events", "round", "plain (decode/core/commit)", "loop (decode/core/commit)", "loop/plain"):
         t.add_column(col, justify="right")
     for res in results:
+        size = f"{res['batch_messages']} x {res['events_per_message']}"
         for i, x in enumerate(res["rounds"]):
             p, lp = x["plain"], x["loop"]
-            t.add_row(str(res["batch_messages"]), str(i + 1),
+            t.add_row(size, str(i + 1),
                       f"{p['total']} ({p['decode']}/{p['core']}/{p['commit']})",
                       f"{lp['total']} ({lp['decode']}/{lp['core']}/{lp['commit']})", f"{x['ratio']:.3f}")  # fmt: skip
-        t.add_row(str(res["batch_messages"]), "median", "", "", f"{res['ratio_median']:.3f}")
+        t.add_row(size, "median", "", "", f"{res['ratio_median']:.3f}")
     console.print(t)
     return 0
 
