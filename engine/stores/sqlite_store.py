@@ -10,7 +10,8 @@ Tables (schema version 4):
   dead letter) committed with the batch that produced it, the newest ``outbox_keep`` kept once
   sent (pruned as commits go; dead letters, ``TRANSIENT_PREFIX``, are deleted once sent);
   ``sent`` flips after PUBACK, by ``seq``
-  (the store remembers the seq of each row it wrote or loaded until it is marked). Schema 2 had a
+  (the store remembers the seq of each row it wrote or loaded until it is marked). The one index,
+  ``outbox_unsent``, is partial: the unsent rows only (``_UNSENT_INDEX``). Schema 2 had a
   ``UNIQUE`` index on ``out_id``: a random B-tree insert per output and a random look-up per
   mark, the largest cost outside the core under batch load; a single writer never commits an
   output twice (redeliveries are recognised by their input digest first), so it went (opening a
