@@ -163,3 +163,26 @@ def test_the_unsent_index_holds_only_unsent_rows_and_old_files_get_it(tmp_path):
     assert "WHERE sent = 0" in str(db.execute(
         "SELECT sql FROM sqlite_master WHERE name = 'outbox_unsent'").fetchone()[0])  # fmt: skip
     db.close()
+
+
+def test_each_acknowledgement_marks_its_own_row_new_ids_and_repeated_ones(tmp_path):
+    """Which rows the marks hit, row by row: ids new in their commit (the store's C-level path)
+    and an id committed again while its first row is unsent (its later seqs kept apart), each
+    acknowledgement marking the oldest unmarked row of its id."""
+    store = SQLiteStore(tmp_path / "s.db")
+    try:
+        store.commit([], extra=[OutRow(o, "t/x", o.encode()) for o in ("a", "b", "c")])
+        store.defer_sent(["b"])
+        store.commit([], extra=[OutRow(o, "t/y", o.encode()) for o in ("d", "a", "e")])
+        assert [(r[0], r[1], r[3]) for r in store.outbox()] == [
+            ("a", "t/x", False), ("b", "t/x", True), ("c", "t/x", False),
+            ("d", "t/y", False), ("a", "t/y", False), ("e", "t/y", False),
+        ]  # fmt: skip
+        store.mark_sent(["a", "e"])  # the oldest "a" (t/x), then "e"
+        assert [r[3] for r in store.outbox()] == [True, True, False, False, False, True]
+        store.defer_sent(["a", "c", "a"])  # the second "a" (t/y); the third finds no row
+        store.commit([], extra=[OutRow("f", "t/z", b"f")])
+        assert [r[3] for r in store.outbox()] == [True, True, True, False, True, True, False]
+        assert [(r.out_id, r.topic) for r in store.unsent()] == [("d", "t/y"), ("f", "t/z")]
+    finally:
+        store.close()
