@@ -24,7 +24,10 @@ the same one with the loop closed ("loop"): after each visit that got a push, th
 and third fixes outside are replaced by a ``redeem`` of that push's code and a ``payment`` at its
 merchant (the codes are known beforehand: the publishers replay their users' fixes through the
 core with the engine's coupon secret, ``LOOP_SECRET``). Same messages, same visits and pushes;
-1 event in 10 is a redemption or a payment, each answered and attributed by the engine. Both
+1 event in 10 is a redemption or a payment, each answered and attributed by the engine. That is
+the stress case, every push redeemed and paid for; ``--loop-share F`` closes the loop after a
+fraction F of the pushes only (chosen by a hash of the push id), the rest of the fixes unchanged,
+for the cost at a realistic share. Both
 workloads' live phases offer the same rates (fractions of ``--rate``, or of the first plain
 engine's drain), so CPU per event compares the same events at the same rate; ``--rounds N``
 repeats the pair N times, the order swapped every other round, and reports the median
@@ -78,6 +81,11 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--loop", action="store_true",
                    help="also measure the workload with redemptions and payments (1 event in 10), "
                         "in the same run on a fresh engine: results under plain and loop")
+    p.add_argument("--loop-share", type=float, default=1.0, metavar="F",
+                   help="with --loop: the fraction of pushes followed by a redemption of their code and "
+                        "a payment at their merchant (default 1.0, every push: the stress case); the "
+                        "others' fixes stay fixes. Which pushes: by a hash of the push id, the same in "
+                        "every run")
     p.add_argument("--rounds", type=int, default=1, metavar="N",
                    help="with --loop: N rounds of both workloads, interleaved (plain, loop, then loop, "
                         "plain, ...), each on a fresh engine at the same offered rates; the summary "
@@ -86,7 +94,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                    help="with --loop: no broker, no engine process: the daemon's batch path in this "
                         "process (decode, core, SQLite commit with the rendered outbox rows, the "
                         "previous batch's rows marked sent in it) on the same messages, micro-batches "
-                        "of 16 and 256 messages, --rounds interleaved: CPU per event, plain and loop")
+                        "of 16 and 256 single-event messages and of 20 batch messages, --rounds "
+                        "interleaved: CPU per event, plain and loop")
     p.add_argument("--rate", type=float, metavar="MSGS",
                    help="with --loop: the live phases offer 25/50/90%% of MSGS messages/s to every "
                         "engine (default: of the first plain engine's drain rate, which a busy "
@@ -118,12 +127,24 @@ def plain_help(doc: str) -> str:
 # --- message generation (in the publisher processes) -----------------------------------------------
 
 
-def _close_loop(evs: list[list[dict[str, Any]]], per_msg: int) -> int:
-    """Replace, after each visit that gets a push, the user's 2nd and 3rd fixes outside with a
-    redemption of the push's code and a payment at its merchant (decisions and visits unchanged:
-    the users are outside by then, and the bench city's campaigns have no audience rules). The
-    pushes come from replaying the fixes through the core, in the order they are published, with
-    the engine's coupon secret. Returns the events replaced."""
+def redeemed(push_id: str, share: float) -> bool:
+    """Whether the loop workload redeems (and pays for) this push, at ``share`` of them: by a
+    hash of its push id, so the same pushes in every run and publisher process."""
+    if share >= 1.0:
+        return True
+    import hashlib
+
+    h = int.from_bytes(hashlib.blake2b(push_id.encode(), digest_size=8).digest(), "big")
+    return h < share * 2**64
+
+
+def _close_loop(evs: list[list[dict[str, Any]]], per_msg: int, share: float = 1.0) -> int:
+    """Replace, after each visit that gets a push (``share`` of them, ``redeemed``), the user's
+    2nd and 3rd fixes outside with a redemption of the push's code and a payment at its merchant
+    (decisions and visits unchanged: the users are outside by then, and the bench city's
+    campaigns have no audience rules). The pushes come from replaying the fixes through the
+    core, in the order they are published, with the engine's coupon secret. Returns the events
+    replaced."""
     import tempfile
 
     from engine.campaigns import load_campaigns
@@ -147,6 +168,8 @@ def _close_loop(evs: list[list[dict[str, Any]]], per_msg: int) -> int:
         pushes += [o for o in core.process(chunk) if type(o) is Push]
     n = 0
     for p in pushes:
+        if not redeemed(p.push_id, share):
+            continue
         u, i = where[(p.user, p.ts)]  # the enter fix; i + STAY: the exit; then ours
         ev = evs[u]
         if i + STAY + 2 < len(ev):
@@ -160,9 +183,10 @@ def _close_loop(evs: list[list[dict[str, Any]]], per_msg: int) -> int:
 
 
 def _messages(kind: str, prefix: str, users: int, count: int, topic_prefix: str,
-              loop: bool = False) -> tuple[list[tuple[str, bytes]], list[list[tuple[str, float]]]]:  # fmt: skip
+              loop: bool = False, share: float = 1.0) -> tuple[list[tuple[str, bytes]], list[list[tuple[str, float]]]]:  # fmt: skip
     """``count`` messages for ``users`` fresh users, and per message the (user, ts) of the fixes
-    inside a store (each causes an enter and, by the campaigns, a push)."""
+    inside a store (each causes an enter and, by the campaigns, a push). ``loop``: ``share`` of
+    the pushes redeemed and paid for (``_close_loop``)."""
     from simulator.bench.workload import City, user_events
 
     city = City(CITY_SIDE)
@@ -172,8 +196,8 @@ def _messages(kind: str, prefix: str, users: int, count: int, topic_prefix: str,
     # the same round, a burst of pushes every PERIOD rounds that real phones do not produce.
     phase = [u % PERIOD for u in range(users)]
     evs = [user_events(city, f"{prefix}{u}", rounds * per_msg + PERIOD, seed=7, inside_every=PERIOD, stay=STAY)[phase[u]:] for u in range(users)]
-    if loop:
-        _close_loop(evs, per_msg)
+    if loop and share > 0:
+        _close_loop(evs, per_msg, share)
     msgs: list[tuple[str, bytes]] = []
     keys: list[list[tuple[str, float]]] = []
     dumps = json.dumps
@@ -194,18 +218,18 @@ def _messages(kind: str, prefix: str, users: int, count: int, topic_prefix: str,
 
 
 def _publisher(url: str, kind: str, prefix: str, users: int, count: int, rate: float | None,
-               topic_prefix: str, out: Any, go: Any, abort: Any, loop: bool = False) -> None:  # fmt: skip
+               topic_prefix: str, out: Any, go: Any, abort: Any, loop: float = 0.0) -> None:  # fmt: skip
     """Child process: publish ``count`` messages (paced at ``rate`` msg/s, or flat out) through
     the raw-socket publisher (simulator.bench.pub: ~2-3 µs of CPU per message where the
     paho-based ``publish_paced`` took 6-17), every one acknowledged. Messages are generated and
     encoded and the connection made before the clock starts: the child then says ``ready`` and
     waits for ``go`` (all publishers start together). ``cpu`` is the publishing part only,
-    ``cpu_setup`` the generation."""
+    ``cpu_setup`` the generation. ``loop``: the share of pushes redeemed (0: the plain workload)."""
     from simulator.bench.pub import RawPublisher
 
     try:
         cpu0 = time.process_time()
-        msgs, keys = _messages(kind, prefix, users, count, topic_prefix, loop)
+        msgs, keys = _messages(kind, prefix, users, count, topic_prefix, loop > 0, loop)
         packets = RawPublisher.prepare(msgs)
         setup = time.process_time() - cpu0
         with RawPublisher(url, client_id=f"bench-pub-{prefix}{os.getpid()}", max_in_flight=1000) as pub:
@@ -227,8 +251,9 @@ def _publisher(url: str, kind: str, prefix: str, users: int, count: int, rate: f
 
 def _publish(url: str, kind: str, tag: str, count: int, rate: float | None, procs: int,
              topic_prefix: str = "geopush/events", on_start: Any = None,
-             loop: bool = False) -> dict[str, Any]:  # fmt: skip
+             loop: float = 0.0) -> dict[str, Any]:  # fmt: skip
     """Run ``procs`` publisher processes sharing ``count`` messages and ``rate``; wait for all.
+    ``loop``: the share of pushes redeemed and paid for (0: the plain workload).
     ``on_start()`` runs when every publisher is ready (messages encoded, connected), just
     before they all start publishing."""
     ctx = mp.get_context("spawn")
@@ -408,7 +433,8 @@ class Watch:
 class Engine:
     def __init__(self, url: str, folder: Path, args: argparse.Namespace, transport: str = "fast",
                  workload: str = "plain", tag: str = "") -> None:  # fmt: skip
-        self.loop = workload == "loop"
+        # the share of pushes redeemed and paid for (0.0: the plain workload)
+        self.loop = args.loop_share if workload == "loop" else 0.0
         self.cmd = [
             sys.executable, "-m", "engine", "run", "--broker", url, "--client-id", ENGINE_ID,
             "--state", str(folder / f"state-{transport}-{workload}{tag}.sqlite"), "--fences", str(folder / "fences.geojson"),
@@ -614,6 +640,8 @@ async def _bench(url: str, args: argparse.Namespace, folder: Path, say: Any,
                                "uvloop": args.uvloop, "city_stores": CITY_SIDE**2,
                                "fixes_inside_fraction": STAY / PERIOD,
                                "enters_per_fix": 1 / PERIOD, "transport": args.transport}  # fmt: skip
+    if args.loop:
+        results["loop_share"] = args.loop_share
     workloads = ["plain", "loop"] if args.loop else ["plain"]
     results["workloads"] = workloads
     rounds = max(1, args.rounds) if args.loop else 1
@@ -753,25 +781,35 @@ def _in_process(args: argparse.Namespace) -> int:
 
     console = Console(stderr=True)
     count = int(10_000 * args.duration)
-    messages = {w: _messages("single", "b", 500, count, "geopush/events", loop=w == "loop")[0] for w in ("plain", "loop")}
+    messages = {w: _messages("single", "b", 500, count, "geopush/events", loop=w == "loop", share=args.loop_share)[0]
+                for w in ("plain", "loop")}  # fmt: skip
+    # and batch messages (BATCH events of one user each), as `--only batch` sends them
+    n_batch = max(1, count // 10)
+    batches = {w: _messages("batch", "b", 200, n_batch, "geopush/events", loop=w == "loop", share=args.loop_share)[0]
+               for w in ("plain", "loop")}  # fmt: skip
     results = []
     with tempfile.TemporaryDirectory(prefix="geopush-batch-") as tmp:
         for batch in (16, 256):
             console.print(f"[batch path] {count:,} single-event messages, micro-batches of {batch}")
-            results.append(batch_path(messages, batch, max(1, args.rounds), Path(tmp)))
+            results.append({"events_per_message": 1, **batch_path(messages, batch, max(1, args.rounds), Path(tmp))})
+        console.print(f"[batch path] {n_batch:,} batch messages of {BATCH} events, micro-batches of 20")
+        results.append({"events_per_message": BATCH, **batch_path(batches, 20, max(1, args.rounds), Path(tmp))})
     if args.json:
-        print(json.dumps({"in_process": results, "messages": count}, indent=2))
+        print(json.dumps({"in_process": results, "messages": count, "batch_messages": n_batch,
+                          "loop_share": args.loop_share}, indent=2))  # fmt: skip
         return 0
-    t = Table(title=f"the daemon's batch path in one process, {count:,} messages: CPU µs per event")
-    for col in ("batch", "round", "plain (decode/core/commit)", "loop (decode/core/commit)", "loop/plain"):
+    t = Table(title=f"the daemon's batch path in one process, {count:,} single-event messages or "
+                    f"{n_batch:,} of {BATCH} events, loop share {args.loop_share:g}: CPU µs per event")
+    for col in ("messages x events", "round", "plain (decode/core/commit)", "loop (decode/core/commit)", "loop/plain"):
         t.add_column(col, justify="right")
     for res in results:
+        size = f"{res['batch_messages']} x {res['events_per_message']}"
         for i, x in enumerate(res["rounds"]):
             p, lp = x["plain"], x["loop"]
-            t.add_row(str(res["batch_messages"]), str(i + 1),
+            t.add_row(size, str(i + 1),
                       f"{p['total']} ({p['decode']}/{p['core']}/{p['commit']})",
                       f"{lp['total']} ({lp['decode']}/{lp['core']}/{lp['commit']})", f"{x['ratio']:.3f}")  # fmt: skip
-        t.add_row(str(res["batch_messages"]), "median", "", "", f"{res['ratio_median']:.3f}")
+        t.add_row(size, "median", "", "", f"{res['ratio_median']:.3f}")
     console.print(t)
     return 0
 
@@ -782,6 +820,8 @@ def _main(args: argparse.Namespace) -> int:
 
         run_group_bench(args)
         return 0
+    if not 0.0 <= args.loop_share <= 1.0:
+        raise SystemExit(f"--loop-share must be between 0 and 1, not {args.loop_share:g}")
     if args.in_process:
         return _in_process(args)
     from rich.console import Console
@@ -810,21 +850,22 @@ def _main(args: argparse.Namespace) -> int:
         return 0
     for workload in results["workloads"]:
         r = results[workload] if args.loop else results
-        what = " - with redemptions and payments" if workload == "loop" else ""
+        what = f" - with redemptions and payments ({args.loop_share:.0%} of pushes)" if workload == "loop" else ""
         if args.transport == "both":
             for transport in ("fast", "plain"):
                 _table(r[transport], console, f" - the {transport} MQTT path{what}")
         else:
             _table(r, console, f" - the {args.transport} MQTT path{what}")
     if args.loop:
-        _ratio_table(results["loop_vs_plain"], len(results["rounds"]), console)
+        _ratio_table(results["loop_vs_plain"], len(results["rounds"]), console, args.loop_share)
     return 0
 
 
-def _ratio_table(ratios: dict[str, Any], rounds: int, console: Any) -> None:
+def _ratio_table(ratios: dict[str, Any], rounds: int, console: Any, share: float = 1.0) -> None:
     from rich.table import Table
 
-    t = Table(title=f"loop / plain, same offered rates: engine CPU per event (median of {rounds} round(s))")
+    t = Table(title=f"loop ({share:.0%} of pushes redeemed and paid) / plain, same offered rates: engine "
+                    f"CPU per event (median of {rounds} round(s))")
     for col in ("messages", "load", "ratio", "per round"):
         t.add_column(col, justify="right")
     for key, r in ratios.items():

@@ -125,3 +125,64 @@ def test_sent_rows_beyond_the_keep_are_pruned_unsent_ones_never(tmp_path):
     assert 300 - 256 <= kept <= 300 + 256 + 100  # bounded near the keep, pruned as commits go
     assert [r.out_id for r in store.unsent()] == ["stuck", "last"]
     store.close()
+
+
+def _unsent_index_sql(store: SQLiteStore) -> str:
+    rows = store._db.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'outbox'"
+    ).fetchall()
+    assert len(rows) == 1, rows  # one index on the outbox
+    return str(rows[0][0])
+
+
+def test_the_unsent_index_holds_only_unsent_rows_and_old_files_get_it(tmp_path):
+    """The outbox's index is partial (``WHERE sent = 0``): a mark takes the row out of it, an
+    insert adds one entry. A file with the old ``(sent, seq)`` index gets the partial one at
+    open, its rows and flags unchanged, and the queries on ``sent`` still answer the same."""
+    path = tmp_path / "s.db"
+    store = SQLiteStore(path)
+    assert "WHERE sent = 0" in _unsent_index_sql(store)
+    store.commit([], extra=[OutRow(f"o{i}", "t/x", b"p") for i in range(6)])
+    store.mark_sent(["o1", "o2", "o4"])
+    store.close()
+    db = sqlite3.connect(path)  # the index a file written before 2026-12-07 evening has
+    db.executescript("DROP INDEX outbox_unsent; CREATE INDEX outbox_unsent ON outbox (sent, seq);")
+    db.close()
+    store = SQLiteStore(path)
+    assert "WHERE sent = 0" in _unsent_index_sql(store)
+    assert [r.out_id for r in store.unsent()] == ["o0", "o3", "o5"]
+    plan = store._db.execute("EXPLAIN QUERY PLAN SELECT seq FROM outbox WHERE sent = 0 ORDER BY seq")
+    assert "outbox_unsent" in str(plan.fetchall())
+    store.mark_sent(["o3"])
+    assert store.count("outbox", "WHERE sent = 0") == 2
+    assert [r[0] for r in store.outbox() if r[3]] == ["o1", "o2", "o3", "o4"]
+    store.close()
+    # an older geopush opening the file runs CREATE INDEX IF NOT EXISTS: the partial one stays
+    db = sqlite3.connect(path)
+    db.execute("CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox (sent, seq)")
+    assert "WHERE sent = 0" in str(db.execute(
+        "SELECT sql FROM sqlite_master WHERE name = 'outbox_unsent'").fetchone()[0])  # fmt: skip
+    db.close()
+
+
+def test_each_acknowledgement_marks_its_own_row_new_ids_and_repeated_ones(tmp_path):
+    """Which rows the marks hit, row by row: ids new in their commit (the store's C-level path)
+    and an id committed again while its first row is unsent (its later seqs kept apart), each
+    acknowledgement marking the oldest unmarked row of its id."""
+    store = SQLiteStore(tmp_path / "s.db")
+    try:
+        store.commit([], extra=[OutRow(o, "t/x", o.encode()) for o in ("a", "b", "c")])
+        store.defer_sent(["b"])
+        store.commit([], extra=[OutRow(o, "t/y", o.encode()) for o in ("d", "a", "e")])
+        assert [(r[0], r[1], r[3]) for r in store.outbox()] == [
+            ("a", "t/x", False), ("b", "t/x", True), ("c", "t/x", False),
+            ("d", "t/y", False), ("a", "t/y", False), ("e", "t/y", False),
+        ]  # fmt: skip
+        store.mark_sent(["a", "e"])  # the oldest "a" (t/x), then "e"
+        assert [r[3] for r in store.outbox()] == [True, True, False, False, False, True]
+        store.defer_sent(["a", "c", "a"])  # the second "a" (t/y); the third finds no row
+        store.commit([], extra=[OutRow("f", "t/z", b"f")])
+        assert [r[3] for r in store.outbox()] == [True, True, True, False, True, True, False]
+        assert [(r.out_id, r.topic) for r in store.unsent()] == [("d", "t/y"), ("f", "t/z")]
+    finally:
+        store.close()

@@ -14,7 +14,7 @@ from engine.outputs import Order, Push, RedeemResult, VisitEvent
 from engine.state import MemoryStore
 from fences.catalog import load_catalog
 from fences.index import FenceIndex
-from simulator.bench.e2e import CITY_SIDE, LOOP_SECRET, _messages, batch_path, loop_ratios
+from simulator.bench.e2e import CITY_SIDE, LOOP_SECRET, _messages, batch_path, loop_ratios, redeemed
 from simulator.bench.workload import City
 
 
@@ -76,3 +76,23 @@ def test_the_in_process_batch_path_measures_both_workloads(tmp_path) -> None:  #
         # the loop's answers and orders: more outputs per event, from the same events
         assert rnd["loop"]["outputs_per_event"] > rnd["plain"]["outputs_per_event"] > 0
         assert rnd["ratio"] == round(rnd["loop"]["total"] / rnd["plain"]["total"], 3)
+
+
+def test_a_loop_share_redeems_that_fraction_of_the_pushes_the_same_ones_every_time(tmp_path):
+    """``--loop-share``: a fraction of the pushes redeemed and paid for (by a hash of the push
+    id), the rest of the workload the plain one; share 0 is the plain workload."""
+    plain, keys_p = _messages("batch", "t", 40, 800, "geopush/events")
+    some, keys_s = _messages("batch", "t", 40, 800, "geopush/events", loop=True, share=0.2)
+    assert keys_s == keys_p and len(some) == len(plain)
+    assert _messages("batch", "t", 40, 800, "geopush/events", loop=True, share=0.2)[0] == some
+    assert _messages("batch", "t", 40, 800, "geopush/events", loop=True, share=0.0)[0] == plain
+    outs_p, outs_s = _run(tmp_path, plain), _run(tmp_path, some)
+    pushes = [o for o in outs_p if type(o) is Push]
+    assert [o.push_id for o in outs_s if type(o) is Push] == [o.push_id for o in pushes]
+    answers = [o for o in outs_s if type(o) is RedeemResult]
+    assert answers and all(a.status == "ok" for a in answers)
+    chosen = {p.push_id for p in pushes if redeemed(p.push_id, 0.2)}
+    assert {a.push_ref for a in answers} <= chosen  # only the chosen pushes' codes
+    # (a push near the end of a user's walk has no fixes left after it to replace)
+    assert len(chosen) - 40 <= len(answers) <= len(chosen)
+    assert 0.1 < len(chosen) / len(pushes) < 0.3
