@@ -584,8 +584,10 @@ def _chunk_columns(feats: list[_DFeature] | list[_SFeature]) -> tuple[_Cols, lis
     return out, claims
 
 
-_ARRAYS_OF_NUMBERS = b"0123456789.eE+-,[] \t\r\n"
+_NUMBER_CHARS = b"0123456789.eE+- \t\r\n"
 _FLOATS = msgspec.json.Decoder(list[float])
+_POLYGONS = re.compile(rb"(?:\[(?:\[p+\])+\])+")
+_OPEN, _CLOSE, _P = ord("["), ord("]"), ord("p")
 
 
 def _numbers(
@@ -596,39 +598,46 @@ def _numbers(
     positions). Returns the positions as an (n, 2) float array, the positions per ring and the
     rings per polygon (depth 3); None unless every value is exactly that: arrays nested to
     ``depth`` with two numbers in each innermost one and nothing else (what the typed decoder
-    of ``_Point`` and ``_Polygon`` accepts). The numbers are read by msgspec as one flat array."""
+    of ``_Point`` and ``_Polygon`` accepts), or when a polygon or a ring is empty.
+
+    Each value is valid JSON (msgspec.Raw is checked as it is decoded), so its shape is its
+    brackets and commas: the text without the characters of numbers and white space. There
+    every ``[,]`` is an array of exactly two numbers (a position: ``p``); with the commas
+    dropped, the points must read ``pp...p`` and the polygons ``[[pp..][pp..]][...]``, and the
+    count of numbers (read by msgspec as one flat array, the brackets taken out) must be twice
+    the count of positions: no number outside a position."""
     text = b",".join(raws)
-    if text.translate(None, _ARRAYS_OF_NUMBERS):  # anything else left: not only numbers
-        return None
-    u = np.frombuffer(text, dtype=np.uint8)
-    opens = np.flatnonzero(u == 0x5B)
-    closes = np.flatnonzero(u == 0x5D)
-    commas = np.flatnonzero(u == 0x2C)
-    if len(opens) == 0:
-        return None
-    # the depth of the array each '[' opens, and of the array holding each ','
-    at = np.arange(1, len(opens) + 1) - np.searchsorted(closes, opens)
-    if at.max() > depth:
-        return None
-    level = np.searchsorted(opens, commas) - np.searchsorted(closes, commas)
-    starts = [opens[at == d] for d in range(depth + 1)]
-    if len(starts[1]) != len(raws):
-        return None
-    pos = starts[depth]
-    owner = np.searchsorted(pos, commas[level == depth]) - 1
-    if not (np.bincount(owner, minlength=len(pos)) == 1).all():
-        return None  # an innermost array without exactly two elements
+    shape = text.translate(None, _NUMBER_CHARS).replace(b"[,]", b"p").replace(b",", b"")
+    if depth == 1:
+        if shape != b"p" * len(raws):
+            return None
+        npos = len(raws)
+    elif _POLYGONS.fullmatch(shape) is None:
+        return None  # also anything but brackets, commas and numbers (a string, null, ...)
+    else:
+        npos = shape.count(b"p")
     try:
         flat = _FLOATS.decode(b"[" + text.translate(None, b"[]") + b"]")
-    except msgspec.DecodeError:  # an empty array left two commas side by side
+    except msgspec.DecodeError:  # a number out of range
         return None
-    if len(flat) != 2 * len(pos):  # a number outside the innermost arrays
+    if len(flat) != 2 * npos:  # a number outside the positions
         return None
     xy = np.array(flat, dtype=np.float64).reshape(-1, 2)
     if depth == 1:
         return xy, np.zeros(0, np.int64), np.zeros(0, np.int64)
-    rlen = np.bincount(np.searchsorted(starts[2], pos) - 1, minlength=len(starts[2]))
-    nring = np.bincount(np.searchsorted(starts[1], starts[2]) - 1, minlength=len(starts[1]))
+    u = np.frombuffer(shape, dtype=np.uint8)
+    is_p = u == _P
+    opens = u == _OPEN
+    closes = u == _CLOSE
+    ring_open = np.flatnonzero(opens[:-1] & is_p[1:])
+    ring_close = np.flatnonzero(closes[1:] & is_p[:-1]) + 1
+    poly_close = np.flatnonzero(closes[1:] & closes[:-1]) + 1
+    if len(poly_close) != len(raws):
+        return None
+    seen = np.cumsum(is_p)
+    rlen = seen[ring_close] - seen[ring_open]
+    rings_before = np.cumsum(closes & np.concatenate([[False], is_p[:-1]]))[poly_close]
+    nring = np.diff(rings_before, prepend=0)
     return xy, rlen.astype(np.int64), nring.astype(np.int64)
 
 

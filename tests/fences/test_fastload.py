@@ -539,6 +539,15 @@ COORDINATES = [
     "[[[0, 0], [1, 0], [1, 1], [0, 0]], [0, 0]]", "[[[0, 0], [1, 0], [1, 1], [0, 0]], 7]",
     "[[[0, 0], [1, 0], [1, [1]], [0, 0]]]", "[[[[0, 0]], [1, 0], [1, 1], [0, 0]]]",
     "[[[0, 0], [1, 0], [], [0, 0]]]", '[[[0, 0], [1, 0], [1, "1"], [0, 0]]]',
+    "[[[0, 0], [1, 0], [1, 1], [0, 0], 5]]", "[5, [[0, 0], [1, 0], [1, 1], [0, 0]]]",
+    "[[5, [0, 0], [1, 0], [1, 1], [0, 0]]]", "[[[0, 0], [1, 0], [1, 1], [0, 0]], []]",
+    "[[0, 0], [1, 0], [1, 1], [0, 0]]", "[[[[0, 0], [1, 0], [1, 1], [0, 0]]]]",
+    "[[[0,0],[1,0],[1,1],[0,0]],[[0,0],[1,0],[1,1],[0,0]],[[0,0],[1,0],[1,1],[0,0]]]",
+    "[[[-1.5e-3,2E+2],[1,0],[1,1],[-1.5e-3,2E+2]]]", "[ [ [ 0 , 0 ] , [ 1 , 0 ] ] ]",
+    "[[[0, 0], [1, 0]], [[0, 0], [1, 0], 2]]", "[[[0, 0], [1, 0]], [[0, 0], [1, [0, 2]]]]",
+    "[[[0, 0], [1, 0]], [[0, 0], [[1, 0]]]]", "[[[0, 0], [1, 0]], [[0, 0], [1, 0]], 2]",
+    "[[[0, 0], [1, 0]], [[0, 0], [1, 0]], [2]]", "[[[0, 0]], [[0, 0], [1, 0]], [[2, 3]]]",
+    "[[1, 2], 3]", "[1, [2, 3]]", "[[1], [2]]", "[1, 2, [3]]", "[-0, 0.5e-7]",
 ]  # fmt: skip
 
 
@@ -573,3 +582,67 @@ def test_numbers_reads_coordinates_as_the_typed_decoder_does() -> None:
                 assert xy[-sum(map(len, rings)) :].tolist() == [list(v) for v in sum(rings, [])]
                 assert rlen[-len(rings) :].tolist() == [len(r) for r in rings]
                 assert nring[-1] == len(rings)
+
+
+def _random_coordinates(rng: np.random.Generator, depth: int) -> Any:
+    """A value the typed decoder of a Point's (depth 1) or a Polygon's (depth 3) coordinates
+    mostly accepts, now and then with a nesting error or a non-number in it."""
+
+    def number() -> Any:
+        return float(rng.normal(0, 10.0 ** rng.integers(-3, 4))) if rng.random() < 0.8 else int(
+            rng.integers(-180, 181)
+        )
+
+    def position() -> Any:
+        r = rng.random()
+        if r < 0.97:
+            return [number(), number()]
+        return [[number(), number()]] if r < 0.98 else [number()] if r < 0.99 else number()
+
+    if depth == 1:
+        return position()
+    rings = [
+        [position() for _ in range(int(rng.integers(1, 8)))] for _ in range(rng.integers(1, 4))
+    ]
+    if rng.random() < 0.03:
+        rings.insert(int(rng.integers(0, len(rings) + 1)), position())
+    if rng.random() < 0.02:
+        rings[0].insert(int(rng.integers(0, len(rings[0]) + 1)), copy.deepcopy(rings[-1]))
+    return rings
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+def test_numbers_on_generated_batches(depth: int) -> None:
+    """fastload._numbers on batches of generated values (mostly valid, some with a position
+    nested too deep or too shallow, a number where an array belongs, an array of one or three
+    numbers) against the typed decoder of every value: all of the batch or None when any value
+    is refused."""
+    decoder = msgspec.json.Decoder(
+        tuple[float, float] if depth == 1 else list[list[tuple[float, float]]]
+    )
+    rng = np.random.default_rng(depth)
+    refused = 0
+    for _ in range(300):
+        values = [_random_coordinates(rng, depth) for _ in range(int(rng.integers(1, 12)))]
+        texts = [json.dumps(v, indent=None if rng.random() < 0.5 else 1) for v in values]
+        raws = [msgspec.json.decode(t, type=msgspec.Raw) for t in texts]
+        want: list[Any] = []
+        try:
+            want = [decoder.decode(t) for t in texts]
+        except msgspec.ValidationError:
+            want = []
+        got = fastload._numbers(raws, depth)
+        if not want:
+            refused += 1
+            assert got is None, texts
+            continue
+        assert got is not None, texts
+        xy, rlen, nring = got
+        if depth == 1:
+            assert xy.tolist() == [list(p) for p in want]
+            continue
+        rings = [ring for poly in want for ring in poly]
+        assert xy.tolist() == [list(p) for ring in rings for p in ring]
+        assert rlen.tolist() == [len(r) for r in rings]
+        assert nring.tolist() == [len(poly) for poly in want]
+    assert 20 < refused < 280  # both kinds of batch were tried
