@@ -589,8 +589,10 @@ def _random_coordinates(rng: np.random.Generator, depth: int) -> Any:
     mostly accepts, now and then with a nesting error or a non-number in it."""
 
     def number() -> Any:
-        return float(rng.normal(0, 10.0 ** rng.integers(-3, 4))) if rng.random() < 0.8 else int(
-            rng.integers(-180, 181)
+        return (
+            float(rng.normal(0, 10.0 ** rng.integers(-3, 4)))
+            if rng.random() < 0.8
+            else int(rng.integers(-180, 181))
         )
 
     def position() -> Any:
