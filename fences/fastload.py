@@ -349,6 +349,7 @@ class _Cols:
         self.radius = np.full(n, np.nan)
         self.polygons: np.ndarray[Any, Any] = np.full(n, None, dtype=object)
         self.rare: dict[int, Row] = {}
+        self.unsure: np.ndarray[Any, Any] = np.zeros(0, np.int64)  # polygons GEOS must check
 
 
 def _all_str(values: list[Any]) -> bool:
@@ -557,6 +558,7 @@ def _chunk_columns(feats: list[_DFeature] | list[_SFeature]) -> tuple[_Cols, lis
         out.polygons[qi] = shapely.from_ragged_array(
             shapely.GeometryType.POLYGON, xy, (ring_off, poly_off)
         )
+        out.unsure = np.asarray(qi, dtype=np.int64)[~_surely_valid(xy, rlen, nring)]
     claims: list[_Claims] = [([], []), ([], []), ([], [])]
     if typed:  # only the known properties: a feature with any of the rarer ones set
         has = np.zeros(n, dtype=bool)
@@ -641,6 +643,49 @@ def _numbers(
     return xy, rlen.astype(np.int64), nring.astype(np.int64)
 
 
+_SURE = 1e-9
+"""How far from collinear (the sine of the angle) two vertices must be, seen from the centre,
+for the star test to trust the sign of their cross product: the rounding error of that product
+is ~1e-15 of its scale."""
+
+
+def _surely_valid(
+    xy: np.ndarray[Any, Any], rlen: np.ndarray[Any, Any], nring: np.ndarray[Any, Any]
+) -> np.ndarray[Any, Any]:
+    """Per polygon (``_numbers``' rings, each closed and of 4 or more positions): True when it
+    is certainly valid, so GEOS need not be asked: one ring, star-shaped around the mean of its
+    vertices: seen from there, every edge turns the same way by a clear angle (the sine above
+    ``_SURE``) and the turns add up to one full turn, not two or more. Such a ring is simple
+    (each edge keeps to its own sector around the centre), closed, with three or more distinct
+    vertices not all on a line, which is all OGC validity asks of a polygon without holes. False
+    says nothing: GEOS decides (a ring with holes, a concave ring not star-shaped around that
+    point, repeated or collinear vertices, a bow tie)."""
+    ring_off = np.concatenate([[0], np.cumsum(rlen)])
+    starts, lasts = ring_off[:-1], ring_off[1:] - 1
+    # the mean of a ring's vertices (its closing repeat left out)
+    centre = (np.add.reduceat(xy, starts, axis=0) - xy[lasts]) / (rlen - 1)[:, None]
+    u = xy - np.repeat(centre, rlen, axis=0)
+    a, b = u[:-1], u[1:]  # from each vertex to the next (the step after a ring's last is masked)
+    cross = a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]
+    dot = a[:, 0] * b[:, 0] + a[:, 1] * b[:, 1]
+    scale = np.hypot(a[:, 0], a[:, 1]) * np.hypot(b[:, 0], b[:, 1]) * _SURE
+    turn = np.arctan2(cross, dot)
+    # steps k -> k+1 with k the last vertex of a ring cross into the next ring: neutral values
+    cross_left = np.append(cross - scale, np.inf)
+    cross_right = np.append(cross + scale, -np.inf)
+    turn = np.append(turn, 0.0)
+    cross_left[lasts] = np.inf
+    cross_right[lasts] = -np.inf
+    turn[lasts] = 0.0
+    left = np.minimum.reduceat(cross_left, starts) > 0.0  # every step turns left, clearly
+    right = np.maximum.reduceat(cross_right, starts) < 0.0
+    total = np.abs(np.add.reduceat(turn, starts))
+    ring_ok = (left | right) & (total < 3.0 * np.pi)  # one full turn (2 pi), not 4 pi or more
+    first_ring = np.concatenate([[0], np.cumsum(nring)[:-1]])
+    out: np.ndarray[Any, Any] = (nring == 1) & ring_ok[first_ring]
+    return out
+
+
 def _stores_columns(stores: list[Store]) -> _Cols:
     """Stores (from ``_bulk``) as columns."""
     out = _Cols(len(stores))
@@ -656,6 +701,7 @@ def _stores_columns(stores: list[Store]) -> _Cols:
         row = (s.wifi, s.beacons, s.nfc, s.tz, s.max_accuracy_m, s.tags, s.properties)
         if row[:6] != PLAIN or s.properties:
             out.rare[k] = row
+    out.unsure = np.flatnonzero(~shapely.is_missing(out.polygons))
     return out
 
 
@@ -717,9 +763,13 @@ def load_columns(raws: Sequence[msgspec.Raw], text: bytes | None = None) -> C.Ca
     if any(len(m) != len(keys) for m, keys in zip(maps, kinds, strict=True)):
         return None  # an identifier claimed by two stores
     polygons = np.concatenate([c.polygons for c in parts]) if parts else np.zeros(0, object)
-    poly_at = np.flatnonzero(~shapely.is_missing(polygons))
-    if not shapely.is_valid(polygons[poly_at]).all():
-        return None  # GEOS finds a polygon invalid
+    unsure: list[np.ndarray[Any, Any]] = []
+    offset = 0
+    for c in parts:
+        unsure.append(c.unsure + offset)
+        offset += len(c.ids)
+    if unsure and not shapely.is_valid(polygons[np.concatenate(unsure)]).all():
+        return None  # GEOS finds a polygon invalid (those _surely_valid did not vouch for)
     rare: dict[int, Row] = {}
     offset = 0
     for c in parts:

@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 import numpy as np
 import pytest
+import shapely
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -648,3 +649,71 @@ def test_numbers_on_generated_batches(depth: int) -> None:
         assert rlen.tolist() == [len(r) for r in rings]
         assert nring.tolist() == [len(poly) for poly in want]
     assert 20 < refused < 280  # both kinds of batch were tried
+
+
+def _ring_cases(rng: np.random.Generator) -> list[list[list[list[float]]]]:
+    """Polygons (lists of rings) of every kind the star test meets: stars and convex rings in
+    either orientation, random vertex orders (mostly self-intersecting), bow ties, spikes,
+    repeated and collinear vertices, rings wound twice (pentagrams), near-degenerate rings,
+    rings with holes, around the equator and the prime meridian and far from them."""
+    out: list[list[list[list[float]]]] = []
+    for _ in range(3000):
+        lon0, lat0 = (
+            (float(rng.uniform(-179, 179)), float(rng.uniform(-89, 89)))
+            if rng.random() < 0.7
+            else (float(rng.normal(0, 1e-4)), float(rng.normal(0, 1e-4)))
+        )
+        size = 10.0 ** rng.uniform(-7, -1)
+        k = int(rng.integers(3, 13))
+        kind = rng.integers(0, 8)
+        ang = np.sort(rng.uniform(0, 2 * np.pi, k))
+        rad = size * (rng.uniform(0.5, 1.0, k) if kind != 1 else np.ones(k))
+        if kind == 2:  # random order
+            rng.shuffle(ang)
+        elif kind == 3:  # wound twice
+            ang = np.concatenate([ang, ang + 2 * np.pi]) * 1.0
+            rad = np.concatenate([rad, rad[::-1]])
+        elif kind == 4:  # a spike, a repeat or a collinear vertex
+            ang = np.insert(ang, 1, ang[1] if rng.random() < 0.5 else ang[0])
+            rad = np.insert(rad, 1, rad[0] * rng.choice([1.0, 0.5, 2.0]))
+        elif kind == 5:  # nearly degenerate: every vertex nearly on one line
+            ang = np.where(np.arange(len(ang)) % 2 == 0, 0.0, np.pi) + rng.normal(
+                0, 1e-12, len(ang)
+            )
+        pts = np.stack([lon0 + rad * np.cos(ang), lat0 + rad * np.sin(ang)], axis=1)
+        if rng.random() < 0.5:
+            pts = pts[::-1]
+        if kind == 6:  # a bow tie
+            pts = np.array([[0, 0], [1, 1], [1, 0], [0, 1]]) * size + [lon0, lat0]
+        ring = [*pts.tolist(), pts[0].tolist()]
+        rings = [ring]
+        if kind == 7:  # a hole, inside or not
+            f = 0.2 if rng.random() < 0.7 else 3.0
+            hole = pts * f + np.array([lon0, lat0]) * (1 - f)
+            rings.append([*hole.tolist(), hole[0].tolist()])
+        out.append(rings)
+    return out
+
+
+def test_surely_valid_vouches_only_for_valid_polygons() -> None:
+    """fastload._surely_valid (the star test that spares GEOS most polygons) against GEOS: it
+    may leave a valid polygon to GEOS, never vouch for an invalid one."""
+    rng = np.random.default_rng(11)
+    cases = _ring_cases(rng)
+    xy = np.array([p for poly in cases for ring in poly for p in ring], dtype=np.float64)
+    rlen = np.array([len(ring) for poly in cases for ring in poly], dtype=np.int64)
+    nring = np.array([len(poly) for poly in cases], dtype=np.int64)
+    sure = fastload._surely_valid(xy, rlen, nring)
+    valid = shapely.is_valid(
+        [shapely.Polygon(poly[0], poly[1:]) for poly in cases]  # type: ignore[arg-type]
+    )
+    assert not (sure & ~valid).any(), [cases[i] for i in np.flatnonzero(sure & ~valid)[:3]]
+    assert sure.sum() > 0.2 * len(cases) and (~valid).sum() > 0.2 * len(cases)
+
+
+def test_surely_valid_takes_most_generated_city_polygons() -> None:
+    """The polygons of fences.synth (star-shaped) are mostly vouched for, so GEOS checks few."""
+    polys = [s.polygon for s in synth_city(3000, seed=5).stores if s.polygon is not None]
+    xy, (ring_off, poly_off) = shapely.to_ragged_array(polys)[1:]
+    sure = fastload._surely_valid(xy, np.diff(ring_off), np.diff(poly_off))
+    assert sure.mean() > 0.9
