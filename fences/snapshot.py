@@ -19,8 +19,9 @@ The arrays are mapped with ``mmap`` copy-on-write (MAP_PRIVATE): nothing is read
 front, pages come from the page cache on first touch, and a live update that writes into an
 array (``FenceIndex.remove`` marks a record dead) writes a private copy of that page, never the
 file. The base index arrays are exactly ``FenceIndex.base_arrays``; the catalog is its columns
-(ids, merchants, names, centres, radii, polygons as WKB, the rarer fields as msgpack), and each
-Store object is made on first access (``LazyStores``), so a restart does not build 500,000 of them.
+(ids, each merchant_id once and a code per slot, names, centres, radii, polygons as WKB, the
+rarer fields as msgpack), and each Store object is made on first access (``LazyStores``), so a
+restart does not build 500,000 of them.
 
 Validity: the header records ``sha256`` and the size of the source file's content (a digest of
 the content rather than its mtime: a deploy that copies the same file again keeps the snapshot,
@@ -64,7 +65,7 @@ from fences.store import Store
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2
 MAGIC = b"GEOPUSH-FENCES-SNAPSHOT\n"
 _ALIGN = 64
 
@@ -121,7 +122,7 @@ class LoadInfo:
 
 class _Meta(msgspec.Struct, array_like=True):
     ids: list[str]
-    merchants: list[str]
+    merchants: list[str]  # each merchant_id once; slot k's is merchants[cat_merchant[k]]
     names: list[str] | None  # None: every name is ""
     by_bssid: dict[str, int]  # the catalog's look-ups, as they are
     by_beacon: dict[str, int]
@@ -168,9 +169,11 @@ def _catalog_columns(catalog: Catalog) -> tuple[_Meta, dict[str, NDArray[Any]]]:
         ids = [s.store_id for s in stores]
         merchants = [s.merchant_id for s in stores]
         polygons = np.array([stores[k].polygon for k in poly_at], dtype=object)
+    first_seen = list(dict.fromkeys(merchants))
+    code = dict(zip(first_seen, range(len(first_seen)), strict=True))
     meta = _Meta(
         ids=ids,
-        merchants=merchants,
+        merchants=first_seen,
         names=names if any(names) else None,
         by_bssid=catalog._by_bssid,
         by_beacon=catalog._by_beacon,
@@ -179,6 +182,7 @@ def _catalog_columns(catalog: Catalog) -> tuple[_Meta, dict[str, NDArray[Any]]]:
     )
     wkb = list(shapely.to_wkb(polygons))
     cols = {"cat_center": center, "cat_radius": radius}
+    cols["cat_merchant"] = np.fromiter(map(code.__getitem__, merchants), dtype=np.int32, count=n)
     # slot k's WKB is cat_wkb[off[k]:off[k + 1]] (empty for a circle); its rare fields likewise
     cols["cat_poly_off"], cols["cat_wkb"] = _blobs(n, poly_at, wkb)
     cols["cat_rare_off"], cols["cat_rare"] = _blobs(n, rare_at, rare)
@@ -194,7 +198,12 @@ def _blobs(n: int, at: list[int], items: list[bytes]) -> tuple[NDArray[Any], NDA
 
 
 def _restore_catalog(meta: _Meta, cols: dict[str, NDArray[Any]]) -> Catalog:
-    ids, merchants, names = meta.ids, meta.merchants, meta.names
+    # each merchant_id decoded once (a few thousand), slot by slot from its code
+    ids, names = meta.ids, meta.names
+    merchant_of = cols["cat_merchant"]
+    if len(ids) != len(merchant_of):
+        raise ValueError("store ids and merchants of different lengths")
+    merchants: list[str] = np.asarray(meta.merchants, dtype=object)[merchant_of].tolist()
     center, radius = cols["cat_center"], cols["cat_radius"]
     poly_off, wkb = cols["cat_poly_off"], cols["cat_wkb"]
     rare_off, rare = cols["cat_rare_off"], cols["cat_rare"]
