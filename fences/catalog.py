@@ -1039,7 +1039,8 @@ def load_catalog(
     The default path (``bulk`` and ``columns``) reads a valid catalog as columns
     (fences.fastload.load_columns: chunks of features decoded by typed decoders, coordinates
     read in bulk, every check at C speed; the Store objects made on first access,
-    fences.columns) and falls back, when anything would be reported, to validating the
+    fences.columns; a file in the usual shape, features on their own lines, is cut at line
+    breaks without decoding its top level first: ``load_columns_text``) and falls back, when anything would be reported, to validating the
     features in bulk and one by one where needed (``columns=False``: fences.fastload's rows),
     which explains every problem. ``bulk=False`` validates feature by feature (the reference;
     the same Catalog and the same problems on every path). ``strict`` (refuse duplicate member
@@ -1048,9 +1049,16 @@ def load_catalog(
     if strict:
         return parse_catalog(read_json(path, strict=True))
     text = _read_bytes(path)
+    done = False  # the columns have read the features and found something to report
     try:
         with _gc_paused():
             if bulk and columns:  # the usual shape in one pass: a type and an array of features
+                from fences.fastload import load_columns_text
+
+                done, catalog = load_columns_text(text)  # cut at line breaks, no top level
+                if catalog is not None:
+                    return catalog
+            if bulk and columns and not done:
                 with contextlib.suppress(msgspec.ValidationError):
                     plain = msgspec.json.decode(text, type=_Collection)
                     if plain.type == "FeatureCollection" and plain.features:

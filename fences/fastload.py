@@ -24,6 +24,8 @@ properties decoded as a struct of the known ones (or a dict), coordinates left e
 in bulk (``_numbers``), every check a C-speed pass over a column. A chunk with anything unusual
 goes through ``_bulk`` above; a catalog with any problem gives None and is validated again on
 the row path, which explains it. The same tests hold the columns to the reference.
+``load_columns_text`` does the same from the file's text when it has the usual shape (features
+on their own lines): the array cut at line breaks, no top-level decode.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import contextlib
 import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from itertools import chain
+from itertools import chain, repeat
 from operator import attrgetter, methodcaller
 from typing import Any, Literal
 
@@ -715,31 +717,139 @@ def load_columns(raws: Sequence[msgspec.Raw], text: bytes | None = None) -> C.Ca
     text, copied into one reused buffer, instead of a joined copy of its own)."""
     chunks = [raws[start : start + CHUNK] for start in range(0, len(raws), CHUNK)]
     spans = _spans(chunks, text)
+    if spans:
+        assert text is not None
+        encoded: Iterable[bytes | memoryview] = _copies(text, spans)
+    else:
+        encoded = (b"[" + b",".join(chunk) + b"]" for chunk in chunks)
+    return _columns(zip(encoded, map(_given, chunks), strict=True))
+
+
+def _given(chunk: Sequence[msgspec.Raw]) -> Callable[[bytes | memoryview], Sequence[msgspec.Raw]]:
+    return lambda _encoded: chunk
+
+
+CHUNK_BYTES = 8_000_000
+"""Bytes of the file's features array decoded together by ``load_columns_text``."""
+_WS = b" \t\n\r"
+_HEAD = re.compile(
+    rb'[ \t\n\r]*\{[ \t\n\r]*"type"[ \t\n\r]*:[ \t\n\r]*"FeatureCollection"[ \t\n\r]*,'
+    rb'[ \t\n\r]*"features"[ \t\n\r]*:[ \t\n\r]*\['
+)
+_TAIL = re.compile(rb"\][ \t\n\r]*\}[ \t\n\r]*\Z")
+
+
+class _NotRuns(Exception):
+    """A piece of the text is not a run of whole features (or not JSON)."""
+
+
+def load_columns_text(text: bytes) -> tuple[bool, C.Catalog | None]:
+    """``load_columns`` straight from the text of a catalog in the usual shape, without
+    decoding its top level first: ``(True, load_columns(...))``, or ``(False, None)`` when the
+    text is not in that shape (then the caller decodes it as usual).
+
+    The usual shape: ``{"type": "FeatureCollection", "features": [`` features ``]}`` with line
+    breaks between some features (as ``geopush fences`` and ``dump_catalog`` write them). The
+    array is cut after line breaks into pieces of about ``CHUNK_BYTES``, each decoded as an array
+    of features. A cut inside a feature cannot go unnoticed: the piece before it starts at a
+    feature (the first after the ``[``; the next ones by induction) and would end inside an
+    object or a string, which no JSON decoder accepts; exactly one comma must lie between two
+    pieces. So every piece decoding means the pieces hold the array's features, in order, and
+    the text is the JSON the top-level decode would have read."""
+    pieces = _pieces(text)
+    if pieces is None:
+        return False, None
+    try:
+        return True, _columns(zip(_copies(text, pieces), repeat(_raws_of)))
+    except (_NotRuns, msgspec.DecodeError):
+        return False, None
+
+
+def _raws_of(encoded: bytes | memoryview) -> list[msgspec.Raw]:
+    try:
+        return _RAWS.decode(bytes(encoded))
+    except msgspec.DecodeError as exc:
+        raise _NotRuns from exc
+
+
+def _pieces(text: bytes) -> list[tuple[int, int]] | None:
+    """Spans of ``text`` holding its features in runs (see ``load_columns_text``), white space
+    and the separating commas left out; None: not the usual shape."""
+    head = _HEAD.match(text)
+    tail = _TAIL.search(text, max(0, len(text) - 4096))
+    if head is None or tail is None or tail.start() < head.end():
+        return None
+    a, end = head.end(), tail.start()
+    cuts: list[tuple[int, int]] = []
+    while a < end:
+        b = text.find(b"\n", min(a + CHUNK_BYTES, end), end)
+        b = end if b < 0 else b + 1
+        if b - a > 8 * CHUNK_BYTES + 65_536:
+            return None  # few line breaks: decoded at once, the temporaries would be too many
+        cuts.append((a, b))
+        a = b
+    out: list[tuple[int, int]] = []
+    comma = False  # the previous piece ended with the comma after its last feature
+    for a, b in cuts:
+        a, b = _strip(text, a, b)
+        if a == b:
+            continue  # only white space (a blank line)
+        lead = text[a] == 0x2C
+        if lead == comma if out else lead:
+            return None  # two commas or none between pieces, or one before the first feature
+        if lead:
+            a, b = _strip(text, a + 1, b)
+        comma = a < b and text[b - 1] == 0x2C
+        if comma:
+            a, b = _strip(text, a, b - 1)
+        if a == b:
+            return None
+        out.append((a, b))
+    return None if comma or not out else out
+
+
+def _strip(text: bytes, a: int, b: int) -> tuple[int, int]:
+    while a < b and text[a] in _WS:
+        a += 1
+    while b > a and text[b - 1] in _WS:
+        b -= 1
+    return a, b
+
+
+def _copies(text: bytes, spans: list[tuple[int, int]]) -> Iterator[memoryview]:
+    """Each span of ``text`` as a JSON array (``[`` span ``]``), copied into one reused buffer
+    (each view is released once the next is asked for)."""
     buf = bytearray(max((b - a + 2 for a, b in spans), default=0))
+    for a, b in spans:
+        buf[0], buf[1 : b - a + 1], buf[b - a + 1] = 0x5B, memoryview(text)[a:b], 0x5D
+        view = memoryview(buf)[: b - a + 2]
+        yield view
+        view.release()
+
+
+def _columns(
+    pieces: Iterable[
+        tuple[bytes | memoryview, Callable[[bytes | memoryview], Sequence[msgspec.Raw]]]
+    ],
+) -> C.Catalog | None:
+    """``load_columns`` over pieces: each an encoded array of features and a function giving
+    its features encoded one by one (for a piece with anything unusual)."""
     parts: list[_Cols] = []
     kinds: tuple[list[str], list[str], list[str]] = ([], [], [])
     owners: tuple[list[int], list[int], list[int]] = ([], [], [])
     base = 0
-    for k, chunk in enumerate(chunks):
+    for encoded, raws_of in pieces:
         got: tuple[_Cols, list[_Claims]] | None = None
         claims: list[_Claims]
-        if spans:
-            a, b = spans[k]
-            buf[0], buf[1 : b - a + 1], buf[b - a + 1] = 0x5B, memoryview(text)[a:b], 0x5D  # type: ignore[arg-type]
-            encoded: bytes | memoryview = memoryview(buf)[: b - a + 2]
-        else:
-            encoded = b"[" + b",".join(chunk) + b"]"
         try:
             got = _chunk_columns(_STRUCTS.decode(encoded))
         except msgspec.ValidationError:  # other properties too (or anything else unusual)
             with contextlib.suppress(msgspec.ValidationError):
                 got = _chunk_columns(_DICTS.decode(encoded))
-        if isinstance(encoded, memoryview):
-            encoded.release()
-        del encoded
         if got is not None:
             cols, claims = got
         else:
+            chunk = raws_of(encoded)
             parsed = _bulk(_each(chunk), len(chunk), chunk.__getitem__)
             if any(p[2] or p[0] is None for p in parsed):
                 return None
@@ -754,7 +864,7 @@ def load_columns(raws: Sequence[msgspec.Raw], text: bytes | None = None) -> C.Ca
             kinds[kind].extend(claimed)
             owners[kind].extend([base + k for k in at] if base else at)
         parts.append(cols)
-        base += len(chunk)
+        base += len(cols.ids)
     ids = list(chain.from_iterable(c.ids for c in parts))
     by_id = dict(zip(ids, range(len(ids)), strict=True))
     if len(by_id) != len(ids):
@@ -809,6 +919,7 @@ def _spans(chunks: list[Sequence[msgspec.Raw]], text: bytes | None) -> list[tupl
 
 _STRUCTS = msgspec.json.Decoder(list[_SFeature])
 _DICTS = msgspec.json.Decoder(list[_DFeature])
+_RAWS = msgspec.json.Decoder(list[msgspec.Raw])
 
 
-__all__ = ["CHUNK", "load_columns", "parse_features"]
+__all__ = ["CHUNK", "CHUNK_BYTES", "load_columns", "load_columns_text", "parse_features"]

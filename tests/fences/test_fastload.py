@@ -717,3 +717,97 @@ def test_surely_valid_takes_most_generated_city_polygons() -> None:
     xy, (ring_off, poly_off) = shapely.to_ragged_array(polys)[1:]
     sure = fastload._surely_valid(xy, np.diff(ring_off), np.diff(poly_off))
     assert sure.mean() > 0.9
+
+
+# The text cut at line breaks (fastload.load_columns_text): no top-level decode
+
+
+def _layouts(features: list[Any]) -> dict[str, bytes]:
+    """One collection written in several ways: as dump_catalog does (a feature per line, the
+    comma at the end), comma first, indented (line breaks inside the features), on one line,
+    with blank lines and CRLF, with spaces around everything."""
+    enc = [json.dumps(f).encode() for f in features]
+    head = b'{"type": "FeatureCollection", "features": ['
+    return {
+        "per_line": head + b"\n" + b",\n".join(enc) + b"\n]}\n",
+        "comma_first": head + b"\n" + b"\n,".join(enc) + b"\n]}",
+        "indented": json.dumps(
+            {"type": "FeatureCollection", "features": features}, indent=1
+        ).encode(),
+        "one_line": head + b",".join(enc) + b"]}",
+        "blank_crlf": head + b"\r\n\r\n" + b",\r\n\r\n".join(enc) + b"\r\n\r\n]\r\n}\r\n",
+        "spaced": b' { "type" :  "FeatureCollection" ,\t"features" : [ \n '
+        + b" , \n ".join(enc)
+        + b" \n ] \n } ",
+    }
+
+
+def _text_vs_reference(text: bytes, tmp_path: Path) -> None:
+    """load_catalog of ``text`` (the cut text first) as the reference loads it: the same stores
+    or the same problems; load_columns_text, when it takes the text, as load_columns does."""
+    path = tmp_path / "c.geojson"
+    path.write_bytes(text)
+    try:
+        want: Any = list(load_catalog(path, bulk=False).stores)
+    except CatalogError as exc:
+        want = exc.problems
+    try:
+        got: Any = list(load_catalog(path).stores)
+    except CatalogError as exc:
+        got = exc.problems
+    if isinstance(want, list) and want and isinstance(want[0], Store):
+        _same_stores(want, got)
+    else:
+        assert got == want
+    done, cat = fastload.load_columns_text(text)
+    if done:
+        plain = msgspec.json.decode(text, type=C._Collection)
+        again = fastload.load_columns(plain.features)
+        assert (cat is None) == (again is None)
+        if cat is not None and again is not None:
+            _same_stores(list(again.stores), list(cat.stores))
+            assert cat._by_id == again._by_id and cat._by_bssid == again._by_bssid
+
+
+@pytest.mark.parametrize("size", [1, 300, 5000, 10**9])
+def test_cut_text_reads_as_the_reference(
+    size: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Valid catalogs and catalogs with problems, in every layout, cut every line, every few
+    features or not at all: the same stores or the same problems as the reference."""
+    monkeypatch.setattr(fastload, "CHUNK_BYTES", size)
+    base = _features(60, seed=12)
+    for k in range(0, 60, 7):
+        base[k]["properties"].update(wifi=[f"00:00:00:00:00:{k:02x}"], nfc=[f"n{k}"])
+    taken = 0
+    for feats in (base, _mutated(base, 3, 0.1)):
+        for name, text in _layouts(feats).items():
+            _text_vs_reference(text, tmp_path)
+            taken += fastload.load_columns_text(text)[0]
+            if name == "indented" and size < 10**9:
+                assert not fastload.load_columns_text(text)[0]  # cut inside features: refused
+    assert taken >= 8
+
+
+def test_cut_text_refuses_what_is_not_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two commas or none where the text is cut, a comma before the first feature or after the
+    last, something after the collection, other members: never taken as features, and
+    load_catalog says what the reference says."""
+    monkeypatch.setattr(fastload, "CHUNK_BYTES", 1)  # a cut at every line break
+    enc = [json.dumps(f).encode() for f in _features(6, seed=13)]
+    head = b'{"type": "FeatureCollection", "features": [\n'
+    bad = {
+        "two_commas": head + enc[0] + b",\n," + b",\n".join(enc[1:]) + b"\n]}",
+        "no_comma": head + enc[0] + b"\n" + b",\n".join(enc[1:]) + b"\n]}",
+        "comma_first": head + b",\n" + b",\n".join(enc) + b"\n]}",
+        "comma_last": head + b",\n".join(enc) + b",\n]}",
+        "after": head + b",\n".join(enc) + b"\n]}\n[]",
+        "member": head + b",\n".join(enc) + b'\n], "bbox": [0, 0, 1, 1]}',
+        "cut_member": head + b",\n".join(enc) + b'\n]\n, "bbox": [0, 0, 1, 1]}',
+        "half": head + b",\n".join(enc)[: len(b",\n".join(enc)) // 2] + b"\n]}",
+        "nested": head + b"[\n" + b",\n".join(enc) + b"\n]]}",
+    }
+    for name, text in bad.items():
+        done, cat = fastload.load_columns_text(text)
+        assert not done and cat is None, name
+        _text_vs_reference(text, tmp_path)

@@ -202,9 +202,10 @@ def test_a_one_byte_change_of_the_same_size_and_mtime_is_caught(
     assert source.stat().st_size == st.st_size and source.stat().st_mtime_ns == st.st_mtime_ns
     idx, info = load_index(source, snap)
     assert info.source == "cold" and "changed" in info.reason
-    assert idx.catalog.stores[0].merchant_id == json.loads(changed)["features"][0]["properties"][
-        "merchant_id"
-    ]
+    assert (
+        idx.catalog.stores[0].merchant_id
+        == json.loads(changed)["features"][0]["properties"]["merchant_id"]
+    )
 
 
 def test_a_failing_digest_is_no_snapshot(source: Path, tmp_path: Path) -> None:
