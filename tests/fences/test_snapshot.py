@@ -115,8 +115,11 @@ def test_snapshot_restart_answers_like_a_cold_load(source: Path, tmp_path: Path)
     warm, info = load_index(source, snap)
     assert info.source == "snapshot"
     assert isinstance(warm.catalog.stores, LazyStores)
+    # the BSSID, beacon and NFC look-ups are decoded when first used, each on its own
+    assert not any(isinstance(t, dict) for t in warm.catalog._lookups)
     _same_answers(cold, warm)
     assert warm.catalog.by_bssid("A4-2B-B0-C1-D2-E3") == cold.catalog.by_bssid("a4:2b:b0:c1:d2:e3")
+    assert [isinstance(t, dict) for t in warm.catalog._lookups] == [True, False, False]
     assert warm.catalog.by_beacon(UUID, 1, 2) == cold.catalog.by_beacon(UUID, 1, 2) is not None
     assert warm.catalog.get("w-1") == cold.catalog.get("w-1")
     _same_catalog(cold.catalog, warm.catalog)
