@@ -35,7 +35,7 @@ import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import chain, repeat
-from operator import attrgetter, methodcaller
+from operator import attrgetter, is_, is_not, methodcaller
 from typing import Any, Literal
 
 import msgspec
@@ -483,6 +483,9 @@ def _rows(
 
 
 _RARE = ("wifi", "beacons", "nfc", "tz", "max_accuracy_m", "tags")
+_PROPERTIES = attrgetter("properties")
+_GEOMETRY = attrgetter("geometry")
+_COORDINATES = attrgetter("coordinates")
 _FIELDS = ("store_id", "merchant_id", "name", "radius_m", *_RARE)
 _ALL_FIELDS = attrgetter(*_FIELDS)
 
@@ -491,8 +494,8 @@ def _chunk_columns(feats: list[_DFeature] | list[_SFeature]) -> tuple[_Cols, lis
     """A chunk of typed features as columns, when ``_bulk`` would take every one of them (and so
     the reference would find nothing wrong with any); None otherwise."""
     n = len(feats)
-    props: list[Any] = [f.properties for f in feats]
-    geoms: list[Any] = [f.geometry for f in feats]
+    props: list[Any] = list(map(_PROPERTIES, feats))
+    geoms: list[Any] = list(map(_GEOMETRY, feats))
     typed = n > 0 and type(props[0]) is _Props
     if typed:  # every property as a column in one pass
         by_key = dict(zip(_FIELDS, zip(*map(_ALL_FIELDS, props), strict=True), strict=True))
@@ -516,7 +519,7 @@ def _chunk_columns(feats: list[_DFeature] | list[_SFeature]) -> tuple[_Cols, lis
     if not all(sids) or not all(mids) or not _all_str(names):
         return None
     radii = column("radius_m")
-    point = np.array([type(g) is _RPoint for g in geoms], dtype=bool)
+    point = np.fromiter(map(is_, map(type, geoms), repeat(_RPoint)), dtype=bool, count=n)
     out = _Cols(n)
     out.ids, out.merchants, out.names = sids, mids, names
     pi = np.flatnonzero(point).tolist()
@@ -530,7 +533,7 @@ def _chunk_columns(feats: list[_DFeature] | list[_SFeature]) -> tuple[_Cols, lis
             return None
         if not ((rad >= C.MIN_RADIUS_M) & (rad <= C.MAX_RADIUS_M)).all():
             return None
-        pts = _numbers([geoms[i].coordinates for i in pi], 1)
+        pts = _numbers(list(map(_COORDINATES, map(geoms.__getitem__, pi))), 1)
         if pts is None:
             return None
         xy = pts[0]
@@ -542,7 +545,7 @@ def _chunk_columns(feats: list[_DFeature] | list[_SFeature]) -> tuple[_Cols, lis
     if qi:
         if any(radii[i] is not None for i in qi):
             return None
-        pgs = _numbers([geoms[i].coordinates for i in qi], 3)
+        pgs = _numbers(list(map(_COORDINATES, map(geoms.__getitem__, qi))), 3)
         if pgs is None:
             return None
         xy, rlen, nring = pgs
@@ -567,7 +570,7 @@ def _chunk_columns(feats: list[_DFeature] | list[_SFeature]) -> tuple[_Cols, lis
         for key in _RARE:
             vals = by_key[key]
             if vals.count(None) != n:
-                has |= np.array([v is not None for v in vals], dtype=bool)
+                has |= np.fromiter(map(is_not, vals, repeat(None)), dtype=bool, count=n)
         ext = np.flatnonzero(has).tolist()
         extra: list[dict[str, Any]] = [{} for _ in ext]
     else:
