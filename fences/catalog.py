@@ -86,9 +86,9 @@ class Catalog:
     def __init__(self, stores: Iterable[Store] = ()) -> None:
         self.stores: list[Store] = []
         self._by_id: dict[str, int] = {}
-        self._by_bssid: dict[str, int] = {}
-        self._by_beacon: dict[str, int] = {}
-        self._by_nfc: dict[str, int] = {}
+        # BSSID, beacon and NFC look-ups (key -> slot); a function making one when it is first
+        # needed (fences.snapshot: a restart does not decode what its first events may not use)
+        self._lookups: list[dict[str, int] | Callable[[], dict[str, int]]] = [{}, {}, {}]
         self._removed: set[int] = set()
         # ``slot_of(store_id)``: the live slot or None; a bound dict look-up for hot paths.
         self.slot_of: Callable[[str], int | None] = self._by_id.get
@@ -120,14 +120,14 @@ class Catalog:
         stores: list[Store],
         ids: list[str],
         tagged: set[int],
-        by_bssid: dict[str, int],
-        by_beacon: dict[str, int],
-        by_nfc: dict[str, int],
+        by_bssid: dict[str, int] | Callable[[], dict[str, int]],
+        by_beacon: dict[str, int] | Callable[[], dict[str, int]],
+        by_nfc: dict[str, int] | Callable[[], dict[str, int]],
         by_id: dict[str, int] | None = None,
     ) -> Catalog:
         """A catalog of ``stores`` (all live, slot k holding ``ids[k]``) without reading them:
-        fences.snapshot and fences.fastload hand in a lazily made list and the look-ups
-        (``by_id``: store_id -> slot, when already made)."""
+        fences.snapshot and fences.fastload hand in a lazily made list and the look-ups (or
+        functions making them on first use; ``by_id``: store_id -> slot, when already made)."""
         self = cls()
         self.stores = stores
         if by_id is None:
@@ -135,10 +135,26 @@ class Catalog:
         self._by_id = by_id  # taken as they are, not copied
         self.slot_of = by_id.get
         self.tagged = tagged
-        self._by_bssid = by_bssid
-        self._by_beacon = by_beacon
-        self._by_nfc = by_nfc
+        self._lookups = [by_bssid, by_beacon, by_nfc]
         return self
+
+    def _lookup(self, kind: int) -> dict[str, int]:
+        got = self._lookups[kind]
+        if not isinstance(got, dict):  # made on first use
+            got = self._lookups[kind] = got()
+        return got
+
+    @property
+    def _by_bssid(self) -> dict[str, int]:
+        return self._lookup(0)
+
+    @property
+    def _by_beacon(self) -> dict[str, int]:
+        return self._lookup(1)
+
+    @property
+    def _by_nfc(self) -> dict[str, int]:
+        return self._lookup(2)
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -1039,7 +1055,8 @@ def load_catalog(
     The default path (``bulk`` and ``columns``) reads a valid catalog as columns
     (fences.fastload.load_columns: chunks of features decoded by typed decoders, coordinates
     read in bulk, every check at C speed; the Store objects made on first access,
-    fences.columns) and falls back, when anything would be reported, to validating the
+    fences.columns; a file in the usual shape, features on their own lines, is cut at line
+    breaks without decoding its top level first: ``load_columns_text``) and falls back, when anything would be reported, to validating the
     features in bulk and one by one where needed (``columns=False``: fences.fastload's rows),
     which explains every problem. ``bulk=False`` validates feature by feature (the reference;
     the same Catalog and the same problems on every path). ``strict`` (refuse duplicate member
@@ -1048,9 +1065,16 @@ def load_catalog(
     if strict:
         return parse_catalog(read_json(path, strict=True))
     text = _read_bytes(path)
+    done = False  # the columns have read the features and found something to report
     try:
         with _gc_paused():
             if bulk and columns:  # the usual shape in one pass: a type and an array of features
+                from fences.fastload import load_columns_text
+
+                done, catalog = load_columns_text(text)  # cut at line breaks, no top level
+                if catalog is not None:
+                    return catalog
+            if bulk and columns and not done:
                 with contextlib.suppress(msgspec.ValidationError):
                     plain = msgspec.json.decode(text, type=_Collection)
                     if plain.type == "FeatureCollection" and plain.features:

@@ -24,6 +24,8 @@ properties decoded as a struct of the known ones (or a dict), coordinates left e
 in bulk (``_numbers``), every check a C-speed pass over a column. A chunk with anything unusual
 goes through ``_bulk`` above; a catalog with any problem gives None and is validated again on
 the row path, which explains it. The same tests hold the columns to the reference.
+``load_columns_text`` does the same from the file's text when it has the usual shape (features
+on their own lines): the array cut at line breaks, no top-level decode.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ import contextlib
 import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from itertools import chain
-from operator import attrgetter, methodcaller
+from itertools import chain, repeat
+from operator import attrgetter, is_, is_not, methodcaller
 from typing import Any, Literal
 
 import msgspec
@@ -349,6 +351,7 @@ class _Cols:
         self.radius = np.full(n, np.nan)
         self.polygons: np.ndarray[Any, Any] = np.full(n, None, dtype=object)
         self.rare: dict[int, Row] = {}
+        self.unsure: np.ndarray[Any, Any] = np.zeros(0, np.int64)  # polygons GEOS must check
 
 
 def _all_str(values: list[Any]) -> bool:
@@ -480,6 +483,9 @@ def _rows(
 
 
 _RARE = ("wifi", "beacons", "nfc", "tz", "max_accuracy_m", "tags")
+_PROPERTIES = attrgetter("properties")
+_GEOMETRY = attrgetter("geometry")
+_COORDINATES = attrgetter("coordinates")
 _FIELDS = ("store_id", "merchant_id", "name", "radius_m", *_RARE)
 _ALL_FIELDS = attrgetter(*_FIELDS)
 
@@ -488,8 +494,8 @@ def _chunk_columns(feats: list[_DFeature] | list[_SFeature]) -> tuple[_Cols, lis
     """A chunk of typed features as columns, when ``_bulk`` would take every one of them (and so
     the reference would find nothing wrong with any); None otherwise."""
     n = len(feats)
-    props: list[Any] = [f.properties for f in feats]
-    geoms: list[Any] = [f.geometry for f in feats]
+    props: list[Any] = list(map(_PROPERTIES, feats))
+    geoms: list[Any] = list(map(_GEOMETRY, feats))
     typed = n > 0 and type(props[0]) is _Props
     if typed:  # every property as a column in one pass
         by_key = dict(zip(_FIELDS, zip(*map(_ALL_FIELDS, props), strict=True), strict=True))
@@ -513,7 +519,7 @@ def _chunk_columns(feats: list[_DFeature] | list[_SFeature]) -> tuple[_Cols, lis
     if not all(sids) or not all(mids) or not _all_str(names):
         return None
     radii = column("radius_m")
-    point = np.array([type(g) is _RPoint for g in geoms], dtype=bool)
+    point = np.fromiter(map(is_, map(type, geoms), repeat(_RPoint)), dtype=bool, count=n)
     out = _Cols(n)
     out.ids, out.merchants, out.names = sids, mids, names
     pi = np.flatnonzero(point).tolist()
@@ -527,7 +533,7 @@ def _chunk_columns(feats: list[_DFeature] | list[_SFeature]) -> tuple[_Cols, lis
             return None
         if not ((rad >= C.MIN_RADIUS_M) & (rad <= C.MAX_RADIUS_M)).all():
             return None
-        pts = _numbers([geoms[i].coordinates for i in pi], 1)
+        pts = _numbers(list(map(_COORDINATES, map(geoms.__getitem__, pi))), 1)
         if pts is None:
             return None
         xy = pts[0]
@@ -539,7 +545,7 @@ def _chunk_columns(feats: list[_DFeature] | list[_SFeature]) -> tuple[_Cols, lis
     if qi:
         if any(radii[i] is not None for i in qi):
             return None
-        pgs = _numbers([geoms[i].coordinates for i in qi], 3)
+        pgs = _numbers(list(map(_COORDINATES, map(geoms.__getitem__, qi))), 3)
         if pgs is None:
             return None
         xy, rlen, nring = pgs
@@ -557,13 +563,14 @@ def _chunk_columns(feats: list[_DFeature] | list[_SFeature]) -> tuple[_Cols, lis
         out.polygons[qi] = shapely.from_ragged_array(
             shapely.GeometryType.POLYGON, xy, (ring_off, poly_off)
         )
+        out.unsure = np.asarray(qi, dtype=np.int64)[~_surely_valid(xy, rlen, nring)]
     claims: list[_Claims] = [([], []), ([], []), ([], [])]
     if typed:  # only the known properties: a feature with any of the rarer ones set
         has = np.zeros(n, dtype=bool)
         for key in _RARE:
             vals = by_key[key]
             if vals.count(None) != n:
-                has |= np.array([v is not None for v in vals], dtype=bool)
+                has |= np.fromiter(map(is_not, vals, repeat(None)), dtype=bool, count=n)
         ext = np.flatnonzero(has).tolist()
         extra: list[dict[str, Any]] = [{} for _ in ext]
     else:
@@ -584,8 +591,10 @@ def _chunk_columns(feats: list[_DFeature] | list[_SFeature]) -> tuple[_Cols, lis
     return out, claims
 
 
-_ARRAYS_OF_NUMBERS = b"0123456789.eE+-,[] \t\r\n"
+_NUMBER_CHARS = b"0123456789.eE+- \t\r\n"
 _FLOATS = msgspec.json.Decoder(list[float])
+_POLYGONS = re.compile(rb"(?:\[(?:\[p+\])+\])+")
+_OPEN, _CLOSE, _P = ord("["), ord("]"), ord("p")
 
 
 def _numbers(
@@ -596,40 +605,90 @@ def _numbers(
     positions). Returns the positions as an (n, 2) float array, the positions per ring and the
     rings per polygon (depth 3); None unless every value is exactly that: arrays nested to
     ``depth`` with two numbers in each innermost one and nothing else (what the typed decoder
-    of ``_Point`` and ``_Polygon`` accepts). The numbers are read by msgspec as one flat array."""
+    of ``_Point`` and ``_Polygon`` accepts), or when a polygon or a ring is empty.
+
+    Each value is valid JSON (msgspec.Raw is checked as it is decoded), so its shape is its
+    brackets and commas: the text without the characters of numbers and white space. There
+    every ``[,]`` is an array of exactly two numbers (a position: ``p``); with the commas
+    dropped, the points must read ``pp...p`` and the polygons ``[[pp..][pp..]][...]``, and the
+    count of numbers (read by msgspec as one flat array, the brackets taken out) must be twice
+    the count of positions: no number outside a position."""
     text = b",".join(raws)
-    if text.translate(None, _ARRAYS_OF_NUMBERS):  # anything else left: not only numbers
-        return None
-    u = np.frombuffer(text, dtype=np.uint8)
-    opens = np.flatnonzero(u == 0x5B)
-    closes = np.flatnonzero(u == 0x5D)
-    commas = np.flatnonzero(u == 0x2C)
-    if len(opens) == 0:
-        return None
-    # the depth of the array each '[' opens, and of the array holding each ','
-    at = np.arange(1, len(opens) + 1) - np.searchsorted(closes, opens)
-    if at.max() > depth:
-        return None
-    level = np.searchsorted(opens, commas) - np.searchsorted(closes, commas)
-    starts = [opens[at == d] for d in range(depth + 1)]
-    if len(starts[1]) != len(raws):
-        return None
-    pos = starts[depth]
-    owner = np.searchsorted(pos, commas[level == depth]) - 1
-    if not (np.bincount(owner, minlength=len(pos)) == 1).all():
-        return None  # an innermost array without exactly two elements
+    shape = text.translate(None, _NUMBER_CHARS).replace(b"[,]", b"p").replace(b",", b"")
+    if depth == 1:
+        if shape != b"p" * len(raws):
+            return None
+        npos = len(raws)
+    elif _POLYGONS.fullmatch(shape) is None:
+        return None  # also anything but brackets, commas and numbers (a string, null, ...)
+    else:
+        npos = shape.count(b"p")
     try:
         flat = _FLOATS.decode(b"[" + text.translate(None, b"[]") + b"]")
-    except msgspec.DecodeError:  # an empty array left two commas side by side
+    except msgspec.DecodeError:  # a number out of range
         return None
-    if len(flat) != 2 * len(pos):  # a number outside the innermost arrays
+    if len(flat) != 2 * npos:  # a number outside the positions
         return None
     xy = np.array(flat, dtype=np.float64).reshape(-1, 2)
     if depth == 1:
         return xy, np.zeros(0, np.int64), np.zeros(0, np.int64)
-    rlen = np.bincount(np.searchsorted(starts[2], pos) - 1, minlength=len(starts[2]))
-    nring = np.bincount(np.searchsorted(starts[1], starts[2]) - 1, minlength=len(starts[1]))
+    u = np.frombuffer(shape, dtype=np.uint8)
+    is_p = u == _P
+    opens = u == _OPEN
+    closes = u == _CLOSE
+    ring_open = np.flatnonzero(opens[:-1] & is_p[1:])
+    ring_close = np.flatnonzero(closes[1:] & is_p[:-1]) + 1
+    poly_close = np.flatnonzero(closes[1:] & closes[:-1]) + 1
+    if len(poly_close) != len(raws):
+        return None
+    seen = np.cumsum(is_p)
+    rlen = seen[ring_close] - seen[ring_open]
+    rings_before = np.cumsum(closes & np.concatenate([[False], is_p[:-1]]))[poly_close]
+    nring = np.diff(rings_before, prepend=0)
     return xy, rlen.astype(np.int64), nring.astype(np.int64)
+
+
+_SURE = 1e-9
+"""How far from collinear (the sine of the angle) two vertices must be, seen from the centre,
+for the star test to trust the sign of their cross product: the rounding error of that product
+is ~1e-15 of its scale."""
+
+
+def _surely_valid(
+    xy: np.ndarray[Any, Any], rlen: np.ndarray[Any, Any], nring: np.ndarray[Any, Any]
+) -> np.ndarray[Any, Any]:
+    """Per polygon (``_numbers``' rings, each closed and of 4 or more positions): True when it
+    is certainly valid, so GEOS need not be asked: one ring, star-shaped around the mean of its
+    vertices: seen from there, every edge turns the same way by a clear angle (the sine above
+    ``_SURE``) and the turns add up to one full turn, not two or more. Such a ring is simple
+    (each edge keeps to its own sector around the centre), closed, with three or more distinct
+    vertices not all on a line, which is all OGC validity asks of a polygon without holes. False
+    says nothing: GEOS decides (a ring with holes, a concave ring not star-shaped around that
+    point, repeated or collinear vertices, a bow tie)."""
+    ring_off = np.concatenate([[0], np.cumsum(rlen)])
+    starts, lasts = ring_off[:-1], ring_off[1:] - 1
+    # the mean of a ring's vertices (its closing repeat left out)
+    centre = (np.add.reduceat(xy, starts, axis=0) - xy[lasts]) / (rlen - 1)[:, None]
+    u = xy - np.repeat(centre, rlen, axis=0)
+    a, b = u[:-1], u[1:]  # from each vertex to the next (the step after a ring's last is masked)
+    cross = a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]
+    dot = a[:, 0] * b[:, 0] + a[:, 1] * b[:, 1]
+    scale = np.hypot(a[:, 0], a[:, 1]) * np.hypot(b[:, 0], b[:, 1]) * _SURE
+    turn = np.arctan2(cross, dot)
+    # steps k -> k+1 with k the last vertex of a ring cross into the next ring: neutral values
+    cross_left = np.append(cross - scale, np.inf)
+    cross_right = np.append(cross + scale, -np.inf)
+    turn = np.append(turn, 0.0)
+    cross_left[lasts] = np.inf
+    cross_right[lasts] = -np.inf
+    turn[lasts] = 0.0
+    left = np.minimum.reduceat(cross_left, starts) > 0.0  # every step turns left, clearly
+    right = np.maximum.reduceat(cross_right, starts) < 0.0
+    total = np.abs(np.add.reduceat(turn, starts))
+    ring_ok = (left | right) & (total < 3.0 * np.pi)  # one full turn (2 pi), not 4 pi or more
+    first_ring = np.concatenate([[0], np.cumsum(nring)[:-1]])
+    out: np.ndarray[Any, Any] = (nring == 1) & ring_ok[first_ring]
+    return out
 
 
 def _stores_columns(stores: list[Store]) -> _Cols:
@@ -647,6 +706,7 @@ def _stores_columns(stores: list[Store]) -> _Cols:
         row = (s.wifi, s.beacons, s.nfc, s.tz, s.max_accuracy_m, s.tags, s.properties)
         if row[:6] != PLAIN or s.properties:
             out.rare[k] = row
+    out.unsure = np.flatnonzero(~shapely.is_missing(out.polygons))
     return out
 
 
@@ -660,31 +720,139 @@ def load_columns(raws: Sequence[msgspec.Raw], text: bytes | None = None) -> C.Ca
     text, copied into one reused buffer, instead of a joined copy of its own)."""
     chunks = [raws[start : start + CHUNK] for start in range(0, len(raws), CHUNK)]
     spans = _spans(chunks, text)
+    if spans:
+        assert text is not None
+        encoded: Iterable[bytes | memoryview] = _copies(text, spans)
+    else:
+        encoded = (b"[" + b",".join(chunk) + b"]" for chunk in chunks)
+    return _columns(zip(encoded, map(_given, chunks), strict=True))
+
+
+def _given(chunk: Sequence[msgspec.Raw]) -> Callable[[bytes | memoryview], Sequence[msgspec.Raw]]:
+    return lambda _encoded: chunk
+
+
+CHUNK_BYTES = 8_000_000
+"""Bytes of the file's features array decoded together by ``load_columns_text``."""
+_WS = b" \t\n\r"
+_HEAD = re.compile(
+    rb'[ \t\n\r]*\{[ \t\n\r]*"type"[ \t\n\r]*:[ \t\n\r]*"FeatureCollection"[ \t\n\r]*,'
+    rb'[ \t\n\r]*"features"[ \t\n\r]*:[ \t\n\r]*\['
+)
+_TAIL = re.compile(rb"\][ \t\n\r]*\}[ \t\n\r]*\Z")
+
+
+class _NotRuns(Exception):
+    """A piece of the text is not a run of whole features (or not JSON)."""
+
+
+def load_columns_text(text: bytes) -> tuple[bool, C.Catalog | None]:
+    """``load_columns`` straight from the text of a catalog in the usual shape, without
+    decoding its top level first: ``(True, load_columns(...))``, or ``(False, None)`` when the
+    text is not in that shape (then the caller decodes it as usual).
+
+    The usual shape: ``{"type": "FeatureCollection", "features": [`` features ``]}`` with line
+    breaks between some features (as ``geopush fences`` and ``dump_catalog`` write them). The
+    array is cut after line breaks into pieces of about ``CHUNK_BYTES``, each decoded as an array
+    of features. A cut inside a feature cannot go unnoticed: the piece before it starts at a
+    feature (the first after the ``[``; the next ones by induction) and would end inside an
+    object or a string, which no JSON decoder accepts; exactly one comma must lie between two
+    pieces. So every piece decoding means the pieces hold the array's features, in order, and
+    the text is the JSON the top-level decode would have read."""
+    pieces = _pieces(text)
+    if pieces is None:
+        return False, None
+    try:
+        return True, _columns(zip(_copies(text, pieces), repeat(_raws_of)))
+    except (_NotRuns, msgspec.DecodeError):
+        return False, None
+
+
+def _raws_of(encoded: bytes | memoryview) -> list[msgspec.Raw]:
+    try:
+        return _RAWS.decode(bytes(encoded))
+    except msgspec.DecodeError as exc:
+        raise _NotRuns from exc
+
+
+def _pieces(text: bytes) -> list[tuple[int, int]] | None:
+    """Spans of ``text`` holding its features in runs (see ``load_columns_text``), white space
+    and the separating commas left out; None: not the usual shape."""
+    head = _HEAD.match(text)
+    tail = _TAIL.search(text, max(0, len(text) - 4096))
+    if head is None or tail is None or tail.start() < head.end():
+        return None
+    a, end = head.end(), tail.start()
+    cuts: list[tuple[int, int]] = []
+    while a < end:
+        b = text.find(b"\n", min(a + CHUNK_BYTES, end), end)
+        b = end if b < 0 else b + 1
+        if b - a > 8 * CHUNK_BYTES + 65_536:
+            return None  # few line breaks: decoded at once, the temporaries would be too many
+        cuts.append((a, b))
+        a = b
+    out: list[tuple[int, int]] = []
+    comma = False  # the previous piece ended with the comma after its last feature
+    for a, b in cuts:
+        a, b = _strip(text, a, b)
+        if a == b:
+            continue  # only white space (a blank line)
+        lead = text[a] == 0x2C
+        if lead == comma if out else lead:
+            return None  # two commas or none between pieces, or one before the first feature
+        if lead:
+            a, b = _strip(text, a + 1, b)
+        comma = a < b and text[b - 1] == 0x2C
+        if comma:
+            a, b = _strip(text, a, b - 1)
+        if a == b:
+            return None
+        out.append((a, b))
+    return None if comma or not out else out
+
+
+def _strip(text: bytes, a: int, b: int) -> tuple[int, int]:
+    while a < b and text[a] in _WS:
+        a += 1
+    while b > a and text[b - 1] in _WS:
+        b -= 1
+    return a, b
+
+
+def _copies(text: bytes, spans: list[tuple[int, int]]) -> Iterator[memoryview]:
+    """Each span of ``text`` as a JSON array (``[`` span ``]``), copied into one reused buffer
+    (each view is released once the next is asked for)."""
     buf = bytearray(max((b - a + 2 for a, b in spans), default=0))
+    for a, b in spans:
+        buf[0], buf[1 : b - a + 1], buf[b - a + 1] = 0x5B, memoryview(text)[a:b], 0x5D
+        view = memoryview(buf)[: b - a + 2]
+        yield view
+        view.release()
+
+
+def _columns(
+    pieces: Iterable[
+        tuple[bytes | memoryview, Callable[[bytes | memoryview], Sequence[msgspec.Raw]]]
+    ],
+) -> C.Catalog | None:
+    """``load_columns`` over pieces: each an encoded array of features and a function giving
+    its features encoded one by one (for a piece with anything unusual)."""
     parts: list[_Cols] = []
     kinds: tuple[list[str], list[str], list[str]] = ([], [], [])
     owners: tuple[list[int], list[int], list[int]] = ([], [], [])
     base = 0
-    for k, chunk in enumerate(chunks):
+    for encoded, raws_of in pieces:
         got: tuple[_Cols, list[_Claims]] | None = None
         claims: list[_Claims]
-        if spans:
-            a, b = spans[k]
-            buf[0], buf[1 : b - a + 1], buf[b - a + 1] = 0x5B, memoryview(text)[a:b], 0x5D  # type: ignore[arg-type]
-            encoded: bytes | memoryview = memoryview(buf)[: b - a + 2]
-        else:
-            encoded = b"[" + b",".join(chunk) + b"]"
         try:
             got = _chunk_columns(_STRUCTS.decode(encoded))
         except msgspec.ValidationError:  # other properties too (or anything else unusual)
             with contextlib.suppress(msgspec.ValidationError):
                 got = _chunk_columns(_DICTS.decode(encoded))
-        if isinstance(encoded, memoryview):
-            encoded.release()
-        del encoded
         if got is not None:
             cols, claims = got
         else:
+            chunk = raws_of(encoded)
             parsed = _bulk(_each(chunk), len(chunk), chunk.__getitem__)
             if any(p[2] or p[0] is None for p in parsed):
                 return None
@@ -699,7 +867,7 @@ def load_columns(raws: Sequence[msgspec.Raw], text: bytes | None = None) -> C.Ca
             kinds[kind].extend(claimed)
             owners[kind].extend([base + k for k in at] if base else at)
         parts.append(cols)
-        base += len(chunk)
+        base += len(cols.ids)
     ids = list(chain.from_iterable(c.ids for c in parts))
     by_id = dict(zip(ids, range(len(ids)), strict=True))
     if len(by_id) != len(ids):
@@ -708,9 +876,13 @@ def load_columns(raws: Sequence[msgspec.Raw], text: bytes | None = None) -> C.Ca
     if any(len(m) != len(keys) for m, keys in zip(maps, kinds, strict=True)):
         return None  # an identifier claimed by two stores
     polygons = np.concatenate([c.polygons for c in parts]) if parts else np.zeros(0, object)
-    poly_at = np.flatnonzero(~shapely.is_missing(polygons))
-    if not shapely.is_valid(polygons[poly_at]).all():
-        return None  # GEOS finds a polygon invalid
+    unsure: list[np.ndarray[Any, Any]] = []
+    offset = 0
+    for c in parts:
+        unsure.append(c.unsure + offset)
+        offset += len(c.ids)
+    if unsure and not shapely.is_valid(polygons[np.concatenate(unsure)]).all():
+        return None  # GEOS finds a polygon invalid (those _surely_valid did not vouch for)
     rare: dict[int, Row] = {}
     offset = 0
     for c in parts:
@@ -750,6 +922,7 @@ def _spans(chunks: list[Sequence[msgspec.Raw]], text: bytes | None) -> list[tupl
 
 _STRUCTS = msgspec.json.Decoder(list[_SFeature])
 _DICTS = msgspec.json.Decoder(list[_DFeature])
+_RAWS = msgspec.json.Decoder(list[msgspec.Raw])
 
 
-__all__ = ["CHUNK", "load_columns", "parse_features"]
+__all__ = ["CHUNK", "CHUNK_BYTES", "load_columns", "load_columns_text", "parse_features"]

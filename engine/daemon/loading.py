@@ -8,6 +8,7 @@ The daemon (engine/daemon/service.py) and the API's process (engine/api/process.
 
 from __future__ import annotations
 
+import gc
 import logging
 import weakref
 from typing import Any
@@ -101,6 +102,11 @@ def warm_up(index: Any, campaigns: Any) -> None:
     from engine.events import Gps
     from engine.state import MemoryStore
 
+    # The loaded catalog and campaigns are long-lived and acyclic (the daemon freezes what is
+    # alive after every batch, service.py): out of the collector's generations before numba's
+    # first use creates thousands of classes, whose collections would otherwise traverse the
+    # catalog's 500,000-slot lists again and again (0.25 -> 0.18 s of warm-up at 500k stores).
+    gc.freeze()
     stores = index.catalog.stores
     if not stores:
         return

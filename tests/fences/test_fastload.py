@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 import numpy as np
 import pytest
+import shapely
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -539,6 +540,15 @@ COORDINATES = [
     "[[[0, 0], [1, 0], [1, 1], [0, 0]], [0, 0]]", "[[[0, 0], [1, 0], [1, 1], [0, 0]], 7]",
     "[[[0, 0], [1, 0], [1, [1]], [0, 0]]]", "[[[[0, 0]], [1, 0], [1, 1], [0, 0]]]",
     "[[[0, 0], [1, 0], [], [0, 0]]]", '[[[0, 0], [1, 0], [1, "1"], [0, 0]]]',
+    "[[[0, 0], [1, 0], [1, 1], [0, 0], 5]]", "[5, [[0, 0], [1, 0], [1, 1], [0, 0]]]",
+    "[[5, [0, 0], [1, 0], [1, 1], [0, 0]]]", "[[[0, 0], [1, 0], [1, 1], [0, 0]], []]",
+    "[[0, 0], [1, 0], [1, 1], [0, 0]]", "[[[[0, 0], [1, 0], [1, 1], [0, 0]]]]",
+    "[[[0,0],[1,0],[1,1],[0,0]],[[0,0],[1,0],[1,1],[0,0]],[[0,0],[1,0],[1,1],[0,0]]]",
+    "[[[-1.5e-3,2E+2],[1,0],[1,1],[-1.5e-3,2E+2]]]", "[ [ [ 0 , 0 ] , [ 1 , 0 ] ] ]",
+    "[[[0, 0], [1, 0]], [[0, 0], [1, 0], 2]]", "[[[0, 0], [1, 0]], [[0, 0], [1, [0, 2]]]]",
+    "[[[0, 0], [1, 0]], [[0, 0], [[1, 0]]]]", "[[[0, 0], [1, 0]], [[0, 0], [1, 0]], 2]",
+    "[[[0, 0], [1, 0]], [[0, 0], [1, 0]], [2]]", "[[[0, 0]], [[0, 0], [1, 0]], [[2, 3]]]",
+    "[[1, 2], 3]", "[1, [2, 3]]", "[[1], [2]]", "[1, 2, [3]]", "[-0, 0.5e-7]",
 ]  # fmt: skip
 
 
@@ -573,3 +583,231 @@ def test_numbers_reads_coordinates_as_the_typed_decoder_does() -> None:
                 assert xy[-sum(map(len, rings)) :].tolist() == [list(v) for v in sum(rings, [])]
                 assert rlen[-len(rings) :].tolist() == [len(r) for r in rings]
                 assert nring[-1] == len(rings)
+
+
+def _random_coordinates(rng: np.random.Generator, depth: int) -> Any:
+    """A value the typed decoder of a Point's (depth 1) or a Polygon's (depth 3) coordinates
+    mostly accepts, now and then with a nesting error or a non-number in it."""
+
+    def number() -> Any:
+        return (
+            float(rng.normal(0, 10.0 ** rng.integers(-3, 4)))
+            if rng.random() < 0.8
+            else int(rng.integers(-180, 181))
+        )
+
+    def position() -> Any:
+        r = rng.random()
+        if r < 0.97:
+            return [number(), number()]
+        return [[number(), number()]] if r < 0.98 else [number()] if r < 0.99 else number()
+
+    if depth == 1:
+        return position()
+    rings = [
+        [position() for _ in range(int(rng.integers(1, 8)))] for _ in range(rng.integers(1, 4))
+    ]
+    if rng.random() < 0.03:
+        rings.insert(int(rng.integers(0, len(rings) + 1)), position())
+    if rng.random() < 0.02:
+        rings[0].insert(int(rng.integers(0, len(rings[0]) + 1)), copy.deepcopy(rings[-1]))
+    return rings
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+def test_numbers_on_generated_batches(depth: int) -> None:
+    """fastload._numbers on batches of generated values (mostly valid, some with a position
+    nested too deep or too shallow, a number where an array belongs, an array of one or three
+    numbers) against the typed decoder of every value: all of the batch or None when any value
+    is refused."""
+    decoder = msgspec.json.Decoder(
+        tuple[float, float] if depth == 1 else list[list[tuple[float, float]]]
+    )
+    rng = np.random.default_rng(depth)
+    refused = 0
+    for _ in range(300):
+        values = [_random_coordinates(rng, depth) for _ in range(int(rng.integers(1, 12)))]
+        texts = [json.dumps(v, indent=None if rng.random() < 0.5 else 1) for v in values]
+        raws = [msgspec.json.decode(t, type=msgspec.Raw) for t in texts]
+        want: list[Any] = []
+        try:
+            want = [decoder.decode(t) for t in texts]
+        except msgspec.ValidationError:
+            want = []
+        got = fastload._numbers(raws, depth)
+        if not want:
+            refused += 1
+            assert got is None, texts
+            continue
+        assert got is not None, texts
+        xy, rlen, nring = got
+        if depth == 1:
+            assert xy.tolist() == [list(p) for p in want]
+            continue
+        rings = [ring for poly in want for ring in poly]
+        assert xy.tolist() == [list(p) for ring in rings for p in ring]
+        assert rlen.tolist() == [len(r) for r in rings]
+        assert nring.tolist() == [len(poly) for poly in want]
+    assert 20 < refused < 280  # both kinds of batch were tried
+
+
+def _ring_cases(rng: np.random.Generator) -> list[list[list[list[float]]]]:
+    """Polygons (lists of rings) of every kind the star test meets: stars and convex rings in
+    either orientation, random vertex orders (mostly self-intersecting), bow ties, spikes,
+    repeated and collinear vertices, rings wound twice (pentagrams), near-degenerate rings,
+    rings with holes, around the equator and the prime meridian and far from them."""
+    out: list[list[list[list[float]]]] = []
+    for _ in range(3000):
+        lon0, lat0 = (
+            (float(rng.uniform(-179, 179)), float(rng.uniform(-89, 89)))
+            if rng.random() < 0.7
+            else (float(rng.normal(0, 1e-4)), float(rng.normal(0, 1e-4)))
+        )
+        size = 10.0 ** rng.uniform(-7, -1)
+        k = int(rng.integers(3, 13))
+        kind = rng.integers(0, 8)
+        ang = np.sort(rng.uniform(0, 2 * np.pi, k))
+        rad = size * (rng.uniform(0.5, 1.0, k) if kind != 1 else np.ones(k))
+        if kind == 2:  # random order
+            rng.shuffle(ang)
+        elif kind == 3:  # wound twice
+            ang = np.concatenate([ang, ang + 2 * np.pi]) * 1.0
+            rad = np.concatenate([rad, rad[::-1]])
+        elif kind == 4:  # a spike, a repeat or a collinear vertex
+            ang = np.insert(ang, 1, ang[1] if rng.random() < 0.5 else ang[0])
+            rad = np.insert(rad, 1, rad[0] * rng.choice([1.0, 0.5, 2.0]))
+        elif kind == 5:  # nearly degenerate: every vertex nearly on one line
+            ang = np.where(np.arange(len(ang)) % 2 == 0, 0.0, np.pi) + rng.normal(
+                0, 1e-12, len(ang)
+            )
+        pts = np.stack([lon0 + rad * np.cos(ang), lat0 + rad * np.sin(ang)], axis=1)
+        if rng.random() < 0.5:
+            pts = pts[::-1]
+        if kind == 6:  # a bow tie
+            pts = np.array([[0, 0], [1, 1], [1, 0], [0, 1]]) * size + [lon0, lat0]
+        ring = [*pts.tolist(), pts[0].tolist()]
+        rings = [ring]
+        if kind == 7:  # a hole, inside or not
+            f = 0.2 if rng.random() < 0.7 else 3.0
+            hole = pts * f + np.array([lon0, lat0]) * (1 - f)
+            rings.append([*hole.tolist(), hole[0].tolist()])
+        out.append(rings)
+    return out
+
+
+def test_surely_valid_vouches_only_for_valid_polygons() -> None:
+    """fastload._surely_valid (the star test that spares GEOS most polygons) against GEOS: it
+    may leave a valid polygon to GEOS, never vouch for an invalid one."""
+    rng = np.random.default_rng(11)
+    cases = _ring_cases(rng)
+    xy = np.array([p for poly in cases for ring in poly for p in ring], dtype=np.float64)
+    rlen = np.array([len(ring) for poly in cases for ring in poly], dtype=np.int64)
+    nring = np.array([len(poly) for poly in cases], dtype=np.int64)
+    sure = fastload._surely_valid(xy, rlen, nring)
+    valid = shapely.is_valid(
+        [shapely.Polygon(poly[0], poly[1:]) for poly in cases]  # type: ignore[arg-type]
+    )
+    assert not (sure & ~valid).any(), [cases[i] for i in np.flatnonzero(sure & ~valid)[:3]]
+    assert sure.sum() > 0.2 * len(cases) and (~valid).sum() > 0.2 * len(cases)
+
+
+def test_surely_valid_takes_most_generated_city_polygons() -> None:
+    """The polygons of fences.synth (star-shaped) are mostly vouched for, so GEOS checks few."""
+    polys = [s.polygon for s in synth_city(3000, seed=5).stores if s.polygon is not None]
+    xy, (ring_off, poly_off) = shapely.to_ragged_array(polys)[1:]
+    sure = fastload._surely_valid(xy, np.diff(ring_off), np.diff(poly_off))
+    assert sure.mean() > 0.9
+
+
+# The text cut at line breaks (fastload.load_columns_text): no top-level decode
+
+
+def _layouts(features: list[Any]) -> dict[str, bytes]:
+    """One collection written in several ways: as dump_catalog does (a feature per line, the
+    comma at the end), comma first, indented (line breaks inside the features), on one line,
+    with blank lines and CRLF, with spaces around everything."""
+    enc = [json.dumps(f).encode() for f in features]
+    head = b'{"type": "FeatureCollection", "features": ['
+    return {
+        "per_line": head + b"\n" + b",\n".join(enc) + b"\n]}\n",
+        "comma_first": head + b"\n" + b"\n,".join(enc) + b"\n]}",
+        "indented": json.dumps(
+            {"type": "FeatureCollection", "features": features}, indent=1
+        ).encode(),
+        "one_line": head + b",".join(enc) + b"]}",
+        "blank_crlf": head + b"\r\n\r\n" + b",\r\n\r\n".join(enc) + b"\r\n\r\n]\r\n}\r\n",
+        "spaced": b' { "type" :  "FeatureCollection" ,\t"features" : [ \n '
+        + b" , \n ".join(enc)
+        + b" \n ] \n } ",
+    }
+
+
+def _text_vs_reference(text: bytes, tmp_path: Path) -> None:
+    """load_catalog of ``text`` (the cut text first) as the reference loads it: the same stores
+    or the same problems; load_columns_text, when it takes the text, as load_columns does."""
+    path = tmp_path / "c.geojson"
+    path.write_bytes(text)
+    try:
+        want: Any = list(load_catalog(path, bulk=False).stores)
+    except CatalogError as exc:
+        want = exc.problems
+    try:
+        got: Any = list(load_catalog(path).stores)
+    except CatalogError as exc:
+        got = exc.problems
+    if isinstance(want, list) and want and isinstance(want[0], Store):
+        _same_stores(want, got)
+    else:
+        assert got == want
+    done, cat = fastload.load_columns_text(text)
+    if done:
+        plain = msgspec.json.decode(text, type=C._Collection)
+        again = fastload.load_columns(plain.features)
+        assert (cat is None) == (again is None)
+        if cat is not None and again is not None:
+            _same_stores(list(again.stores), list(cat.stores))
+            assert cat._by_id == again._by_id and cat._by_bssid == again._by_bssid
+
+
+@pytest.mark.parametrize("size", [1, 300, 5000, 10**9])
+def test_cut_text_reads_as_the_reference(
+    size: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Valid catalogs and catalogs with problems, in every layout, cut every line, every few
+    features or not at all: the same stores or the same problems as the reference."""
+    monkeypatch.setattr(fastload, "CHUNK_BYTES", size)
+    base = _features(60, seed=12)
+    for k in range(0, 60, 7):
+        base[k]["properties"].update(wifi=[f"00:00:00:00:00:{k:02x}"], nfc=[f"n{k}"])
+    taken = 0
+    for feats in (base, _mutated(base, 3, 0.1)):
+        for name, text in _layouts(feats).items():
+            _text_vs_reference(text, tmp_path)
+            taken += fastload.load_columns_text(text)[0]
+            if name == "indented" and size < 10**9:
+                assert not fastload.load_columns_text(text)[0]  # cut inside features: refused
+    assert taken >= 8
+
+
+def test_cut_text_refuses_what_is_not_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two commas or none where the text is cut, a comma before the first feature or after the
+    last, something after the collection, other members: never taken as features, and
+    load_catalog says what the reference says."""
+    monkeypatch.setattr(fastload, "CHUNK_BYTES", 1)  # a cut at every line break
+    enc = [json.dumps(f).encode() for f in _features(6, seed=13)]
+    head = b'{"type": "FeatureCollection", "features": [\n'
+    bad = {
+        "two_commas": head + enc[0] + b",\n," + b",\n".join(enc[1:]) + b"\n]}",
+        "no_comma": head + enc[0] + b"\n" + b",\n".join(enc[1:]) + b"\n]}",
+        "comma_first": head + b",\n" + b",\n".join(enc) + b"\n]}",
+        "comma_last": head + b",\n".join(enc) + b",\n]}",
+        "after": head + b",\n".join(enc) + b"\n]}\n[]",
+        "member": head + b",\n".join(enc) + b'\n], "bbox": [0, 0, 1, 1]}',
+        "cut_member": head + b",\n".join(enc) + b'\n]\n, "bbox": [0, 0, 1, 1]}',
+        "half": head + b",\n".join(enc)[: len(b",\n".join(enc)) // 2] + b"\n]}",
+        "nested": head + b"[\n" + b",\n".join(enc) + b"\n]]}",
+    }
+    for name, text in bad.items():
+        done, cat = fastload.load_columns_text(text)
+        assert not done and cat is None, name
+        _text_vs_reference(text, tmp_path)

@@ -5,6 +5,8 @@ change to the source, the code or the file itself falls back to a cold load."""
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -113,8 +115,11 @@ def test_snapshot_restart_answers_like_a_cold_load(source: Path, tmp_path: Path)
     warm, info = load_index(source, snap)
     assert info.source == "snapshot"
     assert isinstance(warm.catalog.stores, LazyStores)
+    # the BSSID, beacon and NFC look-ups are decoded when first used, each on its own
+    assert not any(isinstance(t, dict) for t in warm.catalog._lookups)
     _same_answers(cold, warm)
     assert warm.catalog.by_bssid("A4-2B-B0-C1-D2-E3") == cold.catalog.by_bssid("a4:2b:b0:c1:d2:e3")
+    assert [isinstance(t, dict) for t in warm.catalog._lookups] == [True, False, False]
     assert warm.catalog.by_beacon(UUID, 1, 2) == cold.catalog.by_beacon(UUID, 1, 2) is not None
     assert warm.catalog.get("w-1") == cold.catalog.get("w-1")
     _same_catalog(cold.catalog, warm.catalog)
@@ -182,6 +187,44 @@ def test_a_changed_source_is_loaded_cold_and_the_snapshot_rewritten(
     assert info.source == "snapshot"
     assert again.catalog.get(stores[0].store_id).merchant_id == "m-moved"
     _same_answers(idx, again)
+
+
+def test_a_one_byte_change_of_the_same_size_and_mtime_is_caught(
+    source: Path, tmp_path: Path
+) -> None:
+    """The digest (computed while the snapshot is mapped) is of the content: a change that keeps
+    the size and the modification time still means a cold load."""
+    snap = tmp_path / "s.snapshot"
+    load_index(source, snap)
+    st = source.stat()
+    text = source.read_bytes()
+    at = text.index(b'"merchant_id": "') + len(b'"merchant_id": "')
+    changed = text[:at] + (b"X" if text[at : at + 1] != b"X" else b"Y") + text[at + 1 :]
+    source.write_bytes(changed)
+    os.utime(source, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert source.stat().st_size == st.st_size and source.stat().st_mtime_ns == st.st_mtime_ns
+    idx, info = load_index(source, snap)
+    assert info.source == "cold" and "changed" in info.reason
+    assert (
+        idx.catalog.stores[0].merchant_id
+        == json.loads(changed)["features"][0]["properties"]["merchant_id"]
+    )
+
+
+def test_a_failing_digest_is_no_snapshot(source: Path, tmp_path: Path) -> None:
+    """What computing the catalog's digest raises (in its thread) reaches the caller: an
+    unreadable catalog is no snapshot, and then the cold load says what is wrong."""
+    snap = tmp_path / "s.snapshot"
+    load_index(source, snap)
+
+    def unreadable() -> dict[str, object]:
+        raise PermissionError(13, "Permission denied")
+
+    with pytest.raises(S.SnapshotMismatch, match="Permission denied"):
+        S.load(snap, unreadable)
+    source.unlink()
+    with pytest.raises(CatalogError, match="cannot read"):
+        load_index(source, snap)
 
 
 @pytest.mark.parametrize(
