@@ -127,6 +127,67 @@ def test_sent_rows_beyond_the_keep_are_pruned_unsent_ones_never(tmp_path):
     store.close()
 
 
+
+def _vm_steps(store: SQLiteStore, work) -> int:
+    """SQLite virtual-machine steps (in thousands) ``work`` makes on the store's connection:
+    what the statements read, counted, not timed."""
+    steps = [0]
+
+    def tick() -> int:
+        steps[0] += 1
+        return 0
+
+    store._db.set_progress_handler(tick, 1000)
+    try:
+        work()
+    finally:
+        store._db.set_progress_handler(None, 1000)
+    return steps[0]
+
+
+def _batches(store: SQLiteStore, prefix: str, n: int, *, ack: bool) -> None:
+    for b in range(n):
+        ids = [f"{prefix}{b}-{i}" for i in range(100)]
+        store.commit([], extra=[OutRow(o, "t/x", b"p" * 100) for o in ids])
+        if ack:
+            store.defer_sent(ids)
+
+
+def test_a_long_unsent_backlog_is_not_read_again_at_every_prune(tmp_path):
+    """A broker down for long leaves an unsent backlog at the front of the outbox; the prunes
+    that follow (every 256 rows) read only the seqs past the previous prune, not the backlog
+    again each time (the partial index left the prune no index of its own)."""
+    costs = {}
+    for backlog in (0, 30_000):
+        store = SQLiteStore(tmp_path / f"s{backlog}.db", outbox_keep=300)
+        _batches(store, "down", backlog // 100, ack=False)  # the broker is down: none acked
+        _batches(store, "warm", 10, ack=True)  # the first prunes after it (may read the front)
+        costs[backlog] = _vm_steps(store, lambda s=store: _batches(s, "up", 50, ack=True))
+        assert store.count("outbox", "WHERE sent = 0") == backlog + 100
+        store.close()
+    # 50 commits, ~20 prunes: without the watermark each read the 30,000 rows again (~60x)
+    assert costs[30_000] < 2 * costs[0] + 50, costs
+
+
+def test_a_backlog_acknowledged_late_is_marked_then_pruned(tmp_path):
+    store = SQLiteStore(tmp_path / "s.db", outbox_keep=300)
+    _batches(store, "down", 10, ack=False)
+    _batches(store, "up", 10, ack=True)
+    store.commit([], extra=[OutRow("last", "t/x", b"p")])  # writes the last marks, prunes
+    late = [f"down{b}-{i}" for b in range(10) for i in range(100)]
+    assert [r.out_id for r in store.unsent()] == [*late, "last"]
+    store.mark_sent(late[:500])  # beyond the kept window: gone rather than kept as sent
+    store.defer_sent(late[500:])
+    store.commit([], extra=[OutRow("after", "t/x", b"p")])
+    assert [r.out_id for r in store.unsent()] == ["last", "after"]
+    assert store.count("outbox", "WHERE out_id LIKE 'down%'") == 0
+    assert store.count("outbox") <= 300 + 256 + 100  # bounded near the keep
+    store.close()
+    again = SQLiteStore(tmp_path / "s.db", outbox_keep=300)
+    assert [r.out_id for r in again.unsent()] == ["last", "after"]
+    again.close()
+
+
 def _unsent_index_sql(store: SQLiteStore) -> str:
     rows = store._db.execute(
         "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'outbox'"
