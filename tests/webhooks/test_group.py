@@ -14,7 +14,7 @@ from scaleout.conftest import redis_server  # noqa: F401  (a real redis-server p
 
 from engine.daemon.metrics import Metrics
 from engine.daemon.pipeline import Renderer, Topics
-from engine.daemon.webhooks import WebhookDispatcher, WebhookSettings
+from engine.daemon.webhooks import Endpoint, WebhookDispatcher, WebhookSettings
 from engine.daemon.webhooks_redis import RedisWebhookStore
 from engine.stores.redis_store import RedisStore, connect
 from simulator.bench.redis_server import RedisServer
@@ -73,8 +73,12 @@ def test_endpoints_in_redis_are_shared_scoped_and_keep_their_state(api: RedisWeb
     c = api.create("m2", "https://h.example/c")
     other = RedisWebhookStore(api.url)  # another worker's API
     try:
-        assert [e.endpoint_id for e in other.endpoints("m1")] == [a.endpoint_id, b.endpoint_id]
-        assert [e.endpoint_id for e in other.endpoints()] == [a.endpoint_id, b.endpoint_id, c.endpoint_id]
+        # listed by creation time (ms), then id: two made in the same millisecond go by id
+        def listed(*eps: Endpoint) -> list[str]:
+            return [e.endpoint_id for e in sorted(eps, key=lambda e: (e.created, e.endpoint_id))]
+
+        assert [e.endpoint_id for e in other.endpoints("m1")] == listed(a, b)
+        assert [e.endpoint_id for e in other.endpoints()] == listed(a, b, c)
         got = other.get(a.endpoint_id)
         assert got is not None and got.secret == a.secret and got.events == ("push",)
         assert got.description == "crm" and got.pending == 0 and got.after_seq == a.after_seq > 0
