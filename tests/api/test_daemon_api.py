@@ -4,7 +4,6 @@ through the API while events flow decides the very next fix, and survives a rest
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import httpx
 from daemon.conftest import (  # noqa: F401  (broker: the daemon's real-broker fixture)
     Collector,
     broker,
+    events_flowing,
     gps,
     publish_all,
     running_service,
@@ -65,15 +65,7 @@ async def test_a_fence_moved_through_the_api_decides_the_next_fix_and_survives_a
         async with running_service(broker.url, state, world=files, http="127.0.0.1:0") as svc:  # type: ignore[arg-type]
             url = f"http://127.0.0.1:{svc.api.port}"
 
-            async def walk() -> None:  # events keep flowing throughout
-                k = 0
-                while True:
-                    k += 1
-                    await publish_all(broker.url, [("geopush/events/walker", gps("walker", T0 + k, FAR[1], FAR[0]))])
-                    await asyncio.sleep(0.02)
-
-            walker = asyncio.create_task(walk())
-            try:
+            async with events_flowing(broker.url, "walker", T0, FAR[1], FAR[0]):  # throughout
                 await publish_all(broker.url, [("geopush/events/u1", gps("u1", T0 + 1, B[1], B[0]))])
                 await _committed(svc, "u1", T0 + 1)
                 assert _enters(col, "u1") == []  # B is outside the file's fence
@@ -83,10 +75,6 @@ async def test_a_fence_moved_through_the_api_decides_the_next_fix_and_survives_a
                 await publish_all(broker.url, [("geopush/events/u1", gps("u1", T0 + 20, B[1], B[0]))])
                 await col.wait_for(lambda c: len(_enters(c, "u1")) == 1)
                 await col.wait_for(lambda c: any(t == "geopush/push/u1" for t, _ in c.messages))
-            finally:
-                walker.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await walker
             assert _enters(col, "u1")[0]["store_id"] == "s1"
 
         # a restart: the file still says A; the state file says B

@@ -5,15 +5,14 @@ again; it survives a reload (even a change made while the files load) and a rest
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 from daemon.conftest import (  # noqa: F401  (broker: the daemon's real-broker fixture)
     Collector,
     broker,
+    events_flowing,
     gps,
     publish_all,
     running_service,
@@ -49,26 +48,6 @@ def _entered(col: Collector, user: str) -> bool:
     return any(d["user"] == user and d["event"] == "enter" for d in col.json_on("geopush/visits/"))
 
 
-@contextlib.asynccontextmanager
-async def _walker(url: str) -> AsyncIterator[None]:
-    """Events keep flowing throughout (a user far from every store)."""
-
-    async def walk() -> None:
-        k = 0
-        while True:
-            k += 1
-            await publish_all(url, [("geopush/events/walker", gps("walker", T0 + k, FAR[1], FAR[0]))])
-            await asyncio.sleep(0.02)
-
-    task = asyncio.create_task(walk())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
 async def _visit(broker_url: str, col: Collector, user: str, ts: float) -> None:
     """``user`` walks into s1; returns once the daemon published the visit's enter."""
     await publish_all(broker_url, [(f"geopush/events/{user}", gps(user, ts, A[1], A[0]))])
@@ -89,7 +68,7 @@ async def test_a_campaign_put_paused_and_resumed_while_events_flow_survives_relo
     async with Collector(broker.url, OUT) as col:
         async with running_service(broker.url, state, world=files, http="127.0.0.1:0") as svc:  # type: ignore[arg-type]
             url = f"http://127.0.0.1:{svc.api.port}/v1"
-            async with _walker(broker.url), httpx.AsyncClient(base_url=url, headers=auth) as http:
+            async with events_flowing(broker.url, "walker", T0, FAR[1], FAR[0]), httpx.AsyncClient(base_url=url, headers=auth) as http:
                 await _visit(broker.url, col, "u1", T0 + 1)  # no campaign of m1 yet
                 r = await http.put("/campaigns/c1", json=c1)
                 assert r.status_code == 201, r.text

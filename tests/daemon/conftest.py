@@ -117,6 +117,37 @@ async def publish_all(
         await link.disconnect()
 
 
+
+@contextlib.asynccontextmanager
+async def events_flowing(url: str, user: str, t0: float, lat: float, lon: float) -> AsyncIterator[None]:
+    """Events keep flowing while the block runs: a fix from ``user`` at (lat, lon) every 20 ms.
+
+    Stopped by a flag, not by cancelling the task: in Python 3.11 ``asyncio.wait_for`` (which
+    the link's connect and disconnect use) can swallow a cancellation that lands just as its
+    inner awaitable finishes (python/cpython#86296, fixed in 3.12), and a ``while True`` loop
+    stopped only by ``cancel()`` then ran on, so the test hung until pytest's timeout (seen in
+    CI, twice)."""
+    stop = asyncio.Event()
+
+    async def walk() -> None:
+        k = 0
+        while not stop.is_set():
+            k += 1
+            await publish_all(url, [(f"geopush/events/{user}", gps(user, t0 + k, lat, lon))])
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.02)
+
+    task = asyncio.create_task(walk())
+    try:
+        yield
+    finally:
+        stop.set()
+        done, _ = await asyncio.wait({task}, timeout=30)  # a guard against a hang
+        if not done:
+            task.cancel()
+            raise AssertionError("the background publisher did not stop")
+        task.result()  # a failure of the walker is the test's
+
 class StandInCore:
     """A tiny deterministic pipeline for transport tests (the real Core is tested elsewhere):
     every GPS fix with lat > 0 yields one push, id ``{user}:{ts}``, through ``seen_push``."""
