@@ -47,6 +47,7 @@ from engine.daemon.metrics import Metrics
 from engine.daemon.outbox import Outbox
 from engine.daemon.pipeline import Decoder, Renderer, Topics, deadletter_row, digest
 from engine.daemon.poison import POISON_DETAIL, Budget, CrashGuard
+from engine.daemon.tasks import cancel_and_wait
 from engine.daemon.wiring import change_follower, state_follower, webhook_dispatcher
 from engine.errors import DecodeError, GeopushError, TransportError
 from engine.state import Output, StateStore
@@ -274,11 +275,7 @@ class Service:
             self.guard.close()
         if self.follower is not None:
             self.follower.stop()  # ends even where redis-py swallows the cancellation
-        for task in tasks:
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        await cancel_and_wait(tasks)  # again and again: a cancellation can be lost (3.11)
         if self.api_follow is not None:
             self.api_follow.close()
         store.close()
