@@ -78,6 +78,11 @@ class NatsCluster:
         self.prefix = prefix
         self._tmp = tempfile.TemporaryDirectory(prefix="geopush-nats-")
         self.dir = Path(self._tmp.name)
+        self.nodes: list[Node] = []
+        self._pick_ports(size)
+
+    def _pick_ports(self, size: int) -> None:
+        """Free ports for every node, and their configuration files."""
         self.nodes = [
             Node(
                 f"n{i}", free_port(), free_port(), free_port(), free_port(), self.dir / f"n{i}.conf"
@@ -135,7 +140,24 @@ mappings {{
         )
         log.close()
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start(self, timeout: float = 30.0, attempts: int = 3) -> None:
+        """Start every node and wait for JetStream. A port taken between ``free_port`` picking
+        it and the server binding it (another process got it meanwhile: seen in CI) means new
+        ports for every node (the routes name them all) and another try."""
+        for attempt in range(attempts):
+            try:
+                self._start_all(timeout)
+                return
+            except TransportError as exc:
+                if "address already in use" not in str(exc) or attempt == attempts - 1:
+                    raise
+                self._stop_all()
+                for node in self.nodes:
+                    shutil.rmtree(self.dir / node.name, ignore_errors=True)
+                    (self.dir / f"{node.name}.log").unlink(missing_ok=True)
+                self._pick_ports(len(self.nodes))
+
+    def _start_all(self, timeout: float) -> None:
         for i in range(len(self.nodes)):
             self.start_node(i)
         for i, n in enumerate(self.nodes):
@@ -179,6 +201,11 @@ mappings {{
         return next(i for i, n in enumerate(self.nodes) if n.name == server_name)
 
     def close(self) -> None:
+        self._stop_all()
+        with contextlib.suppress(OSError):
+            self._tmp.cleanup()
+
+    def _stop_all(self) -> None:
         for i in range(len(self.nodes)):
             p = self.nodes[i].proc
             if p is not None and p.poll() is None:
@@ -188,8 +215,6 @@ mappings {{
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait()
-        with contextlib.suppress(OSError):
-            self._tmp.cleanup()
 
     def __enter__(self) -> NatsCluster:
         self.start()
