@@ -45,9 +45,9 @@ import mmap
 import os
 import struct
 import sys
-import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -319,41 +319,19 @@ def load(
         want = header["source"]
         # the catalog's digest is computed in a thread while the snapshot is mapped and its
         # catalog restored (hashlib releases the GIL), and checked before anything is returned
-        digest = _Digest(source) if callable(source) else None
-        got: dict[str, Any] = {} if callable(source) else source
-        try:
-            index = _map(p, header, start)
-        finally:
-            if digest is not None:
-                got = digest.result()
+        with ThreadPoolExecutor(1, thread_name_prefix="snapshot-digest") as pool:
+            digest = pool.submit(source) if callable(source) else None
+            got: dict[str, Any] = {} if callable(source) else source
+            try:
+                index = _map(p, header, start)
+            finally:
+                if digest is not None:
+                    got = digest.result()
         if got.get("sha256") != want.get("sha256") or got.get("size") != want.get("size"):
             raise SnapshotMismatch("the catalog file changed since the snapshot was written")
     except (OSError, ValueError, KeyError, TypeError, msgspec.DecodeError) as exc:
         raise SnapshotMismatch(f"unreadable snapshot ({exc})") from exc
     return index
-
-
-class _Digest:
-    """``compute()`` run in a thread; ``result()`` waits for it (and raises what it raised)."""
-
-    def __init__(self, compute: Callable[[], dict[str, Any]]) -> None:
-        self._compute = compute
-        self._out: dict[str, Any] = {}
-        self._exc: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="snapshot-digest", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self._out = self._compute()
-        except BaseException as exc:  # handed to the waiting thread by result()
-            self._exc = exc
-
-    def result(self) -> dict[str, Any]:
-        self._thread.join()
-        if self._exc is not None:
-            raise self._exc
-        return self._out
 
 
 def _map(p: Path, header: dict[str, Any], start: int) -> FenceIndex:

@@ -502,20 +502,17 @@ class SQLiteStore:
         """Mark these outbox rows sent, in the open transaction; dead letters are deleted
         instead (a log of them helps nobody, and a flood of them must not fill the disk), and
         so are rows the prunes have passed (``_pruned_to``). Returns the dead letters' seqs."""
-        transient = self._transient
-        gone: list[int] = []
-        if transient:
-            gone = [q for q in marks if q in transient]
-            if gone:
-                self._db.executemany(_DELETE_SENT, [(q,) for q in gone])
-                marks = [q for q in marks if q not in transient]
-        pruned_to = self._pruned_to
-        if marks and min(marks) <= pruned_to:
-            # rows already beyond the kept window (a backlog acknowledged late): deleted now,
-            # since the prunes do not read their seqs again
-            old = [q for q in marks if q <= pruned_to]
-            self._db.executemany(_DELETE_SENT, [(q,) for q in old])
-            marks = [q for q in marks if q > pruned_to]
+        transient, pruned_to = self._transient, self._pruned_to
+        if transient or (marks and min(marks) <= pruned_to):
+            # deleted rather than marked: dead letters, and rows already beyond the kept window
+            # (a backlog acknowledged late: the prunes do not read their seqs again)
+            drop = [q for q in marks if q in transient or q <= pruned_to]
+            if drop:
+                self._db.executemany(_DELETE_SENT, [(q,) for q in drop])
+                marks = [q for q in marks if q not in transient and q > pruned_to]
+            gone = [q for q in drop if q in transient]
+        else:
+            gone = []
         if marks:
             # PUBACKs come back mostly in publishing order: runs of consecutive seqs, one
             # statement each (~35% less than a statement per row, measured)
